@@ -1,0 +1,77 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+/// Cells are linked statically: a static executable without Foundation starts
+/// in about the time of /bin/true (docs/benchmarks.md), a dynamic one is 6x slower.
+let staticCell: [SwiftSetting] = [.unsafeFlags(["-static-executable"])]
+let staticCellLink: [LinkerSetting] = [.unsafeFlags(["-static-executable"])]
+let strictC: [CSetting] = [.define("_GNU_SOURCE"), .unsafeFlags(["-Wall", "-Wextra", "-Werror"])]
+
+let package = Package(
+    name: "mcp-supervisor",
+    platforms: [.macOS("13.0")],
+    products: [
+        .executable(name: "mcp-supervisor", targets: ["mcp-supervisor"]),
+        .library(name: "CellKit", targets: ["CellKit"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/modelcontextprotocol/swift-sdk", exact: "0.12.1"),
+    ],
+    targets: [
+        // Everything that runs between clone and exec. C only, async-signal-safe.
+        .target(name: "CSupervisorShim", cSettings: strictC),
+        // Strict JSON (duplicate keys, depth, UTF-8) without Foundation, shared by
+        // the supervisor and by cells.
+        .target(name: "StrictJSON"),
+        // The only module that calls libc, libseccomp, libcap and the shim.
+        .target(
+            name: "SupervisorPlatform",
+            dependencies: ["CSupervisorShim"],
+            linkerSettings: [.linkedLibrary("seccomp"), .linkedLibrary("cap")]
+        ),
+        .target(
+            name: "SupervisorCore",
+            dependencies: [
+                "StrictJSON", "SupervisorPlatform",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        .target(
+            name: "SupervisorServer",
+            dependencies: [
+                "SupervisorCore", "StrictJSON",
+                .product(name: "MCP", package: "swift-sdk"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "mcp-supervisor",
+            dependencies: [
+                "SupervisorCore", "SupervisorServer", "StrictJSON",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+
+        // Writing cells.
+        .target(name: "CellKit", dependencies: ["StrictJSON"]),
+        .target(name: "CProbe", cSettings: strictC),
+        .executableTarget(
+            name: "echo-cell", dependencies: ["CellKit"],
+            swiftSettings: staticCell, linkerSettings: staticCellLink),
+        .executableTarget(
+            name: "probe-cell", dependencies: ["CellKit", "CProbe"],
+            swiftSettings: staticCell, linkerSettings: staticCellLink),
+
+        .testTarget(name: "StrictJSONTests", dependencies: ["StrictJSON"]),
+        .testTarget(name: "SupervisorCoreTests", dependencies: ["SupervisorCore", "StrictJSON"]),
+        .testTarget(
+            name: "SystemTests",
+            dependencies: ["SupervisorCore", "SupervisorPlatform", "StrictJSON",
+                           .product(name: "Logging", package: "swift-log")]),
+    ]
+)

@@ -1,0 +1,265 @@
+/*
+ * supervisor_shim.h — the C side of mcp-supervisor.
+ *
+ * Two kinds of code live behind this header:
+ *
+ *  1. spawn.c: mcps_spawn(), the only code that runs in a worker between
+ *     clone() and execveat(). It is C because after clone(CLONE_VM|CLONE_VFORK)
+ *     in a multi-threaded process only async-signal-safe operations are
+ *     allowed: no allocation, no locks, no Swift runtime, no libseccomp or
+ *     libcap. It uses raw syscalls only.
+ *
+ *  2. sys.c: thin wrappers, called by the supervisor process (never the
+ *     child), for syscalls and ioctls that glibc does not wrap or that Swift
+ *     cannot call because they are variadic.
+ *
+ * Every function is called from the SupervisorPlatform Swift module and
+ * nowhere else.
+ */
+#ifndef MCP_SUPERVISOR_SHIM_H
+#define MCP_SUPERVISOR_SHIM_H
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/resource.h>
+#include <signal.h>
+
+#pragma clang assume_nonnull begin
+
+/*
+ * The child's setup stages, in the order they run. A failure is reported as
+ * (stage, errno). The numbering is part of the spawn-failure messages and of
+ * the security log; append new stages, never renumber.
+ */
+typedef enum {
+    MCPS_STAGE_NONE = 0,
+    MCPS_STAGE_CLONE = 1,        /* parent: clone() itself failed */
+    MCPS_STAGE_SIGNALS = 2,      /* reset every signal disposition to default */
+    MCPS_STAGE_USERNS = 3,       /* write setgroups/uid_map/gid_map for a new user namespace */
+    MCPS_STAGE_FDS = 4,          /* move the pipes to fds 0-4, mark all others close-on-exec */
+    MCPS_STAGE_SESSION = 5,      /* setsid() */
+    MCPS_STAGE_PDEATHSIG = 6,    /* PR_SET_PDEATHSIG + re-check of the parent */
+    MCPS_STAGE_RLIMITS = 7,      /* setrlimit for each limit */
+    MCPS_STAGE_BOUNDING = 8,     /* drop every capability from the bounding set */
+    MCPS_STAGE_IDS = 9,          /* setgroups, setresgid, setresuid */
+    MCPS_STAGE_CAPS = 10,        /* capset to zero, clear ambient capabilities */
+    MCPS_STAGE_CHDIR = 11,       /* chdir into the call's scratch directory */
+    MCPS_STAGE_NO_NEW_PRIVS = 12,/* PR_SET_NO_NEW_PRIVS */
+    MCPS_STAGE_LANDLOCK = 13,    /* landlock_restrict_self */
+    MCPS_STAGE_SIGMASK = 14,     /* unblock all signals for the worker */
+    MCPS_STAGE_SECCOMP = 15,     /* install the precompiled filter (last restriction) */
+    MCPS_STAGE_LISTENER = 16,    /* hand the seccomp listener fd to the supervisor */
+    MCPS_STAGE_EXEC = 17,        /* execveat(exec_fd, "", AT_EMPTY_PATH) */
+} mcps_stage;
+
+typedef struct {
+    int resource;     /* RLIMIT_* */
+    uint64_t soft;
+    uint64_t hard;
+} mcps_rlimit;
+
+/*
+ * Everything the child needs, prepared by the parent. The child only reads
+ * this structure (it shares the parent's memory until exec).
+ */
+typedef struct {
+    /* The verified executable, opened (or sealed in a memfd) by the parent. */
+    int exec_fd;
+    char *_Nullable const *_Nullable argv;
+    char *_Nullable const *_Nullable envp;
+
+    /* Become fds 0, 1, 2, 3 and 4 in the worker. */
+    int stdin_fd;
+    int stdout_fd;
+    int stderr_fd;
+    int request_fd;
+    int response_fd;
+
+    /* Working directory (the call's scratch directory). */
+    const char *_Nullable workdir;
+
+    /* Extra clone flags (CLONE_NEWPID, CLONE_NEWUSER, ...). */
+    int namespace_flags;
+    /* With CLONE_NEWUSER: the contents written to /proc/self/uid_map and
+       gid_map (e.g. "1000 1000 1\n"), prepared by the parent. */
+    const char *_Nullable uid_map;
+    const char *_Nullable gid_map;
+
+    const mcps_rlimit *_Nullable rlimits;
+    int rlimit_count;
+
+    /* Drop capabilities 0...last_cap from the bounding set (needs CAP_SETPCAP). */
+    int drop_bounding_set;
+    int last_cap;
+
+    /* Switch to this uid/gid with no supplementary groups (when run as root). */
+    int change_ids;
+    uid_t uid;
+    gid_t gid;
+
+    /* Landlock ruleset to enforce; -1 means none (the caller must have refused
+       a cell that needs one). */
+    int landlock_ruleset_fd;
+
+    /* Precompiled classic BPF program (struct sock_filter[]) and its length. */
+    const void *_Nullable seccomp_filter;
+    unsigned short seccomp_filter_len;
+    /* If >= 0, the filter is installed with SECCOMP_FILTER_FLAG_NEW_LISTENER
+       and the listener fd is sent over this unix socket (SCM_RIGHTS), then
+       closed, so the worker never holds its own listener. */
+    int notify_socket_fd;
+
+    /* The supervisor's pid, to detect that it died before PDEATHSIG was set. */
+    pid_t parent_pid;
+} mcps_spawn_config;
+
+typedef struct {
+    pid_t pid;
+    int pidfd;
+    int stage;   /* mcps_stage of the failure, MCPS_STAGE_NONE on success */
+    int error;   /* errno of the failure */
+} mcps_spawn_result;
+
+/*
+ * Starts a worker: clone(CLONE_VM|CLONE_VFORK|CLONE_PIDFD) on a private
+ * stack with all signals blocked, runs the stages above in the child, and
+ * execs. Returns 0 with pid and pidfd set once the child has exec'd, or -1
+ * with stage and error set (the failed child has been reaped).
+ * Called by: SupervisorPlatform.Spawner, on the thread that will also wait
+ * for the worker (PDEATHSIG is tied to that thread).
+ */
+int mcps_spawn(const mcps_spawn_config *config, mcps_spawn_result *result);
+
+/* A short name for a stage ("rlimits", "seccomp", ...). */
+const char *mcps_stage_name(int stage);
+
+/* ---- sys.c: parent-side wrappers ---------------------------------------- */
+
+/* pidfd_send_signal(2). */
+int mcps_pidfd_send_signal(int pidfd, int sig);
+
+/* waitid(P_PIDFD, pidfd, WEXITED | options) with resource usage (the raw
+   syscall's fifth argument, which glibc does not expose). Retries EINTR.
+   Fills code (CLD_EXITED, CLD_KILLED, CLD_DUMPED), status, and usage. */
+int mcps_pidfd_wait(int pidfd, int options, int *code, int *status, struct rusage *usage);
+
+/* landlock_create_ruleset(2) version query: the ABI, or -1 with errno. */
+int mcps_landlock_abi(void);
+
+/* Creates a ruleset handling the given rights. scoped is the ABI 6 scope
+   mask (0 when unavailable). */
+int mcps_landlock_create_ruleset(uint64_t handled_fs, uint64_t handled_net, uint64_t scoped);
+
+/* Adds a path-beneath rule for an fd opened with O_PATH. */
+int mcps_landlock_add_path_rule(int ruleset_fd, int parent_fd, uint64_t allowed);
+
+/* Adds a TCP port rule (ABI 4). */
+int mcps_landlock_add_net_rule(int ruleset_fd, uint64_t port, uint64_t allowed);
+
+/* seccomp notifications: the size of struct seccomp_notif. */
+int mcps_seccomp_notif_sizes(uint16_t *notif, uint16_t *resp, uint16_t *data);
+
+/* Receives one notification (SECCOMP_IOCTL_NOTIF_RECV). buffer must hold
+   the kernel's struct seccomp_notif size. Returns syscall nr, arch, pid. */
+int mcps_seccomp_notif_recv(int listener_fd, void *buffer, uint16_t size,
+                            uint64_t *id, uint32_t *pid, int32_t *nr, uint32_t *arch,
+                            uint64_t *args);
+
+/* Answers a notification with an error (used by learn mode). */
+int mcps_seccomp_notif_deny(int listener_fd, uint64_t id, int error);
+
+/* Receives one fd sent with SCM_RIGHTS on a unix socket; -1 with errno. */
+int mcps_recv_fd(int socket_fd);
+
+/* Sends one fd with SCM_RIGHTS (used by tests and by the connection broker). */
+int mcps_send_fd(int socket_fd, int fd);
+
+/* openat2(2) with the given resolve flags (RESOLVE_BENEATH etc). */
+int mcps_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve);
+
+/* close_range(2). */
+int mcps_close_range(unsigned int first, unsigned int last, unsigned int flags);
+
+/* Last valid capability number (from /proc/sys/kernel/cap_last_cap). */
+int mcps_cap_last_cap(void);
+
+/* 1 if the calling thread has the capability in its effective set. */
+int mcps_has_effective_cap(int cap);
+
+/* prctl(PR_SET_DUMPABLE, 0) for the supervisor itself. */
+int mcps_set_non_dumpable(void);
+
+/* Probes unprivileged namespace creation in a throwaway child: returns 0 if
+   clone(flags) works, else -1 with errno. */
+int mcps_probe_clone(int flags);
+
+/* pipe2(O_CLOEXEC). */
+int mcps_pipe_cloexec(int fds[_Nonnull 2]);
+
+/* memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING). */
+int mcps_memfd_sealable(const char *name);
+
+/* Seals a memfd against any further change (seal, shrink, grow, write). */
+int mcps_memfd_seal(int fd);
+
+/* open(path, O_PATH | O_CLOEXEC). */
+int mcps_open_path(const char *path);
+
+/* Mirrors of kernel constants Swift needs (Debian's headers lack the newer
+   Landlock ABIs). */
+#define MCPS_LANDLOCK_ACCESS_FS_EXECUTE (1ULL << 0)
+#define MCPS_LANDLOCK_ACCESS_FS_WRITE_FILE (1ULL << 1)
+#define MCPS_LANDLOCK_ACCESS_FS_READ_FILE (1ULL << 2)
+#define MCPS_LANDLOCK_ACCESS_FS_READ_DIR (1ULL << 3)
+#define MCPS_LANDLOCK_ACCESS_FS_REMOVE_DIR (1ULL << 4)
+#define MCPS_LANDLOCK_ACCESS_FS_REMOVE_FILE (1ULL << 5)
+#define MCPS_LANDLOCK_ACCESS_FS_MAKE_CHAR (1ULL << 6)
+#define MCPS_LANDLOCK_ACCESS_FS_MAKE_DIR (1ULL << 7)
+#define MCPS_LANDLOCK_ACCESS_FS_MAKE_REG (1ULL << 8)
+#define MCPS_LANDLOCK_ACCESS_FS_MAKE_SOCK (1ULL << 9)
+#define MCPS_LANDLOCK_ACCESS_FS_MAKE_FIFO (1ULL << 10)
+#define MCPS_LANDLOCK_ACCESS_FS_MAKE_BLOCK (1ULL << 11)
+#define MCPS_LANDLOCK_ACCESS_FS_MAKE_SYM (1ULL << 12)
+#define MCPS_LANDLOCK_ACCESS_FS_REFER (1ULL << 13)      /* ABI 2 */
+#define MCPS_LANDLOCK_ACCESS_FS_TRUNCATE (1ULL << 14)   /* ABI 3 */
+#define MCPS_LANDLOCK_ACCESS_FS_IOCTL_DEV (1ULL << 15)  /* ABI 5 */
+#define MCPS_LANDLOCK_ACCESS_NET_BIND_TCP (1ULL << 0)   /* ABI 4 */
+#define MCPS_LANDLOCK_ACCESS_NET_CONNECT_TCP (1ULL << 1)/* ABI 4 */
+#define MCPS_LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET (1ULL << 0) /* ABI 6 */
+#define MCPS_LANDLOCK_SCOPE_SIGNAL (1ULL << 1)               /* ABI 6 */
+
+/* ---- seccomp.c: filter compilation with libseccomp (parent only) -------- */
+
+/* One rule of an allowlist. */
+typedef struct {
+    int nr;             /* native syscall number */
+    int errno_action;   /* -1: allow; otherwise fail the call with this errno */
+    int arg_index;      /* -1: no argument condition; else 0-5 */
+    uint64_t arg_mask;  /* condition: (arg & arg_mask) == arg_value */
+    uint64_t arg_value;
+} mcps_seccomp_rule;
+
+/* Compiles rules into a classic BPF program for the native architecture.
+   Non-native architectures (i386 via int 0x80, x32) are killed.
+   default_action: 0 kill process, 1 user notification (the supervisor names
+   and kills), 2 log (learn mode). On success *program is malloc'd
+   (caller frees) and *length is the number of sock_filter instructions.
+   Returns 0, or a negative errno from libseccomp. */
+int mcps_seccomp_compile(const mcps_seccomp_rule *_Nullable rules, int count, int default_action,
+                         void *_Nullable *_Nonnull program, size_t *length);
+
+/* The native syscall number for a name, or a negative value if unknown. */
+int mcps_seccomp_syscall_number(const char *name);
+
+/* The name of syscall nr on the audit architecture arch, into buf. */
+int mcps_seccomp_syscall_name(int nr, uint32_t arch, char *buf, size_t size);
+
+/* The native audit architecture (AUDIT_ARCH_X86_64 on x86_64). */
+uint32_t mcps_seccomp_native_arch(void);
+
+/* libseccomp's API level (1-6): which kernel features it detected. */
+int mcps_seccomp_api_level(void);
+
+#pragma clang assume_nonnull end
+
+#endif

@@ -1,0 +1,317 @@
+/*
+ * spawn.c — everything a worker runs between clone() and execveat().
+ *
+ * Why C, and why this shape
+ * -------------------------
+ * The supervisor is multi-threaded. After clone() only async-signal-safe
+ * operations are allowed until exec: no malloc, no locks, no Swift runtime,
+ * no libseccomp/libcap. We use clone(CLONE_VM | CLONE_VFORK) like
+ * posix_spawn: the child borrows the parent's memory (so nothing is copied,
+ * whatever the supervisor's RSS) and the calling thread is suspended until
+ * the child has exec'd or exited. The child therefore must not write to
+ * shared memory except the one result slot that the parent reads after it
+ * resumes (as glibc's posix_spawn does), and it runs on its own stack.
+ *
+ * glibc wrappers that only issue one syscall are safe here. The set*id
+ * family is not (glibc broadcasts to all threads it believes exist), so ids
+ * are changed with raw syscall(). errno is written by the wrappers into the
+ * parent thread's TLS slot; the parent ignores errno across the clone.
+ *
+ * The order follows nsjail, bubblewrap and minijail (see
+ * docs/architecture.md): privileged steps first, seccomp last, then exec of
+ * the verified descriptor. Each failure is reported as (stage, errno) and the
+ * child exits with 127.
+ */
+#include "supervisor_shim.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <pthread.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+
+#ifndef CLONE_PIDFD
+#define CLONE_PIDFD 0x00001000
+#endif
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+#ifndef SECCOMP_FILTER_FLAG_NEW_LISTENER
+#define SECCOMP_FILTER_FLAG_NEW_LISTENER (1UL << 3)
+#endif
+
+#define CHILD_STACK_SIZE (128 * 1024)
+/* fds 0-4 are the worker's; every fd the child still needs while it sets
+   up is first moved to FIRST_FREE_FD or above. */
+#define FIRST_FREE_FD 5
+
+struct child_args {
+    const mcps_spawn_config *config;
+    /* Written by the child, read by the parent after the vfork resumes. */
+    volatile int stage;
+    volatile int error;
+};
+
+/* Records the failing stage and leaves. Only touches the result slot. */
+__attribute__((noreturn)) static void child_fail(struct child_args *a, int stage) {
+    a->error = errno;
+    a->stage = stage;
+    syscall(SYS_exit_group, 127);
+    __builtin_unreachable();
+}
+
+/* Kernel layout of struct sigaction for rt_sigaction(2); glibc's sigaction()
+   refuses the signals it reserves for itself (32, 33), which the child must
+   reset as well. */
+struct kernel_sigaction {
+    void (*handler)(int);
+    unsigned long flags;
+    void (*restorer)(void);
+    uint64_t mask;
+};
+
+static int write_file(const char *path, const char *contents) {
+    int fd = (int)syscall(SYS_openat, AT_FDCWD, path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    size_t len = strlen(contents);
+    ssize_t n = write(fd, contents, len);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return n == (ssize_t)len ? 0 : -1;
+}
+
+static int send_fd(int sock, int fd) {
+    char dummy = 'L';
+    struct iovec iov = {.iov_base = &dummy, .iov_len = 1};
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    memset(&u, 0, sizeof(u));
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof(u.buf)};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    return sendmsg(sock, &msg, MSG_NOSIGNAL) == 1 ? 0 : -1;
+}
+
+static int child_main(void *arg) {
+    struct child_args *a = arg;
+    const mcps_spawn_config *c = a->config;
+
+    /* 1. Signals: default dispositions, so no handler of the parent's can
+          run in this child (it would run on the parent's memory). All
+          signals stay blocked until just before seccomp. */
+    for (int sig = 1; sig < 65; sig++) {
+        if (sig == SIGKILL || sig == SIGSTOP) continue;
+        struct kernel_sigaction ksa = {.handler = SIG_DFL};
+        if (syscall(SYS_rt_sigaction, sig, &ksa, NULL, sizeof(uint64_t)) != 0 && errno != EINVAL)
+            child_fail(a, MCPS_STAGE_SIGNALS);
+    }
+
+    /* 2. A new user namespace (unprivileged worker that may fork): map our
+          own uid/gid so files in scratch keep their owner. */
+    if (c->namespace_flags & CLONE_NEWUSER) {
+        if (write_file("/proc/self/setgroups", "deny") != 0) child_fail(a, MCPS_STAGE_USERNS);
+        if (c->uid_map && write_file("/proc/self/uid_map", c->uid_map) != 0) child_fail(a, MCPS_STAGE_USERNS);
+        if (c->gid_map && write_file("/proc/self/gid_map", c->gid_map) != 0) child_fail(a, MCPS_STAGE_USERNS);
+    }
+
+    /* 3. File descriptors: lift every fd we still need above 4, place the
+          five worker fds, and mark everything else close-on-exec. */
+    int src[5] = {c->stdin_fd, c->stdout_fd, c->stderr_fd, c->request_fd, c->response_fd};
+    int moved[5];
+    for (int i = 0; i < 5; i++) {
+        moved[i] = fcntl(src[i], F_DUPFD_CLOEXEC, FIRST_FREE_FD);
+        if (moved[i] < 0) child_fail(a, MCPS_STAGE_FDS);
+    }
+    int exec_fd = fcntl(c->exec_fd, F_DUPFD_CLOEXEC, FIRST_FREE_FD);
+    if (exec_fd < 0) child_fail(a, MCPS_STAGE_FDS);
+    int ruleset_fd = -1;
+    if (c->landlock_ruleset_fd >= 0) {
+        ruleset_fd = fcntl(c->landlock_ruleset_fd, F_DUPFD_CLOEXEC, FIRST_FREE_FD);
+        if (ruleset_fd < 0) child_fail(a, MCPS_STAGE_FDS);
+    }
+    int notify_fd = -1;
+    if (c->notify_socket_fd >= 0) {
+        notify_fd = fcntl(c->notify_socket_fd, F_DUPFD_CLOEXEC, FIRST_FREE_FD);
+        if (notify_fd < 0) child_fail(a, MCPS_STAGE_FDS);
+    }
+    for (int i = 0; i < 5; i++) {
+        if (dup2(moved[i], i) != i) child_fail(a, MCPS_STAGE_FDS);
+    }
+    if (syscall(SYS_close_range, FIRST_FREE_FD, ~0U, CLOSE_RANGE_CLOEXEC) != 0) child_fail(a, MCPS_STAGE_FDS);
+
+    /* 4. Own session: no controlling terminal (TIOCSTI needs one). */
+    if (setsid() < 0) child_fail(a, MCPS_STAGE_SESSION);
+
+    /* 5. Die with the supervisor thread. If it already died, getppid()
+          changed (not checkable inside a new PID namespace, where the
+          parent is invisible and getppid() is 0). */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) child_fail(a, MCPS_STAGE_PDEATHSIG);
+    if (!(c->namespace_flags & CLONE_NEWPID) && getppid() != c->parent_pid) {
+        errno = ESRCH;
+        child_fail(a, MCPS_STAGE_PDEATHSIG);
+    }
+
+    /* 6. Resource limits (core dumps are always off: the caller passes
+          RLIMIT_CORE 0). */
+    for (int i = 0; i < c->rlimit_count; i++) {
+        struct rlimit rl = {.rlim_cur = c->rlimits[i].soft, .rlim_max = c->rlimits[i].hard};
+        if (syscall(SYS_setrlimit, c->rlimits[i].resource, &rl) != 0) child_fail(a, MCPS_STAGE_RLIMITS);
+    }
+
+    /* 7. Bounding set, while we still may (needs CAP_SETPCAP). */
+    if (c->drop_bounding_set) {
+        for (int cap = 0; cap <= c->last_cap; cap++) {
+            if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) child_fail(a, MCPS_STAGE_BOUNDING);
+        }
+    }
+
+    /* 8. Identity: no supplementary groups, then gid, then uid. */
+    if (c->change_ids) {
+        if (syscall(SYS_setgroups, 0, NULL) != 0) child_fail(a, MCPS_STAGE_IDS);
+        if (syscall(SYS_setresgid, c->gid, c->gid, c->gid) != 0) child_fail(a, MCPS_STAGE_IDS);
+        if (syscall(SYS_setresuid, c->uid, c->uid, c->uid) != 0) child_fail(a, MCPS_STAGE_IDS);
+    }
+
+    /* 9. No capabilities in any set. */
+    struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof(data));
+    if (syscall(SYS_capset, &hdr, data) != 0) child_fail(a, MCPS_STAGE_CAPS);
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL)
+        child_fail(a, MCPS_STAGE_CAPS);
+
+    /* 10. Scratch directory, as the final uid (proves it can enter it). */
+    if (chdir(c->workdir) != 0) child_fail(a, MCPS_STAGE_CHDIR);
+
+    /* 11. No privilege gain through exec (setuid bits, file capabilities);
+           also required for unprivileged seccomp and Landlock. */
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) child_fail(a, MCPS_STAGE_NO_NEW_PRIVS);
+
+    /* 12. Landlock file, network and scope rules. */
+    if (ruleset_fd >= 0) {
+        if (syscall(SYS_landlock_restrict_self, ruleset_fd, 0) != 0) child_fail(a, MCPS_STAGE_LANDLOCK);
+        close(ruleset_fd);
+    }
+
+    /* 13. The worker starts with an empty signal mask. Done before seccomp
+           so that rt_sigprocmask need not be in every filter. */
+    sigset_t empty;
+    sigemptyset(&empty);
+    if (syscall(SYS_rt_sigprocmask, SIG_SETMASK, &empty, NULL, sizeof(uint64_t)) != 0)
+        child_fail(a, MCPS_STAGE_SIGMASK);
+
+    /* 14. seccomp, last. From here on only the calls every filter allows
+           (sendmsg, close, execveat, exit_group) may be made: anything else
+           would wait for a supervisor that is suspended in vfork. */
+    if (c->seccomp_filter) {
+        struct sock_fprog prog = {.len = c->seccomp_filter_len, .filter = (struct sock_filter *)c->seccomp_filter};
+        unsigned long flags = notify_fd >= 0 ? SECCOMP_FILTER_FLAG_NEW_LISTENER : 0;
+        long listener = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog);
+        if (listener < 0) child_fail(a, MCPS_STAGE_SECCOMP);
+        if (notify_fd >= 0) {
+            /* 15. The listener goes to the supervisor; the worker keeps no
+                   copy (a worker holding it could approve its own calls). */
+            if (send_fd(notify_fd, (int)listener) != 0) child_fail(a, MCPS_STAGE_LISTENER);
+            close((int)listener);
+            close(notify_fd);
+        }
+    }
+
+    /* 16. Exec exactly the descriptor whose contents were verified. */
+    syscall(SYS_execveat, exec_fd, "", c->argv, c->envp, AT_EMPTY_PATH);
+    child_fail(a, MCPS_STAGE_EXEC);
+}
+
+/* One child stack per spawning thread, reused: calls on a thread are serial. */
+static __thread void *tls_stack;
+
+int mcps_spawn(const mcps_spawn_config *config, mcps_spawn_result *result) {
+    result->pid = -1;
+    result->pidfd = -1;
+    result->stage = MCPS_STAGE_NONE;
+    result->error = 0;
+
+    if (!tls_stack) {
+        void *s = mmap(NULL, CHILD_STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+        if (s == MAP_FAILED) {
+            result->stage = MCPS_STAGE_CLONE;
+            result->error = errno;
+            return -1;
+        }
+        tls_stack = s;
+    }
+
+    struct child_args args = {.config = config, .stage = MCPS_STAGE_NONE, .error = 0};
+
+    /* Block every signal so no handler runs in the child before it has reset
+       the dispositions. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+
+    int pidfd = -1;
+    int flags = CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD | config->namespace_flags;
+    pid_t pid = clone(child_main, (char *)tls_stack + CHILD_STACK_SIZE, flags, &args, &pidfd);
+    int clone_errno = errno;
+
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+
+    if (pid < 0) {
+        result->stage = MCPS_STAGE_CLONE;
+        result->error = clone_errno;
+        return -1;
+    }
+    if (args.stage != MCPS_STAGE_NONE) {
+        int code, status;
+        struct rusage ru;
+        mcps_pidfd_wait(pidfd, 0, &code, &status, &ru);
+        close(pidfd);
+        result->stage = args.stage;
+        result->error = args.error;
+        return -1;
+    }
+    result->pid = pid;
+    result->pidfd = pidfd;
+    return 0;
+}
+
+const char *mcps_stage_name(int stage) {
+    switch (stage) {
+    case MCPS_STAGE_NONE: return "none";
+    case MCPS_STAGE_CLONE: return "clone";
+    case MCPS_STAGE_SIGNALS: return "signals";
+    case MCPS_STAGE_USERNS: return "user-namespace";
+    case MCPS_STAGE_FDS: return "file-descriptors";
+    case MCPS_STAGE_SESSION: return "setsid";
+    case MCPS_STAGE_PDEATHSIG: return "parent-death-signal";
+    case MCPS_STAGE_RLIMITS: return "rlimits";
+    case MCPS_STAGE_BOUNDING: return "capability-bounding-set";
+    case MCPS_STAGE_IDS: return "uid-gid";
+    case MCPS_STAGE_CAPS: return "capabilities";
+    case MCPS_STAGE_CHDIR: return "chdir-scratch";
+    case MCPS_STAGE_NO_NEW_PRIVS: return "no-new-privs";
+    case MCPS_STAGE_LANDLOCK: return "landlock";
+    case MCPS_STAGE_SIGMASK: return "signal-mask";
+    case MCPS_STAGE_SECCOMP: return "seccomp";
+    case MCPS_STAGE_LISTENER: return "seccomp-listener";
+    case MCPS_STAGE_EXEC: return "exec";
+    default: return "unknown";
+    }
+}

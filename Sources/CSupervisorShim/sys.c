@@ -1,0 +1,234 @@
+/*
+ * sys.c — parent-side syscall wrappers for the SupervisorPlatform module.
+ *
+ * Nothing here runs in a worker. These exist because glibc 2.36 lacks
+ * wrappers for them (pidfd_send_signal, landlock_*, openat2, the fifth
+ * argument of waitid) or because Swift cannot call variadic C functions
+ * (ioctl, syscall, prctl).
+ */
+#include "supervisor_shim.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <linux/capability.h>
+#include <linux/landlock.h>
+#include <linux/openat2.h>
+#include <linux/seccomp.h>
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
+/* The kernel's structs for Landlock ABI 4+ and 6, which Debian's header lacks.
+   Their layout is fixed by the kernel ABI. */
+struct mcps_landlock_ruleset_attr {
+    uint64_t handled_access_fs;
+    uint64_t handled_access_net;
+    uint64_t scoped;
+};
+struct mcps_landlock_net_port_attr {
+    uint64_t allowed_access;
+    uint64_t port;
+};
+_Static_assert(sizeof(struct mcps_landlock_ruleset_attr) == 24, "landlock_ruleset_attr v6 is 24 bytes");
+_Static_assert(sizeof(struct mcps_landlock_net_port_attr) == 16, "landlock_net_port_attr is 16 bytes");
+#define MCPS_LANDLOCK_RULE_NET_PORT 2
+
+int mcps_pidfd_send_signal(int pidfd, int sig) {
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+}
+
+int mcps_pidfd_wait(int pidfd, int options, int *code, int *status, struct rusage *usage) {
+    siginfo_t info;
+    for (;;) {
+        memset(&info, 0, sizeof(info));
+        long r = syscall(SYS_waitid, P_PIDFD, pidfd, &info, WEXITED | options, usage);
+        if (r == 0) break;
+        if (errno != EINTR) return -1;
+    }
+    *code = info.si_code;
+    *status = info.si_status;
+    return info.si_pid == 0 ? 1 : 0; /* 1: WNOHANG and not yet exited */
+}
+
+int mcps_landlock_abi(void) {
+    return (int)syscall(SYS_landlock_create_ruleset, NULL, 0, LANDLOCK_CREATE_RULESET_VERSION);
+}
+
+int mcps_landlock_create_ruleset(uint64_t handled_fs, uint64_t handled_net, uint64_t scoped) {
+    struct mcps_landlock_ruleset_attr attr = {
+        .handled_access_fs = handled_fs, .handled_access_net = handled_net, .scoped = scoped};
+    /* The kernel accepts a shorter struct from older ABIs; pass the size that
+       covers the last non-zero field so older kernels do not see unknown
+       fields. */
+    size_t size = scoped ? 24 : handled_net ? 16 : 8;
+    return (int)syscall(SYS_landlock_create_ruleset, &attr, size, 0);
+}
+
+int mcps_landlock_add_path_rule(int ruleset_fd, int parent_fd, uint64_t allowed) {
+    struct landlock_path_beneath_attr attr = {.allowed_access = allowed, .parent_fd = parent_fd};
+    return (int)syscall(SYS_landlock_add_rule, ruleset_fd, LANDLOCK_RULE_PATH_BENEATH, &attr, 0);
+}
+
+int mcps_landlock_add_net_rule(int ruleset_fd, uint64_t port, uint64_t allowed) {
+    struct mcps_landlock_net_port_attr attr = {.allowed_access = allowed, .port = port};
+    return (int)syscall(SYS_landlock_add_rule, ruleset_fd, MCPS_LANDLOCK_RULE_NET_PORT, &attr, 0);
+}
+
+int mcps_seccomp_notif_sizes(uint16_t *notif, uint16_t *resp, uint16_t *data) {
+    struct seccomp_notif_sizes sizes;
+    if (syscall(SYS_seccomp, SECCOMP_GET_NOTIF_SIZES, 0, &sizes) != 0) return -1;
+    *notif = sizes.seccomp_notif;
+    *resp = sizes.seccomp_notif_resp;
+    *data = sizes.seccomp_data;
+    return 0;
+}
+
+int mcps_seccomp_notif_recv(int listener_fd, void *buffer, uint16_t size, uint64_t *id, uint32_t *pid,
+                            int32_t *nr, uint32_t *arch, uint64_t *args) {
+    if (size < sizeof(struct seccomp_notif)) {
+        errno = EINVAL;
+        return -1;
+    }
+    memset(buffer, 0, size);
+    if (ioctl(listener_fd, SECCOMP_IOCTL_NOTIF_RECV, buffer) != 0) return -1;
+    struct seccomp_notif *n = buffer;
+    *id = n->id;
+    *pid = n->pid;
+    *nr = n->data.nr;
+    *arch = n->data.arch;
+    for (int i = 0; i < 6; i++) args[i] = n->data.args[i];
+    return 0;
+}
+
+int mcps_seccomp_notif_deny(int listener_fd, uint64_t id, int error) {
+    struct seccomp_notif_resp resp;
+    memset(&resp, 0, sizeof(resp));
+    resp.id = id;
+    resp.error = -error;
+    return ioctl(listener_fd, SECCOMP_IOCTL_NOTIF_SEND, &resp);
+}
+
+int mcps_recv_fd(int socket_fd) {
+    char dummy;
+    struct iovec iov = {.iov_base = &dummy, .iov_len = 1};
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof(u.buf)};
+    ssize_t n;
+    do {
+        n = recvmsg(socket_fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) return -1;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    if (n != 1 || !c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS ||
+        c->cmsg_len != CMSG_LEN(sizeof(int))) {
+        errno = EPROTO;
+        return -1;
+    }
+    int fd;
+    memcpy(&fd, CMSG_DATA(c), sizeof(int));
+    return fd;
+}
+
+int mcps_send_fd(int socket_fd, int fd) {
+    char dummy = 'F';
+    struct iovec iov = {.iov_base = &dummy, .iov_len = 1};
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    memset(&u, 0, sizeof(u));
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof(u.buf)};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    return sendmsg(socket_fd, &msg, MSG_NOSIGNAL) == 1 ? 0 : -1;
+}
+
+int mcps_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve) {
+    struct open_how how = {.flags = flags, .mode = mode, .resolve = resolve};
+    long r;
+    do {
+        r = syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
+    } while (r < 0 && errno == EINTR);
+    return (int)r;
+}
+
+int mcps_close_range(unsigned int first, unsigned int last, unsigned int flags) {
+    return (int)syscall(SYS_close_range, first, last, flags);
+}
+
+int mcps_cap_last_cap(void) {
+    int fd = open("/proc/sys/kernel/cap_last_cap", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return CAP_LAST_CAP;
+    char buf[16] = {0};
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0) return CAP_LAST_CAP;
+    int v = 0;
+    for (ssize_t i = 0; i < n && buf[i] >= '0' && buf[i] <= '9'; i++) v = v * 10 + (buf[i] - '0');
+    return v;
+}
+
+int mcps_has_effective_cap(int cap) {
+    struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    struct __user_cap_data_struct data[2];
+    if (syscall(SYS_capget, &hdr, data) != 0) return 0;
+    return (data[cap / 32].effective >> (cap % 32)) & 1;
+}
+
+int mcps_set_non_dumpable(void) {
+    return prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+}
+
+static int probe_child(void *arg) {
+    (void)arg;
+    syscall(SYS_exit_group, 0);
+    return 0;
+}
+
+int mcps_probe_clone(int flags) {
+    static char stack[16384] __attribute__((aligned(16)));
+    /* Serialised by the caller (doctor / capability probe at startup). */
+    pid_t pid = clone(probe_child, stack + sizeof(stack), flags | SIGCHLD | CLONE_VFORK | CLONE_VM, NULL);
+    if (pid < 0) return -1;
+    int status;
+    while (waitpid(pid, &status, __WALL) < 0 && errno == EINTR) {}
+    return 0;
+}
+
+int mcps_pipe_cloexec(int fds[2]) {
+    return pipe2(fds, O_CLOEXEC);
+}
+
+int mcps_memfd_sealable(const char *name) {
+    return memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+}
+
+int mcps_memfd_seal(int fd) {
+    return fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE);
+}
+
+int mcps_open_path(const char *path) {
+    int fd;
+    do {
+        fd = open(path, O_PATH | O_CLOEXEC);
+    } while (fd < 0 && errno == EINTR);
+    return fd;
+}

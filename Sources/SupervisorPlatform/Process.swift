@@ -1,0 +1,212 @@
+import CSupervisorShim
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A spawn that failed in the child's setup (or in clone itself).
+public struct SpawnFailure: Error, Equatable, Sendable, CustomStringConvertible {
+    public let stage: String
+    public let errno: Int32
+    public var description: String { "worker setup failed at stage \(stage): \(Errno.describe(errno))" }
+}
+
+/// What the child needs; see `mcps_spawn_config` in supervisor_shim.h.
+public struct SpawnRequest {
+    public var executable: FileDescriptor
+    public var argv: [String]
+    public var environment: [String]
+    public var stdin: FileDescriptor
+    public var stdout: FileDescriptor
+    public var stderr: FileDescriptor
+    public var request: FileDescriptor
+    public var response: FileDescriptor
+    public var workingDirectory: String
+    public var namespaceFlags: Int32 = 0
+    public var uidMap: String? = nil
+    public var gidMap: String? = nil
+    public var rlimits: [(resource: Int32, soft: UInt64, hard: UInt64)] = []
+    public var dropBoundingSet = false
+    public var changeIDs: (uid: UInt32, gid: UInt32)? = nil
+    public var landlockRuleset: FileDescriptor? = nil
+    public var seccompProgram: SeccompProgram? = nil
+    public var seccompNotifySocket: FileDescriptor? = nil
+
+    public init(executable: FileDescriptor, argv: [String], environment: [String], stdin: FileDescriptor,
+                stdout: FileDescriptor, stderr: FileDescriptor, request: FileDescriptor,
+                response: FileDescriptor, workingDirectory: String) {
+        self.executable = executable
+        self.argv = argv
+        self.environment = environment
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        self.request = request
+        self.response = response
+        self.workingDirectory = workingDirectory
+    }
+}
+
+public enum Namespaces {
+    // <linux/sched.h>; Glibc's Swift overlay hides them without _GNU_SOURCE.
+    public static let mount: Int32 = 0x0002_0000
+    public static let uts: Int32 = 0x0400_0000
+    public static let ipc: Int32 = 0x0800_0000
+    public static let user: Int32 = 0x1000_0000
+    public static let pid: Int32 = 0x2000_0000
+    public static let net: Int32 = 0x4000_0000
+}
+
+public enum Resource {
+    public static let cpu = Int32(RLIMIT_CPU.rawValue)
+    public static let addressSpace = Int32(RLIMIT_AS.rawValue)
+    public static let openFiles = Int32(RLIMIT_NOFILE.rawValue)
+    public static let fileSize = Int32(RLIMIT_FSIZE.rawValue)
+    public static let processes: Int32 = 6  // RLIMIT_NPROC
+    public static let core = Int32(RLIMIT_CORE.rawValue)
+}
+
+/// How a process ended, with its resource usage.
+public struct ProcessExit: Equatable, Sendable {
+    public enum Status: Equatable, Sendable {
+        case exited(Int32)
+        case signaled(Int32)
+    }
+    public let status: Status
+    public let userCPUNanoseconds: UInt64
+    public let systemCPUNanoseconds: UInt64
+    /// Peak resident set size.
+    public let maxRSSBytes: UInt64
+}
+
+/// A running worker, addressed only through its pidfd (no PID reuse races).
+public final class WorkerProcess: @unchecked Sendable {
+    public let pid: Int32
+    public let pidfd: FileDescriptor
+    private var reaped = false
+
+    init(pid: Int32, pidfd: FileDescriptor) {
+        self.pid = pid
+        self.pidfd = pidfd
+    }
+
+    /// Starts a worker; the whole setup sequence runs in C (spawn.c).
+    public static func spawn(_ r: SpawnRequest) throws(SpawnFailure) -> WorkerProcess {
+        let argv = r.argv.map { strdup($0) } + [nil]
+        let envp = r.environment.map { strdup($0) } + [nil]
+        defer {
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
+        }
+        let limits = r.rlimits.map { mcps_rlimit(resource: $0.resource, soft: $0.soft, hard: $0.hard) }
+        var result = mcps_spawn_result()
+        let rc: Int32 = r.workingDirectory.withCString { wd in
+            withOptionalCString(r.uidMap) { uidMap in
+                withOptionalCString(r.gidMap) { gidMap in
+                    limits.withUnsafeBufferPointer { lim in
+                        argv.withUnsafeBufferPointer { av in
+                            envp.withUnsafeBufferPointer { ev in
+                                withSeccomp(r.seccompProgram) { filter, len in
+                                    var c = mcps_spawn_config()
+                                    c.exec_fd = r.executable.rawValue
+                                    c.argv = av.baseAddress!
+                                    c.envp = ev.baseAddress!
+                                    c.stdin_fd = r.stdin.rawValue
+                                    c.stdout_fd = r.stdout.rawValue
+                                    c.stderr_fd = r.stderr.rawValue
+                                    c.request_fd = r.request.rawValue
+                                    c.response_fd = r.response.rawValue
+                                    c.workdir = wd
+                                    c.namespace_flags = r.namespaceFlags
+                                    c.uid_map = uidMap
+                                    c.gid_map = gidMap
+                                    c.rlimits = lim.baseAddress
+                                    c.rlimit_count = Int32(lim.count)
+                                    c.drop_bounding_set = r.dropBoundingSet ? 1 : 0
+                                    c.last_cap = Sys.lastCapability()
+                                    if let ids = r.changeIDs {
+                                        c.change_ids = 1
+                                        c.uid = ids.uid
+                                        c.gid = ids.gid
+                                    }
+                                    c.landlock_ruleset_fd = r.landlockRuleset?.rawValue ?? -1
+                                    c.seccomp_filter = filter
+                                    c.seccomp_filter_len = len
+                                    c.notify_socket_fd = r.seccompNotifySocket?.rawValue ?? -1
+                                    c.parent_pid = getpid()
+                                    return mcps_spawn(&c, &result)
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if rc != 0 {
+            throw SpawnFailure(stage: String(cString: mcps_stage_name(result.stage)), errno: result.error)
+        }
+        return WorkerProcess(pid: result.pid, pidfd: FileDescriptor(rawValue: result.pidfd))
+    }
+
+    /// Sends a signal through the pidfd. Harmless after exit (ESRCH ignored).
+    public func signal(_ sig: Int32) {
+        _ = mcps_pidfd_send_signal(pidfd.rawValue, sig)
+    }
+
+    /// Waits for the process to end and reaps it.
+    public func wait() throws(SystemError) -> ProcessExit {
+        var code: Int32 = 0
+        var status: Int32 = 0
+        var ru = rusage()
+        if mcps_pidfd_wait(pidfd.rawValue, 0, &code, &status, &ru) < 0 {
+            throw SystemError("waitid", errno: Glibc.errno)
+        }
+        reaped = true
+        let s: ProcessExit.Status = code == CLD_EXITED ? .exited(status) : .signaled(status)
+        func ns(_ tv: timeval) -> UInt64 { UInt64(tv.tv_sec) * 1_000_000_000 + UInt64(tv.tv_usec) * 1000 }
+        return ProcessExit(status: s, userCPUNanoseconds: ns(ru.ru_utime), systemCPUNanoseconds: ns(ru.ru_stime),
+                           maxRSSBytes: UInt64(ru.ru_maxrss) * 1024)
+    }
+
+    /// Kills and reaps if still needed, then closes the pidfd.
+    public func close() {
+        if !reaped {
+            signal(SIGKILL)
+            _ = try? wait()
+        }
+        pidfd.close()
+    }
+}
+
+private func withOptionalCString<R>(_ s: String?, _ body: (UnsafePointer<CChar>?) -> R) -> R {
+    guard let s else { return body(nil) }
+    return s.withCString { body($0) }
+}
+
+private func withSeccomp<R>(_ p: SeccompProgram?, _ body: (UnsafeRawPointer?, UInt16) -> R) -> R {
+    guard let p else { return body(nil, 0) }
+    return p.bytes.withUnsafeBytes { body($0.baseAddress, UInt16(p.instructionCount)) }
+}
+
+/// Signal names for messages.
+public func signalName(_ sig: Int32) -> String {
+    switch sig {
+    case SIGHUP: return "SIGHUP"
+    case SIGINT: return "SIGINT"
+    case SIGQUIT: return "SIGQUIT"
+    case SIGILL: return "SIGILL"
+    case SIGTRAP: return "SIGTRAP"
+    case SIGABRT: return "SIGABRT"
+    case SIGBUS: return "SIGBUS"
+    case SIGFPE: return "SIGFPE"
+    case SIGKILL: return "SIGKILL"
+    case SIGSEGV: return "SIGSEGV"
+    case SIGPIPE: return "SIGPIPE"
+    case SIGALRM: return "SIGALRM"
+    case SIGTERM: return "SIGTERM"
+    case SIGXCPU: return "SIGXCPU"
+    case SIGXFSZ: return "SIGXFSZ"
+    case SIGSYS: return "SIGSYS"
+    case SIGSTOP: return "SIGSTOP"
+    default: return "signal \(sig)"
+    }
+}
