@@ -52,9 +52,11 @@
 #endif
 
 #define CHILD_STACK_SIZE (128 * 1024)
-/* fds 0-4 are the worker's; every fd the child still needs while it sets
-   up is first moved to FIRST_FREE_FD or above. */
-#define FIRST_FREE_FD 5
+/* Child fd layout: 0-4 the worker's (stdin, stdout, stderr, request,
+   response); 5 the executable, 6 the Landlock ruleset, 7 the socket for the
+   seccomp listener. Everything is first copied to HIGH_FD or above. */
+#define MCPS_CHILD_FDS 8
+#define HIGH_FD 64
 
 struct child_args {
     const mcps_spawn_config *config;
@@ -131,30 +133,29 @@ static int child_main(void *arg) {
         if (c->gid_map && write_file("/proc/self/gid_map", c->gid_map) != 0) child_fail(a, MCPS_STAGE_USERNS);
     }
 
-    /* 3. File descriptors: lift every fd we still need above 4, place the
-          five worker fds, and mark everything else close-on-exec. */
-    int src[5] = {c->stdin_fd, c->stdout_fd, c->stderr_fd, c->request_fd, c->response_fd};
-    int moved[5];
-    for (int i = 0; i < 5; i++) {
-        moved[i] = fcntl(src[i], F_DUPFD_CLOEXEC, FIRST_FREE_FD);
+    /* 3. File descriptors: copy everything we still need above the range
+          in use (F_DUPFD picks free slots, so nothing is clobbered), place
+          the five worker fds at 0-4 and our three at 5-7, then close every
+          other fd: the supervisor's descriptors never reach the worker, and
+          the table is small again before RLIMIT_NOFILE applies. */
+    int src[MCPS_CHILD_FDS] = {c->stdin_fd, c->stdout_fd, c->stderr_fd, c->request_fd, c->response_fd,
+                               c->exec_fd, c->landlock_ruleset_fd, c->notify_socket_fd};
+    int moved[MCPS_CHILD_FDS];
+    for (int i = 0; i < MCPS_CHILD_FDS; i++) {
+        moved[i] = -1;
+        if (src[i] < 0) continue;
+        moved[i] = fcntl(src[i], F_DUPFD_CLOEXEC, HIGH_FD);
         if (moved[i] < 0) child_fail(a, MCPS_STAGE_FDS);
     }
-    int exec_fd = fcntl(c->exec_fd, F_DUPFD_CLOEXEC, FIRST_FREE_FD);
-    if (exec_fd < 0) child_fail(a, MCPS_STAGE_FDS);
-    int ruleset_fd = -1;
-    if (c->landlock_ruleset_fd >= 0) {
-        ruleset_fd = fcntl(c->landlock_ruleset_fd, F_DUPFD_CLOEXEC, FIRST_FREE_FD);
-        if (ruleset_fd < 0) child_fail(a, MCPS_STAGE_FDS);
+    for (int i = 0; i < MCPS_CHILD_FDS; i++) {
+        if (moved[i] < 0) continue;
+        /* 0-4 survive exec; 5-7 are only for setup. */
+        if (dup3(moved[i], i, i < 5 ? 0 : O_CLOEXEC) != i) child_fail(a, MCPS_STAGE_FDS);
     }
-    int notify_fd = -1;
-    if (c->notify_socket_fd >= 0) {
-        notify_fd = fcntl(c->notify_socket_fd, F_DUPFD_CLOEXEC, FIRST_FREE_FD);
-        if (notify_fd < 0) child_fail(a, MCPS_STAGE_FDS);
-    }
-    for (int i = 0; i < 5; i++) {
-        if (dup2(moved[i], i) != i) child_fail(a, MCPS_STAGE_FDS);
-    }
-    if (syscall(SYS_close_range, FIRST_FREE_FD, ~0U, CLOSE_RANGE_CLOEXEC) != 0) child_fail(a, MCPS_STAGE_FDS);
+    if (syscall(SYS_close_range, MCPS_CHILD_FDS, ~0U, 0) != 0) child_fail(a, MCPS_STAGE_FDS);
+    int exec_fd = 5;
+    int ruleset_fd = c->landlock_ruleset_fd >= 0 ? 6 : -1;
+    int notify_fd = c->notify_socket_fd >= 0 ? 7 : -1;
 
     /* 4. Own session: no controlling terminal (TIOCSTI needs one). */
     if (setsid() < 0) child_fail(a, MCPS_STAGE_SESSION);

@@ -100,6 +100,26 @@ public struct FileDescriptor: Hashable, Sendable {
         }
     }
 
+    /// Reads into an array's storage; returns the byte count (0 at EOF).
+    public func read(_ buffer: inout [UInt8]) throws(SystemError) -> Int {
+        while true {
+            let n = buffer.withUnsafeMutableBytes { Glibc.read(rawValue, $0.baseAddress, $0.count) }
+            if n >= 0 { return n }
+            let e = Glibc.errno
+            if e != EINTR { throw SystemError("read", errno: e) }
+        }
+    }
+
+    /// Positional read into an array's storage.
+    public func pread(_ buffer: inout [UInt8], offset: Int) throws(SystemError) -> Int {
+        while true {
+            let n = buffer.withUnsafeMutableBytes { Glibc.pread(rawValue, $0.baseAddress, $0.count, off_t(offset)) }
+            if n >= 0 { return n }
+            let e = Glibc.errno
+            if e != EINTR { throw SystemError("pread", errno: e) }
+        }
+    }
+
     /// The corresponding C function is `pread`.
     public func pread(into buffer: UnsafeMutableRawBufferPointer, offset: Int) throws(SystemError) -> Int {
         try retrying("pread") { Glibc.pread(rawValue, buffer.baseAddress, buffer.count, off_t(offset)) }

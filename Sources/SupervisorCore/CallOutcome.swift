@@ -1,0 +1,109 @@
+import StrictJSON
+import SupervisorPlatform
+
+/// Which limit a call hit.
+public enum LimitKind: String, Sendable, Equatable {
+    case cpu, memory, fileSize, output, frameSize
+}
+
+/// What a successful call returned.
+public struct CellResult: Sendable, Equatable {
+    /// MCP content items (text/image), control characters removed from text.
+    public var content: [JSONValue]
+    public var structuredContent: JSONValue?
+}
+
+/// How one call ended. Exactly one per call.
+public enum CallOutcome: Sendable, Equatable {
+    case success(CellResult)
+    /// The tool ran and reported failure.
+    case toolError(String)
+    /// The call's deadline passed; the worker was killed.
+    case timeout
+    /// The client cancelled; the worker was killed.
+    case cancelled
+    /// The worker tried a syscall outside its allowlist and was killed.
+    case sandboxViolation(syscall: String, architecture: String)
+    /// The worker died from a signal it was not sent by us.
+    case killedBySignal(Int32)
+    case limitExceeded(LimitKind)
+    /// The worker broke the frame protocol; the call ended there.
+    case protocolViolation(String)
+    /// The worker could not be started (setup stage and errno).
+    case spawnFailed(stage: String, errno: Int32)
+    /// The call was refused before a worker was started.
+    case refused(CellRefusal)
+
+    /// A short, stable name (security log, metrics).
+    public var kind: String {
+        switch self {
+        case .success: return "success"
+        case .toolError: return "tool_error"
+        case .timeout: return "timeout"
+        case .cancelled: return "cancelled"
+        case .sandboxViolation: return "sandbox_violation"
+        case .killedBySignal: return "killed_by_signal"
+        case .limitExceeded: return "limit_exceeded"
+        case .protocolViolation: return "protocol_violation"
+        case .spawnFailed: return "spawn_failed"
+        case .refused: return "refused"
+        }
+    }
+
+    /// Plain one-line description with the details (for operators and logs).
+    public var detail: String {
+        switch self {
+        case .success: return "success"
+        case .toolError(let m): return "tool error: \(m)"
+        case .timeout: return "timed out"
+        case .cancelled: return "cancelled"
+        case .sandboxViolation(let s, let a): return "killed by SIGSYS: syscall \(s) (\(a)) is not allowed for this cell"
+        case .killedBySignal(let s): return "killed by \(signalName(s))"
+        case .limitExceeded(let l): return "\(l.rawValue) limit exceeded"
+        case .protocolViolation(let m): return "protocol violation: \(m)"
+        case .spawnFailed(let st, let e): return "spawn failed at stage \(st): \(Errno.describe(e))"
+        case .refused(let r): return "refused: \(r)"
+        }
+    }
+
+    /// Short cause for the model's context: no paths, no internals.
+    public var shortCause: String {
+        switch self {
+        case .success: return "success"
+        case .toolError(let m): return m
+        case .timeout: return "The tool call timed out."
+        case .cancelled: return "The tool call was cancelled."
+        case .sandboxViolation(let s, _): return "The tool was stopped by the sandbox (forbidden system call \(s))."
+        case .killedBySignal(let s): return "The tool crashed (\(signalName(s)))."
+        case .limitExceeded(let l): return "The tool exceeded its \(l.rawValue) limit."
+        case .protocolViolation: return "The tool broke the cell protocol and was stopped."
+        case .spawnFailed: return "The tool could not be started."
+        case .refused(let r):
+            if case .hashMismatch = r { return "The tool's executable does not match its approved version; the call was refused." }
+            return "The tool cannot run on this host as declared."
+        }
+    }
+}
+
+/// Everything measured about one call.
+public struct CallReport: Sendable {
+    public var outcome: CallOutcome
+    public var exit: ProcessExit.Status?
+    public var durationNanoseconds: UInt64
+    public var cpuNanoseconds: UInt64
+    public var peakMemoryBytes: UInt64
+    /// Bytes the worker wrote (frames and diagnostics).
+    public var bytesFromWorker: Int
+    /// The end of the worker's stderr/stdout (diagnostics only).
+    public var diagnostics: String
+    /// Stage timings: clone to exec'd, exec'd to first frame, last frame to reaped.
+    public var spawnNanoseconds: UInt64
+    public var firstFrameNanoseconds: UInt64
+    public var reapNanoseconds: UInt64
+}
+
+/// A message a worker sent during a call.
+public enum WorkerMessage: Sendable, Equatable {
+    case progress(progress: Double, total: Double?, message: String?)
+    case log(level: String, message: String, data: JSONValue?)
+}

@@ -1,0 +1,493 @@
+import Logging
+import StrictJSON
+import SupervisorPlatform
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Lets another thread end a call in flight (client cancellation, shutdown,
+/// revocation). The running call polls the pipe's read end.
+public final class CallCancellation: @unchecked Sendable {
+    let read: FileDescriptor
+    let write: FileDescriptor
+    private let lock = Mutex()
+    private var fired = false
+
+    public init() throws(SystemError) {
+        (read, write) = try Sys.pipe()
+    }
+
+    deinit {
+        read.close()
+        write.close()
+    }
+
+    public func cancel() {
+        lock.withLock {
+            if !fired {
+                fired = true
+                try? write.writeAll([1])
+            }
+        }
+    }
+
+    public var isCancelled: Bool { lock.withLock { fired } }
+}
+
+/// Runs one tool call in one fresh worker, start to finish, on the calling
+/// thread. The worker is always gone and its scratch wiped when this returns.
+public final class CallRunner: @unchecked Sendable {
+    public let host: HostSandbox
+    let logger: Logger
+    private let devNull: FileDescriptor
+    private let sequence = Mutex()
+    private var counter: UInt64 = 0
+
+    public init(host: HostSandbox, logger: Logger) throws(SystemError) {
+        self.host = host
+        self.logger = logger
+        devNull = try Sys.open("/dev/null", O_RDONLY)
+        try host.prepareScratchRoot()
+    }
+
+    deinit { devNull.close() }
+
+    private func nextScratchName(_ callID: String) -> String {
+        let n = sequence.withLock { () -> UInt64 in
+            counter += 1
+            return counter
+        }
+        let safe = String(callID.unicodeScalars.filter { CellManifest.isValidName(String($0)) }.prefix(32))
+        return "\(host.scratchRoot)/\(getpid())-\(n)-\(safe.isEmpty ? "call" : safe)"
+    }
+
+    /// Runs `tool` of `cell` with already-validated `arguments`.
+    public func run(cell: PreparedCell, tool: String, arguments: JSONObject, callID: String,
+                    cancellation: CallCancellation? = nil,
+                    onMessage: (WorkerMessage) -> Void = { _ in }) -> CallReport {
+        let start = monotonicNanoseconds()
+        var report = CallReport(outcome: .cancelled, exit: nil, durationNanoseconds: 0, cpuNanoseconds: 0,
+                                peakMemoryBytes: 0, bytesFromWorker: 0, diagnostics: "", spawnNanoseconds: 0,
+                                firstFrameNanoseconds: 0, reapNanoseconds: 0)
+        if cancellation?.isCancelled != true {
+            run(cell: cell, tool: tool, arguments: arguments, callID: callID, cancellation: cancellation,
+                start: start, report: &report, onMessage: onMessage)
+        }
+        report.durationNanoseconds = monotonicNanoseconds() - start
+        return report
+    }
+
+    private func run(cell: PreparedCell, tool: String, arguments: JSONObject, callID: String,
+                     cancellation: CallCancellation?, start: UInt64, report: inout CallReport,
+                     onMessage: (WorkerMessage) -> Void) {
+
+        let m = cell.manifest
+        let exe: FileDescriptor
+        let script: FileDescriptor?
+        do {
+            exe = try cell.executable.descriptorForSpawn()
+            script = try cell.script?.freshReadDescriptor()
+        } catch {
+            report.outcome = .refused(error)
+            return
+        }
+
+        let scratch = nextScratchName(callID)
+        var toClose: [FileDescriptor] = script.map { [$0] } ?? []
+        defer {
+            for fd in toClose { fd.close() }
+            do { try Sys.removeTree(scratch) } catch {
+                logger.error("could not wipe scratch directory", metadata: ["path": "\(scratch)", "error": "\(error)"])
+            }
+        }
+
+        let worker: WorkerProcess
+        let requestWrite: FileDescriptor
+        let responseRead: FileDescriptor
+        let diagRead: FileDescriptor
+        let notifyParent: FileDescriptor?
+        do {
+            try Sys.mkdir(scratch, mode: 0o700)
+            if host.features.isRoot {
+                let d = try Sys.open(scratch, O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
+                defer { d.close() }
+                try d.chown(uid: host.workerUID, gid: host.workerGID)
+            }
+            let req = try Sys.pipe()
+            let resp = try Sys.pipe()
+            let diag = try Sys.pipe()
+            toClose += [req.read, req.write, resp.read, resp.write, diag.read, diag.write]
+            requestWrite = req.write
+            responseRead = resp.read
+            diagRead = diag.read
+            var notifyChild: FileDescriptor? = nil
+            if host.features.seccompUserNotification {
+                let (a, b) = try Sys.socketPair(type: Int32(SOCK_SEQPACKET.rawValue))
+                toClose += [a, b]
+                notifyParent = a
+                notifyChild = b
+            } else {
+                notifyParent = nil
+            }
+            let ruleset = try Landlock.Ruleset.create(abi: host.features.landlockABI ?? 1)
+            toClose.append(ruleset.fd)
+            for (fd, access, isDir) in cell.pathRules { try ruleset.allow(fd, access, isDirectory: isDir) }
+            let scratchFD = try Landlock.openPath(scratch)
+            toClose.append(scratchFD)
+            try ruleset.allow(scratchFD, .readWrite, isDirectory: true)
+            // The executable is a sealed memfd on the kernel's internal shmem
+            // mount: Landlock takes no rules there (EBADFD) and does not
+            // mediate it, so exec of it needs no rule. Workers cannot create
+            // memfds (memfd_create is in no group), so this opens nothing.
+
+            var r = SpawnRequest(
+                executable: exe, argv: m.argv, environment: environment(for: m, scratch: scratch),
+                stdin: script ?? devNull, stdout: diag.write, stderr: diag.write, request: req.read,
+                response: resp.write, workingDirectory: scratch)
+            r.rlimits = rlimits(for: m)
+            r.dropBoundingSet = host.features.canDropBoundingSet
+            if host.features.isRoot { r.changeIDs = (host.workerUID, host.workerGID) }
+            if m.limits.processes == .processes {
+                if host.features.isRoot {
+                    r.namespaceFlags = Namespaces.pid
+                } else {
+                    r.namespaceFlags = Namespaces.user | Namespaces.pid
+                    r.uidMap = "\(geteuid()) \(geteuid()) 1\n"
+                    r.gidMap = "\(getegid()) \(getegid()) 1\n"
+                    r.dropBoundingSet = true
+                }
+            }
+            r.landlockRuleset = ruleset.fd
+            r.seccompProgram = cell.seccomp
+            r.seccompNotifySocket = notifyChild
+            let t0 = monotonicNanoseconds()
+            do {
+                worker = try WorkerProcess.spawn(r)
+            } catch {
+                report.outcome = .spawnFailed(stage: error.stage, errno: error.errno)
+                return
+            }
+            report.spawnNanoseconds = monotonicNanoseconds() - t0
+            // The child's ends are its own now.
+            for fd in [req.read, resp.write, diag.write, ruleset.fd, scratchFD] + (notifyChild.map { [$0] } ?? []) {
+                fd.close()
+                toClose.removeAll { $0 == fd }
+            }
+        } catch {
+            report.outcome = .spawnFailed(stage: "prepare", errno: error.errno)
+            return
+        }
+
+        var session = WorkerSession(
+            worker: worker, callID: callID, manifest: m, requestWrite: requestWrite, responseRead: responseRead,
+            diagRead: diagRead, cancellation: cancellation, graceMilliseconds: host.terminationGraceMilliseconds)
+        if let notifyParent {
+            do {
+                session.listener = try SeccompListener.receive(from: notifyParent)
+            } catch {
+                worker.close()
+                report.outcome = .spawnFailed(stage: "seccomp-listener", errno: error.errno)
+                return
+            }
+        }
+        defer { session.listener?.fd.close() }
+        session.run(request: CellProtocol.request(callID: callID, tool: tool, arguments: arguments),
+                    started: start, onMessage: onMessage)
+        let reapStart = monotonicNanoseconds()
+        let exit: ProcessExit
+        do {
+            exit = try worker.wait()
+        } catch {
+            worker.close()
+            report.outcome = .protocolViolation("could not reap the worker: \(error)")
+            return
+        }
+        worker.close()
+        report.reapNanoseconds = monotonicNanoseconds() - reapStart
+        report.exit = exit.status
+        report.cpuNanoseconds = exit.userCPUNanoseconds + exit.systemCPUNanoseconds
+        report.peakMemoryBytes = session.peakRSS ?? exit.maxRSSBytes
+        report.bytesFromWorker = session.bytesFromWorker
+        report.diagnostics = session.diagnosticsText
+        report.firstFrameNanoseconds = session.firstFrameAt > 0 ? session.firstFrameAt - start - report.spawnNanoseconds : 0
+        report.outcome = session.classify(exit: exit)
+    }
+
+    func environment(for m: CellManifest, scratch: String) -> [String] {
+        var env: [String] = []
+        for name in m.environmentPass {
+            if let v = getenv(name) { env.append("\(name)=\(String(cString: v))") }
+        }
+        for (k, v) in m.environmentSet { env.append("\(k)=\(v)") }
+        let declared = Set(m.environmentPass + m.environmentSet.map(\.0))
+        for (k, v) in [("HOME", scratch), ("TMPDIR", scratch)] where !declared.contains(k) {
+            env.append("\(k)=\(v)")
+        }
+        return env
+    }
+
+    func rlimits(for m: CellManifest) -> [(resource: Int32, soft: UInt64, hard: UInt64)] {
+        let l = m.limits
+        var out: [(resource: Int32, soft: UInt64, hard: UInt64)] = [
+            (Resource.core, 0, 0),
+            // SIGXCPU at the limit, SIGKILL one second later if it is ignored.
+            (Resource.cpu, UInt64(l.cpuSeconds), UInt64(l.cpuSeconds) + 1),
+            (Resource.addressSpace, UInt64(l.memoryMiB) << 20, UInt64(l.memoryMiB) << 20),
+            (Resource.openFiles, UInt64(l.openFiles), UInt64(l.openFiles)),
+            (Resource.fileSize, UInt64(l.fileSizeMiB) << 20, UInt64(l.fileSizeMiB) << 20),
+        ]
+        if l.processes == .processes {
+            out.append((Resource.processes, UInt64(l.maxProcesses), UInt64(l.maxProcesses)))
+        }
+        return out
+    }
+}
+
+/// The supervisor's side of one worker's lifetime: feed the request, read
+/// frames and diagnostics, watch the seccomp listener, the deadline and the
+/// cancellation, all in one poll loop with bounded buffers.
+struct WorkerSession {
+    let worker: WorkerProcess
+    let callID: String
+    let manifest: CellManifest
+    let requestWrite: FileDescriptor
+    let responseRead: FileDescriptor
+    let diagRead: FileDescriptor
+    let cancellation: CallCancellation?
+    let graceMilliseconds: Int
+    var listener: SeccompListener? = nil
+
+    var decoder: FrameDecoder
+    var final: CellProtocol.Frame? = nil
+    var violation: String? = nil
+    var seccompViolation: (String, String)? = nil
+    var limitHit: LimitKind? = nil
+    var timedOut = false
+    var cancelled = false
+    var killedByUs = false
+    var bytesFromWorker = 0
+    var diagnostics: [UInt8] = []
+    var firstFrameAt: UInt64 = 0
+    var peakRSS: UInt64? = nil
+    static let diagnosticsKept = 8192
+
+    /// VmHWM of a live (not yet reaped) worker, from /proc/<pid>/status.
+    static func highWaterRSS(pid: Int32) -> UInt64? {
+        guard let bytes = try? readFile("/proc/\(pid)/status", limit: 1 << 16) else { return nil }
+        let text = String(decoding: bytes, as: UTF8.self)
+        guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }) else { return nil }
+        let digits = line.filter { $0.isNumber }
+        return UInt64(digits).map { $0 * 1024 }
+    }
+
+    init(worker: WorkerProcess, callID: String, manifest: CellManifest, requestWrite: FileDescriptor,
+         responseRead: FileDescriptor, diagRead: FileDescriptor, cancellation: CallCancellation?, graceMilliseconds: Int) {
+        self.worker = worker
+        self.callID = callID
+        self.manifest = manifest
+        self.requestWrite = requestWrite
+        self.responseRead = responseRead
+        self.diagRead = diagRead
+        self.cancellation = cancellation
+        self.graceMilliseconds = graceMilliseconds
+        decoder = FrameDecoder(maxFrame: manifest.limits.frameKiB << 10)
+    }
+
+    var diagnosticsText: String { CellProtocol.sanitize(String(decoding: diagnostics, as: UTF8.self)) }
+
+    /// Ends the worker now: SIGKILL through the pidfd (never a pid).
+    mutating func kill() {
+        killedByUs = true
+        worker.signal(SIGKILL)
+    }
+
+    mutating func run(request: JSONValue, started: UInt64, onMessage: (WorkerMessage) -> Void) {
+        var pending = FrameCodec.encode(request)
+        var pendingOffset = 0
+        try? requestWrite.setNonBlocking()
+        try? responseRead.setNonBlocking()
+        try? diagRead.setNonBlocking()
+        var requestOpen = true
+        var responseOpen = true
+        var diagOpen = true
+        let deadline = started + UInt64(manifest.limits.timeoutMilliseconds) * 1_000_000
+        var killAt: UInt64? = nil
+        let outputCap = manifest.limits.outputKiB << 10
+        var buf = [UInt8](repeating: 0, count: 65536)
+        var exited = false
+        var poll = PollSet()
+
+        func closeRequest() {
+            if requestOpen {
+                requestWrite.close()
+                requestOpen = false
+            }
+        }
+        defer { closeRequest() }
+
+        while true {
+            // Try to push the request without blocking: a worker that never
+            // reads its input cannot stall the supervisor.
+            if requestOpen && pendingOffset < pending.count {
+                let n = pending.withUnsafeBytes { raw in
+                    Glibc.write(requestWrite.rawValue, raw.baseAddress! + pendingOffset, raw.count - pendingOffset)
+                }
+                if n > 0 { pendingOffset += n }
+                if n < 0 && errno != EAGAIN && errno != EINTR { closeRequest() }
+                if pendingOffset == pending.count {
+                    closeRequest()
+                    pending = []
+                }
+            }
+            if exited && !responseOpen && !diagOpen { break }
+
+            poll.removeAll()
+            let iResp = responseOpen ? poll.add(responseRead) : -1
+            let iDiag = diagOpen ? poll.add(diagRead) : -1
+            let iExit = exited ? -1 : poll.add(worker.pidfd)
+            let iCancel = cancellation.map { poll.add($0.read) } ?? -1
+            let iNotify = listener.map { poll.add($0.fd) } ?? -1
+            let iReq = requestOpen ? poll.add(requestWrite, events: Int16(POLLOUT)) : -1
+
+            let now = monotonicNanoseconds()
+            let wakeAt = killAt ?? deadline
+            let timeout = wakeAt > now ? Int32(min((wakeAt - now) / 1_000_000 + 1, 60_000)) : 0
+            let ready: Int
+            do { ready = try poll.wait(timeoutMilliseconds: timeout) } catch { kill(); break }
+
+            if ready == 0 || monotonicNanoseconds() >= wakeAt {
+                if let k = killAt, monotonicNanoseconds() >= k {
+                    kill()
+                    killAt = nil
+                    // Keep draining until the pipes close; the kill cannot fail.
+                } else if killAt == nil && !killedByUs && !exited && final == nil && !timedOut {
+                    timedOut = true
+                    worker.signal(SIGTERM)
+                    killAt = monotonicNanoseconds() + UInt64(graceMilliseconds) * 1_000_000
+                } else if !exited && !killedByUs {
+                    kill()
+                }
+                if exited && (responseOpen || diagOpen) && monotonicNanoseconds() >= deadline + 1_000_000_000 {
+                    // A descendant keeps a pipe open after the worker died
+                    // (not possible with a PID namespace or without fork): give up.
+                    break
+                }
+                continue
+            }
+            if iNotify >= 0 && poll.isReadable(iNotify), let l = listener {
+                if let n = try? l.receive() {
+                    seccompViolation = (n.syscallName, Seccomp.architectureName(n.architecture))
+                    kill()
+                }
+            }
+            if iCancel >= 0 && poll.isReadable(iCancel) && !cancelled && !exited {
+                cancelled = true
+                kill()
+            }
+            if iResp >= 0 && poll.isReadable(iResp) {
+                let n = buf.withUnsafeMutableBytes { Glibc.read(responseRead.rawValue, $0.baseAddress, $0.count) }
+                if n == 0 {
+                    responseOpen = false
+                    if violation == nil && final == nil && !decoder.isAtBoundary {
+                        do { try decoder.finish() } catch { violation = error.description }
+                    }
+                } else if n > 0 {
+                    if firstFrameAt == 0 { firstFrameAt = monotonicNanoseconds() }
+                    bytesFromWorker += n
+                    if bytesFromWorker > outputCap {
+                        limitHit = .output
+                        kill()
+                    } else if violation == nil && limitHit == nil {
+                        handle(buf[0..<n], onMessage: onMessage)
+                    }
+                }
+            }
+            if iDiag >= 0 && poll.isReadable(iDiag) {
+                let n = buf.withUnsafeMutableBytes { Glibc.read(diagRead.rawValue, $0.baseAddress, $0.count) }
+                if n == 0 {
+                    diagOpen = false
+                } else if n > 0 {
+                    bytesFromWorker += n
+                    diagnostics.append(contentsOf: buf[0..<n])
+                    if diagnostics.count > Self.diagnosticsKept { diagnostics.removeFirst(diagnostics.count - Self.diagnosticsKept) }
+                    if bytesFromWorker > outputCap && limitHit == nil {
+                        limitHit = .output
+                        kill()
+                    }
+                }
+            }
+            if iReq >= 0 && poll.fds[iReq].revents & Int16(POLLERR | POLLHUP) != 0 {
+                closeRequest()
+            }
+            if iExit >= 0 && poll.isReadable(iExit) {
+                exited = true
+                closeRequest()
+            }
+        }
+    }
+
+    mutating func handle(_ bytes: ArraySlice<UInt8>, onMessage: (WorkerMessage) -> Void) {
+        let frames: [JSONValue]
+        do {
+            frames = try decoder.feed(Array(bytes))
+        } catch {
+            if case .frameTooLarge = error { limitHit = .frameSize }
+            violation = error.description
+            kill()
+            return
+        }
+        for f in frames {
+            if final != nil {
+                violation = "a frame arrived after the final result"
+                kill()
+                return
+            }
+            do {
+                let frame = try CellProtocol.decode(f, callID: callID)
+                switch frame {
+                case .message(let m): onMessage(m)
+                case .result, .error:
+                    final = frame
+                    // Read the peak RSS now, while the worker still has its
+                    // memory: after exit only rusage is left, and with
+                    // CLONE_VM it also counts the supervisor's pages at exec.
+                    peakRSS = Self.highWaterRSS(pid: worker.pid)
+                }
+            } catch {
+                violation = error.message
+                kill()
+                return
+            }
+        }
+    }
+
+    func classify(exit: ProcessExit) -> CallOutcome {
+        if let (s, a) = seccompViolation { return .sandboxViolation(syscall: s, architecture: a) }
+        if cancelled { return .cancelled }
+        if let l = limitHit { return l == .frameSize ? .protocolViolation(violation ?? "frame too large") : .limitExceeded(l) }
+        if let v = violation { return .protocolViolation(v) }
+        if timedOut && final == nil { return .timeout }
+        if case .signaled(let sig) = exit.status, !killedByUs || final == nil {
+            switch sig {
+            case SIGXCPU: return .limitExceeded(.cpu)
+            case SIGXFSZ: return .limitExceeded(.fileSize)
+            case SIGSYS: return .sandboxViolation(syscall: "non-native system call", architecture: "foreign")
+            case SIGKILL where !killedByUs:
+                let cpu = exit.userCPUNanoseconds + exit.systemCPUNanoseconds
+                if cpu >= UInt64(manifest.limits.cpuSeconds) * 1_000_000_000 { return .limitExceeded(.cpu) }
+                return .killedBySignal(sig)
+            default:
+                if final == nil { return .killedBySignal(sig) }
+            }
+        }
+        switch final {
+        case .result(let r)?: return .success(r)
+        case .error(let m)?: return .toolError(m)
+        default:
+            if case .exited(let code) = exit.status {
+                return .protocolViolation("worker exited with status \(code) without sending a result")
+            }
+            return .protocolViolation("worker ended without sending a result")
+        }
+    }
+}

@@ -1,0 +1,109 @@
+import SupervisorPlatform
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What this kernel and this process can give a worker, probed once at start.
+public struct KernelFeatures: Sendable {
+    public var seccompAPILevel: Int
+    public var seccompUserNotification: Bool
+    public var landlockABI: Int?
+    public var landlockError: String?
+    public var isRoot: Bool
+    public var canDropBoundingSet: Bool
+    public var userNamespaces: Bool
+    public var userNamespaceError: String?
+    public var pidNamespaces: Bool
+    public var pidNamespaceError: String?
+    public var memfdExec: Bool
+
+    public static func probe() -> KernelFeatures {
+        let api = Seccomp.apiLevel
+        var f = KernelFeatures(
+            seccompAPILevel: api, seccompUserNotification: api >= 6, landlockABI: nil, landlockError: nil,
+            isRoot: geteuid() == 0, canDropBoundingSet: Sys.hasEffectiveCapability(8 /* CAP_SETPCAP */),
+            userNamespaces: false, userNamespaceError: nil, pidNamespaces: false, pidNamespaceError: nil,
+            memfdExec: true)
+        switch Landlock.abi() {
+        case .success(let v): f.landlockABI = v
+        case .failure(let e): f.landlockError = e.description
+        }
+        switch Sys.canClone(flags: Namespaces.user | Namespaces.pid) {
+        case .success: f.userNamespaces = true
+        case .failure(let e): f.userNamespaceError = e.description
+        }
+        switch Sys.canClone(flags: f.isRoot ? Namespaces.pid : Namespaces.user | Namespaces.pid) {
+        case .success: f.pidNamespaces = true
+        case .failure(let e): f.pidNamespaceError = e.description
+        }
+        if let v = try? readFile("/proc/sys/vm/memfd_noexec"), let s = String(validatingUTF8: v.map { CChar(bitPattern: $0) } + [0]) {
+            f.memfdExec = s.hasPrefix("0")
+        }
+        return f
+    }
+}
+
+/// Where and as whom workers run.
+public struct HostSandbox: Sendable {
+    public let features: KernelFeatures
+    /// uid/gid of workers. Root runs them as an unprivileged user (nobody by
+    /// default); a normal user runs them under its own ids.
+    public let workerUID: UInt32
+    public let workerGID: UInt32
+    /// Parent of the per-call scratch directories.
+    public let scratchRoot: String
+    /// Directories a manifest may never expose to a worker (the supervisor's
+    /// state: keys, ledger, security log).
+    public let protectedPaths: [String]
+    /// Grace between SIGTERM and SIGKILL at the deadline.
+    public let terminationGraceMilliseconds: Int
+
+    public init(features: KernelFeatures, workerUID: UInt32? = nil, workerGID: UInt32? = nil, scratchRoot: String,
+                protectedPaths: [String], terminationGraceMilliseconds: Int = 200) {
+        self.features = features
+        self.workerUID = workerUID ?? (features.isRoot ? 65534 : getuid())
+        self.workerGID = workerGID ?? (features.isRoot ? 65534 : getgid())
+        self.scratchRoot = scratchRoot
+        self.protectedPaths = protectedPaths
+        self.terminationGraceMilliseconds = terminationGraceMilliseconds
+    }
+
+    /// True when workers share the supervisor's uid: then only Landlock's
+    /// signal scope keeps a worker from signalling the supervisor.
+    public var workersShareSupervisorUID: Bool { workerUID == geteuid() }
+
+    /// Creates the scratch root: owned by the supervisor, not a symlink,
+    /// traversable (not listable) by the worker uid.
+    public func prepareScratchRoot() throws(SystemError) {
+        var path = ""
+        for c in scratchRoot.split(separator: "/") {
+            path += "/" + c
+            if (try? Sys.lstat(path)) == nil {
+                try Sys.mkdir(path, mode: 0o711)
+            }
+        }
+        let st = try Sys.lstat(scratchRoot)
+        guard st.isDirectory, st.uid == geteuid() else {
+            throw SystemError("scratch root \(scratchRoot) is not a directory owned by this user", errno: EPERM)
+        }
+        try Sys.chmod(scratchRoot, mode: 0o711)
+    }
+
+    /// Why the sandbox this host gives cannot run `cell`, or nil if it can.
+    /// Fail closed: a cell never runs with less than its manifest declares.
+    public func refusal(for manifest: CellManifest) -> String? {
+        guard let abi = features.landlockABI else {
+            return "Landlock is not available (\(features.landlockError ?? "unknown error")); enable it with the kernel command line lsm=...,landlock (Linux 5.13 or later)"
+        }
+        if workersShareSupervisorUID && abi < 6 {
+            return "workers run under the supervisor's own uid, which needs Landlock ABI 6 (signal and abstract-socket scopes, Linux 6.12) to keep them from signalling it; this kernel has ABI \(abi). Run the supervisor as root (workers then run as nobody) or upgrade the kernel"
+        }
+        if manifest.limits.processes == .processes && !features.pidNamespaces {
+            return "limits.processes is \"processes\", which needs a PID namespace so the whole process tree dies with the call: \(features.pidNamespaceError ?? "unavailable")\(features.isRoot ? "" : "; enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 or user.max_user_namespaces > 0)")"
+        }
+        if features.seccompAPILevel < 3 {
+            return "seccomp filters with kill-process are not available (libseccomp API level \(features.seccompAPILevel)); a kernel built with CONFIG_SECCOMP_FILTER is required"
+        }
+        return nil
+    }
+}

@@ -1,0 +1,220 @@
+import Crypto
+import StrictJSON
+import SupervisorPlatform
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Why a cell cannot run at all, or cannot run this call.
+public enum CellRefusal: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The file on disk no longer has the bytes the manifest pins.
+    case hashMismatch(path: String, expected: String, actual: String)
+    /// The executable or script cannot be opened or read.
+    case unreadable(path: String, reason: String)
+    /// The host cannot give the protection the manifest asks for.
+    case unsupported(String)
+    /// The manifest's filesystem rules are unusable.
+    case badPath(field: String, reason: String)
+    /// The seccomp program cannot be built.
+    case filter(String)
+
+    public var description: String {
+        switch self {
+        case .hashMismatch(let p, let e, let a): return "\(p): SHA-256 is \(a), the manifest pins \(e)"
+        case .unreadable(let p, let r): return "\(p): \(r)"
+        case .unsupported(let s): return "this host cannot sandbox the cell as declared: \(s)"
+        case .badPath(let f, let r): return "\(f): \(r)"
+        case .filter(let s): return "seccomp filter: \(s)"
+        }
+    }
+}
+
+public func sha256Hex(_ bytes: some Sequence<UInt8>) -> String {
+    SHA256.hash(data: Array(bytes)).map { b in
+        let h = String(b, radix: 16)
+        return b < 16 ? "0" + h : h
+    }.joined()
+}
+
+/// A verified, sealed copy of an executable or script.
+final class VerifiedFile: @unchecked Sendable {
+    let path: String
+    let sha256: String
+    private let lock = Mutex()
+    private var sealed: FileDescriptor
+    private var identity: FileIdentity
+
+    init(path: String, sha256: String) throws(CellRefusal) {
+        self.path = path
+        self.sha256 = sha256
+        (sealed, identity) = try Self.load(path: path, expected: sha256)
+    }
+
+    deinit { sealed.close() }
+
+    /// Opens the file, hashes the open descriptor and, if it matches, copies
+    /// exactly those bytes into a sealed memfd (which can never change).
+    private static func load(path: String, expected: String) throws(CellRefusal) -> (FileDescriptor, FileIdentity) {
+        let fd: FileDescriptor
+        do { fd = try Sys.open(path, O_RDONLY) } catch { throw .unreadable(path: path, reason: error.description) }
+        defer { fd.close() }
+        do {
+            let before = try fd.stat()
+            guard before.isRegularFile else { throw CellRefusal.unreadable(path: path, reason: "not a regular file") }
+            let sealed = try Sys.sealedCopy(of: fd, name: baseName(of: path))
+            // Hash the sealed copy: these are the bytes that will be exec'd.
+            var hasher = SHA256()
+            var buf = [UInt8](repeating: 0, count: 1 << 16)
+            var off = 0
+            while true {
+                let n = try sealed.pread(&buf, offset: off)
+                if n == 0 { break }
+                hasher.update(data: buf[0..<n])
+                off += n
+            }
+            let actual = hasher.finalize().map { b in (b < 16 ? "0" : "") + String(b, radix: 16) }.joined()
+            guard actual == expected else {
+                sealed.close()
+                throw CellRefusal.hashMismatch(path: path, expected: expected, actual: actual)
+            }
+            return (sealed, before)
+        } catch let e as CellRefusal {
+            throw e
+        } catch {
+            throw .unreadable(path: path, reason: "\(error)")
+        }
+    }
+
+    /// The sealed descriptor to exec. Costs one stat when the file is
+    /// unchanged; if anything about it changed (ctime cannot be forged) the
+    /// file is verified again and a mismatch refuses the call.
+    /// A new read-only open file description of the sealed copy, at offset 0,
+    /// for a worker that reads the file (a script on stdin): each worker gets
+    /// its own offset. The caller closes it.
+    func freshReadDescriptor() throws(CellRefusal) -> FileDescriptor {
+        let fd = try descriptorForSpawn()
+        do { return try Sys.open("/proc/self/fd/\(fd.rawValue)", O_RDONLY) } catch {
+            throw .unreadable(path: path, reason: "reopen of the sealed copy failed: \(error)")
+        }
+    }
+
+    func descriptorForSpawn() throws(CellRefusal) -> FileDescriptor {
+        let now: FileIdentity
+        do { now = try Sys.stat(path) } catch { throw .unreadable(path: path, reason: error.description) }
+        lock.lock()
+        defer { lock.unlock() }
+        if now == identity { return sealed }
+        let (fd, id) = try Self.load(path: path, expected: sha256)
+        sealed.close()
+        sealed = fd
+        identity = id
+        return sealed
+    }
+}
+
+/// Everything about one cell version that can be computed once: the sealed
+/// executable, the compiled seccomp program, the Landlock path handles.
+/// Per call, only the scratch directory and the ruleset fd are new.
+public final class PreparedCell: @unchecked Sendable {
+    public let manifest: CellManifest
+    public let seccomp: SeccompProgram
+    let executable: VerifiedFile
+    let script: VerifiedFile?
+    /// (O_PATH fd, rights, is directory) for each manifest path.
+    let pathRules: [(FileDescriptor, Landlock.Access, Bool)]
+    public let allowlist: [String]
+
+    public init(manifest: CellManifest, groups: SyscallGroups, host: HostSandbox) throws(CellRefusal) {
+        if let why = host.refusal(for: manifest) { throw .unsupported(why) }
+        self.manifest = manifest
+        executable = try VerifiedFile(path: manifest.executable.path, sha256: manifest.executable.sha256)
+        script = try manifest.script.map { (s) throws(CellRefusal) in try VerifiedFile(path: s.path, sha256: s.sha256) }
+
+        let entries: [SyscallGroups.Entry]
+        do { entries = try groups.entries(for: manifest) } catch { throw .filter(error.description) }
+        var rules: [SeccompRule] = []
+        var names: [String] = []
+        func add(_ name: String, _ action: SeccompRule.Action = .allow, _ cond: SeccompRule.Condition? = nil) {
+            guard let nr = Seccomp.number(of: name) else { return }
+            rules.append(SeccompRule(number: nr, action: action, condition: cond))
+            if !names.contains(name) { names.append(name) }
+        }
+        var seen = Set<String>()
+        for n in SyscallGroups.mandatory { add(n); seen.insert(n) }
+        for e in entries {
+            if e.argument != nil {
+                for v in e.values {
+                    add(e.name, .allow, SeccompRule.Condition(argument: e.argument!, mask: 0xFFFF_FFFF, value: v & 0xFFFF_FFFF))
+                }
+            } else if !seen.contains(e.name) {
+                seen.insert(e.name)
+                add(e.name)
+            }
+        }
+        // Namespace flags are never allowed on clone.
+        let namespaceFlags: UInt64 = 0x7E02_0080
+        let cloneThread: UInt64 = 0x0001_0000
+        switch manifest.limits.processes {
+        case .none:
+            break
+        case .threads:
+            add("clone", .allow, SeccompRule.Condition(argument: 0, mask: namespaceFlags | cloneThread, value: cloneThread))
+            add("clone3", .fail(errno: ENOSYS))
+        case .processes:
+            add("clone", .allow, SeccompRule.Condition(argument: 0, mask: namespaceFlags, value: 0))
+            add("clone3", .fail(errno: ENOSYS))
+            for n in ["fork", "vfork", "execve", "wait4", "waitid", "kill", "tgkill", "tkill"] where !seen.contains(n) {
+                seen.insert(n)
+                add(n)
+            }
+        }
+        allowlist = names
+        do {
+            seccomp = try Seccomp.compile(rules, defaultAction: host.features.seccompUserNotification ? .notify : .killProcess)
+        } catch {
+            throw .filter(error.description)
+        }
+
+        var pr: [(FileDescriptor, Landlock.Access, Bool)] = []
+        let fs = manifest.filesystem
+        for (key, list, access) in [("read", fs.read, Landlock.Access.read), ("write", fs.write, .readWrite),
+                                    ("execute", fs.execute, .readExecute)] {
+            for (i, p) in list.enumerated() {
+                let field = "filesystem.\(key)[\(i)]"
+                let real: String
+                do { real = try Sys.realpath(p) } catch { throw .badPath(field: field, reason: "\(p): \(error.description)") }
+                for protected in host.protectedPaths where protected == real || protected.hasPrefix(real == "/" ? "/" : real + "/") {
+                    throw .badPath(field: field, reason: "\(p) contains the supervisor's state directory \(protected)")
+                }
+                do {
+                    let fd = try Landlock.openPath(real)
+                    let st = try fd.stat()
+                    pr.append((fd, access, st.isDirectory))
+                } catch {
+                    throw .badPath(field: field, reason: "\(p): \(error.description)")
+                }
+            }
+        }
+        pathRules = pr
+    }
+
+    deinit { for (fd, _, _) in pathRules { fd.close() } }
+
+    public var name: String { manifest.name }
+    public var version: String { manifest.version }
+}
+
+/// A small pthread mutex (the supervisor's hot path avoids actors here: the
+/// spawning thread is a plain thread, not a Swift concurrency task).
+public final class Mutex: @unchecked Sendable {
+    private var m = pthread_mutex_t()
+    public init() { pthread_mutex_init(&m, nil) }
+    deinit { pthread_mutex_destroy(&m) }
+    public func lock() { pthread_mutex_lock(&m) }
+    public func unlock() { pthread_mutex_unlock(&m) }
+    public func withLock<T>(_ body: () throws -> T) rethrows -> T {
+        lock()
+        defer { unlock() }
+        return try body()
+    }
+}

@@ -1,0 +1,96 @@
+import ArgumentParser
+import StrictJSON
+import SupervisorCore
+import SupervisorPlatform
+
+struct Call: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run one tool call in a fresh worker and print its result and outcome.")
+
+    @OptionGroup var options: CommonOptions
+
+    @Argument(help: "Tool name.")
+    var tool: String
+
+    @Option(name: .long, help: "Arguments as a JSON object.")
+    var args: String = "{}"
+
+    @Flag(name: .long, help: "Print the result and the outcome as one JSON object.")
+    var json = false
+
+    func run() throws {
+        let s = options.settings()
+        let logger = stderrLogger("mcp-supervisor")
+        let groups: SyscallGroups
+        do { groups = try SyscallGroups.load(path: s.syscallGroupsPath) } catch {
+            printError("error: \(error)")
+            throw ExitCode(2)
+        }
+        let arguments: JSONObject
+        do {
+            guard case .object(let o) = try JSONParser.parse(args) else {
+                printError("error: --args must be a JSON object")
+                throw ExitCode(2)
+            }
+            arguments = o
+        } catch let e as JSONParseError {
+            printError("error: --args is not valid JSON: \(e)")
+            throw ExitCode(2)
+        }
+        let host = options.host(s, features: KernelFeatures.probe())
+        let registry = CellRegistry.load(paths: try CellRegistry.manifestFiles(in: s.manifestsDirectory), groups: groups, host: host)
+        guard let entry = registry.tool(named: tool) else {
+            for p in registry.problems { printError("warning: \(p)") }
+            printError("error: unknown tool \"\(tool)\" (known: \(registry.toolNames.joined(separator: ", ")))")
+            throw ExitCode(2)
+        }
+        if let problem = SchemaValidator.validate(.object(arguments), against: entry.tool.inputSchema) {
+            printError("error: invalid arguments: \(problem)")
+            throw ExitCode(2)
+        }
+        let runner = try CallRunner(host: host, logger: logger)
+        let report = runner.run(cell: entry.cell, tool: tool, arguments: arguments, callID: "cli-1") { message in
+            switch message {
+            case .progress(let p, let t, let m):
+                printError("progress: \(p)\(t.map { "/\($0)" } ?? "")\(m.map { " \($0)" } ?? "")")
+            case .log(let level, let m, _):
+                printError("log[\(level)]: \(m)")
+            }
+        }
+        if json {
+            var o = JSONObject([("outcome", .string(report.outcome.kind)), ("detail", .string(report.outcome.detail))])
+            if case .success(let r) = report.outcome {
+                o["content"] = .array(r.content)
+                if let sc = r.structuredContent { o["structuredContent"] = sc }
+            }
+            o["durationMicroseconds"] = .int(Int64(report.durationNanoseconds / 1000))
+            o["cpuMicroseconds"] = .int(Int64(report.cpuNanoseconds / 1000))
+            o["peakMemoryBytes"] = .int(Int64(report.peakMemoryBytes))
+            switch report.exit {
+            case .exited(let c)?: o["exitStatus"] = .int(Int64(c))
+            case .signaled(let sig)?: o["signal"] = .string(signalName(sig))
+            case nil: break
+            }
+            print(JSONValue.object(o).serialized())
+        } else {
+            if case .success(let r) = report.outcome {
+                for c in r.content {
+                    if let t = c["text"]?.stringValue { print(t) } else { print(c.serialized()) }
+                }
+                if let sc = r.structuredContent { print("structuredContent: \(sc.serialized())") }
+            }
+            var exit = ""
+            switch report.exit {
+            case .exited(let c)?: exit = "exit \(c)"
+            case .signaled(let sig)?: exit = signalName(sig)
+            case nil: exit = "not started"
+            }
+            printError("outcome: \(report.outcome.detail); duration \(formatDuration(report.durationNanoseconds)), cpu \(formatDuration(report.cpuNanoseconds)), peak memory \(report.peakMemoryBytes >> 10) KiB, \(exit)")
+            if case .success = report.outcome {} else if !report.diagnostics.isEmpty {
+                printError("worker stderr (last \(report.diagnostics.utf8.count) bytes):\n\(report.diagnostics)")
+            }
+        }
+        if case .success = report.outcome { return }
+        throw ExitCode(1)
+    }
+}

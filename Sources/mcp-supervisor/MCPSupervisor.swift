@@ -1,0 +1,15 @@
+import ArgumentParser
+
+@main
+struct MCPSupervisor: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mcp-supervisor",
+        abstract: "A hardened local MCP server: every tool call runs in a fresh, kernel-confined worker.",
+        version: SupervisorVersion.string,
+        subcommands: [Validate.self, Call.self, Doctor.self, Manifest.self]
+    )
+}
+
+enum SupervisorVersion {
+    static let string = "0.1.0"
+}
