@@ -45,10 +45,11 @@ int probe_thread(void) {
 }
 
 long probe_alloc(unsigned long n) {
-    char *p = malloc(n);
+    /* volatile: the compiler may not elide the allocation. */
+    volatile char *p = malloc(n);
     if (!p) return -ENOMEM;
     for (unsigned long i = 0; i < n; i += 4096) p[i] = 1;
-    free(p);
+    free((void *)p);
     return 0;
 }
 

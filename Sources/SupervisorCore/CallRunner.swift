@@ -315,6 +315,7 @@ struct WorkerSession {
         let outputCap = manifest.limits.outputKiB << 10
         var buf = [UInt8](repeating: 0, count: 65536)
         var exited = false
+        var exitedAt: UInt64 = 0
         var poll = PollSet()
 
         func closeRequest() {
@@ -345,34 +346,44 @@ struct WorkerSession {
             let iResp = responseOpen ? poll.add(responseRead) : -1
             let iDiag = diagOpen ? poll.add(diagRead) : -1
             let iExit = exited ? -1 : poll.add(worker.pidfd)
-            let iCancel = cancellation.map { poll.add($0.read) } ?? -1
+            let iCancel = cancelled ? -1 : (cancellation.map { poll.add($0.read) } ?? -1)
             let iNotify = listener.map { poll.add($0.fd) } ?? -1
             let iReq = requestOpen ? poll.add(requestWrite, events: Int16(POLLOUT)) : -1
 
+            // The next timer: the deadline, then the SIGKILL after the grace;
+            // once killed, only the pidfd matters; after exit, a bounded
+            // wait for the pipes to drain.
+            let wake: UInt64?
+            if exited {
+                wake = max(deadline, exitedAt) + 1_000_000_000
+            } else if let k = killAt {
+                wake = k
+            } else if !timedOut && !killedByUs {
+                wake = deadline
+            } else {
+                wake = nil
+            }
             let now = monotonicNanoseconds()
-            let wakeAt = killAt ?? deadline
-            let timeout = wakeAt > now ? Int32(min((wakeAt - now) / 1_000_000 + 1, 60_000)) : 0
-            let ready: Int
-            do { ready = try poll.wait(timeoutMilliseconds: timeout) } catch { kill(); break }
+            let timeout: Int32 = wake.map { $0 > now ? Int32(min(($0 - now) / 1_000_000 + 1, 60_000)) : 0 } ?? -1
+            do { _ = try poll.wait(timeoutMilliseconds: timeout) } catch { kill(); break }
 
-            if ready == 0 || monotonicNanoseconds() >= wakeAt {
-                if let k = killAt, monotonicNanoseconds() >= k {
+            let t = monotonicNanoseconds()
+            if let w = wake, t >= w {
+                if exited {
+                    // A descendant holds a pipe open after the worker died
+                    // (impossible with a PID namespace or without fork).
+                    break
+                } else if killAt != nil {
                     kill()
                     killAt = nil
-                    // Keep draining until the pipes close; the kill cannot fail.
-                } else if killAt == nil && !killedByUs && !exited && final == nil && !timedOut {
+                } else if final == nil {
                     timedOut = true
                     worker.signal(SIGTERM)
-                    killAt = monotonicNanoseconds() + UInt64(graceMilliseconds) * 1_000_000
-                } else if !exited && !killedByUs {
+                    killAt = t + UInt64(graceMilliseconds) * 1_000_000
+                } else {
+                    // It answered but did not exit in time.
                     kill()
                 }
-                if exited && (responseOpen || diagOpen) && monotonicNanoseconds() >= deadline + 1_000_000_000 {
-                    // A descendant keeps a pipe open after the worker died
-                    // (not possible with a PID namespace or without fork): give up.
-                    break
-                }
-                continue
             }
             if iNotify >= 0 && poll.isReadable(iNotify), let l = listener {
                 if let n = try? l.receive() {
@@ -421,6 +432,7 @@ struct WorkerSession {
             }
             if iExit >= 0 && poll.isReadable(iExit) {
                 exited = true
+                exitedAt = monotonicNanoseconds()
                 closeRequest()
             }
         }

@@ -97,7 +97,7 @@ Cell.main { request, ctx in
     case "exit":
         exit(Int32(int("code", 0)))
     case "signal-parent":
-        return .text(errnoText(probe_syscall(62, Int(getppid()), Int(SIGKILL), 0, 0, 0, 0)))
+        return .text(errnoText(probe_syscall(62, Int(int("pid")), Int(SIGKILL), 0, 0, 0, 0)))
     case "symlink-out":
         // Plants a link in scratch pointing at a secret; the supervisor must
         // not follow it when it wipes scratch.
