@@ -1,0 +1,86 @@
+# mcp-supervisor — the two commands a newcomer needs:
+#   make run    build everything and serve MCP over stdio
+#   make test   install what is missing, build, and run every test
+#
+# Cells are always built in release mode, statically linked: their start-up
+# time is part of every call.
+
+SWIFT      ?= swift
+CONFIG     ?= debug
+BIN         = .build/$(CONFIG)/mcp-supervisor
+CELLS       = echo-cell probe-cell
+VENV        = .venv
+PY          = $(VENV)/bin/python
+# The uid the unprivileged test pass runs as (when `make test` runs as root).
+TEST_UID   ?= 4242
+SYSTEM_PACKAGES = libseccomp-dev libcap-dev
+
+.PHONY: all deps build cells pin test unit-tests system-tests unprivileged-tests e2e-tests run bench check fmt clean
+
+all: build cells
+
+# System packages: installed when root, otherwise the exact command is shown.
+deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null || exit 1; \
+	  else \
+	    echo "missing system packages:$$missing"; \
+	    echo "install them with: sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+
+build: deps
+	$(SWIFT) build -c $(CONFIG) --product mcp-supervisor
+
+cells: deps
+	@for c in $(CELLS); do $(SWIFT) build -c release --product $$c || exit 1; done
+
+# Write the SHA-256 of each freshly built cell into its manifest.
+pin: build cells
+	$(BIN) manifest pin manifests/*.json
+
+run: CONFIG = release
+run: pin
+	$(BIN) run
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
+
+test: pin $(PY)
+	$(SWIFT) build --build-tests
+	$(MAKE) --no-print-directory unit-tests system-tests unprivileged-tests e2e-tests
+
+unit-tests:
+	$(SWIFT) test --skip-build --filter 'StrictJSONTests|SupervisorCoreTests'
+
+system-tests:
+	$(SWIFT) test --skip-build --filter SystemTests
+
+# The same sandbox tests as a normal user: workers keep that uid, confined by
+# Landlock and seccomp; forking cells get a user + PID namespace.
+unprivileged-tests:
+	@if [ "$$(id -u)" = 0 ]; then \
+	  echo "system tests as uid $(TEST_UID) (unprivileged)"; \
+	  env HOME=/nonexistent XDG_STATE_HOME= XDG_RUNTIME_DIR= setpriv --reuid=$(TEST_UID) --regid=$(TEST_UID) --clear-groups \
+	    .build/debug/mcp-supervisorPackageTests.xctest SystemTests.SandboxTests,SystemTests.WorkerProtocolTests 2>&1 | tee .build/unprivileged-tests.log | tail -3; \
+	  grep -Eq "Executed [1-9][0-9]* tests, with 0 failures" .build/unprivileged-tests.log || { echo "unprivileged system tests FAILED"; exit 1; }; \
+	else \
+	  echo "already unprivileged: system-tests ran in this mode"; \
+	fi
+
+e2e-tests: $(PY)
+	@if [ -d tests/e2e ]; then $(PY) -m pytest -q tests/e2e; fi
+
+bench: CONFIG = release
+bench: pin
+	tools/bench/run.sh
+
+check:
+	$(SWIFT) build -Xswiftc -warnings-as-errors
+
+clean:
+	rm -rf .build $(VENV)
