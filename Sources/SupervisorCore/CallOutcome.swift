@@ -91,7 +91,11 @@ public struct CallReport: Sendable {
     public var exit: ProcessExit.Status?
     public var durationNanoseconds: UInt64
     public var cpuNanoseconds: UInt64
-    public var peakMemoryBytes: UInt64
+    /// Peak resident memory of the worker after exec (VmHWM), read while it
+    /// was still alive; nil when it exited before that could be read (the
+    /// kernel's rusage would include the supervisor's pages it borrowed
+    /// before exec, so it is not used).
+    public var peakMemoryBytes: UInt64?
     /// Bytes the worker wrote (frames and diagnostics).
     public var bytesFromWorker: Int
     /// The end of the worker's stderr/stdout (diagnostics only).

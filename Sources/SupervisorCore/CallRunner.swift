@@ -67,7 +67,7 @@ public final class CallRunner: @unchecked Sendable {
                     onMessage: (WorkerMessage) -> Void = { _ in }) -> CallReport {
         let start = monotonicNanoseconds()
         var report = CallReport(outcome: .cancelled, exit: nil, durationNanoseconds: 0, cpuNanoseconds: 0,
-                                peakMemoryBytes: 0, bytesFromWorker: 0, diagnostics: "", spawnNanoseconds: 0,
+                                peakMemoryBytes: nil, bytesFromWorker: 0, diagnostics: "", spawnNanoseconds: 0,
                                 firstFrameNanoseconds: 0, reapNanoseconds: 0)
         if cancellation?.isCancelled != true {
             run(cell: cell, tool: tool, arguments: arguments, callID: callID, cancellation: cancellation,
@@ -206,7 +206,7 @@ public final class CallRunner: @unchecked Sendable {
         report.reapNanoseconds = monotonicNanoseconds() - reapStart
         report.exit = exit.status
         report.cpuNanoseconds = exit.userCPUNanoseconds + exit.systemCPUNanoseconds
-        report.peakMemoryBytes = session.peakRSS ?? exit.maxRSSBytes
+        report.peakMemoryBytes = session.peakRSS
         report.bytesFromWorker = session.bytesFromWorker
         report.diagnostics = session.diagnosticsText
         report.firstFrameNanoseconds = session.firstFrameAt > 0 ? session.firstFrameAt - start - report.spawnNanoseconds : 0

@@ -65,7 +65,7 @@ struct Call: ParsableCommand {
             }
             o["durationMicroseconds"] = .int(Int64(report.durationNanoseconds / 1000))
             o["cpuMicroseconds"] = .int(Int64(report.cpuNanoseconds / 1000))
-            o["peakMemoryBytes"] = .int(Int64(report.peakMemoryBytes))
+            if let p = report.peakMemoryBytes { o["peakMemoryBytes"] = .int(Int64(p)) }
             switch report.exit {
             case .exited(let c)?: o["exitStatus"] = .int(Int64(c))
             case .signaled(let sig)?: o["signal"] = .string(signalName(sig))
@@ -85,7 +85,7 @@ struct Call: ParsableCommand {
             case .signaled(let sig)?: exit = signalName(sig)
             case nil: exit = "not started"
             }
-            printError("outcome: \(report.outcome.detail); duration \(formatDuration(report.durationNanoseconds)), cpu \(formatDuration(report.cpuNanoseconds)), peak memory \(report.peakMemoryBytes >> 10) KiB, \(exit)")
+            printError("outcome: \(report.outcome.detail); duration \(formatDuration(report.durationNanoseconds)), cpu \(formatDuration(report.cpuNanoseconds)), peak memory \(report.peakMemoryBytes.map { "\($0 >> 10) KiB" } ?? "not measured"), \(exit)")
             if case .success = report.outcome {} else if !report.diagnostics.isEmpty {
                 printError("worker stderr (last \(report.diagnostics.utf8.count) bytes):\n\(report.diagnostics)")
             }
