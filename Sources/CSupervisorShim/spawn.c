@@ -160,43 +160,44 @@ static int child_main(void *arg) {
     /* 4. Own session: no controlling terminal (TIOCSTI needs one). */
     if (setsid() < 0) child_fail(a, MCPS_STAGE_SESSION);
 
-    /* 5. Die with the supervisor thread. If it already died, getppid()
-          changed (not checkable inside a new PID namespace, where the
-          parent is invisible and getppid() is 0). */
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) child_fail(a, MCPS_STAGE_PDEATHSIG);
-    if (!(c->namespace_flags & CLONE_NEWPID) && getppid() != c->parent_pid) {
-        errno = ESRCH;
-        child_fail(a, MCPS_STAGE_PDEATHSIG);
-    }
-
-    /* 6. Resource limits (core dumps are always off: the caller passes
+    /* 5. Resource limits (core dumps are always off: the caller passes
           RLIMIT_CORE 0). */
     for (int i = 0; i < c->rlimit_count; i++) {
         struct rlimit rl = {.rlim_cur = c->rlimits[i].soft, .rlim_max = c->rlimits[i].hard};
         if (syscall(SYS_setrlimit, c->rlimits[i].resource, &rl) != 0) child_fail(a, MCPS_STAGE_RLIMITS);
     }
 
-    /* 7. Bounding set, while we still may (needs CAP_SETPCAP). */
+    /* 6. Bounding set, while we still may (needs CAP_SETPCAP). */
     if (c->drop_bounding_set) {
         for (int cap = 0; cap <= c->last_cap; cap++) {
             if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) child_fail(a, MCPS_STAGE_BOUNDING);
         }
     }
 
-    /* 8. Identity: no supplementary groups, then gid, then uid. */
+    /* 7. Identity: no supplementary groups, then gid, then uid. */
     if (c->change_ids) {
         if (syscall(SYS_setgroups, 0, NULL) != 0) child_fail(a, MCPS_STAGE_IDS);
         if (syscall(SYS_setresgid, c->gid, c->gid, c->gid) != 0) child_fail(a, MCPS_STAGE_IDS);
         if (syscall(SYS_setresuid, c->uid, c->uid, c->uid) != 0) child_fail(a, MCPS_STAGE_IDS);
     }
 
-    /* 9. No capabilities in any set. */
+    /* 8. No capabilities in any set. */
     struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
     struct __user_cap_data_struct data[2];
     memset(data, 0, sizeof(data));
     if (syscall(SYS_capset, &hdr, data) != 0) child_fail(a, MCPS_STAGE_CAPS);
     if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL)
         child_fail(a, MCPS_STAGE_CAPS);
+
+    /* 9. Die with the supervisor thread. Set after the identity change,
+           which clears the parent-death signal (prctl(2)). If the
+           supervisor already died, getppid() changed (not checkable inside
+           a new PID namespace, where the parent is invisible: 0). */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) child_fail(a, MCPS_STAGE_PDEATHSIG);
+    if (!(c->namespace_flags & CLONE_NEWPID) && getppid() != c->parent_pid) {
+        errno = ESRCH;
+        child_fail(a, MCPS_STAGE_PDEATHSIG);
+    }
 
     /* 10. Scratch directory, as the final uid (proves it can enter it). */
     if (chdir(c->workdir) != 0) child_fail(a, MCPS_STAGE_CHDIR);

@@ -178,6 +178,10 @@ public final class CallRunner: @unchecked Sendable {
             return
         }
 
+        // The session owns the request pipe's write end (it closes it once
+        // the request is written); a second close here could hit a
+        // descriptor another call has reused meanwhile.
+        toClose.removeAll { $0 == requestWrite }
         var session = WorkerSession(
             worker: worker, callID: callID, manifest: m, requestWrite: requestWrite, responseRead: responseRead,
             diagRead: diagRead, cancellation: cancellation, graceMilliseconds: host.terminationGraceMilliseconds)

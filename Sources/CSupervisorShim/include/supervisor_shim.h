@@ -38,11 +38,11 @@ typedef enum {
     MCPS_STAGE_USERNS = 3,       /* write setgroups/uid_map/gid_map for a new user namespace */
     MCPS_STAGE_FDS = 4,          /* move the pipes to fds 0-4, mark all others close-on-exec */
     MCPS_STAGE_SESSION = 5,      /* setsid() */
-    MCPS_STAGE_PDEATHSIG = 6,    /* PR_SET_PDEATHSIG + re-check of the parent */
-    MCPS_STAGE_RLIMITS = 7,      /* setrlimit for each limit */
-    MCPS_STAGE_BOUNDING = 8,     /* drop every capability from the bounding set */
-    MCPS_STAGE_IDS = 9,          /* setgroups, setresgid, setresuid */
-    MCPS_STAGE_CAPS = 10,        /* capset to zero, clear ambient capabilities */
+    MCPS_STAGE_RLIMITS = 6,      /* setrlimit for each limit */
+    MCPS_STAGE_BOUNDING = 7,     /* drop every capability from the bounding set */
+    MCPS_STAGE_IDS = 8,          /* setgroups, setresgid, setresuid */
+    MCPS_STAGE_CAPS = 9,         /* capset to zero, clear ambient capabilities */
+    MCPS_STAGE_PDEATHSIG = 10,   /* PR_SET_PDEATHSIG (after the id change, which clears it) + parent re-check */
     MCPS_STAGE_CHDIR = 11,       /* chdir into the call's scratch directory */
     MCPS_STAGE_NO_NEW_PRIVS = 12,/* PR_SET_NO_NEW_PRIVS */
     MCPS_STAGE_LANDLOCK = 13,    /* landlock_restrict_self */

@@ -1,0 +1,112 @@
+import StrictJSON
+
+/// Checks every client message before the MCP SDK sees it, and answers what
+/// the SDK would get wrong (ENGINEERING-NOTES: parse errors with a random id,
+/// tools/call without a name as -32603) per JSON-RPC 2.0 and MCP 2025-11-25.
+public struct MessageGate: Sendable {
+    public enum Decision: Equatable, Sendable {
+        /// Pass the message to the SDK unchanged.
+        case forward
+        /// Drop it silently (a notification that must not be answered).
+        case drop(reason: String)
+        /// Answer with this JSON-RPC error and do not forward.
+        case reply(JSONValue)
+    }
+
+    public static let parseError = -32700
+    public static let invalidRequest = -32600
+    public static let methodNotFound = -32601
+    public static let invalidParams = -32602
+
+    public let maxMessageBytes: Int
+    /// Set once an initialize request went through.
+    public private(set) var initializeSeen = false
+
+    public init(maxMessageBytes: Int) {
+        self.maxMessageBytes = maxMessageBytes
+    }
+
+    public static func error(id: JSONValue, code: Int, message: String) -> JSONValue {
+        .object(JSONObject([("jsonrpc", "2.0"), ("id", id),
+                            ("error", .object(JSONObject([("code", .int(Int64(code))), ("message", .string(message))])))]))
+    }
+
+    public func oversized(_ n: Int) -> JSONValue {
+        Self.error(id: .null, code: Self.invalidRequest, message: "Invalid Request: message of \(n) bytes exceeds the limit of \(maxMessageBytes) bytes")
+    }
+
+    public mutating func check(_ line: [UInt8]) -> Decision {
+        let value: JSONValue
+        do {
+            value = try JSONParser.parse(line)
+        } catch {
+            return .reply(Self.error(id: .null, code: Self.parseError, message: "Parse error: \(error)"))
+        }
+        guard case .object(let o) = value else {
+            if case .array = value {
+                return .reply(Self.error(id: .null, code: Self.invalidRequest, message: "Invalid Request: JSON-RPC batches are not supported (MCP 2025-06-18 and later)"))
+            }
+            return .reply(Self.error(id: .null, code: Self.invalidRequest, message: "Invalid Request: expected a JSON-RPC object, found \(value.typeName)"))
+        }
+        // The id, if any, must be a string or an integer (not null, not a fraction).
+        var id: JSONValue = .null
+        var hasValidID = false
+        if let raw = o["id"] {
+            switch raw {
+            case .string, .int:
+                id = raw
+                hasValidID = true
+            default:
+                return .reply(Self.error(id: .null, code: Self.invalidRequest, message: "Invalid Request: id must be a string or an integer, found \(raw.typeName)"))
+            }
+        }
+        guard o["jsonrpc"] == "2.0" else {
+            return .reply(Self.error(id: id, code: Self.invalidRequest, message: "Invalid Request: \"jsonrpc\" must be \"2.0\""))
+        }
+        guard let methodValue = o["method"] else {
+            // A response to a request of ours.
+            if hasValidID && (o["result"] != nil || o["error"] != nil) { return .forward }
+            return .reply(Self.error(id: id, code: Self.invalidRequest, message: "Invalid Request: no \"method\""))
+        }
+        guard case .string(let method) = methodValue else {
+            return .reply(Self.error(id: id, code: Self.invalidRequest, message: "Invalid Request: \"method\" must be a string"))
+        }
+        if let p = o["params"] {
+            guard case .object = p else {
+                if hasValidID { return .reply(Self.error(id: id, code: Self.invalidParams, message: "Invalid params: \"params\" must be an object")) }
+                return .drop(reason: "notification \(method) with non-object params")
+            }
+        }
+        if !hasValidID {
+            // Notifications are never answered. Before initialize only
+            // "initialized" may arrive; anything else is dropped.
+            if !initializeSeen && method != "notifications/initialized" {
+                return .drop(reason: "notification \(method) before initialize")
+            }
+            return .forward
+        }
+        if !initializeSeen && method != "initialize" && method != "ping" {
+            // (The SDK drops these without an answer.)
+            return .reply(Self.error(id: id, code: Self.invalidRequest, message: "Invalid Request: the server is not initialized; send initialize first"))
+        }
+        switch method {
+        case "initialize":
+            if case .object(let p)? = o["params"], case .string? = p["protocolVersion"] {
+                initializeSeen = true
+            }
+        case "tools/call":
+            guard case .object(let params)? = o["params"] else {
+                return .reply(Self.error(id: id, code: Self.invalidParams, message: "Invalid params: tools/call needs params with a tool \"name\""))
+            }
+            guard case .string? = params["name"] else {
+                return .reply(Self.error(id: id, code: Self.invalidParams, message: "Invalid params: tools/call needs a string \"name\""))
+            }
+            if let a = params["arguments"], a.objectValue == nil {
+                return .reply(Self.error(id: id, code: Self.invalidParams, message: "Invalid params: \"arguments\" must be an object"))
+            }
+        default:
+            break
+        }
+        return .forward
+    }
+}

@@ -1,0 +1,269 @@
+import Foundation
+import Logging
+import MCP
+import StrictJSON
+import SupervisorCore
+import SupervisorPlatform
+
+/// Serving knobs; defaults in docs/configuration.md.
+public struct ServiceOptions: Sendable {
+    public var maxConcurrentCalls = 4
+    public var maxQueuedCalls = 32
+    public var toolsPageSize = 50
+    public var maxMessageBytes = 4 << 20
+    public init() {}
+}
+
+/// Loads the cells. Called at start and on SIGHUP.
+public typealias RegistryLoader = @Sendable () -> CellRegistry
+
+/// The MCP server: tools come only from the registered cells' manifests;
+/// every tools/call runs in its own worker through the CallRunner.
+public final class SupervisorService: @unchecked Sendable {
+    let options: ServiceOptions
+    let logger: Logger
+    let runner: CallRunner
+    let pool: CallPool
+    let loadRegistry: RegistryLoader
+    let server: Server
+    private let state = NSLock()
+    private var registry: CellRegistry
+    private var inFlight: [UInt64: CallCancellation] = [:]
+    private var nextCall: UInt64 = 0
+    private var clientLogLevel: LogLevel = .info
+    private var shuttingDown = false
+    private var activeHandlers = 0
+
+    public init(options: ServiceOptions, runner: CallRunner, logger: Logger, loadRegistry: @escaping RegistryLoader) {
+        self.options = options
+        self.runner = runner
+        self.logger = logger
+        self.loadRegistry = loadRegistry
+        self.pool = CallPool(threads: options.maxConcurrentCalls, queueLimit: options.maxQueuedCalls)
+        self.registry = loadRegistry()
+        self.server = Server(
+            name: "mcp-supervisor", version: SupervisorInfo.version,
+            instructions: "Every tool call runs in a fresh, kernel-sandboxed process.",
+            capabilities: .init(logging: .init(), tools: .init(listChanged: true)),
+            configuration: .strict)
+        for p in registry.problems { logger.error("cell refused", metadata: ["problem": "\(p)"]) }
+    }
+
+    public var currentRegistry: CellRegistry { state.withLock { registry } }
+
+    /// Serves until stdin ends or `shutdown()` is called.
+    public func run(transport: any Transport) async throws {
+        await registerHandlers()
+        try await server.start(transport: transport) { [logger] client, _ in
+            logger.info("client initialized", metadata: ["client.name": "\(client.name)", "client.version": "\(client.version)"])
+        }
+        await server.waitUntilCompleted()
+        shutdown(reason: "end of input")
+        // Let the handlers of calls already received answer (killed calls
+        // answer at once), then stop.
+        let deadline = monotonicNanoseconds() + 2_000_000_000
+        while state.withLock({ activeHandlers > 0 }) && monotonicNanoseconds() < deadline {
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        await server.stop()
+    }
+
+    /// Stops accepting work and kills every worker in flight.
+    public func shutdown(reason: String) {
+        let pending: [CallCancellation] = state.withLock {
+            shuttingDown = true
+            return Array(inFlight.values)
+        }
+        if !pending.isEmpty {
+            logger.info("shutting down: killing calls in flight", metadata: ["calls": "\(pending.count)", "reason": "\(reason)"])
+        }
+        for c in pending { c.cancel() }
+    }
+
+    /// Reloads manifests; tells the client when the tool set changed.
+    public func reload() async {
+        let new = loadRegistry()
+        let changed: Bool = state.withLock {
+            let old = registry
+            registry = new
+            return Self.fingerprint(old) != Self.fingerprint(new)
+        }
+        for p in new.problems { logger.error("cell refused", metadata: ["problem": "\(p)"]) }
+        logger.info("manifests reloaded", metadata: ["cells": "\(new.cells.count)", "changed": "\(changed)"])
+        if changed {
+            try? await server.notify(ToolListChangedNotification.message())
+        }
+    }
+
+    static func fingerprint(_ r: CellRegistry) -> [String] {
+        r.cells.map { "\($0.manifest.manifestSHA256):\($0.manifest.executable.sha256)" }
+    }
+
+    private func registerHandlers() async {
+        await server.withMethodHandler(ListTools.self) { [self] params in
+            try self.listTools(cursor: params.cursor)
+        }
+        await server.withMethodHandler(CallTool.self) { [self] params in
+            try await self.callTool(params)
+        }
+        await server.withMethodHandler(SetLoggingLevel.self) { [self] params in
+            self.state.withLock { self.clientLogLevel = params.level }
+            return Empty()
+        }
+    }
+
+    // MARK: tools/list
+
+    func listTools(cursor: String?) throws -> ListTools.Result {
+        let reg = currentRegistry
+        var start = 0
+        if let cursor {
+            guard cursor.hasPrefix("o"), let n = Int(cursor.dropFirst()), n >= 0, n < reg.toolNames.count else {
+                throw MCPError.invalidParams("Invalid cursor")
+            }
+            start = n
+        }
+        let end = min(start + options.toolsPageSize, reg.toolNames.count)
+        let tools = reg.toolNames[start..<end].compactMap { reg.tool(named: $0) }.map(Self.mcpTool)
+        return ListTools.Result(tools: tools, nextCursor: end < reg.toolNames.count ? "o\(end)" : nil)
+    }
+
+    static func mcpTool(_ e: CellRegistry.ToolEntry) -> Tool {
+        let t = e.tool
+        var ann = Tool.Annotations()
+        if let a = t.annotations {
+            ann.title = a["title"]?.stringValue
+            ann.readOnlyHint = a["readOnlyHint"]?.boolValue
+            ann.destructiveHint = a["destructiveHint"]?.boolValue
+            ann.idempotentHint = a["idempotentHint"]?.boolValue
+            ann.openWorldHint = a["openWorldHint"]?.boolValue
+        }
+        return Tool(name: t.name, title: t.title, description: t.description,
+                    inputSchema: JSONValue.object(t.inputSchema).mcpValue, annotations: ann,
+                    outputSchema: t.outputSchema.map { JSONValue.object($0).mcpValue })
+    }
+
+    // MARK: tools/call
+
+    static func errorResult(_ text: String) -> CallTool.Result {
+        CallTool.Result(content: [.text(text)], isError: true)
+    }
+
+    func callTool(_ params: CallTool.Parameters) async throws -> CallTool.Result {
+        state.withLock { activeHandlers += 1 }
+        defer { state.withLock { activeHandlers -= 1 } }
+        guard let entry = currentRegistry.tool(named: params.name) else {
+            throw MCPError.invalidParams("Unknown tool: \(CellProtocol.sanitize(String(params.name.prefix(128))))")
+        }
+        var arguments = JSONObject()
+        for (k, v) in (params.arguments ?? [:]).sorted(by: { $0.key < $1.key }) { arguments[k] = JSONValue(v) }
+        if let problem = SchemaValidator.validate(.object(arguments), against: entry.tool.inputSchema) {
+            logger.info("call refused: invalid arguments", metadata: ["tool": "\(entry.tool.name)", "problem": "\(problem)"])
+            return Self.errorResult("Invalid arguments: \(problem)")
+        }
+        let cancellation = try CallCancellation()
+        let id: UInt64? = state.withLock {
+            if shuttingDown { return nil }
+            nextCall += 1
+            inFlight[nextCall] = cancellation
+            return nextCall
+        }
+        guard let id else { return Self.errorResult("The supervisor is shutting down.") }
+        defer { _ = state.withLock { inFlight.removeValue(forKey: id) } }
+
+        let token = params._meta?.progressToken
+        let (messages, sink) = AsyncStream<WorkerMessage>.makeStream()
+        let relay = Task { [self] in
+            for await m in messages { await self.relay(m, token: token) }
+        }
+        let runner = self.runner
+        let pool = self.pool
+        let report: CallReport? = await withTaskCancellationHandler {
+            await withCheckedContinuation { (k: CheckedContinuation<CallReport?, Never>) in
+                let accepted = pool.submit {
+                    let r = runner.run(cell: entry.cell, tool: entry.tool.name, arguments: arguments,
+                                       callID: "c\(id)", cancellation: cancellation) { sink.yield($0) }
+                    k.resume(returning: r)
+                }
+                if !accepted { k.resume(returning: nil) }
+            }
+        } onCancel: {
+            cancellation.cancel()
+        }
+        sink.finish()
+        await relay.value
+
+        guard let report else {
+            let load = pool.load
+            logger.warning("call refused: queue full", metadata: ["tool": "\(entry.tool.name)"])
+            return Self.errorResult("The supervisor is busy (\(load.running) calls running, \(load.queued) waiting); retry shortly.")
+        }
+        var meta: Logger.Metadata = [
+            "tool": "\(entry.tool.name)", "cell.name": "\(entry.cell.name)", "cell.version": "\(entry.cell.version)",
+            "outcome": "\(report.outcome.detail)", "duration_us": "\(report.durationNanoseconds / 1000)",
+        ]
+        if case .success = report.outcome {} else if !report.diagnostics.isEmpty {
+            meta["worker.stderr"] = "\(report.diagnostics.suffix(512))"
+        }
+        logger.info("call ended", metadata: meta)
+        if case .cancelled = report.outcome, Task.isCancelled {
+            // notifications/cancelled: the worker is gone; no response is sent.
+            throw CancellationError()
+        }
+        return result(for: report, tool: entry.tool)
+    }
+
+    func result(for report: CallReport, tool: CellManifest.Tool) -> CallTool.Result {
+        switch report.outcome {
+        case .success(let r):
+            var structured: Value? = nil
+            if let s = r.structuredContent {
+                if let schema = tool.outputSchema, let problem = SchemaValidator.validate(s, against: schema, path: "structuredContent") {
+                    logger.warning("tool output does not match its outputSchema", metadata: ["tool": "\(tool.name)", "problem": "\(problem)"])
+                    return Self.errorResult("The tool returned output that does not match its declared schema.")
+                }
+                structured = s.mcpValue
+            } else if tool.outputSchema != nil {
+                return Self.errorResult("The tool returned no structured content although it declares an output schema.")
+            }
+            let content: [Tool.Content] = r.content.map { c in
+                if c["type"] == "image", let d = c["data"]?.stringValue, let m = c["mimeType"]?.stringValue {
+                    return .image(d, m)
+                }
+                return .text(c["text"]?.stringValue ?? "")
+            }
+            return CallTool.Result(content: content, structuredContent: structured, isError: false)
+        default:
+            return Self.errorResult(report.outcome.shortCause)
+        }
+    }
+
+    static let levelOrder: [LogLevel] = [.debug, .info, .notice, .warning, .error, .critical, .alert, .emergency]
+
+    func relay(_ m: WorkerMessage, token: ProgressToken?) async {
+        switch m {
+        case .progress(let p, let total, let message):
+            guard let token else { return }
+            try? await server.notify(ProgressNotification.message(.init(progressToken: token, progress: p, total: total, message: message)))
+        case .log(let level, let message, let data):
+            guard let l = LogLevel(rawValue: level) else { return }
+            let min = state.withLock { clientLogLevel }
+            guard (Self.levelOrder.firstIndex(of: l) ?? 0) >= (Self.levelOrder.firstIndex(of: min) ?? 0) else { return }
+            var payload: [String: Value] = ["message": .string(message)]
+            if let data { payload["data"] = data.mcpValue }
+            try? await server.log(level: l, logger: "cell", data: .object(payload))
+        }
+    }
+}
+
+public enum SupervisorInfo {
+    public static let version = "0.1.0"
+}
+
+extension NSLock {
+    func withLock<T>(_ body: () throws -> T) rethrows -> T {
+        lock()
+        defer { unlock() }
+        return try body()
+    }
+}

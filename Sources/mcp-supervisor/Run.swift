@@ -1,0 +1,156 @@
+import ArgumentParser
+import Dispatch
+import Logging
+import SupervisorCore
+import SupervisorPlatform
+import SupervisorServer
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve MCP over stdio. Stdout carries only MCP messages; diagnostics go to stderr.",
+        discussion: """
+            Settings come from the configuration file (--config, else $XDG_CONFIG_HOME/mcp-supervisor/config.json \
+            or ~/.config/mcp-supervisor/config.json if present), then from these flags. Without either, manifests/ \
+            and policies/ are taken from the working directory or the checkout the binary was built in. \
+            SIGHUP reloads the manifests; SIGTERM, SIGINT or the end of stdin stop the server after killing \
+            every worker in flight.
+            """)
+
+    @Option(name: .long, help: "Configuration file (JSON; see docs/configuration.md).")
+    var config: String?
+
+    @Option(name: .long, help: "Directory of cell manifests.")
+    var manifests: String?
+
+    @Option(name: .long, help: "Directory of policies (syscall-groups.json).")
+    var policies: String?
+
+    @Option(name: .long, help: "State directory (logs, keys, ledger).")
+    var stateDir: String?
+
+    @Option(name: .long, help: "Parent of the per-call scratch directories.")
+    var scratchDir: String?
+
+    @Option(name: .long, help: "uid of workers when run as root (default 65534).")
+    var workerUid: UInt32?
+
+    @Option(name: .long, help: "gid of workers when run as root (default 65534).")
+    var workerGid: UInt32?
+
+    @Option(name: .long, help: "Calls run in parallel at most (default 4).")
+    var maxConcurrentCalls: Int?
+
+    @Option(name: .long, help: "Calls that may wait for a free slot before new ones are refused (default 32).")
+    var maxQueuedCalls: Int?
+
+    @Option(name: .long, help: "Tools per tools/list page (default 50).")
+    var toolsPageSize: Int?
+
+    @Option(name: .long, help: "Longest accepted client message in bytes (default 4194304).")
+    var maxMessageBytes: Int?
+
+    @Option(name: .long, help: "Diagnostics on stderr: trace, debug, info, notice, warning, error, critical (default info).")
+    var logLevel: String?
+
+    func validate() throws {
+        if let l = logLevel, !ConfigurationFile.logLevels.contains(l) {
+            throw ValidationError("--log-level must be one of \(ConfigurationFile.logLevels.joined(separator: ", "))")
+        }
+        if let n = maxConcurrentCalls, !(1...256).contains(n) { throw ValidationError("--max-concurrent-calls must be 1...256") }
+        if let n = maxQueuedCalls, n < 0 { throw ValidationError("--max-queued-calls must be >= 0") }
+        if let n = toolsPageSize, !(1...1000).contains(n) { throw ValidationError("--tools-page-size must be 1...1000") }
+    }
+
+    func run() async throws {
+        var file = ConfigurationFile()
+        if let path = config ?? ConfigurationFile.defaultPath() {
+            do { file = try ConfigurationFile.load(path: SupervisorSettings.absolute(path)) } catch {
+                printError("mcp-supervisor: configuration error: \(error)")
+                throw ExitCode(2)
+            }
+        }
+        var s = SupervisorSettings()
+        s.manifestsDirectory = manifests.map(SupervisorSettings.absolute) ?? file.manifests ?? SupervisorSettings.defaultDirectory("manifests")
+        s.policiesDirectory = policies.map(SupervisorSettings.absolute) ?? file.policies ?? SupervisorSettings.defaultDirectory("policies")
+        if let d = stateDir.map(SupervisorSettings.absolute) ?? file.stateDirectory { s.stateDirectory = d }
+        if let d = scratchDir.map(SupervisorSettings.absolute) ?? file.scratchDirectory { s.scratchRoot = d }
+        s.workerUID = workerUid ?? file.workerUID
+        s.workerGID = workerGid ?? file.workerGID
+        var options = ServiceOptions()
+        options.maxConcurrentCalls = maxConcurrentCalls ?? file.maxConcurrentCalls ?? options.maxConcurrentCalls
+        options.maxQueuedCalls = maxQueuedCalls ?? file.maxQueuedCalls ?? options.maxQueuedCalls
+        options.toolsPageSize = toolsPageSize ?? file.toolsPageSize ?? options.toolsPageSize
+        options.maxMessageBytes = maxMessageBytes ?? file.maxMessageBytes ?? options.maxMessageBytes
+
+        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+        var logger = Logger(label: "mcp-supervisor")
+        logger.logLevel = Logger.Level(rawValue: logLevel ?? file.logLevel ?? "info") ?? .info
+
+        // The supervisor holds keys and the log: no core dumps, no ptrace by
+        // same-uid processes.
+        Sys.setNonDumpable()
+        signal(SIGPIPE, SIG_IGN)
+
+        do { try s.prepareStateDirectory() } catch {
+            printError("mcp-supervisor: cannot create the state directory: \(error)")
+            throw ExitCode(2)
+        }
+        let groupsPath = s.syscallGroupsPath
+        let groups: SyscallGroups
+        do { groups = try SyscallGroups.load(path: groupsPath) } catch {
+            printError("mcp-supervisor: \(error)")
+            throw ExitCode(2)
+        }
+        let features = KernelFeatures.probe()
+        let host = HostSandbox(features: features, workerUID: s.workerUID, workerGID: s.workerGID,
+                               scratchRoot: s.scratchRoot, protectedPaths: [s.stateDirectory])
+        let runner: CallRunner
+        do { runner = try CallRunner(host: host, logger: logger) } catch {
+            printError("mcp-supervisor: cannot prepare the scratch directory \(s.scratchRoot): \(error)")
+            throw ExitCode(2)
+        }
+        let manifestsDir = s.manifestsDirectory
+        let loader: RegistryLoader = { [logger] in
+            let paths: [String]
+            do { paths = try CellRegistry.manifestFiles(in: manifestsDir) } catch {
+                logger.error("cannot list manifests", metadata: ["error": "\(error)"])
+                return CellRegistry(cells: [], problems: [])
+            }
+            return CellRegistry.load(paths: paths, groups: groups, host: host)
+        }
+        let service = SupervisorService(options: options, runner: runner, logger: logger, loadRegistry: loader)
+        logger.info("serving", metadata: [
+            "manifests": "\(manifestsDir)", "tools": "\(service.currentRegistry.toolNames.count)",
+            "landlock.abi": "\(features.landlockABI ?? 0)", "uid": "\(geteuid())",
+        ])
+
+        let signals = SignalHandlers()
+        signals.on(SIGHUP) { Task { await service.reload() } }
+        for sig in [SIGTERM, SIGINT] {
+            signals.on(sig) {
+                service.shutdown(reason: "signal \(sig)")
+                // Give the killed workers' calls a moment to finish, then leave.
+                DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(200)) { Glibc.exit(0) }
+            }
+        }
+        let transport = BlockingStdioTransport(maxMessageBytes: options.maxMessageBytes, logger: logger)
+        try await service.run(transport: transport)
+        Glibc.exit(0)
+    }
+}
+
+/// Signal handling through dispatch sources (never in a signal handler).
+final class SignalHandlers: @unchecked Sendable {
+    private var sources: [DispatchSourceSignal] = []
+
+    func on(_ sig: Int32, _ body: @escaping @Sendable () -> Void) {
+        signal(sig, SIG_IGN)
+        let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+        s.setEventHandler(handler: body)
+        s.resume()
+        sources.append(s)
+    }
+}

@@ -1,0 +1,153 @@
+"""End-to-end fixtures: the built mcp-supervisor binary, driven by the
+official MCP Python SDK client and by raw JSON-RPC lines."""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = ROOT / ".build" / "debug" / "mcp-supervisor"
+PROBE = ROOT / ".build" / "release" / "probe-cell"
+
+
+def sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def probe_manifest(name="probe", limits=None, groups=("base",)):
+    return {
+        "name": name,
+        "version": "1",
+        "description": "Tries forbidden things for the tests.",
+        "executable": {"path": str(PROBE), "sha256": sha256(PROBE)},
+        "tools": [{
+            "name": name,
+            "description": "Probe action.",
+            "inputSchema": {"type": "object", "properties": {"action": {"type": "string"}}, "required": ["action"]},
+        }],
+        "limits": limits or {"timeoutMilliseconds": 2000},
+        "syscalls": {"groups": list(groups)},
+        "sideEffects": "none",
+    }
+
+
+@pytest.fixture(scope="session")
+def workspace():
+    """A manifests directory with the bundled cells plus probe cells, and a
+    private state/scratch directory."""
+    assert BIN.exists(), f"{BIN} missing: run `make test`"
+    assert PROBE.exists(), f"{PROBE} missing: run `make cells`"
+    d = Path(tempfile.mkdtemp(prefix="mcps-e2e-"))
+    (d / "manifests").mkdir()
+    for m in (ROOT / "manifests").glob("*.json"):
+        doc = json.loads(m.read_text())
+        for key in ("executable", "script"):
+            if key in doc and not doc[key]["path"].startswith("/"):
+                doc[key]["path"] = str((m.parent / doc[key]["path"]).resolve())
+        (d / "manifests" / m.name).write_text(json.dumps(doc))
+    (d / "manifests" / "probe.json").write_text(json.dumps(probe_manifest()))
+    (d / "manifests" / "probe-fast.json").write_text(json.dumps(
+        probe_manifest("probe_fast", limits={"timeoutMilliseconds": 300})))
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def server_args(ws, *extra):
+    return ["run", "--manifests", str(ws / "manifests"), "--policies", str(ROOT / "policies"),
+            "--state-dir", str(ws / "state"), "--scratch-dir", str(ws / "scratch"), *extra]
+
+
+class RawServer:
+    """The server as a subprocess spoken to in raw JSON-RPC lines."""
+
+    def __init__(self, ws, *extra):
+        self.proc = subprocess.Popen([str(BIN), *server_args(ws, *extra)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.pending = []
+
+    def send_raw(self, data: bytes):
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def send(self, obj):
+        self.send_raw(json.dumps(obj).encode() + b"\n")
+
+    def recv(self, timeout=10):
+        import select
+        end = time.time() + timeout
+        while time.time() < end:
+            r, _, _ = select.select([self.proc.stdout], [], [], max(0.0, end - time.time()))
+            if r:
+                line = self.proc.stdout.readline()
+                if not line:
+                    raise EOFError("server closed stdout")
+                return json.loads(line)
+        raise TimeoutError("no message from the server")
+
+    def recv_id(self, id, timeout=10):
+        """The response with this id; other messages are kept in order."""
+        for i, m in enumerate(self.pending):
+            if m.get("id") == id and "method" not in m:
+                return self.pending.pop(i)
+        end = time.time() + timeout
+        while time.time() < end:
+            m = self.recv(end - time.time())
+            if m.get("id") == id and "method" not in m:
+                return m
+            self.pending.append(m)
+        raise TimeoutError(f"no response to {id}")
+
+    def request(self, id, method, params=None):
+        msg = {"jsonrpc": "2.0", "id": id, "method": method}
+        if params is not None:
+            msg["params"] = params
+        self.send(msg)
+        return self.recv_id(id)
+
+    def initialize(self, version="2025-11-25"):
+        r = self.request(0, "initialize", {"protocolVersion": version, "capabilities": {},
+                                           "clientInfo": {"name": "raw-test", "version": "1"}})
+        self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        return r
+
+    def close(self):
+        try:
+            self.proc.stdin.close()
+        except Exception:
+            pass
+        try:
+            return self.proc.wait(timeout=10)
+        finally:
+            self.proc.stdout.close()
+            self.proc.stderr.close()
+
+
+@pytest.fixture
+def raw(workspace):
+    s = RawServer(workspace)
+    yield s
+    if s.proc.poll() is None:
+        s.close()
+
+
+def worker_pids():
+    """pids of running probe-cell workers (their exe is a sealed memfd named
+    after the cell file)."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        if cmd.endswith(b"probe-cell"):
+            out.append(int(p.name))
+    return out
