@@ -5,8 +5,10 @@ import StrictJSON
 /// tools/call without a name as -32603) per JSON-RPC 2.0 and MCP 2025-11-25.
 public struct MessageGate: Sendable {
     public enum Decision: Equatable, Sendable {
-        /// Pass the message to the SDK unchanged.
-        case forward
+        /// Pass the message to the SDK unchanged. `request` is the id of a
+        /// request that now awaits an answer; `cancels` the id a
+        /// notifications/cancelled withdraws (its answer will never come).
+        case forward(request: String?, cancels: String?)
         /// Drop it silently (a notification that must not be answered).
         case drop(reason: String)
         /// Answer with this JSON-RPC error and do not forward.
@@ -65,7 +67,7 @@ public struct MessageGate: Sendable {
         }
         guard let methodValue = o["method"] else {
             // A response to a request of ours.
-            if hasValidID && (o["result"] != nil || o["error"] != nil) { return .forward }
+            if hasValidID && (o["result"] != nil || o["error"] != nil) { return .forward(request: nil, cancels: nil) }
             return .reply(Self.error(id: id, code: Self.invalidRequest, message: "Invalid Request: no \"method\""))
         }
         guard case .string(let method) = methodValue else {
@@ -83,7 +85,10 @@ public struct MessageGate: Sendable {
             if !initializeSeen && method != "notifications/initialized" {
                 return .drop(reason: "notification \(method) before initialize")
             }
-            return .forward
+            if method == "notifications/cancelled", case .object(let p)? = o["params"], let r = p["requestId"] {
+                return .forward(request: nil, cancels: r.serialized())
+            }
+            return .forward(request: nil, cancels: nil)
         }
         if !initializeSeen && method != "initialize" && method != "ping" {
             // (The SDK drops these without an answer.)
@@ -107,6 +112,6 @@ public struct MessageGate: Sendable {
         default:
             break
         }
-        return .forward
+        return .forward(request: id.serialized(), cancels: nil)
     }
 }

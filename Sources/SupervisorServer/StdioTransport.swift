@@ -31,13 +31,19 @@ public actor BlockingStdioTransport: Transport {
     private let input: Int32
     private let writer: LineWriter
     private let maxMessageBytes: Int
-    private var started = false
+    private let outstanding = OutstandingRequests()
+    private let onEndOfInput: @Sendable () -> Void
 
-    public init(input: Int32 = 0, output: Int32 = 1, maxMessageBytes: Int = 4 << 20, logger: Logger) {
+    /// `onEndOfInput` runs when stdin ends, before the stream is finished:
+    /// the stream ends only once every request already received has been
+    /// answered (or after `drainSeconds`), so nothing received is lost.
+    public init(input: Int32 = 0, output: Int32 = 1, maxMessageBytes: Int = 4 << 20, logger: Logger,
+                onEndOfInput: @escaping @Sendable () -> Void = {}) {
         self.input = input
         self.writer = LineWriter(fd: output)
         self.maxMessageBytes = maxMessageBytes
         self.logger = logger
+        self.onEndOfInput = onEndOfInput
     }
 
     public func connect() async throws {}
@@ -46,12 +52,13 @@ public actor BlockingStdioTransport: Transport {
 
     public func send(_ data: Data) async throws {
         try writer.writeLine(data)
+        if let id = OutstandingRequests.responseID(data) { outstanding.remove(id) }
     }
 
     public nonisolated func receive() -> AsyncThrowingStream<Data, Swift.Error> {
         let (stream, continuation) = AsyncThrowingStream<Data, Swift.Error>.makeStream()
         let reader = LineReader(fd: input, maxMessageBytes: maxMessageBytes, writer: writer, logger: logger,
-                                continuation: continuation)
+                                continuation: continuation, outstanding: outstanding, onEndOfInput: onEndOfInput)
         let thread = Thread { reader.run() }
         thread.name = "mcp-stdin"
         thread.start()
@@ -65,16 +72,23 @@ final class LineReader: @unchecked Sendable {
     let writer: LineWriter
     let logger: Logger
     let continuation: AsyncThrowingStream<Data, Swift.Error>.Continuation
+    let outstanding: OutstandingRequests
+    let onEndOfInput: @Sendable () -> Void
     var gate: MessageGate
 
     init(fd: Int32, maxMessageBytes: Int, writer: LineWriter, logger: Logger,
-         continuation: AsyncThrowingStream<Data, Swift.Error>.Continuation) {
+         continuation: AsyncThrowingStream<Data, Swift.Error>.Continuation, outstanding: OutstandingRequests,
+         onEndOfInput: @escaping @Sendable () -> Void) {
         self.fd = fd
         self.writer = writer
         self.logger = logger
         self.continuation = continuation
+        self.outstanding = outstanding
+        self.onEndOfInput = onEndOfInput
         self.gate = MessageGate(maxMessageBytes: maxMessageBytes)
     }
+
+    static let drainSeconds = 5.0
 
     func run() {
         var line: [UInt8] = []
@@ -96,6 +110,8 @@ final class LineReader: @unchecked Sendable {
             if start < n { take(buf[start..<n], into: &line, discarding: &discarding, complete: false) }
         }
         if !line.isEmpty { handle(line) }
+        onEndOfInput()
+        outstanding.waitUntilEmpty(timeout: Self.drainSeconds)
         continuation.finish()
     }
 
@@ -122,7 +138,9 @@ final class LineReader: @unchecked Sendable {
     private func handle(_ line: [UInt8]) {
         if line.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0D }) { return }
         switch gate.check(line) {
-        case .forward:
+        case .forward(let request, let cancels):
+            if let request { outstanding.add(request) }
+            if let cancels { outstanding.remove(cancels) }
             continuation.yield(Data(line))
         case .drop(let reason):
             logger.debug("message dropped", metadata: ["reason": "\(reason)"])
@@ -130,5 +148,38 @@ final class LineReader: @unchecked Sendable {
             logger.info("bad client message answered with an error", metadata: ["error": "\(error["error"]?["message"]?.stringValue ?? "")"])
             try? writer.writeLine(error.serializedBytes())
         }
+    }
+}
+
+/// Ids of requests forwarded to the SDK and not yet answered (canonical JSON
+/// of the id, so 1 and "1" differ).
+final class OutstandingRequests: @unchecked Sendable {
+    private let cond = NSCondition()
+    private var ids = Set<String>()
+
+    func add(_ id: String) {
+        cond.lock()
+        ids.insert(id)
+        cond.unlock()
+    }
+
+    func remove(_ id: String) {
+        cond.lock()
+        ids.remove(id)
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    func waitUntilEmpty(timeout: Double) {
+        let until = Date(timeIntervalSinceNow: timeout)
+        cond.lock()
+        while !ids.isEmpty && cond.wait(until: until) {}
+        cond.unlock()
+    }
+
+    /// The id of an outgoing response (not of a request or notification).
+    static func responseID(_ data: Data) -> String? {
+        guard case .object(let o)? = try? JSONParser.parse(Array(data)), o["method"] == nil, let id = o["id"] else { return nil }
+        return id.serialized()
     }
 }

@@ -32,7 +32,6 @@ public final class SupervisorService: @unchecked Sendable {
     private var nextCall: UInt64 = 0
     private var clientLogLevel: LogLevel = .info
     private var shuttingDown = false
-    private var activeHandlers = 0
 
     public init(options: ServiceOptions, runner: CallRunner, logger: Logger, loadRegistry: @escaping RegistryLoader) {
         self.options = options
@@ -45,7 +44,10 @@ public final class SupervisorService: @unchecked Sendable {
             name: "mcp-supervisor", version: SupervisorInfo.version,
             instructions: "Every tool call runs in a fresh, kernel-sandboxed process.",
             capabilities: .init(logging: .init(), tools: .init(listChanged: true)),
-            configuration: .strict)
+            // Not .strict: the SDK's strict check races its own initialize
+            // handler and drops a pipelined request without an answer. The
+            // MessageGate enforces "initialize first" before the SDK.
+            configuration: .default)
         for p in registry.problems { logger.error("cell refused", metadata: ["problem": "\(p)"]) }
     }
 
@@ -57,14 +59,10 @@ public final class SupervisorService: @unchecked Sendable {
         try await server.start(transport: transport) { [logger] client, _ in
             logger.info("client initialized", metadata: ["client.name": "\(client.name)", "client.version": "\(client.version)"])
         }
+        // The transport ends the stream after end of input once every request
+        // received has been answered (calls in flight were killed first).
         await server.waitUntilCompleted()
         shutdown(reason: "end of input")
-        // Let the handlers of calls already received answer (killed calls
-        // answer at once), then stop.
-        let deadline = monotonicNanoseconds() + 2_000_000_000
-        while state.withLock({ activeHandlers > 0 }) && monotonicNanoseconds() < deadline {
-            try? await Task.sleep(for: .milliseconds(5))
-        }
         await server.stop()
     }
 
@@ -150,8 +148,6 @@ public final class SupervisorService: @unchecked Sendable {
     }
 
     func callTool(_ params: CallTool.Parameters) async throws -> CallTool.Result {
-        state.withLock { activeHandlers += 1 }
-        defer { state.withLock { activeHandlers -= 1 } }
         guard let entry = currentRegistry.tool(named: params.name) else {
             throw MCPError.invalidParams("Unknown tool: \(CellProtocol.sanitize(String(params.name.prefix(128))))")
         }

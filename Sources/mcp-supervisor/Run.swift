@@ -136,7 +136,9 @@ struct Run: AsyncParsableCommand {
                 DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(200)) { Glibc.exit(0) }
             }
         }
-        let transport = BlockingStdioTransport(maxMessageBytes: options.maxMessageBytes, logger: logger)
+        let transport = BlockingStdioTransport(maxMessageBytes: options.maxMessageBytes, logger: logger) {
+            service.shutdown(reason: "end of input")
+        }
         try await service.run(transport: transport)
         Glibc.exit(0)
     }

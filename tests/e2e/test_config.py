@@ -1,0 +1,101 @@
+"""Configuration file, reload on SIGHUP, and the unprivileged mode."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from conftest import BIN, ROOT, RawServer, probe_manifest, server_args
+
+
+def test_broken_configuration_names_file_and_field(tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"maxConcurrentCalls": 0}))
+    p = subprocess.run([str(BIN), "run", "--config", str(cfg)], input=b"", capture_output=True, timeout=30)
+    assert p.returncode == 2
+    assert f"{cfg}: maxConcurrentCalls: 0 is out of range".encode() in p.stderr, p.stderr
+    assert p.stdout == b""
+    cfg.write_text(json.dumps({"manifest": "x"}))
+    p = subprocess.run([str(BIN), "run", "--config", str(cfg)], input=b"", capture_output=True, timeout=30)
+    assert p.returncode == 2 and b"manifest: unknown field" in p.stderr, p.stderr
+
+
+def test_configuration_file_sets_paths_and_limits(workspace, tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"manifests": str(workspace / "manifests"), "policies": str(ROOT / "policies"),
+                               "stateDirectory": "state", "scratchDirectory": "scratch", "toolsPageSize": 2}))
+    p = subprocess.Popen([str(BIN), "run", "--config", str(cfg)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL)
+    msgs = [{"jsonrpc": "2.0", "id": 1, "method": "initialize",
+             "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "c", "version": "1"}}},
+            {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}]
+    out, _ = p.communicate(b"".join(json.dumps(m).encode() + b"\n" for m in msgs), timeout=30)
+    replies = {r["id"]: r for r in map(json.loads, out.splitlines())}
+    assert len(replies[2]["result"]["tools"]) == 2 and replies[2]["result"]["nextCursor"]
+    assert (tmp_path / "state").is_dir(), "relative paths are relative to the configuration file"
+
+
+def test_sighup_reload_announces_changed_tools(workspace):
+    d = Path(tempfile.mkdtemp(prefix="mcps-reload-"))
+    try:
+        shutil.copytree(workspace / "manifests", d / "manifests")
+        s = RawServer(workspace)
+        s.proc.kill()
+        s.proc.wait()
+        s = RawServer(workspace, "--manifests", str(d / "manifests"))
+        s.initialize()
+        before = {t["name"] for t in s.request(1, "tools/list")["result"]["tools"]}
+        (d / "manifests" / "added.json").write_text(json.dumps(probe_manifest("added_tool")))
+        s.proc.send_signal(signal.SIGHUP)
+        note = s.recv(timeout=10)
+        assert note["method"] == "notifications/tools/list_changed", note
+        after = {t["name"] for t in s.request(2, "tools/list")["result"]["tools"]}
+        assert after == before | {"added_tool"}
+        # A reload without changes announces nothing; a broken manifest
+        # refuses only that cell.
+        (d / "manifests" / "broken.json").write_text("{")
+        s.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert {t["name"] for t in s.request(3, "tools/list")["result"]["tools"]} == after
+        assert not s.pending
+        s.close()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_runs_as_an_unprivileged_user(workspace):
+    if os.geteuid() != 0:
+        # Already unprivileged: every other test ran in this mode.
+        return
+    tmp_path = Path(tempfile.mkdtemp(prefix="mcps-unpriv-"))
+    os.chmod(tmp_path, 0o777)
+    cmd = ["setpriv", "--reuid=4242", "--regid=4242", "--clear-groups", str(BIN),
+           *server_args(workspace)]
+    cmd[cmd.index("--state-dir") + 1] = str(tmp_path / "state")
+    cmd[cmd.index("--scratch-dir") + 1] = str(tmp_path / "scratch")
+    msgs = [{"jsonrpc": "2.0", "id": 1, "method": "initialize",
+             "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "c", "version": "1"}}},
+            {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "x"}}},
+            {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+             "params": {"name": "probe", "arguments": {"action": "read", "path": "/etc/shadow"}}},
+            {"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+             "params": {"name": "probe", "arguments": {"action": "syscall", "nr": 101}}}]
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env={"PATH": os.environ["PATH"], "HOME": "/nonexistent"})
+    for m in msgs:
+        p.stdin.write(json.dumps(m).encode() + b"\n")
+        p.stdin.flush()
+        if m.get("id", 1) > 1:
+            time.sleep(0.3)
+    out, err = p.communicate(timeout=30)
+    replies = {r["id"]: r for r in map(json.loads, out.splitlines())}
+    assert 2 in replies, (out, err[-3000:])
+    assert replies[2]["result"]["content"][0]["text"] == "x", (replies, err[-2000:])
+    assert replies[3]["result"]["content"][0]["text"] == "errno 13"
+    assert "forbidden system call ptrace" in replies[4]["result"]["content"][0]["text"]
+    assert b"uid=4242" in err
