@@ -11,6 +11,7 @@ BIN         = .build/$(CONFIG)/mcp-supervisor
 CELLS       = echo-cell probe-cell
 VENV        = .venv
 PY          = $(VENV)/bin/python
+PYDEPS      = $(VENV)/.installed
 # The uid the unprivileged test pass runs as (when `make test` runs as root).
 TEST_UID   ?= 4242
 SYSTEM_PACKAGES = libseccomp-dev libcap-dev
@@ -46,11 +47,13 @@ run: CONFIG = release
 run: pin
 	$(BIN) run
 
-$(PY):
-	python3 -m venv $(VENV)
+# The Python client tests' packages (official MCP SDK, mcp-fuzzer), from PyPI.
+$(PYDEPS): tests/requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
+	touch $@
 
-test: pin $(PY)
+test: pin $(PYDEPS)
 	$(SWIFT) build --build-tests
 	$(MAKE) --no-print-directory unit-tests system-tests unprivileged-tests e2e-tests
 
@@ -72,7 +75,7 @@ unprivileged-tests:
 	  echo "already unprivileged: system-tests ran in this mode"; \
 	fi
 
-e2e-tests: $(PY)
+e2e-tests: $(PYDEPS)
 	$(PY) -m pytest -q tests/e2e
 
 bench: CONFIG = release
