@@ -1,0 +1,105 @@
+import StrictJSON
+
+/// The closed set of security events (docs/security-events.md). Diagnostics
+/// go to stderr through swift-log; these go to the tamper-evident log.
+public enum SecurityEventType: String, Sendable, CaseIterable {
+    case supervisorStart = "supervisor.start"
+    case supervisorStop = "supervisor.stop"
+    case logRotate = "log.rotate"
+    case logTornTail = "log.torn_tail"
+    case clientInitialize = "client.initialize"
+    case callStart = "call.start"
+    case callEnd = "call.end"
+    case callRefused = "call.refused"
+    case sandboxViolation = "sandbox.violation"
+    case cellRefused = "cell.refused"
+    case cellsLoaded = "cells.loaded"
+}
+
+/// One event before it is sequenced and chained: its type and fields.
+public struct SecurityEvent: Sendable {
+    public let type: SecurityEventType
+    public var fields: JSONObject
+
+    public init(_ type: SecurityEventType, _ fields: JSONObject = JSONObject()) {
+        self.type = type
+        self.fields = fields
+    }
+}
+
+extension SecurityEvent {
+    /// The call.start event.
+    public static func callStart(callID: String, principal: String, client: String?, tool: String, cell: PreparedCell,
+                                 decision: String, arguments: JSONObject, recordArguments: Bool) -> SecurityEvent {
+        var f = JSONObject([
+            ("callId", .string(callID)), ("principal", .string(principal)), ("tool", .string(tool)),
+            ("cell", .string(cell.name)), ("cellVersion", .string(cell.version)),
+            ("manifestSha256", .string(cell.manifest.manifestSHA256)),
+            ("executableSha256", .string(cell.manifest.executable.sha256)),
+            ("decision", .string(decision)),
+            ("argumentsSha256", .string(sha256Hex(JSONValue.object(arguments).serializedBytes()))),
+        ])
+        if let client { f["client"] = .string(client) }
+        if recordArguments { f["arguments"] = .object(arguments) }
+        return SecurityEvent(.callStart, f)
+    }
+
+    /// The call.end event, plus a sandbox.violation when the outcome is one.
+    public static func callEnd(callID: String, principal: String, tool: String, cell: PreparedCell,
+                               report: CallReport, bytesReturned: Int) -> [SecurityEvent] {
+        var f = JSONObject([
+            ("callId", .string(callID)), ("principal", .string(principal)), ("tool", .string(tool)),
+            ("cell", .string(cell.name)), ("cellVersion", .string(cell.version)),
+            ("executableSha256", .string(cell.manifest.executable.sha256)),
+            ("outcome", .string(report.outcome.kind)), ("detail", .string(report.outcome.detail)),
+            ("durationMicroseconds", .int(Int64(report.durationNanoseconds / 1000))),
+            ("cpuMicroseconds", .int(Int64(report.cpuNanoseconds / 1000))),
+            ("bytesReturned", .int(Int64(bytesReturned))),
+        ])
+        if let p = report.peakMemoryBytes { f["peakMemoryBytes"] = .int(Int64(p)) }
+        switch report.exit {
+        case .exited(let c)?: f["exitStatus"] = .int(Int64(c))
+        case .signaled(let s)?: f["signal"] = .int(Int64(s))
+        case nil: break
+        }
+        var events = [SecurityEvent(.callEnd, f)]
+        var v = JSONObject([
+            ("callId", .string(callID)), ("principal", .string(principal)), ("tool", .string(tool)),
+            ("cell", .string(cell.name)), ("cellVersion", .string(cell.version)),
+            ("executableSha256", .string(cell.manifest.executable.sha256)),
+            ("detail", .string(report.outcome.detail)),
+        ])
+        switch report.outcome {
+        case .sandboxViolation(let s, let a):
+            v["kind"] = "seccomp"
+            v["syscall"] = .string(s)
+            v["architecture"] = .string(a)
+        case .limitExceeded(let l):
+            v["kind"] = "limit"
+            v["limit"] = .string(l.rawValue)
+        case .timeout:
+            v["kind"] = "limit"
+            v["limit"] = "deadline"
+        case .protocolViolation:
+            v["kind"] = "protocol"
+        case .spawnFailed(let stage, let e):
+            v["kind"] = "spawn"
+            v["stage"] = .string(stage)
+            v["errno"] = .int(Int64(e))
+        case .refused(.hashMismatch(_, let expected, let actual)):
+            v["kind"] = "hash_mismatch"
+            v["expectedSha256"] = .string(expected)
+            v["actualSha256"] = .string(actual)
+        case .refused(let r):
+            v["kind"] = "refused"
+            v["reason"] = .string(r.description)
+        case .killedBySignal(let s):
+            v["kind"] = "crash"
+            v["signal"] = .int(Int64(s))
+        case .success, .toolError, .cancelled:
+            return events
+        }
+        events.append(SecurityEvent(.sandboxViolation, v))
+        return events
+    }
+}

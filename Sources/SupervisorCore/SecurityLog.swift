@@ -1,0 +1,309 @@
+import Crypto
+import Foundation
+import StrictJSON
+import SupervisorPlatform
+
+/// The security event log: JSON Lines, append-only, one hash chain across
+/// rotated files, with Ed25519-signed checkpoints kept in a separate file.
+/// Layout and verification rules: docs/security-events.md.
+///
+/// Appends are group-committed: a writer thread takes every pending event,
+/// writes them, fsyncs once, and only then releases the callers, so a call's
+/// events are on disk before its result goes to the client.
+public final class SecurityLog: @unchecked Sendable {
+    public static let genesis = String(repeating: "0", count: 64)
+    public static let checkpointDomain = "mcp-supervisor security-log checkpoint v1\n"
+
+    public let directory: String
+    let key: Curve25519.Signing.PrivateKey
+    public let keyID: String
+    let rotateBytes: Int
+    let checkpointEvery: Int
+
+    private let cond = NSCondition()
+    private var pending: [(SecurityEvent, (() -> Void)?)] = []
+    private var closed = false
+    private var writerDone = false
+
+    // Owned by the writer thread (and by init/close while it is not running).
+    private var file: FileDescriptor
+    private var fileIndex: Int
+    private var fileSize: Int
+    private var seq: UInt64
+    private var head: String
+    private var sinceCheckpoint = 0
+    private let checkpoints: FileDescriptor
+
+    /// Opens (or creates) the log in `<state>/security`, with the signing
+    /// key in `<state>/keys`. A torn last line left by a crash is cut off and
+    /// recorded as a `log.torn_tail` event; the chain continues.
+    public init(stateDirectory: String, rotateBytes: Int = 64 << 20, checkpointEvery: Int = 256) throws {
+        directory = stateDirectory + "/security"
+        self.rotateBytes = rotateBytes
+        self.checkpointEvery = checkpointEvery
+        try Self.makeDirectory(directory)
+        key = try LogSigningKey.loadOrCreate(stateDirectory: stateDirectory)
+        keyID = LogSigningKey.keyID(key.publicKey)
+
+        let files = try Self.eventFiles(in: directory)
+        fileIndex = files.last?.index ?? 1
+        let path = Self.eventFilePath(directory, fileIndex)
+        file = try Sys.open(path, O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
+        checkpoints = try Sys.open(directory + "/checkpoints.jsonl", O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
+
+        // Find the chain head: the last complete line of the newest file (or
+        // of the one before, if the newest is empty).
+        var bytes = try readFile(path, limit: 1 << 30)
+        var torn: [UInt8] = []
+        if let lastNewline = bytes.lastIndex(of: 0x0A) {
+            torn = Array(bytes[(lastNewline + 1)...])
+            bytes = Array(bytes[...lastNewline])
+        } else {
+            torn = bytes
+            bytes = []
+        }
+        if !torn.isEmpty {
+            if ftruncate(file.rawValue, off_t(bytes.count)) != 0 { throw SystemError("ftruncate \(path)", errno: errno) }
+        }
+        fileSize = bytes.count
+        seq = 0
+        head = Self.genesis
+        var lastLine: ArraySlice<UInt8>? = nil
+        if !bytes.isEmpty {
+            let body = bytes.dropLast()
+            let start = body.lastIndex(of: 0x0A).map { $0 + 1 } ?? body.startIndex
+            lastLine = body[start...]
+        } else if files.count >= 2 {
+            let prev = try readFile(Self.eventFilePath(directory, files[files.count - 2].index), limit: 1 << 30)
+            let body = prev.last == 0x0A ? prev.dropLast() : prev[...]
+            let start = body.lastIndex(of: 0x0A).map { $0 + 1 } ?? body.startIndex
+            lastLine = body[start...]
+        }
+        if let line = lastLine, !line.isEmpty {
+            guard case .object(let o)? = try? JSONParser.parse(Array(line)), let s = o["seq"]?.intValue else {
+                throw SystemError("\(path): the last record is not valid; run `mcp-supervisor audit verify`", errno: EINVAL)
+            }
+            seq = UInt64(s)
+            head = sha256Hex(line)
+        }
+        if !torn.isEmpty {
+            let sample = torn.prefix(65536)
+            var f = JSONObject([("file", .string(path)), ("bytes", .int(Int64(torn.count))),
+                                ("sha256", .string(sha256Hex(torn))),
+                                ("dataBase64", .string(Data(sample).base64EncodedString()))])
+            if sample.count < torn.count { f["dataTruncated"] = true }
+            try writeNow([SecurityEvent(.logTornTail, f)])
+        }
+        let t = Thread { [unowned self] in self.writerLoop() }
+        t.name = "security-log"
+        t.start()
+    }
+
+    /// Appends events; returns once they are on disk.
+    public func append(_ events: [SecurityEvent]) async {
+        guard !events.isEmpty else { return }
+        await withCheckedContinuation { (k: CheckedContinuation<Void, Never>) in
+            enqueue(events) { k.resume() }
+        }
+    }
+
+    /// Appends events; blocks until they are on disk.
+    public func appendAndWait(_ events: [SecurityEvent]) {
+        guard !events.isEmpty else { return }
+        let done = DispatchSemaphore(value: 0)
+        enqueue(events) { done.signal() }
+        done.wait()
+    }
+
+    private func enqueue(_ events: [SecurityEvent], _ done: @escaping () -> Void) {
+        cond.lock()
+        if closed {
+            cond.unlock()
+            done()
+            return
+        }
+        for (i, e) in events.enumerated() { pending.append((e, i == events.count - 1 ? done : nil)) }
+        cond.signal()
+        cond.unlock()
+    }
+
+    /// Writes a final event and a checkpoint, then stops the writer.
+    public func close(finalEvent: SecurityEvent? = nil) {
+        if let finalEvent { appendAndWait([finalEvent]) }
+        cond.lock()
+        closed = true
+        cond.broadcast()
+        while !writerDone { cond.wait() }
+        cond.unlock()
+        try? writeCheckpoint()
+        file.close()
+        checkpoints.close()
+    }
+
+    private func writerLoop() {
+        while true {
+            cond.lock()
+            while pending.isEmpty && !closed { cond.wait() }
+            if pending.isEmpty && closed {
+                writerDone = true
+                cond.broadcast()
+                cond.unlock()
+                return
+            }
+            let batch = pending
+            pending.removeAll(keepingCapacity: true)
+            cond.unlock()
+            do {
+                try writeNow(batch.map(\.0))
+            } catch {
+                // Nothing can be recorded: say so on stderr and keep serving
+                // the callers (they must not hang on a full disk).
+                FileHandle.standardError.write(Data("mcp-supervisor: SECURITY LOG WRITE FAILED: \(error)\n".utf8))
+            }
+            for (_, done) in batch { done?() }
+        }
+    }
+
+    /// Gives the event the next sequence number and chains it to the head.
+    private func chain(_ e: SecurityEvent) -> [UInt8] {
+        seq += 1
+        var o = JSONObject([("seq", .int(Int64(seq))), ("time", .string(Self.timestamp())),
+                            ("type", .string(e.type.rawValue)), ("prev", .string(head))])
+        for (k, v) in e.fields where !o.contains(k) { o[k] = v }
+        let line = JSONValue.object(o).serializedBytes()
+        head = sha256Hex(line)
+        return line + [0x0A]
+    }
+
+    private func writeDurably(_ bytes: [UInt8]) throws {
+        try file.writeAll(bytes)
+        if fsync(file.rawValue) != 0 { throw SystemError("fsync security log", errno: errno) }
+        fileSize += bytes.count
+    }
+
+    /// Sequences, chains, writes and fsyncs a batch (writer thread or init).
+    private func writeNow(_ events: [SecurityEvent]) throws {
+        var out: [UInt8] = []
+        for e in events { out.append(contentsOf: chain(e)) }
+        try writeDurably(out)
+        sinceCheckpoint += events.count
+        if sinceCheckpoint >= checkpointEvery { try writeCheckpoint() }
+        if fileSize >= rotateBytes { try rotate() }
+    }
+
+    /// A log.rotate record closes the old file; the chain continues in the next.
+    private func rotate() throws {
+        let next = fileIndex + 1
+        let nextPath = Self.eventFilePath(directory, next)
+        try writeDurably(chain(SecurityEvent(.logRotate, JSONObject([("next", .string(baseName(of: nextPath)))]))))
+        file.close()
+        file = try Sys.open(nextPath, O_WRONLY | O_CREAT | O_APPEND | O_EXCL, mode: 0o600)
+        fileIndex = next
+        fileSize = 0
+        try writeCheckpoint()
+    }
+
+    /// Signs (seq, head) and appends it to checkpoints.jsonl.
+    private func writeCheckpoint() throws {
+        guard seq > 0 else { return }
+        let message = Array((Self.checkpointDomain + "\(seq)\n\(head)\n").utf8)
+        let sig = try key.signature(for: message)
+        let line = JSONValue.object(JSONObject([
+            ("seq", .int(Int64(seq))), ("head", .string(head)), ("time", .string(Self.timestamp())),
+            ("keyId", .string(keyID)), ("signature", .string(Data(sig).base64EncodedString())),
+        ])).serializedBytes()
+        try checkpoints.writeAll(line + [0x0A])
+        if fsync(checkpoints.rawValue) != 0 { throw SystemError("fsync checkpoints", errno: errno) }
+        sinceCheckpoint = 0
+    }
+
+    // MARK: files
+
+    public struct EventFile: Sendable {
+        public let index: Int
+        public let path: String
+    }
+
+    static func eventFilePath(_ dir: String, _ i: Int) -> String {
+        let n = String(i)
+        return dir + "/events-" + String(repeating: "0", count: max(0, 6 - n.count)) + n + ".jsonl"
+    }
+
+    /// The event files of a log directory in chain order.
+    public static func eventFiles(in dir: String) throws -> [EventFile] {
+        let names = try FileManager.default.contentsOfDirectory(atPath: dir)
+        return names.compactMap { n -> EventFile? in
+            guard n.hasPrefix("events-"), n.hasSuffix(".jsonl"),
+                  let i = Int(n.dropFirst(7).dropLast(6)) else { return nil }
+            return EventFile(index: i, path: dir + "/" + n)
+        }.sorted { $0.index < $1.index }
+    }
+
+    static func makeDirectory(_ path: String) throws {
+        var p = ""
+        for c in path.split(separator: "/") {
+            p += "/" + c
+            if (try? Sys.lstat(p)) == nil { try Sys.mkdir(p, mode: 0o700) }
+        }
+    }
+
+    /// RFC 3339 UTC with microseconds.
+    public static func timestamp() -> String {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        var t = time_t(ts.tv_sec)
+        var tmv = tm()
+        gmtime_r(&t, &tmv)
+        func pad(_ v: Int, _ w: Int) -> String {
+            let s = String(v)
+            return String(repeating: "0", count: max(0, w - s.count)) + s
+        }
+        return "\(pad(Int(tmv.tm_year) + 1900, 4))-\(pad(Int(tmv.tm_mon) + 1, 2))-\(pad(Int(tmv.tm_mday), 2))T"
+            + "\(pad(Int(tmv.tm_hour), 2)):\(pad(Int(tmv.tm_min), 2)):\(pad(Int(tmv.tm_sec), 2)).\(pad(ts.tv_nsec / 1000, 6))Z"
+    }
+}
+
+/// The log's Ed25519 signing key: `<state>/keys/log-signing.key` (0600) and
+/// its public half `log-signing.pub`.
+public enum LogSigningKey {
+    public static func paths(stateDirectory: String) -> (privateKey: String, publicKey: String) {
+        (stateDirectory + "/keys/log-signing.key", stateDirectory + "/keys/log-signing.pub")
+    }
+
+    public static func keyID(_ k: Curve25519.Signing.PublicKey) -> String {
+        String(sha256Hex(k.rawRepresentation).prefix(16))
+    }
+
+    static func loadOrCreate(stateDirectory: String) throws -> Curve25519.Signing.PrivateKey {
+        let (priv, pub) = paths(stateDirectory: stateDirectory)
+        try SecurityLog.makeDirectory(directoryName(of: priv))
+        if let bytes = try? readFile(priv, limit: 4096) {
+            let st = try Sys.stat(priv)
+            guard st.mode & 0o077 == 0 else {
+                throw SystemError("\(priv) is readable by others (mode \(String(st.mode & 0o777, radix: 8))); chmod 600 it", errno: EPERM)
+            }
+            let text = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            guard text.hasPrefix("ed25519-private:"), let raw = Data(base64Encoded: String(text.dropFirst(16))),
+                  let key = try? Curve25519.Signing.PrivateKey(rawRepresentation: raw)
+            else { throw SystemError("\(priv): not an ed25519-private key file", errno: EINVAL) }
+            return key
+        }
+        let key = Curve25519.Signing.PrivateKey()
+        let fd = try Sys.open(priv, O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
+        try fd.writeAll(Array("ed25519-private:\(key.rawRepresentation.base64EncodedString())\n".utf8))
+        _ = fsync(fd.rawValue)
+        fd.close()
+        let p = try Sys.open(pub, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o644)
+        try p.writeAll(Array("ed25519-public:\(key.publicKey.rawRepresentation.base64EncodedString())\n".utf8))
+        p.close()
+        return key
+    }
+
+    public static func loadPublic(path: String) throws -> Curve25519.Signing.PublicKey {
+        let text = String(decoding: try readFile(path, limit: 4096), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard text.hasPrefix("ed25519-public:"), let raw = Data(base64Encoded: String(text.dropFirst(15))),
+              let key = try? Curve25519.Signing.PublicKey(rawRepresentation: raw)
+        else { throw SystemError("\(path): not an ed25519-public key file", errno: EINVAL) }
+        return key
+    }
+}
