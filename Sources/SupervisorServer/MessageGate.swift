@@ -23,6 +23,8 @@ public struct MessageGate: Sendable {
     public let maxMessageBytes: Int
     /// Set once an initialize request went through.
     public private(set) var initializeSeen = false
+    /// The protocolVersion the client asked for in initialize.
+    public private(set) var requestedProtocolVersion: String?
 
     public init(maxMessageBytes: Int) {
         self.maxMessageBytes = maxMessageBytes
@@ -96,8 +98,9 @@ public struct MessageGate: Sendable {
         }
         switch method {
         case "initialize":
-            if case .object(let p)? = o["params"], case .string? = p["protocolVersion"] {
+            if case .object(let p)? = o["params"], case .string(let v)? = p["protocolVersion"] {
                 initializeSeen = true
+                requestedProtocolVersion = v
             }
         case "tools/call":
             guard case .object(let params)? = o["params"] else {

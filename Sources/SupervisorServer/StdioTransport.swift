@@ -32,6 +32,8 @@ public actor BlockingStdioTransport: Transport {
     private let writer: LineWriter
     private let maxMessageBytes: Int
     private let outstanding = OutstandingRequests()
+    /// What the client asked for in initialize (for the security log).
+    public nonisolated let requestedProtocolVersion = SharedValue<String>()
     private let onEndOfInput: @Sendable () -> Void
 
     /// `onEndOfInput` runs when stdin ends, before the stream is finished:
@@ -58,7 +60,8 @@ public actor BlockingStdioTransport: Transport {
     public nonisolated func receive() -> AsyncThrowingStream<Data, Swift.Error> {
         let (stream, continuation) = AsyncThrowingStream<Data, Swift.Error>.makeStream()
         let reader = LineReader(fd: input, maxMessageBytes: maxMessageBytes, writer: writer, logger: logger,
-                                continuation: continuation, outstanding: outstanding, onEndOfInput: onEndOfInput)
+                                continuation: continuation, outstanding: outstanding, onEndOfInput: onEndOfInput,
+                                requestedProtocolVersion: requestedProtocolVersion)
         let thread = Thread { reader.run() }
         thread.name = "mcp-stdin"
         thread.start()
@@ -74,11 +77,13 @@ final class LineReader: @unchecked Sendable {
     let continuation: AsyncThrowingStream<Data, Swift.Error>.Continuation
     let outstanding: OutstandingRequests
     let onEndOfInput: @Sendable () -> Void
+    let requestedProtocolVersion: SharedValue<String>
     var gate: MessageGate
 
     init(fd: Int32, maxMessageBytes: Int, writer: LineWriter, logger: Logger,
          continuation: AsyncThrowingStream<Data, Swift.Error>.Continuation, outstanding: OutstandingRequests,
-         onEndOfInput: @escaping @Sendable () -> Void) {
+         onEndOfInput: @escaping @Sendable () -> Void, requestedProtocolVersion: SharedValue<String>) {
+        self.requestedProtocolVersion = requestedProtocolVersion
         self.fd = fd
         self.writer = writer
         self.logger = logger
@@ -140,6 +145,7 @@ final class LineReader: @unchecked Sendable {
         switch gate.check(line) {
         case .forward(let request, let cancels):
             if let request { outstanding.add(request) }
+            if let v = gate.requestedProtocolVersion, requestedProtocolVersion.value == nil { requestedProtocolVersion.value = v }
             if let cancels { outstanding.remove(cancels) }
             continuation.yield(Data(line))
         case .drop(let reason):
@@ -181,5 +187,16 @@ final class OutstandingRequests: @unchecked Sendable {
     static func responseID(_ data: Data) -> String? {
         guard case .object(let o)? = try? JSONParser.parse(Array(data)), o["method"] == nil, let id = o["id"] else { return nil }
         return id.serialized()
+    }
+}
+
+/// A value set on one thread and read on others.
+public final class SharedValue<T: Sendable>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stored: T?
+    public init() {}
+    public var value: T? {
+        get { lock.lock(); defer { lock.unlock() }; return stored }
+        set { lock.lock(); stored = newValue; lock.unlock() }
     }
 }

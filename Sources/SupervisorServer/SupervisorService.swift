@@ -11,6 +11,8 @@ public struct ServiceOptions: Sendable {
     public var maxQueuedCalls = 32
     public var toolsPageSize = 50
     public var maxMessageBytes = 4 << 20
+    /// Record tool arguments in call.start events (otherwise only their digest).
+    public var recordArguments = false
     public init() {}
 }
 
@@ -26,6 +28,10 @@ public final class SupervisorService: @unchecked Sendable {
     let pool: CallPool
     let loadRegistry: RegistryLoader
     let server: Server
+    let log: SecurityLog
+    /// The local user; the client's name is an attribute of the session.
+    let principal = "uid:\(geteuid())"
+    private var clientName: String?
     private let state = NSLock()
     private var registry: CellRegistry
     private var inFlight: [UInt64: CallCancellation] = [:]
@@ -33,7 +39,9 @@ public final class SupervisorService: @unchecked Sendable {
     private var clientLogLevel: LogLevel = .info
     private var shuttingDown = false
 
-    public init(options: ServiceOptions, runner: CallRunner, logger: Logger, loadRegistry: @escaping RegistryLoader) {
+    public init(options: ServiceOptions, runner: CallRunner, logger: Logger, log: SecurityLog,
+                loadRegistry: @escaping RegistryLoader) {
+        self.log = log
         self.options = options
         self.runner = runner
         self.logger = logger
@@ -49,6 +57,20 @@ public final class SupervisorService: @unchecked Sendable {
             // MessageGate enforces "initialize first" before the SDK.
             configuration: .default)
         for p in registry.problems { logger.error("cell refused", metadata: ["problem": "\(p)"]) }
+        log.appendAndWait(Self.loadEvents(registry))
+    }
+
+    static func loadEvents(_ r: CellRegistry) -> [SecurityEvent] {
+        var events = r.problems.map {
+            SecurityEvent(.cellRefused, JSONObject([("manifest", .string($0.path)), ("reason", .string($0.message))]))
+        }
+        let cells: [JSONValue] = r.cells.map { c in
+            .object(JSONObject([("cell", .string(c.name)), ("version", .string(c.version)),
+                                ("manifestSha256", .string(c.manifest.manifestSHA256)),
+                                ("executableSha256", .string(c.manifest.executable.sha256))]))
+        }
+        events.append(SecurityEvent(.cellsLoaded, JSONObject([("cells", .array(cells)), ("refused", .int(Int64(r.problems.count)))])))
+        return events
     }
 
     public var currentRegistry: CellRegistry { state.withLock { registry } }
@@ -56,8 +78,13 @@ public final class SupervisorService: @unchecked Sendable {
     /// Serves until stdin ends or `shutdown()` is called.
     public func run(transport: any Transport) async throws {
         await registerHandlers()
-        try await server.start(transport: transport) { [logger] client, _ in
+        try await server.start(transport: transport) { [self] client, _ in
             logger.info("client initialized", metadata: ["client.name": "\(client.name)", "client.version": "\(client.version)"])
+            state.withLock { clientName = client.name }
+            var f = JSONObject([("principal", .string(principal)), ("clientName", .string(client.name)),
+                                ("clientVersion", .string(client.version))])
+            if let v = initializeVersion?() { f["protocolVersion"] = .string(v) }
+            await log.append([SecurityEvent(.clientInitialize, f)])
         }
         // The transport ends the stream after end of input once every request
         // received has been answered (calls in flight were killed first).
@@ -79,8 +106,12 @@ public final class SupervisorService: @unchecked Sendable {
     }
 
     /// Reloads manifests; tells the client when the tool set changed.
+    /// Reports the protocol version the client asked for in initialize.
+    public var initializeVersion: (@Sendable () -> String?)?
+
     public func reload() async {
         let new = loadRegistry()
+        await log.append(Self.loadEvents(new))
         let changed: Bool = state.withLock {
             let old = registry
             registry = new
@@ -148,13 +179,16 @@ public final class SupervisorService: @unchecked Sendable {
     }
 
     func callTool(_ params: CallTool.Parameters) async throws -> CallTool.Result {
+        let toolName = CellProtocol.sanitize(String(params.name.prefix(128)))
         guard let entry = currentRegistry.tool(named: params.name) else {
-            throw MCPError.invalidParams("Unknown tool: \(CellProtocol.sanitize(String(params.name.prefix(128))))")
+            await refused(toolName, "unknown_tool", "no cell serves this tool")
+            throw MCPError.invalidParams("Unknown tool: \(toolName)")
         }
         var arguments = JSONObject()
         for (k, v) in (params.arguments ?? [:]).sorted(by: { $0.key < $1.key }) { arguments[k] = JSONValue(v) }
         if let problem = SchemaValidator.validate(.object(arguments), against: entry.tool.inputSchema) {
             logger.info("call refused: invalid arguments", metadata: ["tool": "\(entry.tool.name)", "problem": "\(problem)"])
+            await refused(toolName, "invalid_arguments", problem, cell: entry.cell)
             return Self.errorResult("Invalid arguments: \(problem)")
         }
         let cancellation = try CallCancellation()
@@ -164,8 +198,19 @@ public final class SupervisorService: @unchecked Sendable {
             inFlight[nextCall] = cancellation
             return nextCall
         }
-        guard let id else { return Self.errorResult("The supervisor is shutting down.") }
+        guard let id else {
+            await refused(toolName, "shutting_down", "the supervisor is stopping", cell: entry.cell)
+            return Self.errorResult("The supervisor is shutting down.")
+        }
         defer { _ = state.withLock { inFlight.removeValue(forKey: id) } }
+        let callID = "c\(id)"
+        let client = state.withLock { clientName }
+        // Not awaited: call.end below is, and the log writes in order.
+        let log = self.log
+        let startEvent = SecurityEvent.callStart(callID: callID, principal: principal, client: client, tool: entry.tool.name,
+                                                 cell: entry.cell, decision: "allow: no policy loaded (every registered tool)",
+                                                 arguments: arguments, recordArguments: options.recordArguments)
+        Task { await log.append([startEvent]) }
 
         let token = params._meta?.progressToken
         let (messages, sink) = AsyncStream<WorkerMessage>.makeStream()
@@ -178,7 +223,7 @@ public final class SupervisorService: @unchecked Sendable {
             await withCheckedContinuation { (k: CheckedContinuation<CallReport?, Never>) in
                 let accepted = pool.submit {
                     let r = runner.run(cell: entry.cell, tool: entry.tool.name, arguments: arguments,
-                                       callID: "c\(id)", cancellation: cancellation) { sink.yield($0) }
+                                       callID: callID, cancellation: cancellation) { sink.yield($0) }
                     k.resume(returning: r)
                 }
                 if !accepted { k.resume(returning: nil) }
@@ -192,6 +237,7 @@ public final class SupervisorService: @unchecked Sendable {
         guard let report else {
             let load = pool.load
             logger.warning("call refused: queue full", metadata: ["tool": "\(entry.tool.name)"])
+            await refused(toolName, "busy", "\(load.running) calls running, \(load.queued) waiting", cell: entry.cell)
             return Self.errorResult("The supervisor is busy (\(load.running) calls running, \(load.queued) waiting); retry shortly.")
         }
         var meta: Logger.Metadata = [
@@ -202,11 +248,29 @@ public final class SupervisorService: @unchecked Sendable {
             meta["worker.stderr"] = "\(report.diagnostics.suffix(512))"
         }
         logger.info("call ended", metadata: meta)
+        let result = result(for: report, tool: entry.tool)
+        let returned = result.content.reduce(0) { n, c in
+            if case .text(let t, _, _) = c { return n + t.utf8.count }
+            return n
+        }
+        // The call's events are on disk before the client sees its result.
+        await log.append(SecurityEvent.callEnd(callID: callID, principal: principal, tool: entry.tool.name,
+                                               cell: entry.cell, report: report, bytesReturned: returned))
         if case .cancelled = report.outcome, Task.isCancelled {
             // notifications/cancelled: the worker is gone; no response is sent.
             throw CancellationError()
         }
-        return result(for: report, tool: entry.tool)
+        return result
+    }
+
+    func refused(_ tool: String, _ reason: String, _ detail: String, cell: PreparedCell? = nil) async {
+        var f = JSONObject([("principal", .string(principal)), ("tool", .string(tool)), ("reason", .string(reason)),
+                            ("detail", .string(detail))])
+        if let cell {
+            f["cell"] = .string(cell.name)
+            f["cellVersion"] = .string(cell.version)
+        }
+        await log.append([SecurityEvent(.callRefused, f)])
     }
 
     func result(for report: CallReport, tool: CellManifest.Tool) -> CallTool.Result {

@@ -3,6 +3,7 @@ import Dispatch
 import Logging
 import SupervisorCore
 import SupervisorPlatform
+import StrictJSON
 import SupervisorServer
 #if canImport(Glibc)
 import Glibc
@@ -121,7 +122,18 @@ struct Run: AsyncParsableCommand {
             }
             return CellRegistry.load(paths: paths, groups: groups, host: host)
         }
-        let service = SupervisorService(options: options, runner: runner, logger: logger, loadRegistry: loader)
+        let log: SecurityLog
+        do { log = try SecurityLog(stateDirectory: s.stateDirectory) } catch {
+            printError("mcp-supervisor: cannot open the security log in \(s.stateDirectory)/security: \(error)")
+            throw ExitCode(2)
+        }
+        log.appendAndWait([SecurityEvent(.supervisorStart, JSONObject([
+            ("version", .string(SupervisorInfo.version)), ("pid", .int(Int64(getpid()))), ("uid", .int(Int64(geteuid()))),
+            ("configSha256", .string(sha256Hex(settingsDigest(s, options, file)))),
+            ("manifests", .string(s.manifestsDirectory)), ("policies", .string(s.policiesDirectory)),
+            ("features", featureSummary(features, host)),
+        ]))])
+        let service = SupervisorService(options: options, runner: runner, logger: logger, log: log, loadRegistry: loader)
         logger.info("serving", metadata: [
             "manifests": "\(manifestsDir)", "tools": "\(service.currentRegistry.toolNames.count)",
             "landlock.abi": "\(features.landlockABI ?? 0)", "uid": "\(geteuid())",
@@ -132,16 +144,43 @@ struct Run: AsyncParsableCommand {
         for sig in [SIGTERM, SIGINT] {
             signals.on(sig) {
                 service.shutdown(reason: "signal \(sig)")
-                // Give the killed workers' calls a moment to finish, then leave.
-                DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(200)) { Glibc.exit(0) }
+                // Give the killed workers' calls a moment to record their end.
+                DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(200)) {
+                    log.close(finalEvent: SecurityEvent(.supervisorStop, JSONObject([("reason", .string(signalName(sig)))])))
+                    Glibc.exit(0)
+                }
             }
         }
         let transport = BlockingStdioTransport(maxMessageBytes: options.maxMessageBytes, logger: logger) {
             service.shutdown(reason: "end of input")
         }
+        service.initializeVersion = { [transport] in transport.requestedProtocolVersion.value }
         try await service.run(transport: transport)
+        log.close(finalEvent: SecurityEvent(.supervisorStop, JSONObject([("reason", "end of input")])))
         Glibc.exit(0)
     }
+}
+
+/// A stable digest of the effective settings (recorded at start, so a
+/// configuration change shows in the log).
+func settingsDigest(_ s: SupervisorSettings, _ o: ServiceOptions, _ f: ConfigurationFile) -> [UInt8] {
+    JSONValue.object(JSONObject([
+        ("manifests", .string(s.manifestsDirectory)), ("policies", .string(s.policiesDirectory)),
+        ("state", .string(s.stateDirectory)), ("scratch", .string(s.scratchRoot)),
+        ("workerUid", s.workerUID.map { .int(Int64($0)) } ?? .null), ("workerGid", s.workerGID.map { .int(Int64($0)) } ?? .null),
+        ("maxConcurrentCalls", .int(Int64(o.maxConcurrentCalls))), ("maxQueuedCalls", .int(Int64(o.maxQueuedCalls))),
+        ("toolsPageSize", .int(Int64(o.toolsPageSize))), ("maxMessageBytes", .int(Int64(o.maxMessageBytes))),
+        ("configFile", f.path.map { .string($0) } ?? .null),
+    ])).serializedBytes()
+}
+
+func featureSummary(_ f: KernelFeatures, _ h: HostSandbox) -> JSONValue {
+    .object(JSONObject([
+        ("landlockAbi", .int(Int64(f.landlockABI ?? 0))), ("seccompApiLevel", .int(Int64(f.seccompAPILevel))),
+        ("seccompUserNotification", .bool(f.seccompUserNotification)), ("userNamespaces", .bool(f.userNamespaces)),
+        ("pidNamespaces", .bool(f.pidNamespaces)), ("boundingSetDropped", .bool(f.canDropBoundingSet)),
+        ("workerUid", .int(Int64(h.workerUID))), ("workerGid", .int(Int64(h.workerGID))),
+    ]))
 }
 
 /// Signal handling through dispatch sources (never in a signal handler).

@@ -93,6 +93,21 @@ final class SandboxTests: XCTestCase {
         XCTAssertEqual(Harness.text(try Harness.call(cell, ["action": "write", "path": .string(dir + "/new")])), "errno 13")
     }
 
+    func testWorkerCannotReachTheSecurityLogOrItsKey() throws {
+        let log = try SecurityLog(stateDirectory: Harness.state)
+        log.appendAndWait([SecurityEvent(.supervisorStart, ["version": "test"])])
+        let cell = try probe(groups: ["base", "files-write"])
+        let key = LogSigningKey.paths(stateDirectory: Harness.state).privateKey
+        let events = Harness.state + "/security/events-000001.jsonl"
+        for path in [key, events, Harness.state + "/security/checkpoints.jsonl"] {
+            XCTAssertEqual(Harness.text(try Harness.call(cell, ["action": "read", "path": .string(path)])), "errno 13", path)
+            XCTAssertEqual(Harness.text(try Harness.call(cell, ["action": "write", "path": .string(path)])), "errno 13", path)
+        }
+        log.close()
+        XCTAssertNil(SecurityLogReader.verify(directory: Harness.state + "/security",
+                                              publicKeyPath: LogSigningKey.paths(stateDirectory: Harness.state).publicKey).problem)
+    }
+
     func testProtectedStateCannotBeDeclared() throws {
         let m = try Harness.probeManifest(filesystem: "{\"read\": [\"/tmp\"]}")
         XCTAssertThrowsError(try Harness.prepare(m)) { e in

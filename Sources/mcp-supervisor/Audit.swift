@@ -1,0 +1,147 @@
+import ArgumentParser
+import Foundation
+import StrictJSON
+import SupervisorCore
+import SupervisorPlatform
+
+struct Audit: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Read and verify the security event log.",
+        subcommands: [Tail.self, Query.self, Verify.self, Stats.self])
+
+    struct Location: ParsableArguments {
+        @Option(name: .long, help: "State directory holding security/ and keys/ (default: the supervisor's).")
+        var stateDir: String?
+
+        var state: String { stateDir.map(SupervisorSettings.absolute) ?? SupervisorSettings().stateDirectory }
+        var logDirectory: String { state + "/security" }
+    }
+
+    /// One readable line per record.
+    static func render(_ r: LogRecord) -> String {
+        var parts = ["\(r.time) #\(r.seq) \(r.type)"]
+        for (k, v) in r.object where !["seq", "time", "type", "prev"].contains(k) {
+            let text: String
+            switch v {
+            case .string(let s): text = s.contains(" ") ? "\"\(s)\"" : s
+            default: text = v.serialized()
+            }
+            parts.append("\(k)=\(text.count > 200 ? String(text.prefix(200)) + "…" : text)")
+        }
+        return parts.joined(separator: " ")
+    }
+
+    struct Tail: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show the newest records, readable, newest last.")
+        @OptionGroup var location: Location
+        @Option(name: [.customShort("n"), .long], help: "How many records.") var lines = 20
+        @Flag(name: .shortAndLong, help: "Keep printing new records as they are written.") var follow = false
+
+        func run() throws {
+            var records = try SecurityLogReader.records(directory: location.logDirectory)
+            for r in records.suffix(lines) { print(Audit.render(r)) }
+            guard follow else { return }
+            var last = records.last?.seq ?? 0
+            while true {
+                usleep(200_000)
+                records = (try? SecurityLogReader.records(directory: location.logDirectory)) ?? []
+                for r in records where r.seq > last {
+                    print(Audit.render(r))
+                    last = r.seq
+                }
+                fflush(nil)
+            }
+        }
+    }
+
+    struct Filter: ParsableArguments {
+        @Option(name: .long, help: "Event type (e.g. call.end, sandbox.violation).") var type: [String] = []
+        @Option(name: .long, help: "Cell name.") var cell: String?
+        @Option(name: .long, help: "Tool name.") var tool: String?
+        @Option(name: .long, help: "Principal (e.g. uid:1000).") var principal: String?
+        @Option(name: .long, help: "Outcome (success, tool_error, timeout, sandbox_violation, ...).") var outcome: String?
+        @Option(name: .long, help: "Records at or after this RFC 3339 time (UTC, e.g. 2026-11-22T10:00:00Z).") var since: String?
+        @Option(name: .long, help: "Records before this RFC 3339 time.") var until: String?
+
+        func validate() throws {
+            for t in type where SecurityEventType(rawValue: t) == nil {
+                throw ValidationError("unknown event type \(t); known: \(SecurityEventType.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+        }
+
+        func matches(_ r: LogRecord) -> Bool {
+            if !type.isEmpty && !type.contains(r.type) { return false }
+            if let cell, r["cell"]?.stringValue != cell { return false }
+            if let tool, r["tool"]?.stringValue != tool { return false }
+            if let principal, r["principal"]?.stringValue != principal { return false }
+            if let outcome, r["outcome"]?.stringValue != outcome { return false }
+            // RFC 3339 UTC strings of one format compare in time order.
+            if let since, r.time < since { return false }
+            if let until, r.time >= until { return false }
+            return true
+        }
+    }
+
+    struct Query: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Records matching filters, as text or JSON Lines.")
+        @OptionGroup var location: Location
+        @OptionGroup var filter: Filter
+        @Flag(name: .long, help: "Print the records as JSON Lines.") var json = false
+
+        func run() throws {
+            for r in try SecurityLogReader.records(directory: location.logDirectory) where filter.matches(r) {
+                print(json ? JSONValue.object(r.object).serialized() : Audit.render(r))
+            }
+        }
+    }
+
+    struct Verify: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Check the chain, the sequence, the checkpoints and their signatures. Exits 1 naming the first bad record.")
+        @OptionGroup var location: Location
+        @Option(name: .long, help: "Checkpoint file to check against (e.g. a copy kept elsewhere).") var checkpoints: String?
+        @Option(name: .long, help: "The log's public key (e.g. a copy kept elsewhere).") var publicKey: String?
+
+        func run() throws {
+            let pub = publicKey.map(SupervisorSettings.absolute) ?? LogSigningKey.paths(stateDirectory: location.state).publicKey
+            let v = SecurityLogReader.verify(directory: location.logDirectory, publicKeyPath: pub,
+                                             checkpointsPath: checkpoints.map(SupervisorSettings.absolute))
+            if let p = v.problem {
+                printError("audit verify: FAILED: \(p)")
+                throw ExitCode(1)
+            }
+            print("audit verify: OK: \(v.records) records in \(v.files) file(s), chain intact through record \(v.lastSeq), \(v.checkpoints) signed checkpoint(s) valid")
+        }
+    }
+
+    struct Stats: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Counts by event type, cell and outcome.")
+        @OptionGroup var location: Location
+        @OptionGroup var filter: Filter
+        @Flag(name: .long, help: "Print JSON.") var json = false
+
+        func run() throws {
+            var byType: [String: Int] = [:], byCell: [String: Int] = [:], byOutcome: [String: Int] = [:]
+            var total = 0
+            for r in try SecurityLogReader.records(directory: location.logDirectory) where filter.matches(r) {
+                total += 1
+                byType[r.type, default: 0] += 1
+                if let c = r["cell"]?.stringValue { byCell[c, default: 0] += 1 }
+                if let o = r["outcome"]?.stringValue { byOutcome[o, default: 0] += 1 }
+            }
+            func obj(_ d: [String: Int]) -> JSONValue { .object(JSONObject(d.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) })) }
+            if json {
+                print(JSONValue.object(JSONObject([("records", .int(Int64(total))), ("byType", obj(byType)),
+                                                   ("byCell", obj(byCell)), ("byOutcome", obj(byOutcome))])).serialized())
+                return
+            }
+            print("records: \(total)")
+            for (title, d) in [("by type", byType), ("by cell", byCell), ("by outcome (call.end)", byOutcome)] {
+                print("\(title):")
+                for (k, n) in d.sorted(by: { $0.value > $1.value || ($0.value == $1.value && $0.key < $1.key) }) {
+                    print("  \(k): \(n)")
+                }
+            }
+        }
+    }
+}
