@@ -67,6 +67,12 @@ let package = Package(
             name: "probe-cell", dependencies: ["CellKit", "CProbe"],
             swiftSettings: staticCell, linkerSettings: staticCellLink),
 
+        // Benchmark baseline (e): the SDK's own stdio server, no sandbox.
+        .executableTarget(
+            name: "sdk-echo-server",
+            dependencies: [.product(name: "MCP", package: "swift-sdk")],
+            path: "tools/bench/sdk-echo-server"),
+
         .testTarget(name: "StrictJSONTests", dependencies: ["StrictJSON"]),
         .testTarget(name: "SupervisorCoreTests", dependencies: ["SupervisorCore", "StrictJSON"]),
         .testTarget(

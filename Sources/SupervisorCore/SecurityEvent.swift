@@ -55,6 +55,10 @@ extension SecurityEvent {
             ("durationMicroseconds", .int(Int64(report.durationNanoseconds / 1000))),
             ("cpuMicroseconds", .int(Int64(report.cpuNanoseconds / 1000))),
             ("bytesReturned", .int(Int64(bytesReturned))),
+            // Stage breakdown: clone to exec'd, exec'd to first frame, exit to reaped.
+            ("spawnMicroseconds", .int(Int64(report.spawnNanoseconds / 1000))),
+            ("firstFrameMicroseconds", .int(Int64(report.firstFrameNanoseconds / 1000))),
+            ("reapMicroseconds", .int(Int64(report.reapNanoseconds / 1000))),
         ])
         if let p = report.peakMemoryBytes { f["peakMemoryBytes"] = .int(Int64(p)) }
         switch report.exit {

@@ -1,0 +1,2 @@
+/* The trivial static executable of the floor measurement. */
+int main(void) { return 0; }

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# make bench: builds what the benchmark needs, then runs tools/bench/bench.py.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+command -v bwrap >/dev/null || { if [ "$(id -u)" = 0 ]; then apt-get install -y -qq bubblewrap >/dev/null; else echo "install bubblewrap: sudo apt-get install -y bubblewrap"; exit 1; fi; }
+mkdir -p .build/bench
+gcc -O2 -static -o .build/bench/noop tools/bench/noop.c
+gcc -O2 -Wall -Werror -o .build/bench/spawn_floor tools/bench/spawn_floor.c
+swift build -c release --product sdk-echo-server
+exec python3 tools/bench/bench.py "$@"
