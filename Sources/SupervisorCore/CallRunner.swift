@@ -468,6 +468,9 @@ struct WorkerSession {
                     // memory: after exit only rusage is left, and with
                     // CLONE_VM it also counts the supervisor's pages at exec.
                     peakRSS = Self.highWaterRSS(pid: worker.pid)
+                    // The worker has nothing left to do: end it now rather
+                    // than wait for its runtime's exit path.
+                    kill()
                 }
             } catch {
                 violation = error.message

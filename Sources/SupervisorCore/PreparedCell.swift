@@ -36,21 +36,40 @@ public func sha256Hex(_ bytes: some Sequence<UInt8>) -> String {
     }.joined()
 }
 
-/// A verified, sealed copy of an executable or script.
+/// A verified, sealed copy of an executable or script. Verification is lazy
+/// (first spawn, `verify()`, or a warm-up thread), so a supervisor with many
+/// cells answers `initialize` without hashing them all first; cells that pin
+/// the same file share one sealed copy.
 final class VerifiedFile: @unchecked Sendable {
     let path: String
     let sha256: String
     private let lock = Mutex()
-    private var sealed: FileDescriptor
-    private var identity: FileIdentity
+    private var sealed: FileDescriptor?
+    private var identity: FileIdentity?
 
-    init(path: String, sha256: String) throws(CellRefusal) {
-        self.path = path
-        self.sha256 = sha256
-        (sealed, identity) = try Self.load(path: path, expected: sha256)
+    private static let cacheLock = Mutex()
+    nonisolated(unsafe) private static var cache: [String: VerifiedFile] = [:]
+
+    /// The shared instance for (path, sha256).
+    static func shared(path: String, sha256: String) -> VerifiedFile {
+        cacheLock.withLock {
+            let key = path + "\u{0}" + sha256
+            if let v = cache[key] { return v }
+            let v = VerifiedFile(path: path, sha256: sha256)
+            cache[key] = v
+            return v
+        }
     }
 
-    deinit { sealed.close() }
+    private init(path: String, sha256: String) {
+        self.path = path
+        self.sha256 = sha256
+    }
+
+    deinit { sealed?.close() }
+
+    /// Verifies now (validate, doctor, warm-up).
+    func verify() throws(CellRefusal) { _ = try descriptorForSpawn() }
 
     /// Opens the file, hashes the open descriptor and, if it matches, copies
     /// exactly those bytes into a sealed memfd (which can never change).
@@ -103,12 +122,12 @@ final class VerifiedFile: @unchecked Sendable {
         do { now = try Sys.stat(path) } catch { throw .unreadable(path: path, reason: error.description) }
         lock.lock()
         defer { lock.unlock() }
-        if now == identity { return sealed }
+        if let sealed, now == identity { return sealed }
         let (fd, id) = try Self.load(path: path, expected: sha256)
-        sealed.close()
+        sealed?.close()
         sealed = fd
         identity = id
-        return sealed
+        return fd
     }
 }
 
@@ -127,8 +146,8 @@ public final class PreparedCell: @unchecked Sendable {
     public init(manifest: CellManifest, groups: SyscallGroups, host: HostSandbox) throws(CellRefusal) {
         if let why = host.refusal(for: manifest) { throw .unsupported(why) }
         self.manifest = manifest
-        executable = try VerifiedFile(path: manifest.executable.path, sha256: manifest.executable.sha256)
-        script = try manifest.script.map { (s) throws(CellRefusal) in try VerifiedFile(path: s.path, sha256: s.sha256) }
+        executable = VerifiedFile.shared(path: manifest.executable.path, sha256: manifest.executable.sha256)
+        script = manifest.script.map { VerifiedFile.shared(path: $0.path, sha256: $0.sha256) }
 
         let entries: [SyscallGroups.Entry]
         do { entries = try groups.entries(for: manifest) } catch { throw .filter(error.description) }
@@ -199,6 +218,13 @@ public final class PreparedCell: @unchecked Sendable {
     }
 
     deinit { for (fd, _, _) in pathRules { fd.close() } }
+
+    /// Hashes and seals the executable (and script) now instead of at the
+    /// first spawn.
+    public func verifyFiles() throws(CellRefusal) {
+        try executable.verify()
+        try script?.verify()
+    }
 
     public var name: String { manifest.name }
     public var version: String { manifest.version }

@@ -177,7 +177,7 @@ public final class SecurityLog: @unchecked Sendable {
 
     private func writeDurably(_ bytes: [UInt8]) throws {
         try file.writeAll(bytes)
-        if fsync(file.rawValue) != 0 { throw SystemError("fsync security log", errno: errno) }
+        if fdatasync(file.rawValue) != 0 { throw SystemError("fdatasync security log", errno: errno) }
         fileSize += bytes.count
     }
 

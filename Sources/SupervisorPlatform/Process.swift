@@ -122,7 +122,7 @@ public final class WorkerProcess: @unchecked Sendable {
                                     c.rlimits = lim.baseAddress
                                     c.rlimit_count = Int32(lim.count)
                                     c.drop_bounding_set = r.dropBoundingSet ? 1 : 0
-                                    c.last_cap = Sys.lastCapability()
+                                    c.last_cap = lastCapability
                                     if let ids = r.changeIDs {
                                         c.change_ids = 1
                                         c.uid = ids.uid
@@ -176,6 +176,9 @@ public final class WorkerProcess: @unchecked Sendable {
         pidfd.close()
     }
 }
+
+/// Read once: /proc/sys/kernel/cap_last_cap does not change while running.
+private let lastCapability = Sys.lastCapability()
 
 private func withOptionalCString<R>(_ s: String?, _ body: (UnsafePointer<CChar>?) -> R) -> R {
     guard let s else { return body(nil) }

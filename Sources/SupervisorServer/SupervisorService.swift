@@ -58,6 +58,26 @@ public final class SupervisorService: @unchecked Sendable {
             configuration: .default)
         for p in registry.problems { logger.error("cell refused", metadata: ["problem": "\(p)"]) }
         log.appendAndWait(Self.loadEvents(registry))
+        warmUp(registry)
+    }
+
+    /// Verifies every cell's files in the background so that the first
+    /// calls do not pay for hashing; a mismatch is logged and recorded now
+    /// (and every call to that cell is refused).
+    func warmUp(_ r: CellRegistry) {
+        let cells = r.cells
+        let log = self.log
+        let logger = self.logger
+        Thread.detachNewThread {
+            for c in cells {
+                do { try c.verifyFiles() } catch {
+                    logger.error("cell quarantined", metadata: ["cell.name": "\(c.name)", "error": "\(error)"])
+                    log.appendAndWait([SecurityEvent(.cellRefused, JSONObject([
+                        ("manifest", .string(c.manifest.sourcePath)), ("cell", .string(c.name)), ("reason", .string("\(error)")),
+                    ]))])
+                }
+            }
+        }
     }
 
     static func loadEvents(_ r: CellRegistry) -> [SecurityEvent] {
@@ -112,6 +132,7 @@ public final class SupervisorService: @unchecked Sendable {
     public func reload() async {
         let new = loadRegistry()
         await log.append(Self.loadEvents(new))
+        warmUp(new)
         let changed: Bool = state.withLock {
             let old = registry
             registry = new

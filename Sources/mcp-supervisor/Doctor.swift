@@ -52,6 +52,7 @@ struct Doctor: ParsableCommand {
             do {
                 let m = try CellRegistry.loadManifest(path: p)
                 let c = try PreparedCell(manifest: m, groups: groups, host: host)
+                try c.verifyFiles()
                 let l = m.limits
                 var ns = "none"
                 if l.processes == .processes { ns = f.isRoot ? "pid" : "user+pid" }

@@ -23,7 +23,7 @@ struct Validate: ParsableCommand {
         for p in paths {
             do {
                 let m = try CellRegistry.loadManifest(path: p)
-                _ = try PreparedCell(manifest: m, groups: groups, host: host)
+                try PreparedCell(manifest: m, groups: groups, host: host).verifyFiles()
                 print("ok: \(p): cell \(m.name) \(m.version), tools: \(m.tools.map(\.name).joined(separator: ", "))")
             } catch let e as ConfigError {
                 printError("error: \(e)")
