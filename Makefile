@@ -16,7 +16,7 @@ PYDEPS      = $(VENV)/.installed
 TEST_UID   ?= 4242
 SYSTEM_PACKAGES = libseccomp-dev libcap-dev
 
-.PHONY: all deps build cells pin test unit-tests system-tests unprivileged-tests e2e-tests run bench check fmt clean
+.PHONY: all deps build cells pin register test unit-tests system-tests unprivileged-tests e2e-tests run bench check fmt clean
 
 all: build cells
 
@@ -43,9 +43,20 @@ cells: deps
 pin: build cells
 	$(BIN) manifest pin manifests/*.json
 
+# Development flow: a local key (created once), the freshly built bundled
+# cells signed with it and registered in the local trust ledger. A real
+# deployment signs on a separate machine (docs/trust.md).
+STATE      ?= $${XDG_STATE_HOME:-$$HOME/.local/state}/mcp-supervisor
+DEVKEY      = $(STATE)/keys/dev-signing
+
+register: pin
+	@test -f "$(DEVKEY).key" || $(BIN) keys generate --out "$(DEVKEY)" --state-dir "$(STATE)"
+	$(BIN) cell sign --key "$(DEVKEY).key" manifests/*.json --state-dir "$(STATE)"
+	$(BIN) cell register --key "$(DEVKEY).key" --approve-widening manifests/*.json --state-dir "$(STATE)"
+
 run: CONFIG = release
-run: pin
-	$(BIN) run
+run: register
+	$(BIN) run --state-dir "$(STATE)"
 
 # The Python client tests' packages (official MCP SDK, mcp-fuzzer), from PyPI.
 $(PYDEPS): tests/requirements.txt

@@ -76,6 +76,37 @@ public final class CellRegistry: @unchecked Sendable {
         return try CellManifest.parse(bytes: bytes, path: path, manifestSHA256: sha256Hex(bytes))
     }
 
+    /// The active, unrevoked versions of the ledger's cells. Tool definitions
+    /// come from the signed manifest bytes stored in the ledger, never from
+    /// the manifest files as they are now.
+    public static func load(ledger: LedgerState, groups: SyscallGroups, host: HostSandbox) -> CellRegistry {
+        var cells: [PreparedCell] = []
+        var problems: [CellProblem] = []
+        if let d = ledger.damaged {
+            return CellRegistry(cells: [], problems: [CellProblem(path: "ledger", message: "every cell is refused: \(d)")])
+        }
+        for name in Set(ledger.cells.keys).union(ledger.refusedCells.keys).sorted() {
+            if let why = ledger.refusal(cell: name) {
+                problems.append(CellProblem(path: "ledger:\(name)", message: why))
+                continue
+            }
+            let v = ledger.cells[name]!.versions[ledger.cells[name]!.active!]!
+            do {
+                let m = try CellManifest.parse(bytes: v.manifestBytes, path: v.manifestPath, manifestSHA256: v.id)
+                guard m.name == name else {
+                    problems.append(CellProblem(path: "ledger:\(name)", message: "the registered manifest names cell \(m.name)"))
+                    continue
+                }
+                do { cells.append(try PreparedCell(manifest: m, groups: groups, host: host)) } catch {
+                    problems.append(CellProblem(path: "ledger:\(name)", message: error.description))
+                }
+            } catch {
+                problems.append(CellProblem(path: "ledger:\(name)", message: error.description))
+            }
+        }
+        return CellRegistry(cells: cells, problems: problems)
+    }
+
     /// Loads and prepares every manifest; failures are collected, not fatal.
     public static func load(paths: [String], groups: SyscallGroups, host: HostSandbox) -> CellRegistry {
         var cells: [PreparedCell] = []

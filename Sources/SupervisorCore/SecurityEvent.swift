@@ -14,6 +14,8 @@ public enum SecurityEventType: String, Sendable, CaseIterable {
     case sandboxViolation = "sandbox.violation"
     case cellRefused = "cell.refused"
     case cellsLoaded = "cells.loaded"
+    case ledgerEntry = "ledger.entry"
+    case unsignedMode = "supervisor.unsigned_mode"
 }
 
 /// One event before it is sequenced and chained: its type and fields.

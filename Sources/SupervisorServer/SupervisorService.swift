@@ -13,6 +13,9 @@ public struct ServiceOptions: Sendable {
     public var maxMessageBytes = 4 << 20
     /// Record tool arguments in call.start events (otherwise only their digest).
     public var recordArguments = false
+    /// Serve manifests without signatures (development only; announced at
+    /// start and on every call).
+    public var unsignedMode = false
     public init() {}
 }
 
@@ -34,7 +37,9 @@ public final class SupervisorService: @unchecked Sendable {
     private var clientName: String?
     private let state = NSLock()
     private var registry: CellRegistry
-    private var inFlight: [UInt64: CallCancellation] = [:]
+    private var inFlight: [UInt64: (cancel: CallCancellation, cell: String, version: String)] = [:]
+    /// Called before each call: true when the trust ledger changed on disk.
+    public var ledgerChanged: (@Sendable () -> Bool)?
     private var nextCall: UInt64 = 0
     private var clientLogLevel: LogLevel = .info
     private var shuttingDown = false
@@ -117,7 +122,7 @@ public final class SupervisorService: @unchecked Sendable {
     public func shutdown(reason: String) {
         let pending: [CallCancellation] = state.withLock {
             shuttingDown = true
-            return Array(inFlight.values)
+            return inFlight.values.map(\.cancel)
         }
         if !pending.isEmpty {
             logger.info("shutting down: killing calls in flight", metadata: ["calls": "\(pending.count)", "reason": "\(reason)"])
@@ -133,11 +138,16 @@ public final class SupervisorService: @unchecked Sendable {
         let new = loadRegistry()
         await log.append(Self.loadEvents(new))
         warmUp(new)
-        let changed: Bool = state.withLock {
+        let (changed, stale): (Bool, [CallCancellation]) = state.withLock {
             let old = registry
             registry = new
-            return Self.fingerprint(old) != Self.fingerprint(new)
+            // Calls of versions no longer served (revoked, replaced) end now.
+            let live = Set(new.cells.map { "\($0.name)\u{0}\($0.manifest.manifestSHA256)" })
+            let stale = inFlight.values.filter { !live.contains("\($0.cell)\u{0}\($0.version)") }.map(\.cancel)
+            return (Self.fingerprint(old) != Self.fingerprint(new), stale)
         }
+        if !stale.isEmpty { logger.warning("killing calls of cell versions no longer served", metadata: ["calls": "\(stale.count)"]) }
+        for c in stale { c.cancel() }
         for p in new.problems { logger.error("cell refused", metadata: ["problem": "\(p)"]) }
         logger.info("manifests reloaded", metadata: ["cells": "\(new.cells.count)", "changed": "\(changed)"])
         if changed {
@@ -200,6 +210,7 @@ public final class SupervisorService: @unchecked Sendable {
     }
 
     func callTool(_ params: CallTool.Parameters) async throws -> CallTool.Result {
+        if ledgerChanged?() == true { await reload() }
         let toolName = CellProtocol.sanitize(String(params.name.prefix(128)))
         guard let entry = currentRegistry.tool(named: params.name) else {
             await refused(toolName, "unknown_tool", "no cell serves this tool")
@@ -216,7 +227,7 @@ public final class SupervisorService: @unchecked Sendable {
         let id: UInt64? = state.withLock {
             if shuttingDown { return nil }
             nextCall += 1
-            inFlight[nextCall] = cancellation
+            inFlight[nextCall] = (cancellation, entry.cell.name, entry.cell.manifest.manifestSHA256)
             return nextCall
         }
         guard let id else {
@@ -229,9 +240,14 @@ public final class SupervisorService: @unchecked Sendable {
         // Not awaited: call.end below is, and the log writes in order.
         let log = self.log
         let startEvent = SecurityEvent.callStart(callID: callID, principal: principal, client: client, tool: entry.tool.name,
-                                                 cell: entry.cell, decision: "allow: no policy loaded (every registered tool)",
+                                                 cell: entry.cell, decision: options.unsignedMode
+                                                    ? "allow: UNSIGNED development mode (no signature checked)"
+                                                    : "allow: signed active version in the trust ledger; no policy loaded",
                                                  arguments: arguments, recordArguments: options.recordArguments)
         Task { await log.append([startEvent]) }
+        if options.unsignedMode {
+            logger.warning("UNSIGNED development mode: running a cell without a verified signature", metadata: ["cell.name": "\(entry.cell.name)"])
+        }
 
         let token = params._meta?.progressToken
         let (messages, sink) = AsyncStream<WorkerMessage>.makeStream()

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Dispatch
+import Foundation
 import Logging
 import SupervisorCore
 import SupervisorPlatform
@@ -52,6 +53,9 @@ struct Run: AsyncParsableCommand {
 
     @Option(name: .long, help: "Longest accepted client message in bytes (default 4194304).")
     var maxMessageBytes: Int?
+
+    @Flag(name: .long, help: "Development only: serve the manifests in --manifests without signatures or ledger. Announced on stderr and in the security log, at start and on every call.")
+    var allowUnsigned = false
 
     @Option(name: .long, help: "Diagnostics on stderr: trace, debug, info, notice, warning, error, critical (default info).")
     var logLevel: String?
@@ -114,13 +118,21 @@ struct Run: AsyncParsableCommand {
             throw ExitCode(2)
         }
         let manifestsDir = s.manifestsDirectory
+        let ledgerPath = Ledger.path(stateDirectory: s.stateDirectory)
+        let unsigned = allowUnsigned
+        let ledgerLog = LedgerEventRecorder(stateDirectory: s.stateDirectory)
         let loader: RegistryLoader = { [logger] in
-            let paths: [String]
-            do { paths = try CellRegistry.manifestFiles(in: manifestsDir) } catch {
-                logger.error("cannot list manifests", metadata: ["error": "\(error)"])
-                return CellRegistry(cells: [], problems: [])
+            if unsigned {
+                let paths: [String]
+                do { paths = try CellRegistry.manifestFiles(in: manifestsDir) } catch {
+                    logger.error("cannot list manifests", metadata: ["error": "\(error)"])
+                    return CellRegistry(cells: [], problems: [])
+                }
+                return CellRegistry.load(paths: paths, groups: groups, host: host)
             }
-            return CellRegistry.load(paths: paths, groups: groups, host: host)
+            let ledger = Ledger.load(path: ledgerPath)
+            ledgerLog.record(ledger)
+            return CellRegistry.load(ledger: ledger, groups: groups, host: host)
         }
         let log: SecurityLog
         do { log = try SecurityLog(stateDirectory: s.stateDirectory) } catch {
@@ -133,7 +145,24 @@ struct Run: AsyncParsableCommand {
             ("manifests", .string(s.manifestsDirectory)), ("policies", .string(s.policiesDirectory)),
             ("features", featureSummary(features, host)),
         ]))])
+        options.unsignedMode = allowUnsigned
+        if allowUnsigned {
+            logger.warning("UNSIGNED DEVELOPMENT MODE: serving \(manifestsDir) without signatures or the trust ledger; never use this in a deployment")
+            log.appendAndWait([SecurityEvent(.unsignedMode, JSONObject([("manifests", .string(manifestsDir))]))])
+        }
+        ledgerLog.log = log
         let service = SupervisorService(options: options, runner: runner, logger: logger, log: log, loadRegistry: loader)
+        let watch = FileWatch(path: ledgerPath)
+        if !allowUnsigned {
+            service.ledgerChanged = { watch.changed() }
+            // Revocation takes effect without waiting for the next call.
+            Thread.detachNewThread {
+                while true {
+                    usleep(250_000)
+                    if watch.changed() { Task { await service.reload() } }
+                }
+            }
+        }
         logger.info("serving", metadata: [
             "manifests": "\(manifestsDir)", "tools": "\(service.currentRegistry.toolNames.count)",
             "landlock.abi": "\(features.landlockABI ?? 0)", "uid": "\(geteuid())",
@@ -181,6 +210,59 @@ func featureSummary(_ f: KernelFeatures, _ h: HostSandbox) -> JSONValue {
         ("pidNamespaces", .bool(f.pidNamespaces)), ("boundingSetDropped", .bool(f.canDropBoundingSet)),
         ("workerUid", .int(Int64(h.workerUID))), ("workerGid", .int(Int64(h.workerGID))),
     ]))
+}
+
+/// Tells whether a file changed since the last look (one stat).
+final class FileWatch: @unchecked Sendable {
+    let path: String
+    private let lock = NSLock()
+    private var last: FileIdentity?
+
+    init(path: String) {
+        self.path = path
+        last = try? Sys.stat(path)
+    }
+
+    func changed() -> Bool {
+        let now = try? Sys.stat(path)
+        lock.lock()
+        defer { lock.unlock() }
+        if now == last { return false }
+        last = now
+        return true
+    }
+}
+
+/// Records each ledger entry once as a security event (the ledger CLI does
+/// not write the security log: the running supervisor is its only writer).
+/// The index of the last recorded entry is kept in <state>/trust/logged-index.
+final class LedgerEventRecorder: @unchecked Sendable {
+    let indexPath: String
+    var log: SecurityLog?
+    private let lock = NSLock()
+
+    init(stateDirectory: String) { indexPath = stateDirectory + "/trust/logged-index" }
+
+    func record(_ st: LedgerState) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let log else { return }
+        let done = (try? readFile(indexPath, limit: 64)).flatMap { Int(String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) } ?? 0
+        var events: [SecurityEvent] = []
+        for e in st.entries.dropFirst(done) {
+            var f = JSONObject()
+            for k in ["index", "time", "event", "cell", "version", "label", "parent", "from", "keyId", "name", "reason", "approvedWidening", "widening", "executableSha256"] {
+                if let v = e[k] { f[k] = v }
+            }
+            events.append(SecurityEvent(.ledgerEntry, f))
+        }
+        if let d = st.damaged {
+            events.append(SecurityEvent(.cellRefused, JSONObject([("manifest", "ledger"), ("reason", .string("ledger damaged: \(d)"))])))
+        }
+        guard !events.isEmpty else { return }
+        log.appendAndWait(events)
+        try? Data("\(st.entries.count)\n".utf8).write(to: URL(fileURLWithPath: indexPath))
+    }
 }
 
 /// Signal handling through dispatch sources (never in a signal handler).

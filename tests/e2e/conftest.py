@@ -61,7 +61,7 @@ def workspace():
 
 def server_args(ws, *extra):
     return ["run", "--manifests", str(ws / "manifests"), "--policies", str(ROOT / "policies"),
-            "--state-dir", str(ws / "state"), "--scratch-dir", str(ws / "scratch"), *extra]
+            "--state-dir", str(ws / "state"), "--scratch-dir", str(ws / "scratch"), "--allow-unsigned", *extra]
 
 
 class RawServer:

@@ -27,7 +27,7 @@ def test_configuration_file_sets_paths_and_limits(workspace, tmp_path):
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"manifests": str(workspace / "manifests"), "policies": str(ROOT / "policies"),
                                "stateDirectory": "state", "scratchDirectory": "scratch", "toolsPageSize": 2}))
-    p = subprocess.Popen([str(BIN), "run", "--config", str(cfg)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    p = subprocess.Popen([str(BIN), "run", "--allow-unsigned", "--config", str(cfg)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL)
     msgs = [{"jsonrpc": "2.0", "id": 1, "method": "initialize",
              "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "c", "version": "1"}}},

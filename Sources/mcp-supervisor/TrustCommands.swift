@@ -1,0 +1,365 @@
+import ArgumentParser
+import Crypto
+import Foundation
+import StrictJSON
+import SupervisorCore
+import SupervisorPlatform
+
+struct TrustLocation: ParsableArguments {
+    @Option(name: .long, help: "State directory holding trust/ledger.jsonl (default: the supervisor's).")
+    var stateDir: String?
+
+    @Option(name: .long, help: "Directory of policies (syscall-groups.json), for checks and diffs.")
+    var policies: String = "policies"
+
+    var state: String { stateDir.map(SupervisorSettings.absolute) ?? SupervisorSettings().stateDirectory }
+    var ledgerPath: String { Ledger.path(stateDirectory: state) }
+    func groups() throws -> SyscallGroups {
+        try SyscallGroups.load(path: SupervisorSettings.defaultDirectory(policies) + "/syscall-groups.json")
+    }
+}
+
+/// Runs a command body, turning errors into one clear line and exit 1.
+func trustCommand(_ body: () throws -> Void) throws {
+    do { try body() } catch let e as ExitCode { throw e } catch {
+        printError("error: \(error)")
+        throw ExitCode(1)
+    }
+}
+
+struct Keys: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Signing keys and the trusted keyring (kept in the trust ledger).",
+        subcommands: [Generate.self, List.self, Add.self, Revoke.self])
+
+    struct Generate: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create an Ed25519 key pair: BASE.key (mode 0600) and BASE.pub.")
+        @Option(name: .long, help: "Path without extension (default: <state>/keys/signing).") var out: String?
+        @OptionGroup var location: TrustLocation
+
+        func run() throws {
+            try trustCommand {
+                let base = out.map(SupervisorSettings.absolute) ?? location.state + "/keys/signing"
+                try SecurityLogDirectory.make(directoryName(base))
+                let key = try TrustKeys.generate(base: base)
+                print("key \(TrustKeys.keyID(key.publicKey)): \(base).key (private, 0600), \(base).pub")
+            }
+        }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Keys in the ledger's keyring, trusted and revoked.")
+        @OptionGroup var location: TrustLocation
+        func run() throws {
+            let st = Ledger.load(path: location.ledgerPath)
+            if let d = st.damaged { printError("warning: ledger damaged: \(d)") }
+            if st.keys.isEmpty { print("no keys (the first `cell register --key` or `keys add` creates the keyring)") }
+            for k in st.keys.values.sorted(by: { $0.id < $1.id }) {
+                print("\(k.id)  \(k.revoked ? "revoked" : "trusted")  \(k.name)")
+            }
+        }
+    }
+
+    struct Add: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Trust another public key (rotation): the entry must be signed by a key already trusted. On an empty ledger, a key adds itself.")
+        @Argument(help: "Public key file (.pub).") var publicKey: String
+        @Option(name: .long, help: "Private key of a trusted key, which signs the change.") var key: String
+        @Option(name: .long, help: "A name for the key.") var name: String = ""
+        @OptionGroup var location: TrustLocation
+        func run() throws {
+            try trustCommand {
+                let signer = try TrustKeys.loadPrivate(path: SupervisorSettings.absolute(key))
+                let pub = try TrustKeys.loadPublic(path: SupervisorSettings.absolute(publicKey))
+                try Ledger.append(path: location.ledgerPath, event: "key.add", fields: [
+                    "keyId": .string(TrustKeys.keyID(pub)), "publicKey": .string(TrustKeys.publicText(pub)), "name": .string(name),
+                ], key: signer)
+                print("trusted key \(TrustKeys.keyID(pub))")
+            }
+        }
+    }
+
+    struct Revoke: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Revoke a key: cells it signed stop running until re-signed.")
+        @Argument(help: "Key id.") var keyID: String
+        @Option(name: .long, help: "Private key of a trusted key, which signs the change.") var key: String
+        @Option(name: .long) var reason: String = ""
+        @OptionGroup var location: TrustLocation
+        func run() throws {
+            try trustCommand {
+                let signer = try TrustKeys.loadPrivate(path: SupervisorSettings.absolute(key))
+                try Ledger.append(path: location.ledgerPath, event: "key.revoke",
+                                  fields: ["keyId": .string(keyID), "reason": .string(reason)], key: signer)
+                print("revoked key \(keyID)")
+            }
+        }
+    }
+}
+
+struct CellCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cell",
+        abstract: "Sign, register and manage cell versions in the trust ledger.",
+        subcommands: [Sign.self, Register.self, List.self, Show.self, Lineage.self, Diff.self, Activate.self,
+                      Rollback.self, Revoke.self])
+
+    static func resolve(_ st: LedgerState, cell: String, version: String) throws -> LedgerState.Version {
+        guard let c = st.cells[cell] else { throw TrustCommandError("cell \(cell) is not registered") }
+        let matches = c.versions.keys.filter { $0.hasPrefix(version) }
+        guard version.count >= 6, matches.count == 1 else {
+            throw TrustCommandError("\(version) does not name exactly one version of \(cell) (give at least 6 hex digits)")
+        }
+        return c.versions[matches[0]]!
+    }
+
+    struct Sign: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Write MANIFEST.sig: a detached signature over the manifest's exact bytes (which pin the executable's SHA-256).")
+        @Argument(help: "Manifest files.") var manifests: [String]
+        @Option(name: .long, help: "Private key file.") var key: String
+        @OptionGroup var location: TrustLocation
+        func run() throws {
+            try trustCommand {
+                let k = try TrustKeys.loadPrivate(path: SupervisorSettings.absolute(key))
+                for m in manifests.map(SupervisorSettings.absolute) {
+                    let bytes = try readFile(m, limit: 1 << 20)
+                    _ = try CellManifest.parse(bytes: bytes, path: m, manifestSHA256: "")
+                    let sig = try ManifestSignature.make(manifestBytes: bytes, key: k)
+                    try Data(sig.prettySerialized().utf8).write(to: URL(fileURLWithPath: ManifestSignature.path(for: m)))
+                    print("signed: \(m) (\(sha256Hex(bytes).prefix(12))) by \(TrustKeys.keyID(k.publicKey))")
+                }
+            }
+        }
+    }
+
+    struct Register: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Register signed manifests as new immutable versions and activate them. A version that widens permissions needs --approve-widening.")
+        @Argument(help: "Manifest files (each with MANIFEST.sig beside it).") var manifests: [String]
+        @Option(name: .long, help: "Private key of a trusted key, which signs the ledger entries. On an empty ledger it becomes the first trusted key.")
+        var key: String
+        @Flag(name: .long, help: "Approve a version that widens permissions (recorded in the ledger).") var approveWidening = false
+        @Flag(name: .long, help: "Register without activating.") var noActivate = false
+        @OptionGroup var location: TrustLocation
+
+        func run() throws {
+            try trustCommand {
+                let k = try TrustKeys.loadPrivate(path: SupervisorSettings.absolute(key))
+                let groups = try location.groups()
+                var st = Ledger.load(path: location.ledgerPath)
+                if st.entries.isEmpty {
+                    st = try Ledger.append(path: location.ledgerPath, event: "key.add", fields: [
+                        "keyId": .string(TrustKeys.keyID(k.publicKey)), "publicKey": .string(TrustKeys.publicText(k.publicKey)),
+                        "name": "first key",
+                    ], key: k)
+                    print("new ledger: trusting key \(TrustKeys.keyID(k.publicKey))")
+                }
+                var failed = false
+                for m in manifests.map(SupervisorSettings.absolute) {
+                    do {
+                        let bytes = try readFile(m, limit: 1 << 20)
+                        let manifest = try CellManifest.parse(bytes: bytes, path: m, manifestSHA256: sha256Hex(bytes))
+                        _ = try groups.entries(for: manifest)
+                        let sigBytes: [UInt8]
+                        do { sigBytes = try readFile(ManifestSignature.path(for: m), limit: 1 << 16) } catch {
+                            throw TrustCommandError("\(m) is not signed: run `mcp-supervisor cell sign \(m) --key KEY`")
+                        }
+                        if case .failure(let e) = ManifestSignature.verify(sigBytes: sigBytes, manifestBytes: bytes, keys: st.trustedKeys, file: ManifestSignature.path(for: m)) {
+                            throw TrustCommandError("\(m): \(e)")
+                        }
+                        guard let sigValue = try? JSONParser.parse(sigBytes) else { throw TrustCommandError("bad signature file") }
+                        let vid = sha256Hex(bytes)
+                        let cell = st.cells[manifest.name]
+                        if cell?.active == vid {
+                            print("unchanged: \(manifest.name) \(vid.prefix(12)) is already active")
+                            continue
+                        }
+                        if cell?.versions[vid] != nil {
+                            throw TrustCommandError("\(manifest.name) \(vid.prefix(12)) is already registered; use `cell activate` or `cell rollback`")
+                        }
+                        var widening: [PermissionChange] = []
+                        if let a = cell?.active, let av = cell?.versions[a] {
+                            let old = try CellManifest.parse(bytes: av.manifestBytes, path: av.manifestPath, manifestSHA256: av.id)
+                            widening = PermissionDiff.compare(old, manifest, groups: groups).filter { $0.direction == .widens }
+                            if !widening.isEmpty && !approveWidening {
+                                throw TrustCommandError("\(manifest.name): the new version widens permissions; review and re-run with --approve-widening:\n  "
+                                    + widening.map(\.description).joined(separator: "\n  "))
+                            }
+                        }
+                        var fields: JSONObject = [
+                            "cell": .string(manifest.name), "version": .string(vid), "label": .string(manifest.version),
+                            "executableSha256": .string(manifest.executable.sha256), "manifestPath": .string(m),
+                            "manifest": .string(Data(bytes).base64EncodedString()), "manifestSignature": sigValue,
+                            "parent": cell?.active.map { .string($0) } ?? .null,
+                            "approvedWidening": .bool(!widening.isEmpty),
+                        ]
+                        if !widening.isEmpty { fields["widening"] = .array(widening.map { .string($0.description) }) }
+                        st = try Ledger.append(path: location.ledgerPath, event: "cell.register", fields: fields, key: k)
+                        print("registered: \(manifest.name) \(manifest.version) as \(vid.prefix(12))\(widening.isEmpty ? "" : " (widening approved)")")
+                        if !noActivate {
+                            st = try Ledger.append(path: location.ledgerPath, event: "cell.activate",
+                                                   fields: ["cell": .string(manifest.name), "version": .string(vid)], key: k)
+                            print("active: \(manifest.name) \(vid.prefix(12))")
+                        }
+                    } catch {
+                        printError("error: \(error)")
+                        failed = true
+                    }
+                }
+                if failed { throw ExitCode(1) }
+            }
+        }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Registered cells, their active version and status.")
+        @OptionGroup var location: TrustLocation
+        func run() throws {
+            let st = Ledger.load(path: location.ledgerPath)
+            if let d = st.damaged { printError("LEDGER DAMAGED, every cell is refused: \(d)") }
+            for name in Set(st.cells.keys).union(st.refusedCells.keys).sorted() {
+                let c = st.cells[name]
+                let active = c?.active.flatMap { c?.versions[$0] }
+                let status = st.refusal(cell: name).map { "REFUSED: \($0)" } ?? "ok"
+                print("\(name)  \(active.map { "\($0.id.prefix(12)) \($0.label) signed by \($0.signedBy)" } ?? "no active version")  versions: \(c?.order.count ?? 0)  \(status)")
+            }
+        }
+    }
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Every version of a cell, with its tools.")
+        @Argument var cell: String
+        @OptionGroup var location: TrustLocation
+        func run() throws {
+            try trustCommand {
+                let st = Ledger.load(path: location.ledgerPath)
+                guard let c = st.cells[cell] else { throw TrustCommandError("cell \(cell) is not registered") }
+                for id in c.order {
+                    let v = c.versions[id]!
+                    let m = try? CellManifest.parse(bytes: v.manifestBytes, path: v.manifestPath, manifestSHA256: id)
+                    print("\(id)\(c.active == id ? "  (active)" : "")\(v.revoked ? "  REVOKED\(v.revokeReason.map { ": \($0)" } ?? "")" : "")")
+                    print("  label \(v.label), registered \(v.registeredAt), signed by \(v.signedBy)\(v.approvedWidening ? ", widening approved" : "")")
+                    print("  executable \(m?.executable.path ?? "?") sha256 \(v.executableSHA256)")
+                    print("  argv \(m?.argv.joined(separator: " ") ?? "?")")
+                    print("  tools: \(m?.tools.map(\.name).joined(separator: ", ") ?? "?")")
+                    print("  parent: \(v.parent ?? "none")")
+                }
+                if let r = st.refusal(cell: cell) { print("status: REFUSED: \(r)") } else { print("status: ok") }
+            }
+        }
+    }
+
+    struct Lineage: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "The active version and its ancestors, newest first.")
+        @Argument var cell: String
+        @OptionGroup var location: TrustLocation
+        func run() throws {
+            try trustCommand {
+                let st = Ledger.load(path: location.ledgerPath)
+                guard let c = st.cells[cell] else { throw TrustCommandError("cell \(cell) is not registered") }
+                var cur = c.active ?? c.order.last
+                while let id = cur, let v = c.versions[id] {
+                    print("\(id.prefix(12))  \(v.label)  \(v.registeredAt)\(c.active == id ? "  active" : "")\(v.revoked ? "  revoked" : "")")
+                    cur = v.parent
+                }
+            }
+        }
+    }
+
+    struct Diff: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Which permissions widen or narrow between two versions (manifest files, or CELL:VERSION from the ledger).")
+        @Argument var old: String
+        @Argument var new: String
+        @OptionGroup var location: TrustLocation
+        func load(_ spec: String, _ st: LedgerState) throws -> CellManifest {
+            if let colon = spec.firstIndex(of: ":"), !spec.hasPrefix("/"), st.cells[String(spec[..<colon])] != nil {
+                let v = try CellCommand.resolve(st, cell: String(spec[..<colon]), version: String(spec[spec.index(after: colon)...]))
+                return try CellManifest.parse(bytes: v.manifestBytes, path: v.manifestPath, manifestSHA256: v.id)
+            }
+            return try CellRegistry.loadManifest(path: SupervisorSettings.absolute(spec))
+        }
+        func run() throws {
+            try trustCommand {
+                let st = Ledger.load(path: location.ledgerPath)
+                let changes = PermissionDiff.compare(try load(old, st), try load(new, st), groups: try location.groups())
+                if changes.isEmpty { print("no permission changes") }
+                for c in changes { print(c) }
+            }
+        }
+    }
+
+    struct Activate: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Make a registered, unrevoked version the active one.")
+        @Argument var cell: String
+        @Argument var version: String
+        @Option(name: .long, help: "Private key of a trusted key.") var key: String
+        @OptionGroup var location: TrustLocation
+        func run() throws {
+            try trustCommand {
+                let v = try CellCommand.resolve(Ledger.load(path: location.ledgerPath), cell: cell, version: version)
+                try Ledger.append(path: location.ledgerPath, event: "cell.activate",
+                                  fields: ["cell": .string(cell), "version": .string(v.id)],
+                                  key: try TrustKeys.loadPrivate(path: SupervisorSettings.absolute(key)))
+                print("active: \(cell) \(v.id.prefix(12))")
+            }
+        }
+    }
+
+    struct Rollback: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Go back to an earlier unrevoked version (default: the active version's parent).")
+        @Argument var cell: String
+        @Option(name: .long, help: "Version to go back to.") var to: String?
+        @Option(name: .long, help: "Private key of a trusted key.") var key: String
+        @OptionGroup var location: TrustLocation
+        func run() throws {
+            try trustCommand {
+                let st = Ledger.load(path: location.ledgerPath)
+                guard let c = st.cells[cell], let a = c.active else { throw TrustCommandError("cell \(cell) has no active version") }
+                let target: LedgerState.Version
+                if let to { target = try CellCommand.resolve(st, cell: cell, version: to) } else {
+                    guard let p = c.versions[a]?.parent, let v = c.versions[p] else { throw TrustCommandError("the active version has no parent") }
+                    target = v
+                }
+                try Ledger.append(path: location.ledgerPath, event: "cell.rollback",
+                                  fields: ["cell": .string(cell), "from": .string(a), "version": .string(target.id)],
+                                  key: try TrustKeys.loadPrivate(path: SupervisorSettings.absolute(key)))
+                print("rolled back: \(cell) \(a.prefix(12)) → \(target.id.prefix(12))")
+            }
+        }
+    }
+
+    struct Revoke: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Revoke a version: new calls are refused at once and its workers in flight are killed.")
+        @Argument var cell: String
+        @Argument var version: String
+        @Option(name: .long, help: "Private key of a trusted key.") var key: String
+        @Option(name: .long) var reason: String = ""
+        @OptionGroup var location: TrustLocation
+        func run() throws {
+            try trustCommand {
+                let v = try CellCommand.resolve(Ledger.load(path: location.ledgerPath), cell: cell, version: version)
+                try Ledger.append(path: location.ledgerPath, event: "cell.revoke",
+                                  fields: ["cell": .string(cell), "version": .string(v.id), "reason": .string(reason)],
+                                  key: try TrustKeys.loadPrivate(path: SupervisorSettings.absolute(key)))
+                print("revoked: \(cell) \(v.id.prefix(12))")
+            }
+        }
+    }
+}
+
+enum SecurityLogDirectory {
+    static func make(_ path: String) throws {
+        var p = ""
+        for c in path.split(separator: "/") {
+            p += "/" + c
+            if (try? Sys.lstat(p)) == nil { try Sys.mkdir(p, mode: 0o700) }
+        }
+    }
+}
+
+func directoryName(_ path: String) -> String {
+    guard let i = path.lastIndex(of: "/") else { return "." }
+    return i == path.startIndex ? "/" : String(path[..<i])
+}
