@@ -62,8 +62,9 @@ public final class CallRunner: @unchecked Sendable {
     }
 
     /// Runs `tool` of `cell` with already-validated `arguments`.
+    /// `limits` replaces the manifest's (a policy may tighten them).
     public func run(cell: PreparedCell, tool: String, arguments: JSONObject, callID: String,
-                    cancellation: CallCancellation? = nil,
+                    cancellation: CallCancellation? = nil, limits: CellManifest.Limits? = nil,
                     onMessage: (WorkerMessage) -> Void = { _ in }) -> CallReport {
         let start = monotonicNanoseconds()
         var report = CallReport(outcome: .cancelled, exit: nil, durationNanoseconds: 0, cpuNanoseconds: 0,
@@ -71,14 +72,14 @@ public final class CallRunner: @unchecked Sendable {
                                 firstFrameNanoseconds: 0, reapNanoseconds: 0)
         if cancellation?.isCancelled != true {
             run(cell: cell, tool: tool, arguments: arguments, callID: callID, cancellation: cancellation,
-                start: start, report: &report, onMessage: onMessage)
+                limits: limits ?? cell.manifest.limits, start: start, report: &report, onMessage: onMessage)
         }
         report.durationNanoseconds = monotonicNanoseconds() - start
         return report
     }
 
     private func run(cell: PreparedCell, tool: String, arguments: JSONObject, callID: String,
-                     cancellation: CallCancellation?, start: UInt64, report: inout CallReport,
+                     cancellation: CallCancellation?, limits: CellManifest.Limits, start: UInt64, report: inout CallReport,
                      onMessage: (WorkerMessage) -> Void) {
 
         let m = cell.manifest
@@ -144,10 +145,10 @@ public final class CallRunner: @unchecked Sendable {
                 executable: exe, argv: m.argv, environment: environment(for: m, scratch: scratch),
                 stdin: script ?? devNull, stdout: diag.write, stderr: diag.write, request: req.read,
                 response: resp.write, workingDirectory: scratch)
-            r.rlimits = rlimits(for: m)
+            r.rlimits = rlimits(limits)
             r.dropBoundingSet = host.features.canDropBoundingSet
             if host.features.isRoot { r.changeIDs = (host.workerUID, host.workerGID) }
-            if m.limits.processes == .processes {
+            if limits.processes == .processes {
                 if host.features.isRoot {
                     r.namespaceFlags = Namespaces.pid
                 } else {
@@ -183,7 +184,7 @@ public final class CallRunner: @unchecked Sendable {
         // descriptor another call has reused meanwhile.
         toClose.removeAll { $0 == requestWrite }
         var session = WorkerSession(
-            worker: worker, callID: callID, manifest: m, requestWrite: requestWrite, responseRead: responseRead,
+            worker: worker, callID: callID, limits: limits, requestWrite: requestWrite, responseRead: responseRead,
             diagRead: diagRead, cancellation: cancellation, graceMilliseconds: host.terminationGraceMilliseconds)
         if let notifyParent {
             do {
@@ -230,8 +231,7 @@ public final class CallRunner: @unchecked Sendable {
         return env
     }
 
-    func rlimits(for m: CellManifest) -> [(resource: Int32, soft: UInt64, hard: UInt64)] {
-        let l = m.limits
+    func rlimits(_ l: CellManifest.Limits) -> [(resource: Int32, soft: UInt64, hard: UInt64)] {
         var out: [(resource: Int32, soft: UInt64, hard: UInt64)] = [
             (Resource.core, 0, 0),
             // SIGXCPU at the limit, SIGKILL one second later if it is ignored.
@@ -253,7 +253,7 @@ public final class CallRunner: @unchecked Sendable {
 struct WorkerSession {
     let worker: WorkerProcess
     let callID: String
-    let manifest: CellManifest
+    let limits: CellManifest.Limits
     let requestWrite: FileDescriptor
     let responseRead: FileDescriptor
     let diagRead: FileDescriptor
@@ -284,17 +284,17 @@ struct WorkerSession {
         return UInt64(digits).map { $0 * 1024 }
     }
 
-    init(worker: WorkerProcess, callID: String, manifest: CellManifest, requestWrite: FileDescriptor,
+    init(worker: WorkerProcess, callID: String, limits: CellManifest.Limits, requestWrite: FileDescriptor,
          responseRead: FileDescriptor, diagRead: FileDescriptor, cancellation: CallCancellation?, graceMilliseconds: Int) {
         self.worker = worker
         self.callID = callID
-        self.manifest = manifest
+        self.limits = limits
         self.requestWrite = requestWrite
         self.responseRead = responseRead
         self.diagRead = diagRead
         self.cancellation = cancellation
         self.graceMilliseconds = graceMilliseconds
-        decoder = FrameDecoder(maxFrame: manifest.limits.frameKiB << 10)
+        decoder = FrameDecoder(maxFrame: limits.frameKiB << 10)
     }
 
     var diagnosticsText: String { CellProtocol.sanitize(String(decoding: diagnostics, as: UTF8.self)) }
@@ -314,9 +314,9 @@ struct WorkerSession {
         var requestOpen = true
         var responseOpen = true
         var diagOpen = true
-        let deadline = started + UInt64(manifest.limits.timeoutMilliseconds) * 1_000_000
+        let deadline = started + UInt64(limits.timeoutMilliseconds) * 1_000_000
         var killAt: UInt64? = nil
-        let outputCap = manifest.limits.outputKiB << 10
+        let outputCap = limits.outputKiB << 10
         var buf = [UInt8](repeating: 0, count: 65536)
         var exited = false
         var exitedAt: UInt64 = 0
@@ -493,7 +493,7 @@ struct WorkerSession {
             case SIGSYS: return .sandboxViolation(syscall: "non-native system call", architecture: "foreign")
             case SIGKILL where !killedByUs:
                 let cpu = exit.userCPUNanoseconds + exit.systemCPUNanoseconds
-                if cpu >= UInt64(manifest.limits.cpuSeconds) * 1_000_000_000 { return .limitExceeded(.cpu) }
+                if cpu >= UInt64(limits.cpuSeconds) * 1_000_000_000 { return .limitExceeded(.cpu) }
                 return .killedBySignal(sig)
             default:
                 if final == nil { return .killedBySignal(sig) }

@@ -1,3 +1,4 @@
+import Foundation
 import StrictJSON
 
 /// A cell's manifest: what it is, which tools it serves, and everything it may
@@ -80,6 +81,9 @@ public struct CellManifest: Sendable {
     public var sideEffects: SideEffects
     /// Workflow phases the cell may run in; empty means every phase.
     public var phases: [String]
+    /// Resources the cell changes, as templates over its arguments
+    /// (`"file:{path}"`): two calls naming the same resource never overlap.
+    public var resources: [String]
 
     /// Where the manifest was read from.
     public var sourcePath: String
@@ -249,6 +253,10 @@ extension CellManifest {
         for (i, p) in phases.enumerated() where !isValidName(p) {
             throw ConfigError(file: path, field: "phases[\(i)]", message: "must match \(namePattern)")
         }
+        let resources = try r.stringArray("resources", default: [])
+        for (i, t) in resources.enumerated() where t.isEmpty || t.count > 256 {
+            throw ConfigError(file: path, field: "resources[\(i)]", message: "must be 1-256 characters")
+        }
         if sideEffects.isActuator && phases.isEmpty {
             throw r.error("phases", "a cell with side effects \"\(sideEffects.rawValue)\" must list the phases it may run in")
         }
@@ -258,6 +266,7 @@ extension CellManifest {
             name: name, version: version, description: description, executable: executable, script: script,
             argv: argv, environmentPass: pass, environmentSet: set, tools: tools, limits: limits, filesystem: fs,
             network: network, syscallGroups: groups, syscallAllow: allow, sideEffects: sideEffects, phases: phases,
+            resources: resources,
             sourcePath: path, manifestSHA256: manifestSHA256)
     }
 
@@ -285,6 +294,22 @@ extension CellManifest {
         let u = Array(s.utf8)
         guard let f = u.first, !(f >= 0x30 && f <= 0x39) else { return false }
         return u.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) || $0 == 0x5F }
+    }
+}
+
+extension CellManifest {
+    /// The resources a call with `arguments` changes: each template with
+    /// `{name}` replaced by that argument's value.
+    public func resources(for arguments: JSONObject) -> [String] {
+        resources.map { t in
+            var out = t
+            for (k, v) in arguments {
+                let text: String
+                if case .string(let s) = v { text = s } else { text = v.serialized() }
+                out = out.replacingOccurrences(of: "{\(k)}", with: text)
+            }
+            return "\(name):\(out)"
+        }
     }
 }
 

@@ -16,6 +16,8 @@ public enum SecurityEventType: String, Sendable, CaseIterable {
     case cellsLoaded = "cells.loaded"
     case ledgerEntry = "ledger.entry"
     case unsignedMode = "supervisor.unsigned_mode"
+    case phaseChange = "session.phase"
+    case policyLoaded = "policy.loaded"
 }
 
 /// One event before it is sequenced and chained: its type and fields.

@@ -16,6 +16,8 @@ public struct ServiceOptions: Sendable {
     /// Serve manifests without signatures (development only; announced at
     /// start and on every call).
     public var unsignedMode = false
+    /// The policy file; a missing file refuses every call (deny by default).
+    public var policyPath: String?
     public init() {}
 }
 
@@ -35,6 +37,12 @@ public final class SupervisorService: @unchecked Sendable {
     /// The local user; the client's name is an attribute of the session.
     let principal = "uid:\(geteuid())"
     private var clientName: String?
+    private var policy: Policy?
+    private var policyError: String?
+    private var phase = "default"
+    private var succeededTools = Set<String>()
+    let policyState = PolicyState()
+    public static let phaseTool = "set_phase"
     private let state = NSLock()
     private var registry: CellRegistry
     private var inFlight: [UInt64: (cancel: CallCancellation, cell: String, version: String)] = [:]
@@ -64,6 +72,33 @@ public final class SupervisorService: @unchecked Sendable {
         for p in registry.problems { logger.error("cell refused", metadata: ["problem": "\(p)"]) }
         log.appendAndWait(Self.loadEvents(registry))
         warmUp(registry)
+        _ = reloadPolicy()
+        phase = policy?.initialPhase ?? "default"
+    }
+
+    /// Loads the policy file. A broken file keeps the previous policy.
+    @discardableResult
+    public func reloadPolicy() -> Bool {
+        guard let path = options.policyPath else { return false }
+        do {
+            let p = try Policy.load(path: path)
+            state.withLock {
+                policy = p
+                policyError = nil
+            }
+            logger.info("policy loaded", metadata: ["policy": "\(path)", "policy.sha256": "\(p.sha256)"])
+            log.appendAndWait([SecurityEvent(.policyLoaded, JSONObject([("policy", .string(path)), ("policySha256", .string(p.sha256)), ("ok", true)]))])
+            return true
+        } catch {
+            let kept = state.withLock { () -> Bool in
+                if policy == nil { policyError = error.description }
+                return policy != nil
+            }
+            logger.error("policy not loaded\(kept ? "; the previous policy stays in force" : "; every call is refused")", metadata: ["error": "\(error)"])
+            log.appendAndWait([SecurityEvent(.policyLoaded, JSONObject([("policy", .string(path)), ("ok", false), ("error", .string(error.description)),
+                                                                        ("keptPrevious", .bool(kept))]))])
+            return false
+        }
     }
 
     /// Verifies every cell's files in the background so that the first
@@ -184,8 +219,43 @@ public final class SupervisorService: @unchecked Sendable {
             start = n
         }
         let end = min(start + options.toolsPageSize, reg.toolNames.count)
-        let tools = reg.toolNames[start..<end].compactMap { reg.tool(named: $0) }.map(Self.mcpTool)
-        return ListTools.Result(tools: tools, nextCursor: end < reg.toolNames.count ? "o\(end)" : nil)
+        var tools = reg.toolNames[start..<end].compactMap { reg.tool(named: $0) }.map(Self.mcpTool)
+        let total = reg.toolNames.count + 1
+        if end == reg.toolNames.count, let p = state.withLock({ policy }) {
+            tools.append(phaseToolDefinition(p))
+        }
+        return ListTools.Result(tools: tools, nextCursor: end < total - 1 ? "o\(end)" : nil)
+    }
+
+    func phaseToolDefinition(_ p: Policy) -> Tool {
+        Tool(name: Self.phaseTool, title: "Change the workflow phase",
+             description: "Move this session to another workflow phase (\(p.phases.joined(separator: ", "))). Tools with side effects run only in the phases they declare; some changes require a verification tool to have succeeded first.",
+             inputSchema: .object(["type": "object", "properties": .object(["phase": .object(["type": "string", "enum": .array(p.phases.map { .string($0) })])]),
+                                   "required": .array(["phase"]), "additionalProperties": .bool(false)]),
+             annotations: .init(readOnlyHint: false, openWorldHint: false))
+    }
+
+    func setPhase(_ params: CallTool.Parameters) async -> CallTool.Result {
+        let (p, current) = state.withLock { (policy, phase) }
+        guard let p else { return Self.errorResult("No policy is loaded, so there are no phases.") }
+        guard let target = params.arguments?["phase"]?.stringValue, p.phases.contains(target) else {
+            return Self.errorResult("Invalid arguments: arguments.phase: must be one of \(p.phases.joined(separator: ", "))")
+        }
+        if target == current { return CallTool.Result(content: [.text("The session is already in phase \(current).")], isError: false) }
+        guard let t = p.transition(from: current, to: target) else {
+            let from = p.transitions.filter { $0.from == current || $0.from == "*" }.map(\.to)
+            await refused(Self.phaseTool, "phase", "no transition \(current) → \(target)")
+            return Self.errorResult("The policy allows no change from phase \(current) to \(target); from \(current) the session may go to: \(from.isEmpty ? "nowhere" : from.joined(separator: ", ")).")
+        }
+        if let req = t.requires, !state.withLock({ succeededTools.contains(req) }) {
+            await refused(Self.phaseTool, "phase", "\(current) → \(target) requires \(req) to have succeeded")
+            return Self.errorResult("Changing from phase \(current) to \(target) requires the tool \(req) to have succeeded earlier in this session.")
+        }
+        state.withLock { phase = target }
+        await log.append([SecurityEvent(.phaseChange, JSONObject([("principal", .string(principal)), ("from", .string(current)),
+                                                                  ("to", .string(target)), ("policySha256", .string(p.sha256)),
+                                                                  ("requirement", t.requires.map { .string($0) } ?? .null)]))])
+        return CallTool.Result(content: [.text("The session is now in phase \(target).")], isError: false)
     }
 
     static func mcpTool(_ e: CellRegistry.ToolEntry) -> Tool {
@@ -212,6 +282,7 @@ public final class SupervisorService: @unchecked Sendable {
     func callTool(_ params: CallTool.Parameters) async throws -> CallTool.Result {
         if ledgerChanged?() == true { await reload() }
         let toolName = CellProtocol.sanitize(String(params.name.prefix(128)))
+        if params.name == Self.phaseTool, state.withLock({ policy != nil }) { return await setPhase(params) }
         guard let entry = currentRegistry.tool(named: params.name) else {
             await refused(toolName, "unknown_tool", "no cell serves this tool")
             throw MCPError.invalidParams("Unknown tool: \(toolName)")
@@ -223,6 +294,51 @@ public final class SupervisorService: @unchecked Sendable {
             await refused(toolName, "invalid_arguments", problem, cell: entry.cell)
             return Self.errorResult("Invalid arguments: \(problem)")
         }
+        // Policy: who, which tool, which phase; then rate, concurrency, arbitration.
+        let (pol, polErr, client0, currentPhase) = state.withLock { (policy, policyError, clientName, phase) }
+        guard let pol else {
+            await refused(toolName, "policy", "no policy in force: \(polErr ?? "no policy file")", cell: entry.cell)
+            return Self.errorResult("Refused: no policy is in force, so no tool may run (deny by default).")
+        }
+        let decision = pol.decide(principal: principal, client: client0, tool: entry.tool.name, manifest: entry.cell.manifest, phase: currentPhase)
+        guard decision.allowed else {
+            await refused(toolName, decision.reason, decision.rule, cell: entry.cell, policy: pol)
+            return Self.errorResult("Refused: \(decision.message)")
+        }
+        let rule = pol.rule(for: principal, client: client0)!.1
+        for (key, limit, what) in [("t:\(principal)|\(entry.tool.name)", rule.perToolRate, "to this tool"), ("a:\(principal)", rule.overallRate, "in all")] {
+            guard let limit else { continue }
+            if let wait = policyState.take(key, limit) {
+                let detail = "at most \(limit.rate) calls per second \(what) (burst \(limit.burst))"
+                await refused(toolName, "rate_limit", detail, cell: entry.cell, policy: pol)
+                return Self.errorResult("Refused by the rate limit: \(detail); retry in \(String(format: "%.2f", wait)) s.")
+            }
+        }
+        var caps: [(String, Int)] = []
+        if let c = rule.maxConcurrent { caps.append(("p:\(principal)", c)) }
+        if let c = pol.cells[entry.cell.name]?.maxConcurrent { caps.append(("c:\(entry.cell.name)", c)) }
+        if let full = policyState.enter(caps) {
+            let cap = caps.first { $0.0 == full }!.1
+            let what = full.hasPrefix("p:") ? "calls at once for \(rule.name)" : "calls at once to cell \(entry.cell.name)"
+            await refused(toolName, "concurrency", "\(cap) \(what)", cell: entry.cell, policy: pol)
+            return Self.errorResult("Refused by a concurrency cap: at most \(cap) \(what); retry when one finishes.")
+        }
+        defer { policyState.leave(caps.map(\.0)) }
+        let resources = entry.cell.manifest.resources(for: arguments)
+        if !resources.isEmpty {
+            let until = monotonicNanoseconds() + UInt64(pol.onConflict == .wait ? pol.conflictWaitMilliseconds : 0) * 1_000_000
+            while !policyState.claim(resources) {
+                if monotonicNanoseconds() >= until {
+                    let detail = "another call is changing \(resources.joined(separator: ", "))"
+                    await refused(toolName, "conflict", detail, cell: entry.cell, policy: pol)
+                    return Self.errorResult("Refused: \(detail); retry when it has finished.")
+                }
+                try? await Task.sleep(for: .milliseconds(2))
+            }
+        }
+        defer { if !resources.isEmpty { policyState.release(resources) } }
+        let limits = pol.effectiveLimits(entry.cell.manifest)
+
         let cancellation = try CallCancellation()
         let id: UInt64? = state.withLock {
             if shuttingDown { return nil }
@@ -240,9 +356,9 @@ public final class SupervisorService: @unchecked Sendable {
         // Not awaited: call.end below is, and the log writes in order.
         let log = self.log
         let startEvent = SecurityEvent.callStart(callID: callID, principal: principal, client: client, tool: entry.tool.name,
-                                                 cell: entry.cell, decision: options.unsignedMode
-                                                    ? "allow: UNSIGNED development mode (no signature checked)"
-                                                    : "allow: signed active version in the trust ledger; no policy loaded",
+                                                 cell: entry.cell, decision: (options.unsignedMode
+                                                    ? "allow (UNSIGNED development mode): " : "allow: ") + decision.rule
+                                                    + " in phase \(currentPhase), policy \(pol.sha256.prefix(16))",
                                                  arguments: arguments, recordArguments: options.recordArguments)
         Task { await log.append([startEvent]) }
         if options.unsignedMode {
@@ -260,7 +376,7 @@ public final class SupervisorService: @unchecked Sendable {
             await withCheckedContinuation { (k: CheckedContinuation<CallReport?, Never>) in
                 let accepted = pool.submit {
                     let r = runner.run(cell: entry.cell, tool: entry.tool.name, arguments: arguments,
-                                       callID: callID, cancellation: cancellation) { sink.yield($0) }
+                                       callID: callID, cancellation: cancellation, limits: limits) { sink.yield($0) }
                     k.resume(returning: r)
                 }
                 if !accepted { k.resume(returning: nil) }
@@ -286,6 +402,7 @@ public final class SupervisorService: @unchecked Sendable {
         }
         logger.info("call ended", metadata: meta)
         let result = result(for: report, tool: entry.tool)
+        if result.isError != true { state.withLock { _ = succeededTools.insert(entry.tool.name) } }
         let returned = result.content.reduce(0) { n, c in
             if case .text(let t, _, _) = c { return n + t.utf8.count }
             return n
@@ -300,9 +417,14 @@ public final class SupervisorService: @unchecked Sendable {
         return result
     }
 
-    func refused(_ tool: String, _ reason: String, _ detail: String, cell: PreparedCell? = nil) async {
+    func refused(_ tool: String, _ reason: String, _ detail: String, cell: PreparedCell? = nil, policy: Policy? = nil) async {
         var f = JSONObject([("principal", .string(principal)), ("tool", .string(tool)), ("reason", .string(reason)),
                             ("detail", .string(detail))])
+        if let policy {
+            f["policySha256"] = .string(policy.sha256)
+            f["rule"] = .string(detail)
+            f["phase"] = .string(state.withLock { phase })
+        }
         if let cell {
             f["cell"] = .string(cell.name)
             f["cellVersion"] = .string(cell.version)

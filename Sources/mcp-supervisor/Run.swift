@@ -146,6 +146,7 @@ struct Run: AsyncParsableCommand {
             ("features", featureSummary(features, host)),
         ]))])
         options.unsignedMode = allowUnsigned
+        options.policyPath = s.policiesDirectory + "/policy.json"
         if allowUnsigned {
             logger.warning("UNSIGNED DEVELOPMENT MODE: serving \(manifestsDir) without signatures or the trust ledger; never use this in a deployment")
             log.appendAndWait([SecurityEvent(.unsignedMode, JSONObject([("manifests", .string(manifestsDir))]))])
@@ -169,7 +170,12 @@ struct Run: AsyncParsableCommand {
         ])
 
         let signals = SignalHandlers()
-        signals.on(SIGHUP) { Task { await service.reload() } }
+        signals.on(SIGHUP) {
+            Task {
+                service.reloadPolicy()
+                await service.reload()
+            }
+        }
         for sig in [SIGTERM, SIGINT] {
             signals.on(sig) {
                 service.shutdown(reason: "signal \(sig)")

@@ -27,7 +27,9 @@ LOG_LEVELS = {"debug", "info", "notice", "warning", "error", "critical", "alert"
 
 
 def tool_schemas(ws):
-    out = {}
+    phases = json.loads((ROOT / "policies" / "policy.json").read_text())["phases"]["states"]
+    out = {"set_phase": {"type": "object", "properties": {"phase": {"type": "string", "enum": phases}},
+                         "required": ["phase"], "additionalProperties": False}}
     for m in (ws / "manifests").glob("*.json"):
         for t in json.loads(m.read_text())["tools"]:
             out[t["name"]] = t["inputSchema"]

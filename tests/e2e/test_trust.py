@@ -53,7 +53,8 @@ class Trust:
 
 
 def tools(s, id=900):
-    return {t["name"]: t for t in s.request(id, "tools/list")["result"]["tools"]}
+    """The cells' tools (without the supervisor's own set_phase)."""
+    return {t["name"]: t for t in s.request(id, "tools/list")["result"]["tools"] if t["name"] != "set_phase"}
 
 
 def call(s, id, name, args):
