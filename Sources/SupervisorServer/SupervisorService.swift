@@ -244,11 +244,11 @@ public final class SupervisorService: @unchecked Sendable {
         if target == current { return CallTool.Result(content: [.text("The session is already in phase \(current).")], isError: false) }
         guard let t = p.transition(from: current, to: target) else {
             let from = p.transitions.filter { $0.from == current || $0.from == "*" }.map(\.to)
-            await refused(Self.phaseTool, "phase", "no transition \(current) → \(target)")
+            await refused(Self.phaseTool, "phase", "no transition \(current) → \(target)", policy: p)
             return Self.errorResult("The policy allows no change from phase \(current) to \(target); from \(current) the session may go to: \(from.isEmpty ? "nowhere" : from.joined(separator: ", ")).")
         }
         if let req = t.requires, !state.withLock({ succeededTools.contains(req) }) {
-            await refused(Self.phaseTool, "phase", "\(current) → \(target) requires \(req) to have succeeded")
+            await refused(Self.phaseTool, "phase", "\(current) → \(target) requires \(req) to have succeeded", policy: p)
             return Self.errorResult("Changing from phase \(current) to \(target) requires the tool \(req) to have succeeded earlier in this session.")
         }
         state.withLock { phase = target }
