@@ -8,7 +8,7 @@
 SWIFT      ?= swift
 CONFIG     ?= debug
 BIN         = .build/$(CONFIG)/mcp-supervisor
-CELLS       = echo-cell probe-cell
+CELLS       = echo-cell fs-cell probe-cell
 VENV        = .venv
 PY          = $(VENV)/bin/python
 PYDEPS      = $(VENV)/.installed
@@ -50,6 +50,7 @@ STATE      ?= $${XDG_STATE_HOME:-$$HOME/.local/state}/mcp-supervisor
 DEVKEY      = $(STATE)/keys/dev-signing
 
 register: pin
+	@mkdir -p -m 1777 /tmp/mcp-supervisor-files
 	@test -f "$(DEVKEY).key" || $(BIN) keys generate --out "$(DEVKEY)" --state-dir "$(STATE)"
 	$(BIN) cell sign --key "$(DEVKEY).key" manifests/*.json --state-dir "$(STATE)"
 	$(BIN) cell register --key "$(DEVKEY).key" --approve-widening manifests/*.json --state-dir "$(STATE)"

@@ -64,6 +64,9 @@ let package = Package(
             name: "echo-cell", dependencies: ["CellKit"],
             swiftSettings: staticCell, linkerSettings: staticCellLink),
         .executableTarget(
+            name: "fs-cell", dependencies: ["CellKit"],
+            swiftSettings: staticCell, linkerSettings: staticCellLink),
+        .executableTarget(
             name: "probe-cell", dependencies: ["CellKit", "CProbe"],
             swiftSettings: staticCell, linkerSettings: staticCellLink),
 

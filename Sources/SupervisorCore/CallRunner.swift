@@ -224,6 +224,10 @@ public final class CallRunner: @unchecked Sendable {
             if let v = getenv(name) { env.append("\(name)=\(String(cString: v))") }
         }
         for (k, v) in m.environmentSet { env.append("\(k)=\(v)") }
+        // The roots a cell may use, so it can explain a refusal (Landlock
+        // enforces them regardless).
+        env.append("MCPS_READ_ROOTS=" + (m.filesystem.read + m.filesystem.write).joined(separator: ":"))
+        env.append("MCPS_WRITE_ROOTS=" + m.filesystem.write.joined(separator: ":"))
         let declared = Set(m.environmentPass + m.environmentSet.map(\.0))
         for (k, v) in [("HOME", scratch), ("TMPDIR", scratch)] where !declared.contains(k) {
             env.append("\(k)=\(v)")
