@@ -35,8 +35,9 @@ with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         exec(compile(code, "<snippet>", "exec"), {"__name__": "__main__"})
     except SystemExit as e:
         error = f"SystemExit: {e.code}"
-    except BaseException:
-        error = traceback.format_exc(limit=5)
+    except BaseException as e:
+        # The snippet's own frames only, not this runner's.
+        error = "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next, limit=5))
 limit = 64 * 1024
 stdout, stderr = out.getvalue()[:limit], err.getvalue()[:limit]
 text = stdout + (("\n[stderr]\n" + stderr) if stderr else "") + (("\n[error]\n" + error) if error else "")

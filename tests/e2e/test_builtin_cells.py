@@ -99,6 +99,10 @@ def test_python_run_and_its_refusals(cells):
     assert not r["isError"] and r["structuredContent"]["stdout"] == "45\n"
     r, t = call(cells, "python_run", {"code": "open('/tmp/escape.txt', 'w').write('x')"})
     assert "PermissionError" in r["structuredContent"]["error"]
+    r, t = call(cells, "python_run", {"code": "def f():\n    raise ValueError('boom')\nf()"})
+    err = r["structuredContent"]["error"]
+    assert "ValueError: boom" in err and 'File "<snippet>"' in err
+    assert "<stdin>" not in err and "/" not in err, "only the snippet's own frames, no paths"
     r, t = call(cells, "python_run", {"code": "open('scratch.txt', 'w').write('x'); print(open('scratch.txt').read())"})
     assert r["structuredContent"]["stdout"] == "x\n"
     r, t = call(cells, "python_run", {"code": "import socket\ns = socket.socket()\ns.connect(('127.0.0.1', 22))"})

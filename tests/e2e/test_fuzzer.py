@@ -12,6 +12,12 @@ fails on every finding except the classes triaged as the fuzzer's mistakes
   The fuzzer's "realistic" phase sends valid input and flags success.
 - injection_reflection on the echo tool: returning its input unchanged is
   that tool's documented purpose; text content is data to the client.
+- non_determinism on set_phase: it changes the session's phase, so the
+  same input is accepted or refused depending on the current phase.
+
+python_run is not fuzzed here: returning the traceback of the model's
+snippet is its purpose (test_builtin_cells checks only the snippet's frames
+are shown), and the fuzzer reports every traceback as a leak.
 """
 import json
 import shutil
@@ -40,6 +46,10 @@ def is_false_positive(f, schemas):
     cat, ev = f.get("category"), f.get("evidence") or {}
     if cat == "injection_reflection" and f.get("target") == "echo":
         return True
+    if cat == "non_determinism" and f.get("target") == "set_phase":
+        # set_phase changes the session's phase: the same input answers
+        # differently depending on the phase the session is in, by design.
+        return True
     if cat != "accepted_malformed":
         return False
     inp = ev.get("input") or {}
@@ -63,6 +73,15 @@ def is_false_positive(f, schemas):
 
 def test_fuzzer_finds_nothing_real(workspace):
     out = Path(tempfile.mkdtemp(prefix="mcps-fuzz-"))
+    # python_run is left out: returning the traceback of the model's snippet
+    # is its purpose (test_builtin_cells checks it shows only the snippet's
+    # frames), and the fuzzer reports every traceback as a leak.
+    ws = out / "ws"
+    # The probe cells are test instruments (their outcome depends on timing by
+    # design), not product tools: the fuzz run serves the bundled cells.
+    shutil.copytree(workspace / "manifests", ws / "manifests",
+                    ignore=shutil.ignore_patterns("python-run.json", "probe*.json"))
+    workspace = ws
     try:
         cmd = " ".join([str(BIN), *server_args(workspace, "--log-level", "error")])
         p = subprocess.run(
