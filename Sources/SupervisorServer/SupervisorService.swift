@@ -238,9 +238,14 @@ public final class SupervisorService: @unchecked Sendable {
     func setPhase(_ params: CallTool.Parameters) async -> CallTool.Result {
         let (p, current) = state.withLock { (policy, phase) }
         guard let p else { return Self.errorResult("No policy is loaded, so there are no phases.") }
-        guard let target = params.arguments?["phase"]?.stringValue, p.phases.contains(target) else {
-            return Self.errorResult("Invalid arguments: arguments.phase: must be one of \(p.phases.joined(separator: ", "))")
+        var args = JSONObject()
+        for (k, v) in (params.arguments ?? [:]).sorted(by: { $0.key < $1.key }) { args[k] = JSONValue(v) }
+        let schema = JSONValue(phaseToolDefinition(p).inputSchema).objectValue ?? JSONObject()
+        if let problem = SchemaValidator.validate(.object(args), against: schema) {
+            await refused(Self.phaseTool, "invalid_arguments", problem)
+            return Self.errorResult("Invalid arguments: \(problem)")
         }
+        let target = args["phase"]!.stringValue!
         if target == current { return CallTool.Result(content: [.text("The session is already in phase \(current).")], isError: false) }
         guard let t = p.transition(from: current, to: target) else {
             let from = p.transitions.filter { $0.from == current || $0.from == "*" }.map(\.to)

@@ -126,6 +126,9 @@ def test_phase_gating_with_and_without_verification(env):
     r = s.request(1, "tools/call", write)
     assert r["result"]["isError"]
     assert "runs only in phase act" in text(r) and "phase observe" in text(r) and "set_phase" in text(r)
+    r = s.request(20, "tools/call", {"name": "set_phase", "arguments": {"phase": "plan", "extra": 1}})
+    assert r["result"]["isError"] and "arguments.extra: unknown property" in text(r)
+    assert s.request(21, "tools/call", {"name": "set_phase", "arguments": {"phase": "nowhere"}})["result"]["isError"]
     assert not s.request(2, "tools/call", {"name": "set_phase", "arguments": {"phase": "plan"}})["result"]["isError"]
     r = s.request(3, "tools/call", {"name": "set_phase", "arguments": {"phase": "act"}})
     assert r["result"]["isError"] and "verify_plan" in text(r)
