@@ -1,3 +1,4 @@
+import Foundation
 import StrictJSON
 import SupervisorCore
 import SupervisorPlatform
@@ -229,6 +230,27 @@ final class SandboxTests: XCTestCase {
         guard case .refused(.hashMismatch(let p, _, _)) = r.outcome else { return XCTFail(r.outcome.detail) }
         XCTAssertEqual(p, copy)
         XCTAssertNil(r.exit, "no worker may start")
+    }
+
+    func testTheWorkerExecutesTheSealedVerifiedCopy() throws {
+        // exec uses the sealed memfd holding the verified bytes, not the path:
+        // /proc/<worker>/exe of a running worker is that memfd.
+        let cell = try probe()
+        let done = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            _ = try? Harness.call(cell, ["action": "sleep", "ms": 1500])
+            done.signal()
+        }
+        var exe: String? = nil
+        for _ in 0..<200 where exe == nil {
+            usleep(10_000)
+            for pid in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] where Int(pid) != nil {
+                guard let cmd = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8), cmd.hasPrefix("probe-cell") else { continue }
+                exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe")
+            }
+        }
+        XCTAssertEqual(exe, "/memfd:probe-cell (deleted)")
+        done.wait()
     }
 
     func testCellsLoadedAsTheyWereVerifiedEvenIfRenamedOver() throws {

@@ -13,7 +13,7 @@ Nothing here asserts a time: this is a benchmark, not a test.
   (e) an echo tool served in process by the Swift SDK's StdioTransport
   (f) stage breakdown of (c) from the security log
   (g) supervisor memory with 2 and with 100 cells
-  (h) start to initialize answered, 100 cells
+  (h) start to initialize answered, 100 signed cells
   (i) other bundled cells end to end (word_count in Python)
 Usage: tools/bench/run.sh [--rounds N] [--calls N] [--out docs/benchmarks.md]
 """
@@ -133,6 +133,18 @@ def supervisor_argv(manifests, state, *extra):
             "--state-dir", str(state), "--log-level", "error", *extra]
 
 
+def register(manifests, state):
+    """Signs every manifest with a fresh key and registers it in `state`'s
+    ledger: the benchmarks run signed cells, as `run` serves them."""
+    key = Path(state) / "keys" / "bench"
+    if not key.with_suffix(".key").exists():
+        subprocess.run([str(BIN), "keys", "generate", "--out", str(key), "--state-dir", str(state)], check=True, capture_output=True)
+    files = sorted(str(p) for p in Path(manifests).glob("*.json"))
+    for cmd in (["cell", "sign", *files], ["cell", "register", *files, "--approve-widening"]):
+        subprocess.run([str(BIN), *cmd, "--key", str(key) + ".key", "--state-dir", str(state),
+                        "--policies", str(ROOT / "policies")], check=True, capture_output=True)
+
+
 def many_cells(d, n):
     """n copies of the echo cell under distinct names."""
     src = json.loads((ROOT / "manifests/echo.json").read_text())
@@ -158,12 +170,16 @@ def main():
     shm_state = Path(tempfile.mkdtemp(prefix="mcps-bench-state-", dir="/dev/shm"))
     manifests = ROOT / "manifests"
     hundred = many_cells(tmp / "hundred", 100)
+    hundred_state = Path(tempfile.mkdtemp(prefix="mcps-bench-state-", dir="/dev/shm"))
+    for st in (disk_state, shm_state):
+        register(manifests, st)
+    register(hundred, hundred_state)
     env = dict(os.environ)
     cli = [BIN, "call", "--manifests", manifests, "--policies", ROOT / "policies", "--state-dir", shm_state,
            "echo", "--args", '{"text":"x"}']
     bwrap = [shutil.which("bwrap"), "--unshare-all", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", NOOP]
 
-    results = {k: [] for k in ["a", "b", "c", "c_tmpfs", "d", "e", "i"]}
+    results = {k: [] for k in ["a", "b", "c", "c_tmpfs", "d", "e", "i", "i_fs"]}
     tput = {2: [], 4: [], 8: []}
     n = a.calls
     for r in range(a.rounds):
@@ -179,7 +195,9 @@ def main():
             if key == "c":
                 for c in tput:
                     tput[c].append(s.throughput(c, n * 2))
-                results["i"] += s.call_times(max(5, n // 20), tool="word_count", args={"text": "a b c"})
+                results["i"] += s.call_times(max(5, n // 20), tool="python_run", args={"code": "print(1)"})
+                results["i_fs"] += s.call_times(max(10, n // 10), tool="fs_read",
+                                                args={"path": "/usr/share/doc/bash/copyright", "maxBytes": 4096})
             s.close()
         e = Server([str(SDK_ECHO)])
         e.initialize()
@@ -196,8 +214,8 @@ def main():
 
     # (g) memory, (h) start to initialize.
     mem = {}
-    for label, d in [("bundled cells", manifests), ("100 cells", hundred)]:
-        s = Server(supervisor_argv(d, shm_state))
+    for label, d, st in [("bundled cells", manifests, shm_state), ("100 signed cells", hundred, hundred_state)]:
+        s = Server(supervisor_argv(d, st))
         s.initialize()
         time.sleep(0.2)
         mem[label] = s.rss_kib()
@@ -205,7 +223,7 @@ def main():
     init_ms = []
     for _ in range(5):
         t0 = time.perf_counter()
-        s = Server(supervisor_argv(hundred, shm_state))
+        s = Server(supervisor_argv(hundred, hundred_state))
         s.initialize()
         init_ms.append((time.perf_counter() - t0) * 1e3)
         s.close()
@@ -223,7 +241,8 @@ def main():
     row("(c') same, security log on tmpfs", "c_tmpfs")
     row("(d) no-op under `bwrap --unshare-all`", "d")
     row("(e) Swift SDK StdioTransport echo, in process, no sandbox", "e")
-    row("(i) MCP tools/call → word_count (CPython)", "i")
+    row("(i) MCP tools/call → python_run `print(1)` (CPython)", "i")
+    row("(i) MCP tools/call → fs_read 4 KiB (static Swift cell)", "i_fs")
 
     lines = []
     lines.append("# Benchmarks\n")
@@ -263,13 +282,14 @@ def main():
     lines.append("| --- | ---: |")
     for k, v in mem.items():
         lines.append(f"| {k} | {v / 1024:.1f} |")
-    lines.append(f"\n## (h) Start to `initialize` answered, 100 cells\n\nmedian {statistics.median(init_ms):.0f} ms "
+    lines.append(f"\n## (h) Start to `initialize` answered, 100 signed cells\n\nmedian {statistics.median(init_ms):.0f} ms "
                  f"(of {len(init_ms)} starts; target ≤ 150 ms).\n")
     Path(a.out).write_text("\n".join(lines) + "\n" + NOTES)
     print("\n".join(lines))
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(disk_state, ignore_errors=True)
     shutil.rmtree(shm_state, ignore_errors=True)
+    shutil.rmtree(hundred_state, ignore_errors=True)
 
 
 NOTES = """
