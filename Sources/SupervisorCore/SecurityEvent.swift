@@ -15,6 +15,7 @@ public enum SecurityEventType: String, Sendable, CaseIterable {
     case cellRefused = "cell.refused"
     case cellsLoaded = "cells.loaded"
     case ledgerEntry = "ledger.entry"
+    case ledgerRefused = "ledger.refused"
     case unsignedMode = "supervisor.unsigned_mode"
     case phaseChange = "session.phase"
     case policyLoaded = "policy.loaded"

@@ -32,6 +32,8 @@ public final class SecurityLog: @unchecked Sendable {
     private var seq: UInt64
     private var head: String
     private var sinceCheckpoint = 0
+    /// Descriptors of rotated-away files, closed once unlocked.
+    private var retired: [FileDescriptor] = []
     private let checkpoints: FileDescriptor
 
     /// Opens (or creates) the log in `<state>/security`, with the signing
@@ -47,53 +49,13 @@ public final class SecurityLog: @unchecked Sendable {
 
         let files = try Self.eventFiles(in: directory)
         fileIndex = files.last?.index ?? 1
-        let path = Self.eventFilePath(directory, fileIndex)
-        file = try Sys.open(path, O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
+        file = try Sys.open(Self.eventFilePath(directory, fileIndex), O_RDWR | O_CREAT | O_APPEND, mode: 0o600)
         checkpoints = try Sys.open(directory + "/checkpoints.jsonl", O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
-
-        // Find the chain head: the last complete line of the newest file (or
-        // of the one before, if the newest is empty).
-        var bytes = try readFile(path, limit: 1 << 30)
-        var torn: [UInt8] = []
-        if let lastNewline = bytes.lastIndex(of: 0x0A) {
-            torn = Array(bytes[(lastNewline + 1)...])
-            bytes = Array(bytes[...lastNewline])
-        } else {
-            torn = bytes
-            bytes = []
-        }
-        if !torn.isEmpty {
-            if ftruncate(file.rawValue, off_t(bytes.count)) != 0 { throw SystemError("ftruncate \(path)", errno: errno) }
-        }
-        fileSize = bytes.count
+        fileSize = -1
         seq = 0
         head = Self.genesis
-        var lastLine: ArraySlice<UInt8>? = nil
-        if !bytes.isEmpty {
-            let body = bytes.dropLast()
-            let start = body.lastIndex(of: 0x0A).map { $0 + 1 } ?? body.startIndex
-            lastLine = body[start...]
-        } else if files.count >= 2 {
-            let prev = try readFile(Self.eventFilePath(directory, files[files.count - 2].index), limit: 1 << 30)
-            let body = prev.last == 0x0A ? prev.dropLast() : prev[...]
-            let start = body.lastIndex(of: 0x0A).map { $0 + 1 } ?? body.startIndex
-            lastLine = body[start...]
-        }
-        if let line = lastLine, !line.isEmpty {
-            guard case .object(let o)? = try? JSONParser.parse(Array(line)), let s = o["seq"]?.intValue else {
-                throw SystemError("\(path): the last record is not valid; run `mcp-supervisor audit verify`", errno: EINVAL)
-            }
-            seq = UInt64(s)
-            head = sha256Hex(line)
-        }
-        if !torn.isEmpty {
-            let sample = torn.prefix(65536)
-            var f = JSONObject([("file", .string(path)), ("bytes", .int(Int64(torn.count))),
-                                ("sha256", .string(sha256Hex(torn))),
-                                ("dataBase64", .string(Data(sample).base64EncodedString()))])
-            if sample.count < torn.count { f["dataTruncated"] = true }
-            try writeNow([SecurityEvent(.logTornTail, f)])
-        }
+        // Find the chain head now (and recover a torn tail) under the lock.
+        try withFileLock { try syncWithFile() }
         let t = Thread { [unowned self] in self.writerLoop() }
         t.name = "security-log"
         t.start()
@@ -181,8 +143,86 @@ public final class SecurityLog: @unchecked Sendable {
         fileSize += bytes.count
     }
 
-    /// Sequences, chains, writes and fsyncs a batch (writer thread or init).
+    /// Sequences, chains, writes and fsyncs a batch, holding the file lock:
+    /// other processes (the trust commands) append to the same chain.
     private func writeNow(_ events: [SecurityEvent]) throws {
+        try withFileLock {
+            try syncWithFile()
+            try writeLocked(events)
+        }
+    }
+
+    /// flock(2) on the current event file; re-taken if that file changes.
+    private func withFileLock(_ body: () throws -> Void) throws {
+        while true {
+            guard flock(file.rawValue, LOCK_EX) == 0 else { throw SystemError("flock security log", errno: errno) }
+            let locked = file
+            // Another writer may have rotated between our open and our lock.
+            let newest = (try? Self.eventFiles(in: directory).last?.index) ?? fileIndex
+            if newest != fileIndex {
+                _ = flock(locked.rawValue, LOCK_UN)
+                file.close()
+                fileIndex = newest
+                file = try Sys.open(Self.eventFilePath(directory, fileIndex), O_RDWR | O_CREAT | O_APPEND, mode: 0o600)
+                fileSize = -1
+                continue
+            }
+            defer {
+                _ = flock(locked.rawValue, LOCK_UN)
+                for f in retired { f.close() }
+                retired.removeAll()
+            }
+            try body()
+            return
+        }
+    }
+
+    /// Brings (seq, head) up to date with what is on disk if another writer
+    /// appended, and cuts a torn last line (a writer killed mid-write) into a
+    /// log.torn_tail event so the chain continues.
+    private func syncWithFile() throws {
+        let size = Int(try file.stat().size)
+        if size == fileSize { return }
+        let path = Self.eventFilePath(directory, fileIndex)
+        var bytes = try readFile(path, limit: 1 << 30)
+        var torn: [UInt8] = []
+        if let lastNewline = bytes.lastIndex(of: 0x0A) {
+            torn = Array(bytes[(lastNewline + 1)...])
+            bytes = Array(bytes[...lastNewline])
+        } else {
+            torn = bytes
+            bytes = []
+        }
+        if !torn.isEmpty, ftruncate(file.rawValue, off_t(bytes.count)) != 0 {
+            throw SystemError("ftruncate \(path)", errno: errno)
+        }
+        fileSize = bytes.count
+        var lastLine: ArraySlice<UInt8>? = nil
+        if !bytes.isEmpty {
+            let body = bytes.dropLast()
+            lastLine = body[(body.lastIndex(of: 0x0A).map { $0 + 1 } ?? body.startIndex)...]
+        } else if fileIndex > 1, let prev = try? readFile(Self.eventFilePath(directory, fileIndex - 1), limit: 1 << 30) {
+            let body = prev.last == 0x0A ? prev.dropLast() : prev[...]
+            lastLine = body[(body.lastIndex(of: 0x0A).map { $0 + 1 } ?? body.startIndex)...]
+        }
+        if let line = lastLine, !line.isEmpty {
+            guard case .object(let o)? = try? JSONParser.parse(Array(line)), let s = o["seq"]?.intValue else {
+                throw SystemError("\(path): the last record is not valid; run `mcp-supervisor audit verify`", errno: EINVAL)
+            }
+            seq = UInt64(s)
+            head = sha256Hex(line)
+        }
+        if !torn.isEmpty {
+            let sample = torn.prefix(65536)
+            var f = JSONObject([("file", .string(path)), ("bytes", .int(Int64(torn.count))),
+                                ("sha256", .string(sha256Hex(torn))),
+                                ("dataBase64", .string(Data(sample).base64EncodedString()))])
+            if sample.count < torn.count { f["dataTruncated"] = true }
+            try writeLocked([SecurityEvent(.logTornTail, f)])
+        }
+    }
+
+    private func writeLocked(_ events: [SecurityEvent]) throws {
         var out: [UInt8] = []
         for e in events { out.append(contentsOf: chain(e)) }
         try writeDurably(out)
@@ -196,8 +236,12 @@ public final class SecurityLog: @unchecked Sendable {
         let next = fileIndex + 1
         let nextPath = Self.eventFilePath(directory, next)
         try writeDurably(chain(SecurityEvent(.logRotate, JSONObject([("next", .string(baseName(of: nextPath)))]))))
-        file.close()
-        file = try Sys.open(nextPath, O_WRONLY | O_CREAT | O_APPEND | O_EXCL, mode: 0o600)
+        // Create the next file before releasing the old one's lock (the
+        // caller unlocks the old descriptor it locked).
+        let old = file
+        file = try Sys.open(nextPath, O_RDWR | O_CREAT | O_APPEND, mode: 0o600)
+        _ = old  // closed below, after the caller's unlock
+        retired.append(old)
         fileIndex = next
         fileSize = 0
         try writeCheckpoint()

@@ -120,7 +120,6 @@ struct Run: AsyncParsableCommand {
         let manifestsDir = s.manifestsDirectory
         let ledgerPath = Ledger.path(stateDirectory: s.stateDirectory)
         let unsigned = allowUnsigned
-        let ledgerLog = LedgerEventRecorder(stateDirectory: s.stateDirectory)
         let loader: RegistryLoader = { [logger] in
             if unsigned {
                 let paths: [String]
@@ -131,7 +130,6 @@ struct Run: AsyncParsableCommand {
                 return CellRegistry.load(paths: paths, groups: groups, host: host)
             }
             let ledger = Ledger.load(path: ledgerPath)
-            ledgerLog.record(ledger)
             return CellRegistry.load(ledger: ledger, groups: groups, host: host)
         }
         let log: SecurityLog
@@ -151,7 +149,6 @@ struct Run: AsyncParsableCommand {
             logger.warning("UNSIGNED DEVELOPMENT MODE: serving \(manifestsDir) without signatures or the trust ledger; never use this in a deployment")
             log.appendAndWait([SecurityEvent(.unsignedMode, JSONObject([("manifests", .string(manifestsDir))]))])
         }
-        ledgerLog.log = log
         let service = SupervisorService(options: options, runner: runner, logger: logger, log: log, loadRegistry: loader)
         let watch = FileWatch(path: ledgerPath)
         if !allowUnsigned {
@@ -236,38 +233,6 @@ final class FileWatch: @unchecked Sendable {
         if now == last { return false }
         last = now
         return true
-    }
-}
-
-/// Records each ledger entry once as a security event (the ledger CLI does
-/// not write the security log: the running supervisor is its only writer).
-/// The index of the last recorded entry is kept in <state>/trust/logged-index.
-final class LedgerEventRecorder: @unchecked Sendable {
-    let indexPath: String
-    var log: SecurityLog?
-    private let lock = NSLock()
-
-    init(stateDirectory: String) { indexPath = stateDirectory + "/trust/logged-index" }
-
-    func record(_ st: LedgerState) {
-        lock.lock()
-        defer { lock.unlock() }
-        guard let log else { return }
-        let done = (try? readFile(indexPath, limit: 64)).flatMap { Int(String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) } ?? 0
-        var events: [SecurityEvent] = []
-        for e in st.entries.dropFirst(done) {
-            var f = JSONObject()
-            for k in ["index", "time", "event", "cell", "version", "label", "parent", "from", "keyId", "name", "reason", "approvedWidening", "widening", "executableSha256"] {
-                if let v = e[k] { f[k] = v }
-            }
-            events.append(SecurityEvent(.ledgerEntry, f))
-        }
-        if let d = st.damaged {
-            events.append(SecurityEvent(.cellRefused, JSONObject([("manifest", "ledger"), ("reason", .string("ledger damaged: \(d)"))])))
-        }
-        guard !events.isEmpty else { return }
-        log.appendAndWait(events)
-        try? Data("\(st.entries.count)\n".utf8).write(to: URL(fileURLWithPath: indexPath))
     }
 }
 

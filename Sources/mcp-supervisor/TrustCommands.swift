@@ -19,12 +19,43 @@ struct TrustLocation: ParsableArguments {
     }
 }
 
-/// Runs a command body, turning errors into one clear line and exit 1.
-func trustCommand(_ body: () throws -> Void) throws {
+/// Runs a trust command, turning errors into one clear line and exit 1.
+/// Refusals and every ledger change are security events: the log takes
+/// appends from several processes under its file lock.
+func trustCommand(_ location: TrustLocation? = nil, _ name: String = "", _ body: () throws -> Void) throws {
     do { try body() } catch let e as ExitCode { throw e } catch {
         printError("error: \(error)")
+        if let location {
+            securityEvents(location, [SecurityEvent(.ledgerRefused, JSONObject([
+                ("command", .string(name)), ("error", .string("\(error)")), ("uid", .int(Int64(geteuidValue()))),
+            ]))])
+        }
         throw ExitCode(1)
     }
+}
+
+func securityEvents(_ location: TrustLocation, _ events: [SecurityEvent]) {
+    do {
+        let log = try SecurityLog(stateDirectory: location.state)
+        log.appendAndWait(events)
+        log.close()
+    } catch {
+        printError("warning: could not write the security log: \(error)")
+    }
+}
+
+/// Appends a ledger entry and records it as a security event.
+@discardableResult
+func ledgerAppend(_ location: TrustLocation, _ event: String, _ fields: JSONObject,
+                  key: Curve25519.Signing.PrivateKey) throws -> LedgerState {
+    let st = try Ledger.append(path: location.ledgerPath, event: event, fields: fields, key: key)
+    var f = JSONObject([("index", .int(Int64(st.entries.count))), ("event", .string(event)),
+                        ("signer", .string(TrustKeys.keyID(key.publicKey)))])
+    for k in ["cell", "version", "label", "parent", "from", "keyId", "name", "reason", "approvedWidening", "widening", "executableSha256"] {
+        if let v = fields[k] { f[k] = v }
+    }
+    securityEvents(location, [SecurityEvent(.ledgerEntry, f)])
+    return st
 }
 
 struct Keys: ParsableCommand {
@@ -68,10 +99,10 @@ struct Keys: ParsableCommand {
         @Option(name: .long, help: "A name for the key.") var name: String = ""
         @OptionGroup var location: TrustLocation
         func run() throws {
-            try trustCommand {
+            try trustCommand(location, "keys add") {
                 let signer = try TrustKeys.loadPrivate(path: SupervisorSettings.absolute(key))
                 let pub = try TrustKeys.loadPublic(path: SupervisorSettings.absolute(publicKey))
-                try Ledger.append(path: location.ledgerPath, event: "key.add", fields: [
+                try ledgerAppend(location, "key.add", [
                     "keyId": .string(TrustKeys.keyID(pub)), "publicKey": .string(TrustKeys.publicText(pub)), "name": .string(name),
                 ], key: signer)
                 print("trusted key \(TrustKeys.keyID(pub))")
@@ -88,8 +119,7 @@ struct Keys: ParsableCommand {
         func run() throws {
             try trustCommand {
                 let signer = try TrustKeys.loadPrivate(path: SupervisorSettings.absolute(key))
-                try Ledger.append(path: location.ledgerPath, event: "key.revoke",
-                                  fields: ["keyId": .string(keyID), "reason": .string(reason)], key: signer)
+                try ledgerAppend(location, "key.revoke", ["keyId": .string(keyID), "reason": .string(reason)], key: signer)
                 print("revoked key \(keyID)")
             }
         }
@@ -143,12 +173,12 @@ struct CellCommand: ParsableCommand {
         @OptionGroup var location: TrustLocation
 
         func run() throws {
-            try trustCommand {
+            try trustCommand(location, "cell register") {
                 let k = try TrustKeys.loadPrivate(path: SupervisorSettings.absolute(key))
                 let groups = try location.groups()
                 var st = Ledger.load(path: location.ledgerPath)
                 if st.entries.isEmpty {
-                    st = try Ledger.append(path: location.ledgerPath, event: "key.add", fields: [
+                    st = try ledgerAppend(location, "key.add", [
                         "keyId": .string(TrustKeys.keyID(k.publicKey)), "publicKey": .string(TrustKeys.publicText(k.publicKey)),
                         "name": "first key",
                     ], key: k)
@@ -194,15 +224,17 @@ struct CellCommand: ParsableCommand {
                             "approvedWidening": .bool(!widening.isEmpty),
                         ]
                         if !widening.isEmpty { fields["widening"] = .array(widening.map { .string($0.description) }) }
-                        st = try Ledger.append(path: location.ledgerPath, event: "cell.register", fields: fields, key: k)
+                        st = try ledgerAppend(location, "cell.register", fields, key: k)
                         print("registered: \(manifest.name) \(manifest.version) as \(vid.prefix(12))\(widening.isEmpty ? "" : " (widening approved)")")
                         if !noActivate {
-                            st = try Ledger.append(path: location.ledgerPath, event: "cell.activate",
-                                                   fields: ["cell": .string(manifest.name), "version": .string(vid)], key: k)
+                            st = try ledgerAppend(location, "cell.activate", ["cell": .string(manifest.name), "version": .string(vid)], key: k)
                             print("active: \(manifest.name) \(vid.prefix(12))")
                         }
                     } catch {
                         printError("error: \(error)")
+                        securityEvents(location, [SecurityEvent(.ledgerRefused, JSONObject([
+                            ("command", "cell register"), ("manifest", .string(m)), ("error", .string("\(error)")),
+                        ]))])
                         failed = true
                     }
                 }
@@ -298,8 +330,7 @@ struct CellCommand: ParsableCommand {
         func run() throws {
             try trustCommand {
                 let v = try CellCommand.resolve(Ledger.load(path: location.ledgerPath), cell: cell, version: version)
-                try Ledger.append(path: location.ledgerPath, event: "cell.activate",
-                                  fields: ["cell": .string(cell), "version": .string(v.id)],
+                try ledgerAppend(location, "cell.activate", ["cell": .string(cell), "version": .string(v.id)],
                                   key: try TrustKeys.loadPrivate(path: SupervisorSettings.absolute(key)))
                 print("active: \(cell) \(v.id.prefix(12))")
             }
@@ -313,7 +344,7 @@ struct CellCommand: ParsableCommand {
         @Option(name: .long, help: "Private key of a trusted key.") var key: String
         @OptionGroup var location: TrustLocation
         func run() throws {
-            try trustCommand {
+            try trustCommand(location, "cell rollback") {
                 let st = Ledger.load(path: location.ledgerPath)
                 guard let c = st.cells[cell], let a = c.active else { throw TrustCommandError("cell \(cell) has no active version") }
                 let target: LedgerState.Version
@@ -321,8 +352,7 @@ struct CellCommand: ParsableCommand {
                     guard let p = c.versions[a]?.parent, let v = c.versions[p] else { throw TrustCommandError("the active version has no parent") }
                     target = v
                 }
-                try Ledger.append(path: location.ledgerPath, event: "cell.rollback",
-                                  fields: ["cell": .string(cell), "from": .string(a), "version": .string(target.id)],
+                try ledgerAppend(location, "cell.rollback", ["cell": .string(cell), "from": .string(a), "version": .string(target.id)],
                                   key: try TrustKeys.loadPrivate(path: SupervisorSettings.absolute(key)))
                 print("rolled back: \(cell) \(a.prefix(12)) → \(target.id.prefix(12))")
             }
@@ -340,8 +370,7 @@ struct CellCommand: ParsableCommand {
         func run() throws {
             try trustCommand {
                 let v = try CellCommand.resolve(Ledger.load(path: location.ledgerPath), cell: cell, version: version)
-                try Ledger.append(path: location.ledgerPath, event: "cell.revoke",
-                                  fields: ["cell": .string(cell), "version": .string(v.id), "reason": .string(reason)],
+                try ledgerAppend(location, "cell.revoke", ["cell": .string(cell), "version": .string(v.id), "reason": .string(reason)],
                                   key: try TrustKeys.loadPrivate(path: SupervisorSettings.absolute(key)))
                 print("revoked: \(cell) \(v.id.prefix(12))")
             }

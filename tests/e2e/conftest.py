@@ -80,16 +80,25 @@ class RawServer:
         self.send_raw(json.dumps(obj).encode() + b"\n")
 
     def recv(self, timeout=10):
+        """The next message. Reads the pipe directly into our own buffer
+        (select on a buffered file object misses lines already buffered)."""
         import select
+        buf = getattr(self, "_buf", b"")
         end = time.time() + timeout
-        while time.time() < end:
-            r, _, _ = select.select([self.proc.stdout], [], [], max(0.0, end - time.time()))
+        while b"\n" not in buf:
+            left = end - time.time()
+            if left <= 0:
+                self._buf = buf
+                raise TimeoutError("no message from the server")
+            r, _, _ = select.select([self.proc.stdout.fileno()], [], [], left)
             if r:
-                line = self.proc.stdout.readline()
-                if not line:
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                if not chunk:
+                    self._buf = buf
                     raise EOFError("server closed stdout")
-                return json.loads(line)
-        raise TimeoutError("no message from the server")
+                buf += chunk
+        line, self._buf = buf.split(b"\n", 1)
+        return json.loads(line)
 
     def recv_id(self, id, timeout=10):
         """The response with this id; other messages are kept in order."""

@@ -109,6 +109,9 @@ def test_changed_byte_and_unknown_key_are_refused(trust):
     trust.cli("cell", "sign", m, "--key", stranger)
     p = trust.cli("cell", "register", m, "--key", k, ok=False)
     assert "unknown key" in p.stderr
+    # Each refusal is a security event.
+    refused = [json.loads(l) for l in trust.cli("audit", "query", "--json", "--type", "ledger.refused").stdout.splitlines()]
+    assert len(refused) == 2 and "differ from the signed ones" in refused[0]["error"] and "unknown key" in refused[1]["error"]
 
 
 def test_tool_definitions_are_pinned_to_the_signed_manifest(trust):
@@ -172,6 +175,11 @@ def test_revocation_stops_calls_and_kills_workers_in_flight(trust):
     assert "parent" in p.stderr or "no active" in p.stderr or p.returncode == 0
     p = trust.cli("cell", "activate", "probe", version[:12], "--key", k, ok=False)
     assert p.returncode == 1 and "revoked" in p.stderr
+    # The supervisor and the trust commands wrote one consistent chain.
+    v = trust.cli("audit", "verify")
+    assert "audit verify: OK" in v.stdout
+    types = [json.loads(l)["type"] for l in trust.cli("audit", "query", "--json").stdout.splitlines()]
+    assert "ledger.entry" in types and "call.end" in types and "ledger.refused" in types
 
 
 def test_rollback_and_widening_need_approval(trust):

@@ -7,4 +7,5 @@ mkdir -p .build/bench
 gcc -O2 -static -o .build/bench/noop tools/bench/noop.c
 gcc -O2 -Wall -Werror -o .build/bench/spawn_floor tools/bench/spawn_floor.c
 swift build -c release --product sdk-echo-server
+swift build -c release --product mcp-supervisor
 exec python3 tools/bench/bench.py "$@"
