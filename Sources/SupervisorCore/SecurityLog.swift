@@ -157,8 +157,10 @@ public final class SecurityLog: @unchecked Sendable {
         while true {
             guard flock(file.rawValue, LOCK_EX) == 0 else { throw SystemError("flock security log", errno: errno) }
             let locked = file
-            // Another writer may have rotated between our open and our lock.
-            let newest = (try? Self.eventFiles(in: directory).last?.index) ?? fileIndex
+            // Another writer may have rotated between our open and our lock:
+            // then the next file exists (one stat, not a directory listing).
+            var newest = fileIndex
+            while (try? Sys.stat(Self.eventFilePath(directory, newest + 1))) != nil { newest += 1 }
             if newest != fileIndex {
                 _ = flock(locked.rawValue, LOCK_UN)
                 file.close()

@@ -214,11 +214,7 @@ final class SandboxTests: XCTestCase {
 
     func testSwappedExecutableIsRefused() throws {
         let dir = Harness.tempDir("swap")
-        let copy = dir + "/probe-cell"
-        let bytes = try readFile(Harness.probe, limit: 1 << 30)
-        let fd = try Sys.open(copy, O_WRONLY | O_CREAT, mode: 0o755)
-        try fd.writeAll(bytes)
-        fd.close()
+        let copy = try copyFile(Harness.probe, to: dir + "/probe-cell")
         let cell = try Harness.prepare(try Harness.probeManifest(executable: copy))
         XCTAssertEqual(Harness.text(try Harness.call(cell, ["action": "echo", "text": "a"])), "a")
         // Replace the file with other bytes (the echo cell).
@@ -258,18 +254,19 @@ final class SandboxTests: XCTestCase {
         // file over the path between verification and exec changes nothing
         // that runs, and the next spawn re-verifies and refuses.
         let dir = Harness.tempDir("rename")
-        let copy = dir + "/probe-cell"
-        let bytes = try readFile(Harness.probe, limit: 1 << 30)
-        let fd = try Sys.open(copy, O_WRONLY | O_CREAT, mode: 0o755)
-        try fd.writeAll(bytes)
-        fd.close()
+        let copy = try copyFile(Harness.probe, to: dir + "/probe-cell")
         let cell = try Harness.prepare(try Harness.probeManifest(executable: copy))
-        let other = dir + "/other"
-        let o = try Sys.open(other, O_WRONLY | O_CREAT, mode: 0o755)
-        try o.writeAll(try readFile(Harness.echo, limit: 1 << 30))
-        o.close()
+        let other = try copyFile(Harness.echo, to: dir + "/other")
         XCTAssertEqual(rename(other, copy), 0)
         let r = try Harness.call(cell, ["action": "echo", "text": "a"])
         XCTAssertEqual(r.outcome.kind, "refused", r.outcome.detail)
     }
+}
+
+/// Copies a file (mode 0755) and returns the destination.
+func copyFile(_ from: String, to: String) throws -> String {
+    let fd = try Sys.open(to, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o755)
+    defer { fd.close() }
+    try fd.writeAll(try readFile(from, limit: 1 << 30))
+    return to
 }

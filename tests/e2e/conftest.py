@@ -160,3 +160,15 @@ def worker_pids():
         if cmd.endswith(b"probe-cell"):
             out.append(int(p.name))
     return out
+
+
+def wait_for_workers(at_least=1, at_most=None, timeout=5):
+    """Waits until at least (or, with at_most=0, until no more than) that
+    many probe workers run; returns their pids."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        pids = worker_pids()
+        if (at_most is None and len(pids) >= at_least) or (at_most is not None and len(pids) <= at_most):
+            return pids
+        time.sleep(0.01)
+    return worker_pids()

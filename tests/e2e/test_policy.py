@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, ROOT, RawServer, probe_manifest, worker_pids
+from conftest import wait_for_workers, BIN, ROOT, RawServer, probe_manifest, worker_pids
 
 
 class Setup:
@@ -109,9 +109,7 @@ def test_concurrency_cap(env):
     for i in range(2):
         s.send({"jsonrpc": "2.0", "id": 10 + i, "method": "tools/call",
                 "params": {"name": "probe", "arguments": {"action": "sleep", "ms": 800}}})
-    deadline = time.time() + 5
-    while len(worker_pids()) < 2 and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for_workers(2)
     r = s.request(12, "tools/call", {"name": "echo", "arguments": {"text": "x"}})
     assert r["result"]["isError"] and "concurrency cap" in text(r)
     assert not s.recv_id(10)["result"]["isError"] and not s.recv_id(11)["result"]["isError"]

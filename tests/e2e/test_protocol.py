@@ -6,7 +6,7 @@ import signal
 import subprocess
 import time
 
-from conftest import BIN, RawServer, server_args, worker_pids
+from conftest import wait_for_workers, BIN, RawServer, server_args, worker_pids
 
 
 def alive(raw, id):
@@ -90,14 +90,10 @@ def test_cancellation_kills_the_worker_and_sends_no_response(raw):
     raw.initialize()
     raw.send({"jsonrpc": "2.0", "id": 10, "method": "tools/call",
               "params": {"name": "probe", "arguments": {"action": "sleep", "ms": 10000}}})
-    deadline = time.time() + 5
-    while not worker_pids() and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for_workers(1)
     assert worker_pids(), "the worker never started"
     raw.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 10, "reason": "test"}})
-    deadline = time.time() + 5
-    while worker_pids() and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for_workers(at_most=0)
     assert not worker_pids(), "the cancelled worker is still running"
     # Cancelling an unknown or finished request is ignored.
     raw.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 12345}})
@@ -109,9 +105,7 @@ def test_eof_kills_workers_and_exits_zero(raw):
     raw.initialize()
     raw.send({"jsonrpc": "2.0", "id": 20, "method": "tools/call",
               "params": {"name": "probe", "arguments": {"action": "sleep", "ms": 10000}}})
-    deadline = time.time() + 5
-    while not worker_pids() and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for_workers(1)
     assert raw.close() == 0
     assert not worker_pids()
 
@@ -120,9 +114,7 @@ def test_sigterm_exits_zero_and_kills_workers(raw):
     raw.initialize()
     raw.send({"jsonrpc": "2.0", "id": 21, "method": "tools/call",
               "params": {"name": "probe", "arguments": {"action": "sleep", "ms": 10000}}})
-    deadline = time.time() + 5
-    while not worker_pids() and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for_workers(1)
     raw.proc.send_signal(signal.SIGTERM)
     assert raw.proc.wait(timeout=10) == 0
     time.sleep(0.1)
@@ -134,15 +126,11 @@ def test_sigkill_of_the_supervisor_takes_its_workers(raw):
     for i in range(2):
         raw.send({"jsonrpc": "2.0", "id": 30 + i, "method": "tools/call",
                   "params": {"name": "probe", "arguments": {"action": "sleep", "ms": 10000}}})
-    deadline = time.time() + 5
-    while len(worker_pids()) < 2 and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for_workers(2)
     assert len(worker_pids()) == 2
     raw.proc.kill()
     raw.proc.wait(timeout=10)
-    deadline = time.time() + 5
-    while worker_pids() and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for_workers(at_most=0)
     assert not worker_pids(), "workers outlived a SIGKILLed supervisor"
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import tempfile
 
-from conftest import BIN, PROBE, ROOT, RawServer, probe_manifest, sha256, worker_pids
+from conftest import wait_for_workers, BIN, PROBE, ROOT, RawServer, probe_manifest, sha256, worker_pids
 
 
 class Trust:
@@ -155,9 +155,7 @@ def test_revocation_stops_calls_and_kills_workers_in_flight(trust):
     s = trust.server()
     s.send({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
             "params": {"name": "probe", "arguments": {"action": "sleep", "ms": 15000}}})
-    deadline = time.time() + 5
-    while not worker_pids() and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for_workers(1)
     assert worker_pids()
     trust.cli("cell", "revoke", "probe", version[:12], "--key", k, "--reason", "test")
     r = s.recv_id(5, timeout=5)
