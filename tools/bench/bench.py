@@ -97,6 +97,14 @@ class Server:
             assert not r.get("result", {}).get("isError"), r
         return out
 
+    def ping_times(self, n):
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            self.request("ping")
+            out.append((time.perf_counter() - t0) * 1e6)
+        return out
+
     def throughput(self, concurrency, total, tool="echo"):
         """Calls per second with `concurrency` requests kept in flight."""
         sent = done = 0
@@ -191,7 +199,7 @@ def main():
            "echo", "--args", '{"text":"x"}']
     bwrap = [shutil.which("bwrap"), "--unshare-all", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", NOOP]
 
-    results = {k: [] for k in ["a", "b", "c", "c_tmpfs", "d", "e", "i", "i_fs"]}
+    results = {k: [] for k in ["a", "b", "c", "c_tmpfs", "d", "e", "i", "i_fs", "ping", "ping_sdk"]}
     tput = {2: [], 4: [], 8: []}
     n = a.calls
     for r in range(a.rounds):
@@ -205,6 +213,7 @@ def main():
             s.call_times(20)
             results[key] += s.call_times(n)
             if key == "c":
+                results["ping"] += s.ping_times(n)
                 for c in tput:
                     tput[c].append(s.throughput(c, n * 2))
                 results["i"] += s.call_times(max(5, n // 20), tool="python_run", args={"code": "print(1)"})
@@ -215,6 +224,7 @@ def main():
         e.initialize()
         e.call_times(5)
         results["e"] += e.call_times(max(20, n // 4))
+        results["ping_sdk"] += e.ping_times(max(20, n // 4))
         e.close()
 
     # (f) breakdown from the security log of the disk-state runs.
@@ -255,6 +265,8 @@ def main():
     row("(e) Swift SDK StdioTransport echo, in process, no sandbox", "e")
     row("(i) MCP tools/call → python_run `print(1)` (CPython)", "i")
     row("(i) MCP tools/call → fs_read 4 KiB (static Swift cell)", "i_fs")
+    row("(j) MCP ping through the supervisor (protocol layer alone)", "ping")
+    row("(j') MCP ping through the SDK's StdioTransport", "ping_sdk")
 
     lines = []
     lines.append("# Benchmarks\n")
@@ -274,7 +286,10 @@ def main():
     lines.append(f"- (c) p50 is **{c50 / floor:.2f}×** the floor and p99 **{c99 / floor:.2f}×** (targets ≤ 2× and ≤ 4×).")
     lines.append(f"- (c) is **{statistics.median(results['d']) / c50:.1f}×** faster than bwrap (d) and "
                  f"**{statistics.median(results['e']) / c50:.1f}×** faster than the SDK's own stdio server (e) (target ≥ 5×).")
-    lines.append(f"- fsync of the security log per call: (c) − (c') = "
+    lines.append(f"- The protocol layer's own cost per message (blocking transport, gate, SDK, JSON): (j) p50 = "
+                 f"{statistics.median(results['ping']):.0f} µs round trip, including the Python driver; the SDK's own "
+                 f"transport: {statistics.median(results['ping_sdk']):.0f} µs.")
+    lines.append(f"- fdatasync of the security log per call: (c) − (c') = "
                  f"{statistics.median(results['c']) - statistics.median(results['c_tmpfs']):.0f} µs at p50.\n")
     lines.append("## Throughput, echo cell (calls/s, requests kept in flight)\n")
     lines.append("| concurrency | median calls/s |")
@@ -328,8 +343,8 @@ NOTES = """
 What stands in the way, from the breakdown (f):
 
 1. **The durable security log.** One `fdatasync` on this VM's virtio disk costs 2–3 ms, more than the
-   whole sandboxed spawn; (c') with the log on tmpfs shows the rest. The issue requires the record on disk
-   before the result; group commit amortises it only when calls overlap.
+   whole sandboxed spawn; (c') with the log on tmpfs shows the rest. The log's rule is that a call's record is on
+   disk before its result; group commit amortises it only when calls overlap.
 2. **Worker start and exit.** A static Swift worker takes about 1 ms from exec to its first frame (runtime
    start-up, which also probes paths Landlock denies), and its process teardown is not free.
 3. **Two vCPUs.** Driver, supervisor, worker and the log's writer thread share them; the spawn stage
