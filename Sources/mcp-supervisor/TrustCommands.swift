@@ -133,6 +133,13 @@ struct CellCommand: ParsableCommand {
         subcommands: [Sign.self, Register.self, List.self, Show.self, Lineage.self, Diff.self, Activate.self,
                       Rollback.self, Revoke.self])
 
+    /// The ledger and one registered cell of it.
+    static func registered(_ location: TrustLocation, _ cell: String) throws -> (LedgerState, LedgerState.Cell) {
+        let st = Ledger.load(path: location.ledgerPath)
+        guard let c = st.cells[cell] else { throw TrustCommandError("cell \(cell) is not registered") }
+        return (st, c)
+    }
+
     static func resolve(_ st: LedgerState, cell: String, version: String) throws -> LedgerState.Version {
         guard let c = st.cells[cell] else { throw TrustCommandError("cell \(cell) is not registered") }
         let matches = c.versions.keys.filter { $0.hasPrefix(version) }
@@ -264,8 +271,7 @@ struct CellCommand: ParsableCommand {
         @OptionGroup var location: TrustLocation
         func run() throws {
             try trustCommand {
-                let st = Ledger.load(path: location.ledgerPath)
-                guard let c = st.cells[cell] else { throw TrustCommandError("cell \(cell) is not registered") }
+                let (st, c) = try CellCommand.registered(location, cell)
                 for id in c.order {
                     let v = c.versions[id]!
                     let m = try? CellManifest.parse(bytes: v.manifestBytes, path: v.manifestPath, manifestSHA256: id)
@@ -287,8 +293,7 @@ struct CellCommand: ParsableCommand {
         @OptionGroup var location: TrustLocation
         func run() throws {
             try trustCommand {
-                let st = Ledger.load(path: location.ledgerPath)
-                guard let c = st.cells[cell] else { throw TrustCommandError("cell \(cell) is not registered") }
+                let (st, c) = try CellCommand.registered(location, cell)
                 var cur = c.active ?? c.order.last
                 while let id = cur, let v = c.versions[id] {
                     print("\(id.prefix(12))  \(v.label)  \(v.registeredAt)\(c.active == id ? "  active" : "")\(v.revoked ? "  revoked" : "")")
