@@ -358,14 +358,13 @@ public final class SupervisorService: @unchecked Sendable {
         defer { _ = state.withLock { inFlight.removeValue(forKey: id) } }
         let callID = "c\(id)"
         let client = state.withLock { clientName }
-        // Not awaited: call.end below is, and the log writes in order.
-        let log = self.log
+        // Written now, synced with call.end below (the log writes in order).
         let startEvent = SecurityEvent.callStart(callID: callID, principal: principal, client: client, tool: entry.tool.name,
                                                  cell: entry.cell, decision: (options.unsignedMode
                                                     ? "allow (UNSIGNED development mode): " : "allow: ") + decision.rule
                                                     + " in phase \(currentPhase), policy \(pol.sha256.prefix(16))",
                                                  arguments: arguments, recordArguments: options.recordArguments)
-        Task { await log.append([startEvent]) }
+        log.appendLater([startEvent])
         if options.unsignedMode {
             logger.warning("UNSIGNED development mode: running a cell without a verified signature", metadata: ["cell.name": "\(entry.cell.name)"])
         }
