@@ -335,26 +335,30 @@ NOTES = """
 | target | status |
 | --- | --- |
 | (c) p50 ≤ 2× (a), p99 ≤ 4× | missed: see below |
-| (c) ≥ 5× faster than (d) and (e) | missed against bwrap (about even), ~1.3× against the SDK server |
-| ≥ 1,000 calls/s at concurrency 4 | missed (a few hundred) |
+| (c) ≥ 5× faster than (d) and (e) | missed: ~1.2× bwrap, ~2× the SDK server (whose protocol layer alone is ~200× slower than ours, (j) vs (j')) |
+| ≥ 1,000 calls/s at concurrency 4 | missed (~370) |
 | supervisor memory ≤ 40 MiB with 100 cells | met |
 | `initialize` ≤ 150 ms after start with 100 signed cells | met |
 
 What stands in the way, from the breakdown (f):
 
-1. **The durable security log.** One `fdatasync` on this VM's virtio disk costs 2–3 ms, more than the
-   whole sandboxed spawn; (c') with the log on tmpfs shows the rest. The log's rule is that a call's record is on
-   disk before its result; group commit amortises it only when calls overlap.
-2. **Worker start and exit.** A static Swift worker takes about 1 ms from exec to its first frame (runtime
+1. **The runner's own work around the worker.** (f) shows ~1.5–2 ms of the whole call outside clone →
+   exec → first frame → reap: scratch directory creation and removal, pipes, the Landlock ruleset, the
+   listener hand-off, reading VmHWM, the kill after the final frame and draining the pipes. Not yet profiled
+   stage by stage: the next thing to measure (perf / callgrind on the supervisor).
+2. **The durable security log.** Every result waits for one `fdatasync` ((c) − (c') above); merging the
+   call.start sync into call.end's halved it. Group commit shares it further only when calls overlap.
+3. **Worker start and exit.** A static Swift worker takes about 1 ms from exec to its first frame (runtime
    start-up, which also probes paths Landlock denies), and its process teardown is not free.
-3. **Two vCPUs.** Driver, supervisor, worker and the log's writer thread share them; the spawn stage
+4. **Two vCPUs.** Driver, supervisor, worker and the log's writer thread share them; the spawn stage
    (clone → exec'd) varies between 0.4 and 3 ms from one call to the next depending on scheduling.
 
 What was tried and kept, measured with this benchmark as it evolved: ending the worker at its final frame
 instead of waiting for its runtime's exit path; verifying executables once into a sealed memfd and only
 `stat`ing at each spawn (a 10 MiB static cell costs ~15 ms to hash; this took (h) from 1.9 s to ~60–110 ms);
 lazy verification with a background warm-up; `fdatasync` instead of `fsync`; reading `cap_last_cap` once;
-one `stat` instead of a directory listing per log write.
+one `stat` instead of a directory listing per log write; one data sync per call (call.start written at once,
+synced with call.end): (c) − (c') went from ~2.7 ms to ~0.7 ms.
 
 Next steps worth measuring: a per-call log write that batches across calls with a short delay window;
 starting the next single-use worker of a hot cell ahead of the call; smaller cells (`-Osize`,
