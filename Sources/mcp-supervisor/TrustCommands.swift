@@ -130,7 +130,7 @@ struct CellCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cell",
         abstract: "Sign, register and manage cell versions in the trust ledger.",
-        subcommands: [Sign.self, Register.self, List.self, Show.self, Lineage.self, Diff.self, Activate.self,
+        subcommands: [New.self, Sign.self, Register.self, List.self, Show.self, Lineage.self, Diff.self, Activate.self,
                       Rollback.self, Revoke.self])
 
     /// The ledger and one registered cell of it.

@@ -113,3 +113,36 @@ def test_python_run_and_its_refusals(cells):
     assert "MemoryError" in (r.get("structuredContent") or {}).get("error", t)
     r, t = call(cells, "python_run", {"code": "while True: pass"})
     assert r["isError"] and ("cpu" in t or "timed out" in t)
+
+
+def test_cell_new_creates_a_working_signed_cell(tmp_path):
+    d = Path(tempfile.mkdtemp(prefix="mcps-new-"))
+    d.chmod(0o755)
+    try:
+        shutil.copytree(ROOT / "policies", d / "policies")
+
+        def cli(*args, cwd=d):
+            p = subprocess.run([str(BIN), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=60)
+            assert p.returncode == 0, p.stdout + p.stderr
+            return p.stdout
+        cli("cell", "new", "shout-back", "--root", d)
+        assert "ok:" in cli("validate")
+        assert cli("call", "shout_back", "--args", '{"text": "abc"}').startswith("cba")
+        m = d / "manifests" / "shout-back.json"
+        cli("keys", "generate", "--out", d / "k", "--state-dir", d / "state")
+        cli("cell", "sign", m, "--key", d / "k.key", "--state-dir", d / "state")
+        cli("cell", "register", m, "--key", d / "k.key", "--state-dir", d / "state", "--policies", d / "policies")
+        s = RawServer.__new__(RawServer)
+        s.proc = subprocess.Popen([str(BIN), "run", "--manifests", str(d / "manifests"), "--policies", str(d / "policies"),
+                                   "--state-dir", str(d / "state"), "--scratch-dir", str(d / "scratch"), "--log-level", "error"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        s.pending = []
+        s.initialize()
+        r = s.request(1, "tools/call", {"name": "shout_back", "arguments": {"text": "xyz"}})
+        assert r["result"]["structuredContent"] == {"result": "zyx"}
+        s.close()
+        # Never overwrites.
+        p = subprocess.run([str(BIN), "cell", "new", "shout-back", "--root", str(d)], capture_output=True, text=True)
+        assert p.returncode == 1 and "exists" in p.stderr
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

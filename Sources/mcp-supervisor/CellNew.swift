@@ -1,0 +1,98 @@
+import ArgumentParser
+import Foundation
+import StrictJSON
+import SupervisorCore
+
+extension CellCommand {
+    struct New: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Create a working cell skeleton: a Python program speaking the cell protocol and its pinned manifest.",
+            discussion: "Writes cells/python/NAME.py and manifests/NAME.json under --root; `validate` and `call` work at once.")
+        @Argument(help: "Cell name ([A-Za-z0-9_.-]); the tool is named after it with - and . turned into _.") var name: String
+        @Option(name: .long, help: "Project root holding cells/ and manifests/.") var root: String = "."
+        @Option(name: .long, help: "Python interpreter (a binary, hashed into the manifest).") var python: String = "/usr/bin/python3.11"
+
+        func validate() throws {
+            guard !name.isEmpty, name.count <= 64, name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "_.-".contains($0)) }) else {
+                throw ValidationError("cell name must match [A-Za-z0-9_.-]{1,64}")
+            }
+        }
+
+        func run() throws {
+            try trustCommand {
+                let base = SupervisorSettings.absolute(root)
+                let tool = name.replacingOccurrences(of: "-", with: "_").replacingOccurrences(of: ".", with: "_")
+                let script = base + "/cells/python/\(name).py"
+                let manifest = base + "/manifests/\(name).json"
+                for p in [script, manifest] where FileManager.default.fileExists(atPath: p) {
+                    throw TrustCommandError("\(p) exists; not overwriting")
+                }
+                try FileManager.default.createDirectory(atPath: base + "/cells/python", withIntermediateDirectories: true)
+                try FileManager.default.createDirectory(atPath: base + "/manifests", withIntermediateDirectories: true)
+                let program = """
+                # \(name): a cell in Python (docs/cell-protocol.md). One request frame on fd 3,
+                # frames back on fd 4; the supervisor gives this file to python3 on stdin.
+                import json
+                import os
+                import struct
+
+
+                def read_exactly(fd, n):
+                    data = b""
+                    while len(data) < n:
+                        chunk = os.read(fd, n - len(data))
+                        if not chunk:
+                            raise EOFError("request pipe closed")
+                        data += chunk
+                    return data
+
+
+                def send(frame):
+                    body = json.dumps(frame, ensure_ascii=False).encode("utf-8")
+                    os.write(4, struct.pack(">I", len(body)) + body)
+
+
+                (length,) = struct.unpack(">I", read_exactly(3, 4))
+                request = json.loads(read_exactly(3, length))
+                text = request["arguments"]["text"]
+
+                # The tool's work goes here.
+                result = text[::-1]
+
+                send({"type": "result", "id": request["id"],
+                      "content": [{"type": "text", "text": result}],
+                      "structuredContent": {"result": result}})
+
+                """
+                try program.write(toFile: script, atomically: true, encoding: .utf8)
+                let pythonBytes = try readFile(python, limit: 1 << 30)
+                let doc: JSONValue = .object(JSONObject([
+                    ("name", .string(name)), ("version", "0.1.0"),
+                    ("description", .string("\(name): describe what the cell does.")),
+                    ("executable", .object(JSONObject([("path", .string(python)), ("sha256", .string(sha256Hex(pythonBytes)))]))),
+                    ("script", .object(JSONObject([("path", .string("../cells/python/\(name).py")),
+                                                   ("sha256", .string(sha256Hex(Array(program.utf8))))]))),
+                    ("argv", ["python3", "-I", "-S", "-"]),
+                    ("environment", ["set": ["LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"]]),
+                    ("tools", .array([.object(JSONObject([
+                        ("name", .string(tool)),
+                        ("description", "Reverse a text (replace with what the tool does)."),
+                        ("inputSchema", ["type": "object", "properties": ["text": ["type": "string", "maxLength": 65536]],
+                                         "required": ["text"], "additionalProperties": false]),
+                        ("outputSchema", ["type": "object", "properties": ["result": ["type": "string"]], "required": ["result"]]),
+                    ]))])),
+                    ("limits", ["timeoutMilliseconds": 10000, "cpuSeconds": 5, "memoryMiB": 256, "openFiles": 32,
+                                "fileSizeMiB": 0, "outputKiB": 256, "frameKiB": 256]),
+                    ("filesystem", ["read": ["/usr/lib/python3.11", "/lib/x86_64-linux-gnu", "/etc/ld.so.cache"],
+                                    "execute": ["/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"]]),
+                    ("syscalls", ["groups": ["base", "python"]]),
+                    ("sideEffects", "none"),
+                ]))
+                try doc.prettySerialized().write(toFile: manifest, atomically: true, encoding: .utf8)
+                print("created \(script)\ncreated \(manifest) (tool \(tool))")
+                print("try it:  mcp-supervisor call \(tool) --args '{\"text\": \"hello\"}'")
+                print("then:    mcp-supervisor cell sign \(manifest) --key KEY && mcp-supervisor cell register \(manifest) --key KEY")
+            }
+        }
+    }
+}
