@@ -33,17 +33,22 @@ public struct SecurityEvent: Sendable {
 }
 
 extension SecurityEvent {
+    /// Members every call event carries.
+    static func callFields(_ callID: String, _ principal: String, _ tool: String, _ cell: PreparedCell) -> JSONObject {
+        JSONObject([
+            ("callId", .string(callID)), ("principal", .string(principal)), ("tool", .string(tool)),
+            ("cell", .string(cell.name)), ("cellVersion", .string(cell.version)),
+            ("executableSha256", .string(cell.manifest.executable.sha256)),
+        ])
+    }
+
     /// The call.start event.
     public static func callStart(callID: String, principal: String, client: String?, tool: String, cell: PreparedCell,
                                  decision: String, arguments: JSONObject, recordArguments: Bool) -> SecurityEvent {
-        var f = JSONObject([
-            ("callId", .string(callID)), ("principal", .string(principal)), ("tool", .string(tool)),
-            ("cell", .string(cell.name)), ("cellVersion", .string(cell.version)),
-            ("manifestSha256", .string(cell.manifest.manifestSHA256)),
-            ("executableSha256", .string(cell.manifest.executable.sha256)),
-            ("decision", .string(decision)),
-            ("argumentsSha256", .string(sha256Hex(JSONValue.object(arguments).serializedBytes()))),
-        ])
+        var f = callFields(callID, principal, tool, cell)
+        f["manifestSha256"] = .string(cell.manifest.manifestSHA256)
+        f["decision"] = .string(decision)
+        f["argumentsSha256"] = .string(sha256Hex(JSONValue.object(arguments).serializedBytes()))
         if let client { f["client"] = .string(client) }
         if recordArguments { f["arguments"] = .object(arguments) }
         return SecurityEvent(.callStart, f)
@@ -52,10 +57,8 @@ extension SecurityEvent {
     /// The call.end event, plus a sandbox.violation when the outcome is one.
     public static func callEnd(callID: String, principal: String, tool: String, cell: PreparedCell,
                                report: CallReport, bytesReturned: Int) -> [SecurityEvent] {
-        var f = JSONObject([
-            ("callId", .string(callID)), ("principal", .string(principal)), ("tool", .string(tool)),
-            ("cell", .string(cell.name)), ("cellVersion", .string(cell.version)),
-            ("executableSha256", .string(cell.manifest.executable.sha256)),
+        var f = callFields(callID, principal, tool, cell)
+        for (k, v) in JSONObject([
             ("outcome", .string(report.outcome.kind)), ("detail", .string(report.outcome.detail)),
             ("durationMicroseconds", .int(Int64(report.durationNanoseconds / 1000))),
             ("cpuMicroseconds", .int(Int64(report.cpuNanoseconds / 1000))),
@@ -64,7 +67,7 @@ extension SecurityEvent {
             ("spawnMicroseconds", .int(Int64(report.spawnNanoseconds / 1000))),
             ("firstFrameMicroseconds", .int(Int64(report.firstFrameNanoseconds / 1000))),
             ("reapMicroseconds", .int(Int64(report.reapNanoseconds / 1000))),
-        ])
+        ]) { f[k] = v }
         if let p = report.peakMemoryBytes { f["peakMemoryBytes"] = .int(Int64(p)) }
         switch report.exit {
         case .exited(let c)?: f["exitStatus"] = .int(Int64(c))
@@ -72,12 +75,8 @@ extension SecurityEvent {
         case nil: break
         }
         var events = [SecurityEvent(.callEnd, f)]
-        var v = JSONObject([
-            ("callId", .string(callID)), ("principal", .string(principal)), ("tool", .string(tool)),
-            ("cell", .string(cell.name)), ("cellVersion", .string(cell.version)),
-            ("executableSha256", .string(cell.manifest.executable.sha256)),
-            ("detail", .string(report.outcome.detail)),
-        ])
+        var v = callFields(callID, principal, tool, cell)
+        v["detail"] = .string(report.outcome.detail)
         switch report.outcome {
         case .sandboxViolation(let s, let a):
             v["kind"] = "seccomp"

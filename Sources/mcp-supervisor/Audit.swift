@@ -80,6 +80,10 @@ struct Audit: ParsableCommand {
             if let until, r.time >= until { return false }
             return true
         }
+
+        func records(_ location: Location) throws -> [LogRecord] {
+            try SecurityLogReader.records(directory: location.logDirectory).filter(matches)
+        }
     }
 
     struct Query: ParsableCommand {
@@ -89,7 +93,7 @@ struct Audit: ParsableCommand {
         @Flag(name: .long, help: "Print the records as JSON Lines.") var json = false
 
         func run() throws {
-            for r in try SecurityLogReader.records(directory: location.logDirectory) where filter.matches(r) {
+            for r in try filter.records(location) {
                 print(json ? JSONValue.object(r.object).serialized() : Audit.render(r))
             }
         }
@@ -123,7 +127,7 @@ struct Audit: ParsableCommand {
         func run() throws {
             var byType: [String: Int] = [:], byCell: [String: Int] = [:], byOutcome: [String: Int] = [:]
             var total = 0
-            for r in try SecurityLogReader.records(directory: location.logDirectory) where filter.matches(r) {
+            for r in try filter.records(location) {
                 total += 1
                 byType[r.type, default: 0] += 1
                 if let c = r["cell"]?.stringValue { byCell[c, default: 0] += 1 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import StrictJSON
 import SupervisorCore
+import SupervisorPlatform
 
 extension CellCommand {
     struct New: ParsableCommand {
@@ -27,43 +28,19 @@ extension CellCommand {
                 for p in [script, manifest] where FileManager.default.fileExists(atPath: p) {
                     throw TrustCommandError("\(p) exists; not overwriting")
                 }
+                // The skeleton is a shipped file (cells/python/cell_template.py),
+                // so the framing code lives in Python, not in a Swift string.
+                let relative = "cells/python/cell_template.py"
+                let exeRoot = ((try? Sys.realpath("/proc/self/exe")) ?? "").split(separator: "/").dropLast(4).joined(separator: "/")
+                let templatePath = [SupervisorSettings.absolute(relative), "/" + exeRoot + "/" + relative]
+                    .first { FileManager.default.fileExists(atPath: $0) } ?? SupervisorSettings.absolute(relative)
+                let template: String
+                do { template = String(decoding: try readFile(templatePath, limit: 1 << 20), as: UTF8.self) } catch {
+                    throw TrustCommandError("cannot read the cell template \(templatePath): \(error)")
+                }
                 try FileManager.default.createDirectory(atPath: base + "/cells/python", withIntermediateDirectories: true)
                 try FileManager.default.createDirectory(atPath: base + "/manifests", withIntermediateDirectories: true)
-                let program = """
-                # \(name): a cell in Python (docs/cell-protocol.md). One request frame on fd 3,
-                # frames back on fd 4; the supervisor gives this file to python3 on stdin.
-                import json
-                import os
-                import struct
-
-
-                def read_exactly(fd, n):
-                    data = b""
-                    while len(data) < n:
-                        chunk = os.read(fd, n - len(data))
-                        if not chunk:
-                            raise EOFError("request pipe closed")
-                        data += chunk
-                    return data
-
-
-                def send(frame):
-                    body = json.dumps(frame, ensure_ascii=False).encode("utf-8")
-                    os.write(4, struct.pack(">I", len(body)) + body)
-
-
-                (length,) = struct.unpack(">I", read_exactly(3, 4))
-                request = json.loads(read_exactly(3, length))
-                text = request["arguments"]["text"]
-
-                # The tool's work goes here.
-                result = text[::-1]
-
-                send({"type": "result", "id": request["id"],
-                      "content": [{"type": "text", "text": result}],
-                      "structuredContent": {"result": result}})
-
-                """
+                let program = template.replacingOccurrences(of: "# NAME:", with: "# \(name):")
                 try program.write(toFile: script, atomically: true, encoding: .utf8)
                 let pythonBytes = try readFile(python, limit: 1 << 30)
                 let doc: JSONValue = .object(JSONObject([
