@@ -76,12 +76,22 @@ system-tests:
 	$(SWIFT) test --skip-build --filter SystemTests
 
 # The same sandbox tests as a normal user: workers keep that uid, confined by
-# Landlock and seccomp; forking cells get a user + PID namespace.
+# Landlock and seccomp; forking cells get a user + PID namespace. They run
+# from a world-readable copy, since the checkout may sit in a private
+# directory the test user cannot enter.
 unprivileged-tests:
 	@if [ "$$(id -u)" = 0 ]; then \
 	  echo "system tests as uid $(TEST_UID) (unprivileged)"; \
-	  env HOME=/nonexistent XDG_STATE_HOME= XDG_RUNTIME_DIR= setpriv --reuid=$(TEST_UID) --regid=$(TEST_UID) --clear-groups \
-	    .build/debug/mcp-supervisorPackageTests.xctest SystemTests.SandboxTests,SystemTests.WorkerProtocolTests 2>&1 | tee .build/unprivileged-tests.log | tail -3; \
+	  u=$$(mktemp -d /tmp/mcps-unpriv-XXXXXX) && chmod 755 $$u && \
+	  mkdir -p $$u/.build/release && \
+	  cp -r .build/debug/mcp-supervisorPackageTests.xctest $$u/ && \
+	  cp .build/release/probe-cell .build/release/echo-cell $$u/.build/release/ && cp -r policies $$u/ && \
+	  chmod -R a+rX $$u && \
+	  env HOME=/nonexistent XDG_STATE_HOME= XDG_RUNTIME_DIR= MCPS_TEST_ROOT=$$u \
+	    setpriv --reuid=$(TEST_UID) --regid=$(TEST_UID) --clear-groups \
+	    $$u/mcp-supervisorPackageTests.xctest SystemTests.SandboxTests,SystemTests.WorkerProtocolTests 2>&1 \
+	    | tee .build/unprivileged-tests.log | tail -3; \
+	  rm -rf $$u; \
 	  grep -Eq "Executed [1-9][0-9]* tests, with 0 failures" .build/unprivileged-tests.log || { echo "unprivileged system tests FAILED"; exit 1; }; \
 	else \
 	  echo "already unprivileged: system-tests ran in this mode"; \

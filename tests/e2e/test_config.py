@@ -73,10 +73,21 @@ def test_runs_as_an_unprivileged_user(workspace):
         return
     tmp_path = Path(tempfile.mkdtemp(prefix="mcps-unpriv-"))
     os.chmod(tmp_path, 0o777)
-    cmd = ["setpriv", "--reuid=4242", "--regid=4242", "--clear-groups", str(BIN),
-           *server_args(workspace)]
-    cmd[cmd.index("--state-dir") + 1] = str(tmp_path / "state")
-    cmd[cmd.index("--scratch-dir") + 1] = str(tmp_path / "scratch")
+    # The checkout may sit in a directory the test user cannot enter: run
+    # from world-readable copies of the binary, the cells and the policies.
+    shutil.copy(BIN, tmp_path / "mcp-supervisor")
+    shutil.copytree(ROOT / "policies", tmp_path / "policies")
+    (tmp_path / "manifests").mkdir()
+    for name in ("echo.json", "probe.json"):
+        doc = json.loads((workspace / "manifests" / name).read_text())
+        exe = tmp_path / Path(doc["executable"]["path"]).name
+        shutil.copy(doc["executable"]["path"], exe)
+        doc["executable"]["path"] = str(exe)
+        (tmp_path / "manifests" / name).write_text(json.dumps(doc))
+    subprocess.run(["chmod", "-R", "a+rX", str(tmp_path)], check=True)
+    cmd = ["setpriv", "--reuid=4242", "--regid=4242", "--clear-groups", str(tmp_path / "mcp-supervisor"), "run",
+           "--manifests", str(tmp_path / "manifests"), "--policies", str(tmp_path / "policies"),
+           "--state-dir", str(tmp_path / "state"), "--scratch-dir", str(tmp_path / "scratch"), "--allow-unsigned"]
     msgs = [{"jsonrpc": "2.0", "id": 1, "method": "initialize",
              "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "c", "version": "1"}}},
             {"jsonrpc": "2.0", "method": "notifications/initialized"},
