@@ -53,9 +53,11 @@
 
 #define CHILD_STACK_SIZE (128 * 1024)
 /* Child fd layout: 0-4 the worker's (stdin, stdout, stderr, request,
-   response); 5 the executable, 6 the Landlock ruleset, 7 the socket for the
-   seccomp listener. Everything is first copied to HIGH_FD or above. */
-#define MCPS_CHILD_FDS 8
+   response), 5 the worker's connection-broker socket (if any); 6 the
+   executable, 7 the Landlock ruleset, 8 the socket for the seccomp listener.
+   Everything is first copied to HIGH_FD or above. */
+#define MCPS_CHILD_FDS 9
+#define MCPS_WORKER_FDS 6
 #define HIGH_FD 64
 
 struct child_args {
@@ -135,11 +137,12 @@ static int child_main(void *arg) {
 
     /* 3. File descriptors: copy everything we still need above the range
           in use (F_DUPFD picks free slots, so nothing is clobbered), place
-          the five worker fds at 0-4 and our three at 5-7, then close every
+          the worker fds at 0-5 and our three at 6-8, then close every
           other fd: the supervisor's descriptors never reach the worker, and
-          the table is small again before RLIMIT_NOFILE applies. */
+          the table is small again before RLIMIT_NOFILE applies. A slot with
+          nothing to place is closed, so no inherited fd hides there. */
     int src[MCPS_CHILD_FDS] = {c->stdin_fd, c->stdout_fd, c->stderr_fd, c->request_fd, c->response_fd,
-                               c->exec_fd, c->landlock_ruleset_fd, c->notify_socket_fd};
+                               c->broker_fd, c->exec_fd, c->landlock_ruleset_fd, c->notify_socket_fd};
     int moved[MCPS_CHILD_FDS];
     for (int i = 0; i < MCPS_CHILD_FDS; i++) {
         moved[i] = -1;
@@ -148,14 +151,17 @@ static int child_main(void *arg) {
         if (moved[i] < 0) child_fail(a, MCPS_STAGE_FDS);
     }
     for (int i = 0; i < MCPS_CHILD_FDS; i++) {
-        if (moved[i] < 0) continue;
-        /* 0-4 survive exec; 5-7 are only for setup. */
-        if (dup3(moved[i], i, i < 5 ? 0 : O_CLOEXEC) != i) child_fail(a, MCPS_STAGE_FDS);
+        if (moved[i] < 0) {
+            close(i);
+            continue;
+        }
+        /* 0-5 survive exec; 6-8 are only for setup. */
+        if (dup3(moved[i], i, i < MCPS_WORKER_FDS ? 0 : O_CLOEXEC) != i) child_fail(a, MCPS_STAGE_FDS);
     }
     if (syscall(SYS_close_range, MCPS_CHILD_FDS, ~0U, 0) != 0) child_fail(a, MCPS_STAGE_FDS);
-    int exec_fd = 5;
-    int ruleset_fd = c->landlock_ruleset_fd >= 0 ? 6 : -1;
-    int notify_fd = c->notify_socket_fd >= 0 ? 7 : -1;
+    int exec_fd = 6;
+    int ruleset_fd = c->landlock_ruleset_fd >= 0 ? 7 : -1;
+    int notify_fd = c->notify_socket_fd >= 0 ? 8 : -1;
 
     /* 4. Own session: no controlling terminal (TIOCSTI needs one). */
     if (setsid() < 0) child_fail(a, MCPS_STAGE_SESSION);

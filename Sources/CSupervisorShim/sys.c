@@ -4,7 +4,9 @@
  * Nothing here runs in a worker. These exist because glibc 2.36 lacks
  * wrappers for them (pidfd_send_signal, landlock_*, openat2, the fifth
  * argument of waitid) or because Swift cannot call variadic C functions
- * (ioctl, syscall, prctl).
+ * (ioctl, syscall, prctl), and the connection broker's resolve/connect/send
+ * (sockaddr handling is shorter and clearer in C than through Swift's
+ * unsafe pointers).
  */
 #include "supervisor_shim.h"
 
@@ -21,6 +23,10 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <netdb.h>
+#include <poll.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <linux/capability.h>
 #include <linux/landlock.h>
 #include <linux/openat2.h>
@@ -117,6 +123,14 @@ int mcps_seccomp_notif_deny(int listener_fd, uint64_t id, int error) {
     memset(&resp, 0, sizeof(resp));
     resp.id = id;
     resp.error = -error;
+    return ioctl(listener_fd, SECCOMP_IOCTL_NOTIF_SEND, &resp);
+}
+
+int mcps_seccomp_notif_continue(int listener_fd, uint64_t id) {
+    struct seccomp_notif_resp resp;
+    memset(&resp, 0, sizeof(resp));
+    resp.id = id;
+    resp.flags = 1; /* SECCOMP_USER_NOTIF_FLAG_CONTINUE */
     return ioctl(listener_fd, SECCOMP_IOCTL_NOTIF_SEND, &resp);
 }
 
@@ -231,4 +245,117 @@ int mcps_open_path(const char *path) {
         fd = open(path, O_PATH | O_CLOEXEC);
     } while (fd < 0 && errno == EINTR);
     return fd;
+}
+
+/* ---- connection broker ---------------------------------------------------- */
+
+int mcps_resolve(const char *host, mcps_address *out, int max) {
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_ADDRCONFIG;
+    struct addrinfo *res = NULL;
+    int rc = getaddrinfo(host, NULL, &hints, &res);
+    if (rc != 0) return rc < 0 ? rc : -rc;
+    int n = 0;
+    for (struct addrinfo *ai = res; ai && n < max; ai = ai->ai_next) {
+        memset(&out[n], 0, sizeof(out[n]));
+        if (ai->ai_family == AF_INET) {
+            out[n].family = AF_INET;
+            memcpy(out[n].bytes, &((struct sockaddr_in *)ai->ai_addr)->sin_addr, 4);
+        } else if (ai->ai_family == AF_INET6) {
+            out[n].family = AF_INET6;
+            memcpy(out[n].bytes, &((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr, 16);
+        } else {
+            continue;
+        }
+        n++;
+    }
+    freeaddrinfo(res);
+    return n;
+}
+
+const char *mcps_resolve_error(int code) { return gai_strerror(code); }
+
+int mcps_address_text(const mcps_address *a, char *buf, size_t size) {
+    return inet_ntop(a->family, a->bytes, buf, (socklen_t)size) ? 0 : -1;
+}
+
+int mcps_parse_address(const char *host, mcps_address *out) {
+    memset(out, 0, sizeof(*out));
+    if (inet_pton(AF_INET, host, out->bytes) == 1) {
+        out->family = AF_INET;
+        return 1;
+    }
+    if (inet_pton(AF_INET6, host, out->bytes) == 1) {
+        out->family = AF_INET6;
+        return 1;
+    }
+    return 0;
+}
+
+int mcps_tcp_connect(const mcps_address *a, int port, int timeout_ms) {
+    struct sockaddr_storage ss;
+    socklen_t len;
+    memset(&ss, 0, sizeof(ss));
+    if (a->family == AF_INET) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons((uint16_t)port);
+        memcpy(&sin->sin_addr, a->bytes, 4);
+        len = sizeof(*sin);
+    } else {
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons((uint16_t)port);
+        memcpy(&sin6->sin6_addr, a->bytes, 16);
+        len = sizeof(*sin6);
+    }
+    int fd = socket(a->family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, IPPROTO_TCP);
+    if (fd < 0) return -1;
+    int rc = connect(fd, (struct sockaddr *)&ss, len);
+    if (rc != 0 && errno != EINPROGRESS) goto fail;
+    if (rc != 0) {
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        int n;
+        do { n = poll(&p, 1, timeout_ms); } while (n < 0 && errno == EINTR);
+        if (n == 0) { errno = ETIMEDOUT; goto fail; }
+        if (n < 0) goto fail;
+        int err = 0;
+        socklen_t el = sizeof(err);
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0) goto fail;
+        if (err != 0) { errno = err; goto fail; }
+    }
+    /* The worker gets an ordinary blocking socket. */
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0) goto fail;
+    return fd;
+fail:;
+    int e = errno;
+    close(fd);
+    errno = e;
+    return -1;
+}
+
+int mcps_send_message(int socket_fd, const void *data, size_t length, int fd) {
+    struct iovec iov = {.iov_base = (void *)data, .iov_len = length};
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    memset(&u, 0, sizeof(u));
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (fd >= 0) {
+        msg.msg_control = u.buf;
+        msg.msg_controllen = sizeof(u.buf);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    }
+    ssize_t n;
+    do { n = sendmsg(socket_fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT); } while (n < 0 && errno == EINTR);
+    return n == (ssize_t)length ? 0 : -1;
 }

@@ -80,6 +80,7 @@ public enum CallOutcome: Sendable, Equatable {
         case .spawnFailed: return "The tool could not be started."
         case .refused(let r):
             if case .hashMismatch = r { return "The tool's executable does not match its approved version; the call was refused." }
+            if case .arguments(let m) = r { return "The arguments were refused: \(m)" }
             return "The tool cannot run on this host as declared."
         }
     }
@@ -104,6 +105,9 @@ public struct CallReport: Sendable {
     public var spawnNanoseconds: UInt64
     public var firstFrameNanoseconds: UInt64
     public var reapNanoseconds: UInt64
+    /// Learn mode: the syscalls outside the allowlist that the worker made
+    /// (in first-use order).
+    public var learnedSyscalls: [String] = []
 }
 
 /// A message a worker sent during a call.

@@ -63,8 +63,12 @@ public final class CallRunner: @unchecked Sendable {
 
     /// Runs `tool` of `cell` with already-validated `arguments`.
     /// `limits` replaces the manifest's (a policy may tighten them).
+    /// `learn` (development only): syscalls outside the allowlist are
+    /// recorded and let through instead of killing the worker.
+    /// `onNetwork` sees each answer of the connection broker as it is given.
     public func run(cell: PreparedCell, tool: String, arguments: JSONObject, callID: String,
-                    cancellation: CallCancellation? = nil, limits: CellManifest.Limits? = nil,
+                    cancellation: CallCancellation? = nil, limits: CellManifest.Limits? = nil, learn: Bool = false,
+                    onNetwork: (NetworkDecision) -> Void = { _ in },
                     onMessage: (WorkerMessage) -> Void = { _ in }) -> CallReport {
         let start = monotonicNanoseconds()
         var report = CallReport(outcome: .cancelled, exit: nil, durationNanoseconds: 0, cpuNanoseconds: 0,
@@ -72,17 +76,29 @@ public final class CallRunner: @unchecked Sendable {
                                 firstFrameNanoseconds: 0, reapNanoseconds: 0)
         if cancellation?.isCancelled != true {
             run(cell: cell, tool: tool, arguments: arguments, callID: callID, cancellation: cancellation,
-                limits: limits ?? cell.manifest.limits, start: start, report: &report, onMessage: onMessage)
+                limits: limits ?? cell.manifest.limits, learn: learn, start: start, report: &report,
+                onNetwork: onNetwork, onMessage: onMessage)
         }
         report.durationNanoseconds = monotonicNanoseconds() - start
         return report
     }
 
     private func run(cell: PreparedCell, tool: String, arguments: JSONObject, callID: String,
-                     cancellation: CallCancellation?, limits: CellManifest.Limits, start: UInt64, report: inout CallReport,
-                     onMessage: (WorkerMessage) -> Void) {
+                     cancellation: CallCancellation?, limits: CellManifest.Limits, learn: Bool, start: UInt64,
+                     report: inout CallReport, onNetwork: (NetworkDecision) -> Void, onMessage: (WorkerMessage) -> Void) {
 
         let m = cell.manifest
+        // A command tool: argv from the arguments, stdin from one of them.
+        var command: (template: CommandTemplate, argv: [String], stdin: [UInt8])? = nil
+        if let t = m.tools.first(where: { $0.name == tool })?.command {
+            do {
+                let (argv, stdin) = try t.build(arguments: arguments)
+                command = (t, argv, stdin)
+            } catch {
+                report.outcome = .refused(.arguments(error.message))
+                return
+            }
+        }
         let exe: FileDescriptor
         let script: FileDescriptor?
         do {
@@ -107,6 +123,7 @@ public final class CallRunner: @unchecked Sendable {
         let responseRead: FileDescriptor
         let diagRead: FileDescriptor
         let notifyParent: FileDescriptor?
+        var brokerParent: FileDescriptor? = nil
         do {
             try Sys.mkdir(scratch, mode: 0o700)
             if host.features.isRoot {
@@ -130,6 +147,13 @@ public final class CallRunner: @unchecked Sendable {
             } else {
                 notifyParent = nil
             }
+            var brokerChild: FileDescriptor? = nil
+            if !m.network.isNone {
+                let (a, b) = try Sys.socketPair(type: Int32(SOCK_SEQPACKET.rawValue))
+                toClose += [a, b]
+                brokerParent = a
+                brokerChild = b
+            }
             let ruleset = try Landlock.Ruleset.create(abi: host.features.landlockABI ?? 1)
             toClose.append(ruleset.fd)
             for (fd, access, isDir) in cell.pathRules { try ruleset.allow(fd, access, isDirectory: isDir) }
@@ -141,10 +165,18 @@ public final class CallRunner: @unchecked Sendable {
             // mediate it, so exec of it needs no rule. Workers cannot create
             // memfds (memfd_create is in no group), so this opens nothing.
 
-            var r = SpawnRequest(
-                executable: exe, argv: m.argv, environment: environment(for: m, scratch: scratch),
-                stdin: script ?? devNull, stdout: diag.write, stderr: diag.write, request: req.read,
-                response: resp.write, workingDirectory: scratch)
+            // A command tool's program reads its input on stdin and writes
+            // its result to stdout; it gets no frame pipes.
+            var r = command == nil
+                ? SpawnRequest(
+                    executable: exe, argv: m.argv, environment: environment(for: m, scratch: scratch),
+                    stdin: script ?? devNull, stdout: diag.write, stderr: diag.write, request: req.read,
+                    response: resp.write, workingDirectory: scratch)
+                : SpawnRequest(
+                    executable: exe, argv: command!.argv, environment: environment(for: m, scratch: scratch),
+                    stdin: req.read, stdout: resp.write, stderr: diag.write, request: devNull,
+                    response: devNull, workingDirectory: m.workingDirectory ?? scratch)
+            r.broker = brokerChild
             r.rlimits = rlimits(limits)
             r.dropBoundingSet = host.features.canDropBoundingSet
             if host.features.isRoot { r.changeIDs = (host.workerUID, host.workerGID) }
@@ -170,7 +202,8 @@ public final class CallRunner: @unchecked Sendable {
             }
             report.spawnNanoseconds = monotonicNanoseconds() - t0
             // The child's ends are its own now.
-            for fd in [req.read, resp.write, diag.write, ruleset.fd, scratchFD] + (notifyChild.map { [$0] } ?? []) {
+            for fd in [req.read, resp.write, diag.write, ruleset.fd, scratchFD] + (notifyChild.map { [$0] } ?? [])
+                + (brokerChild.map { [$0] } ?? []) {
                 fd.close()
                 toClose.removeAll { $0 == fd }
             }
@@ -186,6 +219,9 @@ public final class CallRunner: @unchecked Sendable {
         var session = WorkerSession(
             worker: worker, callID: callID, limits: limits, requestWrite: requestWrite, responseRead: responseRead,
             diagRead: diagRead, cancellation: cancellation, graceMilliseconds: host.terminationGraceMilliseconds)
+        session.learning = learn
+        session.command = command?.template
+        if let brokerParent { session.broker = ConnectionBroker(access: m.network, socket: brokerParent) }
         if let notifyParent {
             do {
                 session.listener = try SeccompListener.receive(from: notifyParent)
@@ -196,8 +232,8 @@ public final class CallRunner: @unchecked Sendable {
             }
         }
         defer { session.listener?.fd.close() }
-        session.run(request: CellProtocol.request(callID: callID, tool: tool, arguments: arguments),
-                    started: start, onMessage: onMessage)
+        let input = command?.stdin ?? FrameCodec.encode(CellProtocol.request(callID: callID, tool: tool, arguments: arguments))
+        session.run(input: input, started: start, onNetwork: onNetwork, onMessage: onMessage)
         let reapStart = monotonicNanoseconds()
         let exit: ProcessExit
         do {
@@ -216,6 +252,7 @@ public final class CallRunner: @unchecked Sendable {
         report.diagnostics = session.diagnosticsText
         report.firstFrameNanoseconds = session.firstFrameAt > 0 ? session.firstFrameAt - start - report.spawnNanoseconds : 0
         report.outcome = session.classify(exit: exit)
+        report.learnedSyscalls = session.learned
     }
 
     func environment(for m: CellManifest, scratch: String) -> [String] {
@@ -264,6 +301,12 @@ struct WorkerSession {
     let cancellation: CallCancellation?
     let graceMilliseconds: Int
     var listener: SeccompListener? = nil
+    var broker: ConnectionBroker? = nil
+    /// Set for a command tool: stdout is the result, not frames.
+    var command: CommandTemplate? = nil
+    var stdout: [UInt8] = []
+    var learning = false
+    var learned: [String] = []
 
     var decoder: FrameDecoder
     var final: CellProtocol.Frame? = nil
@@ -309,13 +352,15 @@ struct WorkerSession {
         worker.signal(SIGKILL)
     }
 
-    mutating func run(request: JSONValue, started: UInt64, onMessage: (WorkerMessage) -> Void) {
-        var pending = FrameCodec.encode(request)
+    mutating func run(input: [UInt8], started: UInt64, onNetwork: (NetworkDecision) -> Void,
+                      onMessage: (WorkerMessage) -> Void) {
+        var pending = input
         var pendingOffset = 0
         try? requestWrite.setNonBlocking()
         try? responseRead.setNonBlocking()
         try? diagRead.setNonBlocking()
         var requestOpen = true
+        var brokerOpen = broker != nil
         var responseOpen = true
         var diagOpen = true
         let deadline = started + UInt64(limits.timeoutMilliseconds) * 1_000_000
@@ -357,6 +402,7 @@ struct WorkerSession {
             let iCancel = cancelled ? -1 : (cancellation.map { poll.add($0.read) } ?? -1)
             let iNotify = listener.map { poll.add($0.fd) } ?? -1
             let iReq = requestOpen ? poll.add(requestWrite, events: Int16(POLLOUT)) : -1
+            let iBroker = brokerOpen && !exited && !killedByUs ? poll.add(broker!.socket) : -1
 
             // The next timer: the deadline, then the SIGKILL after the grace;
             // once killed, only the pidfd matters; after exit, a bounded
@@ -395,8 +441,23 @@ struct WorkerSession {
             }
             if iNotify >= 0 && poll.isReadable(iNotify), let l = listener {
                 if let n = try? l.receive() {
-                    seccompViolation = (n.syscallName, Seccomp.architectureName(n.architecture))
-                    kill()
+                    if learning && n.architecture == Seccomp.nativeArchitecture {
+                        var name = n.syscallName
+                        // ioctl is allowed per request number: name it.
+                        if name == "ioctl" { name = "ioctl(\(n.arguments[1] & 0xFFFF_FFFF))" }
+                        if !learned.contains(name) { learned.append(name) }
+                        l.allowOnce(n)
+                    } else {
+                        seccompViolation = (n.syscallName, Seccomp.architectureName(n.architecture))
+                        kill()
+                    }
+                }
+            }
+            if iBroker >= 0 && poll.isReadable(iBroker) {
+                switch broker!.serveOne(deadline: deadline) {
+                case .closed: brokerOpen = false
+                case .idle: break
+                case .handled(let d): onNetwork(d)
                 }
             }
             if iCancel >= 0 && poll.isReadable(iCancel) && !cancelled && !exited {
@@ -416,6 +477,8 @@ struct WorkerSession {
                     if bytesFromWorker > outputCap {
                         limitHit = .output
                         kill()
+                    } else if command != nil {
+                        stdout.append(contentsOf: buf[0..<n])
                     } else if violation == nil && limitHit == nil {
                         handle(buf[0..<n], onMessage: onMessage)
                     }
@@ -443,6 +506,25 @@ struct WorkerSession {
                 exitedAt = monotonicNanoseconds()
                 closeRequest()
             }
+        }
+    }
+
+    /// A command tool: its exit status decides, its stdout is the result.
+    func classifyCommand(_ command: CommandTemplate, exit: ProcessExit) -> CallOutcome {
+        switch exit.status {
+        case .signaled(let sig):
+            if sig == SIGXCPU { return .limitExceeded(.cpu) }
+            if sig == SIGXFSZ { return .limitExceeded(.fileSize) }
+            return .killedBySignal(sig)
+        case .exited(let code):
+            let out = CellProtocol.sanitize(String(decoding: stdout, as: UTF8.self))
+            guard command.successExitCodes.contains(code) else {
+                let err = diagnosticsText.isEmpty ? out : diagnosticsText
+                let tail = String(err.suffix(2000)).trimmingCharacters(in: .whitespacesAndNewlines)
+                return .toolError("exit status \(code)" + (tail.isEmpty ? "" : ": \(tail)"))
+            }
+            let text = JSONValue.object(JSONObject([("type", "text"), ("text", .string(out.isEmpty ? "(no output)" : out))]))
+            return .success(CellResult(content: [text], structuredContent: nil))
         }
     }
 
@@ -490,6 +572,7 @@ struct WorkerSession {
         if let l = limitHit { return l == .frameSize ? .protocolViolation(violation ?? "frame too large") : .limitExceeded(l) }
         if let v = violation { return .protocolViolation(v) }
         if timedOut && final == nil { return .timeout }
+        if let command { return classifyCommand(command, exit: exit) }
         if case .signaled(let sig) = exit.status, !killedByUs || final == nil {
             switch sig {
             case SIGXCPU: return .limitExceeded(.cpu)

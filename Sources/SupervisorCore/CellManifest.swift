@@ -19,6 +19,8 @@ public struct CellManifest: Sendable {
         public var inputSchema: JSONObject
         public var outputSchema: JSONObject?
         public var annotations: JSONObject?
+        /// Set for a tool served by an existing program (no frame protocol).
+        public var command: CommandTemplate? = nil
     }
 
     public enum ProcessMode: String, Sendable, CaseIterable {
@@ -49,10 +51,6 @@ public struct CellManifest: Sendable {
         public var execute: [String] = []
     }
 
-    public enum Network: String, Sendable, CaseIterable {
-        case none
-    }
-
     public enum SideEffects: String, Sendable, CaseIterable {
         case none, reads, writes, external
 
@@ -67,6 +65,9 @@ public struct CellManifest: Sendable {
     /// An interpreted cell's program, verified like the executable and given
     /// to the worker on stdin (e.g. `python3 -I -`).
     public var script: Executable?
+    /// Files given to the interpreter on stdin before the script (a cell
+    /// library such as cells/python/mcpcell.py), each verified like it.
+    public var libraries: [Executable]
     public var argv: [String]
     /// Environment variables copied from the supervisor's environment if set.
     public var environmentPass: [String]
@@ -75,7 +76,10 @@ public struct CellManifest: Sendable {
     public var tools: [Tool]
     public var limits: Limits
     public var filesystem: Filesystem
-    public var network: Network
+    public var network: NetworkAccess
+    /// The worker's working directory for command tools (default: its
+    /// scratch directory, which stays HOME and TMPDIR).
+    public var workingDirectory: String?
     public var syscallGroups: [String]
     public var syscallAllow: [String]
     public var sideEffects: SideEffects
@@ -142,6 +146,13 @@ extension CellManifest {
         guard let ex = try r.object("executable") else { throw r.error("executable", "required field is missing") }
         let executable = try parseExecutable(ex, dir: dir)
         let script = try r.object("script").map { (s) throws(ConfigError) in try parseExecutable(s, dir: dir) }
+        var libraries: [Executable] = []
+        if let libs = try r.array("libraries") {
+            guard script != nil else { throw r.error("libraries", "libraries are given to an interpreter before the script: declare \"script\" too") }
+            for (i, l) in libs.enumerated() {
+                libraries.append(try parseExecutable(try FieldReader(file: path, path: "libraries[\(i)]", value: l), dir: dir))
+            }
+        }
 
         let argv = try r.stringArray("argv", default: [baseName(of: executable.path)])
         guard !argv.isEmpty else { throw r.error("argv", "must contain at least argv[0]") }
@@ -203,9 +214,14 @@ extension CellManifest {
                 }
                 annotations = ao
             }
+            var command: CommandTemplate? = nil
+            if let c = try t.object("command") {
+                let props = Set(inputObj["properties"]?.objectValue?.keys ?? [])
+                command = try CommandTemplate.parse(c, properties: props)
+            }
             try t.finish()
             tools.append(Tool(name: tname, title: title, description: tdesc, inputSchema: inputObj,
-                              outputSchema: output, annotations: annotations))
+                              outputSchema: output, annotations: annotations, command: command))
         }
 
         var limits = Limits()
@@ -230,15 +246,35 @@ extension CellManifest {
             fs.read = try f.stringArray("read", default: [])
             fs.write = try f.stringArray("write", default: [])
             fs.execute = try f.stringArray("execute", default: [])
+            // A relative path is resolved against the manifest's directory
+            // (like executable.path).
+            for (i, p) in fs.read.enumerated() where !p.hasPrefix("/") { fs.read[i] = normalize(dir + "/" + p) }
+            for (i, p) in fs.write.enumerated() where !p.hasPrefix("/") { fs.write[i] = normalize(dir + "/" + p) }
+            for (i, p) in fs.execute.enumerated() where !p.hasPrefix("/") { fs.execute[i] = normalize(dir + "/" + p) }
             for (key, list) in [("read", fs.read), ("write", fs.write), ("execute", fs.execute)] {
-                for (i, p) in list.enumerated() where !p.hasPrefix("/") {
-                    throw ConfigError(file: path, field: "filesystem.\(key)[\(i)]", message: "must be an absolute path, found \"\(p)\"")
+                for (i, p) in list.enumerated() where p.isEmpty || p == "/" && key == "write" {
+                    throw ConfigError(file: path, field: "filesystem.\(key)[\(i)]", message: "must name a directory or file below /, found \"\(p)\"")
                 }
             }
             try f.finish()
         }
 
-        let network: Network = try r.choice("network", default: Network.none)
+        let network = try NetworkAccess.parse(r.raw("network"), file: path)
+        var workingDirectory = try r.optionalString("workingDirectory")
+        if let w = workingDirectory {
+            let abs = w.hasPrefix("/") ? normalize(w) : normalize(dir + "/" + w)
+            guard (fs.read + fs.write).contains(where: { abs == $0 || abs.hasPrefix($0 == "/" ? "/" : $0 + "/") }) else {
+                throw r.error("workingDirectory", "\(abs) is not under a filesystem.read or filesystem.write path")
+            }
+            workingDirectory = abs
+        }
+        let commandTools = tools.filter { $0.command != nil }.count
+        if commandTools != 0 && commandTools != tools.count {
+            throw r.error("tools", "either every tool of a cell has a \"command\" or none has: one worker speaks one protocol")
+        }
+        if commandTools > 0 && script != nil {
+            throw r.error("script", "a command cell runs its program directly; it has no script")
+        }
 
         var groups: [String] = []
         var allow: [String] = []
@@ -264,8 +300,9 @@ extension CellManifest {
 
         return CellManifest(
             name: name, version: version, description: description, executable: executable, script: script,
+            libraries: libraries,
             argv: argv, environmentPass: pass, environmentSet: set, tools: tools, limits: limits, filesystem: fs,
-            network: network, syscallGroups: groups, syscallAllow: allow, sideEffects: sideEffects, phases: phases,
+            network: network, workingDirectory: workingDirectory, syscallGroups: groups, syscallAllow: allow, sideEffects: sideEffects, phases: phases,
             resources: resources,
             sourcePath: path, manifestSHA256: manifestSHA256)
     }

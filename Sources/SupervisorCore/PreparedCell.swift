@@ -17,6 +17,9 @@ public enum CellRefusal: Error, Equatable, Sendable, CustomStringConvertible {
     case badPath(field: String, reason: String)
     /// The seccomp program cannot be built.
     case filter(String)
+    /// The arguments cannot be turned into the command line of a command
+    /// tool (an option injection, a value no argv can carry).
+    case arguments(String)
 
     public var description: String {
         switch self {
@@ -25,6 +28,7 @@ public enum CellRefusal: Error, Equatable, Sendable, CustomStringConvertible {
         case .unsupported(let s): return "this host cannot sandbox the cell as declared: \(s)"
         case .badPath(let f, let r): return "\(f): \(r)"
         case .filter(let s): return "seccomp filter: \(s)"
+        case .arguments(let s): return "arguments: \(s)"
         }
     }
 }
@@ -46,6 +50,8 @@ final class VerifiedFile: @unchecked Sendable {
     private let lock = Mutex()
     private var sealed: FileDescriptor?
     private var identity: FileIdentity?
+    /// Increases each time the sealed copy is replaced.
+    private(set) var generation = 0
 
     private static let cacheLock = Mutex()
     nonisolated(unsafe) private static var cache: [String: VerifiedFile] = [:]
@@ -117,17 +123,63 @@ final class VerifiedFile: @unchecked Sendable {
         }
     }
 
-    func descriptorForSpawn() throws(CellRefusal) -> FileDescriptor {
+    func descriptorForSpawn() throws(CellRefusal) -> FileDescriptor { try current().fd }
+
+    /// The sealed descriptor and its generation.
+    func current() throws(CellRefusal) -> (fd: FileDescriptor, generation: Int) {
         let now: FileIdentity
         do { now = try Sys.stat(path) } catch { throw .unreadable(path: path, reason: error.description) }
         lock.lock()
         defer { lock.unlock() }
-        if let sealed, now == identity { return sealed }
+        if let sealed, now == identity { return (sealed, generation) }
         let (fd, id) = try Self.load(path: path, expected: sha256)
         sealed?.close()
         sealed = fd
         identity = id
-        return fd
+        generation += 1
+        return (fd, generation)
+    }
+}
+
+/// What an interpreted cell's worker reads on stdin: its libraries, then
+/// its script, each verified; joined in one sealed memfd that is rebuilt
+/// whenever a part is re-verified.
+final class ProgramInput: @unchecked Sendable {
+    let parts: [VerifiedFile]
+    private let lock = Mutex()
+    private var joined: FileDescriptor?
+    private var generations: [Int] = []
+
+    init(parts: [VerifiedFile]) { self.parts = parts }
+    deinit { joined?.close() }
+
+    func verify() throws(CellRefusal) { for p in parts { try p.verify() } }
+
+    /// A fresh read-only descriptor at offset 0; the caller closes it.
+    func freshReadDescriptor() throws(CellRefusal) -> FileDescriptor {
+        if parts.count == 1 { return try parts[0].freshReadDescriptor() }
+        var fds: [FileDescriptor] = []
+        var gens: [Int] = []
+        for p in parts {
+            let (fd, g) = try p.current()
+            fds.append(fd)
+            gens.append(g)
+        }
+        lock.lock()
+        defer { lock.unlock() }
+        if joined == nil || gens != generations {
+            do {
+                let j = try Sys.sealedCopy(of: fds, name: baseName(of: parts.last!.path))
+                joined?.close()
+                joined = j
+                generations = gens
+            } catch {
+                throw .unreadable(path: parts.last!.path, reason: "joining libraries and script: \(error)")
+            }
+        }
+        do { return try Sys.open("/proc/self/fd/\(joined!.rawValue)", O_RDONLY) } catch {
+            throw .unreadable(path: parts.last!.path, reason: "reopen of the sealed copy failed: \(error)")
+        }
     }
 }
 
@@ -138,7 +190,7 @@ public final class PreparedCell: @unchecked Sendable {
     public let manifest: CellManifest
     public let seccomp: SeccompProgram
     let executable: VerifiedFile
-    let script: VerifiedFile?
+    let script: ProgramInput?
     /// (O_PATH fd, rights, is directory) for each manifest path.
     let pathRules: [(FileDescriptor, Landlock.Access, Bool)]
     public let allowlist: [String]
@@ -147,7 +199,9 @@ public final class PreparedCell: @unchecked Sendable {
         if let why = host.refusal(for: manifest) { throw .unsupported(why) }
         self.manifest = manifest
         executable = VerifiedFile.shared(path: manifest.executable.path, sha256: manifest.executable.sha256)
-        script = manifest.script.map { VerifiedFile.shared(path: $0.path, sha256: $0.sha256) }
+        script = manifest.script.map { s in
+            ProgramInput(parts: (manifest.libraries + [s]).map { VerifiedFile.shared(path: $0.path, sha256: $0.sha256) })
+        }
 
         let entries: [SyscallGroups.Entry]
         do { entries = try groups.entries(for: manifest) } catch { throw .filter(error.description) }

@@ -19,6 +19,8 @@ public enum SecurityEventType: String, Sendable, CaseIterable {
     case unsignedMode = "supervisor.unsigned_mode"
     case phaseChange = "session.phase"
     case policyLoaded = "policy.loaded"
+    case networkGranted = "network.granted"
+    case networkRefused = "network.refused"
 }
 
 /// One event before it is sequenced and chained: its type and fields.
@@ -98,6 +100,9 @@ extension SecurityEvent {
             v["kind"] = "hash_mismatch"
             v["expectedSha256"] = .string(expected)
             v["actualSha256"] = .string(actual)
+        case .refused(.arguments(let m)):
+            v["kind"] = "arguments"
+            v["reason"] = .string(m)
         case .refused(let r):
             v["kind"] = "refused"
             v["reason"] = .string(r.description)
@@ -109,5 +114,21 @@ extension SecurityEvent {
         }
         events.append(SecurityEvent(.sandboxViolation, v))
         return events
+    }
+}
+
+extension SecurityEvent {
+    /// One answer of the connection broker (network.granted / .refused).
+    public static func network(callID: String, principal: String, tool: String, cell: PreparedCell,
+                               decision: NetworkDecision) -> SecurityEvent {
+        var f = callFields(callID, principal, tool, cell)
+        f["host"] = .string(decision.host)
+        f["port"] = .int(Int64(decision.port))
+        if let a = decision.address { f["address"] = .string(a) }
+        if let r = decision.refusal {
+            f["reason"] = .string(r)
+            return SecurityEvent(.networkRefused, f)
+        }
+        return SecurityEvent(.networkGranted, f)
     }
 }

@@ -125,3 +125,60 @@ public func readFile(_ path: String, limit: Int = 16 << 20) throws(SystemError) 
     }
     return out
 }
+
+extension SyscallGroups {
+    /// What learn mode proposes for the syscalls a cell made outside its
+    /// allowlist: the fewest extra groups (smallest first) that cover them,
+    /// single syscalls for the rest, and what no manifest can allow.
+    public struct Proposal: Sendable, Equatable {
+        public var addGroups: [String] = []
+        public var addAllow: [String] = []
+        /// Controlled by limits.processes rather than listed.
+        public var processCalls: [String] = []
+        /// Never allowed (the cell must do without them).
+        public var forbidden: [String] = []
+        /// ioctl request numbers no group allows: add a group entry
+        /// {"name": "ioctl", "argument": 1, "values": [...]} for them.
+        public var unmatchedIoctls: [UInt64] = []
+    }
+
+    public func proposal(for learned: [String], manifest: CellManifest) -> Proposal {
+        var p = Proposal()
+        let have = Set(manifest.syscallGroups)
+        for name in learned {
+            // "ioctl(21537)": a group whose conditioned ioctl entry has it.
+            if name.hasPrefix("ioctl("), let request = UInt64(name.dropFirst(6).dropLast()) {
+                func coversRequest(_ g: String) -> Bool {
+                    groups[g]?.contains { $0.name == "ioctl" && $0.argument == 1 && $0.values.contains(request) } == true
+                }
+                if p.addGroups.contains(where: coversRequest) { continue }
+                if let g = groups.keys.filter({ !have.contains($0) && coversRequest($0) }).sorted().first {
+                    p.addGroups.append(g)
+                } else {
+                    p.unmatchedIoctls.append(request)
+                }
+                continue
+            }
+            if Self.forbidden.contains(name) {
+                p.forbidden.append(name)
+                continue
+            }
+            if ["clone", "fork", "vfork", "execve", "wait4", "waitid", "kill", "tgkill", "tkill"].contains(name) {
+                p.processCalls.append(name)
+                continue
+            }
+            // A group that lists the call without an argument condition (a
+            // conditioned entry, like base's ioctl, was already offered).
+            func covers(_ g: String) -> Bool { groups[g]?.contains { $0.name == name && $0.argument == nil } == true }
+            if p.addGroups.contains(where: covers) { continue }
+            let candidates = groups.keys.filter { !have.contains($0) && covers($0) }
+                .sorted { (groups[$0]!.count, $0) < (groups[$1]!.count, $1) }
+            if let g = candidates.first {
+                p.addGroups.append(g)
+            } else if !p.addAllow.contains(name) {
+                p.addAllow.append(name)
+            }
+        }
+        return p
+    }
+}

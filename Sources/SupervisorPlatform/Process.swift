@@ -30,6 +30,8 @@ public struct SpawnRequest {
     public var landlockRuleset: FileDescriptor? = nil
     public var seccompProgram: SeccompProgram? = nil
     public var seccompNotifySocket: FileDescriptor? = nil
+    /// The worker's end of its connection-broker socket; becomes fd 5.
+    public var broker: FileDescriptor? = nil
 
     public init(executable: FileDescriptor, argv: [String], environment: [String], stdin: FileDescriptor,
                 stdout: FileDescriptor, stderr: FileDescriptor, request: FileDescriptor,
@@ -115,6 +117,7 @@ public final class WorkerProcess: @unchecked Sendable {
                                     c.stderr_fd = r.stderr.rawValue
                                     c.request_fd = r.request.rawValue
                                     c.response_fd = r.response.rawValue
+                                    c.broker_fd = r.broker?.rawValue ?? -1
                                     c.workdir = wd
                                     c.namespace_flags = r.namespaceFlags
                                     c.uid_map = uidMap

@@ -302,18 +302,25 @@ public enum Sys {
     /// A sealed memfd holding `source`'s bytes: its contents can no longer
     /// change, so bytes verified once are the bytes exec'd every time.
     public static func sealedCopy(of source: FileDescriptor, name: String) throws(SystemError) -> FileDescriptor {
+        try sealedCopy(of: [source], name: name)
+    }
+
+    /// One sealed memfd holding the sources' contents one after another.
+    public static func sealedCopy(of sources: [FileDescriptor], name: String) throws(SystemError) -> FileDescriptor {
         let mfd = try retrying("memfd_create") { mcps_memfd_sealable(name) }
         let out = FileDescriptor(rawValue: mfd)
         do {
-            var offset = 0
             let chunk = 1 << 20
             let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 16)
             defer { buf.deallocate() }
-            while true {
-                let n = try source.pread(into: buf, offset: offset)
-                if n == 0 { break }
-                try out.writeAll(Array(UnsafeRawBufferPointer(rebasing: buf[0..<n])))
-                offset += n
+            for source in sources {
+                var offset = 0
+                while true {
+                    let n = try source.pread(into: buf, offset: offset)
+                    if n == 0 { break }
+                    try out.writeAll(Array(UnsafeRawBufferPointer(rebasing: buf[0..<n])))
+                    offset += n
+                }
             }
             _ = try retrying("fcntl(F_ADD_SEALS)") { mcps_memfd_seal(mfd) }
         } catch {

@@ -18,6 +18,11 @@ struct Call: ParsableCommand {
     @Flag(name: .long, help: "Print the result and the outcome as one JSON object.")
     var json = false
 
+    @Flag(name: .long, help: ArgumentHelp(
+        "Learn mode, for developing a cell: syscalls outside the allowlist are recorded and let through, then an allowlist is proposed.",
+        discussion: "Not a sandbox against the syscalls it lets through: use it on your own cell's code, never on untrusted input."))
+    var learn = false
+
     func run() throws {
         let s = options.settings()
         let logger = stderrLogger("mcp-supervisor")
@@ -49,7 +54,18 @@ struct Call: ParsableCommand {
             throw ExitCode(2)
         }
         let runner = try CallRunner(host: host, logger: logger)
-        let report = runner.run(cell: entry.cell, tool: tool, arguments: arguments, callID: "cli-1") { message in
+        if learn && !host.features.seccompUserNotification {
+            printError("error: learn mode needs seccomp user notification (Linux 5.0+), which this kernel does not offer")
+            throw ExitCode(2)
+        }
+        let report = runner.run(cell: entry.cell, tool: tool, arguments: arguments, callID: "cli-1", learn: learn,
+                                onNetwork: { d in
+                                    if let r = d.refusal {
+                                        printError("network: refused \(d.host):\(d.port): \(r)")
+                                    } else {
+                                        printError("network: granted \(d.host):\(d.port) (\(d.address ?? ""))")
+                                    }
+                                }) { message in
             switch message {
             case .progress(let p, let t, let m):
                 printError("progress: \(p)\(t.map { "/\($0)" } ?? "")\(m.map { " \($0)" } ?? "")")
@@ -90,7 +106,32 @@ struct Call: ParsableCommand {
                 printError("worker stderr (last \(report.diagnostics.utf8.count) bytes):\n\(report.diagnostics)")
             }
         }
+        if learn { printLearned(report.learnedSyscalls, entry.cell.manifest, groups) }
         if case .success = report.outcome { return }
         throw ExitCode(1)
+    }
+
+    private func printLearned(_ learned: [String], _ m: CellManifest, _ groups: SyscallGroups) {
+        guard !learned.isEmpty else {
+            printError("learn: the call needed no syscall outside \(m.sourcePath)'s allowlist")
+            return
+        }
+        let p = groups.proposal(for: learned, manifest: m)
+        printError("learn: \(learned.count) syscalls outside the allowlist: \(learned.joined(separator: ", "))")
+        printError("learn: proposed for \(m.sourcePath):")
+        var syscalls = JSONObject()
+        syscalls["groups"] = .array((m.syscallGroups + p.addGroups).map { .string($0) })
+        let allow = m.syscallAllow + p.addAllow
+        if !allow.isEmpty { syscalls["allow"] = .array(allow.map { .string($0) }) }
+        printError("  \"syscalls\": \(JSONValue.object(syscalls).serialized())")
+        if !p.processCalls.isEmpty {
+            printError("learn: \(p.processCalls.joined(separator: ", ")) follow limits.processes (\"threads\" for clone with CLONE_THREAD, \"processes\" for child processes)")
+        }
+        if !p.unmatchedIoctls.isEmpty {
+            printError("learn: ioctl requests no group allows: \(p.unmatchedIoctls.map { "0x" + String($0, radix: 16) }.joined(separator: ", ")); allowing ioctl outright would allow every request, so add a conditioned entry to a group in syscall-groups.json")
+        }
+        if !p.forbidden.isEmpty {
+            printError("learn: never allowed in a worker: \(p.forbidden.joined(separator: ", ")); the cell must do without them")
+        }
     }
 }

@@ -14,7 +14,7 @@ struct Manifest: ParsableCommand {
 
     struct Pin: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Write the SHA-256 of each manifest's executable (and script) into the manifest. Run after building a cell; then sign it.")
+            abstract: "Write the SHA-256 of each manifest's executable (and script and libraries) into the manifest. Run after building a cell; then sign it.")
 
         @Argument(help: "Manifest files.")
         var files: [String]
@@ -40,6 +40,18 @@ struct Manifest: ParsableCommand {
                             doc[key] = .object(o)
                             changed = true
                         }
+                    }
+                    if !m.libraries.isEmpty, case .array(var libs)? = doc["libraries"] {
+                        for (i, spec) in m.libraries.enumerated() {
+                            guard case .object(var o) = libs[i] else { continue }
+                            let digest = sha256Hex(try readFile(spec.path, limit: 1 << 30))
+                            if o["sha256"]?.stringValue != digest {
+                                o["sha256"] = .string(digest)
+                                libs[i] = .object(o)
+                                changed = true
+                            }
+                        }
+                        doc["libraries"] = .array(libs)
                     }
                     if changed {
                         let out = Array(JSONValue.object(doc).prettySerialized().utf8)

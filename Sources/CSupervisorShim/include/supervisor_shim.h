@@ -74,6 +74,9 @@ typedef struct {
     int stderr_fd;
     int request_fd;
     int response_fd;
+    /* Becomes fd 5 if >= 0: the worker's end of its connection-broker
+       socket (a cell that declares network hosts); fd 5 is closed otherwise. */
+    int broker_fd;
 
     /* Working directory (the call's scratch directory). */
     const char *_Nullable workdir;
@@ -165,14 +168,46 @@ int mcps_seccomp_notif_recv(int listener_fd, void *buffer, uint16_t size,
                             uint64_t *id, uint32_t *pid, int32_t *nr, uint32_t *arch,
                             uint64_t *args);
 
-/* Answers a notification with an error (used by learn mode). */
+/* Answers a notification with an error. */
 int mcps_seccomp_notif_deny(int listener_fd, uint64_t id, int error);
+
+/* Lets the notified syscall run as if no filter had stopped it
+   (SECCOMP_USER_NOTIF_FLAG_CONTINUE). Only learn mode uses it: it records a
+   cell's syscalls during development and is documented as no sandbox
+   against the syscalls it lets through. */
+int mcps_seccomp_notif_continue(int listener_fd, uint64_t id);
 
 /* Receives one fd sent with SCM_RIGHTS on a unix socket; -1 with errno. */
 int mcps_recv_fd(int socket_fd);
 
 /* Sends one fd with SCM_RIGHTS (used by tests and by the connection broker). */
 int mcps_send_fd(int socket_fd, int fd);
+
+/* ---- connection broker (supervisor side) ---- */
+
+/* One resolved address: family AF_INET (4 bytes used) or AF_INET6. */
+typedef struct {
+    int family;
+    uint8_t bytes[16];
+} mcps_address;
+
+/* getaddrinfo(host, SOCK_STREAM): up to max addresses into out. Returns the
+   count, or a negative EAI_* code (mcps_resolve_error names it). */
+int mcps_resolve(const char *host, mcps_address *out, int max);
+const char *mcps_resolve_error(int code);
+
+/* Text form of an address ("192.0.2.1", "2001:db8::1"), into buf. */
+int mcps_address_text(const mcps_address *address, char *buf, size_t size);
+
+/* Parses an IP literal. Returns 1 and fills out if host is one, else 0. */
+int mcps_parse_address(const char *host, mcps_address *out);
+
+/* A TCP connection to address:port, close-on-exec and blocking, within
+   timeout_ms; -1 with errno (ETIMEDOUT when the time ran out). */
+int mcps_tcp_connect(const mcps_address *address, int port, int timeout_ms);
+
+/* Sends one datagram, with fd attached by SCM_RIGHTS if fd >= 0. */
+int mcps_send_message(int socket_fd, const void *data, size_t length, int fd);
 
 /* openat2(2) with the given resolve flags (RESOLVE_BENEATH etc). */
 int mcps_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve);

@@ -39,9 +39,12 @@ public enum PermissionDiff {
         number("limits.maxProcesses", la.maxProcesses, lb.maxProcesses)
         let modes: [CellManifest.ProcessMode] = [.none, .threads, .processes]
         number("limits.processes (none < threads < processes)", modes.firstIndex(of: la.processes)!, modes.firstIndex(of: lb.processes)!)
-        if old.network != new.network {
-            out.append(PermissionChange(field: "network", direction: .widens, detail: "\(old.network.rawValue) → \(new.network.rawValue)"))
+        sets("network.connect", old.network.hosts.map(\.description), new.network.hosts.map(\.description))
+        number("network.maxConnections", old.network.maxConnections, new.network.maxConnections)
+        if old.workingDirectory != new.workingDirectory {
+            out.append(PermissionChange(field: "workingDirectory", direction: .changes, detail: "\(old.workingDirectory ?? "scratch") → \(new.workingDirectory ?? "scratch")"))
         }
+        sets("libraries", old.libraries.map { "\($0.path)@\($0.sha256.prefix(12))" }, new.libraries.map { "\($0.path)@\($0.sha256.prefix(12))" })
         let effects: [CellManifest.SideEffects] = [.none, .reads, .writes, .external]
         number("sideEffects (none < reads < writes < external)", effects.firstIndex(of: old.sideEffects)!, effects.firstIndex(of: new.sideEffects)!)
         // No phases means every phase: that is the widest.
@@ -61,7 +64,7 @@ public enum PermissionDiff {
         for (name, t) in tb.sorted(by: { $0.key < $1.key }) {
             guard let o = ta[name] else { continue }
             if o.description != t.description || o.inputSchema != t.inputSchema || o.outputSchema != t.outputSchema
-                || o.annotations != t.annotations || o.title != t.title
+                || o.annotations != t.annotations || o.title != t.title || o.command != t.command
             {
                 out.append(PermissionChange(field: "tools.\(name)", direction: .widens, detail: "definition changed (description, schema or annotations)"))
             }
