@@ -7,8 +7,8 @@ import SupervisorPlatform
 extension CellCommand {
     struct New: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Create a working cell skeleton: a Python program speaking the cell protocol and its pinned manifest.",
-            discussion: "Writes cells/python/NAME.py and manifests/NAME.json under --root; `validate` and `call` work at once.")
+            abstract: "Create a working cell skeleton: a Python program using the mcpcell module and its pinned manifest.",
+            discussion: "Writes cells/python/NAME.py (and cells/python/mcpcell.py if missing) and manifests/NAME.json under --root; `validate` and `call` work at once.")
         @Argument(help: "Cell name ([A-Za-z0-9_.-]); the tool is named after it with - and . turned into _.") var name: String
         @Option(name: .long, help: "Project root holding cells/ and manifests/.") var root: String = "."
         @Option(name: .long, help: "Python interpreter (a binary, hashed into the manifest).") var python: String = "/usr/bin/python3.11"
@@ -41,12 +41,26 @@ extension CellCommand {
                 try FileManager.default.createDirectory(atPath: base + "/cells/python", withIntermediateDirectories: true)
                 try FileManager.default.createDirectory(atPath: base + "/manifests", withIntermediateDirectories: true)
                 let program = template.replacingOccurrences(of: "# NAME:", with: "# \(name):")
+                    .replacingOccurrences(of: "\"TOOL\"", with: "\"\(tool)\"")
                 try program.write(toFile: script, atomically: true, encoding: .utf8)
+                // The cell library sits next to the template; a project
+                // that has its own copy keeps it.
+                let library = base + "/cells/python/mcpcell.py"
+                if !FileManager.default.fileExists(atPath: library) {
+                    let shipped = (templatePath as NSString).deletingLastPathComponent + "/mcpcell.py"
+                    do { try FileManager.default.copyItem(atPath: shipped, toPath: library) } catch {
+                        throw TrustCommandError("cannot copy the cell library \(shipped): \(error)")
+                    }
+                    print("created \(library)")
+                }
+                let libraryBytes = try readFile(library, limit: 1 << 20)
                 let pythonBytes = try readFile(python, limit: 1 << 30)
                 let doc: JSONValue = .object(JSONObject([
                     ("name", .string(name)), ("version", "0.1.0"),
                     ("description", .string("\(name): describe what the cell does.")),
                     ("executable", .object(JSONObject([("path", .string(python)), ("sha256", .string(sha256Hex(pythonBytes)))]))),
+                    ("libraries", .array([.object(JSONObject([("path", "../cells/python/mcpcell.py"),
+                                                              ("sha256", .string(sha256Hex(libraryBytes)))]))])),
                     ("script", .object(JSONObject([("path", .string("../cells/python/\(name).py")),
                                                    ("sha256", .string(sha256Hex(Array(program.utf8))))]))),
                     ("argv", ["python3", "-I", "-S", "-"]),

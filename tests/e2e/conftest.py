@@ -37,6 +37,28 @@ def probe_manifest(name="probe", limits=None, groups=("base",)):
     }
 
 
+def absolutize(doc, manifest_dir):
+    """A manifest copied elsewhere: its relative paths made absolute against
+    the directory it came from (as the supervisor resolves them)."""
+    base = Path(manifest_dir)
+    for key in ("executable", "script"):
+        if key in doc and not doc[key]["path"].startswith("/"):
+            doc[key]["path"] = str((base / doc[key]["path"]).resolve())
+    for lib in doc.get("libraries", []):
+        if not lib["path"].startswith("/"):
+            lib["path"] = str((base / lib["path"]).resolve())
+    for key, paths in doc.get("filesystem", {}).items():
+        doc["filesystem"][key] = [p if p.startswith("/") else str((base / p).resolve()) for p in paths]
+    if "workingDirectory" in doc and not doc["workingDirectory"].startswith("/"):
+        doc["workingDirectory"] = str((base / doc["workingDirectory"]).resolve())
+    return doc
+
+
+def bundled_manifest(name):
+    """A bundled manifest with absolute paths, ready to be written anywhere."""
+    return absolutize(json.loads((ROOT / "manifests" / f"{name}.json").read_text()), ROOT / "manifests")
+
+
 @pytest.fixture(scope="session")
 def workspace():
     """A manifests directory with the bundled cells plus probe cells, and a
@@ -46,11 +68,7 @@ def workspace():
     d = Path(tempfile.mkdtemp(prefix="mcps-e2e-"))
     (d / "manifests").mkdir()
     for m in (ROOT / "manifests").glob("*.json"):
-        doc = json.loads(m.read_text())
-        for key in ("executable", "script"):
-            if key in doc and not doc[key]["path"].startswith("/"):
-                doc[key]["path"] = str((m.parent / doc[key]["path"]).resolve())
-        (d / "manifests" / m.name).write_text(json.dumps(doc))
+        (d / "manifests" / m.name).write_text(json.dumps(bundled_manifest(m.stem)))
     (d / "manifests" / "probe.json").write_text(json.dumps(probe_manifest()))
     (d / "manifests" / "probe-fast.json").write_text(json.dumps(
         probe_manifest("probe_fast", limits={"timeoutMilliseconds": 300})))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, ROOT, RawServer
+from conftest import BIN, ROOT, RawServer, bundled_manifest
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +27,7 @@ def cells():
     man = d / "manifests"
     man.mkdir()
     for name in ["fs-read", "fs-write", "python-run", "echo", "word-count"]:
-        doc = json.loads((ROOT / "manifests" / f"{name}.json").read_text())
-        for key in ("executable", "script"):
-            if key in doc and not doc[key]["path"].startswith("/"):
-                doc[key]["path"] = str((ROOT / "manifests" / doc[key]["path"]).resolve())
+        doc = bundled_manifest(name)
         if name == "fs-read":
             doc["filesystem"]["read"] = [str(ro)]
         if name == "fs-write":

@@ -1,0 +1,219 @@
+"""http_fetch through the connection broker, and cells that wrap existing
+programs (git, jq), through the MCP front end: normal use and each refusal,
+with the security events they leave."""
+import http.server
+import json
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, ROOT, RawServer, bundled_manifest
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        port = self.server.server_address[1]
+        routes = {
+            "/hello": (200, {}, b"hello from loopback\n"),
+            "/redirect-in": (302, {"Location": "/hello"}, b""),
+            # Same port, another loopback address: not on the allowlist.
+            "/redirect-out": (302, {"Location": f"http://127.0.0.2:{port}/hello"}, b""),
+            "/big": (200, {}, b"x" * 100_000),
+        }
+        status, headers, body = routes.get(self.path, (404, {}, b"not found\n"))
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+RAW_SOCKET_CELL = """
+import mcpcell, socket
+
+@mcpcell.tool("raw_connect")
+def raw_connect(args, ctx):
+    s = socket.create_connection(("127.0.0.1", args["port"]))
+    return "connected without the broker"
+
+mcpcell.serve()
+"""
+
+
+def git(repo, *args):
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def env():
+    d = Path(tempfile.mkdtemp(prefix="mcps-net-"))
+    d.chmod(0o755)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    port = httpd.server_address[1]
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+
+    # A repository whose own config tries to make git run a program.
+    repo = d / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    git(repo, "config", "user.email", "t@example.org")
+    git(repo, "config", "user.name", "Tester")
+    (repo / "notes.txt").write_text("one\n")
+    git(repo, "add", "notes.txt")
+    git(repo, "commit", "-qm", "first commit")
+    (repo / "notes.txt").write_text("one\ntwo\n")
+    git(repo, "commit", "-qam", "second commit")
+    (repo / "notes.txt").write_text("one\ntwo\nthree (uncommitted)\n")
+    subprocess.run(["chmod", "-R", "a+rX", str(repo)], check=True)
+
+    man = d / "manifests"
+    man.mkdir()
+    fetch = bundled_manifest("http-fetch")
+    fetch["network"]["connect"] = [f"127.0.0.1:{port}", f"localhost:{port}"]
+    (man / "http-fetch.json").write_text(json.dumps(fetch))
+    raw = bundled_manifest("http-fetch")
+    raw["name"] = "raw-net"
+    (d / "raw_net.py").write_text(RAW_SOCKET_CELL)
+    raw["script"] = {"path": str(d / "raw_net.py"), "sha256": __import__("hashlib").sha256(RAW_SOCKET_CELL.encode()).hexdigest()}
+    raw["tools"] = [{"name": "raw_connect", "description": "Tries a socket of its own.",
+                     "inputSchema": {"type": "object", "properties": {"port": {"type": "integer"}}}}]
+    (man / "raw-net.json").write_text(json.dumps(raw))
+    gitm = bundled_manifest("git-read")
+    gitm["workingDirectory"] = str(repo)
+    gitm["filesystem"]["read"][0] = str(repo)
+    (man / "git-read.json").write_text(json.dumps(gitm))
+    (man / "jq.json").write_text(json.dumps(bundled_manifest("jq")))
+
+    s = RawServer.__new__(RawServer)
+    s.proc = subprocess.Popen([str(BIN), "run", "--allow-unsigned", "--manifests", str(man), "--policies", str(ROOT / "policies"),
+                               "--state-dir", str(d / "state"), "--scratch-dir", str(d / "scratch"), "--log-level", "error"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    s.pending = []
+    s.initialize()
+    s.ids = iter(range(1000, 100000))
+    s.d, s.port, s.repo = d, port, repo
+    yield s
+    s.close()
+    httpd.shutdown()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def call(s, tool, args):
+    r = s.request(next(s.ids), "tools/call", {"name": tool, "arguments": args}, )["result"]
+    return r, r["content"][0]["text"]
+
+
+def events(s, type_):
+    p = subprocess.run([str(BIN), "audit", "query", "--json", "--type", type_, "--state-dir", str(s.d / "state")],
+                       capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
+
+
+def test_http_fetch_through_the_broker(env):
+    r, t = call(env, "http_fetch", {"url": f"http://127.0.0.1:{env.port}/hello"})
+    assert not r["isError"], t
+    assert t == "hello from loopback\n"
+    assert r["structuredContent"]["status"] == 200
+    granted = [e for e in events(env, "network.granted") if e["port"] == env.port]
+    assert granted and granted[-1]["address"] == f"127.0.0.1:{env.port}"
+    assert granted[-1]["tool"] == "http_fetch"
+
+    r, t = call(env, "http_fetch", {"url": f"http://127.0.0.1:{env.port}/redirect-in"})
+    assert not r["isError"] and t == "hello from loopback\n"
+    r, t = call(env, "http_fetch", {"url": f"http://127.0.0.1:{env.port}/big", "maxBytes": 1000})
+    assert not r["isError"] and len(t) == 1000 and r["structuredContent"]["truncated"] is True
+
+
+def test_http_fetch_refusals(env):
+    # A port that is not on the allowlist.
+    r, t = call(env, "http_fetch", {"url": f"http://127.0.0.1:{env.port + 1}/hello"})
+    assert r["isError"] and "not on the cell's network allowlist" in t
+    # A redirect may not leave the allowlist: the broker checks every hop.
+    r, t = call(env, "http_fetch", {"url": f"http://127.0.0.1:{env.port}/redirect-out"})
+    assert r["isError"] and f"127.0.0.2:{env.port} is not on the cell's network allowlist" in t
+    # A name on the allowlist may not resolve into the local network.
+    r, t = call(env, "http_fetch", {"url": f"http://localhost:{env.port}/hello"})
+    assert r["isError"] and "resolves only to internal addresses" in t
+    # Not http(s), or outside the schema.
+    r, t = call(env, "http_fetch", {"url": "file:///etc/passwd"})
+    assert r["isError"]
+    refused = events(env, "network.refused")
+    assert any(f["host"] == "127.0.0.2" and "allowlist" in f["reason"] for f in refused)
+    assert any(f["host"] == "localhost" and "internal" in f["reason"] for f in refused)
+    assert any(f["port"] == env.port + 1 for f in refused)
+
+
+def test_worker_socket_of_its_own_is_killed_by_seccomp(env):
+    r, t = call(env, "raw_connect", {"port": env.port})
+    assert r["isError"]
+    assert "forbidden system call socket" in t
+    v = [e for e in events(env, "sandbox.violation") if e["tool"] == "raw_connect"]
+    assert v and v[-1]["syscall"] == "socket"
+
+
+def test_git_log_show_diff(env):
+    r, t = call(env, "git_log", {"maxCount": 5})
+    assert not r["isError"], t
+    assert "second commit" in t and "first commit" in t and "Tester" in t
+    r, t = call(env, "git_log", {"maxCount": 1})
+    assert "second commit" in t and "first commit" not in t
+    r, t = call(env, "git_show", {"revision": "HEAD~1"})
+    assert not r["isError"] and "first commit" in t and "+one" in t
+    r, t = call(env, "git_diff", {"from": "HEAD~1", "to": "HEAD", "stat": True})
+    assert not r["isError"] and "notes.txt | 1 +" in t
+    r, t = call(env, "git_show", {"revision": "no-such-revision"})
+    assert r["isError"] and "exit status 128" in t
+
+
+def test_git_option_injection_is_refused(env):
+    target = env.d / "pwned.txt"
+    for args in ({"revision": f"--output={target}"}, {"revision": "HEAD", "path": "--output=x"}):
+        r, t = call(env, "git_show", args)
+        if "path" in args:
+            # After "--" in the template a leading dash is a path, not an option.
+            assert not r["isError"], t
+        else:
+            assert r["isError"] and "would be read as an option" in t, t
+    assert not target.exists()
+    r, t = call(env, "git_log", {"maxCount": 1, "revision": "--all"})
+    assert r["isError"] and "would be read as an option" in t
+    v = [e for e in events(env, "sandbox.violation") if e.get("kind") == "arguments"]
+    assert v and "revision" in v[-1]["reason"]
+
+
+def test_repository_config_cannot_make_git_run_a_program(env):
+    # core.fsmonitor makes git start a program when it looks at the working
+    # tree; the worker may not create processes, so git is stopped.
+    git(env.repo, "config", "core.fsmonitor", f"touch {env.d}/fsmonitor-ran")
+    try:
+        r, t = call(env, "git_diff", {"from": "HEAD"})
+        assert r["isError"] and "stopped by the sandbox" in t, t
+        assert not (env.d / "fsmonitor-ran").exists()
+    finally:
+        git(env.repo, "config", "--unset", "core.fsmonitor")
+    r, t = call(env, "git_diff", {"from": "HEAD"})
+    assert not r["isError"] and "three (uncommitted)" in t
+
+
+def test_jq(env):
+    r, t = call(env, "jq", {"filter": ".items[] | select(.n > 1) | .name",
+                            "input": {"items": [{"name": "a", "n": 1}, {"name": "b", "n": 2}]}})
+    assert not r["isError"] and t.strip() == '"b"'
+    r, t = call(env, "jq", {"filter": ".", "input": {"a": [1, 2]}, "compact": True})
+    assert t.strip() == '{"a":[1,2]}'
+    r, t = call(env, "jq", {"filter": ".a |", "input": {}})
+    assert r["isError"] and "exit status 3" in t
+    r, t = call(env, "jq", {"filter": "--rawfile", "input": {}})
+    assert r["isError"] and "would be read as an option" in t
+    r, t = call(env, "jq", {"filter": 'input_filename, $__loc__', "input": 1})
+    assert not r["isError"]
