@@ -14,7 +14,7 @@ PY          = $(VENV)/bin/python
 PYDEPS      = $(VENV)/.installed
 # The uid the unprivileged test pass runs as (when `make test` runs as root).
 TEST_UID   ?= 4242
-SYSTEM_PACKAGES = libseccomp-dev libcap-dev
+SYSTEM_PACKAGES = libseccomp-dev libcap-dev git jq
 
 .PHONY: all deps build cells pin register test unit-tests system-tests unprivileged-tests e2e-tests run bench check fmt clean
 

@@ -86,6 +86,9 @@ public struct NetworkAccess: Sendable, Equatable {
     static func parse(_ v: JSONValue?, file: String) throws(ConfigError) -> NetworkAccess {
         guard let v else { return .none }
         if case .string("none") = v { return .none }
+        guard case .object = v else {
+            throw ConfigError(file: file, field: "network", message: "expected \"none\" or {\"connect\": [\"host:port\", ...]}, found \(v.serialized())")
+        }
         let r = try FieldReader(file: file, path: "network", value: v)
         var n = NetworkAccess()
         let entries = try r.stringArray("connect")

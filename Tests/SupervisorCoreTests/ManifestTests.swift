@@ -81,8 +81,8 @@ final class ManifestTests: XCTestCase {
         assertError("limits.processes", "expected one of") { $0["limits"] = ["processes": "many"] }
         assertError("limits.frameKiB", "exceeds limits.outputKiB") { $0["limits"] = ["outputKiB": 4, "frameKiB": 8] }
         assertError("limits.cpu", "unknown field") { $0["limits"] = ["cpu": 1] }
-        assertError("filesystem.read[0]", "absolute path") { $0["filesystem"] = ["read": ["relative/dir"]] }
-        assertError("network", "expected one of") { $0["network"] = "internet" }
+        assertError("filesystem.write[0]", "below /") { $0["filesystem"] = ["write": ["/"]] }
+        assertError("network", "expected \"none\" or") { $0["network"] = "internet" }
         assertError("sideEffects", "required field is missing") { $0["sideEffects"] = nil }
         assertError("phases", "must list the phases") { $0["sideEffects"] = "writes" }
         assertError("environment.pass[0]", "not a valid variable name") { $0["environment"] = ["pass": ["1X"]] }

@@ -217,3 +217,32 @@ def test_jq(env):
     assert r["isError"] and "would be read as an option" in t
     r, t = call(env, "jq", {"filter": 'input_filename, $__loc__', "input": 1})
     assert not r["isError"]
+
+
+def test_learn_mode_records_and_proposes():
+    """A cell whose allowlist lacks what it needs: killed normally; learn
+    mode lets the call finish and proposes the missing syscalls."""
+    tmp_path = Path(tempfile.mkdtemp(prefix="mcps-learn-"))
+    tmp_path.chmod(0o755)  # workers (nobody, under root) reach the scratch below
+    man = tmp_path / "manifests"
+    man.mkdir()
+    doc = bundled_manifest("jq")
+    doc["syscalls"] = {"groups": ["base"]}
+    (man / "jq.json").write_text(json.dumps(doc))
+    args = ["call", "jq", "--manifests", str(man), "--policies", str(ROOT / "policies"),
+            "--scratch-dir", str(tmp_path / "scratch"), "--args", json.dumps({"filter": ".a", "input": {"a": 7}})]
+    p = subprocess.run([str(BIN), *args], capture_output=True, timeout=60)
+    assert p.returncode == 1 and b"killed by SIGSYS" in p.stderr, p.stderr
+    p = subprocess.run([str(BIN), *args, "--learn"], capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == b"7"
+    err = p.stderr.decode()
+    assert "syscalls outside the allowlist: access, getcwd" in err or "syscalls outside the allowlist: getcwd, access" in err, err
+    proposal = next(line for line in err.splitlines() if line.strip().startswith('"syscalls"'))
+    proposed = json.loads("{" + proposal.strip() + "}")["syscalls"]
+    # The proposal, applied, runs without learn mode.
+    doc["syscalls"] = proposed
+    (man / "jq.json").write_text(json.dumps(doc))
+    p = subprocess.run([str(BIN), *args], capture_output=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.strip() == b"7", p.stderr
+    shutil.rmtree(tmp_path, ignore_errors=True)

@@ -1,0 +1,161 @@
+import StrictJSON
+import SupervisorPlatform
+import XCTest
+
+@testable import SupervisorCore
+
+/// The network allowlist and the command-tool form, as parsed from
+/// manifests and applied to requests and arguments.
+final class NetworkAndCommandTests: XCTestCase {
+    let sha = String(repeating: "a", count: 64)
+
+    func parse(_ patch: (inout JSONObject) -> Void) throws -> CellManifest {
+        var o: JSONObject = [
+            "name": "demo", "version": "1.0", "description": "A demo cell.",
+            "executable": ["path": "/bin/true", "sha256": .string(sha)],
+            "tools": [["name": "demo", "description": "Demo tool.", "inputSchema": ["type": "object"]]],
+            "sideEffects": "none",
+        ]
+        patch(&o)
+        return try CellManifest.parse(bytes: JSONValue.object(o).serializedBytes(), path: "/m/demo.json", manifestSHA256: "h")
+    }
+
+    func assertError(_ field: String, _ contains: String, _ patch: (inout JSONObject) -> Void, line: UInt = #line) {
+        XCTAssertThrowsError(try parse(patch), line: line) { e in
+            guard let c = e as? ConfigError else { return XCTFail("\(e)", line: line) }
+            XCTAssertEqual(c.field, field, "\(c)", line: line)
+            XCTAssertTrue(c.message.contains(contains), "\(c)", line: line)
+        }
+    }
+
+    func testAllowlistEntriesParseAndMatch() throws {
+        let m = try parse { $0["network"] = ["connect": ["Example.org:443", "*.python.org:443", "127.0.0.1:8080", "[::1]:80"]] }
+        let n = m.network
+        XCTAssertEqual(n.hosts.map(\.description), ["example.org:443", "*.python.org:443", "127.0.0.1:8080", "[::1]:80"])
+        XCTAssertEqual(n.maxConnections, 8)
+        func allowed(_ host: String, _ port: Int) -> Bool {
+            n.hosts.contains { $0.matches(host: host, literal: IPAddress(literal: host), port: port) }
+        }
+        XCTAssertTrue(allowed("example.org", 443))
+        XCTAssertFalse(allowed("example.org", 80))
+        XCTAssertFalse(allowed("evil-example.org", 443))
+        XCTAssertFalse(allowed("example.org.evil.net", 443))
+        XCTAssertTrue(allowed("docs.python.org", 443))
+        XCTAssertFalse(allowed("python.org", 443), "a wildcard covers names below the domain only")
+        XCTAssertFalse(allowed("docs.python.org.evil.net", 443))
+        XCTAssertTrue(allowed("127.0.0.1", 8080))
+        XCTAssertFalse(allowed("127.0.0.2", 8080))
+        XCTAssertTrue(allowed("::1", 80))
+    }
+
+    func testBadAllowlistsAreRefusedByField() {
+        assertError("network.connect[0]", "host:port") { $0["network"] = ["connect": ["example.org"]] }
+        assertError("network.connect[0]", "port must be 1-65535") { $0["network"] = ["connect": ["example.org:0"]] }
+        assertError("network.connect[0]", "not a host name") { $0["network"] = ["connect": ["exa mple.org:80"]] }
+        assertError("network.connect[1]", "duplicate") { $0["network"] = ["connect": ["a.org:1", "A.org:1"]] }
+        assertError("network.connect", "at least one") { $0["network"] = ["connect": []] }
+        assertError("network.proxy", "unknown field") { $0["network"] = ["connect": ["a.org:1"], "proxy": true] }
+        assertError("network.maxConnections", "out of range") { $0["network"] = ["connect": ["a.org:1"], "maxConnections": 0] }
+    }
+
+    func testInternalAddressesAreRecognized() {
+        for a in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254", "100.64.0.1",
+                  "0.0.0.0", "224.0.0.1", "::1", "::", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1"] {
+            XCTAssertTrue(IPAddress(literal: a)!.isInternal, a)
+        }
+        for a in ["8.8.8.8", "172.32.0.1", "1.1.1.1", "2001:4860:4860::8888", "::ffff:8.8.8.8"] {
+            XCTAssertFalse(IPAddress(literal: a)!.isInternal, a)
+        }
+    }
+
+    func testBrokerRequestsAreParsedStrictly() {
+        XCTAssertEqual(try? ConnectionBroker.parseRequest(Array(#"{"host":"Example.ORG.","port":443}"#.utf8), truncated: false).0, "example.org")
+        for bad in [#"{"host":"a.org"}"#, #"{"host":"a.org","port":70000}"#, #"{"host":"a b","port":1}"#,
+                    #"{"host":"a.org","port":1,"x":1}"#, "[]", "not json"] {
+            XCTAssertThrowsError(try ConnectionBroker.parseRequest(Array(bad.utf8), truncated: false), bad)
+        }
+    }
+
+    func command(_ argv: JSONValue, stdin: String? = nil,
+                 props: JSONObject = ["rev": ["type": "string"], "path": ["type": "string"], "n": ["type": "integer"],
+                                      "stat": ["type": "boolean"], "files": ["type": "array"], "input": [:]]) throws -> CommandTemplate {
+        var c: JSONObject = ["argv": argv]
+        if let stdin { c["stdin"] = .string(stdin) }
+        let m = try parse {
+            $0["tools"] = [["name": "t", "description": "d", "inputSchema": ["type": "object", "properties": .object(props)],
+                            "command": .object(c)]]
+        }
+        return m.tools[0].command!
+    }
+
+    func testCommandArgvIsBuiltFromArguments() throws {
+        let c = try command(["git", "log", "--max-count={n}", ["if": "stat", "then": ["--stat"]], "{rev}", "--", "{path}"])
+        XCTAssertEqual(try c.build(arguments: ["n": 3]).argv, ["git", "log", "--max-count=3", "--"])
+        XCTAssertEqual(try c.build(arguments: ["n": 3, "stat": true, "rev": "HEAD~1", "path": "a b.txt"]).argv,
+                       ["git", "log", "--max-count=3", "--stat", "HEAD~1", "--", "a b.txt"])
+        XCTAssertEqual(try c.build(arguments: ["stat": false]).argv, ["git", "log", "--"])
+        // After "--" a leading dash is data.
+        XCTAssertEqual(try c.build(arguments: ["path": "-rf"]).argv, ["git", "log", "--", "-rf"])
+        // A template prefix cannot turn into another option.
+        XCTAssertEqual(try c.build(arguments: ["n": -1]).argv, ["git", "log", "--max-count=-1", "--"])
+    }
+
+    func testOptionInjectionAndUnrepresentableValuesAreRefused() throws {
+        let c = try command(["git", "show", "{rev}", "{files}", "--", "{path}"])
+        for args: JSONObject in [["rev": "--output=/tmp/x"], ["rev": "-p"], ["files": ["ok", "--exec=sh"]], ["rev": "a\u{0}b"],
+                                  ["rev": ["k": 1]]] {
+            XCTAssertThrowsError(try c.build(arguments: args), "\(args)")
+        }
+        XCTAssertEqual(try c.build(arguments: ["files": ["a", "b"]]).argv, ["git", "show", "a", "b", "--"])
+    }
+
+    func testCommandStdin() throws {
+        let c = try command(["jq", "{rev}"], stdin: "input")
+        XCTAssertEqual(try c.build(arguments: ["rev": ".", "input": ["a": 1]]).stdin, Array(#"{"a":1}"#.utf8))
+        XCTAssertEqual(try c.build(arguments: ["rev": ".", "input": "raw text"]).stdin, Array("raw text".utf8))
+    }
+
+    func testBadCommandsAreRefusedByField() {
+        func tool(_ cmd: JSONValue) -> (inout JSONObject) -> Void {
+            { $0["tools"] = [["name": "t", "description": "d", "inputSchema": ["type": "object", "properties": ["a": [:]]],
+                              "command": cmd]] }
+        }
+        assertError("tools[0].command.argv[1]", "placeholder {b} is not a property", tool(["argv": ["x", "{b}"]]))
+        assertError("tools[0].command.argv[1]", "unterminated", tool(["argv": ["x", "{a"]]))
+        assertError("tools[0].command.argv[0]", "fixed text", tool(["argv": ["{a}"]]))
+        assertError("tools[0].command.stdin", "not a property", tool(["argv": ["x"], "stdin": "b"]))
+        assertError("tools[0].command.argv[1].if", "not a property", tool(["argv": ["x", ["if": "b", "then": ["-v"]]]]))
+        assertError("tools[0].command.successExitCodes[0]", "exit status", tool(["argv": ["x"], "successExitCodes": [300]]))
+        assertError("tools", "every tool") {
+            $0["tools"] = [["name": "t", "description": "d", "inputSchema": ["type": "object"], "command": ["argv": ["x"]]],
+                           ["name": "u", "description": "d", "inputSchema": ["type": "object"]]]
+        }
+        assertError("libraries", "declare \"script\"") { $0["libraries"] = [["path": "/x.py", "sha256": .string(self.sha)]] }
+        assertError("workingDirectory", "not under") { $0["workingDirectory"] = "/srv/repo" }
+    }
+
+    func testRelativePathsResolveAgainstTheManifest() throws {
+        let m = try parse {
+            $0["filesystem"] = ["read": ["../repo"]]
+            $0["workingDirectory"] = "../repo/sub"
+        }
+        XCTAssertEqual(m.filesystem.read, ["/repo"])
+        XCTAssertEqual(m.workingDirectory, "/repo/sub")
+    }
+
+    func testLearnModeProposesTheSmallestGroups() throws {
+        let groups = try SyscallGroups(groups: [
+            "base": [.init(name: "read", argument: nil, values: [])],
+            "small": [.init(name: "getcwd", argument: nil, values: [])],
+            "big": [.init(name: "getcwd", argument: nil, values: []), .init(name: "access", argument: nil, values: [])],
+            "net": [.init(name: "ioctl", argument: 1, values: [21537])],
+        ], sourcePath: "x")
+        let m = try parse { $0["syscalls"] = ["groups": ["base"]] }
+        let p = groups.proposal(for: ["getcwd", "access", "ioctl(21537)", "ioctl(1)", "fork", "ptrace", "getxattr"], manifest: m)
+        XCTAssertEqual(p.addGroups, ["small", "big", "net"])
+        XCTAssertEqual(p.addAllow, ["getxattr"])
+        XCTAssertEqual(p.unmatchedIoctls, [1])
+        XCTAssertEqual(p.processCalls, ["fork"])
+        XCTAssertEqual(p.forbidden, ["ptrace"])
+    }
+}
