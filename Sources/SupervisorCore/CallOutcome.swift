@@ -14,7 +14,7 @@ public struct CellResult: Sendable, Equatable {
 }
 
 /// How one call ended. Exactly one per call.
-public enum CallOutcome: Sendable, Equatable {
+public enum CallOutcome: Error, Sendable, Equatable {
     case success(CellResult)
     /// The tool ran and reported failure.
     case toolError(String)
@@ -108,6 +108,9 @@ public struct CallReport: Sendable {
     /// Learn mode: the syscalls outside the allowlist that the worker made
     /// (in first-use order).
     public var learnedSyscalls: [String] = []
+    /// The worker was started ahead of the call (its spawn is not part of
+    /// the call's time).
+    public var prespawned = false
 }
 
 /// A message a worker sent during a call.

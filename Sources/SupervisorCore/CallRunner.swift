@@ -39,6 +39,9 @@ public final class CallCancellation: @unchecked Sendable {
 public final class CallRunner: @unchecked Sendable {
     public let host: HostSandbox
     let logger: Logger
+    /// Starts the next worker of a recently called cell ahead of its call
+    /// (nil: every call spawns its own worker when it arrives).
+    public private(set) var prespawner: Prespawner? = nil
     private let devNull: FileDescriptor
     private let sequence = Mutex()
     private var counter: UInt64 = 0
@@ -51,6 +54,13 @@ public final class CallRunner: @unchecked Sendable {
     }
 
     deinit { devNull.close() }
+
+    /// Keeps up to `perCell` started workers ready for each recently
+    /// called cell; an idle one is ended after `idleSeconds`.
+    public func enablePrespawn(perCell: Int, idleSeconds: Int) {
+        guard perCell > 0, prespawner == nil else { return }
+        prespawner = Prespawner(runner: self, perCell: perCell, idleSeconds: idleSeconds)
+    }
 
     private func nextScratchName(_ callID: String) -> String {
         let n = sequence.withLock { () -> UInt64 in
@@ -86,7 +96,6 @@ public final class CallRunner: @unchecked Sendable {
     private func run(cell: PreparedCell, tool: String, arguments: JSONObject, callID: String,
                      cancellation: CallCancellation?, limits: CellManifest.Limits, learn: Bool, start: UInt64,
                      report: inout CallReport, onNetwork: (NetworkDecision) -> Void, onMessage: (WorkerMessage) -> Void) {
-
         let m = cell.manifest
         // A command tool: argv from the arguments, stdin from one of them.
         var command: (template: CommandTemplate, argv: [String], stdin: [UInt8])? = nil
@@ -99,23 +108,54 @@ public final class CallRunner: @unchecked Sendable {
                 return
             }
         }
+        // A worker started ahead of the call for this cell, if one is ready
+        // and still matches (same files, same limits); else a fresh one.
+        let started: StartedWorker
+        if command == nil, !learn, let w = prespawner?.take(cell, limits: limits) {
+            started = w
+            report.prespawned = true
+        } else {
+            switch startWorker(cell, limits: limits, argv: command?.argv, name: callID) {
+            case .success(let w): started = w
+            case .failure(let outcome):
+                report.outcome = outcome
+                return
+            }
+            report.spawnNanoseconds = started.spawnNanoseconds
+        }
+        drive(started, tool: tool, arguments: arguments, callID: callID, cancellation: cancellation, learn: learn,
+              command: command.map { ($0.template, $0.stdin) }, start: start, report: &report,
+              onNetwork: onNetwork, onMessage: onMessage)
+        // The next worker starts once this one is gone, so that its setup
+        // does not compete with this call for the CPU.
+        if command == nil, !learn, let prespawner, limits == m.limits { prespawner.refill(cell) }
+    }
+
+    /// Starts a worker up to the point where it waits for its input: scratch
+    /// directory, pipes, Landlock ruleset, the spawn (all setup stages and
+    /// the exec), the seccomp listener. `argv` replaces the manifest's (a
+    /// command tool).
+    func startWorker(_ cell: PreparedCell, limits: CellManifest.Limits, argv: [String]?, name: String)
+        -> Result<StartedWorker, CallOutcome>
+    {
+        let m = cell.manifest
         let exe: FileDescriptor
         let script: FileDescriptor?
+        let generations: [Int]
         do {
             exe = try cell.executable.descriptorForSpawn()
             script = try cell.script?.freshReadDescriptor()
+            generations = try cell.fileGenerations()
         } catch {
-            report.outcome = .refused(error)
-            return
+            return .failure(.refused(error))
         }
 
-        let scratch = nextScratchName(callID)
+        let scratch = nextScratchName(name)
         var toClose: [FileDescriptor] = script.map { [$0] } ?? []
-        defer {
+        func fail(_ outcome: CallOutcome) -> Result<StartedWorker, CallOutcome> {
             for fd in toClose { fd.close() }
-            do { try Sys.removeTree(scratch) } catch {
-                logger.error("could not wipe scratch directory", metadata: ["path": "\(scratch)", "error": "\(error)"])
-            }
+            wipe(scratch)
+            return .failure(outcome)
         }
 
         let worker: WorkerProcess
@@ -124,6 +164,7 @@ public final class CallRunner: @unchecked Sendable {
         let diagRead: FileDescriptor
         let notifyParent: FileDescriptor?
         var brokerParent: FileDescriptor? = nil
+        let spawnNanoseconds: UInt64
         do {
             try Sys.mkdir(scratch, mode: 0o700)
             if host.features.isRoot {
@@ -167,13 +208,13 @@ public final class CallRunner: @unchecked Sendable {
 
             // A command tool's program reads its input on stdin and writes
             // its result to stdout; it gets no frame pipes.
-            var r = command == nil
+            var r = argv == nil
                 ? SpawnRequest(
                     executable: exe, argv: m.argv, environment: environment(for: m, scratch: scratch),
                     stdin: script ?? devNull, stdout: diag.write, stderr: diag.write, request: req.read,
                     response: resp.write, workingDirectory: scratch)
                 : SpawnRequest(
-                    executable: exe, argv: command!.argv, environment: environment(for: m, scratch: scratch),
+                    executable: exe, argv: argv!, environment: environment(for: m, scratch: scratch),
                     stdin: req.read, stdout: resp.write, stderr: diag.write, request: devNull,
                     response: devNull, workingDirectory: m.workingDirectory ?? scratch)
             r.broker = brokerChild
@@ -197,42 +238,81 @@ public final class CallRunner: @unchecked Sendable {
             do {
                 worker = try WorkerProcess.spawn(r)
             } catch {
-                report.outcome = .spawnFailed(stage: error.stage, errno: error.errno)
-                return
+                return fail(.spawnFailed(stage: error.stage, errno: error.errno))
             }
-            report.spawnNanoseconds = monotonicNanoseconds() - t0
+            spawnNanoseconds = monotonicNanoseconds() - t0
             // The child's ends are its own now.
             for fd in [req.read, resp.write, diag.write, ruleset.fd, scratchFD] + (notifyChild.map { [$0] } ?? [])
-                + (brokerChild.map { [$0] } ?? []) {
+                + (brokerChild.map { [$0] } ?? []) + (script.map { [$0] } ?? []) {
                 fd.close()
                 toClose.removeAll { $0 == fd }
             }
         } catch {
-            report.outcome = .spawnFailed(stage: "prepare", errno: error.errno)
-            return
+            return fail(.spawnFailed(stage: "prepare", errno: error.errno))
         }
-
         // The session owns the request pipe's write end (it closes it once
         // the request is written); a second close here could hit a
         // descriptor another call has reused meanwhile.
         toClose.removeAll { $0 == requestWrite }
-        var session = WorkerSession(
-            worker: worker, callID: callID, limits: limits, requestWrite: requestWrite, responseRead: responseRead,
-            diagRead: diagRead, cancellation: cancellation, graceMilliseconds: host.terminationGraceMilliseconds)
-        session.learning = learn
-        session.command = command?.template
-        if let brokerParent { session.broker = ConnectionBroker(access: m.network, socket: brokerParent) }
+        var listener: SeccompListener? = nil
         if let notifyParent {
             do {
-                session.listener = try SeccompListener.receive(from: notifyParent)
+                listener = try SeccompListener.receive(from: notifyParent)
             } catch {
+                worker.signal(SIGKILL)
+                _ = try? worker.wait()
                 worker.close()
-                report.outcome = .spawnFailed(stage: "seccomp-listener", errno: error.errno)
-                return
+                requestWrite.close()
+                return fail(.spawnFailed(stage: "seccomp-listener", errno: error.errno))
             }
+            notifyParent.close()
+            toClose.removeAll { $0 == notifyParent }
         }
-        defer { session.listener?.fd.close() }
-        let input = command?.stdin ?? FrameCodec.encode(CellProtocol.request(callID: callID, tool: tool, arguments: arguments))
+        return .success(StartedWorker(
+            cell: cell, limits: limits, worker: worker, scratch: scratch, requestWrite: requestWrite,
+            responseRead: responseRead, diagRead: diagRead, listener: listener, broker: brokerParent,
+            toClose: toClose, spawnNanoseconds: spawnNanoseconds, generations: generations))
+    }
+
+    /// Removes a scratch directory without following links; logs a failure.
+    func wipe(_ scratch: String) {
+        do { try Sys.removeTree(scratch) } catch {
+            logger.error("could not wipe scratch directory", metadata: ["path": "\(scratch)", "error": "\(error)"])
+        }
+    }
+
+    /// Ends a started worker that will not serve a call (a prespawned one
+    /// discarded): SIGKILL, reap, close, wipe.
+    func discard(_ w: StartedWorker) {
+        w.worker.signal(SIGKILL)
+        _ = try? w.worker.wait()
+        w.worker.close()
+        w.requestWrite.close()
+        w.listener?.fd.close()
+        for fd in w.toClose { fd.close() }
+        wipe(w.scratch)
+    }
+
+    /// Feeds the call to a started worker, watches it to the end, reaps it
+    /// and wipes its scratch directory.
+    private func drive(_ w: StartedWorker, tool: String, arguments: JSONObject, callID: String,
+                       cancellation: CallCancellation?, learn: Bool, command: (CommandTemplate, [UInt8])?,
+                       start: UInt64, report: inout CallReport, onNetwork: (NetworkDecision) -> Void,
+                       onMessage: (WorkerMessage) -> Void) {
+        defer {
+            w.listener?.fd.close()
+            for fd in w.toClose { fd.close() }
+            wipe(w.scratch)
+        }
+        let worker = w.worker
+        var session = WorkerSession(
+            worker: worker, callID: callID, limits: w.limits, requestWrite: w.requestWrite, responseRead: w.responseRead,
+            diagRead: w.diagRead, cancellation: cancellation, graceMilliseconds: host.terminationGraceMilliseconds)
+        session.learning = learn
+        session.command = command?.0
+        session.listener = w.listener
+        if let b = w.broker { session.broker = ConnectionBroker(access: w.cell.manifest.network, socket: b) }
+        let input = command?.1 ?? FrameCodec.encode(CellProtocol.request(callID: callID, tool: tool, arguments: arguments))
         session.run(input: input, started: start, onNetwork: onNetwork, onMessage: onMessage)
         let reapStart = monotonicNanoseconds()
         let exit: ProcessExit

@@ -17,6 +17,8 @@ public struct ConfigurationFile: Sendable {
     public var maxQueuedCalls: Int?
     public var toolsPageSize: Int?
     public var maxMessageBytes: Int?
+    public var prespawn: Int?
+    public var prespawnIdleSeconds: Int?
     public var logLevel: String?
     public var path: String?
 
@@ -53,6 +55,8 @@ public struct ConfigurationFile: Sendable {
         if r.has("maxQueuedCalls") { c.maxQueuedCalls = try r.int("maxQueuedCalls", default: 32, range: 0...65536) }
         if r.has("toolsPageSize") { c.toolsPageSize = try r.int("toolsPageSize", default: 50, range: 1...1000) }
         if r.has("maxMessageBytes") { c.maxMessageBytes = try r.int("maxMessageBytes", default: 4 << 20, range: 1024...(256 << 20), unit: "bytes") }
+        if r.has("prespawn") { c.prespawn = try r.int("prespawn", default: 1, range: 0...16) }
+        if r.has("prespawnIdleSeconds") { c.prespawnIdleSeconds = try r.int("prespawnIdleSeconds", default: 60, range: 1...86400, unit: "s") }
         if let l = try r.optionalString("logLevel") {
             guard logLevels.contains(l) else { throw r.error("logLevel", "expected one of \(logLevels.joined(separator: ", ")), found \"\(l)\"") }
             c.logLevel = l

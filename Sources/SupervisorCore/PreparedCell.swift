@@ -280,6 +280,14 @@ public final class PreparedCell: @unchecked Sendable {
         try script?.verify()
     }
 
+    /// The generations of the verified executable and script parts, after
+    /// a stat of each (a changed file is verified again, or refused).
+    func fileGenerations() throws(CellRefusal) -> [Int] {
+        var out = [try executable.current().generation]
+        for p in script?.parts ?? [] { out.append(try p.current().generation) }
+        return out
+    }
+
     public var name: String { manifest.name }
     public var version: String { manifest.version }
 }

@@ -71,6 +71,7 @@ extension SecurityEvent {
             ("reapMicroseconds", .int(Int64(report.reapNanoseconds / 1000))),
         ]) { f[k] = v }
         if let p = report.peakMemoryBytes { f["peakMemoryBytes"] = .int(Int64(p)) }
+        if report.prespawned { f["prespawned"] = true }
         switch report.exit {
         case .exited(let c)?: f["exitStatus"] = .int(Int64(c))
         case .signaled(let s)?: f["signal"] = .int(Int64(s))

@@ -61,6 +61,7 @@ public final class SupervisorService: @unchecked Sendable {
         self.loadRegistry = loadRegistry
         self.pool = CallPool(threads: options.maxConcurrentCalls, queueLimit: options.maxQueuedCalls)
         self.registry = loadRegistry()
+        runner.prespawner?.serve(only: registry.cells)
         self.server = Server(
             name: "mcp-supervisor", version: SupervisorInfo.version,
             instructions: "Every tool call runs in a fresh, kernel-sandboxed process.",
@@ -163,6 +164,7 @@ public final class SupervisorService: @unchecked Sendable {
             logger.info("shutting down: killing calls in flight", metadata: ["calls": "\(pending.count)", "reason": "\(reason)"])
         }
         for c in pending { c.cancel() }
+        runner.prespawner?.shutdown()
     }
 
     /// Reloads manifests; tells the client when the tool set changed.
@@ -181,6 +183,9 @@ public final class SupervisorService: @unchecked Sendable {
             let stale = inFlight.values.filter { !live.contains("\($0.cell)\u{0}\($0.version)") }.map(\.cancel)
             return (Self.fingerprint(old) != Self.fingerprint(new), stale)
         }
+        // Workers started ahead for the old registry's cells are ended: the
+        // next call of each cell starts from the new registry.
+        runner.prespawner?.serve(only: new.cells)
         if !stale.isEmpty { logger.warning("killing calls of cell versions no longer served", metadata: ["calls": "\(stale.count)"]) }
         for c in stale { c.cancel() }
         for p in new.problems { logger.error("cell refused", metadata: ["problem": "\(p)"]) }
@@ -282,6 +287,67 @@ public final class SupervisorService: @unchecked Sendable {
 
     static func errorResult(_ text: String) -> CallTool.Result {
         CallTool.Result(content: [.text(text)], isError: true)
+    }
+
+    /// The direct path for tools/call (`DirectCall`): the same `callTool`,
+    /// with the parameters taken from the gate's parse.
+    public func serveDirect(_ params: JSONObject, _ call: DirectCall) {
+        var meta: Metadata? = nil
+        if case .object(let m)? = params["_meta"] {
+            var fields: [String: Value] = [:]
+            for (k, v) in m where k != "progressToken" { fields[k] = v.mcpValue }
+            var token: ProgressToken? = nil
+            switch m["progressToken"] {
+            case .string(let t)?: token = .string(t)
+            case .int(let t)?: token = .integer(Int(t))
+            default: break
+            }
+            // (Metadata's initializer drops a "progressToken" field unless
+            // the token is passed as such.)
+            meta = Metadata(progressToken: token, additionalFields: fields)
+        }
+        var arguments: [String: Value]? = nil
+        if case .object(let a)? = params["arguments"] {
+            var d: [String: Value] = [:]
+            for (k, v) in a { d[k] = v.mcpValue }
+            arguments = d
+        }
+        let p = CallTool.Parameters(name: params["name"]?.stringValue ?? "", arguments: arguments, meta: meta)
+        let task = Task { [self] in try await self.callTool(p) }
+        call.whenCancelled { task.cancel() }
+        Task {
+            do {
+                call.respond(Self.json(try await task.value))
+            } catch is CancellationError {
+                call.finishWithoutResponse()
+            } catch let e as MCPError {
+                var data: JSONValue? = nil
+                if case .invalidParams(let d?) = e { data = .object(JSONObject([("detail", .string(d))])) }
+                call.fail(code: e.code, message: e.errorDescription ?? "Unknown error", data: data)
+            } catch {
+                call.fail(code: -32603, message: "Internal error: \(error)")
+            }
+        }
+    }
+
+    /// A tools/call result as JSON, as the SDK would encode it.
+    static func json(_ r: CallTool.Result) -> JSONValue {
+        var content: [JSONValue] = []
+        for c in r.content {
+            switch c {
+            case .text(let text, nil, nil):
+                content.append(.object(JSONObject([("type", "text"), ("text", .string(text))])))
+            case .image(let data, let mime, nil, nil):
+                content.append(.object(JSONObject([("type", "image"), ("data", .string(data)), ("mimeType", .string(mime))])))
+            default:
+                // Never produced by the supervisor; encoded by the SDK.
+                if let d = try? JSONEncoder().encode(c), let v = try? JSONParser.parse(Array(d)) { content.append(v) }
+            }
+        }
+        var o = JSONObject([("content", .array(content))])
+        if let sc = r.structuredContent { o["structuredContent"] = JSONValue(sc) }
+        if let e = r.isError { o["isError"] = .bool(e) }
+        return .object(o)
     }
 
     func callTool(_ params: CallTool.Parameters) async throws -> CallTool.Result {

@@ -54,6 +54,15 @@ struct Run: AsyncParsableCommand {
     @Option(name: .long, help: "Longest accepted client message in bytes (default 4194304).")
     var maxMessageBytes: Int?
 
+    @Option(name: .long, help: "Workers started ahead of the call per recently called cell (default 1; 0: every call spawns on arrival).")
+    var prespawn: Int?
+
+    @Option(name: .long, help: "Seconds a prespawned worker may wait for a call before it is ended (default 60).")
+    var prespawnIdleSeconds: Int?
+
+    @Flag(name: .long, help: "Send tools/call through the SDK's request dispatch like other requests instead of the supervisor's direct path (slower; for comparison).")
+    var sdkDispatch = false
+
     @Flag(name: .long, help: "Development only: serve the manifests in --manifests without signatures or ledger. Announced on stderr and in the security log, at start and on every call.")
     var allowUnsigned = false
 
@@ -67,6 +76,8 @@ struct Run: AsyncParsableCommand {
         if let n = maxConcurrentCalls, !(1...256).contains(n) { throw ValidationError("--max-concurrent-calls must be 1...256") }
         if let n = maxQueuedCalls, n < 0 { throw ValidationError("--max-queued-calls must be >= 0") }
         if let n = toolsPageSize, !(1...1000).contains(n) { throw ValidationError("--tools-page-size must be 1...1000") }
+        if let n = prespawn, !(0...16).contains(n) { throw ValidationError("--prespawn must be 0...16") }
+        if let n = prespawnIdleSeconds, !(1...86400).contains(n) { throw ValidationError("--prespawn-idle-seconds must be 1...86400") }
     }
 
     func run() async throws {
@@ -117,6 +128,9 @@ struct Run: AsyncParsableCommand {
             printError("mcp-supervisor: cannot prepare the scratch directory \(s.scratchRoot): \(error)")
             throw ExitCode(2)
         }
+        let prespawnCount = prespawn ?? file.prespawn ?? 1
+        let prespawnIdle = prespawnIdleSeconds ?? file.prespawnIdleSeconds ?? 60
+        runner.enablePrespawn(perCell: prespawnCount, idleSeconds: prespawnIdle)
         let manifestsDir = s.manifestsDirectory
         let ledgerPath = Ledger.path(stateDirectory: s.stateDirectory)
         let unsigned = allowUnsigned
@@ -187,6 +201,9 @@ struct Run: AsyncParsableCommand {
             service.shutdown(reason: "end of input")
         }
         service.initializeVersion = { [transport] in transport.requestedProtocolVersion.value }
+        if !sdkDispatch {
+            transport.directCallHandler.value = { [service] params, call in service.serveDirect(params, call) }
+        }
         try await service.run(transport: transport)
         log.close(finalEvent: SecurityEvent(.supervisorStop, JSONObject([("reason", "end of input")])))
         Glibc.exit(0)

@@ -190,3 +190,13 @@ def wait_for_workers(at_least=1, at_most=None, timeout=5):
             return pids
         time.sleep(0.01)
     return worker_pids()
+
+
+def wait_gone(pids, timeout=5):
+    """Waits until none of these pids runs; True if they are all gone."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not any(Path(f"/proc/{p}").exists() for p in pids):
+            return True
+        time.sleep(0.01)
+    return False

@@ -1,0 +1,182 @@
+import Foundation
+import SupervisorPlatform
+
+/// A worker that has exec'd and waits for its input (blocked reading its
+/// request); it serves exactly one call.
+final class StartedWorker: @unchecked Sendable {
+    let cell: PreparedCell
+    let limits: CellManifest.Limits
+    let worker: WorkerProcess
+    let scratch: String
+    let requestWrite: FileDescriptor
+    let responseRead: FileDescriptor
+    let diagRead: FileDescriptor
+    let listener: SeccompListener?
+    let broker: FileDescriptor?
+    /// Everything else to close when the call ends.
+    let toClose: [FileDescriptor]
+    let spawnNanoseconds: UInt64
+    /// The generations of the cell's verified files when it was spawned.
+    let generations: [Int]
+    let bornAt = monotonicNanoseconds()
+
+    init(cell: PreparedCell, limits: CellManifest.Limits, worker: WorkerProcess, scratch: String, requestWrite: FileDescriptor,
+         responseRead: FileDescriptor, diagRead: FileDescriptor, listener: SeccompListener?, broker: FileDescriptor?,
+         toClose: [FileDescriptor], spawnNanoseconds: UInt64, generations: [Int]) {
+        self.cell = cell
+        self.limits = limits
+        self.worker = worker
+        self.scratch = scratch
+        self.requestWrite = requestWrite
+        self.responseRead = responseRead
+        self.diagRead = diagRead
+        self.listener = listener
+        self.broker = broker
+        self.toClose = toClose
+        self.spawnNanoseconds = spawnNanoseconds
+        self.generations = generations
+    }
+
+    /// Whether the worker still runs (it may have died waiting).
+    var isAlive: Bool {
+        var p = PollSet()
+        p.add(worker.pidfd)
+        return ((try? p.wait(timeoutMilliseconds: 0)) ?? 1) == 0
+    }
+}
+
+/// Starts the next single-use worker of a recently called cell ahead of its
+/// call, on one long-lived thread (the workers' parent-death signal is tied
+/// to the spawning thread). A call takes a ready worker only if it is still
+/// alive, was started for the same cell version with the same limits, and
+/// the cell's files have not changed since (one stat each, as for a fresh
+/// spawn); otherwise the call spawns its own. Nothing about the worker
+/// differs from a fresh one: same setup, same filter, one call, then gone.
+public final class Prespawner: @unchecked Sendable {
+    private weak var runner: CallRunner?
+    let perCell: Int
+    let idleNanoseconds: UInt64
+    private let lock = NSCondition()
+    private var ready: [ObjectIdentifier: [StartedWorker]] = [:]
+    private var wanted: [PreparedCell] = []
+    /// Bumped by `discardAll`: a spawn in flight from before is discarded.
+    private var epoch = 0
+    /// The cells currently served (nil: any); a refill for another cell (a
+    /// call of a revoked or replaced version ending) is ignored.
+    private var served: Set<ObjectIdentifier>? = nil
+    private var stopped = false
+    private var thread: Thread? = nil
+
+    init(runner: CallRunner, perCell: Int, idleSeconds: Int) {
+        self.runner = runner
+        self.perCell = perCell
+        idleNanoseconds = UInt64(max(1, idleSeconds)) * 1_000_000_000
+        let t = Thread { [weak self] in self?.loop() }
+        t.name = "prespawn"
+        thread = t
+        t.start()
+    }
+
+    /// A ready worker for `cell` with `limits`, or nil.
+    func take(_ cell: PreparedCell, limits: CellManifest.Limits) -> StartedWorker? {
+        lock.lock()
+        let w = ready[ObjectIdentifier(cell)]?.first
+        if w != nil { ready[ObjectIdentifier(cell)]!.removeFirst() }
+        lock.unlock()
+        guard let w else { return nil }
+        let current = try? cell.fileGenerations()
+        guard w.cell === cell, w.limits == limits, current == w.generations, w.isAlive else {
+            runner?.discard(w)
+            return nil
+        }
+        return w
+    }
+
+    /// Asks for `cell`'s next worker to be started (no-op when enough are
+    /// ready or asked for).
+    func refill(_ cell: PreparedCell) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !stopped, served?.contains(ObjectIdentifier(cell)) != false else { return }
+        let have = ready[ObjectIdentifier(cell)]?.count ?? 0
+        let asked = wanted.filter { $0 === cell }.count
+        if have + asked < perCell {
+            wanted.append(cell)
+            lock.signal()
+        }
+    }
+
+    /// Ends every ready worker and serves only `cells` from now on (start,
+    /// reload, revocation).
+    public func serve(only cells: [PreparedCell]) {
+        lock.lock()
+        served = Set(cells.map { ObjectIdentifier($0) })
+        lock.unlock()
+        discardAll()
+    }
+
+    /// Ends every ready worker (reload, revocation, shutdown).
+    public func discardAll() {
+        lock.lock()
+        let all = ready.values.flatMap { $0 }
+        ready = [:]
+        wanted = []
+        epoch += 1
+        lock.unlock()
+        for w in all { runner?.discard(w) }
+    }
+
+    /// Stops the thread and ends every ready worker.
+    public func shutdown() {
+        lock.lock()
+        stopped = true
+        lock.signal()
+        lock.unlock()
+        discardAll()
+    }
+
+    /// How many workers are ready now (tests, diagnostics).
+    public var readyCount: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return ready.values.reduce(0) { $0 + $1.count }
+    }
+
+    private func loop() {
+        while true {
+            lock.lock()
+            while wanted.isEmpty && !stopped {
+                if !lock.wait(until: Date(timeIntervalSinceNow: 1)) { break }
+            }
+            if stopped {
+                lock.unlock()
+                return
+            }
+            let cell = wanted.isEmpty ? nil : wanted.removeFirst()
+            let startEpoch = epoch
+            // Idle workers are ended: a cell not called for a while should
+            // not keep a process (and its memory) around.
+            let now = monotonicNanoseconds()
+            var expired: [StartedWorker] = []
+            for (k, ws) in ready {
+                let (old, young) = (ws.filter { now - $0.bornAt > idleNanoseconds }, ws.filter { now - $0.bornAt <= idleNanoseconds })
+                expired += old
+                ready[k] = young.isEmpty ? nil : young
+            }
+            lock.unlock()
+            for w in expired { runner?.discard(w) }
+            guard let cell, let runner else { continue }
+            guard case .success(let w) = runner.startWorker(cell, limits: cell.manifest.limits, argv: nil, name: "prespawn") else {
+                continue  // the call that comes will spawn, and report, on its own
+            }
+            lock.lock()
+            if epoch == startEpoch && !stopped {
+                ready[ObjectIdentifier(cell), default: []].append(w)
+                lock.unlock()
+            } else {
+                lock.unlock()
+                runner.discard(w)
+            }
+        }
+    }
+}
