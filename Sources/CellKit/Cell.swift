@@ -62,6 +62,7 @@ public enum Cell {
     /// Reads the request, runs `handler`, sends the reply, exits 0.
     /// A thrown error becomes a tool error with the error's description.
     public static func main(_ handler: (CellRequest, CellContext) throws -> CellReply) -> Never {
+        prime()
         let request: CellRequest
         switch readRequest() {
         case .success(let r): request = r
@@ -89,6 +90,21 @@ public enum Cell {
         o["content"] = .array(reply.text.map { .object(JSONObject([("type", "text"), ("text", .string($0))])) })
         if let s = reply.structuredContent { o["structuredContent"] = s }
         return .object(o)
+    }
+
+    /// Runs the frame decoder and encoder once on a sample before blocking on
+    /// the request: a worker started ahead of its call (docs/architecture.md,
+    /// "Prespawn") then pages in that code while it waits, not after the call
+    /// has arrived. Sends nothing.
+    static func prime() {
+        var decoder = FrameDecoder(maxFrame: 4096)
+        let sample = JSONValue.object(JSONObject([
+            ("type", "request"), ("id", "prime"), ("tool", "prime"),
+            ("arguments", .object(JSONObject([("text", "h\u{e9}llo \\ \"q\""), ("n", .int(-12)), ("x", .double(1.5)),
+                                              ("b", true), ("z", .null), ("a", .array([.int(1), "s"]))]))),
+        ]))
+        _ = try? decoder.feed(FrameCodec.encode(sample))
+        _ = FrameCodec.encode(encode(.text("prime", structured: sample), id: "prime"))
     }
 
     enum ReadResult { case success(CellRequest), failure(String) }

@@ -87,10 +87,14 @@ class Server:
         self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         return r
 
-    def call_times(self, n, tool="echo", args=None):
+    def call_times(self, n, tool="echo", args=None, gap=0.0):
+        """n sequential calls; with `gap` seconds of idle time before each
+        (only the call itself is timed)."""
         args = args or {"text": "x"}
         out = []
         for _ in range(n):
+            if gap:
+                time.sleep(gap)
             t0 = time.perf_counter()
             r = self.request("tools/call", {"name": tool, "arguments": args})
             out.append((time.perf_counter() - t0) * 1e6)
@@ -199,7 +203,8 @@ def main():
            "echo", "--args", '{"text":"x"}']
     bwrap = [shutil.which("bwrap"), "--unshare-all", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", NOOP]
 
-    results = {k: [] for k in ["a", "b", "c", "c_tmpfs", "d", "e", "i", "i_fs", "ping", "ping_sdk"]}
+    results = {k: [] for k in ["a", "b", "c", "c_tmpfs", "c_noprespawn", "c_sdk", "c_gap", "c_gap_noprespawn",
+                               "d", "e", "i", "i_fs", "ping", "ping_sdk"]}
     tput = {2: [], 4: [], 8: []}
     n = a.calls
     for r in range(a.rounds):
@@ -219,6 +224,21 @@ def main():
                 results["i"] += s.call_times(max(5, n // 20), tool="python_run", args={"code": "print(1)"})
                 results["i_fs"] += s.call_times(max(10, n // 10), tool="fs_read",
                                                 args={"path": "/usr/share/doc/bash/copyright", "maxBytes": 4096})
+            s.close()
+        # The same with one knob turned off, to measure what each buys.
+        for key, extra in [("c_noprespawn", ["--prespawn", "0"]), ("c_sdk", ["--sdk-dispatch"])]:
+            s = Server(supervisor_argv(manifests, disk_state, *extra))
+            s.initialize()
+            s.call_times(20)
+            results[key] += s.call_times(n)
+            s.close()
+        # Calls 20 ms apart, as a model's calls come: a prespawned worker has
+        # finished starting by then.
+        for key, extra in [("c_gap", []), ("c_gap_noprespawn", ["--prespawn", "0"])]:
+            s = Server(supervisor_argv(manifests, disk_state, *extra))
+            s.initialize()
+            s.call_times(5)
+            results[key] += s.call_times(max(20, n // 4), gap=0.02)
             s.close()
         e = Server([str(SDK_ECHO)])
         e.initialize()
@@ -261,6 +281,10 @@ def main():
     row("(b) `mcp-supervisor call echo` (whole CLI process)", "b")
     row("(c) MCP tools/call → echo cell, full hardening", "c")
     row("(c') same, security log on tmpfs", "c_tmpfs")
+    row("(c-p0) (c) with `--prespawn 0`: every worker spawned on arrival", "c_noprespawn")
+    row("(c-sdk) (c) with `--sdk-dispatch`: tools/call through the SDK's dispatch", "c_sdk")
+    row("(c-gap) (c), calls 20 ms apart", "c_gap")
+    row("(c-gap-p0) (c-gap) with `--prespawn 0`", "c_gap_noprespawn")
     row("(d) no-op under `bwrap --unshare-all`", "d")
     row("(e) Swift SDK StdioTransport echo, in process, no sandbox", "e")
     row("(i) MCP tools/call → python_run `print(1)` (CPython)", "i")
@@ -289,6 +313,11 @@ def main():
     lines.append(f"- The protocol layer's own cost per message (blocking transport, gate, SDK, JSON): (j) p50 = "
                  f"{statistics.median(results['ping']):.0f} µs round trip, including the Python driver; the SDK's own "
                  f"transport: {statistics.median(results['ping_sdk']):.0f} µs.")
+    lines.append(f"- Prespawn saves {statistics.median(results['c_noprespawn']) - c50:.0f} µs at p50 back to back "
+                 f"((c-p0) − (c)) and {statistics.median(results['c_gap_noprespawn']) - statistics.median(results['c_gap']):.0f} µs "
+                 f"with calls 20 ms apart ((c-gap-p0) − (c-gap)); the direct tools/call path saves "
+                 f"{statistics.median(results['c_sdk']) - c50:.0f} µs ((c-sdk) − (c)).")
+    lines.append(f"- (c-gap) p50 is **{statistics.median(results['c_gap']) / floor:.2f}×** the floor.")
     lines.append(f"- fdatasync of the security log per call: (c) − (c') = "
                  f"{statistics.median(results['c']) - statistics.median(results['c_tmpfs']):.0f} µs at p50.\n")
     lines.append("## Throughput, echo cell (calls/s, requests kept in flight)\n")
