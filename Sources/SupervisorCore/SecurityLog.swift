@@ -70,6 +70,15 @@ public final class SecurityLog: @unchecked Sendable {
         }
     }
 
+    /// Appends events and runs `done` on the log's writer thread once they
+    /// are on disk (at once, on the caller's thread, if there are none).
+    /// For work that must follow durability without another thread hop,
+    /// such as writing the response of a call.
+    public func append(_ events: [SecurityEvent], then done: @escaping @Sendable () -> Void) {
+        guard !events.isEmpty else { return done() }
+        enqueue(events, durable: true, done)
+    }
+
     /// Appends events without waiting: they are written (so they survive the
     /// supervisor being killed) in order, and reach the disk with the next
     /// durable append — one data sync per call instead of two.

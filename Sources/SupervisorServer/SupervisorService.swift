@@ -313,11 +313,16 @@ public final class SupervisorService: @unchecked Sendable {
             arguments = d
         }
         let p = CallTool.Parameters(name: params["name"]?.stringValue ?? "", arguments: arguments, meta: meta)
-        let task = Task { [self] in try await self.callTool(p) }
-        call.whenCancelled { task.cancel() }
-        Task {
+        let log = self.log
+        let task = Task { [self] in
             do {
-                call.respond(Self.json(try await task.value))
+                let (result, events, cancelled) = try await self.performCall(p)
+                let json = Self.json(result)
+                // The response is written by the log's writer thread right
+                // after the call's events are on disk: no hop back here.
+                log.append(events) {
+                    if cancelled { call.finishWithoutResponse() } else { call.respond(json) }
+                }
             } catch is CancellationError {
                 call.finishWithoutResponse()
             } catch let e as MCPError {
@@ -328,6 +333,7 @@ public final class SupervisorService: @unchecked Sendable {
                 call.fail(code: -32603, message: "Internal error: \(error)")
             }
         }
+        call.whenCancelled { task.cancel() }
     }
 
     /// A tools/call result as JSON, as the SDK would encode it.
@@ -350,7 +356,32 @@ public final class SupervisorService: @unchecked Sendable {
         return .object(o)
     }
 
+    /// tools/call through the SDK's dispatch.
     func callTool(_ params: CallTool.Parameters) async throws -> CallTool.Result {
+        let (result, events, cancelled) = try await performCall(params)
+        // The call's events are on disk before the client sees its result.
+        await log.append(events)
+        // notifications/cancelled: the worker is gone; no response is sent.
+        if cancelled { throw CancellationError() }
+        return result
+    }
+
+    /// One tools/call up to its result: the events still to be made durable
+    /// before the result may be sent (call.end), and whether the client
+    /// cancelled it (then no response is sent). Refusals are already on disk.
+    func performCall(_ params: CallTool.Parameters) async throws -> (CallTool.Result, [SecurityEvent], cancelled: Bool) {
+        let tail = CallTail()
+        let result = try await performCall(params, tail)
+        return (result, tail.events, tail.cancelled)
+    }
+
+    /// What a call leaves for its caller to finish (see `performCall`).
+    final class CallTail: @unchecked Sendable {
+        var events: [SecurityEvent] = []
+        var cancelled = false
+    }
+
+    private func performCall(_ params: CallTool.Parameters, _ tail: CallTail) async throws -> CallTool.Result {
         if ledgerChanged?() == true { await reload() }
         let toolName = CellProtocol.sanitize(String(params.name.prefix(128)))
         if params.name == Self.phaseTool, state.withLock({ policy != nil }) { return await setPhase(params) }
@@ -484,13 +515,9 @@ public final class SupervisorService: @unchecked Sendable {
             if case .text(let t, _, _) = c { return n + t.utf8.count }
             return n
         }
-        // The call's events are on disk before the client sees its result.
-        await log.append(SecurityEvent.callEnd(callID: callID, principal: principal, tool: entry.tool.name,
-                                               cell: entry.cell, report: report, bytesReturned: returned))
-        if case .cancelled = report.outcome, Task.isCancelled {
-            // notifications/cancelled: the worker is gone; no response is sent.
-            throw CancellationError()
-        }
+        if case .cancelled = report.outcome, Task.isCancelled { tail.cancelled = true }
+        tail.events = SecurityEvent.callEnd(callID: callID, principal: principal, tool: entry.tool.name,
+                                            cell: entry.cell, report: report, bytesReturned: returned)
         return result
     }
 
