@@ -42,11 +42,15 @@ def test_prespawned_worker_is_hardened_and_serves_one_call(workspace):
         assert int(st["CapEff"], 16) == 0 and int(st["CapBnd"], 16) == 0
         if Path("/proc/self").stat().st_uid == 0:
             assert st["Uid"].split()[0] == "65534"
+        # (It becomes visible at its exec, a moment before the supervisor
+        # files it as ready.)
+        time.sleep(0.3)
         echo(s, 2)
         # The ready worker served that call and is gone; its successor waits.
         assert wait_gone([warm])
         (nxt,) = idle_workers(1)
         assert nxt != warm
+        time.sleep(0.3)
         # A reload ends the ready worker (the next call starts afresh).
         s.proc.send_signal(signal.SIGHUP)
         assert wait_gone([nxt])
