@@ -11,6 +11,11 @@ public struct ServiceOptions: Sendable {
     public var maxQueuedCalls = 32
     public var toolsPageSize = 50
     public var maxMessageBytes = 4 << 20
+    /// Workers started ahead of the call per recently called cell.
+    public var prespawn = 1
+    public var prespawnIdleSeconds = 60
+    /// tools/call on the direct path (false: through the SDK's dispatch).
+    public var directCalls = true
     /// Record tool arguments in call.start events (otherwise only their digest).
     public var recordArguments = false
     /// Serve manifests without signatures (development only; announced at

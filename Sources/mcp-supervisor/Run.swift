@@ -128,9 +128,10 @@ struct Run: AsyncParsableCommand {
             printError("mcp-supervisor: cannot prepare the scratch directory \(s.scratchRoot): \(error)")
             throw ExitCode(2)
         }
-        let prespawnCount = prespawn ?? file.prespawn ?? 1
-        let prespawnIdle = prespawnIdleSeconds ?? file.prespawnIdleSeconds ?? 60
-        runner.enablePrespawn(perCell: prespawnCount, idleSeconds: prespawnIdle)
+        options.prespawn = prespawn ?? file.prespawn ?? options.prespawn
+        options.prespawnIdleSeconds = prespawnIdleSeconds ?? file.prespawnIdleSeconds ?? options.prespawnIdleSeconds
+        options.directCalls = !sdkDispatch
+        runner.enablePrespawn(perCell: options.prespawn, idleSeconds: options.prespawnIdleSeconds)
         let manifestsDir = s.manifestsDirectory
         let ledgerPath = Ledger.path(stateDirectory: s.stateDirectory)
         let unsigned = allowUnsigned
@@ -201,7 +202,7 @@ struct Run: AsyncParsableCommand {
             service.shutdown(reason: "end of input")
         }
         service.initializeVersion = { [transport] in transport.requestedProtocolVersion.value }
-        if !sdkDispatch {
+        if options.directCalls {
             transport.directCallHandler.value = { [service] params, call in service.serveDirect(params, call) }
         }
         try await service.run(transport: transport)
@@ -219,6 +220,8 @@ func settingsDigest(_ s: SupervisorSettings, _ o: ServiceOptions, _ f: Configura
         ("workerUid", s.workerUID.map { .int(Int64($0)) } ?? .null), ("workerGid", s.workerGID.map { .int(Int64($0)) } ?? .null),
         ("maxConcurrentCalls", .int(Int64(o.maxConcurrentCalls))), ("maxQueuedCalls", .int(Int64(o.maxQueuedCalls))),
         ("toolsPageSize", .int(Int64(o.toolsPageSize))), ("maxMessageBytes", .int(Int64(o.maxMessageBytes))),
+        ("prespawn", .int(Int64(o.prespawn))), ("prespawnIdleSeconds", .int(Int64(o.prespawnIdleSeconds))),
+        ("directCalls", .bool(o.directCalls)),
         ("configFile", f.path.map { .string($0) } ?? .null),
     ])).serializedBytes()
 }

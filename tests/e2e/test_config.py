@@ -21,6 +21,11 @@ def test_broken_configuration_names_file_and_field(tmp_path):
     cfg.write_text(json.dumps({"manifest": "x"}))
     p = subprocess.run([str(BIN), "run", "--config", str(cfg)], input=b"", capture_output=True, timeout=30)
     assert p.returncode == 2 and b"manifest: unknown field" in p.stderr, p.stderr
+    cfg.write_text(json.dumps({"prespawn": 17}))
+    p = subprocess.run([str(BIN), "run", "--config", str(cfg)], input=b"", capture_output=True, timeout=30)
+    assert p.returncode == 2 and f"{cfg}: prespawn: 17 is out of range 0...16".encode() in p.stderr, p.stderr
+    p = subprocess.run([str(BIN), "run", "--prespawn=-1"], input=b"", capture_output=True, timeout=30)
+    assert p.returncode != 0 and b"--prespawn must be 0...16" in p.stderr, p.stderr
 
 
 def test_configuration_file_sets_paths_and_limits(workspace, tmp_path):
