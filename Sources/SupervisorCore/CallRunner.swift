@@ -51,6 +51,9 @@ public final class CallRunner: @unchecked Sendable {
         self.logger = logger
         devNull = try Sys.open("/dev/null", O_RDONLY)
         try host.prepareScratchRoot()
+        // A worker may exit before reading all of its input: the write
+        // must fail with EPIPE, not kill the supervisor with SIGPIPE.
+        signal(SIGPIPE, SIG_IGN)
     }
 
     deinit { devNull.close() }
