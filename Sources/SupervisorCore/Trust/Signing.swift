@@ -100,7 +100,7 @@ public enum TrustError: Error, Equatable, Sendable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .malformed(let m): return "malformed: \(m)"
-        case .unknownKey(let k): return "signed by unknown key \(k)"
+        case .unknownKey(let k): return "signed by unknown key \(k) (trust it first: mcp-supervisor keys add KEY.pub --key <a key the ledger already trusts>; `keys list` shows those)"
         case .revokedKey(let k): return "signed by revoked key \(k)"
         case .badSignature(let k): return "bad signature (claimed key \(k))"
         case .unsigned(let m): return "not signed: \(m)"
