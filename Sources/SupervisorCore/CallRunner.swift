@@ -79,26 +79,34 @@ public final class CallRunner: @unchecked Sendable {
     /// `learn` (development only): syscalls outside the allowlist are
     /// recorded and let through instead of killing the worker.
     /// `onNetwork` sees each answer of the connection broker as it is given.
+    /// `deliver`, if given, receives the report as soon as the worker is
+    /// reaped, before its scratch directory is wiped and the cell's next
+    /// worker is asked for (both still happen before this returns).
     public func run(cell: PreparedCell, tool: String, arguments: JSONObject, callID: String,
                     cancellation: CallCancellation? = nil, limits: CellManifest.Limits? = nil, learn: Bool = false,
+                    deliver: ((CallReport) -> Void)? = nil,
                     onNetwork: (NetworkDecision) -> Void = { _ in },
                     onMessage: (WorkerMessage) -> Void = { _ in }) -> CallReport {
         let start = monotonicNanoseconds()
         var report = CallReport(outcome: .cancelled, exit: nil, durationNanoseconds: 0, cpuNanoseconds: 0,
                                 peakMemoryBytes: nil, bytesFromWorker: 0, diagnostics: "", spawnNanoseconds: 0,
                                 firstFrameNanoseconds: 0, reapNanoseconds: 0)
+        var cleanup: (() -> Void)? = nil
         if cancellation?.isCancelled != true {
-            run(cell: cell, tool: tool, arguments: arguments, callID: callID, cancellation: cancellation,
-                limits: limits ?? cell.manifest.limits, learn: learn, start: start, report: &report,
-                onNetwork: onNetwork, onMessage: onMessage)
+            cleanup = run(cell: cell, tool: tool, arguments: arguments, callID: callID, cancellation: cancellation,
+                          limits: limits ?? cell.manifest.limits, learn: learn, start: start, report: &report,
+                          onNetwork: onNetwork, onMessage: onMessage)
         }
         report.durationNanoseconds = monotonicNanoseconds() - start
+        deliver?(report)
+        cleanup?()
         return report
     }
 
     private func run(cell: PreparedCell, tool: String, arguments: JSONObject, callID: String,
                      cancellation: CallCancellation?, limits: CellManifest.Limits, learn: Bool, start: UInt64,
-                     report: inout CallReport, onNetwork: (NetworkDecision) -> Void, onMessage: (WorkerMessage) -> Void) {
+                     report: inout CallReport, onNetwork: (NetworkDecision) -> Void,
+                     onMessage: (WorkerMessage) -> Void) -> (() -> Void)? {
         let m = cell.manifest
         // A command tool: argv from the arguments, stdin from one of them.
         var command: (template: CommandTemplate, argv: [String], stdin: [UInt8])? = nil
@@ -108,7 +116,7 @@ public final class CallRunner: @unchecked Sendable {
                 command = (t, argv, stdin)
             } catch {
                 report.outcome = .refused(.arguments(error.message))
-                return
+                return nil
             }
         }
         // A worker started ahead of the call for this cell, if one is ready
@@ -122,16 +130,22 @@ public final class CallRunner: @unchecked Sendable {
             case .success(let w): started = w
             case .failure(let outcome):
                 report.outcome = outcome
-                return
+                return nil
             }
             report.spawnNanoseconds = started.spawnNanoseconds
         }
         drive(started, tool: tool, arguments: arguments, callID: callID, cancellation: cancellation, learn: learn,
               command: command.map { ($0.template, $0.stdin) }, start: start, report: &report,
               onNetwork: onNetwork, onMessage: onMessage)
-        // The next worker starts once this one is gone, so that its setup
-        // does not compete with this call for the CPU.
-        if command == nil, !learn, let prespawner, limits == m.limits { prespawner.refill(cell) }
+        let refill = command == nil && !learn && limits == m.limits
+        return { [self] in
+            started.listener?.fd.close()
+            for fd in started.toClose { fd.close() }
+            wipe(started.scratch)
+            // The next worker starts once this one is gone, so that its
+            // setup does not compete with this call for the CPU.
+            if refill { prespawner?.refill(cell) }
+        }
     }
 
     /// Starts a worker up to the point where it waits for its input: scratch
@@ -302,11 +316,8 @@ public final class CallRunner: @unchecked Sendable {
                        cancellation: CallCancellation?, learn: Bool, command: (CommandTemplate, [UInt8])?,
                        start: UInt64, report: inout CallReport, onNetwork: (NetworkDecision) -> Void,
                        onMessage: (WorkerMessage) -> Void) {
-        defer {
-            w.listener?.fd.close()
-            for fd in w.toClose { fd.close() }
-            wipe(w.scratch)
-        }
+        // (The caller closes the remaining descriptors and wipes the scratch
+        // directory once the report is delivered.)
         let worker = w.worker
         var session = WorkerSession(
             worker: worker, callID: callID, limits: w.limits, requestWrite: w.requestWrite, responseRead: w.responseRead,

@@ -483,14 +483,16 @@ public final class SupervisorService: @unchecked Sendable {
         let report: CallReport? = await withTaskCancellationHandler {
             await withCheckedContinuation { (k: CheckedContinuation<CallReport?, Never>) in
                 let accepted = pool.submit {
-                    let r = runner.run(cell: entry.cell, tool: entry.tool.name, arguments: arguments,
+                    _ = runner.run(cell: entry.cell, tool: entry.tool.name, arguments: arguments,
                                        callID: callID, cancellation: cancellation, limits: limits,
+                                       deliver: { r in
+                                           k.resume(returning: r)
+                                       },
                                        onNetwork: { d in
                                            // In order with call.start/call.end; synced with call.end.
                                            log.appendLater([SecurityEvent.network(callID: callID, principal: principal,
                                                                                   tool: entry.tool.name, cell: entry.cell, decision: d)])
                                        }) { sink.yield($0) }
-                    k.resume(returning: r)
                 }
                 if !accepted { k.resume(returning: nil) }
             }
