@@ -4,6 +4,7 @@ with the security events they leave."""
 import http.server
 import json
 import shutil
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -60,6 +61,20 @@ def env():
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     port = httpd.server_address[1]
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    # The same over TLS, with a certificate for 127.0.0.1 that the cell is
+    # told to trust (SSL_CERT_FILE is read by OpenSSL in the worker).
+    tls = d / "tls"
+    tls.mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(tls / "key.pem"), "-out", str(tls / "cert.pem")],
+                   check=True, capture_output=True)
+    (tls / "cert.pem").chmod(0o644)
+    httpsd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tls / "cert.pem", tls / "key.pem")
+    httpsd.socket = ctx.wrap_socket(httpsd.socket, server_side=True)
+    tls_port = httpsd.server_address[1]
+    threading.Thread(target=httpsd.serve_forever, daemon=True).start()
 
     # A repository whose own config tries to make git run a program.
     repo = d / "repo"
@@ -78,7 +93,9 @@ def env():
     man = d / "manifests"
     man.mkdir()
     fetch = bundled_manifest("http-fetch")
-    fetch["network"]["connect"] = [f"127.0.0.1:{port}", f"localhost:{port}"]
+    fetch["network"]["connect"] = [f"127.0.0.1:{port}", f"localhost:{port}", f"127.0.0.1:{tls_port}"]
+    fetch["environment"]["set"]["SSL_CERT_FILE"] = str(tls / "cert.pem")
+    fetch["filesystem"]["read"].append(str(tls / "cert.pem"))
     (man / "http-fetch.json").write_text(json.dumps(fetch))
     raw = bundled_manifest("http-fetch")
     raw["name"] = "raw-net"
@@ -100,10 +117,11 @@ def env():
     s.pending = []
     s.initialize()
     s.ids = iter(range(1000, 100000))
-    s.d, s.port, s.repo = d, port, repo
+    s.d, s.port, s.repo, s.tls_port = d, port, repo, tls_port
     yield s
     s.close()
     httpd.shutdown()
+    httpsd.shutdown()
     shutil.rmtree(d, ignore_errors=True)
 
 
@@ -132,6 +150,13 @@ def test_http_fetch_through_the_broker(env):
     assert not r["isError"] and t == "hello from loopback\n"
     r, t = call(env, "http_fetch", {"url": f"http://127.0.0.1:{env.port}/big", "maxBytes": 1000})
     assert not r["isError"] and len(t) == 1000 and r["structuredContent"]["truncated"] is True
+
+
+def test_https_through_the_broker(env):
+    """TLS runs in the worker over the socket the supervisor connected."""
+    r, t = call(env, "http_fetch", {"url": f"https://127.0.0.1:{env.tls_port}/hello"})
+    assert not r["isError"], t
+    assert t == "hello from loopback\n" and r["structuredContent"]["status"] == 200
 
 
 def test_http_fetch_refusals(env):
