@@ -1,3 +1,4 @@
+import Foundation
 import StrictJSON
 import SupervisorPlatform
 #if canImport(Glibc)
@@ -171,6 +172,33 @@ struct ConnectionBroker {
         init(_ m: String) { message = m }
     }
 
+    /// getaddrinfo has no timeout of its own (the resolver's can be tens of
+    /// seconds): it runs on a thread of its own and the call waits at most
+    /// `timeoutMilliseconds`; a late answer is dropped.
+    static func resolve(_ host: String, timeoutMilliseconds: Int,
+                        using lookup: @escaping @Sendable (String) throws(SystemError) -> [IPAddress] = { h throws(SystemError) in try Network.resolve(h) })
+        throws(Refusal) -> [IPAddress]
+    {
+        final class Answer: @unchecked Sendable {
+            var result: Result<[IPAddress], SystemError>? = nil
+            let done = DispatchSemaphore(value: 0)
+        }
+        let answer = Answer()
+        let t = Thread {
+            answer.result = Result { () throws(SystemError) -> [IPAddress] in try lookup(host) }
+            answer.done.signal()
+        }
+        t.name = "resolve"
+        t.start()
+        guard answer.done.wait(timeout: .now() + .milliseconds(max(0, timeoutMilliseconds))) == .success else {
+            throw Refusal("resolving \(host) took longer than \(timeoutMilliseconds) ms")
+        }
+        switch answer.result! {
+        case .success(let a): return a
+        case .failure(let e): throw Refusal(e.operation)
+        }
+    }
+
     static func parseRequest(_ bytes: [UInt8], truncated: Bool) throws(Refusal) -> (String, Int) {
         guard !truncated else { throw Refusal("request longer than 1024 bytes") }
         guard case .object(let o)? = try? JSONParser.parse(bytes) else { throw Refusal("request is not a JSON object") }
@@ -199,7 +227,9 @@ struct ConnectionBroker {
         if let literal {
             candidates = [literal]
         } else {
-            do { candidates = try Network.resolve(host) } catch { throw Refusal(error.operation) }
+            let now = monotonicNanoseconds()
+            let left = now < deadline ? Int((deadline - now) / 1_000_000) : 0
+            candidates = try Self.resolve(host, timeoutMilliseconds: min(left, access.connectTimeoutMilliseconds))
             let all = candidates
             candidates.removeAll { $0.isInternal }
             if candidates.isEmpty {

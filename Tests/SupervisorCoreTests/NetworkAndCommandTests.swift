@@ -1,6 +1,9 @@
 import StrictJSON
 import SupervisorPlatform
 import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @testable import SupervisorCore
 
@@ -73,6 +76,26 @@ final class NetworkAndCommandTests: XCTestCase {
         for bad in [#"{"host":"a.org"}"#, #"{"host":"a.org","port":70000}"#, #"{"host":"a b","port":1}"#,
                     #"{"host":"a.org","port":1,"x":1}"#, "[]", "not json"] {
             XCTAssertThrowsError(try ConnectionBroker.parseRequest(Array(bad.utf8), truncated: false), bad)
+        }
+    }
+
+    func testResolutionIsBoundedByTheCallsTime() {
+        let slow: @Sendable (String) throws(SystemError) -> [IPAddress] = { _ in
+            usleep(500_000)
+            return [IPAddress(literal: "192.0.2.1")!]
+        }
+        let t0 = monotonicNanoseconds()
+        XCTAssertThrowsError(try ConnectionBroker.resolve("slow.example", timeoutMilliseconds: 50, using: slow)) {
+            XCTAssertTrue("\(($0 as! ConnectionBroker.Refusal).message)".contains("took longer than 50 ms"))
+        }
+        XCTAssertLessThan(monotonicNanoseconds() - t0, 400_000_000, "the caller waited for the slow resolver")
+        let fast: @Sendable (String) throws(SystemError) -> [IPAddress] = { _ in [IPAddress(literal: "192.0.2.7")!] }
+        XCTAssertEqual(try? ConnectionBroker.resolve("fast.example", timeoutMilliseconds: 5000, using: fast), [IPAddress(literal: "192.0.2.7")!])
+        let failing: @Sendable (String) throws(SystemError) -> [IPAddress] = { _ throws(SystemError) in
+            throw SystemError("resolve x: Name or service not known", errno: 0)
+        }
+        XCTAssertThrowsError(try ConnectionBroker.resolve("x", timeoutMilliseconds: 5000, using: failing)) {
+            XCTAssertTrue("\(($0 as! ConnectionBroker.Refusal).message)".contains("Name or service not known"))
         }
     }
 
