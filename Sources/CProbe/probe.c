@@ -44,12 +44,13 @@ int probe_thread(void) {
     return pthread_join(t, NULL);
 }
 
-long probe_alloc(unsigned long n) {
+long probe_alloc(unsigned long n, int keep) {
     /* volatile: the compiler may not elide the allocation. */
     volatile char *p = malloc(n);
     if (!p) return -ENOMEM;
     for (unsigned long i = 0; i < n; i += 4096) p[i] = 1;
-    free((void *)p);
+    /* keep: leave it to the process's exit (a slow teardown). */
+    if (!keep) free((void *)p);
     return 0;
 }
 

@@ -111,6 +111,8 @@ public struct CallReport: Sendable {
     /// The worker was started ahead of the call (its spawn is not part of
     /// the call's time).
     public var prespawned = false
+    /// Wake-ups of the call's poll loop (a loop that spins shows here).
+    public var pollWakeups = 0
 }
 
 /// A message a worker sent during a call.

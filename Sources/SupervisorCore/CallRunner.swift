@@ -347,6 +347,7 @@ public final class CallRunner: @unchecked Sendable {
         report.firstFrameNanoseconds = session.firstFrameAt > 0 ? session.firstFrameAt - start - report.spawnNanoseconds : 0
         report.outcome = session.classify(exit: exit)
         report.learnedSyscalls = session.learned
+        report.pollWakeups = session.wakeups
     }
 
     func environment(for m: CellManifest, scratch: String) -> [String] {
@@ -401,6 +402,7 @@ struct WorkerSession {
     var stdout: [UInt8] = []
     var learning = false
     var learned: [String] = []
+    var wakeups = 0
 
     var decoder: FrameDecoder
     var final: CellProtocol.Frame? = nil
@@ -454,6 +456,11 @@ struct WorkerSession {
         try? responseRead.setNonBlocking()
         try? diagRead.setNonBlocking()
         var requestOpen = true
+        // The listener reports POLLHUP once no task uses the filter (the
+        // worker has exited) and keeps reporting it: it must leave the poll
+        // set then, or the loop spins until the pipes and the pidfd catch up
+        // (measured: thousands of wake-ups per call under load).
+        var listenerOpen = listener != nil
         var brokerOpen = broker != nil
         var responseOpen = true
         var diagOpen = true
@@ -494,7 +501,7 @@ struct WorkerSession {
             let iDiag = diagOpen ? poll.add(diagRead) : -1
             let iExit = exited ? -1 : poll.add(worker.pidfd)
             let iCancel = cancelled ? -1 : (cancellation.map { poll.add($0.read) } ?? -1)
-            let iNotify = listener.map { poll.add($0.fd) } ?? -1
+            let iNotify = listenerOpen ? poll.add(listener!.fd) : -1
             let iReq = requestOpen ? poll.add(requestWrite, events: Int16(POLLOUT)) : -1
             let iBroker = brokerOpen && !exited && !killedByUs ? poll.add(broker!.socket) : -1
 
@@ -514,6 +521,7 @@ struct WorkerSession {
             let now = monotonicNanoseconds()
             let timeout: Int32 = wake.map { $0 > now ? Int32(min(($0 - now) / 1_000_000 + 1, 60_000)) : 0 } ?? -1
             do { _ = try poll.wait(timeoutMilliseconds: timeout) } catch { kill(); break }
+            wakeups += 1
 
             let t = monotonicNanoseconds()
             if let w = wake, t >= w {
@@ -533,7 +541,11 @@ struct WorkerSession {
                     kill()
                 }
             }
-            if iNotify >= 0 && poll.isReadable(iNotify), let l = listener {
+            if iNotify >= 0 && poll.fds[iNotify].revents & Int16(POLLHUP | POLLERR) != 0
+                && poll.fds[iNotify].revents & Int16(POLLIN) == 0
+            {
+                listenerOpen = false
+            } else if iNotify >= 0 && poll.isReadable(iNotify), let l = listener {
                 if let n = try? l.receive() {
                     if learning && n.architecture == Seccomp.nativeArchitecture {
                         var name = n.syscallName
@@ -545,6 +557,8 @@ struct WorkerSession {
                         seccompViolation = (n.syscallName, Seccomp.architectureName(n.architecture))
                         kill()
                     }
+                } else if poll.fds[iNotify].revents & Int16(POLLHUP | POLLERR) != 0 {
+                    listenerOpen = false
                 }
             }
             if iBroker >= 0 && poll.isReadable(iBroker) {

@@ -56,7 +56,7 @@ Cell.main { request, ctx in
         let r = probe_thread()
         return .text(r == 0 ? "ok" : "errno \(r)")
     case "alloc":
-        return .text(errnoText(probe_alloc(UInt(int("bytes")))))
+        return .text(errnoText(probe_alloc(UInt(int("bytes")), a["keep"] == .bool(true) ? 1 : 0)))
     case "spin":
         probe_spin(Int32(int("threads", 1)), a["seconds"]?.doubleValue ?? 1)
         return .text("spun")

@@ -163,6 +163,16 @@ final class SandboxTests: XCTestCase {
         if let peak = big.peakMemoryBytes { XCTAssertLessThan(peak, 64 << 20) }
     }
 
+    func testTheCallDoesNotSpinWhileAWorkerDies() throws {
+        // A worker that leaves 512 MiB to its exit takes a while to be torn
+        // down after the kill at its final frame; its seccomp listener
+        // reports POLLHUP meanwhile. The poll loop must not busy-wait on it.
+        let cell = try probe(limits: #"{"memoryMiB": 1024}"#)
+        let r = try Harness.call(cell, ["action": "alloc", "bytes": .int(512 << 20), "keep": true])
+        XCTAssertEqual(Harness.text(r), "ok 0", r.outcome.detail)
+        XCTAssertLessThan(r.pollWakeups, 20, "the call's poll loop woke \(r.pollWakeups) times")
+    }
+
     func testCPULimitEndsTheCall() throws {
         let cell = try probe(limits: #"{"cpuSeconds": 1, "timeoutMilliseconds": 10000, "processes": "threads"}"#)
         let r = try Harness.call(cell, ["action": "spin", "seconds": 5, "threads": 2])

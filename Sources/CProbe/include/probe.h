@@ -20,7 +20,7 @@ long probe_fork(void);
 int probe_thread(void);
 
 /* Allocates and touches n bytes: 0 on success, -ENOMEM if refused. */
-long probe_alloc(unsigned long n);
+long probe_alloc(unsigned long n, int keep);
 
 /* Burns CPU in `threads` threads (1 = only this one) for `seconds`. */
 void probe_spin(int threads, double seconds);
