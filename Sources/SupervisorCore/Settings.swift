@@ -31,11 +31,16 @@ public struct SupervisorSettings: Sendable {
         return "/tmp/mcp-supervisor-\(geteuid())/state"
     }
 
-    /// Scratch directories live on tmpfs when possible: `$XDG_RUNTIME_DIR`,
-    /// else `/tmp/mcp-supervisor-<uid>`.
+    /// Scratch directories live on tmpfs when possible, so nothing a worker
+    /// writes reaches a disk and creating and wiping them costs no journal:
+    /// `$XDG_RUNTIME_DIR`, else `/dev/shm/mcp-supervisor-<uid>`, else
+    /// `/tmp/mcp-supervisor-<uid>`.
     public static func defaultScratchRoot() -> String {
         if let x = getenv("XDG_RUNTIME_DIR"), x.pointee != 0, (try? Sys.stat(String(cString: x)))?.isDirectory == true {
             return String(cString: x) + "/mcp-supervisor/scratch"
+        }
+        if (try? Sys.stat("/dev/shm"))?.isDirectory == true {
+            return "/dev/shm/mcp-supervisor-\(geteuid())/scratch"
         }
         return "/tmp/mcp-supervisor-\(geteuid())/scratch"
     }

@@ -17,7 +17,7 @@ struct CommonOptions: ParsableArguments {
     @Option(name: .long, help: "State directory (default: $XDG_STATE_HOME/mcp-supervisor or ~/.local/state/mcp-supervisor).")
     var stateDir: String?
 
-    @Option(name: .long, help: "Parent directory of per-call scratch directories (default: $XDG_RUNTIME_DIR/mcp-supervisor/scratch or /tmp/mcp-supervisor-<uid>/scratch).")
+    @Option(name: .long, help: "Parent directory of per-call scratch directories (default: $XDG_RUNTIME_DIR/mcp-supervisor/scratch, else /dev/shm/mcp-supervisor-<uid>/scratch, else /tmp/mcp-supervisor-<uid>/scratch: tmpfs where possible).")
     var scratchDir: String?
 
     @Option(name: .long, help: "uid workers run as when the supervisor runs as root (default 65534, nobody).")
