@@ -145,8 +145,18 @@ public final class Prespawner: @unchecked Sendable {
     private func loop() {
         while true {
             lock.lock()
+            // Sleep until asked for a worker or until the oldest ready one
+            // expires; with none ready, until asked (nothing runs when idle).
             while wanted.isEmpty && !stopped {
-                if !lock.wait(until: Date(timeIntervalSinceNow: 1)) { break }
+                let oldest = ready.values.flatMap { $0 }.map(\.bornAt).min()
+                guard let oldest else {
+                    lock.wait()
+                    continue
+                }
+                let now = monotonicNanoseconds()
+                let expiry = oldest + idleNanoseconds
+                if now >= expiry { break }
+                if !lock.wait(until: Date(timeIntervalSinceNow: Double(expiry - now) / 1e9 + 0.001)) { break }
             }
             if stopped {
                 lock.unlock()
