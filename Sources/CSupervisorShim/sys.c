@@ -295,7 +295,7 @@ int mcps_parse_address(const char *host, mcps_address *out) {
     return 0;
 }
 
-int mcps_tcp_connect(const mcps_address *a, int port, int timeout_ms) {
+int mcps_tcp_connect(const mcps_address *a, int port, int timeout_ms, int cancel_fd) {
     struct sockaddr_storage ss;
     socklen_t len;
     memset(&ss, 0, sizeof(ss));
@@ -317,11 +317,12 @@ int mcps_tcp_connect(const mcps_address *a, int port, int timeout_ms) {
     int rc = connect(fd, (struct sockaddr *)&ss, len);
     if (rc != 0 && errno != EINPROGRESS) goto fail;
     if (rc != 0) {
-        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        struct pollfd p[2] = {{.fd = fd, .events = POLLOUT}, {.fd = cancel_fd, .events = POLLIN}};
         int n;
-        do { n = poll(&p, 1, timeout_ms); } while (n < 0 && errno == EINTR);
+        do { n = poll(p, cancel_fd >= 0 ? 2 : 1, timeout_ms); } while (n < 0 && errno == EINTR);
         if (n == 0) { errno = ETIMEDOUT; goto fail; }
         if (n < 0) goto fail;
+        if (cancel_fd >= 0 && (p[1].revents & POLLIN)) { errno = ECANCELED; goto fail; }
         int err = 0;
         socklen_t el = sizeof(err);
         if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0) goto fail;

@@ -325,7 +325,9 @@ public final class CallRunner: @unchecked Sendable {
         session.learning = learn
         session.command = command?.0
         session.listener = w.listener
-        if let b = w.broker { session.broker = ConnectionBroker(access: w.cell.manifest.network, socket: b) }
+        if let b = w.broker {
+            session.broker = ConnectionBroker(access: w.cell.manifest.network, socket: b, cancellation: cancellation)
+        }
         let input = command?.1 ?? FrameCodec.encode(CellProtocol.request(callID: callID, tool: tool, arguments: arguments))
         session.run(input: input, started: start, onNetwork: onNetwork, onMessage: onMessage)
         let reapStart = monotonicNanoseconds()

@@ -127,6 +127,9 @@ public struct NetworkDecision: Sendable, Equatable {
 struct ConnectionBroker {
     let access: NetworkAccess
     let socket: FileDescriptor
+    /// The call's cancellation: resolving and connecting give up when it
+    /// fires, so a cancelled call does not wait for a slow network.
+    var cancellation: CallCancellation? = nil
     var granted = 0
 
 
@@ -175,7 +178,7 @@ struct ConnectionBroker {
     /// getaddrinfo has no timeout of its own (the resolver's can be tens of
     /// seconds): it runs on a thread of its own and the call waits at most
     /// `timeoutMilliseconds`; a late answer is dropped.
-    static func resolve(_ host: String, timeoutMilliseconds: Int,
+    static func resolve(_ host: String, timeoutMilliseconds: Int, cancellation: CallCancellation? = nil,
                         using lookup: @escaping @Sendable (String) throws(SystemError) -> [IPAddress] = { h throws(SystemError) in try Network.resolve(h) })
         throws(Refusal) -> [IPAddress]
     {
@@ -190,8 +193,11 @@ struct ConnectionBroker {
         }
         t.name = "resolve"
         t.start()
-        guard answer.done.wait(timeout: .now() + .milliseconds(max(0, timeoutMilliseconds))) == .success else {
-            throw Refusal("resolving \(host) took longer than \(timeoutMilliseconds) ms")
+        // Waited for in slices, so that a cancelled call stops waiting.
+        let until = monotonicNanoseconds() + UInt64(max(0, timeoutMilliseconds)) * 1_000_000
+        while answer.done.wait(timeout: .now() + .milliseconds(10)) != .success {
+            if cancellation?.isCancelled == true { throw Refusal("the call was cancelled while resolving \(host)") }
+            if monotonicNanoseconds() >= until { throw Refusal("resolving \(host) took longer than \(timeoutMilliseconds) ms") }
         }
         switch answer.result! {
         case .success(let a): return a
@@ -229,7 +235,8 @@ struct ConnectionBroker {
         } else {
             let now = monotonicNanoseconds()
             let left = now < deadline ? Int((deadline - now) / 1_000_000) : 0
-            candidates = try Self.resolve(host, timeoutMilliseconds: min(left, access.connectTimeoutMilliseconds))
+            candidates = try Self.resolve(host, timeoutMilliseconds: min(left, access.connectTimeoutMilliseconds),
+                                          cancellation: cancellation)
             let all = candidates
             candidates.removeAll { $0.isInternal }
             if candidates.isEmpty {
@@ -242,7 +249,8 @@ struct ConnectionBroker {
             guard now < deadline else { throw Refusal("the call's deadline passed while connecting") }
             let left = Int((deadline - now) / 1_000_000)
             do {
-                let fd = try Network.connect(a, port: port, timeoutMilliseconds: min(left, access.connectTimeoutMilliseconds))
+                let fd = try Network.connect(a, port: port, timeoutMilliseconds: min(left, access.connectTimeoutMilliseconds),
+                                             cancel: cancellation?.read)
                 d.address = a.isIPv6 ? "[\(a)]:\(port)" : "\(a):\(port)"
                 return fd
             } catch {

@@ -81,9 +81,11 @@ public enum Network {
     }
 
     /// A connected, blocking, close-on-exec TCP socket.
-    public static func connect(_ address: IPAddress, port: Int, timeoutMilliseconds: Int) throws(SystemError) -> FileDescriptor {
+    /// Gives up with ECANCELED when `cancel` becomes readable first.
+    public static func connect(_ address: IPAddress, port: Int, timeoutMilliseconds: Int,
+                               cancel: FileDescriptor? = nil) throws(SystemError) -> FileDescriptor {
         var a = address.raw
-        let fd = mcps_tcp_connect(&a, Int32(port), Int32(timeoutMilliseconds))
+        let fd = mcps_tcp_connect(&a, Int32(port), Int32(timeoutMilliseconds), cancel?.rawValue ?? -1)
         if fd < 0 { throw SystemError("connect \(address):\(port)", errno: Glibc.errno) }
         return FileDescriptor(rawValue: fd)
     }

@@ -1,3 +1,4 @@
+import Foundation
 import StrictJSON
 import SupervisorPlatform
 import XCTest
@@ -97,6 +98,47 @@ final class NetworkAndCommandTests: XCTestCase {
         XCTAssertThrowsError(try ConnectionBroker.resolve("x", timeoutMilliseconds: 5000, using: failing)) {
             XCTAssertTrue("\(($0 as! ConnectionBroker.Refusal).message)".contains("Name or service not known"))
         }
+    }
+
+    func testACancelledCallStopsWaitingForTheResolver() throws {
+        let slow: @Sendable (String) throws(SystemError) -> [IPAddress] = { _ in
+            usleep(2_000_000)
+            return []
+        }
+        let c = try CallCancellation()
+        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(50)) { c.cancel() }
+        let t0 = monotonicNanoseconds()
+        XCTAssertThrowsError(try ConnectionBroker.resolve("slow.example", timeoutMilliseconds: 5000, cancellation: c, using: slow)) {
+            XCTAssertTrue("\(($0 as! ConnectionBroker.Refusal).message)".contains("cancelled"))
+        }
+        XCTAssertLessThan(monotonicNanoseconds() - t0, 1_000_000_000)
+    }
+
+    func testACancelledCallStopsWaitingForAConnection() throws {
+        // A listener whose accept queue is full: further SYNs are dropped, so
+        // a connect waits until its timeout, unless the call is cancelled.
+        let l = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(l) }
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &a) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(l, $0, len) } }
+        listen(l, 0)
+        _ = withUnsafeMutablePointer(to: &a) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(l, $0, &len) } }
+        let port = Int(UInt16(bigEndian: a.sin_port))
+        var fillers: [FileDescriptor] = []
+        defer { fillers.forEach { $0.close() } }
+        for _ in 0..<4 {
+            if let f = try? Network.connect(IPAddress(literal: "127.0.0.1")!, port: port, timeoutMilliseconds: 100) { fillers.append(f) }
+        }
+        let c = try CallCancellation()
+        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(50)) { c.cancel() }
+        let t0 = monotonicNanoseconds()
+        XCTAssertThrowsError(try Network.connect(IPAddress(literal: "127.0.0.1")!, port: port, timeoutMilliseconds: 3000, cancel: c.read)) {
+            XCTAssertEqual(($0 as? SystemError)?.errno, ECANCELED, "\($0)")
+        }
+        XCTAssertLessThan(monotonicNanoseconds() - t0, 1_500_000_000)
     }
 
     func command(_ argv: JSONValue, stdin: String? = nil,

@@ -203,8 +203,9 @@ int mcps_address_text(const mcps_address *address, char *buf, size_t size);
 int mcps_parse_address(const char *host, mcps_address *out);
 
 /* A TCP connection to address:port, close-on-exec and blocking, within
-   timeout_ms; -1 with errno (ETIMEDOUT when the time ran out). */
-int mcps_tcp_connect(const mcps_address *address, int port, int timeout_ms);
+   timeout_ms; -1 with errno (ETIMEDOUT when the time ran out, ECANCELED when
+   cancel_fd, if >= 0, became readable first: the call was cancelled). */
+int mcps_tcp_connect(const mcps_address *address, int port, int timeout_ms, int cancel_fd);
 
 /* Sends one datagram, with fd attached by SCM_RIGHTS if fd >= 0. */
 int mcps_send_message(int socket_fd, const void *data, size_t length, int fd);
