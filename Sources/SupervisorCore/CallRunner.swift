@@ -160,9 +160,7 @@ public final class CallRunner: @unchecked Sendable {
         let script: FileDescriptor?
         let generations: [Int]
         do {
-            exe = try cell.executable.descriptorForSpawn()
-            script = try cell.script?.freshReadDescriptor()
-            generations = try cell.fileGenerations()
+            (exe, script, generations) = try cell.filesForSpawn()
         } catch {
             return .failure(.refused(error))
         }

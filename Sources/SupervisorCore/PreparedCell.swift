@@ -110,22 +110,12 @@ final class VerifiedFile: @unchecked Sendable {
         }
     }
 
-    /// The sealed descriptor to exec. Costs one stat when the file is
-    /// unchanged; if anything about it changed (ctime cannot be forged) the
-    /// file is verified again and a mismatch refuses the call.
-    /// A new read-only open file description of the sealed copy, at offset 0,
-    /// for a worker that reads the file (a script on stdin): each worker gets
-    /// its own offset. The caller closes it.
-    func freshReadDescriptor() throws(CellRefusal) -> FileDescriptor {
-        let fd = try descriptorForSpawn()
-        do { return try Sys.open("/proc/self/fd/\(fd.rawValue)", O_RDONLY) } catch {
-            throw .unreadable(path: path, reason: "reopen of the sealed copy failed: \(error)")
-        }
-    }
-
     func descriptorForSpawn() throws(CellRefusal) -> FileDescriptor { try current().fd }
 
-    /// The sealed descriptor and its generation.
+    /// The sealed descriptor to exec, and its generation. Costs one stat
+    /// when the file is unchanged; if anything about it changed (ctime
+    /// cannot be forged) the file is verified again and a mismatch refuses
+    /// the call.
     func current() throws(CellRefusal) -> (fd: FileDescriptor, generation: Int) {
         let now: FileIdentity
         do { now = try Sys.stat(path) } catch { throw .unreadable(path: path, reason: error.description) }
@@ -155,9 +145,10 @@ final class ProgramInput: @unchecked Sendable {
 
     func verify() throws(CellRefusal) { for p in parts { try p.verify() } }
 
-    /// A fresh read-only descriptor at offset 0; the caller closes it.
-    func freshReadDescriptor() throws(CellRefusal) -> FileDescriptor {
-        if parts.count == 1 { return try parts[0].freshReadDescriptor() }
+    /// A new read-only open file description of the sealed input at offset
+    /// 0 (each worker reads with its own offset; the caller closes it), and
+    /// the parts' generations. One stat per part.
+    func freshReadDescriptor() throws(CellRefusal) -> (fd: FileDescriptor, generations: [Int]) {
         var fds: [FileDescriptor] = []
         var gens: [Int] = []
         for p in parts {
@@ -165,19 +156,23 @@ final class ProgramInput: @unchecked Sendable {
             fds.append(fd)
             gens.append(g)
         }
-        lock.lock()
-        defer { lock.unlock() }
-        if joined == nil || gens != generations {
-            do {
-                let j = try Sys.sealedCopy(of: fds, name: baseName(of: parts.last!.path))
-                joined?.close()
-                joined = j
-                generations = gens
-            } catch {
-                throw .unreadable(path: parts.last!.path, reason: "joining libraries and script: \(error)")
+        var sealed = fds[0]
+        if parts.count > 1 {
+            lock.lock()
+            defer { lock.unlock() }
+            if joined == nil || gens != generations {
+                do {
+                    let j = try Sys.sealedCopy(of: fds, name: baseName(of: parts.last!.path))
+                    joined?.close()
+                    joined = j
+                    generations = gens
+                } catch {
+                    throw .unreadable(path: parts.last!.path, reason: "joining libraries and script: \(error)")
+                }
             }
+            sealed = joined!
         }
-        do { return try Sys.open("/proc/self/fd/\(joined!.rawValue)", O_RDONLY) } catch {
+        do { return (try Sys.open("/proc/self/fd/\(sealed.rawValue)", O_RDONLY), gens) } catch {
             throw .unreadable(path: parts.last!.path, reason: "reopen of the sealed copy failed: \(error)")
         }
     }
@@ -278,6 +273,16 @@ public final class PreparedCell: @unchecked Sendable {
     public func verifyFiles() throws(CellRefusal) {
         try executable.verify()
         try script?.verify()
+    }
+
+    /// What a spawn needs from the verified files, after one stat of each:
+    /// the executable to exec, the worker's stdin (interpreted cells) and
+    /// the files' generations (compared when a prespawned worker is taken).
+    func filesForSpawn() throws(CellRefusal) -> (executable: FileDescriptor, stdin: FileDescriptor?, generations: [Int]) {
+        let (exe, g) = try executable.current()
+        guard let script else { return (exe, nil, [g]) }
+        let (fd, gens) = try script.freshReadDescriptor()
+        return (exe, fd, [g] + gens)
     }
 
     /// The generations of the verified executable and script parts, after
