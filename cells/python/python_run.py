@@ -4,42 +4,28 @@
 # CPU/memory/time/output limits from the manifest.
 import contextlib
 import io
-import json
-import os
-import struct
 import traceback
 
+import mcpcell
 
-def read_exactly(fd, n):
-    data = b""
-    while len(data) < n:
-        chunk = os.read(fd, n - len(data))
-        if not chunk:
-            raise EOFError("request pipe closed")
-        data += chunk
-    return data
+LIMIT = 64 * 1024
 
 
-def send(frame):
-    body = json.dumps(frame, ensure_ascii=False).encode("utf-8")
-    os.write(4, struct.pack(">I", len(body)) + body)
+@mcpcell.tool("python_run")
+def python_run(args, ctx):
+    out, err = io.StringIO(), io.StringIO()
+    error = None
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            exec(compile(args["code"], "<snippet>", "exec"), {"__name__": "__main__"})
+        except SystemExit as e:
+            error = f"SystemExit: {e.code}"
+        except BaseException as e:
+            # The snippet's own frames only, not this runner's.
+            error = "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next, limit=5))
+    stdout, stderr = out.getvalue()[:LIMIT], err.getvalue()[:LIMIT]
+    text = stdout + (("\n[stderr]\n" + stderr) if stderr else "") + (("\n[error]\n" + error) if error else "")
+    return mcpcell.Result(text or "(no output)", {"stdout": stdout, "stderr": stderr, "error": error})
 
 
-(length,) = struct.unpack(">I", read_exactly(3, 4))
-request = json.loads(read_exactly(3, length))
-code = request["arguments"]["code"]
-out, err = io.StringIO(), io.StringIO()
-error = None
-with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-    try:
-        exec(compile(code, "<snippet>", "exec"), {"__name__": "__main__"})
-    except SystemExit as e:
-        error = f"SystemExit: {e.code}"
-    except BaseException as e:
-        # The snippet's own frames only, not this runner's.
-        error = "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next, limit=5))
-limit = 64 * 1024
-stdout, stderr = out.getvalue()[:limit], err.getvalue()[:limit]
-text = stdout + (("\n[stderr]\n" + stderr) if stderr else "") + (("\n[error]\n" + error) if error else "")
-send({"type": "result", "id": request["id"], "content": [{"type": "text", "text": text or "(no output)"}],
-      "structuredContent": {"stdout": stdout, "stderr": stderr, "error": error}})
+mcpcell.serve()
