@@ -3,7 +3,8 @@ import XCTest
 
 @testable import SupervisorCore
 
-final class ManifestTests: XCTestCase {
+/// Shared by the manifest test classes: a minimal valid manifest, patched.
+class ManifestTestCase: XCTestCase {
     let sha = String(repeating: "a", count: 64)
 
     func manifest(_ patch: (inout JSONObject) -> Void = { _ in }) -> [UInt8] {
@@ -21,6 +22,8 @@ final class ManifestTests: XCTestCase {
         try CellManifest.parse(bytes: bytes, path: "/m/demo.json", manifestSHA256: "h")
     }
 
+    func parse(_ patch: (inout JSONObject) -> Void) throws -> CellManifest { try parse(manifest(patch)) }
+
     func assertError(_ field: String, _ contains: String, _ patch: (inout JSONObject) -> Void,
                      file: StaticString = #filePath, line: UInt = #line) {
         XCTAssertThrowsError(try parse(manifest(patch)), file: file, line: line) { e in
@@ -30,7 +33,9 @@ final class ManifestTests: XCTestCase {
             XCTAssertTrue(c.message.contains(contains), "\(c)", file: file, line: line)
         }
     }
+}
 
+final class ManifestTests: ManifestTestCase {
     func testMinimalManifestGetsDocumentedDefaults() throws {
         let m = try parse(manifest())
         XCTAssertEqual(m.argv, ["true"])

@@ -10,28 +10,7 @@ import Glibc
 
 /// The network allowlist and the command-tool form, as parsed from
 /// manifests and applied to requests and arguments.
-final class NetworkAndCommandTests: XCTestCase {
-    let sha = String(repeating: "a", count: 64)
-
-    func parse(_ patch: (inout JSONObject) -> Void) throws -> CellManifest {
-        var o: JSONObject = [
-            "name": "demo", "version": "1.0", "description": "A demo cell.",
-            "executable": ["path": "/bin/true", "sha256": .string(sha)],
-            "tools": [["name": "demo", "description": "Demo tool.", "inputSchema": ["type": "object"]]],
-            "sideEffects": "none",
-        ]
-        patch(&o)
-        return try CellManifest.parse(bytes: JSONValue.object(o).serializedBytes(), path: "/m/demo.json", manifestSHA256: "h")
-    }
-
-    func assertError(_ field: String, _ contains: String, _ patch: (inout JSONObject) -> Void, line: UInt = #line) {
-        XCTAssertThrowsError(try parse(patch), line: line) { e in
-            guard let c = e as? ConfigError else { return XCTFail("\(e)", line: line) }
-            XCTAssertEqual(c.field, field, "\(c)", line: line)
-            XCTAssertTrue(c.message.contains(contains), "\(c)", line: line)
-        }
-    }
-
+final class NetworkAndCommandTests: ManifestTestCase {
     func testAllowlistEntriesParseAndMatch() throws {
         let m = try parse { $0["network"] = ["connect": ["Example.org:443", "*.python.org:443", "127.0.0.1:8080", "[::1]:80"]] }
         let n = m.network

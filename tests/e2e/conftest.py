@@ -90,6 +90,20 @@ class RawServer:
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.pending = []
 
+    @classmethod
+    def serving(cls, work, manifests, *extra, policies=ROOT / "policies"):
+        """An initialized server on `manifests`, with its state and scratch
+        under `work`."""
+        s = cls.__new__(cls)
+        s.proc = subprocess.Popen([str(BIN), "run", "--manifests", str(manifests), "--policies", str(policies),
+                                   "--state-dir", str(Path(work) / "state"), "--scratch-dir", str(Path(work) / "scratch"),
+                                   "--log-level", "error", *extra],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        s.pending = []
+        s.initialize()
+        s.ids = iter(range(1000, 100000))
+        return s
+
     def send_raw(self, data: bytes):
         self.proc.stdin.write(data)
         self.proc.stdin.flush()

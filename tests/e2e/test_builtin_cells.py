@@ -33,13 +33,7 @@ def cells():
         if name == "fs-write":
             doc["filesystem"]["write"] = [str(rw)]
         (man / f"{name}.json").write_text(json.dumps(doc))
-    s = RawServer.__new__(RawServer)
-    s.proc = subprocess.Popen([str(BIN), "run", "--allow-unsigned", "--manifests", str(man), "--policies", str(ROOT / "policies"),
-                               "--state-dir", str(d / "state"), "--scratch-dir", str(d / "scratch"), "--log-level", "error"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    s.pending = []
-    s.initialize()
-    s.ids = iter(range(1000, 100000))
+    s = RawServer.serving(d, man, "--allow-unsigned")
     s.d, s.ro, s.rw = d, ro, rw
     yield s
     s.close()
@@ -129,12 +123,7 @@ def test_cell_new_creates_a_working_signed_cell(tmp_path):
         cli("keys", "generate", "--out", d / "k", "--state-dir", d / "state")
         cli("cell", "sign", m, "--key", d / "k.key", "--state-dir", d / "state")
         cli("cell", "register", m, "--key", d / "k.key", "--state-dir", d / "state", "--policies", d / "policies")
-        s = RawServer.__new__(RawServer)
-        s.proc = subprocess.Popen([str(BIN), "run", "--manifests", str(d / "manifests"), "--policies", str(d / "policies"),
-                                   "--state-dir", str(d / "state"), "--scratch-dir", str(d / "scratch"), "--log-level", "error"],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        s.pending = []
-        s.initialize()
+        s = RawServer.serving(d, d / "manifests", policies=d / "policies")
         r = s.request(1, "tools/call", {"name": "shout_back", "arguments": {"text": "xyz"}})
         assert r["result"]["structuredContent"] == {"result": "zyx"}
         s.close()

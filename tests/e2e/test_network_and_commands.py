@@ -110,13 +110,7 @@ def env():
     (man / "git-read.json").write_text(json.dumps(gitm))
     (man / "jq.json").write_text(json.dumps(bundled_manifest("jq")))
 
-    s = RawServer.__new__(RawServer)
-    s.proc = subprocess.Popen([str(BIN), "run", "--allow-unsigned", "--manifests", str(man), "--policies", str(ROOT / "policies"),
-                               "--state-dir", str(d / "state"), "--scratch-dir", str(d / "scratch"), "--log-level", "error"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    s.pending = []
-    s.initialize()
-    s.ids = iter(range(1000, 100000))
+    s = RawServer.serving(d, man, "--allow-unsigned")
     s.d, s.port, s.repo, s.tls_port = d, port, repo, tls_port
     yield s
     s.close()
