@@ -139,9 +139,7 @@ public final class CallRunner: @unchecked Sendable {
               onNetwork: onNetwork, onMessage: onMessage)
         let refill = command == nil && !learn && limits == m.limits
         return { [self] in
-            started.listener?.fd.close()
-            for fd in started.toClose { fd.close() }
-            wipe(started.scratch)
+            release(started)
             // The next worker starts once this one is gone, so that its
             // setup does not compete with this call for the CPU.
             if refill { prespawner?.refill(cell) }
@@ -303,6 +301,12 @@ public final class CallRunner: @unchecked Sendable {
         _ = try? w.worker.wait()
         w.worker.close()
         w.requestWrite.close()
+        release(w)
+    }
+
+    /// What a started worker leaves once it is gone: its remaining
+    /// descriptors and its scratch directory.
+    private func release(_ w: StartedWorker) {
         w.listener?.fd.close()
         for fd in w.toClose { fd.close() }
         wipe(w.scratch)

@@ -32,25 +32,19 @@ struct Manifest: ParsableCommand {
                     // Parse fully first: pinning never hides another error.
                     let m = try CellManifest.parse(bytes: bytes, path: f, manifestSHA256: "")
                     var changed = false
-                    for (key, spec) in [("executable", m.executable), ("script", m.script)] {
-                        guard let spec, case .object(var o)? = doc[key] else { continue }
+                    // Writes the file's digest into one {path, sha256} object.
+                    func pin(_ spec: CellManifest.Executable, _ value: JSONValue?) throws -> JSONValue? {
+                        guard case .object(var o)? = value else { return value }
                         let digest = sha256Hex(try readFile(spec.path, limit: 1 << 30))
-                        if o["sha256"]?.stringValue != digest {
-                            o["sha256"] = .string(digest)
-                            doc[key] = .object(o)
-                            changed = true
-                        }
+                        if o["sha256"]?.stringValue == digest { return value }
+                        o["sha256"] = .string(digest)
+                        changed = true
+                        return .object(o)
                     }
-                    if !m.libraries.isEmpty, case .array(var libs)? = doc["libraries"] {
-                        for (i, spec) in m.libraries.enumerated() {
-                            guard case .object(var o) = libs[i] else { continue }
-                            let digest = sha256Hex(try readFile(spec.path, limit: 1 << 30))
-                            if o["sha256"]?.stringValue != digest {
-                                o["sha256"] = .string(digest)
-                                libs[i] = .object(o)
-                                changed = true
-                            }
-                        }
+                    doc["executable"] = try pin(m.executable, doc["executable"])
+                    if let script = m.script { doc["script"] = try pin(script, doc["script"]) }
+                    if case .array(var libs)? = doc["libraries"] {
+                        for (i, spec) in m.libraries.enumerated() { libs[i] = try pin(spec, libs[i])! }
                         doc["libraries"] = .array(libs)
                     }
                     if changed {
