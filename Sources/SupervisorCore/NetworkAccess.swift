@@ -71,7 +71,6 @@ public struct NetworkAccess: Sendable, Equatable {
     public static let none = NetworkAccess()
     public var isNone: Bool { hosts.isEmpty }
 
-    public var summary: String { isNone ? "none" : hosts.map(\.description).joined(separator: ", ") }
 
     /// A DNS name: dot-separated labels of letters, digits and hyphens.
     static func isHostName(_ s: String) -> Bool {

@@ -75,7 +75,7 @@ final class VerifiedFile: @unchecked Sendable {
     deinit { sealed?.close() }
 
     /// Verifies now (validate, doctor, warm-up).
-    func verify() throws(CellRefusal) { _ = try descriptorForSpawn() }
+    func verify() throws(CellRefusal) { _ = try current() }
 
     /// Opens the file, hashes the open descriptor and, if it matches, copies
     /// exactly those bytes into a sealed memfd (which can never change).
@@ -109,8 +109,6 @@ final class VerifiedFile: @unchecked Sendable {
             throw .unreadable(path: path, reason: "\(error)")
         }
     }
-
-    func descriptorForSpawn() throws(CellRefusal) -> FileDescriptor { try current().fd }
 
     /// The sealed descriptor to exec, and its generation. Costs one stat
     /// when the file is unchanged; if anything about it changed (ctime

@@ -135,13 +135,6 @@ public final class Prespawner: @unchecked Sendable {
         discardAll()
     }
 
-    /// How many workers are ready now (tests, diagnostics).
-    public var readyCount: Int {
-        lock.lock()
-        defer { lock.unlock() }
-        return ready.values.reduce(0) { $0 + $1.count }
-    }
-
     private func loop() {
         while true {
             lock.lock()

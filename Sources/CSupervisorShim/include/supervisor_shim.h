@@ -180,8 +180,6 @@ int mcps_seccomp_notif_continue(int listener_fd, uint64_t id);
 /* Receives one fd sent with SCM_RIGHTS on a unix socket; -1 with errno. */
 int mcps_recv_fd(int socket_fd);
 
-/* Sends one fd with SCM_RIGHTS (used by tests and by the connection broker). */
-int mcps_send_fd(int socket_fd, int fd);
 
 /* ---- connection broker (supervisor side) ---- */
 
