@@ -62,8 +62,11 @@ public final class SecurityLog: @unchecked Sendable {
         t.start()
     }
 
+    /// Whether the log can record calls now (a call is admitted only then).
+    public var writable: Result<Void, SecurityLogError> { .success(()) }
+
     /// Appends events; returns once they are on disk.
-    public func append(_ events: [SecurityEvent]) async {
+    public func append(_ events: [SecurityEvent]) async throws(SecurityLogError) {
         guard !events.isEmpty else { return }
         await withCheckedContinuation { (k: CheckedContinuation<Void, Never>) in
             enqueue(events, durable: true) { k.resume() }
@@ -325,6 +328,11 @@ public final class SecurityLog: @unchecked Sendable {
         return "\(pad(Int(tmv.tm_year) + 1900, 4))-\(pad(Int(tmv.tm_mon) + 1, 2))-\(pad(Int(tmv.tm_mday), 2))T"
             + "\(pad(Int(tmv.tm_hour), 2)):\(pad(Int(tmv.tm_min), 2)):\(pad(Int(tmv.tm_sec), 2)).\(pad(ts.tv_nsec / 1000, 6))Z"
     }
+}
+
+/// Events could not be made durable.
+public struct SecurityLogError: Error, CustomStringConvertible, Sendable {
+    public let description: String
 }
 
 /// The log's Ed25519 signing key: `<state>/keys/log-signing.key` (0600) and

@@ -13,8 +13,8 @@ public struct MessageGate: Sendable {
         case drop(reason: String)
         /// Answer with this JSON-RPC error and do not forward.
         case reply(JSONValue)
-        /// A well-formed tools/call after initialize, for the supervisor's
-        /// direct call path (`directCalls`): the id and the params object.
+        /// A well-formed tools/call after initialize, for the call pipeline:
+        /// the id and the params object.
         case call(id: JSONValue, params: JSONObject)
     }
 
@@ -24,8 +24,6 @@ public struct MessageGate: Sendable {
     public static let invalidParams = -32602
 
     public let maxMessageBytes: Int
-    /// Hand tools/call to the direct path instead of forwarding it.
-    public var directCalls = false
     /// Set once an initialize request went through.
     public private(set) var initializeSeen = false
     /// The protocolVersion the client asked for in initialize.
@@ -120,7 +118,7 @@ public struct MessageGate: Sendable {
             if let m = params["_meta"], m.objectValue == nil {
                 return .reply(Self.error(id: id, code: Self.invalidParams, message: "Invalid params: \"_meta\" must be an object"))
             }
-            if directCalls && initializeSeen { return .call(id: id, params: params) }
+            return .call(id: id, params: params)
         default:
             break
         }

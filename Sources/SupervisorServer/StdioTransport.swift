@@ -2,51 +2,197 @@ import Foundation
 import Logging
 import MCP
 import StrictJSON
+import SupervisorCore
 import SupervisorPlatform
 
-/// Serialises writes to stdout: the SDK's responses and the gate's error
-/// replies come from different threads; each message is one line.
-final class LineWriter: @unchecked Sendable {
-    private let lock = NSLock()
+/// What the client has not read yet: responses and notifications waiting for
+/// stdout, written in order by one thread of their own. Nobody else ever
+/// writes to stdout, so no caller (the security log, a call, the SDK) waits
+/// on a client that does not read.
+///
+/// Bounded: notifications (progress, logs) are dropped when more than
+/// `limitBytes` are waiting; responses are never dropped, and the reader
+/// stops taking input while the queue is over its bound (`waitForRoom`), so
+/// what a client can make the supervisor hold is bounded by the requests it
+/// may have outstanding.
+final class OutboundQueue: @unchecked Sendable {
+    // @unchecked: every mutable field is guarded by `cond`.
+    private let cond = NSCondition()
+    private var lines: [[UInt8]] = []
+    private var bytes = 0
+    private var writing = false
+    private var failed = false
+    private(set) var dropped = 0
+    let limitBytes: Int
     private let fd: Int32
+    private let logger: Logger
 
-    init(fd: Int32) { self.fd = fd }
+    init(fd: Int32, limitBytes: Int, logger: Logger) {
+        self.fd = fd
+        self.limitBytes = limitBytes
+        self.logger = logger
+        let t = Thread { [self] in run() }
+        t.name = "mcp-stdout"
+        t.start()
+    }
 
-    func writeLine(_ bytes: some Collection<UInt8>) throws {
-        var out = [UInt8]()
-        out.reserveCapacity(bytes.count + 1)
-        out.append(contentsOf: bytes)
-        if out.last != 0x0A { out.append(0x0A) }
-        lock.lock()
-        defer { lock.unlock() }
-        try FileDescriptor(rawValue: fd).writeAll(out)
+    /// Queues one message (a newline is added). Never blocks. A droppable
+    /// message is dropped when the queue is over its bound.
+    @discardableResult
+    func send(_ message: some Collection<UInt8>, droppable: Bool = false) -> Bool {
+        var line = [UInt8]()
+        line.reserveCapacity(message.count + 1)
+        line.append(contentsOf: message)
+        line.append(0x0A)
+        cond.lock()
+        defer { cond.unlock() }
+        if failed { return false }
+        if droppable && bytes + line.count > limitBytes {
+            dropped += 1
+            if dropped == 1 || dropped.isMultiple(of: 1000) {
+                logger.warning("client is not reading: notifications dropped", metadata: ["dropped": "\(dropped)"])
+            }
+            return false
+        }
+        bytes += line.count
+        lines.append(line)
+        cond.broadcast()
+        return true
+    }
+
+    /// Blocks the caller (the stdin reader) while the queue is over its bound.
+    func waitForRoom() {
+        cond.lock()
+        while bytes > limitBytes && !failed { cond.wait() }
+        cond.unlock()
+    }
+
+    /// Waits until everything queued is written, or `deadline` (monotonic
+    /// ns) passes; true when empty.
+    func drain(until deadline: UInt64) -> Bool {
+        cond.lock()
+        defer { cond.unlock() }
+        while (!lines.isEmpty || writing) && !failed {
+            let left = Double(deadline &- monotonicNanoseconds()) / 1e9
+            if deadline <= monotonicNanoseconds() { return false }
+            _ = cond.wait(until: Date(timeIntervalSinceNow: min(left, 0.1)))
+        }
+        return lines.isEmpty
+    }
+
+    private func run() {
+        let out = FileDescriptor(rawValue: fd)
+        while true {
+            cond.lock()
+            while lines.isEmpty { cond.wait() }
+            let batch = lines
+            lines.removeAll(keepingCapacity: true)
+            writing = true
+            cond.unlock()
+            var error: SystemError? = nil
+            do { try out.writeAll(Array(batch.joined())) } catch let e { error = e }
+            cond.lock()
+            writing = false
+            bytes -= batch.reduce(0) { $0 + $1.count }
+            if error != nil {
+                // The client is gone: nothing more can reach it.
+                failed = true
+                lines.removeAll()
+                bytes = 0
+            }
+            cond.broadcast()
+            cond.unlock()
+            if let error {
+                logger.info("stdout closed; responses can no longer be delivered", metadata: ["error": "\(error)"])
+                return
+            }
+        }
     }
 }
 
-/// MCP over stdio, newline-delimited, with a reader that blocks in read(2) on
-/// its own thread: no polling, no added latency, nothing done while idle.
-/// (The SDK's StdioTransport polls with 10 ms sleeps.)
+/// Requests received and not yet answered, by the canonical JSON of their id
+/// (so 1 and "1" differ). The reader waits here when a client has too many.
+final class OutstandingRequests: @unchecked Sendable {
+    // @unchecked: `ids` is guarded by `cond`.
+    private let cond = NSCondition()
+    private var ids = Set<String>()
+
+    var count: Int {
+        cond.lock()
+        defer { cond.unlock() }
+        return ids.count
+    }
+
+    func add(_ id: String) {
+        cond.lock()
+        ids.insert(id)
+        cond.unlock()
+    }
+
+    func remove(_ id: String) {
+        cond.lock()
+        ids.remove(id)
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    /// Blocks while `limit` or more requests are outstanding.
+    func waitBelow(_ limit: Int) {
+        cond.lock()
+        while ids.count >= limit { cond.wait() }
+        cond.unlock()
+    }
+
+    /// Waits until none is outstanding or `seconds` passed; true when none.
+    func waitUntilEmpty(seconds: Double) -> Bool {
+        let until = Date(timeIntervalSinceNow: seconds)
+        cond.lock()
+        defer { cond.unlock() }
+        while !ids.isEmpty && cond.wait(until: until) {}
+        return ids.isEmpty
+    }
+
+    /// The id of an outgoing response (not of a request or notification).
+    static func responseID(_ data: Data) -> String? {
+        guard case .object(let o)? = try? JSONParser.parse(Array(data)), o["method"] == nil, let id = o["id"] else {
+            return nil
+        }
+        return id.serialized()
+    }
+}
+
+/// MCP over stdio, newline-delimited. A dedicated thread blocks in read(2)
+/// (the SDK's StdioTransport polls every 10 ms), passes each line through
+/// the `MessageGate`, hands tools/call to the `CallPipeline` through
+/// `onCall`, and everything else to the SDK's `Server`. One thread writes
+/// stdout (`OutboundQueue`).
+///
+/// Backpressure: the reader stops reading while the client has
+/// `maxOutstanding` requests unanswered or while unread output exceeds the
+/// queue's bound; the client then blocks in its own write.
 public actor BlockingStdioTransport: Transport {
     public nonisolated let logger: Logger
     private let input: Int32
-    private let writer: LineWriter
+    nonisolated let outbound: OutboundQueue
     private let maxMessageBytes: Int
-    private let outstanding = OutstandingRequests()
+    let maxOutstanding: Int
+    nonisolated let outstanding = OutstandingRequests()
     /// What the client asked for in initialize (for the security log).
     public nonisolated let requestedProtocolVersion = SharedValue<String>()
     private let onEndOfInput: @Sendable () -> Void
-    /// Serves tools/call requests directly (see `DirectCall`); nil: they go
-    /// to the SDK like every other request.
-    public nonisolated let directCallHandler = SharedValue<DirectCallHandler>()
+    nonisolated let calls = DirectCalls()
+    /// Serves each tools/call; set before `receive` is called.
+    public nonisolated let callHandler = SharedValue<CallHandler>()
 
-    /// `onEndOfInput` runs when stdin ends, before the stream is finished:
-    /// the stream ends only once every request already received has been
-    /// answered (or after `drainSeconds`), so nothing received is lost.
-    public init(input: Int32 = 0, output: Int32 = 1, maxMessageBytes: Int = 4 << 20, logger: Logger,
+    /// `onEndOfInput` runs when stdin ends, after every request received has
+    /// been answered (or `drainSeconds` passed).
+    public init(input: Int32 = 0, output: Int32 = 1, maxMessageBytes: Int = 4 << 20, maxOutstanding: Int = 128,
+                maxUnreadBytes: Int = 16 << 20, logger: Logger,
                 onEndOfInput: @escaping @Sendable () -> Void = {}) {
         self.input = input
-        self.writer = LineWriter(fd: output)
+        self.outbound = OutboundQueue(fd: output, limitBytes: maxUnreadBytes, logger: logger)
         self.maxMessageBytes = maxMessageBytes
+        self.maxOutstanding = max(1, maxOutstanding)
         self.logger = logger
         self.onEndOfInput = onEndOfInput
     }
@@ -56,15 +202,28 @@ public actor BlockingStdioTransport: Transport {
     public func disconnect() async {}
 
     public func send(_ data: Data) async throws {
-        try writer.writeLine(data)
-        if let id = OutstandingRequests.responseID(data) { outstanding.remove(id) }
+        let id = OutstandingRequests.responseID(data)
+        // Notifications the SDK sends (list_changed, logs) may be dropped for
+        // a client that does not read; responses never are.
+        outbound.send(data, droppable: id == nil)
+        if let id { outstanding.remove(id) }
+    }
+
+    /// Queues a notification of the supervisor's own (progress, cell logs).
+    nonisolated func notify(_ method: String, _ params: JSONObject) {
+        let m = JSONValue.object(JSONObject([("jsonrpc", "2.0"), ("method", .string(method)), ("params", .object(params))]))
+        outbound.send(m.serializedBytes(), droppable: true)
+    }
+
+    /// Waits until everything queued for the client is written, or `seconds`.
+    public nonisolated func flush(seconds: Double) -> Bool {
+        outbound.drain(until: monotonicNanoseconds() + UInt64(seconds * 1e9))
     }
 
     public nonisolated func receive() -> AsyncThrowingStream<Data, Swift.Error> {
         let (stream, continuation) = AsyncThrowingStream<Data, Swift.Error>.makeStream()
-        let reader = LineReader(fd: input, maxMessageBytes: maxMessageBytes, writer: writer, logger: logger,
-                                continuation: continuation, outstanding: outstanding, onEndOfInput: onEndOfInput,
-                                requestedProtocolVersion: requestedProtocolVersion, directCallHandler: directCallHandler.value)
+        let reader = LineReader(fd: input, maxMessageBytes: maxMessageBytes, transport: self, continuation: continuation,
+                                onEndOfInput: onEndOfInput)
         let thread = Thread { reader.run() }
         thread.name = "mcp-stdin"
         thread.start()
@@ -74,34 +233,27 @@ public actor BlockingStdioTransport: Transport {
 
 /// Reads stdin, splits lines, and passes each through the gate.
 final class LineReader: @unchecked Sendable {
+    // @unchecked: used by the stdin thread only.
     let fd: Int32
-    let writer: LineWriter
-    let logger: Logger
+    let transport: BlockingStdioTransport
     let continuation: AsyncThrowingStream<Data, Swift.Error>.Continuation
-    let outstanding: OutstandingRequests
     let onEndOfInput: @Sendable () -> Void
-    let requestedProtocolVersion: SharedValue<String>
     var gate: MessageGate
-    let directCallHandler: DirectCallHandler?
-    let directCalls = DirectCalls()
+    var logger: Logger { transport.logger }
 
-    init(fd: Int32, maxMessageBytes: Int, writer: LineWriter, logger: Logger,
-         continuation: AsyncThrowingStream<Data, Swift.Error>.Continuation, outstanding: OutstandingRequests,
-         onEndOfInput: @escaping @Sendable () -> Void, requestedProtocolVersion: SharedValue<String>,
-         directCallHandler: DirectCallHandler?) {
-        self.directCallHandler = directCallHandler
-        self.requestedProtocolVersion = requestedProtocolVersion
+    init(fd: Int32, maxMessageBytes: Int, transport: BlockingStdioTransport,
+         continuation: AsyncThrowingStream<Data, Swift.Error>.Continuation,
+         onEndOfInput: @escaping @Sendable () -> Void) {
         self.fd = fd
-        self.writer = writer
-        self.logger = logger
+        self.transport = transport
         self.continuation = continuation
-        self.outstanding = outstanding
         self.onEndOfInput = onEndOfInput
         self.gate = MessageGate(maxMessageBytes: maxMessageBytes)
-        gate.directCalls = directCallHandler != nil
     }
 
-    static let drainSeconds = 5.0
+    /// How long received requests may take to finish after end of input
+    /// before the calls still running are killed (docs/configuration.md).
+    static let drainSeconds = 30.0
 
     func run() {
         var line: [UInt8] = []
@@ -109,6 +261,9 @@ final class LineReader: @unchecked Sendable {
         var buf = [UInt8](repeating: 0, count: 65536)
         let input = FileDescriptor(rawValue: fd)
         while true {
+            // Backpressure: no more input while the client has too much unanswered or unread.
+            transport.outstanding.waitBelow(transport.maxOutstanding)
+            transport.outbound.waitForRoom()
             let n: Int
             do { n = try input.read(&buf) } catch {
                 logger.error("reading stdin failed", metadata: ["error": "\(error)"])
@@ -123,8 +278,12 @@ final class LineReader: @unchecked Sendable {
             if start < n { take(buf[start..<n], into: &line, discarding: &discarding, complete: false) }
         }
         if !line.isEmpty { handle(line) }
+        // Everything received is finished (docs/configuration.md), within the drain time.
+        if !transport.outstanding.waitUntilEmpty(seconds: Self.drainSeconds) {
+            logger.warning("end of input: requests still unanswered after the drain time; stopping them",
+                           metadata: ["requests": "\(transport.outstanding.count)"])
+        }
         onEndOfInput()
-        outstanding.waitUntilEmpty(timeout: Self.drainSeconds)
         continuation.finish()
     }
 
@@ -140,7 +299,7 @@ final class LineReader: @unchecked Sendable {
         guard complete else { return }
         if discarding > 0 {
             logger.warning("over-long message discarded", metadata: ["bytes": "\(discarding)"])
-            try? writer.writeLine(gate.oversized(discarding).serializedBytes())
+            transport.outbound.send(gate.oversized(discarding).serializedBytes())
             discarding = 0
         } else {
             handle(line)
@@ -152,58 +311,57 @@ final class LineReader: @unchecked Sendable {
         if line.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0D }) { return }
         switch gate.check(line) {
         case .forward(let request, let cancels):
-            if let request { outstanding.add(request) }
-            if let v = gate.requestedProtocolVersion, requestedProtocolVersion.value == nil { requestedProtocolVersion.value = v }
-            if let cancels {
-                outstanding.remove(cancels)
-                directCalls.cancel(cancels)
+            if let request { transport.outstanding.add(request) }
+            if let v = gate.requestedProtocolVersion, transport.requestedProtocolVersion.value == nil {
+                transport.requestedProtocolVersion.value = v
+            }
+            if let cancels, !transport.calls.cancel(cancels) {
+                // A request the SDK serves: its answer will never come.
+                transport.outstanding.remove(cancels)
             }
             continuation.yield(Data(line))
         case .call(let id, let params):
             let key = id.serialized()
-            outstanding.add(key)
-            let call = DirectCall(id: id, key: key, writer: writer, outstanding: outstanding, registry: directCalls)
-            directCalls.add(call)
-            directCallHandler!(params, call)
+            transport.outstanding.add(key)
+            let call = DirectCall(id: id, key: key, transport: transport)
+            transport.calls.add(call)
+            transport.callHandler.value!(Self.toolCall(params), call)
         case .drop(let reason):
             logger.debug("message dropped", metadata: ["reason": "\(reason)"])
         case .reply(let error):
-            logger.info("bad client message answered with an error", metadata: ["error": "\(error["error"]?["message"]?.stringValue ?? "")"])
-            try? writer.writeLine(error.serializedBytes())
+            logger.info("bad client message answered with an error",
+                        metadata: ["error": "\(error["error"]?["message"]?.stringValue ?? "")"])
+            transport.outbound.send(error.serializedBytes())
         }
+    }
+
+    /// The gate has checked the shape: name is a string, arguments and
+    /// _meta are objects if present.
+    static func toolCall(_ params: JSONObject) -> ToolCall {
+        ToolCall(name: params["name"]?.stringValue ?? "", arguments: params["arguments"]?.objectValue ?? JSONObject(),
+                 progressToken: params["_meta"]?["progressToken"])
     }
 }
 
-/// Serves one tools/call given as its params object; answers through the
-/// `DirectCall`.
-public typealias DirectCallHandler = @Sendable (JSONObject, DirectCall) -> Void
+/// Serves one tools/call; answers through the `DirectCall`.
+public typealias CallHandler = @Sendable (ToolCall, DirectCall) -> Void
 
-/// One tools/call served by the supervisor directly rather than through the
-/// SDK's request dispatch. Measured (docs/benchmarks.md): the SDK decodes
-/// every string of the arguments through `Value`'s data-URL check, a Regex
-/// built per value, and reaches the handler and the transport through two
-/// more task hops, together ~0.5 ms of each call. The gate has already
-/// parsed and checked the message, so the supervisor takes tools/call from
-/// there; initialize, lists, ping, notifications and everything else stay
-/// with the SDK, and progress and log notifications of direct calls are
-/// still sent through it.
+/// One tools/call received on stdio: where its response and notifications
+/// go, and how the client's notifications/cancelled reaches it.
 public final class DirectCall: @unchecked Sendable {
+    // @unchecked: `cancelled`, `answered` and `onCancel` are guarded by `lock`.
     public let id: JSONValue
     let key: String
-    private let writer: LineWriter
-    private let outstanding: OutstandingRequests
-    private weak var registry: DirectCalls?
+    private let transport: BlockingStdioTransport
     private let lock = NSLock()
     private var cancelled = false
     private var answered = false
     private var onCancel: (@Sendable () -> Void)?
 
-    init(id: JSONValue, key: String, writer: LineWriter, outstanding: OutstandingRequests, registry: DirectCalls) {
+    init(id: JSONValue, key: String, transport: BlockingStdioTransport) {
         self.id = id
         self.key = key
-        self.writer = writer
-        self.outstanding = outstanding
-        self.registry = registry
+        self.transport = transport
     }
 
     /// Runs `body` when the client cancels (at once if it already has).
@@ -227,35 +385,33 @@ public final class DirectCall: @unchecked Sendable {
         body?()
     }
 
-    /// Sends the result.
-    public func respond(_ result: JSONValue) {
-        finish(.object(JSONObject([("jsonrpc", "2.0"), ("id", id), ("result", result)])))
-    }
+    /// Sends a notification tied to this call (progress, cell log).
+    public func notify(_ method: String, _ params: JSONObject) { transport.notify(method, params) }
 
-    /// Sends a JSON-RPC error.
-    public func fail(code: Int, message: String, data: JSONValue? = nil) {
-        var e = JSONObject([("code", .int(Int64(code))), ("message", .string(message))])
-        if let data { e["data"] = data }
-        finish(.object(JSONObject([("jsonrpc", "2.0"), ("id", id), ("error", .object(e))])))
-    }
-
-    /// Ends the call without an answer (it was cancelled: MCP sends none).
-    public func finishWithoutResponse() { finish(nil) }
-
-    private func finish(_ message: JSONValue?) {
+    /// Sends the call's response (nothing for `.none`) and ends it.
+    public func finish(_ response: CallResponse) {
         lock.lock()
         let first = !answered
         answered = true
         lock.unlock()
         guard first else { return }
-        if let message { try? writer.writeLine(message.serializedBytes()) }
-        registry?.remove(key)
-        outstanding.remove(key)
+        switch response {
+        case .result(let r):
+            transport.outbound.send(JSONValue.object(JSONObject([("jsonrpc", "2.0"), ("id", id),
+                                                                 ("result", r.json)])).serializedBytes())
+        case .error(let code, let message):
+            transport.outbound.send(MessageGate.error(id: id, code: code, message: message).serializedBytes())
+        case .none:
+            break
+        }
+        transport.calls.remove(key)
+        transport.outstanding.remove(key)
     }
 }
 
-/// The direct calls in flight, by request id, for notifications/cancelled.
+/// The calls in flight, by request id, for notifications/cancelled.
 final class DirectCalls: @unchecked Sendable {
+    // @unchecked: `calls` is guarded by `lock`.
     private let lock = NSLock()
     private var calls: [String: DirectCall] = [:]
 
@@ -271,49 +427,19 @@ final class DirectCalls: @unchecked Sendable {
         lock.unlock()
     }
 
-    func cancel(_ key: String) {
+    /// Cancels the call with this id; false when no such call is in flight.
+    func cancel(_ key: String) -> Bool {
         lock.lock()
         let c = calls[key]
         lock.unlock()
         c?.cancel()
-    }
-}
-
-/// Ids of requests forwarded to the SDK and not yet answered (canonical JSON
-/// of the id, so 1 and "1" differ).
-final class OutstandingRequests: @unchecked Sendable {
-    private let cond = NSCondition()
-    private var ids = Set<String>()
-
-    func add(_ id: String) {
-        cond.lock()
-        ids.insert(id)
-        cond.unlock()
-    }
-
-    func remove(_ id: String) {
-        cond.lock()
-        ids.remove(id)
-        cond.broadcast()
-        cond.unlock()
-    }
-
-    func waitUntilEmpty(timeout: Double) {
-        let until = Date(timeIntervalSinceNow: timeout)
-        cond.lock()
-        while !ids.isEmpty && cond.wait(until: until) {}
-        cond.unlock()
-    }
-
-    /// The id of an outgoing response (not of a request or notification).
-    static func responseID(_ data: Data) -> String? {
-        guard case .object(let o)? = try? JSONParser.parse(Array(data)), o["method"] == nil, let id = o["id"] else { return nil }
-        return id.serialized()
+        return c != nil
     }
 }
 
 /// A value set on one thread and read on others.
 public final class SharedValue<T: Sendable>: @unchecked Sendable {
+    // @unchecked: `stored` is guarded by `lock`.
     private let lock = NSLock()
     private var stored: T?
     public init() {}

@@ -60,9 +60,6 @@ struct Run: AsyncParsableCommand {
     @Option(name: .long, help: "Seconds a prespawned worker may wait for a call before it is ended (default 60).")
     var prespawnIdleSeconds: Int?
 
-    @Flag(name: .long, help: "Send tools/call through the SDK's request dispatch like other requests instead of the supervisor's direct path (slower; for comparison).")
-    var sdkDispatch = false
-
     @Flag(name: .long, help: "Development only: serve the manifests in --manifests without signatures or ledger. Announced on stderr and in the security log, at start and on every call.")
     var allowUnsigned = false
 
@@ -130,7 +127,6 @@ struct Run: AsyncParsableCommand {
         }
         options.prespawn = prespawn ?? file.prespawn ?? options.prespawn
         options.prespawnIdleSeconds = prespawnIdleSeconds ?? file.prespawnIdleSeconds ?? options.prespawnIdleSeconds
-        options.directCalls = !sdkDispatch
         runner.enablePrespawn(perCell: options.prespawn, idleSeconds: options.prespawnIdleSeconds)
         let manifestsDir = s.manifestsDirectory
         let ledgerPath = Ledger.path(stateDirectory: s.stateDirectory)
@@ -167,13 +163,21 @@ struct Run: AsyncParsableCommand {
         let service = SupervisorService(options: options, runner: runner, logger: logger, log: log, loadRegistry: loader)
         let watch = FileWatch(path: ledgerPath)
         if !allowUnsigned {
-            service.ledgerChanged = { watch.changed() }
-            // Revocation takes effect without waiting for the next call.
-            Thread.detachNewThread {
-                while true {
-                    usleep(250_000)
-                    if watch.changed() { Task { await service.reload() } }
+            service.pipeline.onLedgerChange { watch.changed() }
+            // Revocation takes effect without waiting for the next call: a
+            // thread blocks on inotify until the ledger file changes.
+            do {
+                let watcher = try FileChangeWatcher(path: ledgerPath)
+                let t = Thread { [logger] in
+                    while watcher.waitForChange() {
+                        if watch.changed() { Task { await service.reload() } }
+                    }
+                    logger.warning("the trust ledger's directory can no longer be watched; changes apply at the next call")
                 }
+                t.name = "ledger-watch"
+                t.start()
+            } catch {
+                logger.warning("cannot watch the trust ledger; changes apply at the next call", metadata: ["error": "\(error)"])
             }
         }
         logger.info("serving", metadata: [
@@ -198,14 +202,16 @@ struct Run: AsyncParsableCommand {
                 }
             }
         }
-        let transport = BlockingStdioTransport(maxMessageBytes: options.maxMessageBytes, logger: logger) {
-            service.shutdown(reason: "end of input")
-        }
-        service.initializeVersion = { [transport] in transport.requestedProtocolVersion.value }
-        if options.directCalls {
-            transport.directCallHandler.value = { [service] params, call in service.serveDirect(params, call) }
-        }
+        // At most this many requests unanswered before the reader stops
+        // reading stdin: every call that may run or wait, plus room for the
+        // refusals of a full pool to be seen.
+        let transport = BlockingStdioTransport(
+            maxMessageBytes: options.maxMessageBytes,
+            maxOutstanding: options.maxConcurrentCalls + options.maxQueuedCalls + 64, logger: logger)
         try await service.run(transport: transport)
+        // What the client has not read yet gets a moment; a client that does
+        // not read cannot hold the shutdown.
+        _ = transport.flush(seconds: 2)
         log.close(finalEvent: SecurityEvent(.supervisorStop, JSONObject([("reason", "end of input")])))
         Glibc.exit(0)
     }
@@ -221,7 +227,6 @@ func settingsDigest(_ s: SupervisorSettings, _ o: ServiceOptions, _ f: Configura
         ("maxConcurrentCalls", .int(Int64(o.maxConcurrentCalls))), ("maxQueuedCalls", .int(Int64(o.maxQueuedCalls))),
         ("toolsPageSize", .int(Int64(o.toolsPageSize))), ("maxMessageBytes", .int(Int64(o.maxMessageBytes))),
         ("prespawn", .int(Int64(o.prespawn))), ("prespawnIdleSeconds", .int(Int64(o.prespawnIdleSeconds))),
-        ("directCalls", .bool(o.directCalls)),
         ("configFile", f.path.map { .string($0) } ?? .null),
     ])).serializedBytes()
 }

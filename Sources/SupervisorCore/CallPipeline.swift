@@ -1,0 +1,564 @@
+import Foundation
+import Logging
+import StrictJSON
+import Synchronization
+
+/// A tools/call as every transport hands it over: plain JSON, already
+/// checked for shape (name is a string, arguments an object) by the
+/// transport's gate.
+public struct ToolCall: Sendable {
+    public var name: String
+    public var arguments: JSONObject
+    /// `_meta.progressToken`, if the client wants progress notifications.
+    public var progressToken: JSONValue?
+
+    public init(name: String, arguments: JSONObject = JSONObject(), progressToken: JSONValue? = nil) {
+        self.name = name
+        self.arguments = arguments
+        self.progressToken = progressToken
+    }
+}
+
+/// What a transport sends back for a tools/call.
+public enum CallResponse: Sendable, Equatable {
+    /// A tools/call result (`isError` true for refusals and failed calls).
+    case result(ToolResult)
+    /// A JSON-RPC error (unknown tool; a call that could not be recorded).
+    case error(code: Int, message: String)
+    /// No response: the client cancelled the call (MCP sends none).
+    case none
+}
+
+/// A tools/call result, as JSON the transports serialise unchanged.
+public struct ToolResult: Sendable, Equatable {
+    public var content: [JSONValue]
+    public var structuredContent: JSONValue?
+    public var isError: Bool
+
+    public init(content: [JSONValue], structuredContent: JSONValue? = nil, isError: Bool) {
+        self.content = content
+        self.structuredContent = structuredContent
+        self.isError = isError
+    }
+
+    public static func text(_ text: String, isError: Bool) -> ToolResult {
+        ToolResult(content: [.object(JSONObject([("type", "text"), ("text", .string(text))]))], isError: isError)
+    }
+
+    public var json: JSONValue {
+        var o = JSONObject([("content", .array(content))])
+        if let s = structuredContent { o["structuredContent"] = s }
+        o["isError"] = .bool(isError)
+        return .object(o)
+    }
+
+    /// Bytes of text handed to the client (recorded in call.end).
+    var textBytes: Int {
+        content.reduce(0) { $0 + ($1["text"]?.stringValue?.utf8.count ?? 0) }
+    }
+}
+
+/// One client session: who calls, and the workflow state the policy keeps
+/// per session. A stdio connection is one session.
+public final class CallSession: Sendable {
+    public let principal: String
+    struct State {
+        var clientName: String?
+        var phase: String?
+        var succeededTools: Set<String> = []
+    }
+    let state = Synchronization.Mutex(State())
+
+    public init(principal: String) {
+        self.principal = principal
+    }
+
+    public var clientName: String? {
+        get { state.withLock { $0.clientName } }
+        set { state.withLock { $0.clientName = newValue } }
+    }
+}
+
+/// Settings of the pipeline (docs/configuration.md).
+public struct PipelineOptions: Sendable {
+    /// Record tool arguments in call.start events (otherwise only their digest).
+    public var recordArguments = false
+    /// Serving manifests without signatures (announced in every decision).
+    public var unsignedMode = false
+    /// The policy file; nil or a missing file refuses every call.
+    public var policyPath: String?
+    public init() {}
+}
+
+/// The whole life of a tools/call, in three steps:
+///
+/// 1. **admit**: tool lookup, inputSchema, the policy's decision (principal,
+///    allow/deny, phase), rate buckets and concurrency caps (`Admission`),
+///    resource claims (a queue of waiters), and whether the security log can
+///    record at all. The result is a lease or a typed `Refusal`.
+/// 2. **execute**: the call runs on a `CallPool` thread through the
+///    `CallRunner` (prespawned worker or fresh spawn, the worker session,
+///    the connection broker). This is the one bridge between Swift
+///    concurrency and the spawn threads: a checked continuation resumed by
+///    the runner's `deliver`.
+/// 3. **record**: `call.end` (and any `sandbox.violation` / network events)
+///    must be durable before the response exists. The security log answers
+///    with success or a `SecurityLogError`; a call that cannot be recorded
+///    is never answered as a success.
+///
+/// Transports only turn bytes into a `ToolCall` and a `CallResponse` back
+/// into bytes.
+public final class CallPipeline: Sendable {
+    public static let phaseTool = "set_phase"
+
+    let runner: CallRunner
+    let pool: CallPool
+    let log: SecurityLog
+    let logger: Logger
+    let options: PipelineOptions
+    public let admission = Admission()
+    let loadRegistry: @Sendable () -> CellRegistry
+
+    struct InFlight {
+        let cancellation: CallCancellation
+        let cell: String
+        let version: String
+    }
+
+    struct State {
+        var registry: CellRegistry
+        var policy: Policy?
+        var policyError: String?
+        var inFlight: [UInt64: InFlight] = [:]
+        var nextCall: UInt64 = 0
+        var shuttingDown = false
+    }
+
+    let state: Synchronization.Mutex<State>
+    /// Tells whether the trust ledger changed on disk since the last look.
+    let ledgerChanged: Synchronization.Mutex<(@Sendable () -> Bool)?> = Synchronization.Mutex(nil)
+    /// Runs after a reload that changed the tool set (tools/list_changed).
+    let toolsChanged: Synchronization.Mutex<(@Sendable () -> Void)?> = Synchronization.Mutex(nil)
+
+    public init(runner: CallRunner, pool: CallPool, log: SecurityLog, logger: Logger, options: PipelineOptions,
+                loadRegistry: @escaping @Sendable () -> CellRegistry) {
+        self.runner = runner
+        self.pool = pool
+        self.log = log
+        self.logger = logger
+        self.options = options
+        self.loadRegistry = loadRegistry
+        let registry = loadRegistry()
+        state = Synchronization.Mutex(State(registry: registry))
+        runner.prespawner?.serve(only: registry.cells)
+        for p in registry.problems { logger.error("cell refused", metadata: ["problem": "\(p)"]) }
+        log.appendAndWait(Self.loadEvents(registry))
+        warmUp(registry)
+        reloadPolicy()
+    }
+
+    public func onLedgerChange(_ check: @escaping @Sendable () -> Bool) { ledgerChanged.withLock { $0 = check } }
+    public func onToolsChanged(_ body: @escaping @Sendable () -> Void) { toolsChanged.withLock { $0 = body } }
+
+    public var registry: CellRegistry { state.withLock { $0.registry } }
+    public var policy: Policy? { state.withLock { $0.policy } }
+
+    /// The phase a new session starts in.
+    func phase(of session: CallSession) -> String {
+        let initial = policy?.initialPhase ?? "default"
+        return session.state.withLock { s in
+            if s.phase == nil { s.phase = initial }
+            return s.phase!
+        }
+    }
+
+    // MARK: the call
+
+    /// Admits, executes and records one call. `onMessage` receives the
+    /// worker's progress and log messages while it runs (on a pool thread).
+    public func call(_ call: ToolCall, session: CallSession,
+                     onMessage: @escaping @Sendable (WorkerMessage) -> Void = { _ in }) async -> CallResponse {
+        if ledgerChanged.withLock({ $0 })?() == true { await reload() }
+        if call.name == Self.phaseTool, policy != nil { return await setPhase(call, session: session) }
+
+        // 1. admit
+        let admitted: Admitted
+        switch await admit(call, session: session) {
+        case .failure(let refused):
+            return await refuse(refused.refusal, tool: call.name, cell: refused.cell, policy: refused.policy,
+                                session: session)
+        case .success(let a): admitted = a
+        }
+        defer {
+            admitted.lease.release()
+            admission.release(admitted.resources)
+            _ = state.withLock { $0.inFlight.removeValue(forKey: admitted.id) }
+        }
+        let entry = admitted.entry
+        let callID = "c\(admitted.id)"
+        let decision = (options.unsignedMode ? "allow (UNSIGNED development mode): " : "allow: ") + admitted.decision.rule
+            + " in phase \(admitted.phase), policy \(admitted.policy.sha256.prefix(16))"
+        // Written now; reaches the disk with call.end's data sync.
+        log.appendLater([SecurityEvent.callStart(
+            callID: callID, principal: session.principal, client: session.clientName, tool: entry.tool.name,
+            cell: entry.cell, decision: decision, arguments: call.arguments, recordArguments: options.recordArguments)])
+        if options.unsignedMode {
+            logger.warning("UNSIGNED development mode: running a cell without a verified signature",
+                           metadata: ["cell.name": "\(entry.cell.name)"])
+        }
+
+        // 2. execute
+        guard let report = await execute(admitted, callID: callID, session: session, onMessage: onMessage) else {
+            let load = pool.load
+            return await refuse(.busy(running: load.running, queued: load.queued), tool: call.name, cell: entry.cell,
+                                policy: nil, session: session)
+        }
+        var meta: Logger.Metadata = [
+            "tool": "\(entry.tool.name)", "cell.name": "\(entry.cell.name)", "cell.version": "\(entry.cell.version)",
+            "outcome": "\(report.outcome.detail)", "duration_us": "\(report.durationNanoseconds / 1000)",
+        ]
+        if case .success = report.outcome {} else if !report.diagnostics.isEmpty {
+            meta["worker.stderr"] = "\(report.diagnostics.suffix(512))"
+        }
+        logger.info("call ended", metadata: meta)
+        let result = self.result(for: report, tool: entry.tool)
+
+        // 3. record
+        let events = SecurityEvent.callEnd(callID: callID, principal: session.principal, tool: entry.tool.name,
+                                           cell: entry.cell, report: report, bytesReturned: result.textBytes)
+        do {
+            try await log.append(events)
+        } catch {
+            logger.error("call not recorded: its result is withheld",
+                         metadata: ["tool": "\(entry.tool.name)", "call.id": "\(callID)", "error": "\(error)"])
+            return .error(code: -32603, message: "Internal error: the call could not be recorded in the security "
+                            + "log, so its result is withheld.")
+        }
+        if !result.isError { session.state.withLock { _ = $0.succeededTools.insert(entry.tool.name) } }
+        if case .cancelled = report.outcome, Task.isCancelled { return .none }
+        return .result(result)
+    }
+
+    /// What admission hands to execution.
+    struct Admitted {
+        let id: UInt64
+        let entry: CellRegistry.ToolEntry
+        let arguments: JSONObject
+        let decision: Policy.Decision
+        let policy: Policy
+        let phase: String
+        let limits: CellManifest.Limits
+        let lease: Admission.Lease
+        let resources: [String]
+        let cancellation: CallCancellation
+    }
+
+    struct Refused: Error {
+        let refusal: Refusal
+        var cell: PreparedCell? = nil
+        var policy: Policy? = nil
+    }
+
+    /// Step 1. Everything but the resource wait is synchronous.
+    func admit(_ call: ToolCall, session: CallSession) async -> Result<Admitted, Refused> {
+        let (registry, policy, policyError) = state.withLock { ($0.registry, $0.policy, $0.policyError) }
+        guard let entry = registry.tool(named: call.name) else { return .failure(Refused(refusal: .unknownTool)) }
+        if let problem = SchemaValidator.validate(.object(call.arguments), against: entry.tool.inputSchema) {
+            logger.info("call refused: invalid arguments", metadata: ["tool": "\(entry.tool.name)", "problem": "\(problem)"])
+            return .failure(Refused(refusal: .invalidArguments(problem), cell: entry.cell))
+        }
+        if case .failure(let e) = log.writable {
+            return .failure(Refused(refusal: .logUnavailable(e.description), cell: entry.cell))
+        }
+        guard let policy else {
+            return .failure(Refused(refusal: .noPolicy(policyError ?? "no policy file"), cell: entry.cell))
+        }
+        let phase = self.phase(of: session)
+        let decision = policy.decide(principal: session.principal, client: session.clientName, tool: entry.tool.name,
+                                     manifest: entry.cell.manifest, phase: phase)
+        guard decision.allowed, let (_, rule) = policy.rule(for: session.principal, client: session.clientName) else {
+            return .failure(Refused(refusal: .policy(decision), cell: entry.cell, policy: policy))
+        }
+        let lease: Admission.Lease
+        switch admission.admit(principal: session.principal, tool: entry.tool.name, cell: entry.cell.name, rule: rule,
+                               cellRule: policy.cells[entry.cell.name]) {
+        case .failure(let r): return .failure(Refused(refusal: r, cell: entry.cell, policy: policy))
+        case .success(let l): lease = l
+        }
+        let resources = entry.cell.manifest.resources(for: call.arguments)
+        let wait = policy.onConflict == .wait ? UInt64(policy.conflictWaitMilliseconds) * 1_000_000 : 0
+        guard await admission.claim(resources, waitNanoseconds: wait) else {
+            lease.release()
+            return .failure(Refused(refusal: .conflict(resources: resources), cell: entry.cell, policy: policy))
+        }
+        let cancellation: CallCancellation
+        do { cancellation = try CallCancellation() } catch {
+            lease.release()
+            admission.release(resources)
+            return .failure(Refused(refusal: .busy(running: pool.load.running, queued: pool.load.queued),
+                                    cell: entry.cell))
+        }
+        let id: UInt64? = state.withLock { s in
+            if s.shuttingDown { return nil }
+            s.nextCall += 1
+            s.inFlight[s.nextCall] = InFlight(cancellation: cancellation, cell: entry.cell.name,
+                                              version: entry.cell.manifest.manifestSHA256)
+            return s.nextCall
+        }
+        guard let id else {
+            lease.release()
+            admission.release(resources)
+            return .failure(Refused(refusal: .shuttingDown, cell: entry.cell))
+        }
+        return .success(Admitted(id: id, entry: entry, arguments: call.arguments, decision: decision, policy: policy,
+                                 phase: phase, limits: policy.effectiveLimits(entry.cell.manifest), lease: lease,
+                                 resources: resources, cancellation: cancellation))
+    }
+
+    /// Step 2: on a pool thread; nil when the pool refused the call.
+    func execute(_ a: Admitted, callID: String, session: CallSession,
+                 onMessage: @escaping @Sendable (WorkerMessage) -> Void) async -> CallReport? {
+        let runner = self.runner, pool = self.pool, log = self.log
+        let principal = session.principal
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (k: CheckedContinuation<CallReport?, Never>) in
+                let accepted = pool.submit {
+                    _ = runner.run(
+                        cell: a.entry.cell, tool: a.entry.tool.name, arguments: a.arguments, callID: callID,
+                        cancellation: a.cancellation, limits: a.limits,
+                        deliver: { k.resume(returning: $0) },
+                        onNetwork: { d in
+                            // In order with call.start/call.end; made durable with call.end.
+                            log.appendLater([SecurityEvent.network(callID: callID, principal: principal,
+                                                                   tool: a.entry.tool.name, cell: a.entry.cell,
+                                                                   decision: d)])
+                        },
+                        onMessage: onMessage)
+                }
+                if !accepted { k.resume(returning: nil) }
+            }
+        } onCancel: {
+            a.cancellation.cancel()
+        }
+    }
+
+    /// A refusal is recorded (durably) before the client hears of it.
+    func refuse(_ r: Refusal, tool: String, cell: PreparedCell?, policy: Policy?, session: CallSession) async
+        -> CallResponse
+    {
+        let name = CellProtocol.sanitize(String(tool.prefix(128)))
+        var f = JSONObject([("principal", .string(session.principal)), ("tool", .string(name)),
+                            ("reason", .string(r.reason)), ("detail", .string(r.detail))])
+        if let policy {
+            f["policySha256"] = .string(policy.sha256)
+            f["rule"] = .string(r.detail)
+            f["phase"] = .string(phase(of: session))
+        }
+        if let cell {
+            f["cell"] = .string(cell.name)
+            f["cellVersion"] = .string(cell.version)
+        }
+        // When the log itself is the reason, the refusal cannot be recorded:
+        // it is still a refusal (nothing ran), and stderr says why.
+        if case .logUnavailable = r {} else {
+            do { try await log.append([SecurityEvent(.callRefused, f)]) } catch {
+                logger.error("refusal not recorded", metadata: ["tool": "\(name)", "error": "\(error)"])
+            }
+        }
+        if case .unknownTool = r { return .error(code: -32602, message: "Unknown tool: \(name)") }
+        return .result(.text(r.message, isError: true))
+    }
+
+    /// The report as the client sees it: content and structuredContent
+    /// (validated against outputSchema), or isError with a short cause.
+    func result(for report: CallReport, tool: CellManifest.Tool) -> ToolResult {
+        guard case .success(let r) = report.outcome else { return .text(report.outcome.shortCause, isError: true) }
+        if let s = r.structuredContent {
+            if let schema = tool.outputSchema,
+                let problem = SchemaValidator.validate(s, against: schema, path: "structuredContent")
+            {
+                logger.warning("tool output does not match its outputSchema",
+                               metadata: ["tool": "\(tool.name)", "problem": "\(problem)"])
+                return .text("The tool returned output that does not match its declared schema.", isError: true)
+            }
+        } else if tool.outputSchema != nil {
+            return .text("The tool returned no structured content although it declares an output schema.",
+                         isError: true)
+        }
+        let content: [JSONValue] = r.content.map { c in
+            if c["type"] == "image", let d = c["data"]?.stringValue, let m = c["mimeType"]?.stringValue {
+                return .object(JSONObject([("type", "image"), ("data", .string(d)), ("mimeType", .string(m))]))
+            }
+            return .object(JSONObject([("type", "text"), ("text", .string(c["text"]?.stringValue ?? ""))]))
+        }
+        return ToolResult(content: content, structuredContent: r.structuredContent, isError: false)
+    }
+
+    // MARK: the phase tool
+
+    /// The built-in tool that moves a session between workflow phases
+    /// (present while a policy is loaded).
+    public func phaseToolDefinition() -> CellManifest.Tool? {
+        guard let p = policy else { return nil }
+        let schema = JSONObject([
+            ("type", "object"),
+            ("properties", .object(JSONObject([("phase", .object(JSONObject([
+                ("type", "string"), ("enum", .array(p.phases.map { .string($0) })),
+            ])))]))),
+            ("required", .array(["phase"])), ("additionalProperties", .bool(false)),
+        ])
+        return CellManifest.Tool(
+            name: Self.phaseTool, title: "Change the workflow phase",
+            description: "Move this session to another workflow phase (\(p.phases.joined(separator: ", "))). Tools "
+                + "with side effects run only in the phases they declare; some changes require a verification tool "
+                + "to have succeeded first.",
+            inputSchema: schema, outputSchema: nil,
+            annotations: JSONObject([("readOnlyHint", false), ("openWorldHint", false)]))
+    }
+
+    func setPhase(_ call: ToolCall, session: CallSession) async -> CallResponse {
+        guard let p = policy, let def = phaseToolDefinition() else {
+            return .result(.text("No policy is loaded, so there are no phases.", isError: true))
+        }
+        let current = phase(of: session)
+        if let problem = SchemaValidator.validate(.object(call.arguments), against: def.inputSchema) {
+            return await refuse(.invalidArguments(problem), tool: Self.phaseTool, cell: nil, policy: nil,
+                                session: session)
+        }
+        let target = call.arguments["phase"]!.stringValue!
+        if target == current { return .result(.text("The session is already in phase \(current).", isError: false)) }
+        guard let t = p.transition(from: current, to: target) else {
+            let from = p.transitions.filter { $0.from == current || $0.from == "*" }.map(\.to)
+            let d = Policy.Decision(
+                allowed: false, rule: "no transition \(current) → \(target)", reason: "phase",
+                message: "The policy allows no change from phase \(current) to \(target); from \(current) the session "
+                    + "may go to: \(from.isEmpty ? "nowhere" : from.joined(separator: ", ")).")
+            return await refuse(.policy(d), tool: Self.phaseTool, cell: nil, policy: p, session: session)
+        }
+        if let req = t.requires, !session.state.withLock({ $0.succeededTools.contains(req) }) {
+            let d = Policy.Decision(
+                allowed: false, rule: "\(current) → \(target) requires \(req) to have succeeded", reason: "phase",
+                message: "Changing from phase \(current) to \(target) requires the tool \(req) to have succeeded "
+                    + "earlier in this session.")
+            return await refuse(.policy(d), tool: Self.phaseTool, cell: nil, policy: p, session: session)
+        }
+        do {
+            try await log.append([SecurityEvent(.phaseChange, JSONObject([
+                ("principal", .string(session.principal)), ("from", .string(current)), ("to", .string(target)),
+                ("policySha256", .string(p.sha256)), ("requirement", t.requires.map { .string($0) } ?? .null),
+            ]))])
+        } catch {
+            return .error(code: -32603, message: "Internal error: the phase change could not be recorded in the "
+                            + "security log, so it did not happen.")
+        }
+        session.state.withLock { $0.phase = target }
+        return .result(.text("The session is now in phase \(target).", isError: false))
+    }
+
+    // MARK: reloads and shutdown
+
+    /// Loads the policy file. A broken file keeps the previous policy.
+    @discardableResult
+    public func reloadPolicy() -> Bool {
+        guard let path = options.policyPath else { return false }
+        do {
+            let p = try Policy.load(path: path)
+            state.withLock {
+                $0.policy = p
+                $0.policyError = nil
+            }
+            logger.info("policy loaded", metadata: ["policy": "\(path)", "policy.sha256": "\(p.sha256)"])
+            log.appendAndWait([SecurityEvent(.policyLoaded, JSONObject([
+                ("policy", .string(path)), ("policySha256", .string(p.sha256)), ("ok", true),
+            ]))])
+            return true
+        } catch {
+            let kept = state.withLock { s -> Bool in
+                if s.policy == nil { s.policyError = error.description }
+                return s.policy != nil
+            }
+            logger.error("policy not loaded\(kept ? "; the previous policy stays in force" : "; every call is refused")",
+                         metadata: ["error": "\(error)"])
+            log.appendAndWait([SecurityEvent(.policyLoaded, JSONObject([
+                ("policy", .string(path)), ("ok", false), ("error", .string(error.description)),
+                ("keptPrevious", .bool(kept)),
+            ]))])
+            return false
+        }
+    }
+
+    /// Reloads the cells (SIGHUP, ledger change); calls of versions no
+    /// longer served are ended, and `toolsChanged` runs if the set changed.
+    public func reload() async {
+        let new = loadRegistry()
+        do { try await log.append(Self.loadEvents(new)) } catch {
+            logger.error("cells.loaded not recorded", metadata: ["error": "\(error)"])
+        }
+        warmUp(new)
+        let (changed, stale): (Bool, [CallCancellation]) = state.withLock { s in
+            let old = s.registry
+            s.registry = new
+            let live = Set(new.cells.map { "\($0.name)\u{0}\($0.manifest.manifestSHA256)" })
+            let stale = s.inFlight.values.filter { !live.contains("\($0.cell)\u{0}\($0.version)") }.map(\.cancellation)
+            return (Self.fingerprint(old) != Self.fingerprint(new), stale)
+        }
+        runner.prespawner?.serve(only: new.cells)
+        if !stale.isEmpty { logger.warning("killing calls of cell versions no longer served", metadata: ["calls": "\(stale.count)"]) }
+        for c in stale { c.cancel() }
+        for p in new.problems { logger.error("cell refused", metadata: ["problem": "\(p)"]) }
+        logger.info("manifests reloaded", metadata: ["cells": "\(new.cells.count)", "changed": "\(changed)"])
+        if changed, let notify = toolsChanged.withLock({ $0 }) { notify() }
+    }
+
+    /// Refuses new calls and kills every worker in flight (SIGTERM, or the
+    /// end of the drain after end of input).
+    public func shutdown(reason: String) {
+        let pending = state.withLock { s -> [CallCancellation] in
+            s.shuttingDown = true
+            return s.inFlight.values.map(\.cancellation)
+        }
+        if !pending.isEmpty {
+            logger.info("shutting down: killing calls in flight", metadata: ["calls": "\(pending.count)", "reason": "\(reason)"])
+        }
+        for c in pending { c.cancel() }
+        runner.prespawner?.shutdown()
+    }
+
+    static func fingerprint(_ r: CellRegistry) -> [String] {
+        r.cells.map { "\($0.manifest.manifestSHA256):\($0.manifest.executable.sha256)" }
+    }
+
+    /// Verifies every cell's files in the background so that the first calls
+    /// do not pay for hashing; a mismatch is recorded now (and every call to
+    /// that cell is refused).
+    func warmUp(_ r: CellRegistry) {
+        let cells = r.cells, log = self.log, logger = self.logger
+        let t = Thread {
+            for c in cells {
+                do { try c.verifyFiles() } catch {
+                    logger.error("cell quarantined", metadata: ["cell.name": "\(c.name)", "error": "\(error)"])
+                    log.appendAndWait([SecurityEvent(.cellRefused, JSONObject([
+                        ("manifest", .string(c.manifest.sourcePath)), ("cell", .string(c.name)),
+                        ("reason", .string("\(error)")),
+                    ]))])
+                }
+            }
+        }
+        t.name = "cell-verify"
+        t.start()
+    }
+
+    static func loadEvents(_ r: CellRegistry) -> [SecurityEvent] {
+        var events = r.problems.map {
+            SecurityEvent(.cellRefused, JSONObject([("manifest", .string($0.path)), ("reason", .string($0.message))]))
+        }
+        let cells: [JSONValue] = r.cells.map { c in
+            .object(JSONObject([("cell", .string(c.name)), ("version", .string(c.version)),
+                                ("manifestSha256", .string(c.manifest.manifestSHA256)),
+                                ("executableSha256", .string(c.manifest.executable.sha256))]))
+        }
+        events.append(SecurityEvent(.cellsLoaded, JSONObject([("cells", .array(cells)),
+                                                              ("refused", .int(Int64(r.problems.count)))])))
+        return events
+    }
+}
