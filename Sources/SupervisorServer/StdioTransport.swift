@@ -187,7 +187,7 @@ public actor BlockingStdioTransport: Transport {
     /// `onEndOfInput` runs when stdin ends, after every request received has
     /// been answered (or `drainSeconds` passed).
     public init(input: Int32 = 0, output: Int32 = 1, maxMessageBytes: Int = 4 << 20, maxOutstanding: Int = 128,
-                maxUnreadBytes: Int = 16 << 20, logger: Logger,
+                maxUnreadBytes: Int = 8 << 20, logger: Logger,
                 onEndOfInput: @escaping @Sendable () -> Void = {}) {
         self.input = input
         self.outbound = OutboundQueue(fd: output, limitBytes: maxUnreadBytes, logger: logger)
