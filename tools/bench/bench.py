@@ -203,7 +203,7 @@ def main():
            "echo", "--args", '{"text":"x"}']
     bwrap = [shutil.which("bwrap"), "--unshare-all", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", NOOP]
 
-    results = {k: [] for k in ["a", "b", "c", "c_tmpfs", "c_noprespawn", "c_sdk", "c_gap", "c_gap_noprespawn",
+    results = {k: [] for k in ["a", "b", "c", "c_tmpfs", "c_noprespawn", "c_gap", "c_gap_noprespawn",
                                "d", "e", "i", "i_fs", "ping", "ping_sdk"]}
     tput = {2: [], 4: [], 8: []}
     n = a.calls
@@ -226,7 +226,7 @@ def main():
                                                 args={"path": "/usr/share/doc/bash/copyright", "maxBytes": 4096})
             s.close()
         # The same with one knob turned off, to measure what each buys.
-        for key, extra in [("c_noprespawn", ["--prespawn", "0"]), ("c_sdk", ["--sdk-dispatch"])]:
+        for key, extra in [("c_noprespawn", ["--prespawn", "0"])]:
             s = Server(supervisor_argv(manifests, disk_state, *extra))
             s.initialize()
             s.call_times(20)
@@ -285,7 +285,6 @@ def main():
     row("(c) MCP tools/call → echo cell, full hardening", "c")
     row("(c') same, security log on tmpfs", "c_tmpfs")
     row("(c-p0) (c) with `--prespawn 0`: every worker spawned on arrival", "c_noprespawn")
-    row("(c-sdk) (c) with `--sdk-dispatch`: tools/call through the SDK's dispatch", "c_sdk")
     row("(c-gap) (c), calls 20 ms apart", "c_gap")
     row("(c-gap-p0) (c-gap) with `--prespawn 0`", "c_gap_noprespawn")
     row("(d) no-op under `bwrap --unshare-all`", "d")
@@ -318,8 +317,7 @@ def main():
                  f"transport: {statistics.median(results['ping_sdk']):.0f} µs.")
     lines.append(f"- Prespawn saves {statistics.median(results['c_noprespawn']) - c50:.0f} µs at p50 back to back "
                  f"((c-p0) − (c)) and {statistics.median(results['c_gap_noprespawn']) - statistics.median(results['c_gap']):.0f} µs "
-                 f"with calls 20 ms apart ((c-gap-p0) − (c-gap)); the direct tools/call path saves "
-                 f"{statistics.median(results['c_sdk']) - c50:.0f} µs ((c-sdk) − (c)).")
+                 f"with calls 20 ms apart ((c-gap-p0) − (c-gap)).")
     lines.append(f"- (c-gap) p50 is **{statistics.median(results['c_gap']) / floor:.2f}×** the floor.")
     lines.append(f"- fdatasync of the security log per call: (c) − (c') = "
                  f"{statistics.median(results['c']) - statistics.median(results['c_tmpfs']):.0f} µs at p50.\n")
