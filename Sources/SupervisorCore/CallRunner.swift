@@ -216,8 +216,9 @@ public final class CallRunner: @unchecked Sendable {
             try ruleset.allow(scratchFD, .readWrite, isDirectory: true)
             // The executable is a sealed memfd on the kernel's internal shmem
             // mount: Landlock takes no rules there (EBADFD) and does not
-            // mediate it, so exec of it needs no rule. Workers cannot create
-            // memfds (memfd_create is in no group), so this opens nothing.
+            // mediate it, so exec of it needs no rule. A worker's own memfds
+            // are not executable: the filter allows memfd_create only with
+            // MFD_NOEXEC_SEAL (SeccompConfinement), so this opens nothing.
 
             // A command tool's program reads its input on stdin and writes
             // its result to stdout; it gets no frame pipes.
@@ -551,14 +552,20 @@ struct WorkerSession {
                 listenerOpen = false
             } else if iNotify >= 0 && poll.isReadable(iNotify), let l = listener {
                 if let n = try? l.receive() {
-                    if learning && n.architecture == Seccomp.nativeArchitecture {
+                    if learning && n.isNative {
                         var name = n.syscallName
                         // ioctl is allowed per request number: name it.
                         if name == "ioctl" { name = "ioctl(\(n.arguments[1] & 0xFFFF_FFFF))" }
                         if !learned.contains(name) { learned.append(name) }
-                        l.allowOnce(n)
+                        // What no filter allows (network, IPC, escapes) is
+                        // refused even here: it is recorded, never run.
+                        if SeccompConfinement.reason(number: n.number) != nil {
+                            l.deny(n, errno: EPERM)
+                        } else {
+                            l.allowOnce(n)
+                        }
                     } else {
-                        seccompViolation = (n.syscallName, Seccomp.architectureName(n.architecture))
+                        seccompViolation = (n.syscallName, n.architectureName)
                         kill()
                     }
                 } else if poll.fds[iNotify].revents & Int16(POLLHUP | POLLERR) != 0 {

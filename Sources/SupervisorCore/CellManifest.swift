@@ -1,5 +1,6 @@
 import Foundation
 import StrictJSON
+import SupervisorPlatform
 
 /// A cell's manifest: what it is, which tools it serves, and everything it may
 /// do. Every field, its unit and its default is documented in docs/manifest.md.
@@ -281,6 +282,11 @@ extension CellManifest {
         if let s = try r.object("syscalls") {
             groups = try s.stringArray("groups", default: [])
             allow = try s.stringArray("allow", default: [])
+            for (i, n) in allow.enumerated() {
+                if let why = SyscallGroups.refusal(n) {
+                    throw ConfigError(file: path, field: "syscalls.allow[\(i)]", message: why)
+                }
+            }
             try s.finish()
         }
 

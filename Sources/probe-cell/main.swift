@@ -111,6 +111,22 @@ Cell.main { request, ctx in
         return .text(out.joined(separator: "; "))
     case "echo":
         return .text(str("text"))
+    case "udp":
+        return .text(errnoText(probe_udp_send(Int32(int("port")))))
+    case "unix-connect":
+        return .text(errnoText(probe_unix_connect(str("path"))))
+    case "pair-sendmsg":
+        return .text(errnoText(probe_pair_sendmsg(Int32(int("type")), str("path"))))
+    case "memfd-exec":
+        return .text(errnoText(probe_memfd_exec(UInt32(int("flags")))))
+    case "fill":
+        var e: Int32 = 0
+        let n = probe_fill(str("path"), Int(int("bytes")), &e)
+        return .text("wrote \(n) errno \(e)")
+    case "many-files":
+        var e: Int32 = 0
+        let n = probe_many_files(Int(int("count")), &e)
+        return .text("created \(n) errno \(e)")
     default:
         return .error("unknown action '\(action)'")
     }

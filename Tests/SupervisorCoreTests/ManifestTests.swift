@@ -107,7 +107,7 @@ final class ManifestTests: ManifestTestCase {
     }
 }
 
-final class SyscallGroupTests: XCTestCase {
+final class SyscallGroupTests: ManifestTestCase {
     func write(_ text: String) -> String {
         let p = "/tmp/mcps-groups-\(UInt32.random(in: 0...UInt32.max)).json"
         FileManagerLite.write(p, text)
@@ -131,6 +131,35 @@ final class SyscallGroupTests: XCTestCase {
         XCTAssertThrowsError(try SyscallGroups.load(path: write(#"{"groups": {"g": [{"name": "ioctl", "argument": 9, "values": [1]}]}}"#))) {
             XCTAssertEqual(($0 as? ConfigError)?.field, "groups.g[0].argument")
         }
+    }
+
+    func testNetworkAndIPCSyscallsAreRefusedInManifestsAndGroups() {
+        // The manifest that sent UDP with network "none" (issue 19, item 9).
+        assertError("syscalls.allow[0]", "network access comes only from the manifest's \"network\" declaration") {
+            $0["network"] = "none"
+            $0["syscalls"] = ["groups": ["base"], "allow": ["socket", "sendto"]]
+        }
+        for call in ["connect", "bind", "listen", "accept", "accept4"] {
+            assertError("syscalls.allow[1]", "\"\(call)\" is never allowed") {
+                $0["syscalls"] = ["allow": ["getcwd", .string(call)]]
+            }
+        }
+        for call in ["shmget", "semget", "msgget", "mq_open"] {
+            assertError("syscalls.allow[0]", "outlive the call") { $0["syscalls"] = ["allow": [.string(call)]] }
+        }
+        XCTAssertThrowsError(try SyscallGroups.load(path: write(#"{"groups": {"g": ["read", "connect"]}}"#))) {
+            XCTAssertEqual(($0 as? ConfigError)?.field, "groups.g[1]")
+            XCTAssertTrue("\($0)".contains("\"network\" declaration"), "\($0)")
+        }
+    }
+
+    func testLearnModeExplainsNetworkCallsInsteadOfProposingThem() throws {
+        let groups = SyscallGroups(groups: ["base": [.init(name: "read", argument: nil, values: [])]], sourcePath: "x")
+        let m = try parse { $0["syscalls"] = ["groups": ["base"]] }
+        let p = groups.proposal(for: ["socket", "connect", "shmget", "getxattr"], manifest: m)
+        XCTAssertEqual(p.network, ["socket", "connect"])
+        XCTAssertEqual(p.forbidden, ["shmget"])
+        XCTAssertEqual(p.addAllow, ["getxattr"])
     }
 }
 

@@ -271,10 +271,17 @@ typedef struct {
     int arg_index;      /* -1: no argument condition; else 0-5 */
     uint64_t arg_mask;  /* condition: (arg & arg_mask) == arg_value */
     uint64_t arg_value;
+    int arg2_index;     /* -1: no second condition (both must hold); else 0-5 */
+    uint64_t arg2_mask;
+    uint64_t arg2_value;
 } mcps_seccomp_rule;
 
-/* Compiles rules into a classic BPF program for the native architecture.
-   Non-native architectures (i386 via int 0x80, x32) are killed.
+/* Compiles rules into a classic BPF program. The rules apply to the native
+   architecture; the other architectures this CPU can enter (i386 via
+   int 0x80, x32) are in the program with no rule, so every one of their
+   syscalls takes the default action too (with notification the supervisor
+   names the architecture; nothing is allowed there). Only an architecture
+   the kernel cannot run here at all takes the bad-architecture kill.
    default_action: 0 kill process, 1 user notification (the supervisor names
    and kills), 2 log (learn mode). On success *program is malloc'd
    (caller frees) and *length is the number of sock_filter instructions.
