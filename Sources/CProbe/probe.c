@@ -210,3 +210,16 @@ long probe_many_files(long count, int *error) {
     }
     return count;
 }
+
+/* glibc passes argc and argv to constructors; Swift's CommandLine reads
+   /proc/self/cmdline in a static executable, which Landlock denies. */
+static const char *command_argument;
+
+__attribute__((constructor)) static void capture_arguments(int argc, char **argv, char **envp) {
+    (void)envp;
+    command_argument = argc == 2 ? argv[1] : NULL;
+}
+
+const char *probe_command_argument(void) {
+    return command_argument;
+}

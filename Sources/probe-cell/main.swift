@@ -34,6 +34,17 @@ func writeFile(_ path: String, bytes: Int) -> String {
     return "wrote \(max(bytes, 1))"
 }
 
+// Run as a command cell (argv instead of frames): `probe-cell int80` or
+// `probe-cell x32` makes that call and prints what it returned.
+if let arg = probe_command_argument().map({ String(cString: $0) }) {
+    switch arg {
+    case "int80": print(errnoText(probe_int80_getpid()))
+    case "x32": print(errnoText(probe_syscall(0x4000_0000 | 39, 0, 0, 0, 0, 0, 0)))
+    default: print("unknown command \(arg)")
+    }
+    exit(0)
+}
+
 Cell.main { request, ctx in
     let a = request.arguments
     let action = a["action"]?.stringValue ?? ""

@@ -57,4 +57,8 @@ long probe_fill(const char *name, long bytes, int *error);
    created before the first error, and that error in *error (0 if none). */
 long probe_many_files(long count, int *error);
 
+/* argv[1] when the probe was started with exactly one argument (a command
+   cell), else NULL. */
+const char *probe_command_argument(void);
+
 #endif
