@@ -31,6 +31,7 @@
 #include <stddef.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -50,6 +51,16 @@
 #ifndef SECCOMP_FILTER_FLAG_NEW_LISTENER
 #define SECCOMP_FILTER_FLAG_NEW_LISTENER (1UL << 3)
 #endif
+
+#ifndef LANDLOCK_RULE_PATH_BENEATH
+#define LANDLOCK_RULE_PATH_BENEATH 1
+#endif
+
+/* struct landlock_path_beneath_attr (packed, as in <linux/landlock.h>). */
+struct mcps_path_beneath {
+    uint64_t allowed_access;
+    int32_t parent_fd;
+} __attribute__((packed));
 
 #define CHILD_STACK_SIZE (128 * 1024)
 /* Child fd layout: 0-4 the worker's (stdin, stdout, stderr, request,
@@ -165,6 +176,26 @@ static int child_main(void *arg) {
 
     /* 4. Own session: no controlling terminal (TIOCSTI needs one). */
     if (setsid() < 0) child_fail(a, MCPS_STAGE_SESSION);
+
+    /* 4b. Scratch: a tmpfs bounded in bytes and inodes by the kernel, in
+           the worker's own mount namespace (privileged step: before the
+           capabilities go). Mounts become slaves first, so the tmpfs never
+           propagates to the supervisor's namespace. Landlock follows a
+           path up through a mount point without looking at the directory
+           the mount hides, so the scratch rule must name the tmpfs root. */
+    if (c->scratch_dir) {
+        if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) != 0) child_fail(a, MCPS_STAGE_SCRATCH);
+        if (mount("tmpfs", c->scratch_dir, "tmpfs", MS_NOSUID | MS_NODEV, c->scratch_mount_options) != 0)
+            child_fail(a, MCPS_STAGE_SCRATCH);
+        if (ruleset_fd >= 0) {
+            int root = (int)syscall(SYS_openat, AT_FDCWD, c->scratch_dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (root < 0) child_fail(a, MCPS_STAGE_SCRATCH);
+            struct mcps_path_beneath rule = {.allowed_access = c->scratch_access, .parent_fd = root};
+            if (syscall(SYS_landlock_add_rule, ruleset_fd, LANDLOCK_RULE_PATH_BENEATH, &rule, 0) != 0)
+                child_fail(a, MCPS_STAGE_SCRATCH);
+            close(root);
+        }
+    }
 
     /* 5. Resource limits (core dumps are always off: the caller passes
           RLIMIT_CORE 0). */
@@ -320,6 +351,7 @@ const char *mcps_stage_name(int stage) {
     case MCPS_STAGE_SECCOMP: return "seccomp";
     case MCPS_STAGE_LISTENER: return "seccomp-listener";
     case MCPS_STAGE_EXEC: return "exec";
+    case MCPS_STAGE_SCRATCH: return "scratch-mount";
     default: return "unknown";
     }
 }

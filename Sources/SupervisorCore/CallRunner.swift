@@ -211,9 +211,15 @@ public final class CallRunner: @unchecked Sendable {
             let ruleset = try Landlock.Ruleset.create(abi: host.features.landlockABI ?? 1)
             toClose.append(ruleset.fd)
             for (fd, access, isDir) in cell.pathRules { try ruleset.allow(fd, access, isDirectory: isDir) }
-            let scratchFD = try Landlock.openPath(scratch)
-            toClose.append(scratchFD)
-            try ruleset.allow(scratchFD, .readWrite, isDirectory: true)
+            // Scratch is a tmpfs the child mounts on this directory in its own
+            // mount namespace, bounded by the kernel (limits.scratchMiB and
+            // scratchFiles); the child adds its Landlock rule (the mount
+            // hides the directory, so a rule on it would not apply). The
+            // tmpfs and its contents go with the worker's namespace.
+            let scratchMount = ScratchMount(
+                directory: scratch, sizeBytes: UInt64(limits.scratchMiB) << 20, files: UInt64(limits.scratchFiles),
+                uid: host.features.isRoot ? host.workerUID : geteuid(), gid: host.features.isRoot ? host.workerGID : getegid(),
+                access: ruleset.rights(.readWrite, isDirectory: true))
             // The executable is a sealed memfd on the kernel's internal shmem
             // mount: Landlock takes no rules there (EBADFD) and does not
             // mediate it, so exec of it needs no rule. A worker's own memfds
@@ -235,15 +241,16 @@ public final class CallRunner: @unchecked Sendable {
             r.rlimits = rlimits(limits)
             r.dropBoundingSet = host.features.canDropBoundingSet
             if host.features.isRoot { r.changeIDs = (host.workerUID, host.workerGID) }
-            if limits.processes == .processes {
-                if host.features.isRoot {
-                    r.namespaceFlags = Namespaces.pid
-                } else {
-                    r.namespaceFlags = Namespaces.user | Namespaces.pid
-                    r.uidMap = "\(geteuid()) \(geteuid()) 1\n"
-                    r.gidMap = "\(getegid()) \(getegid()) 1\n"
-                    r.dropBoundingSet = true
-                }
+            r.scratchMount = scratchMount
+            // Every worker: its own mount namespace (the scratch tmpfs).
+            // A forking cell: its own PID namespace. Unprivileged, both come
+            // with a user namespace mapping only the supervisor's own ids.
+            r.namespaceFlags = Namespaces.mount | (limits.processes == .processes ? Namespaces.pid : 0)
+            if !host.features.isRoot {
+                r.namespaceFlags |= Namespaces.user
+                r.uidMap = "\(geteuid()) \(geteuid()) 1\n"
+                r.gidMap = "\(getegid()) \(getegid()) 1\n"
+                r.dropBoundingSet = true
             }
             r.landlockRuleset = ruleset.fd
             r.seccompProgram = cell.seccomp
@@ -256,7 +263,7 @@ public final class CallRunner: @unchecked Sendable {
             }
             spawnNanoseconds = monotonicNanoseconds() - t0
             // The child's ends are its own now.
-            for fd in [req.read, resp.write, diag.write, ruleset.fd, scratchFD] + (notifyChild.map { [$0] } ?? [])
+            for fd in [req.read, resp.write, diag.write, ruleset.fd] + (notifyChild.map { [$0] } ?? [])
                 + (brokerChild.map { [$0] } ?? []) + (script.map { [$0] } ?? []) {
                 fd.close()
                 toClose.removeAll { $0 == fd }

@@ -42,6 +42,8 @@ final class ManifestTests: ManifestTestCase {
         XCTAssertEqual(m.limits, CellManifest.Limits())
         XCTAssertEqual(m.limits.timeoutMilliseconds, 10_000)
         XCTAssertEqual(m.limits.processes, .none)
+        XCTAssertEqual(m.limits.scratchMiB, 64)
+        XCTAssertEqual(m.limits.scratchFiles, 4096)
         XCTAssertEqual(m.network, .none)
         XCTAssertEqual(m.phases, [])
     }
@@ -57,6 +59,8 @@ final class ManifestTests: ManifestTestCase {
         assertError("name", "expected a string") { $0["name"] = 5 }
         assertError("name", "must match") { $0["name"] = "bad name" }
         assertError("bogus", "unknown field") { $0["bogus"] = true }
+        assertError("limits.scratchMiB", "out of range 1...65536 MiB") { $0["limits"] = ["scratchMiB": 0] }
+        assertError("limits.scratchFiles", "out of range 16...1000000") { $0["limits"] = ["scratchFiles": 15] }
         assertError("executable.sha256", "64 lower-case hex") { $0["executable"] = ["path": "/bin/true", "sha256": "ABC"] }
         assertError("executable.extra", "unknown field") {
             $0["executable"] = ["path": "/bin/true", "sha256": .string(self.sha), "extra": 1]

@@ -159,6 +159,29 @@ final class SandboxTests: XCTestCase {
         XCTAssertEqual(Harness.scratchLeftovers(), [])
     }
 
+    func testScratchIsBoundedByTheKernel() throws {
+        // fileSizeMiB above scratchMiB: the tmpfs says no first (ENOSPC).
+        let cell = try probe(limits: #"{"scratchMiB": 2, "scratchFiles": 16, "fileSizeMiB": 16}"#)
+        let fill = try Harness.call(cell, ["action": "fill", "path": "big", "bytes": .int(8 << 20)])
+        let parts = (Harness.text(fill) ?? fill.outcome.detail).split(separator: " ")
+        XCTAssertEqual(parts.count, 4, fill.outcome.detail)
+        XCTAssertEqual(parts.last, "\(ENOSPC)", "\(parts)")
+        XCTAssertLessThanOrEqual(Int(parts[1]) ?? .max, 2 << 20, "\(parts)")
+        let many = try Harness.call(cell, ["action": "many-files", "count": 1000])
+        XCTAssertEqual(Harness.text(many), "created 16 errno \(ENOSPC)", many.outcome.detail)
+        // Each call has its own tmpfs: the next one starts empty.
+        let again = try Harness.call(cell, ["action": "many-files", "count": 16])
+        XCTAssertEqual(Harness.text(again), "created 16 errno 0", again.outcome.detail)
+        // Nothing remains: no directory, no mount in the supervisor's namespace.
+        XCTAssertEqual(Harness.scratchLeftovers(), [])
+        let mounts = String(decoding: try readFile("/proc/self/mountinfo"), as: UTF8.self)
+        XCTAssertFalse(mounts.contains(Harness.scratchRoot), mounts)
+        // The defaults bound a manifest that says nothing: 64 MiB.
+        let defaults = try probe(limits: #"{"fileSizeMiB": 128, "memoryMiB": 256}"#)
+        let big = try Harness.call(defaults, ["action": "fill", "path": "big", "bytes": .int(80 << 20)])
+        XCTAssertTrue(Harness.text(big)?.hasSuffix("errno \(ENOSPC)") == true, big.outcome.detail)
+    }
+
     func testOnlyTheProtocolDescriptorsAreInherited() throws {
         let before = Sys.openDescriptorCount()
         let r = try Harness.call(try probe(), ["action": "fds"])

@@ -50,6 +50,8 @@ typedef enum {
     MCPS_STAGE_SECCOMP = 15,     /* install the precompiled filter (last restriction) */
     MCPS_STAGE_LISTENER = 16,    /* hand the seccomp listener fd to the supervisor */
     MCPS_STAGE_EXEC = 17,        /* execveat(exec_fd, "", AT_EMPTY_PATH) */
+    MCPS_STAGE_SCRATCH = 18,     /* private mounts, a bounded tmpfs on scratch, its Landlock rule
+                                    (runs after MCPS_STAGE_SESSION, before MCPS_STAGE_RLIMITS) */
 } mcps_stage;
 
 typedef struct {
@@ -80,6 +82,17 @@ typedef struct {
 
     /* Working directory (the call's scratch directory). */
     const char *_Nullable workdir;
+
+    /* If set (requires CLONE_NEWNS in namespace_flags): the call's scratch
+       directory. The child makes every mount a slave (nothing it mounts
+       reaches the supervisor's namespace), mounts a fresh tmpfs there with
+       scratch_mount_options ("size=...,nr_inodes=...,mode=0700,uid=,gid="),
+       and adds a Landlock rule granting scratch_access beneath its root to
+       the ruleset (a rule on the directory underneath would not apply: a
+       mount hides it). The tmpfs disappears with the worker's namespace. */
+    const char *_Nullable scratch_dir;
+    const char *_Nullable scratch_mount_options;
+    uint64_t scratch_access;
 
     /* Extra clone flags (CLONE_NEWPID, CLONE_NEWUSER, ...). */
     int namespace_flags;
