@@ -138,12 +138,22 @@ static int child_main(void *arg) {
             child_fail(a, MCPS_STAGE_SIGNALS);
     }
 
-    /* 2. A new user namespace (unprivileged worker that may fork): map our
-          own uid/gid so files in scratch keep their owner. */
+    /* 2. A new user namespace (unprivileged supervisor): map our own
+          uid/gid so files in scratch keep their owner. The supervisor is
+          non-dumpable, which makes the /proc files of every task on its
+          memory root's, these map files included: the memory (shared with
+          the parent until exec) is dumpable for these three writes only,
+          and mcps_spawn restores the parent's setting in any case. */
     if (c->namespace_flags & CLONE_NEWUSER) {
-        if (write_file("/proc/self/setgroups", "deny") != 0) child_fail(a, MCPS_STAGE_USERNS);
-        if (c->uid_map && write_file("/proc/self/uid_map", c->uid_map) != 0) child_fail(a, MCPS_STAGE_USERNS);
-        if (c->gid_map && write_file("/proc/self/gid_map", c->gid_map) != 0) child_fail(a, MCPS_STAGE_USERNS);
+        int dumpable = prctl(PR_GET_DUMPABLE, 0, 0, 0, 0);
+        if (dumpable == 0 && prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) != 0) child_fail(a, MCPS_STAGE_USERNS);
+        int failed = write_file("/proc/self/setgroups", "deny") != 0 ||
+                     (c->uid_map && write_file("/proc/self/uid_map", c->uid_map) != 0) ||
+                     (c->gid_map && write_file("/proc/self/gid_map", c->gid_map) != 0);
+        int saved = errno;
+        if (dumpable == 0) prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+        errno = saved;
+        if (failed) child_fail(a, MCPS_STAGE_USERNS);
     }
 
     /* 3. File descriptors: copy everything we still need above the range
@@ -307,8 +317,12 @@ int mcps_spawn(const mcps_spawn_config *config, mcps_spawn_result *result) {
 
     int pidfd = -1;
     int flags = CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD | config->namespace_flags;
+    /* The child may change the shared memory's dumpable flag (stage 2). */
+    int dumpable = prctl(PR_GET_DUMPABLE, 0, 0, 0, 0);
     pid_t pid = clone(child_main, (char *)tls_stack + CHILD_STACK_SIZE, flags, &args, &pidfd);
     int clone_errno = errno;
+    if (dumpable >= 0 && prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) != dumpable)
+        prctl(PR_SET_DUMPABLE, dumpable, 0, 0, 0);
 
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 
