@@ -173,6 +173,19 @@ long probe_memfd_exec(unsigned int flags) {
     return -errno;
 }
 
+long probe_scratch_exec(int anonymous) {
+    int fd = anonymous ? open(".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0700)
+                       : open("prog", O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0700);
+    /* A failure before the exec is 1000 + errno, so it cannot pass for a
+       refused exec. */
+    if (fd < 0) return 1000 + errno;
+    if (write(fd, tiny_elf, sizeof(tiny_elf)) != (ssize_t)sizeof(tiny_elf)) return 1000 + errno;
+    char *argv[] = {"x", NULL};
+    char *envp[] = {NULL};
+    syscall(SYS_execveat, fd, "", argv, envp, AT_EMPTY_PATH);
+    return -errno;
+}
+
 long probe_fill(const char *name, long bytes, int *error) {
     *error = 0;
     int fd = open(name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);

@@ -130,6 +130,8 @@ Cell.main { request, ctx in
         return .text(errnoText(probe_pair_sendmsg(Int32(int("type")), str("path"))))
     case "memfd-exec":
         return .text(errnoText(probe_memfd_exec(UInt32(int("flags")))))
+    case "scratch-exec":
+        return .text(errnoText(probe_scratch_exec(a["anonymous"] == .bool(true) ? 1 : 0)))
     case "fill":
         var e: Int32 = 0
         let n = probe_fill(str("path"), Int(int("bytes")), &e)

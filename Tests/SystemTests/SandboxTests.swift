@@ -408,6 +408,12 @@ final class ConfinementSystemTests: XCTestCase {
         // With MFD_NOEXEC_SEAL the memfd exists, but exec of it fails.
         let sealed = try Harness.call(cell, ["action": "memfd-exec", "flags": .int(1 | 8)])
         XCTAssertEqual(Harness.text(sealed), "errno 13", sealed.outcome.detail)
+        // A program written to scratch, named or unnamed (O_TMPFILE): Landlock
+        // grants no execute there.
+        for anonymous in [false, true] {
+            let r = try Harness.call(cell, ["action": "scratch-exec", "anonymous": .bool(anonymous)])
+            XCTAssertEqual(Harness.text(r), "errno 13", "anonymous \(anonymous): \(r.outcome.detail)")
+        }
     }
 
     static func lines(_ path: String) -> [String] {

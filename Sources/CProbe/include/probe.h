@@ -48,6 +48,12 @@ long probe_pair_sendmsg(int type, const char *path);
    -errno of the step that failed; on success it never returns. */
 long probe_memfd_exec(unsigned int flags);
 
+/* The same program written to a file in the working directory (an
+   unnamed O_TMPFILE one if anonymous), mode 0700, then execveat on its fd.
+   Returns -errno of the exec, 1000 + errno if writing the file failed; on
+   success it never returns. */
+long probe_scratch_exec(int anonymous);
+
 /* Writes `bytes` into one new file `name` in the working directory, in
    64 KiB chunks: the bytes written before the first error, and that
    error in *error (0 if none). */
