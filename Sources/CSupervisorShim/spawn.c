@@ -31,6 +31,7 @@
 #include <stddef.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -50,6 +51,16 @@
 #ifndef SECCOMP_FILTER_FLAG_NEW_LISTENER
 #define SECCOMP_FILTER_FLAG_NEW_LISTENER (1UL << 3)
 #endif
+
+#ifndef LANDLOCK_RULE_PATH_BENEATH
+#define LANDLOCK_RULE_PATH_BENEATH 1
+#endif
+
+/* struct landlock_path_beneath_attr (packed, as in <linux/landlock.h>). */
+struct mcps_path_beneath {
+    uint64_t allowed_access;
+    int32_t parent_fd;
+} __attribute__((packed));
 
 #define CHILD_STACK_SIZE (128 * 1024)
 /* Child fd layout: 0-4 the worker's (stdin, stdout, stderr, request,
@@ -127,12 +138,22 @@ static int child_main(void *arg) {
             child_fail(a, MCPS_STAGE_SIGNALS);
     }
 
-    /* 2. A new user namespace (unprivileged worker that may fork): map our
-          own uid/gid so files in scratch keep their owner. */
+    /* 2. A new user namespace (unprivileged supervisor): map our own
+          uid/gid so files in scratch keep their owner. The supervisor is
+          non-dumpable, which makes the /proc files of every task on its
+          memory root's, these map files included: the memory (shared with
+          the parent until exec) is dumpable for these three writes only,
+          and mcps_spawn restores the parent's setting in any case. */
     if (c->namespace_flags & CLONE_NEWUSER) {
-        if (write_file("/proc/self/setgroups", "deny") != 0) child_fail(a, MCPS_STAGE_USERNS);
-        if (c->uid_map && write_file("/proc/self/uid_map", c->uid_map) != 0) child_fail(a, MCPS_STAGE_USERNS);
-        if (c->gid_map && write_file("/proc/self/gid_map", c->gid_map) != 0) child_fail(a, MCPS_STAGE_USERNS);
+        int dumpable = prctl(PR_GET_DUMPABLE, 0, 0, 0, 0);
+        if (dumpable == 0 && prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) != 0) child_fail(a, MCPS_STAGE_USERNS);
+        int failed = write_file("/proc/self/setgroups", "deny") != 0 ||
+                     (c->uid_map && write_file("/proc/self/uid_map", c->uid_map) != 0) ||
+                     (c->gid_map && write_file("/proc/self/gid_map", c->gid_map) != 0);
+        int saved = errno;
+        if (dumpable == 0) prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+        errno = saved;
+        if (failed) child_fail(a, MCPS_STAGE_USERNS);
     }
 
     /* 3. File descriptors: copy everything we still need above the range
@@ -165,6 +186,26 @@ static int child_main(void *arg) {
 
     /* 4. Own session: no controlling terminal (TIOCSTI needs one). */
     if (setsid() < 0) child_fail(a, MCPS_STAGE_SESSION);
+
+    /* 4b. Scratch: a tmpfs bounded in bytes and inodes by the kernel, in
+           the worker's own mount namespace (privileged step: before the
+           capabilities go). Mounts become slaves first, so the tmpfs never
+           propagates to the supervisor's namespace. Landlock follows a
+           path up through a mount point without looking at the directory
+           the mount hides, so the scratch rule must name the tmpfs root. */
+    if (c->scratch_dir) {
+        if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) != 0) child_fail(a, MCPS_STAGE_SCRATCH);
+        if (mount("tmpfs", c->scratch_dir, "tmpfs", MS_NOSUID | MS_NODEV, c->scratch_mount_options) != 0)
+            child_fail(a, MCPS_STAGE_SCRATCH);
+        if (ruleset_fd >= 0) {
+            int root = (int)syscall(SYS_openat, AT_FDCWD, c->scratch_dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (root < 0) child_fail(a, MCPS_STAGE_SCRATCH);
+            struct mcps_path_beneath rule = {.allowed_access = c->scratch_access, .parent_fd = root};
+            if (syscall(SYS_landlock_add_rule, ruleset_fd, LANDLOCK_RULE_PATH_BENEATH, &rule, 0) != 0)
+                child_fail(a, MCPS_STAGE_SCRATCH);
+            close(root);
+        }
+    }
 
     /* 5. Resource limits (core dumps are always off: the caller passes
           RLIMIT_CORE 0). */
@@ -276,8 +317,12 @@ int mcps_spawn(const mcps_spawn_config *config, mcps_spawn_result *result) {
 
     int pidfd = -1;
     int flags = CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD | config->namespace_flags;
+    /* The child may change the shared memory's dumpable flag (stage 2). */
+    int dumpable = prctl(PR_GET_DUMPABLE, 0, 0, 0, 0);
     pid_t pid = clone(child_main, (char *)tls_stack + CHILD_STACK_SIZE, flags, &args, &pidfd);
     int clone_errno = errno;
+    if (dumpable >= 0 && prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) != dumpable)
+        prctl(PR_SET_DUMPABLE, dumpable, 0, 0, 0);
 
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 
@@ -320,6 +365,7 @@ const char *mcps_stage_name(int stage) {
     case MCPS_STAGE_SECCOMP: return "seccomp";
     case MCPS_STAGE_LISTENER: return "seccomp-listener";
     case MCPS_STAGE_EXEC: return "exec";
+    case MCPS_STAGE_SCRATCH: return "scratch-mount";
     default: return "unknown";
     }
 }

@@ -211,13 +211,20 @@ public final class CallRunner: @unchecked Sendable {
             let ruleset = try Landlock.Ruleset.create(abi: host.features.landlockABI ?? 1)
             toClose.append(ruleset.fd)
             for (fd, access, isDir) in cell.pathRules { try ruleset.allow(fd, access, isDirectory: isDir) }
-            let scratchFD = try Landlock.openPath(scratch)
-            toClose.append(scratchFD)
-            try ruleset.allow(scratchFD, .readWrite, isDirectory: true)
+            // Scratch is a tmpfs the child mounts on this directory in its own
+            // mount namespace, bounded by the kernel (limits.scratchMiB and
+            // scratchFiles); the child adds its Landlock rule (the mount
+            // hides the directory, so a rule on it would not apply). The
+            // tmpfs and its contents go with the worker's namespace.
+            let scratchMount = ScratchMount(
+                directory: scratch, sizeBytes: UInt64(limits.scratchMiB) << 20, files: UInt64(limits.scratchFiles),
+                uid: host.features.isRoot ? host.workerUID : geteuid(), gid: host.features.isRoot ? host.workerGID : getegid(),
+                access: ruleset.rights(.readWrite, isDirectory: true))
             // The executable is a sealed memfd on the kernel's internal shmem
             // mount: Landlock takes no rules there (EBADFD) and does not
-            // mediate it, so exec of it needs no rule. Workers cannot create
-            // memfds (memfd_create is in no group), so this opens nothing.
+            // mediate it, so exec of it needs no rule. A worker's own memfds
+            // are not executable: the filter allows memfd_create only with
+            // MFD_NOEXEC_SEAL (SeccompConfinement), so this opens nothing.
 
             // A command tool's program reads its input on stdin and writes
             // its result to stdout; it gets no frame pipes.
@@ -234,15 +241,16 @@ public final class CallRunner: @unchecked Sendable {
             r.rlimits = rlimits(limits)
             r.dropBoundingSet = host.features.canDropBoundingSet
             if host.features.isRoot { r.changeIDs = (host.workerUID, host.workerGID) }
-            if limits.processes == .processes {
-                if host.features.isRoot {
-                    r.namespaceFlags = Namespaces.pid
-                } else {
-                    r.namespaceFlags = Namespaces.user | Namespaces.pid
-                    r.uidMap = "\(geteuid()) \(geteuid()) 1\n"
-                    r.gidMap = "\(getegid()) \(getegid()) 1\n"
-                    r.dropBoundingSet = true
-                }
+            r.scratchMount = scratchMount
+            // Every worker: its own mount namespace (the scratch tmpfs).
+            // A forking cell: its own PID namespace. Unprivileged, both come
+            // with a user namespace mapping only the supervisor's own ids.
+            r.namespaceFlags = Namespaces.mount | (limits.processes == .processes ? Namespaces.pid : 0)
+            if !host.features.isRoot {
+                r.namespaceFlags |= Namespaces.user
+                r.uidMap = "\(geteuid()) \(geteuid()) 1\n"
+                r.gidMap = "\(getegid()) \(getegid()) 1\n"
+                r.dropBoundingSet = true
             }
             r.landlockRuleset = ruleset.fd
             r.seccompProgram = cell.seccomp
@@ -255,7 +263,7 @@ public final class CallRunner: @unchecked Sendable {
             }
             spawnNanoseconds = monotonicNanoseconds() - t0
             // The child's ends are its own now.
-            for fd in [req.read, resp.write, diag.write, ruleset.fd, scratchFD] + (notifyChild.map { [$0] } ?? [])
+            for fd in [req.read, resp.write, diag.write, ruleset.fd] + (notifyChild.map { [$0] } ?? [])
                 + (brokerChild.map { [$0] } ?? []) + (script.map { [$0] } ?? []) {
                 fd.close()
                 toClose.removeAll { $0 == fd }
@@ -551,14 +559,20 @@ struct WorkerSession {
                 listenerOpen = false
             } else if iNotify >= 0 && poll.isReadable(iNotify), let l = listener {
                 if let n = try? l.receive() {
-                    if learning && n.architecture == Seccomp.nativeArchitecture {
+                    if learning && n.isNative {
                         var name = n.syscallName
                         // ioctl is allowed per request number: name it.
                         if name == "ioctl" { name = "ioctl(\(n.arguments[1] & 0xFFFF_FFFF))" }
                         if !learned.contains(name) { learned.append(name) }
-                        l.allowOnce(n)
+                        // What no filter allows (network, IPC, escapes) is
+                        // refused even here: it is recorded, never run.
+                        if SeccompConfinement.reason(number: n.number) != nil {
+                            l.deny(n, errno: EPERM)
+                        } else {
+                            l.allowOnce(n)
+                        }
                     } else {
-                        seccompViolation = (n.syscallName, Seccomp.architectureName(n.architecture))
+                        seccompViolation = (n.syscallName, n.architectureName)
                         kill()
                     }
                 } else if poll.fds[iNotify].revents & Int16(POLLHUP | POLLERR) != 0 {

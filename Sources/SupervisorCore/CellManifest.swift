@@ -1,5 +1,6 @@
 import Foundation
 import StrictJSON
+import SupervisorPlatform
 
 /// A cell's manifest: what it is, which tools it serves, and everything it may
 /// do. Every field, its unit and its default is documented in docs/manifest.md.
@@ -42,6 +43,10 @@ public struct CellManifest: Sendable {
         public var frameKiB = 1024
         public var processes = ProcessMode.none
         public var maxProcesses = 32
+        /// The scratch directory's size and entry count (a per-worker tmpfs:
+        /// the kernel answers ENOSPC beyond them).
+        public var scratchMiB = 64
+        public var scratchFiles = 4096
         public init() {}
     }
 
@@ -235,6 +240,8 @@ extension CellManifest {
             limits.frameKiB = try l.int("frameKiB", default: limits.frameKiB, range: 1...65536, unit: "KiB")
             limits.processes = try l.choice("processes", default: limits.processes)
             limits.maxProcesses = try l.int("maxProcesses", default: limits.maxProcesses, range: 1...4096)
+            limits.scratchMiB = try l.int("scratchMiB", default: limits.scratchMiB, range: 1...65536, unit: "MiB")
+            limits.scratchFiles = try l.int("scratchFiles", default: limits.scratchFiles, range: 16...1_000_000)
             try l.finish()
             if limits.frameKiB > limits.outputKiB {
                 throw ConfigError(file: path, field: "limits.frameKiB", message: "\(limits.frameKiB) KiB exceeds limits.outputKiB (\(limits.outputKiB) KiB)")
@@ -281,6 +288,11 @@ extension CellManifest {
         if let s = try r.object("syscalls") {
             groups = try s.stringArray("groups", default: [])
             allow = try s.stringArray("allow", default: [])
+            for (i, n) in allow.enumerated() {
+                if let why = SyscallGroups.refusal(n) {
+                    throw ConfigError(file: path, field: "syscalls.allow[\(i)]", message: why)
+                }
+            }
             try s.finish()
         }
 

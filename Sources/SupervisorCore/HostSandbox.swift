@@ -98,6 +98,9 @@ public struct HostSandbox: Sendable {
         if workersShareSupervisorUID && abi < 6 {
             return "workers run under the supervisor's own uid, which needs Landlock ABI 6 (signal and abstract-socket scopes, Linux 6.12) to keep them from signalling it; this kernel has ABI \(abi). Run the supervisor as root (workers then run as nobody) or upgrade the kernel"
         }
+        if !features.isRoot && !features.userNamespaces {
+            return "every worker's scratch directory is a tmpfs bounded by limits.scratchMiB and limits.scratchFiles in the worker's own mount namespace, which an unprivileged supervisor can only create inside a user namespace: \(features.userNamespaceError ?? "unavailable"); enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 or user.max_user_namespaces > 0) or run the supervisor as root"
+        }
         if manifest.limits.processes == .processes && !features.pidNamespaces {
             return "limits.processes is \"processes\", which needs a PID namespace so the whole process tree dies with the call: \(features.pidNamespaceError ?? "unavailable")\(features.isRoot ? "" : "; enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 or user.max_user_namespaces > 0)")"
         }

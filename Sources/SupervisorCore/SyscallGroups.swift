@@ -20,20 +20,28 @@ public struct SyscallGroups: Sendable {
     /// steps of the child's setup run under the filter (docs/architecture.md).
     public static let mandatory = ["execveat", "sendmsg", "close", "exit", "exit_group", "rt_sigreturn"]
 
-    /// Calls never allowed, whatever a manifest or group says: they escape or
-    /// weaken the sandbox (io_uring bypasses seccomp; the others change
-    /// namespaces, mount, load code into the kernel, or reach other processes).
-    public static let forbidden: Set<String> = [
-        "io_uring_setup", "io_uring_enter", "io_uring_register", "ptrace", "process_vm_readv",
-        "process_vm_writev", "pidfd_getfd", "unshare", "setns", "mount", "umount2", "pivot_root", "chroot",
-        "bpf", "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key", "personality",
-        "modify_ldt", "open_by_handle_at", "name_to_handle_at", "init_module", "finit_module",
-        "delete_module", "kexec_load", "kexec_file_load", "reboot", "swapon", "swapoff",
-        "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "acct", "quotactl", "mount_setattr",
-        "fsopen", "fsmount", "fsconfig", "fspick", "move_mount", "open_tree", "seccomp", "vhangup",
-        "lookup_dcookie", "kcmp", "iopl", "ioperm", "syslog", "uselib", "sethostname", "setdomainname",
-        "clone3", "fanotify_init", "memfd_secret",
-    ]
+    /// Calls never allowed, whatever a manifest or group says (the filter
+    /// compiler enforces it: `SeccompConfinement`): they reach the network,
+    /// leave IPC objects behind, or escape or weaken the sandbox.
+    public static var forbidden: Set<String> {
+        SeccompConfinement.network.union(SeccompConfinement.ipc).union(SeccompConfinement.sandbox)
+    }
+
+    /// Why a manifest or group may not list `name`, or nil if it may.
+    public static func refusal(_ name: String) -> String? {
+        switch SeccompConfinement.reason(name) {
+        case .network?:
+            return "\"\(name)\" is never allowed: network access comes only from the manifest's \"network\" declaration "
+                + "(connected sockets from the supervisor's broker, docs/manifest.md 'network')"
+        case .ipc?:
+            return "\"\(name)\" is never allowed: System V IPC objects and POSIX message queues outlive the call, "
+                + "so they would carry state into the next one"
+        case .sandbox?:
+            return "\"\(name)\" is never allowed in a worker"
+        case nil:
+            return nil
+        }
+    }
 
     public static func load(path: String) throws(ConfigError) -> SyscallGroups {
         let bytes: [UInt8]
@@ -73,9 +81,7 @@ public struct SyscallGroups: Sendable {
                 guard Seccomp.number(of: entry.name) != nil else {
                     throw ConfigError(file: path, field: field, message: "unknown syscall \"\(entry.name)\" on this architecture")
                 }
-                guard !forbidden.contains(entry.name) else {
-                    throw ConfigError(file: path, field: field, message: "\"\(entry.name)\" is never allowed in a worker")
-                }
+                if let why = refusal(entry.name) { throw ConfigError(file: path, field: field, message: why) }
                 entries.append(entry)
             }
             groups[name] = entries
@@ -98,9 +104,8 @@ public struct SyscallGroups: Sendable {
             guard Seccomp.number(of: n) != nil else {
                 throw ConfigError(file: manifest.sourcePath, field: "syscalls.allow[\(i)]", message: "unknown syscall \"\(n)\"")
             }
-            guard !Self.forbidden.contains(n) else {
-                throw ConfigError(file: manifest.sourcePath, field: "syscalls.allow[\(i)]", message: "\"\(n)\" is never allowed in a worker")
-            }
+            // Never-allowed calls are refused when the manifest is parsed, and
+            // the filter compiler drops them whatever reaches it.
             if ["clone", "fork", "vfork", "execve"].contains(n) {
                 throw ConfigError(file: manifest.sourcePath, field: "syscalls.allow[\(i)]",
                                   message: "\"\(n)\" is controlled by limits.processes, not listed directly")
@@ -137,6 +142,9 @@ extension SyscallGroups {
         public var processCalls: [String] = []
         /// Never allowed (the cell must do without them).
         public var forbidden: [String] = []
+        /// Network calls: never allowed; network access comes only from the
+        /// manifest's `network` declaration.
+        public var network: [String] = []
         /// ioctl request numbers no group allows: add a group entry
         /// {"name": "ioctl", "argument": 1, "values": [...]} for them.
         public var unmatchedIoctls: [UInt64] = []
@@ -159,9 +167,15 @@ extension SyscallGroups {
                 }
                 continue
             }
-            if Self.forbidden.contains(name) {
-                p.forbidden.append(name)
+            switch SeccompConfinement.reason(name) {
+            case .network?:
+                if !p.network.contains(name) { p.network.append(name) }
                 continue
+            case .ipc?, .sandbox?:
+                if !p.forbidden.contains(name) { p.forbidden.append(name) }
+                continue
+            case nil:
+                break
             }
             if ["clone", "fork", "vfork", "execve", "wait4", "waitid", "kill", "tgkill", "tkill"].contains(name) {
                 p.processCalls.append(name)

@@ -78,12 +78,18 @@ public enum Landlock {
         /// Allows `access` beneath `pathFD` (an O_PATH descriptor). For a
         /// regular file only file rights are kept.
         public func allow(_ pathFD: FileDescriptor, _ access: Access, isDirectory: Bool) throws(SystemError) {
-            var a = access.intersection(Access.handled(abi: abi))
-            if !isDirectory { a = a.intersection(.fileRights) }
+            let a = rights(access, isDirectory: isDirectory)
             if a.isEmpty { return }
             if mcps_landlock_add_path_rule(fd.rawValue, pathFD.rawValue, a.rawValue) != 0 {
                 throw SystemError("landlock_add_rule", errno: Glibc.errno)
             }
+        }
+
+        /// The part of `access` a rule can grant with this ABI (for a
+        /// regular file, file rights only).
+        public func rights(_ access: Access, isDirectory: Bool) -> Access {
+            let a = access.intersection(Access.handled(abi: abi))
+            return isDirectory ? a : a.intersection(.fileRights)
         }
 
         public func allowConnect(port: UInt16) throws(SystemError) {

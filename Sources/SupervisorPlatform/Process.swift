@@ -32,6 +32,10 @@ public struct SpawnRequest {
     public var seccompNotifySocket: FileDescriptor? = nil
     /// The worker's end of its connection-broker socket; becomes fd 5.
     public var broker: FileDescriptor? = nil
+    /// A tmpfs mounted on the scratch directory in the worker's own mount
+    /// namespace (namespaceFlags must hold `Namespaces.mount`), and the
+    /// Landlock rights granted beneath it (`mcps_spawn_config.scratch_dir`).
+    public var scratchMount: ScratchMount? = nil
 
     public init(executable: FileDescriptor, argv: [String], environment: [String], stdin: FileDescriptor,
                 stdout: FileDescriptor, stderr: FileDescriptor, request: FileDescriptor,
@@ -45,6 +49,33 @@ public struct SpawnRequest {
         self.request = request
         self.response = response
         self.workingDirectory = workingDirectory
+    }
+}
+
+/// A per-worker tmpfs on the scratch directory: the kernel bounds its bytes
+/// and inodes.
+public struct ScratchMount: Sendable {
+    public var directory: String
+    public var sizeBytes: UInt64
+    /// Files, directories and links, the tmpfs root not counted.
+    public var files: UInt64
+    public var uid: UInt32
+    public var gid: UInt32
+    /// Landlock rights beneath the tmpfs root.
+    public var access: Landlock.Access
+
+    public init(directory: String, sizeBytes: UInt64, files: UInt64, uid: UInt32, gid: UInt32, access: Landlock.Access) {
+        self.directory = directory
+        self.sizeBytes = sizeBytes
+        self.files = files
+        self.uid = uid
+        self.gid = gid
+        self.access = access
+    }
+
+    /// tmpfs options: nr_inodes counts the root directory too.
+    public var options: String {
+        "size=\(sizeBytes),nr_inodes=\(files + 1),mode=0700,uid=\(uid),gid=\(gid)"
     }
 }
 
@@ -101,6 +132,12 @@ public final class WorkerProcess: @unchecked Sendable {
         }
         let limits = r.rlimits.map { mcps_rlimit(resource: $0.resource, soft: $0.soft, hard: $0.hard) }
         var result = mcps_spawn_result()
+        let scratchDir = r.scratchMount.map { strdup($0.directory)! }
+        let scratchOptions = r.scratchMount.map { strdup($0.options)! }
+        defer {
+            free(scratchDir)
+            free(scratchOptions)
+        }
         let rc: Int32 = r.workingDirectory.withCString { wd in
             withOptionalCString(r.uidMap) { uidMap in
                 withOptionalCString(r.gidMap) { gidMap in
@@ -119,6 +156,9 @@ public final class WorkerProcess: @unchecked Sendable {
                                     c.response_fd = r.response.rawValue
                                     c.broker_fd = r.broker?.rawValue ?? -1
                                     c.workdir = wd
+                                    c.scratch_dir = UnsafePointer(scratchDir)
+                                    c.scratch_mount_options = UnsafePointer(scratchOptions)
+                                    c.scratch_access = r.scratchMount?.access.rawValue ?? 0
                                     c.namespace_flags = r.namespaceFlags
                                     c.uid_map = uidMap
                                     c.gid_map = gidMap

@@ -27,12 +27,132 @@ public struct SeccompRule: Equatable, Sendable {
     }
     public let number: Int32
     public let action: Action
-    public let condition: Condition?
+    /// Conditions that must all hold (at most two).
+    public let conditions: [Condition]
 
     public init(number: Int32, action: Action = .allow, condition: Condition? = nil) {
+        self.init(number: number, action: action, conditions: condition.map { [$0] } ?? [])
+    }
+
+    public init(number: Int32, action: Action = .allow, conditions: [Condition]) {
+        precondition(conditions.count <= 2, "a rule takes at most two argument conditions")
         self.number = number
         self.action = action
-        self.condition = condition
+        self.conditions = conditions
+    }
+}
+
+/// What no filter ever allows, whatever its rules say: the compiler
+/// enforces these, so confinement does not depend on a manifest (or a
+/// syscall group) getting them right. Manifests and groups that list them
+/// are refused earlier with a message; this is the guarantee behind it.
+public enum SeccompConfinement {
+    public enum Reason: Sendable, Equatable {
+        /// Creates or reaches network endpoints: network access comes only
+        /// from a manifest's `network` declaration (connected sockets from
+        /// the supervisor's broker).
+        case network
+        /// Kernel IPC objects (System V shm/sem/msg, POSIX message queues)
+        /// outlive the worker: a call would leave state for the next one.
+        case ipc
+        /// Escapes or weakens the sandbox (namespaces, mounts, kernel code,
+        /// other processes' memory, io_uring, which bypasses seccomp).
+        case sandbox
+    }
+
+    public static let network: Set<String> = ["socket", "connect", "bind", "listen", "accept", "accept4"]
+
+    public static let ipc: Set<String> = [
+        "shmget", "shmat", "shmdt", "shmctl", "semget", "semop", "semtimedop", "semctl", "msgget", "msgsnd",
+        "msgrcv", "msgctl", "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify",
+        "mq_getsetattr",
+    ]
+
+    public static let sandbox: Set<String> = [
+        "io_uring_setup", "io_uring_enter", "io_uring_register", "ptrace", "process_vm_readv",
+        "process_vm_writev", "pidfd_getfd", "unshare", "setns", "mount", "umount2", "pivot_root", "chroot",
+        "bpf", "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key", "personality",
+        "modify_ldt", "open_by_handle_at", "name_to_handle_at", "init_module", "finit_module",
+        "delete_module", "kexec_load", "kexec_file_load", "reboot", "swapon", "swapoff",
+        "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "acct", "quotactl", "mount_setattr",
+        "fsopen", "fsmount", "fsconfig", "fspick", "move_mount", "open_tree", "seccomp", "vhangup",
+        "lookup_dcookie", "kcmp", "iopl", "ioperm", "syslog", "uselib", "sethostname", "setdomainname",
+        "clone3", "fanotify_init", "memfd_secret",
+    ]
+
+    /// Why `name` is never allowed, or nil.
+    public static func reason(_ name: String) -> Reason? {
+        if network.contains(name) { return .network }
+        if ipc.contains(name) { return .ipc }
+        if sandbox.contains(name) { return .sandbox }
+        return nil
+    }
+
+    /// Why syscall `number` (native) is never allowed, or nil.
+    public static func reason(number: Int32) -> Reason? { byNumber[number] }
+
+    private static let byNumber: [Int32: Reason] = {
+        var out: [Int32: Reason] = [:]
+        for (names, r) in [(network, Reason.network), (ipc, .ipc), (sandbox, .sandbox)] {
+            for n in names { if let nr = Seccomp.number(of: n) { out[nr] = r } }
+        }
+        return out
+    }()
+
+    // Kernel constants (socket(2), memfd_create(2)).
+    static let afUnix: UInt64 = 1
+    static let sockStream: UInt64 = 1
+    static let sockSeqpacket: UInt64 = 5
+    static let sockTypeFlags: UInt64 = 0x80000 | 0x800  // SOCK_CLOEXEC | SOCK_NONBLOCK
+    static let mfdNoexecSeal: UInt64 = 0x0008
+    static let mfdExec: UInt64 = 0x0010
+
+    /// The rules as the kernel gets them:
+    /// - allow rules for never-allowed syscalls are dropped (the call takes
+    ///   the default action: the supervisor names it and kills the worker);
+    ///   errno rules stay (clone3 answers ENOSYS);
+    /// - `socket(AF_UNIX, …)` fails with EACCES in every filter: glibc tries
+    ///   one for nscd lookups and syslog() and falls back when it fails, so
+    ///   ordinary programs keep working; every other family is a violation;
+    /// - `socketpair` only for AF_UNIX stream or seqpacket pairs: a datagram
+    ///   socket honours a destination address in sendmsg even on a pair, so
+    ///   it would reach any datagram socket on the host (journald,
+    ///   /dev/log); a stream socket refuses one and seqpacket ignores it;
+    /// - `memfd_create` only with MFD_NOEXEC_SEAL and without MFD_EXEC: an
+    ///   anonymous file can never become executable (Landlock does not
+    ///   mediate memfds, so exec of one would run code nobody verified).
+    public static func apply(_ rules: [SeccompRule]) -> [SeccompRule] {
+        let socketpair = Seccomp.number(of: "socketpair")
+        let memfd = Seccomp.number(of: "memfd_create")
+        let low32: UInt64 = 0xFFFF_FFFF
+        var out: [SeccompRule] = []
+        var pairs = false
+        var memfds = false
+        for r in rules {
+            if r.action == .allow {
+                if reason(number: r.number) != nil { continue }
+                if r.number == socketpair { pairs = true; continue }
+                if r.number == memfd { memfds = true; continue }
+            }
+            out.append(r)
+        }
+        if let nr = Seccomp.number(of: "socket") {
+            out.append(SeccompRule(number: nr, action: .fail(errno: EACCES),
+                                   condition: .init(argument: 0, mask: low32, value: afUnix)))
+        }
+        if pairs, let nr = socketpair {
+            for type in [sockStream, sockSeqpacket] {
+                out.append(SeccompRule(number: nr, conditions: [
+                    .init(argument: 0, mask: low32, value: afUnix),
+                    .init(argument: 1, mask: low32 & ~sockTypeFlags, value: type),
+                ]))
+            }
+        }
+        if memfds, let nr = memfd {
+            out.append(SeccompRule(number: nr, condition: .init(argument: 1, mask: mfdNoexecSeal | mfdExec,
+                                                                value: mfdNoexecSeal)))
+        }
+        return out
     }
 }
 
@@ -75,22 +195,35 @@ public enum Seccomp {
         }
     }
 
+    /// x32 syscalls arrive as AUDIT_ARCH_X86_64 with this bit in the number.
+    public static let x32SyscallBit: Int32 = 0x4000_0000
+    /// libseccomp's token for the x32 table (SCMP_ARCH_X32).
+    static let x32Token: UInt32 = 0x4000_003E
+
     public static var apiLevel: Int { Int(mcps_seccomp_api_level()) }
 
+    /// Compiles `rules` after `SeccompConfinement.apply`: whatever the
+    /// rules say, the program never allows what that type excludes.
     public static func compile(_ rules: [SeccompRule], defaultAction: DefaultAction) throws(CompileError) -> SeccompProgram {
-        let raw = rules.map { r -> mcps_seccomp_rule in
+        let raw = SeccompConfinement.apply(rules).map { r -> mcps_seccomp_rule in
             var m = mcps_seccomp_rule()
             m.nr = r.number
             switch r.action {
             case .allow: m.errno_action = -1
             case .fail(let e): m.errno_action = e
             }
-            if let c = r.condition {
+            m.arg_index = -1
+            m.arg2_index = -1
+            if let c = r.conditions.first {
                 m.arg_index = Int32(c.argument)
                 m.arg_mask = c.mask
                 m.arg_value = c.value
-            } else {
-                m.arg_index = -1
+            }
+            if r.conditions.count > 1 {
+                let c = r.conditions[1]
+                m.arg2_index = Int32(c.argument)
+                m.arg2_mask = c.mask
+                m.arg2_value = c.value
             }
             return m
         }
@@ -114,7 +247,21 @@ public struct SeccompNotification: Sendable, Equatable {
     public let architecture: UInt32
     public let arguments: [UInt64]
 
-    public var syscallName: String { Seccomp.name(of: number, arch: architecture) }
+    /// An x32 call: the native audit architecture with the x32 bit set.
+    public var isX32: Bool {
+        architecture == 0xC000_003E && number & Seccomp.x32SyscallBit != 0
+    }
+
+    /// A call made through the native syscall table (not i386, not x32).
+    public var isNative: Bool { architecture == Seccomp.nativeArchitecture && !isX32 }
+
+    public var syscallName: String {
+        if isX32 { return Seccomp.name(of: number, arch: Seccomp.x32Token) }
+        return Seccomp.name(of: number, arch: architecture)
+    }
+
+    /// "x86_64", "i386", "x32".
+    public var architectureName: String { isX32 ? "x32" : Seccomp.architectureName(architecture) }
 }
 
 /// The supervisor's end of a worker's seccomp listener.

@@ -130,8 +130,11 @@ struct Call: ParsableCommand {
         if !p.unmatchedIoctls.isEmpty {
             printError("learn: ioctl requests no group allows: \(p.unmatchedIoctls.map { "0x" + String($0, radix: 16) }.joined(separator: ", ")); allowing ioctl outright would allow every request, so add a conditioned entry to a group in syscall-groups.json")
         }
+        if !p.network.isEmpty {
+            printError("learn: never allowed, refused during this run: \(p.network.joined(separator: ", ")); network access comes only from the manifest's \"network\" declaration, which gives the worker connected sockets from the supervisor's broker (docs/manifest.md, 'network')")
+        }
         if !p.forbidden.isEmpty {
-            printError("learn: never allowed in a worker: \(p.forbidden.joined(separator: ", ")); the cell must do without them")
+            printError("learn: never allowed in a worker, refused during this run: \(p.forbidden.joined(separator: ", ")); the cell must do without them")
         }
     }
 }

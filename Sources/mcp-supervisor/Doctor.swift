@@ -54,9 +54,9 @@ struct Doctor: ParsableCommand {
                 let c = try PreparedCell(manifest: m, groups: groups, host: host)
                 try c.verifyFiles()
                 let l = m.limits
-                var ns = "none"
-                if l.processes == .processes { ns = f.isRoot ? "pid" : "user+pid" }
-                print("  \(m.name) \(m.version): OK — seccomp allowlist of \(c.allowlist.count) syscalls (\(c.seccomp.instructionCount) BPF instructions), Landlock ABI \(f.landlockABI ?? 0) with \(m.filesystem.read.count) read / \(m.filesystem.write.count) write / \(m.filesystem.execute.count) execute paths + scratch, processes: \(l.processes.rawValue), namespaces: \(ns), limits: \(l.timeoutMilliseconds) ms, \(l.cpuSeconds) s CPU, \(l.memoryMiB) MiB, \(l.outputKiB) KiB output")
+                var ns = f.isRoot ? "mount" : "user+mount"
+                if l.processes == .processes { ns += "+pid" }
+                print("  \(m.name) \(m.version): OK — seccomp allowlist of \(c.allowlist.count) syscalls (\(c.seccomp.instructionCount) BPF instructions), Landlock ABI \(f.landlockABI ?? 0) with \(m.filesystem.read.count) read / \(m.filesystem.write.count) write / \(m.filesystem.execute.count) execute paths + scratch, processes: \(l.processes.rawValue), namespaces: \(ns), limits: \(l.timeoutMilliseconds) ms, \(l.cpuSeconds) s CPU, \(l.memoryMiB) MiB, \(l.outputKiB) KiB output, scratch \(l.scratchMiB) MiB / \(l.scratchFiles) files")
             } catch {
                 bad += 1
                 print("  \(p): CANNOT RUN AS DECLARED — \(error)")

@@ -34,6 +34,17 @@ func writeFile(_ path: String, bytes: Int) -> String {
     return "wrote \(max(bytes, 1))"
 }
 
+// Run as a command cell (argv instead of frames): `probe-cell int80` or
+// `probe-cell x32` makes that call and prints what it returned.
+if let arg = probe_command_argument().map({ String(cString: $0) }) {
+    switch arg {
+    case "int80": print(errnoText(probe_int80_getpid()))
+    case "x32": print(errnoText(probe_syscall(0x4000_0000 | 39, 0, 0, 0, 0, 0, 0)))
+    default: print("unknown command \(arg)")
+    }
+    exit(0)
+}
+
 Cell.main { request, ctx in
     let a = request.arguments
     let action = a["action"]?.stringValue ?? ""
@@ -111,6 +122,24 @@ Cell.main { request, ctx in
         return .text(out.joined(separator: "; "))
     case "echo":
         return .text(str("text"))
+    case "udp":
+        return .text(errnoText(probe_udp_send(Int32(int("port")))))
+    case "unix-connect":
+        return .text(errnoText(probe_unix_connect(str("path"))))
+    case "pair-sendmsg":
+        return .text(errnoText(probe_pair_sendmsg(Int32(int("type")), str("path"))))
+    case "memfd-exec":
+        return .text(errnoText(probe_memfd_exec(UInt32(int("flags")))))
+    case "scratch-exec":
+        return .text(errnoText(probe_scratch_exec(a["anonymous"] == .bool(true) ? 1 : 0)))
+    case "fill":
+        var e: Int32 = 0
+        let n = probe_fill(str("path"), Int(int("bytes")), &e)
+        return .text("wrote \(n) errno \(e)")
+    case "many-files":
+        var e: Int32 = 0
+        let n = probe_many_files(Int(int("count")), &e)
+        return .text("created \(n) errno \(e)")
     default:
         return .error("unknown action '\(action)'")
     }

@@ -42,6 +42,8 @@ final class ManifestTests: ManifestTestCase {
         XCTAssertEqual(m.limits, CellManifest.Limits())
         XCTAssertEqual(m.limits.timeoutMilliseconds, 10_000)
         XCTAssertEqual(m.limits.processes, .none)
+        XCTAssertEqual(m.limits.scratchMiB, 64)
+        XCTAssertEqual(m.limits.scratchFiles, 4096)
         XCTAssertEqual(m.network, .none)
         XCTAssertEqual(m.phases, [])
     }
@@ -57,6 +59,8 @@ final class ManifestTests: ManifestTestCase {
         assertError("name", "expected a string") { $0["name"] = 5 }
         assertError("name", "must match") { $0["name"] = "bad name" }
         assertError("bogus", "unknown field") { $0["bogus"] = true }
+        assertError("limits.scratchMiB", "out of range 1...65536 MiB") { $0["limits"] = ["scratchMiB": 0] }
+        assertError("limits.scratchFiles", "out of range 16...1000000") { $0["limits"] = ["scratchFiles": 15] }
         assertError("executable.sha256", "64 lower-case hex") { $0["executable"] = ["path": "/bin/true", "sha256": "ABC"] }
         assertError("executable.extra", "unknown field") {
             $0["executable"] = ["path": "/bin/true", "sha256": .string(self.sha), "extra": 1]
@@ -107,7 +111,7 @@ final class ManifestTests: ManifestTestCase {
     }
 }
 
-final class SyscallGroupTests: XCTestCase {
+final class SyscallGroupTests: ManifestTestCase {
     func write(_ text: String) -> String {
         let p = "/tmp/mcps-groups-\(UInt32.random(in: 0...UInt32.max)).json"
         FileManagerLite.write(p, text)
@@ -131,6 +135,35 @@ final class SyscallGroupTests: XCTestCase {
         XCTAssertThrowsError(try SyscallGroups.load(path: write(#"{"groups": {"g": [{"name": "ioctl", "argument": 9, "values": [1]}]}}"#))) {
             XCTAssertEqual(($0 as? ConfigError)?.field, "groups.g[0].argument")
         }
+    }
+
+    func testNetworkAndIPCSyscallsAreRefusedInManifestsAndGroups() {
+        // The manifest that sent UDP with network "none" (issue 19, item 9).
+        assertError("syscalls.allow[0]", "network access comes only from the manifest's \"network\" declaration") {
+            $0["network"] = "none"
+            $0["syscalls"] = ["groups": ["base"], "allow": ["socket", "sendto"]]
+        }
+        for call in ["connect", "bind", "listen", "accept", "accept4"] {
+            assertError("syscalls.allow[1]", "\"\(call)\" is never allowed") {
+                $0["syscalls"] = ["allow": ["getcwd", .string(call)]]
+            }
+        }
+        for call in ["shmget", "semget", "msgget", "mq_open"] {
+            assertError("syscalls.allow[0]", "outlive the call") { $0["syscalls"] = ["allow": [.string(call)]] }
+        }
+        XCTAssertThrowsError(try SyscallGroups.load(path: write(#"{"groups": {"g": ["read", "connect"]}}"#))) {
+            XCTAssertEqual(($0 as? ConfigError)?.field, "groups.g[1]")
+            XCTAssertTrue("\($0)".contains("\"network\" declaration"), "\($0)")
+        }
+    }
+
+    func testLearnModeExplainsNetworkCallsInsteadOfProposingThem() throws {
+        let groups = SyscallGroups(groups: ["base": [.init(name: "read", argument: nil, values: [])]], sourcePath: "x")
+        let m = try parse { $0["syscalls"] = ["groups": ["base"]] }
+        let p = groups.proposal(for: ["socket", "connect", "shmget", "getxattr"], manifest: m)
+        XCTAssertEqual(p.network, ["socket", "connect"])
+        XCTAssertEqual(p.forbidden, ["shmget"])
+        XCTAssertEqual(p.addAllow, ["getxattr"])
     }
 }
 

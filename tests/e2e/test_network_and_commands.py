@@ -265,3 +265,19 @@ def test_learn_mode_records_and_proposes():
     p = subprocess.run([str(BIN), *args], capture_output=True, timeout=60)
     assert p.returncode == 0 and p.stdout.strip() == b"7", p.stderr
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_validate_refuses_network_syscalls_without_network(tmp_path):
+    """The manifest that sent UDP with network "none": validate names the
+    field and says where network access comes from."""
+    from conftest import probe_manifest
+    doc = probe_manifest()
+    doc["network"] = "none"
+    doc["syscalls"] = {"groups": ["base"], "allow": ["socket", "sendto"]}
+    m = tmp_path / "udp.json"
+    m.write_text(json.dumps(doc))
+    p = subprocess.run([str(BIN), "validate", "--policies", str(ROOT / "policies"), str(m)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "syscalls.allow[0]" in p.stderr and '"socket" is never allowed' in p.stderr, p.stderr
+    assert 'network access comes only from the manifest\'s "network" declaration' in p.stderr, p.stderr

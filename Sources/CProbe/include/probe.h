@@ -31,4 +31,40 @@ void probe_ignore_sigterm(void);
 /* Fills out[] with the numbers of open fds below 1024; returns the count. */
 int probe_open_fds(int *out, int max);
 
+/* socket(AF_INET, SOCK_DGRAM) and one datagram to 127.0.0.1:port: the
+   bytes sent, or -errno. */
+long probe_udp_send(int port);
+
+/* socket(AF_UNIX, SOCK_STREAM) and connect() to path (abstract if it
+   starts with '@'): 0, or -errno. */
+long probe_unix_connect(const char *path);
+
+/* socketpair(AF_UNIX, type) then sendmsg() on one end with a destination
+   address (path) attached: the bytes sent, or -errno. */
+long probe_pair_sendmsg(int type, const char *path);
+
+/* memfd_create("x", flags), a tiny static program written into it (it
+   exits with status 42), then execveat(fd, "", AT_EMPTY_PATH). Returns
+   -errno of the step that failed; on success it never returns. */
+long probe_memfd_exec(unsigned int flags);
+
+/* The same program written to a file in the working directory (an
+   unnamed O_TMPFILE one if anonymous), mode 0700, then execveat on its fd.
+   Returns -errno of the exec, 1000 + errno if writing the file failed; on
+   success it never returns. */
+long probe_scratch_exec(int anonymous);
+
+/* Writes `bytes` into one new file `name` in the working directory, in
+   64 KiB chunks: the bytes written before the first error, and that
+   error in *error (0 if none). */
+long probe_fill(const char *name, long bytes, int *error);
+
+/* Creates up to `count` empty files in the working directory: the number
+   created before the first error, and that error in *error (0 if none). */
+long probe_many_files(long count, int *error);
+
+/* argv[1] when the probe was started with exactly one argument (a command
+   cell), else NULL. */
+const char *probe_command_argument(void);
+
 #endif

@@ -50,6 +50,8 @@ typedef enum {
     MCPS_STAGE_SECCOMP = 15,     /* install the precompiled filter (last restriction) */
     MCPS_STAGE_LISTENER = 16,    /* hand the seccomp listener fd to the supervisor */
     MCPS_STAGE_EXEC = 17,        /* execveat(exec_fd, "", AT_EMPTY_PATH) */
+    MCPS_STAGE_SCRATCH = 18,     /* private mounts, a bounded tmpfs on scratch, its Landlock rule
+                                    (runs after MCPS_STAGE_SESSION, before MCPS_STAGE_RLIMITS) */
 } mcps_stage;
 
 typedef struct {
@@ -80,6 +82,17 @@ typedef struct {
 
     /* Working directory (the call's scratch directory). */
     const char *_Nullable workdir;
+
+    /* If set (requires CLONE_NEWNS in namespace_flags): the call's scratch
+       directory. The child makes every mount a slave (nothing it mounts
+       reaches the supervisor's namespace), mounts a fresh tmpfs there with
+       scratch_mount_options ("size=...,nr_inodes=...,mode=0700,uid=,gid="),
+       and adds a Landlock rule granting scratch_access beneath its root to
+       the ruleset (a rule on the directory underneath would not apply: a
+       mount hides it). The tmpfs disappears with the worker's namespace. */
+    const char *_Nullable scratch_dir;
+    const char *_Nullable scratch_mount_options;
+    uint64_t scratch_access;
 
     /* Extra clone flags (CLONE_NEWPID, CLONE_NEWUSER, ...). */
     int namespace_flags;
@@ -271,10 +284,17 @@ typedef struct {
     int arg_index;      /* -1: no argument condition; else 0-5 */
     uint64_t arg_mask;  /* condition: (arg & arg_mask) == arg_value */
     uint64_t arg_value;
+    int arg2_index;     /* -1: no second condition (both must hold); else 0-5 */
+    uint64_t arg2_mask;
+    uint64_t arg2_value;
 } mcps_seccomp_rule;
 
-/* Compiles rules into a classic BPF program for the native architecture.
-   Non-native architectures (i386 via int 0x80, x32) are killed.
+/* Compiles rules into a classic BPF program. The rules apply to the native
+   architecture; the other architectures this CPU can enter (i386 via
+   int 0x80, x32) are in the program with no rule, so every one of their
+   syscalls takes the default action too (with notification the supervisor
+   names the architecture; nothing is allowed there). Only an architecture
+   the kernel cannot run here at all takes the bad-architecture kill.
    default_action: 0 kill process, 1 user notification (the supervisor names
    and kills), 2 log (learn mode). On success *program is malloc'd
    (caller frees) and *length is the number of sock_filter instructions.

@@ -37,6 +37,8 @@ public enum PermissionDiff {
         number("limits.outputKiB", la.outputKiB, lb.outputKiB)
         number("limits.frameKiB", la.frameKiB, lb.frameKiB)
         number("limits.maxProcesses", la.maxProcesses, lb.maxProcesses)
+        number("limits.scratchMiB", la.scratchMiB, lb.scratchMiB)
+        number("limits.scratchFiles", la.scratchFiles, lb.scratchFiles)
         let modes: [CellManifest.ProcessMode] = [.none, .threads, .processes]
         number("limits.processes (none < threads < processes)", modes.firstIndex(of: la.processes)!, modes.firstIndex(of: lb.processes)!)
         sets("network.connect", old.network.hosts.map(\.description), new.network.hosts.map(\.description))

@@ -1,0 +1,43 @@
+import SupervisorPlatform
+import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What the filter compiler does to any rules it is given, whatever a
+/// manifest or group listed (the system tests prove it with real workers).
+final class ConfinementTests: XCTestCase {
+    func nr(_ name: String) -> Int32 { Seccomp.number(of: name)! }
+
+    func testNeverAllowedCallsLoseTheirAllowRules() {
+        let rules = ["socket", "connect", "bind", "listen", "accept", "accept4", "shmget", "msgget", "mq_open",
+                     "ptrace", "memfd_secret", "read"].map { SeccompRule(number: nr($0)) }
+        let out = SeccompConfinement.apply(rules + [SeccompRule(number: nr("clone3"), action: .fail(errno: ENOSYS))])
+        XCTAssertEqual(out.filter { $0.action == .allow }.map(\.number), [nr("read")])
+        // Errno rules stay (clone3 answers ENOSYS so libc falls back to clone).
+        XCTAssertTrue(out.contains(SeccompRule(number: nr("clone3"), action: .fail(errno: ENOSYS))))
+        // Every filter answers socket(AF_UNIX, ...) with EACCES, and nothing else of socket.
+        XCTAssertEqual(out.filter { $0.number == nr("socket") },
+                       [SeccompRule(number: nr("socket"), action: .fail(errno: EACCES),
+                                    condition: .init(argument: 0, mask: 0xFFFF_FFFF, value: 1))])
+    }
+
+    func testSocketpairOnlyForUnixStreamAndSeqpacket() {
+        let out = SeccompConfinement.apply([SeccompRule(number: nr("socketpair"))])
+        let pairs = out.filter { $0.number == nr("socketpair") }
+        XCTAssertEqual(pairs.count, 2)
+        for (rule, type) in zip(pairs, [UInt64(1), 5]) {
+            XCTAssertEqual(rule.action, .allow)
+            XCTAssertEqual(rule.conditions, [.init(argument: 0, mask: 0xFFFF_FFFF, value: 1),
+                                             .init(argument: 1, mask: 0xFFF7_F7FF, value: type)])
+        }
+        // Not allowed at all when no rule asked for it.
+        XCTAssertTrue(SeccompConfinement.apply([]).allSatisfy { $0.number != nr("socketpair") })
+    }
+
+    func testMemfdCreateOnlyWithNoexecSeal() {
+        let out = SeccompConfinement.apply([SeccompRule(number: nr("memfd_create"))])
+        XCTAssertEqual(out.filter { $0.number == nr("memfd_create") },
+                       [SeccompRule(number: nr("memfd_create"), condition: .init(argument: 1, mask: 0x18, value: 0x8))])
+    }
+}
