@@ -53,7 +53,8 @@ public struct Policy: Sendable {
     /// SHA-256 of the policy file's exact bytes, recorded with each decision.
     public let sha256: String
 
-    public static let tightenable = ["timeoutMilliseconds", "cpuSeconds", "memoryMiB", "openFiles", "fileSizeMiB", "outputKiB"]
+    public static let tightenable = ["timeoutMilliseconds", "cpuSeconds", "memoryMiB", "openFiles", "fileSizeMiB", "outputKiB",
+                                     "scratchMiB", "scratchFiles"]
 
     public static func load(path: String) throws(ConfigError) -> Policy {
         let bytes: [UInt8]
@@ -205,6 +206,8 @@ public struct Policy: Sendable {
         if let v = c.limits["memoryMiB"] { l.memoryMiB = min(l.memoryMiB, v) }
         if let v = c.limits["openFiles"] { l.openFiles = min(l.openFiles, v) }
         if let v = c.limits["fileSizeMiB"] { l.fileSizeMiB = min(l.fileSizeMiB, v) }
+        if let v = c.limits["scratchMiB"] { l.scratchMiB = min(l.scratchMiB, v) }
+        if let v = c.limits["scratchFiles"] { l.scratchFiles = min(l.scratchFiles, v) }
         if let v = c.limits["outputKiB"] { l.outputKiB = min(l.outputKiB, v); l.frameKiB = min(l.frameKiB, l.outputKiB) }
         return l
     }
