@@ -3,7 +3,22 @@ import SupervisorPlatform
 
 /// Which limit a call hit.
 public enum LimitKind: String, Sendable, Equatable {
-    case cpu, memory, fileSize, output, frameSize
+    case cpu, fileSize, output
+    /// The supervisor's own cap on the output it holds for one call
+    /// (`CallRunner.bufferedOutputCap`), below a manifest's larger limits.
+    case bufferedOutput
+
+    /// What the limit is, for messages.
+    public var summary: String {
+        switch self {
+        case .cpu: return "CPU time limit (limits.cpuSeconds)"
+        case .fileSize: return "file size limit (limits.fileSizeMiB)"
+        case .output: return "output limit (limits.outputKiB)"
+        case .bufferedOutput:
+            return "supervisor's buffered output cap (\(CallRunner.bufferedOutputCap >> 20) MiB per frame or command output, "
+                + "whatever the manifest declares)"
+        }
+    }
 }
 
 /// What a successful call returned.
@@ -59,7 +74,7 @@ public enum CallOutcome: Error, Sendable, Equatable {
         case .cancelled: return "cancelled"
         case .sandboxViolation(let s, let a): return "killed by SIGSYS: syscall \(s) (\(a)) is not allowed for this cell"
         case .killedBySignal(let s): return "killed by \(signalName(s))"
-        case .limitExceeded(let l): return "\(l.rawValue) limit exceeded"
+        case .limitExceeded(let l): return "limit exceeded: \(l.summary)"
         case .protocolViolation(let m): return "protocol violation: \(m)"
         case .spawnFailed(let st, let e): return "spawn failed at stage \(st): \(Errno.describe(e))"
         case .refused(let r): return "refused: \(r)"
@@ -75,6 +90,8 @@ public enum CallOutcome: Error, Sendable, Equatable {
         case .cancelled: return "The tool call was cancelled."
         case .sandboxViolation(let s, _): return "The tool was stopped by the sandbox (forbidden system call \(s))."
         case .killedBySignal(let s): return "The tool crashed (\(signalName(s)))."
+        case .limitExceeded(.bufferedOutput):
+            return "The tool's output exceeded the \(CallRunner.bufferedOutputCap >> 20) MiB the supervisor accepts in one piece."
         case .limitExceeded(let l): return "The tool exceeded its \(l.rawValue) limit."
         case .protocolViolation: return "The tool broke the cell protocol and was stopped."
         case .spawnFailed: return "The tool could not be started."

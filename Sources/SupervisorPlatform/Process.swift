@@ -155,6 +155,20 @@ public final class WorkerProcess: @unchecked Sendable {
         _ = mcps_pidfd_send_signal(pidfd.rawValue, sig)
     }
 
+    /// The CPU time (user + system, all threads) the process has used so
+    /// far: the clock `RLIMIT_CPU` is compared against. Nil once reaped or
+    /// if the kernel refuses. Valid while the worker is not reaped (its pid
+    /// cannot be reused before), including as a zombie.
+    /// The corresponding C function is `clock_gettime` on the process's
+    /// CPUCLOCK_PROF clock (`MAKE_PROCESS_CPUCLOCK(pid, 0)` in the kernel).
+    public func cpuNanoseconds() -> UInt64? {
+        guard !reaped else { return nil }
+        let clock = clockid_t(~pid << 3)
+        var ts = timespec()
+        guard clock_gettime(clock, &ts) == 0 else { return nil }
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+
     /// Waits for the process to end and reaps it.
     public func wait() throws(SystemError) -> ProcessExit {
         var code: Int32 = 0

@@ -60,6 +60,13 @@ Cell.main { request, ctx in
     case "spin":
         probe_spin(Int32(int("threads", 1)), a["seconds"]?.doubleValue ?? 1)
         return .text("spun")
+    case "catch-sigxcpu":
+        // A worker that hits its CPU limit, catches SIGXCPU and then ends
+        // on its own terms: an error frame, or exit(exit) from the handler.
+        if probe_spin_catching_sigxcpu(a["seconds"]?.doubleValue ?? 5, Int32(int("exit", -1))) != 0 {
+            return .error("caught SIGXCPU")
+        }
+        return .text("no SIGXCPU")
     case "sleep":
         if a["ignoreTerm"]?.boolValue == true { probe_ignore_sigterm() }
         usleep(UInt32(int("ms", 1000)) * 1000)
@@ -93,6 +100,9 @@ Cell.main { request, ctx in
             i += 2
         }
         _ = write(Cell.responseFD, bytes, bytes.count)
+        // Then hang (past the deadline, if asked) before exiting.
+        if a["ignoreTerm"]?.boolValue == true { probe_ignore_sigterm() }
+        if int("sleepMs") > 0 { usleep(UInt32(int("sleepMs")) * 1000) }
         exit(Int32(int("exit", 0)))
     case "exit":
         exit(Int32(int("code", 0)))
