@@ -248,7 +248,7 @@ def test_learn_mode_records_and_proposes():
     doc = bundled_manifest("jq")
     doc["syscalls"] = {"groups": ["base"]}
     (man / "jq.json").write_text(json.dumps(doc))
-    args = ["call", "jq", "--manifests", str(man), "--policies", str(ROOT / "policies"),
+    args = ["call", "jq", "--manifests", str(man), "--policies", str(ROOT / "policies"), "--allow-unsigned",
             "--scratch-dir", str(tmp_path / "scratch"), "--args", json.dumps({"filter": ".a", "input": {"a": 7}})]
     p = subprocess.run([str(BIN), *args], capture_output=True, timeout=60)
     assert p.returncode == 1 and b"killed by SIGSYS" in p.stderr, p.stderr

@@ -1,0 +1,90 @@
+"""`mcp-supervisor call`: the same trust rule as `run`, and the supervisor's
+memory bounded whatever a manifest declares."""
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, ROOT, bundled_manifest, probe_manifest
+
+# Peak RSS allowed for a `call` process whose worker floods it: the CLI's
+# own footprint (~20 MiB measured) plus the supervisor's cap on buffered
+# output (8 MiB, CallRunner.bufferedOutputCap) with room for parsing.
+RSS_BOUND_MIB = 64
+
+
+@pytest.fixture
+def work():
+    d = Path(tempfile.mkdtemp(prefix="mcps-call-"))
+    d.chmod(0o755)  # workers (nobody, under root) reach the scratch below
+    (d / "manifests").mkdir()
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def call(work, tool, args, *flags, timeout=120):
+    """Runs `mcp-supervisor call`; returns (exit status, stdout, stderr, peak RSS in MiB)."""
+    argv = [str(BIN), "call", tool, "--manifests", str(work / "manifests"), "--policies", str(ROOT / "policies"),
+            "--state-dir", str(work / "state"), "--scratch-dir", str(work / "scratch"),
+            "--args", json.dumps(args), *flags]
+    out_path, err_path = work / "stdout", work / "stderr"
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        p = subprocess.Popen(argv, stdout=out, stderr=err)
+        deadline = time.time() + timeout
+        while True:
+            pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+            if pid == p.pid:
+                break
+            if time.time() > deadline:
+                p.kill()
+                pytest.fail(f"`call {tool}` did not end within {timeout} s")
+            time.sleep(0.02)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    # ru_maxrss (KiB) of `call` itself and of the workers it reaped: a worker
+    # reports the supervisor's pages it shared before exec at most.
+    return p.returncode, out_path.read_text(), err_path.read_text(), usage.ru_maxrss / 1024
+
+
+def test_call_refuses_an_unsigned_manifest_without_allow_unsigned(work):
+    (work / "manifests" / "probe.json").write_text(json.dumps(probe_manifest()))
+    rc, out, err, _ = call(work, "probe", {"action": "echo", "text": "hi"})
+    assert rc == 2 and out == "", err
+    assert "not an active signed version in the trust ledger" in err, err
+    assert "cell sign" in err and "cell register" in err and "--allow-unsigned" in err, err
+    assert not (work / "scratch").exists() or not any((work / "scratch").iterdir()), "a worker ran"
+
+    rc, out, err, _ = call(work, "probe", {"action": "echo", "text": "hi"}, "--allow-unsigned")
+    assert rc == 0 and out.strip() == "hi", err
+    assert "UNSIGNED development mode" in err and "probe.json" in err, err
+
+
+def test_frame_far_above_the_cap_is_refused_before_it_is_buffered(work):
+    """A cell whose manifest allows 1 GiB of output and 64 MiB frames
+    declares a 60 MiB frame and sends it: the supervisor refuses it from
+    its length prefix (over its own 8 MiB cap) and stays small."""
+    limits = {"timeoutMilliseconds": 30000, "outputKiB": 1048576, "frameKiB": 65536}
+    (work / "manifests" / "probe.json").write_text(json.dumps(probe_manifest(limits=limits)))
+    rc, out, err, rss = call(work, "probe", {"action": "frame-flood", "bytes": 60 << 20}, "--allow-unsigned", "--json")
+    r = json.loads(out)
+    assert rc == 1 and r["outcome"] == "limit_exceeded", err
+    assert "buffered output cap (8 MiB" in r["detail"], r
+    assert rss < RSS_BOUND_MIB, f"`call` peaked at {rss:.0f} MiB"
+
+
+def test_command_output_far_above_the_cap_keeps_the_supervisor_small(work):
+    """A command tool allowed 1 GiB of output writes without end: the call
+    ends at the supervisor's cap, not after buffering the manifest's limit."""
+    doc = bundled_manifest("jq")
+    doc["limits"].update({"timeoutMilliseconds": 60000, "cpuSeconds": 60, "outputKiB": 1048576, "frameKiB": 1024})
+    (work / "manifests" / "jq.json").write_text(json.dumps(doc))
+    rc, out, err, rss = call(work, "jq", {"filter": "range(0; 1000000000)", "input": None, "compact": True},
+                             "--allow-unsigned", "--json")
+    r = json.loads(out)
+    assert rc == 1 and r["outcome"] == "limit_exceeded", err
+    assert "buffered output cap" in r["detail"], r
+    assert rss < RSS_BOUND_MIB, f"`call` peaked at {rss:.0f} MiB"
