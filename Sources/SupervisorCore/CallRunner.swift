@@ -134,8 +134,8 @@ public final class CallRunner: @unchecked Sendable {
         } else {
             switch startWorker(cell, limits: limits, argv: command?.argv, name: callID) {
             case .success(let w): started = w
-            case .failure(let outcome):
-                report.outcome = outcome
+            case .failure(let why):
+                report.outcome = .cannotRun(why)
                 return nil
             }
             report.spawnNanoseconds = started.spawnNanoseconds
@@ -157,7 +157,7 @@ public final class CallRunner: @unchecked Sendable {
     /// the exec), the seccomp listener. `argv` replaces the manifest's (a
     /// command tool).
     func startWorker(_ cell: PreparedCell, limits: CellManifest.Limits, argv: [String]?, name: String)
-        -> Result<StartedWorker, CallOutcome>
+        -> Result<StartedWorker, CellCannotRun>
     {
         let m = cell.manifest
         let exe: FileDescriptor
@@ -166,15 +166,15 @@ public final class CallRunner: @unchecked Sendable {
         do {
             (exe, script, generations) = try cell.filesForSpawn()
         } catch {
-            return .failure(.refused(error))
+            return .failure(error)
         }
 
         let scratch = nextScratchName(name)
         var toClose: [FileDescriptor] = script.map { [$0] } ?? []
-        func fail(_ outcome: CallOutcome) -> Result<StartedWorker, CallOutcome> {
+        func fail(_ why: CellCannotRun) -> Result<StartedWorker, CellCannotRun> {
             for fd in toClose { fd.close() }
             wipe(scratch)
-            return .failure(outcome)
+            return .failure(why)
         }
 
         let worker: WorkerProcess
@@ -257,7 +257,7 @@ public final class CallRunner: @unchecked Sendable {
             do {
                 worker = try WorkerProcess.spawn(r)
             } catch {
-                return fail(.spawnFailed(stage: error.stage, errno: error.errno))
+                return fail(.spawn(error))
             }
             spawnNanoseconds = monotonicNanoseconds() - t0
             // The child's ends are its own now.
@@ -267,7 +267,7 @@ public final class CallRunner: @unchecked Sendable {
                 toClose.removeAll { $0 == fd }
             }
         } catch {
-            return fail(.spawnFailed(stage: "prepare", errno: error.errno))
+            return fail(.setup(error))
         }
         // The session owns the request pipe's write end (it closes it once
         // the request is written); a second close here could hit a
@@ -282,7 +282,7 @@ public final class CallRunner: @unchecked Sendable {
                 _ = try? worker.wait()
                 worker.close()
                 requestWrite.close()
-                return fail(.spawnFailed(stage: "seccomp-listener", errno: error.errno))
+                return fail(.setup(error))
             }
             notifyParent.close()
             toClose.removeAll { $0 == notifyParent }
@@ -356,6 +356,7 @@ public final class CallRunner: @unchecked Sendable {
         report.diagnostics = session.diagnosticsText
         report.firstFrameNanoseconds = session.firstFrameAt > 0 ? session.firstFrameAt - start - report.spawnNanoseconds : 0
         report.outcome = session.classify(exit: exit)
+        report.deniedSyscall = session.seccompViolation.map { DeniedSyscall(syscall: $0.0, architecture: $0.1) }
         report.learnedSyscalls = session.learned
         report.pollWakeups = session.wakeups
     }

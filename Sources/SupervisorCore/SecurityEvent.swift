@@ -12,6 +12,7 @@ public enum SecurityEventType: String, Sendable, CaseIterable {
     case callEnd = "call.end"
     case callRefused = "call.refused"
     case sandboxViolation = "sandbox.violation"
+    case cellCannotRun = "cell.cannot_run"
     case cellRefused = "cell.refused"
     case cellsLoaded = "cells.loaded"
     case ledgerEntry = "ledger.entry"
@@ -56,7 +57,9 @@ extension SecurityEvent {
         return SecurityEvent(.callStart, f)
     }
 
-    /// The call.end event, plus a sandbox.violation when the outcome is one.
+    /// The call.end event, plus what names its cause: a sandbox.violation
+    /// (the worker broke a rule), a cell.cannot_run (no worker served it) or
+    /// a call.refused (the call was not admitted).
     public static func callEnd(callID: String, principal: String, tool: String, cell: PreparedCell,
                                report: CallReport, bytesReturned: Int) -> [SecurityEvent] {
         var f = callFields(callID, principal, tool, cell)
@@ -78,42 +81,65 @@ extension SecurityEvent {
         case nil: break
         }
         var events = [SecurityEvent(.callEnd, f)]
-        var v = callFields(callID, principal, tool, cell)
-        v["detail"] = .string(report.outcome.detail)
+        var e = callFields(callID, principal, tool, cell)
+        e["detail"] = .string(report.outcome.detail)
         switch report.outcome {
+        // A sandbox violation: the worker broke a rule of its sandbox.
         case .sandboxViolation(let s, let a):
-            v["kind"] = "seccomp"
-            v["syscall"] = .string(s)
-            v["architecture"] = .string(a)
+            e["kind"] = "seccomp"
+            e["syscall"] = .string(s)
+            e["architecture"] = .string(a)
         case .limitExceeded(let l):
-            v["kind"] = "limit"
-            v["limit"] = .string(l.rawValue)
+            e["kind"] = "limit"
+            e["limit"] = .string(l.rawValue)
         case .timeout:
-            v["kind"] = "limit"
-            v["limit"] = "deadline"
+            e["kind"] = "limit"
+            e["limit"] = "deadline"
         case .protocolViolation:
-            v["kind"] = "protocol"
-        case .spawnFailed(let stage, let e):
-            v["kind"] = "spawn"
-            v["stage"] = .string(stage)
-            v["errno"] = .int(Int64(e))
-        case .refused(.hashMismatch(_, let expected, let actual)):
-            v["kind"] = "hash_mismatch"
-            v["expectedSha256"] = .string(expected)
-            v["actualSha256"] = .string(actual)
-        case .refused(.arguments(let m)):
-            v["kind"] = "arguments"
-            v["reason"] = .string(m)
-        case .refused(let r):
-            v["kind"] = "refused"
-            v["reason"] = .string(r.description)
-        case .killedBySignal(let s):
-            v["kind"] = "crash"
-            v["signal"] = .int(Int64(s))
-        case .success, .toolError, .cancelled:
+            e["kind"] = "protocol"
+        // The cell cannot run: no worker served the call.
+        case .cannotRun(let why):
+            switch why {
+            case .hashMismatch(let path, let expected, let actual):
+                e["kind"] = "hash_mismatch"
+                e["path"] = .string(path)
+                e["expectedSha256"] = .string(expected)
+                e["actualSha256"] = .string(actual)
+            case .unreadable(let path, _):
+                e["kind"] = "unreadable"
+                e["path"] = .string(path)
+            case .unsupported: e["kind"] = "unsupported"
+            case .badPath(let field, _):
+                e["kind"] = "bad_path"
+                e["field"] = .string(field)
+            case .filter: e["kind"] = "filter"
+            case .setup(let error):
+                e["kind"] = "setup"
+                e["operation"] = .string(error.operation)
+                e["errno"] = .int(Int64(error.errno))
+            case .spawn(let error):
+                e["kind"] = "spawn"
+                e["stage"] = .string(error.stage.description)
+                e["errno"] = .int(Int64(error.errno))
+            }
+            events.append(SecurityEvent(.cellCannotRun, e))
             return events
+        // A refusal: the call was not admitted.
+        case .refused(let r):
+            e["reason"] = .string(r.reason)
+            events.append(SecurityEvent(.callRefused, e))
+            return events
+        case .success, .toolError, .cancelled, .killedBySignal:
+            // A forbidden syscall tried after the call had ended otherwise
+            // (its answer, a cancellation) is still recorded.
+            guard let d = report.deniedSyscall else { return events }
+            e["kind"] = "seccomp"
+            e["syscall"] = .string(d.syscall)
+            e["architecture"] = .string(d.architecture)
+            e["detail"] = .string("syscall \(d.syscall) (\(d.architecture)) is not allowed for this cell; "
+                + "tried after the call had ended (\(report.outcome.kind))")
         }
-        events.append(SecurityEvent(.sandboxViolation, v))
+        events.append(SecurityEvent(.sandboxViolation, e))
         return events
     }
 }

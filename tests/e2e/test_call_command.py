@@ -1,11 +1,10 @@
 """`mcp-supervisor call`: the same trust rule as `run`, and the supervisor's
 memory bounded whatever a manifest declares."""
 import json
-import os
 import shutil
 import subprocess
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -27,27 +26,28 @@ def work():
     shutil.rmtree(d, ignore_errors=True)
 
 
+# Runs a command and writes the largest RSS among its children (KiB). A
+# fresh small interpreter, because a process's ru_maxrss keeps the pages of
+# the process it was forked from (here: the test runner) across exec.
+PEAK_RSS = """
+import resource, subprocess, sys
+rc = subprocess.call(sys.argv[2:])
+open(sys.argv[1], "w").write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(rc if rc >= 0 else 128 - rc)
+"""
+
+
 def call(work, tool, args, *flags, timeout=120):
     """Runs `mcp-supervisor call`; returns (exit status, stdout, stderr, peak RSS in MiB)."""
     argv = [str(BIN), "call", tool, "--manifests", str(work / "manifests"), "--policies", str(ROOT / "policies"),
             "--state-dir", str(work / "state"), "--scratch-dir", str(work / "scratch"),
             "--args", json.dumps(args), *flags]
-    out_path, err_path = work / "stdout", work / "stderr"
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        p = subprocess.Popen(argv, stdout=out, stderr=err)
-        deadline = time.time() + timeout
-        while True:
-            pid, status, usage = os.wait4(p.pid, os.WNOHANG)
-            if pid == p.pid:
-                break
-            if time.time() > deadline:
-                p.kill()
-                pytest.fail(f"`call {tool}` did not end within {timeout} s")
-            time.sleep(0.02)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    # ru_maxrss (KiB) of `call` itself and of the workers it reaped: a worker
-    # reports the supervisor's pages it shared before exec at most.
-    return p.returncode, out_path.read_text(), err_path.read_text(), usage.ru_maxrss / 1024
+    peak = work / "peak-rss"
+    p = subprocess.run([sys.executable, "-c", PEAK_RSS, str(peak), *argv], capture_output=True, text=True,
+                       timeout=timeout)
+    # ru_maxrss of `call` and of the workers it reaped (a worker reports at
+    # most the supervisor's pages it shared before exec).
+    return p.returncode, p.stdout, p.stderr, int(peak.read_text()) / 1024
 
 
 def test_call_refuses_an_unsigned_manifest_without_allow_unsigned(work):

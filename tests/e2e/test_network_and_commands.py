@@ -206,8 +206,10 @@ def test_git_option_injection_is_refused(env):
     assert not target.exists()
     r, t = call(env, "git_log", {"maxCount": 1, "revision": "--all"})
     assert r["isError"] and "would be read as an option" in t
-    v = [e for e in events(env, "sandbox.violation") if e.get("kind") == "arguments"]
-    assert v and "revision" in v[-1]["reason"]
+    # Not admitted: a refusal, not a sandbox violation.
+    v = [e for e in events(env, "call.refused") if e.get("reason") == "invalid_arguments"]
+    assert v and "revision" in v[-1]["detail"] and v[-1]["tool"] == "git_log"
+    assert not [e for e in events(env, "sandbox.violation") if e.get("kind") == "arguments"]
 
 
 def test_repository_config_cannot_make_git_run_a_program(env):
