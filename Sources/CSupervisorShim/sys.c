@@ -118,14 +118,6 @@ int mcps_seccomp_notif_recv(int listener_fd, void *buffer, uint16_t size, uint64
     return 0;
 }
 
-int mcps_seccomp_notif_deny(int listener_fd, uint64_t id, int error) {
-    struct seccomp_notif_resp resp;
-    memset(&resp, 0, sizeof(resp));
-    resp.id = id;
-    resp.error = -error;
-    return ioctl(listener_fd, SECCOMP_IOCTL_NOTIF_SEND, &resp);
-}
-
 int mcps_seccomp_notif_continue(int listener_fd, uint64_t id) {
     struct seccomp_notif_resp resp;
     memset(&resp, 0, sizeof(resp));
@@ -165,10 +157,6 @@ int mcps_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uin
         r = syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
     } while (r < 0 && errno == EINTR);
     return (int)r;
-}
-
-int mcps_close_range(unsigned int first, unsigned int last, unsigned int flags) {
-    return (int)syscall(SYS_close_range, first, last, flags);
 }
 
 int mcps_cap_last_cap(void) {

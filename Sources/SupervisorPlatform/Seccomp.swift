@@ -146,11 +146,6 @@ public struct SeccompListener {
         return SeccompNotification(id: id, pid: pid, number: nr, architecture: arch, arguments: args)
     }
 
-    /// Fails the call with `errno`.
-    public func deny(_ n: SeccompNotification, errno: Int32) {
-        _ = mcps_seccomp_notif_deny(fd.rawValue, n.id, errno)
-    }
-
     /// Lets the syscall run (learn mode only: see supervisor_shim.h).
     public func allowOnce(_ n: SeccompNotification) {
         _ = mcps_seccomp_notif_continue(fd.rawValue, n.id)
