@@ -16,7 +16,8 @@ public enum LimitKind: String, Sendable, Equatable {
         case .output: return "output limit (limits.outputKiB)"
         case .bufferedOutput:
             return "supervisor's buffered output cap (\(CallRunner.bufferedOutputCap >> 20) MiB per frame or command output, "
-                + "whatever the manifest declares)"
+                + "\(CallRunner.defaultOutputBudget >> 20) MiB for all calls together by default, whatever the manifest "
+                + "declares)"
         }
     }
 }

@@ -34,6 +34,32 @@ public final class CallCancellation: @unchecked Sendable {
     public var isCancelled: Bool { lock.withLock { fired } }
 }
 
+/// Bytes of worker output held in memory by all calls together (frames being
+/// assembled, command stdout), bounded: a call that would go past the total
+/// ends with `limitExceeded(.bufferedOutput)` instead of growing the
+/// supervisor.
+public final class OutputBudget: @unchecked Sendable {
+    public let totalBytes: Int
+    private let lock = Mutex()
+    private var used = 0
+
+    public init(totalBytes: Int) { self.totalBytes = totalBytes }
+
+    /// Takes `bytes` more; false (and nothing taken) if the total would pass.
+    func reserve(_ bytes: Int) -> Bool {
+        lock.withLock {
+            guard used + bytes <= totalBytes else { return false }
+            used += bytes
+            return true
+        }
+    }
+
+    func release(_ bytes: Int) { lock.withLock { used -= bytes } }
+
+    /// Bytes reserved right now (0 when no call holds output).
+    public var usedBytes: Int { lock.withLock { used } }
+}
+
 /// Runs one tool call in one fresh worker, start to finish, on the calling
 /// thread. The worker is always gone and its scratch wiped when this returns.
 public final class CallRunner: @unchecked Sendable {
@@ -43,6 +69,10 @@ public final class CallRunner: @unchecked Sendable {
     /// prefix above it, before anything is allocated; parsing and replying
     /// multiply it a few times (docs/manifest.md, "Output and memory").
     public static let bufferedOutputCap = 8 << 20
+    /// The default for all calls together: eight calls at the cap.
+    public static let defaultOutputBudget = 64 << 20
+    /// Output held by all this runner's calls together.
+    public let outputBudget: OutputBudget
     public let host: HostSandbox
     let logger: Logger
     /// Starts the next worker of a recently called cell ahead of its call
@@ -52,9 +82,11 @@ public final class CallRunner: @unchecked Sendable {
     private let sequence = Mutex()
     private var counter: UInt64 = 0
 
-    public init(host: HostSandbox, logger: Logger) throws(SystemError) {
+    public init(host: HostSandbox, logger: Logger,
+                outputBudgetBytes: Int = CallRunner.defaultOutputBudget) throws(SystemError) {
         self.host = host
         self.logger = logger
+        outputBudget = OutputBudget(totalBytes: outputBudgetBytes)
         devNull = try Sys.open("/dev/null", O_RDONLY)
         try host.prepareScratchRoot()
         // A worker may exit before reading all of its input: the write
@@ -333,6 +365,8 @@ public final class CallRunner: @unchecked Sendable {
         session.learning = learn
         session.command = command?.0
         session.listener = w.listener
+        session.budget = outputBudget
+        defer { outputBudget.release(session.reserved) }
         if let b = w.broker {
             session.broker = ConnectionBroker(access: w.cell.manifest.network, socket: b, cancellation: cancellation)
         }
@@ -413,6 +447,10 @@ struct WorkerSession {
     var stdout: [UInt8] = []
     var learning = false
     var learned: [String] = []
+    /// The supervisor-wide budget this call's held output is taken from,
+    /// and how much it holds (its largest frame, or its command stdout).
+    var budget: OutputBudget? = nil
+    var reserved = 0
     var wakeups = 0
 
     var decoder: FrameDecoder
@@ -627,7 +665,7 @@ struct WorkerSession {
                         observe(.limit(.output))
                         kill()
                     } else if command != nil {
-                        if stdout.count + n > CallRunner.bufferedOutputCap {
+                        if stdout.count + n > CallRunner.bufferedOutputCap || !hold(stdout.count + n) {
                             limitHit = .bufferedOutput
                             observe(.limit(.bufferedOutput))
                             kill()
@@ -742,6 +780,24 @@ struct WorkerSession {
         }
     }
 
+    /// Grows this call's share of the budget to `bytes`; false if the
+    /// supervisor-wide total would pass.
+    mutating func hold(_ bytes: Int) -> Bool {
+        guard bytes > reserved, let budget else { return true }
+        // In 1 MiB steps (never past the per-call cap), so a command's
+        // stdout does not take the lock at every read.
+        let step = min(max(bytes, reserved + (1 << 20)), CallRunner.bufferedOutputCap)
+        if budget.reserve(step - reserved) {
+            reserved = step
+            return true
+        }
+        if step > bytes, budget.reserve(bytes - reserved) {
+            reserved = bytes
+            return true
+        }
+        return false
+    }
+
     mutating func handle(_ bytes: ArraySlice<UInt8>, onMessage: (WorkerMessage) -> Void) {
         let frames: [JSONValue]
         do {
@@ -789,6 +845,13 @@ struct WorkerSession {
                 kill()
                 return
             }
+        }
+        // The frame being assembled is held until it is complete: it must
+        // fit in what all calls together may hold.
+        if final == nil && !hold(decoder.pendingFrameLength) {
+            limitHit = .bufferedOutput
+            observe(.limit(.bufferedOutput))
+            kill()
         }
     }
 }
