@@ -81,6 +81,11 @@ public enum CallOutcome: Sendable, Equatable {
     /// The call was not admitted; no worker was started.
     case refused(CallRefusal)
 
+    public var isSandboxViolation: Bool {
+        if case .sandboxViolation = self { return true }
+        return false
+    }
+
     /// A short, stable name (security log, metrics).
     public var kind: String {
         switch self {

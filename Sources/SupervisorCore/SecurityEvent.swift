@@ -89,14 +89,18 @@ extension SecurityEvent {
             e["kind"] = "seccomp"
             e["syscall"] = .string(s)
             e["architecture"] = .string(a)
+            events.append(SecurityEvent(.sandboxViolation, e))
         case .limitExceeded(let l):
             e["kind"] = "limit"
             e["limit"] = .string(l.rawValue)
+            events.append(SecurityEvent(.sandboxViolation, e))
         case .timeout:
             e["kind"] = "limit"
             e["limit"] = "deadline"
+            events.append(SecurityEvent(.sandboxViolation, e))
         case .protocolViolation:
             e["kind"] = "protocol"
+            events.append(SecurityEvent(.sandboxViolation, e))
         // The cell cannot run: no worker served the call.
         case .cannotRun(let why):
             switch why {
@@ -123,23 +127,24 @@ extension SecurityEvent {
                 e["errno"] = .int(Int64(error.errno))
             }
             events.append(SecurityEvent(.cellCannotRun, e))
-            return events
         // A refusal: the call was not admitted.
         case .refused(let r):
             e["reason"] = .string(r.reason)
             events.append(SecurityEvent(.callRefused, e))
-            return events
         case .success, .toolError, .cancelled, .killedBySignal:
-            // A forbidden syscall tried after the call had ended otherwise
-            // (its answer, a cancellation) is still recorded.
-            guard let d = report.deniedSyscall else { return events }
-            e["kind"] = "seccomp"
-            e["syscall"] = .string(d.syscall)
-            e["architecture"] = .string(d.architecture)
-            e["detail"] = .string("syscall \(d.syscall) (\(d.architecture)) is not allowed for this cell; "
-                + "tried after the call had ended (\(report.outcome.kind))")
+            break
         }
-        events.append(SecurityEvent(.sandboxViolation, e))
+        // A forbidden syscall tried after something else had ended the call
+        // (its answer, the deadline, a limit) is still recorded.
+        if let d = report.deniedSyscall, !report.outcome.isSandboxViolation {
+            var v = callFields(callID, principal, tool, cell)
+            v["kind"] = "seccomp"
+            v["syscall"] = .string(d.syscall)
+            v["architecture"] = .string(d.architecture)
+            v["detail"] = .string("syscall \(d.syscall) (\(d.architecture)) is not allowed for this cell; "
+                + "tried after the call had ended otherwise (\(report.outcome.kind))")
+            events.append(SecurityEvent(.sandboxViolation, v))
+        }
         return events
     }
 }

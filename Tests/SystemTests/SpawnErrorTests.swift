@@ -45,14 +45,18 @@ final class SpawnErrorTests: XCTestCase {
         }
     }
 
+    func report(_ outcome: CallOutcome, denied: DeniedSyscall? = nil) -> CallReport {
+        var r = CallReport(outcome: outcome, exit: nil, durationNanoseconds: 0, cpuNanoseconds: 0,
+                           peakMemoryBytes: nil, bytesFromWorker: 0, diagnostics: "", spawnNanoseconds: 0,
+                           firstFrameNanoseconds: 0, reapNanoseconds: 0)
+        r.deniedSyscall = denied
+        return r
+    }
+
     func events(_ outcome: CallOutcome, denied: DeniedSyscall? = nil) throws -> [String: JSONObject] {
         let cell = try Harness.prepare(try Harness.probeManifest())
-        var report = CallReport(outcome: outcome, exit: nil, durationNanoseconds: 0, cpuNanoseconds: 0,
-                                peakMemoryBytes: nil, bytesFromWorker: 0, diagnostics: "", spawnNanoseconds: 0,
-                                firstFrameNanoseconds: 0, reapNanoseconds: 0)
-        report.deniedSyscall = denied
-        let list = SecurityEvent.callEnd(callID: "c1", principal: "uid:0", tool: "probe", cell: cell, report: report,
-                                         bytesReturned: 0)
+        let list = SecurityEvent.callEnd(callID: "c1", principal: "uid:0", tool: "probe", cell: cell,
+                                         report: report(outcome, denied: denied), bytesReturned: 0)
         var out: [String: JSONObject] = [:]
         for e in list { out[e.type.rawValue] = e.fields }
         XCTAssertEqual(out.count, list.count, "one event of each type")
@@ -93,5 +97,14 @@ final class SpawnErrorTests: XCTestCase {
                               denied: DeniedSyscall(syscall: "ptrace", architecture: "x86_64"))
         XCTAssertEqual(late["call.end"]?["outcome"], "success")
         XCTAssertEqual(late["sandbox.violation"]?["syscall"], "ptrace")
+        // After a limit: both are recorded.
+        let cpu = SecurityEvent.callEnd(callID: "c1", principal: "uid:0", tool: "probe",
+                                        cell: try Harness.prepare(try Harness.probeManifest()),
+                                        report: report(.limitExceeded(.cpu),
+                                                       denied: DeniedSyscall(syscall: "ptrace", architecture: "x86_64")),
+                                        bytesReturned: 0)
+        XCTAssertEqual(cpu.map(\.type.rawValue), ["call.end", "sandbox.violation", "sandbox.violation"])
+        XCTAssertEqual(cpu[1].fields["limit"], "cpu")
+        XCTAssertEqual(cpu[2].fields["syscall"], "ptrace")
     }
 }
