@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, ROOT, bundled_manifest, probe_manifest
+from conftest import BIN, ROOT, RawServer, bundled_manifest, probe_manifest
 
 # Peak RSS allowed for a `call` process whose worker floods it: the CLI's
 # own footprint (~20 MiB measured) plus the supervisor's cap on buffered
@@ -88,3 +88,32 @@ def test_command_output_far_above_the_cap_keeps_the_supervisor_small(work):
     assert rc == 1 and r["outcome"] == "limit_exceeded", err
     assert "buffered output cap" in r["detail"], r
     assert rss < RSS_BOUND_MIB, f"`call` peaked at {rss:.0f} MiB"
+
+
+def test_the_log_names_the_first_cause(work):
+    """Through the server: a worker that catches SIGXCPU and answers is
+    logged as the CPU limit; a deadline that passes while a frame is half
+    written is logged as a timeout, not as the broken frame it leaves."""
+    (work / "manifests" / "probe.json").write_text(json.dumps(probe_manifest(
+        limits={"timeoutMilliseconds": 10000, "cpuSeconds": 1})))
+    (work / "manifests" / "probe-fast.json").write_text(json.dumps(probe_manifest(
+        "probe_fast", limits={"timeoutMilliseconds": 300})))
+    s = RawServer.serving(work, work / "manifests", "--allow-unsigned")
+    try:
+        r = s.request(1, "tools/call", {"name": "probe", "arguments": {"action": "catch-sigxcpu", "seconds": 5}})
+        assert r["result"]["isError"] and r["result"]["content"][0]["text"] == "The tool exceeded its cpu limit."
+        r = s.request(2, "tools/call", {"name": "probe_fast", "arguments": {
+            "action": "raw", "hex": "000000107b22", "sleepMs": 5000}})
+        assert r["result"]["isError"] and r["result"]["content"][0]["text"] == "The tool call timed out."
+    finally:
+        s.close()
+    p = subprocess.run([str(BIN), "audit", "query", "--json", "--state-dir", str(work / "state")],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    records = [json.loads(line) for line in p.stdout.splitlines()]
+    ends = {e["tool"]: e for e in records if e["type"] == "call.end"}
+    assert ends["probe"]["outcome"] == "limit_exceeded" and "CPU time" in ends["probe"]["detail"]
+    assert ends["probe_fast"]["outcome"] == "timeout"
+    limits = {e["tool"]: e["limit"] for e in records if e["type"] == "sandbox.violation" and e["kind"] == "limit"}
+    assert limits == {"probe": "cpu", "probe_fast": "deadline"}
+    assert not [e for e in records if e["type"] == "sandbox.violation" and e["kind"] == "protocol"]
