@@ -14,14 +14,14 @@ final class OutcomeTests: XCTestCase {
     /// The kernel sends SIGXCPU at the CPU limit; a worker that catches it
     /// and answers with an error frame was still stopped by the limit.
     func testCaughtSIGXCPUThenErrorFrameIsTheCPULimit() throws {
-        let cell = try probe(limits: #"{"cpuSeconds": 1, "timeoutMilliseconds": 10000}"#)
+        let cell = try probe(limits: #"{"cpuSeconds": 1, "timeoutMilliseconds": 30000}"#)
         let r = try Harness.call(cell, ["action": "catch-sigxcpu", "seconds": 5])
         XCTAssertEqual(r.outcome, .limitExceeded(.cpu), r.outcome.detail)
     }
 
     /// ... and one that exits from its SIGXCPU handler without a result.
     func testCaughtSIGXCPUThenExitIsTheCPULimit() throws {
-        let cell = try probe(limits: #"{"cpuSeconds": 1, "timeoutMilliseconds": 10000}"#)
+        let cell = try probe(limits: #"{"cpuSeconds": 1, "timeoutMilliseconds": 30000}"#)
         let r = try Harness.call(cell, ["action": "catch-sigxcpu", "seconds": 5, "exit": 0])
         XCTAssertEqual(r.outcome, .limitExceeded(.cpu), r.outcome.detail)
         XCTAssertEqual(r.exit, .exited(0))
@@ -29,7 +29,7 @@ final class OutcomeTests: XCTestCase {
 
     /// A worker well inside its CPU limit is not reported as over it.
     func testAnswerBeforeTheCPULimitIsItsAnswer() throws {
-        let cell = try probe(limits: #"{"cpuSeconds": 1, "timeoutMilliseconds": 10000}"#)
+        let cell = try probe(limits: #"{"cpuSeconds": 1, "timeoutMilliseconds": 30000}"#)
         let r = try Harness.call(cell, ["action": "catch-sigxcpu", "seconds": 0.3])
         XCTAssertEqual(Harness.text(r), "no SIGXCPU", r.outcome.detail)
     }
