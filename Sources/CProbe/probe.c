@@ -87,6 +87,24 @@ void probe_ignore_sigterm(void) {
     signal(SIGTERM, SIG_IGN);
 }
 
+static volatile sig_atomic_t xcpu_caught = 0;
+static int xcpu_exit_code = -1;
+
+static void on_sigxcpu(int sig) {
+    (void)sig;
+    if (xcpu_exit_code >= 0) _exit(xcpu_exit_code);
+    xcpu_caught = 1;
+}
+
+int probe_spin_catching_sigxcpu(double seconds, int exit_code) {
+    xcpu_exit_code = exit_code;
+    signal(SIGXCPU, on_sigxcpu);
+    double until = now() + seconds;
+    volatile unsigned long x = 0;
+    while (!xcpu_caught && now() < until) x++;
+    return xcpu_caught;
+}
+
 int probe_open_fds(int *out, int max) {
     int n = 0;
     for (int fd = 0; fd < 1024 && n < max; fd++)

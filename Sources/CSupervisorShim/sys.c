@@ -167,10 +167,6 @@ int mcps_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uin
     return (int)r;
 }
 
-int mcps_close_range(unsigned int first, unsigned int last, unsigned int flags) {
-    return (int)syscall(SYS_close_range, first, last, flags);
-}
-
 int mcps_cap_last_cap(void) {
     int fd = open("/proc/sys/kernel/cap_last_cap", O_RDONLY | O_CLOEXEC);
     if (fd < 0) return CAP_LAST_CAP;

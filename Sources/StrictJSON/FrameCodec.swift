@@ -102,6 +102,10 @@ public struct FrameDecoder: Sendable {
         if !buffer.isEmpty { throw .truncatedLength(have: buffer.count) }
     }
 
+    /// The declared length of the frame being assembled (0 between frames):
+    /// what the decoder has reserved memory for.
+    public var pendingFrameLength: Int { expected ?? 0 }
+
     /// True when no partial frame is buffered.
     public var isAtBoundary: Bool { expected == nil && buffer.isEmpty }
 }

@@ -114,6 +114,10 @@ public struct JSONParser {
         if depth > maxDepth { throw fail(.tooDeep(limit: maxDepth)) }
         pos += 1
         var obj = JSONObject()
+        // Duplicate keys: a linear look among the first members, a set past
+        // them; a linear look per key would make a large object quadratic
+        // (measured: 80,000 keys in 1 MiB took minutes of CPU).
+        var seen: Set<String>? = nil
         skipWhitespace()
         if try peek() == UInt8(ascii: "}") {
             pos += 1
@@ -124,13 +128,16 @@ public struct JSONParser {
             let keyStart = pos
             guard try peek() == UInt8(ascii: "\"") else { throw fail(.unexpectedByte(buf[pos])) }
             let key = try parseString()
-            if obj.contains(key) { throw fail(.duplicateKey(key), at: keyStart) }
+            if seen == nil && obj.count >= 16 { seen = Set(obj.keys) }
+            if seen != nil ? !seen!.insert(key).inserted : obj.contains(key) {
+                throw fail(.duplicateKey(key), at: keyStart)
+            }
             skipWhitespace()
             guard try peek() == UInt8(ascii: ":") else { throw fail(.unexpectedByte(buf[pos])) }
             pos += 1
             skipWhitespace()
             let v = try parseValue(depth: depth)
-            obj[key] = v
+            obj.appendNew(key, v)
             skipWhitespace()
             let c = try peek()
             pos += 1

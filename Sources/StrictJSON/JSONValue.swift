@@ -67,8 +67,22 @@ public struct JSONObject: Sendable, Equatable, Sequence {
     public private(set) var members: [(key: String, value: JSONValue)] = []
 
     public init() {}
+    /// Members in order; a repeated key replaces the earlier value in place.
     public init(_ members: [(String, JSONValue)]) {
-        for (k, v) in members { self[k] = v }
+        guard members.count > 16 else {
+            for (k, v) in members { self[k] = v }
+            return
+        }
+        // An index, so that a large object is not built in quadratic time.
+        var index: [String: Int] = [:]
+        for (k, v) in members {
+            if let i = index[k] {
+                self.members[i].value = v
+            } else {
+                index[k] = self.members.count
+                self.members.append((k, v))
+            }
+        }
     }
 
     public var keys: [String] { members.map(\.key) }
@@ -87,6 +101,12 @@ public struct JSONObject: Sendable, Equatable, Sequence {
     }
 
     public func contains(_ key: String) -> Bool { members.contains(where: { $0.key == key }) }
+
+    /// Appends a member the caller knows is new (the parser, which checks
+    /// duplicates with a set): no linear search.
+    mutating func appendNew(_ key: String, _ value: JSONValue) {
+        members.append((key, value))
+    }
 
     public func makeIterator() -> IndexingIterator<[(key: String, value: JSONValue)]> {
         members.makeIterator()

@@ -3,7 +3,23 @@ import SupervisorPlatform
 
 /// Which limit a call hit.
 public enum LimitKind: String, Sendable, Equatable {
-    case cpu, memory, fileSize, output, frameSize
+    case cpu, fileSize, output
+    /// The supervisor's own cap on the output it holds for one call
+    /// (`CallRunner.bufferedOutputCap`), below a manifest's larger limits.
+    case bufferedOutput
+
+    /// What the limit is, for messages.
+    public var summary: String {
+        switch self {
+        case .cpu: return "CPU time limit (limits.cpuSeconds)"
+        case .fileSize: return "file size limit (limits.fileSizeMiB)"
+        case .output: return "output limit (limits.outputKiB)"
+        case .bufferedOutput:
+            return "supervisor's buffered output cap (\(CallRunner.bufferedOutputCap >> 20) MiB per frame or command output, "
+                + "\(CallRunner.defaultOutputBudget >> 20) MiB for all calls together by default, whatever the manifest "
+                + "declares)"
+        }
+    }
 }
 
 /// What a successful call returned.
@@ -13,8 +29,39 @@ public struct CellResult: Sendable, Equatable {
     public var structuredContent: JSONValue?
 }
 
-/// How one call ended. Exactly one per call.
-public enum CallOutcome: Error, Sendable, Equatable {
+/// Why a call was not admitted: nothing ran. (Policy refusals happen before
+/// the runner; the runner itself refuses only what it finds when it builds
+/// the worker's input.)
+public enum CallRefusal: Sendable, Equatable, CustomStringConvertible {
+    /// A command tool's arguments cannot be turned into its argv (an option
+    /// injection, a value no argv can carry).
+    case arguments(String)
+
+    /// The `reason` of the `call.refused` event.
+    public var reason: String {
+        switch self {
+        case .arguments: return "invalid_arguments"
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .arguments(let m): return "arguments: \(m)"
+        }
+    }
+}
+
+/// How one call ended. Exactly one per call. A value, not an error: every
+/// call has one, the successful ones included.
+///
+/// Three kinds of failure that are not the tool's own answer stay apart:
+/// a **refusal** (`refused`: the call was not admitted, nothing ran), a cell
+/// that **cannot run** (`cannotRun`: admitted, but the cell is broken or the
+/// host cannot give the protection it declares, so no worker served it), and
+/// a **sandbox violation** (`sandboxViolation`: the worker tried something
+/// forbidden and was killed). Limits, the deadline and the frame protocol
+/// are rules the worker broke too, each named by its own case.
+public enum CallOutcome: Sendable, Equatable {
     case success(CellResult)
     /// The tool ran and reported failure.
     case toolError(String)
@@ -29,10 +76,15 @@ public enum CallOutcome: Error, Sendable, Equatable {
     case limitExceeded(LimitKind)
     /// The worker broke the frame protocol; the call ended there.
     case protocolViolation(String)
-    /// The worker could not be started (setup stage and errno).
-    case spawnFailed(stage: String, errno: Int32)
-    /// The call was refused before a worker was started.
-    case refused(CellRefusal)
+    /// No worker could serve the call (verification, host, setup or spawn).
+    case cannotRun(CellCannotRun)
+    /// The call was not admitted; no worker was started.
+    case refused(CallRefusal)
+
+    public var isSandboxViolation: Bool {
+        if case .sandboxViolation = self { return true }
+        return false
+    }
 
     /// A short, stable name (security log, metrics).
     public var kind: String {
@@ -45,7 +97,7 @@ public enum CallOutcome: Error, Sendable, Equatable {
         case .killedBySignal: return "killed_by_signal"
         case .limitExceeded: return "limit_exceeded"
         case .protocolViolation: return "protocol_violation"
-        case .spawnFailed: return "spawn_failed"
+        case .cannotRun: return "cannot_run"
         case .refused: return "refused"
         }
     }
@@ -59,9 +111,9 @@ public enum CallOutcome: Error, Sendable, Equatable {
         case .cancelled: return "cancelled"
         case .sandboxViolation(let s, let a): return "killed by SIGSYS: syscall \(s) (\(a)) is not allowed for this cell"
         case .killedBySignal(let s): return "killed by \(signalName(s))"
-        case .limitExceeded(let l): return "\(l.rawValue) limit exceeded"
+        case .limitExceeded(let l): return "limit exceeded: \(l.summary)"
         case .protocolViolation(let m): return "protocol violation: \(m)"
-        case .spawnFailed(let st, let e): return "spawn failed at stage \(st): \(Errno.describe(e))"
+        case .cannotRun(let c): return "cannot run: \(c)"
         case .refused(let r): return "refused: \(r)"
         }
     }
@@ -75,15 +127,22 @@ public enum CallOutcome: Error, Sendable, Equatable {
         case .cancelled: return "The tool call was cancelled."
         case .sandboxViolation(let s, _): return "The tool was stopped by the sandbox (forbidden system call \(s))."
         case .killedBySignal(let s): return "The tool crashed (\(signalName(s)))."
+        case .limitExceeded(.bufferedOutput):
+            return "The tool's output exceeded the \(CallRunner.bufferedOutputCap >> 20) MiB the supervisor accepts in one piece."
         case .limitExceeded(let l): return "The tool exceeded its \(l.rawValue) limit."
         case .protocolViolation: return "The tool broke the cell protocol and was stopped."
-        case .spawnFailed: return "The tool could not be started."
-        case .refused(let r):
-            if case .hashMismatch = r { return "The tool's executable does not match its approved version; the call was refused." }
-            if case .arguments(let m) = r { return "The arguments were refused: \(m)" }
-            return "The tool cannot run on this host as declared."
+        case .cannotRun(.hashMismatch): return "The tool cannot run: its executable does not match its approved version."
+        case .cannotRun(.setup), .cannotRun(.spawn): return "The tool cannot run: its worker could not be started."
+        case .cannotRun: return "The tool cannot run on this host as declared."
+        case .refused(.arguments(let m)): return "The arguments were refused: \(m)"
         }
     }
+}
+
+/// The first syscall a worker was denied (and killed for).
+public struct DeniedSyscall: Sendable, Equatable {
+    public let syscall: String
+    public let architecture: String
 }
 
 /// Everything measured about one call.
@@ -105,6 +164,10 @@ public struct CallReport: Sendable {
     public var spawnNanoseconds: UInt64
     public var firstFrameNanoseconds: UInt64
     public var reapNanoseconds: UInt64
+    /// The first syscall outside the allowlist the worker tried, also when
+    /// something else had ended the call first (the outcome names the
+    /// first cause; the attempt is still recorded).
+    public var deniedSyscall: DeniedSyscall? = nil
     /// Learn mode: the syscalls outside the allowlist that the worker made
     /// (in first-use order).
     public var learnedSyscalls: [String] = []

@@ -34,9 +34,45 @@ public final class CallCancellation: @unchecked Sendable {
     public var isCancelled: Bool { lock.withLock { fired } }
 }
 
+/// Bytes of worker output held in memory by all calls together (frames being
+/// assembled, command stdout), bounded: a call that would go past the total
+/// ends with `limitExceeded(.bufferedOutput)` instead of growing the
+/// supervisor.
+public final class OutputBudget: @unchecked Sendable {
+    public let totalBytes: Int
+    private let lock = Mutex()
+    private var used = 0
+
+    public init(totalBytes: Int) { self.totalBytes = totalBytes }
+
+    /// Takes `bytes` more; false (and nothing taken) if the total would pass.
+    func reserve(_ bytes: Int) -> Bool {
+        lock.withLock {
+            guard used + bytes <= totalBytes else { return false }
+            used += bytes
+            return true
+        }
+    }
+
+    func release(_ bytes: Int) { lock.withLock { used -= bytes } }
+
+    /// Bytes reserved right now (0 when no call holds output).
+    public var usedBytes: Int { lock.withLock { used } }
+}
+
 /// Runs one tool call in one fresh worker, start to finish, on the calling
 /// thread. The worker is always gone and its scratch wiped when this returns.
 public final class CallRunner: @unchecked Sendable {
+    /// The most of one call's output the supervisor holds in memory at a
+    /// time, whatever the manifest declares: one frame being assembled, or
+    /// a command tool's stdout. Frames are refused from their length
+    /// prefix above it, before anything is allocated; parsing and replying
+    /// multiply it a few times (docs/manifest.md, "Output and memory").
+    public static let bufferedOutputCap = 8 << 20
+    /// The default for all calls together: eight calls at the cap.
+    public static let defaultOutputBudget = 64 << 20
+    /// Output held by all this runner's calls together.
+    public let outputBudget: OutputBudget
     public let host: HostSandbox
     let logger: Logger
     /// Starts the next worker of a recently called cell ahead of its call
@@ -46,9 +82,11 @@ public final class CallRunner: @unchecked Sendable {
     private let sequence = Mutex()
     private var counter: UInt64 = 0
 
-    public init(host: HostSandbox, logger: Logger) throws(SystemError) {
+    public init(host: HostSandbox, logger: Logger,
+                outputBudgetBytes: Int = CallRunner.defaultOutputBudget) throws(SystemError) {
         self.host = host
         self.logger = logger
+        outputBudget = OutputBudget(totalBytes: outputBudgetBytes)
         devNull = try Sys.open("/dev/null", O_RDONLY)
         try host.prepareScratchRoot()
         // A worker may exit before reading all of its input: the write
@@ -128,8 +166,8 @@ public final class CallRunner: @unchecked Sendable {
         } else {
             switch startWorker(cell, limits: limits, argv: command?.argv, name: callID) {
             case .success(let w): started = w
-            case .failure(let outcome):
-                report.outcome = outcome
+            case .failure(let why):
+                report.outcome = .cannotRun(why)
                 return nil
             }
             report.spawnNanoseconds = started.spawnNanoseconds
@@ -151,7 +189,7 @@ public final class CallRunner: @unchecked Sendable {
     /// the exec), the seccomp listener. `argv` replaces the manifest's (a
     /// command tool).
     func startWorker(_ cell: PreparedCell, limits: CellManifest.Limits, argv: [String]?, name: String)
-        -> Result<StartedWorker, CallOutcome>
+        -> Result<StartedWorker, CellCannotRun>
     {
         let m = cell.manifest
         let exe: FileDescriptor
@@ -160,15 +198,15 @@ public final class CallRunner: @unchecked Sendable {
         do {
             (exe, script, generations) = try cell.filesForSpawn()
         } catch {
-            return .failure(.refused(error))
+            return .failure(error)
         }
 
         let scratch = nextScratchName(name)
         var toClose: [FileDescriptor] = script.map { [$0] } ?? []
-        func fail(_ outcome: CallOutcome) -> Result<StartedWorker, CallOutcome> {
+        func fail(_ why: CellCannotRun) -> Result<StartedWorker, CellCannotRun> {
             for fd in toClose { fd.close() }
             wipe(scratch)
-            return .failure(outcome)
+            return .failure(why)
         }
 
         let worker: WorkerProcess
@@ -259,7 +297,7 @@ public final class CallRunner: @unchecked Sendable {
             do {
                 worker = try WorkerProcess.spawn(r)
             } catch {
-                return fail(.spawnFailed(stage: error.stage, errno: error.errno))
+                return fail(.spawn(error))
             }
             spawnNanoseconds = monotonicNanoseconds() - t0
             // The child's ends are its own now.
@@ -269,7 +307,7 @@ public final class CallRunner: @unchecked Sendable {
                 toClose.removeAll { $0 == fd }
             }
         } catch {
-            return fail(.spawnFailed(stage: "prepare", errno: error.errno))
+            return fail(.setup(error))
         }
         // The session owns the request pipe's write end (it closes it once
         // the request is written); a second close here could hit a
@@ -284,7 +322,7 @@ public final class CallRunner: @unchecked Sendable {
                 _ = try? worker.wait()
                 worker.close()
                 requestWrite.close()
-                return fail(.spawnFailed(stage: "seccomp-listener", errno: error.errno))
+                return fail(.setup(error))
             }
             notifyParent.close()
             toClose.removeAll { $0 == notifyParent }
@@ -335,6 +373,8 @@ public final class CallRunner: @unchecked Sendable {
         session.learning = learn
         session.command = command?.0
         session.listener = w.listener
+        session.budget = outputBudget
+        defer { outputBudget.release(session.reserved) }
         if let b = w.broker {
             session.broker = ConnectionBroker(access: w.cell.manifest.network, socket: b, cancellation: cancellation)
         }
@@ -358,6 +398,7 @@ public final class CallRunner: @unchecked Sendable {
         report.diagnostics = session.diagnosticsText
         report.firstFrameNanoseconds = session.firstFrameAt > 0 ? session.firstFrameAt - start - report.spawnNanoseconds : 0
         report.outcome = session.classify(exit: exit)
+        report.deniedSyscall = session.seccompViolation.map { DeniedSyscall(syscall: $0.0, architecture: $0.1) }
         report.learnedSyscalls = session.learned
         report.pollWakeups = session.wakeups
     }
@@ -414,9 +455,19 @@ struct WorkerSession {
     var stdout: [UInt8] = []
     var learning = false
     var learned: [String] = []
+    /// The supervisor-wide budget this call's held output is taken from,
+    /// and how much it holds (its largest frame, or its command stdout).
+    var budget: OutputBudget? = nil
+    var reserved = 0
     var wakeups = 0
 
     var decoder: FrameDecoder
+    /// The first thing observed that ends the call (a denied syscall, the
+    /// deadline, a broken frame, a limit, cancellation, the final frame),
+    /// with the worker's CPU time at that moment. It names the outcome
+    /// whatever the worker does after it (SIGTERM handlers, garbage on the
+    /// way out); only the CPU limit can precede it unobserved (below).
+    var first: (cause: Cause, cpuNanoseconds: UInt64?)? = nil
     var final: CellProtocol.Frame? = nil
     var violation: String? = nil
     var seccompViolation: (String, String)? = nil
@@ -427,8 +478,24 @@ struct WorkerSession {
     var bytesFromWorker = 0
     var diagnostics: [UInt8] = []
     var firstFrameAt: UInt64 = 0
+    var cpuAtExit: UInt64? = nil
     var peakRSS: UInt64? = nil
     static let diagnosticsKept = 8192
+
+    enum Cause: Equatable {
+        case seccomp(syscall: String, architecture: String)
+        case cancelled
+        case limit(LimitKind)
+        case violation(String)
+        case deadline
+        case final
+    }
+
+    /// Records `cause` if nothing ended the call before it.
+    mutating func observe(_ cause: Cause) {
+        guard first == nil else { return }
+        first = (cause, worker.cpuNanoseconds())
+    }
 
     /// VmHWM of a live (not yet reaped) worker, from /proc/<pid>/status.
     static func highWaterRSS(pid: Int32) -> UInt64? {
@@ -449,7 +516,7 @@ struct WorkerSession {
         self.diagRead = diagRead
         self.cancellation = cancellation
         self.graceMilliseconds = graceMilliseconds
-        decoder = FrameDecoder(maxFrame: limits.frameKiB << 10)
+        decoder = FrameDecoder(maxFrame: min(limits.frameKiB << 10, CallRunner.bufferedOutputCap))
     }
 
     var diagnosticsText: String { CellProtocol.sanitize(String(decoding: diagnostics, as: UTF8.self)) }
@@ -546,6 +613,7 @@ struct WorkerSession {
                     killAt = nil
                 } else if final == nil {
                     timedOut = true
+                    observe(.deadline)
                     worker.signal(SIGTERM)
                     killAt = t + UInt64(graceMilliseconds) * 1_000_000
                 } else {
@@ -572,7 +640,9 @@ struct WorkerSession {
                             l.allowOnce(n)
                         }
                     } else {
-                        seccompViolation = (n.syscallName, n.architectureName)
+                        let denied = (n.syscallName, n.architectureName)
+                        if seccompViolation == nil { seccompViolation = denied }
+                        observe(.seccomp(syscall: denied.0, architecture: denied.1))
                         kill()
                     }
                 } else if poll.fds[iNotify].revents & Int16(POLLHUP | POLLERR) != 0 {
@@ -588,6 +658,7 @@ struct WorkerSession {
             }
             if iCancel >= 0 && poll.isReadable(iCancel) && !cancelled && !exited {
                 cancelled = true
+                observe(.cancelled)
                 kill()
             }
             if iResp >= 0 && poll.isReadable(iResp) {
@@ -595,16 +666,26 @@ struct WorkerSession {
                 if n == 0 {
                     responseOpen = false
                     if violation == nil && final == nil && !decoder.isAtBoundary {
-                        do { try decoder.finish() } catch { violation = error.description }
+                        do { try decoder.finish() } catch {
+                            violation = error.description
+                            observe(.violation(error.description))
+                        }
                     }
                 } else if n > 0 {
                     if firstFrameAt == 0 { firstFrameAt = monotonicNanoseconds() }
                     bytesFromWorker += n
                     if bytesFromWorker > outputCap {
                         limitHit = .output
+                        observe(.limit(.output))
                         kill()
                     } else if command != nil {
-                        stdout.append(contentsOf: buf[0..<n])
+                        if stdout.count + n > CallRunner.bufferedOutputCap || !hold(stdout.count + n) {
+                            limitHit = .bufferedOutput
+                            observe(.limit(.bufferedOutput))
+                            kill()
+                        } else {
+                            stdout.append(contentsOf: buf[0..<n])
+                        }
                     } else if violation == nil && limitHit == nil {
                         handle(buf[0..<n], onMessage: onMessage)
                     }
@@ -620,6 +701,7 @@ struct WorkerSession {
                     if diagnostics.count > Self.diagnosticsKept { diagnostics.removeFirst(diagnostics.count - Self.diagnosticsKept) }
                     if bytesFromWorker > outputCap && limitHit == nil {
                         limitHit = .output
+                        observe(.limit(.output))
                         kill()
                     }
                 }
@@ -629,6 +711,9 @@ struct WorkerSession {
             }
             if iExit >= 0 && poll.isReadable(iExit) {
                 exited = true
+                // The zombie still has its CPU clock: the one the kernel
+                // checked RLIMIT_CPU against, unlike rusage after the reap.
+                cpuAtExit = worker.cpuNanoseconds()
                 exitedAt = monotonicNanoseconds()
                 closeRequest()
             }
@@ -639,9 +724,7 @@ struct WorkerSession {
     func classifyCommand(_ command: CommandTemplate, exit: ProcessExit) -> CallOutcome {
         switch exit.status {
         case .signaled(let sig):
-            if sig == SIGXCPU { return .limitExceeded(.cpu) }
-            if sig == SIGXFSZ { return .limitExceeded(.fileSize) }
-            return .killedBySignal(sig)
+            return classify(signal: sig)
         case .exited(let code):
             let out = CellProtocol.sanitize(String(decoding: stdout, as: UTF8.self))
             guard command.successExitCodes.contains(code) else {
@@ -654,19 +737,104 @@ struct WorkerSession {
         }
     }
 
+    /// A death by a signal the supervisor did not send.
+    func classify(signal sig: Int32) -> CallOutcome {
+        switch sig {
+        case SIGXCPU: return .limitExceeded(.cpu)
+        case SIGXFSZ: return .limitExceeded(.fileSize)
+        // The filter kills a non-native architecture (i386 int 0x80, x32)
+        // itself, without the listener: SIGSYS is the only trace.
+        case SIGSYS: return .sandboxViolation(syscall: "non-native system call", architecture: "foreign")
+        default: return .killedBySignal(sig)
+        }
+    }
+
+    /// The outcome: the first cause observed wins (`first`), except that
+    /// the CPU limit, which the kernel enforces with a signal the worker may
+    /// catch, wins when the worker's CPU time had reached it by then.
+    func classify(exit: ProcessExit) -> CallOutcome {
+        let cpuLimit = UInt64(limits.cpuSeconds) * 1_000_000_000
+        if let f = first {
+            // The clock sampled is the one the kernel checks the limit
+            // against: at or past it, SIGXCPU had been sent.
+            if let c = f.cpuNanoseconds, c >= cpuLimit { return .limitExceeded(.cpu) }
+            switch f.cause {
+            case .seccomp(let s, let a): return .sandboxViolation(syscall: s, architecture: a)
+            case .cancelled: return .cancelled
+            case .limit(let l): return .limitExceeded(l)
+            case .violation(let v): return .protocolViolation(v)
+            case .deadline: return .timeout
+            case .final: break
+            }
+        } else {
+            // SIGXCPU comes at the soft limit, SIGKILL one second later; a
+            // worker that catches SIGXCPU can end any way it likes, so its
+            // CPU time is the evidence, not how it ended. The clock read at
+            // exit is the one the kernel checks; rusage (the scheduler's
+            // precise runtime) reads up to several percent lower, so it only
+            // stands in when the exit was not seen.
+            if let c = cpuAtExit {
+                if c >= cpuLimit { return .limitExceeded(.cpu) }
+            } else if exit.userCPUNanoseconds + exit.systemCPUNanoseconds >= cpuLimit {
+                return .limitExceeded(.cpu)
+            }
+            if case .signaled(SIGXCPU) = exit.status { return .limitExceeded(.cpu) }
+        }
+        if let command { return classifyCommand(command, exit: exit) }
+        switch final {
+        case .result(let r)?: return .success(r)
+        case .error(let m)?: return .toolError(m)
+        case .message?, nil: break
+        }
+        switch exit.status {
+        case .signaled(let sig):
+            return classify(signal: sig)
+        case .exited(let code):
+            return .protocolViolation("worker exited with status \(code) without sending a result")
+        }
+    }
+
+    /// Grows this call's share of the budget to `bytes`; false if the
+    /// supervisor-wide total would pass.
+    mutating func hold(_ bytes: Int) -> Bool {
+        guard bytes > reserved, let budget else { return true }
+        // In 1 MiB steps (never past the per-call cap), so a command's
+        // stdout does not take the lock at every read.
+        let step = min(max(bytes, reserved + (1 << 20)), CallRunner.bufferedOutputCap)
+        if budget.reserve(step - reserved) {
+            reserved = step
+            return true
+        }
+        if step > bytes, budget.reserve(bytes - reserved) {
+            reserved = bytes
+            return true
+        }
+        return false
+    }
+
     mutating func handle(_ bytes: ArraySlice<UInt8>, onMessage: (WorkerMessage) -> Void) {
         let frames: [JSONValue]
         do {
             frames = try decoder.feed(Array(bytes))
         } catch {
-            if case .frameTooLarge = error { limitHit = .frameSize }
+            if case .frameTooLarge(let declared, _) = error {
+                // Within the manifest's frameKiB: the supervisor's cap refused it.
+                if Int(declared) <= limits.frameKiB << 10 {
+                    limitHit = .bufferedOutput
+                    observe(.limit(.bufferedOutput))
+                }
+            }
             violation = error.description
+            observe(.violation(error.description))
             kill()
             return
         }
         for f in frames {
             if final != nil {
                 violation = "a frame arrived after the final result"
+                // Not a later cause but a broken answer: a worker that
+                // keeps the protocol writes nothing after its final frame.
+                if case .final? = first?.cause { first = (.violation(violation!), first?.cpuNanoseconds) }
                 kill()
                 return
             }
@@ -676,6 +844,7 @@ struct WorkerSession {
                 case .message(let m): onMessage(m)
                 case .result, .error:
                     final = frame
+                    observe(.final)
                     // Read the peak RSS now, while the worker still has its
                     // memory: after exit only rusage is left, and with
                     // CLONE_VM it also counts the supervisor's pages at exec.
@@ -686,40 +855,17 @@ struct WorkerSession {
                 }
             } catch {
                 violation = error.message
+                observe(.violation(error.message))
                 kill()
                 return
             }
         }
-    }
-
-    func classify(exit: ProcessExit) -> CallOutcome {
-        if let (s, a) = seccompViolation { return .sandboxViolation(syscall: s, architecture: a) }
-        if cancelled { return .cancelled }
-        if let l = limitHit { return l == .frameSize ? .protocolViolation(violation ?? "frame too large") : .limitExceeded(l) }
-        if let v = violation { return .protocolViolation(v) }
-        if timedOut && final == nil { return .timeout }
-        if let command { return classifyCommand(command, exit: exit) }
-        if case .signaled(let sig) = exit.status, !killedByUs || final == nil {
-            switch sig {
-            case SIGXCPU: return .limitExceeded(.cpu)
-            case SIGXFSZ: return .limitExceeded(.fileSize)
-            case SIGSYS: return .sandboxViolation(syscall: "non-native system call", architecture: "foreign")
-            case SIGKILL where !killedByUs:
-                let cpu = exit.userCPUNanoseconds + exit.systemCPUNanoseconds
-                if cpu >= UInt64(limits.cpuSeconds) * 1_000_000_000 { return .limitExceeded(.cpu) }
-                return .killedBySignal(sig)
-            default:
-                if final == nil { return .killedBySignal(sig) }
-            }
-        }
-        switch final {
-        case .result(let r)?: return .success(r)
-        case .error(let m)?: return .toolError(m)
-        default:
-            if case .exited(let code) = exit.status {
-                return .protocolViolation("worker exited with status \(code) without sending a result")
-            }
-            return .protocolViolation("worker ended without sending a result")
+        // The frame being assembled is held until it is complete: it must
+        // fit in what all calls together may hold.
+        if final == nil && !hold(decoder.pendingFrameLength) {
+            limitHit = .bufferedOutput
+            observe(.limit(.bufferedOutput))
+            kill()
         }
     }
 }

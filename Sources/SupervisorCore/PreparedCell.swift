@@ -6,7 +6,7 @@ import Glibc
 #endif
 
 /// Why a cell cannot run at all, or cannot run this call.
-public enum CellRefusal: Error, Equatable, Sendable, CustomStringConvertible {
+public enum CellCannotRun: Error, Equatable, Sendable, CustomStringConvertible {
     /// The file on disk no longer has the bytes the manifest pins.
     case hashMismatch(path: String, expected: String, actual: String)
     /// The executable or script cannot be opened or read.
@@ -17,9 +17,11 @@ public enum CellRefusal: Error, Equatable, Sendable, CustomStringConvertible {
     case badPath(field: String, reason: String)
     /// The seccomp program cannot be built.
     case filter(String)
-    /// The arguments cannot be turned into the command line of a command
-    /// tool (an option injection, a value no argv can carry).
-    case arguments(String)
+    /// Preparing the worker in the supervisor failed (scratch directory,
+    /// pipes, Landlock ruleset, receiving the seccomp listener).
+    case setup(SystemError)
+    /// The child failed a setup stage, or clone itself.
+    case spawn(SpawnError)
 
     public var description: String {
         switch self {
@@ -28,10 +30,14 @@ public enum CellRefusal: Error, Equatable, Sendable, CustomStringConvertible {
         case .unsupported(let s): return "this host cannot sandbox the cell as declared: \(s)"
         case .badPath(let f, let r): return "\(f): \(r)"
         case .filter(let s): return "seccomp filter: \(s)"
-        case .arguments(let s): return "arguments: \(s)"
+        case .setup(let e): return "preparing the worker: \(e)"
+        case .spawn(let e): return e.description
         }
     }
 }
+
+/// The former name of `CellCannotRun`.
+public typealias CellRefusal = CellCannotRun
 
 public func sha256Hex(_ bytes: some Sequence<UInt8>) -> String {
     SHA256.hash(data: Array(bytes)).map { b in

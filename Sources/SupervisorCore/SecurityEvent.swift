@@ -12,6 +12,7 @@ public enum SecurityEventType: String, Sendable, CaseIterable {
     case callEnd = "call.end"
     case callRefused = "call.refused"
     case sandboxViolation = "sandbox.violation"
+    case cellCannotRun = "cell.cannot_run"
     case cellRefused = "cell.refused"
     case cellsLoaded = "cells.loaded"
     case ledgerEntry = "ledger.entry"
@@ -56,7 +57,9 @@ extension SecurityEvent {
         return SecurityEvent(.callStart, f)
     }
 
-    /// The call.end event, plus a sandbox.violation when the outcome is one.
+    /// The call.end event, plus what names its cause: a sandbox.violation
+    /// (the worker broke a rule), a cell.cannot_run (no worker served it) or
+    /// a call.refused (the call was not admitted).
     public static func callEnd(callID: String, principal: String, tool: String, cell: PreparedCell,
                                report: CallReport, bytesReturned: Int) -> [SecurityEvent] {
         var f = callFields(callID, principal, tool, cell)
@@ -78,42 +81,70 @@ extension SecurityEvent {
         case nil: break
         }
         var events = [SecurityEvent(.callEnd, f)]
-        var v = callFields(callID, principal, tool, cell)
-        v["detail"] = .string(report.outcome.detail)
+        var e = callFields(callID, principal, tool, cell)
+        e["detail"] = .string(report.outcome.detail)
         switch report.outcome {
+        // A sandbox violation: the worker broke a rule of its sandbox.
         case .sandboxViolation(let s, let a):
-            v["kind"] = "seccomp"
-            v["syscall"] = .string(s)
-            v["architecture"] = .string(a)
+            e["kind"] = "seccomp"
+            e["syscall"] = .string(s)
+            e["architecture"] = .string(a)
+            events.append(SecurityEvent(.sandboxViolation, e))
         case .limitExceeded(let l):
-            v["kind"] = "limit"
-            v["limit"] = .string(l.rawValue)
+            e["kind"] = "limit"
+            e["limit"] = .string(l.rawValue)
+            events.append(SecurityEvent(.sandboxViolation, e))
         case .timeout:
-            v["kind"] = "limit"
-            v["limit"] = "deadline"
+            e["kind"] = "limit"
+            e["limit"] = "deadline"
+            events.append(SecurityEvent(.sandboxViolation, e))
         case .protocolViolation:
-            v["kind"] = "protocol"
-        case .spawnFailed(let stage, let e):
-            v["kind"] = "spawn"
-            v["stage"] = .string(stage)
-            v["errno"] = .int(Int64(e))
-        case .refused(.hashMismatch(_, let expected, let actual)):
-            v["kind"] = "hash_mismatch"
-            v["expectedSha256"] = .string(expected)
-            v["actualSha256"] = .string(actual)
-        case .refused(.arguments(let m)):
-            v["kind"] = "arguments"
-            v["reason"] = .string(m)
+            e["kind"] = "protocol"
+            events.append(SecurityEvent(.sandboxViolation, e))
+        // The cell cannot run: no worker served the call.
+        case .cannotRun(let why):
+            switch why {
+            case .hashMismatch(let path, let expected, let actual):
+                e["kind"] = "hash_mismatch"
+                e["path"] = .string(path)
+                e["expectedSha256"] = .string(expected)
+                e["actualSha256"] = .string(actual)
+            case .unreadable(let path, _):
+                e["kind"] = "unreadable"
+                e["path"] = .string(path)
+            case .unsupported: e["kind"] = "unsupported"
+            case .badPath(let field, _):
+                e["kind"] = "bad_path"
+                e["field"] = .string(field)
+            case .filter: e["kind"] = "filter"
+            case .setup(let error):
+                e["kind"] = "setup"
+                e["operation"] = .string(error.operation)
+                e["errno"] = .int(Int64(error.errno))
+            case .spawn(let error):
+                e["kind"] = "spawn"
+                e["stage"] = .string(error.stage.description)
+                e["errno"] = .int(Int64(error.errno))
+            }
+            events.append(SecurityEvent(.cellCannotRun, e))
+        // A refusal: the call was not admitted.
         case .refused(let r):
-            v["kind"] = "refused"
-            v["reason"] = .string(r.description)
-        case .killedBySignal(let s):
-            v["kind"] = "crash"
-            v["signal"] = .int(Int64(s))
-        case .success, .toolError, .cancelled:
-            return events
+            e["reason"] = .string(r.reason)
+            events.append(SecurityEvent(.callRefused, e))
+        case .success, .toolError, .cancelled, .killedBySignal:
+            break
         }
-        events.append(SecurityEvent(.sandboxViolation, v))
+        // A forbidden syscall tried after something else had ended the call
+        // (its answer, the deadline, a limit) is still recorded.
+        if let d = report.deniedSyscall, !report.outcome.isSandboxViolation {
+            var v = callFields(callID, principal, tool, cell)
+            v["kind"] = "seccomp"
+            v["syscall"] = .string(d.syscall)
+            v["architecture"] = .string(d.architecture)
+            v["detail"] = .string("syscall \(d.syscall) (\(d.architecture)) is not allowed for this cell; "
+                + "tried after the call had ended otherwise (\(report.outcome.kind))")
+            events.append(SecurityEvent(.sandboxViolation, v))
+        }
         return events
     }
 }

@@ -3,10 +3,76 @@ import CSupervisorShim
 import Glibc
 #endif
 
-/// A spawn that failed in the child's setup (or in clone itself).
-public struct SpawnFailure: Error, Equatable, Sendable, CustomStringConvertible {
-    public let stage: String
+/// The child's setup stages in spawn.c, in the order they run: a mirror of
+/// the C `mcps_stage` (same raw values, same names as `mcps_stage_name`; a
+/// test checks both ways, so a stage added in C fails the tests until it is
+/// added here).
+public enum SpawnStage: Int32, Sendable, CaseIterable, CustomStringConvertible {
+    /// No stage: never the stage of a failure (a value this build does not
+    /// know is reported as `none` too).
+    case none = 0
+    case clone = 1
+    case signals = 2
+    case userNamespace = 3
+    case fileDescriptors = 4
+    case session = 5
+    case rlimits = 6
+    case boundingSet = 7
+    case ids = 8
+    case capabilities = 9
+    case parentDeathSignal = 10
+    case chdir = 11
+    case noNewPrivileges = 12
+    case landlock = 13
+    case signalMask = 14
+    case seccomp = 15
+    case listener = 16
+    case exec = 17
+    /// Private mounts and the bounded scratch tmpfs (runs after `session`,
+    /// before `rlimits`).
+    case scratchMount = 18
+
+    /// The stage's name in messages and the security log (as `mcps_stage_name`).
+    public var description: String {
+        switch self {
+        case .none: return "none"
+        case .clone: return "clone"
+        case .signals: return "signals"
+        case .userNamespace: return "user-namespace"
+        case .fileDescriptors: return "file-descriptors"
+        case .session: return "setsid"
+        case .rlimits: return "rlimits"
+        case .boundingSet: return "capability-bounding-set"
+        case .ids: return "uid-gid"
+        case .capabilities: return "capabilities"
+        case .parentDeathSignal: return "parent-death-signal"
+        case .chdir: return "chdir-scratch"
+        case .noNewPrivileges: return "no-new-privs"
+        case .landlock: return "landlock"
+        case .signalMask: return "signal-mask"
+        case .seccomp: return "seccomp"
+        case .listener: return "seccomp-listener"
+        case .exec: return "exec"
+        case .scratchMount: return "scratch-mount"
+        }
+    }
+
+    /// The C side's name for a raw stage value ("unknown" for none): what
+    /// the mirror test compares against.
+    public static func shimName(_ raw: Int32) -> String { String(cString: mcps_stage_name(raw)) }
+}
+
+/// A spawn that failed in the child's setup (or in clone itself): the stage
+/// and the errno the child reported over its close-on-exec pipe.
+public struct SpawnError: Error, Equatable, Sendable, CustomStringConvertible {
+    public let stage: SpawnStage
     public let errno: Int32
+
+    public init(stage: SpawnStage, errno: Int32) {
+        self.stage = stage
+        self.errno = errno
+    }
+
     public var description: String { "worker setup failed at stage \(stage): \(Errno.describe(errno))" }
 }
 
@@ -123,7 +189,7 @@ public final class WorkerProcess: @unchecked Sendable {
     }
 
     /// Starts a worker; the whole setup sequence runs in C (spawn.c).
-    public static func spawn(_ r: SpawnRequest) throws(SpawnFailure) -> WorkerProcess {
+    public static func spawn(_ r: SpawnRequest) throws(SpawnError) -> WorkerProcess {
         let argv = r.argv.map { strdup($0) } + [nil]
         let envp = r.environment.map { strdup($0) } + [nil]
         defer {
@@ -185,7 +251,7 @@ public final class WorkerProcess: @unchecked Sendable {
             }
         }
         if rc != 0 {
-            throw SpawnFailure(stage: String(cString: mcps_stage_name(result.stage)), errno: result.error)
+            throw SpawnError(stage: SpawnStage(rawValue: result.stage) ?? .none, errno: result.error)
         }
         return WorkerProcess(pid: result.pid, pidfd: FileDescriptor(rawValue: result.pidfd))
     }
@@ -193,6 +259,20 @@ public final class WorkerProcess: @unchecked Sendable {
     /// Sends a signal through the pidfd. Harmless after exit (ESRCH ignored).
     public func signal(_ sig: Int32) {
         _ = mcps_pidfd_send_signal(pidfd.rawValue, sig)
+    }
+
+    /// The CPU time (user + system, all threads) the process has used so
+    /// far: the clock `RLIMIT_CPU` is compared against. Nil once reaped or
+    /// if the kernel refuses. Valid while the worker is not reaped (its pid
+    /// cannot be reused before), including as a zombie.
+    /// The corresponding C function is `clock_gettime` on the process's
+    /// CPUCLOCK_PROF clock (`MAKE_PROCESS_CPUCLOCK(pid, 0)` in the kernel).
+    public func cpuNanoseconds() -> UInt64? {
+        guard !reaped else { return nil }
+        let clock = clockid_t(~pid << 3)
+        var ts = timespec()
+        guard clock_gettime(clock, &ts) == 0 else { return nil }
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 
     /// Waits for the process to end and reaps it.

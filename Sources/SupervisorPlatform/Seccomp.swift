@@ -293,7 +293,8 @@ public struct SeccompListener {
         return SeccompNotification(id: id, pid: pid, number: nr, architecture: arch, arguments: args)
     }
 
-    /// Fails the call with `errno`.
+    /// Fails the call with `errno` (learn mode: what no filter allows is
+    /// recorded and refused, never run).
     public func deny(_ n: SeccompNotification, errno: Int32) {
         _ = mcps_seccomp_notif_deny(fd.rawValue, n.id, errno)
     }

@@ -19,6 +19,11 @@ struct Call: ParsableCommand {
     var json = false
 
     @Flag(name: .long, help: ArgumentHelp(
+        "Development only: run the manifest in --manifests without signature or trust ledger.",
+        discussion: "Without it, as for `run`, only the active signed version registered in the trust ledger runs."))
+    var allowUnsigned = false
+
+    @Flag(name: .long, help: ArgumentHelp(
         "Learn mode, for developing a cell: syscalls outside the allowlist are recorded and let through, then an allowlist is proposed.",
         discussion: "Not a sandbox against the syscalls it lets through: use it on your own cell's code, never on untrusted input."))
     var learn = false
@@ -43,11 +48,22 @@ struct Call: ParsableCommand {
             throw ExitCode(2)
         }
         let host = options.host(s, features: KernelFeatures.probe())
-        let registry = CellRegistry.load(paths: try CellRegistry.manifestFiles(in: s.manifestsDirectory), groups: groups, host: host)
+        // The same trust rule as `run` (CellSource).
+        let source = CellSource(allowUnsigned: allowUnsigned, manifestsDirectory: s.manifestsDirectory,
+                                stateDirectory: s.stateDirectory)
+        let registry = source.registry(groups: groups, host: host)
         guard let entry = registry.tool(named: tool) else {
             for p in registry.problems { printError("warning: \(p)") }
-            printError("error: unknown tool \"\(tool)\" (known: \(registry.toolNames.joined(separator: ", ")))")
+            if let hint = source.unservedHint(tool: tool, manifestsDirectory: s.manifestsDirectory) {
+                printError("error: \(hint)")
+            } else {
+                printError("error: unknown tool \"\(tool)\" (known: \(registry.toolNames.joined(separator: ", ")))")
+            }
             throw ExitCode(2)
+        }
+        if source.isUnsigned {
+            printError("warning: UNSIGNED development mode: running \(entry.cell.manifest.sourcePath) without signature "
+                + "or trust ledger; never use this in a deployment")
         }
         if let problem = SchemaValidator.validate(.object(arguments), against: entry.tool.inputSchema) {
             printError("error: invalid arguments: \(problem)")

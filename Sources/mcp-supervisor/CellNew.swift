@@ -81,7 +81,7 @@ extension CellCommand {
                 ]))
                 try doc.prettySerialized().write(toFile: manifest, atomically: true, encoding: .utf8)
                 print("created \(script)\ncreated \(manifest) (tool \(tool))")
-                print("try it:  mcp-supervisor call \(tool) --args '{\"text\": \"hello\"}'")
+                print("try it:  mcp-supervisor call \(tool) --args '{\"text\": \"hello\"}' --allow-unsigned")
                 print("then:    mcp-supervisor cell sign \(manifest) --key KEY && mcp-supervisor cell register \(manifest) --key KEY")
             }
         }

@@ -55,8 +55,6 @@ func printError(_ s: String) {
     line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
 }
 
-struct ExitFailure: Error {}
-
 func formatDuration(_ ns: UInt64) -> String {
     let ms = Double(ns) / 1e6
     return ms < 10 ? String(format2(ms)) + " ms" : String(Int(ms.rounded())) + " ms"

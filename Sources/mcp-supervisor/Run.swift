@@ -130,19 +130,10 @@ struct Run: AsyncParsableCommand {
         runner.enablePrespawn(perCell: options.prespawn, idleSeconds: options.prespawnIdleSeconds)
         let manifestsDir = s.manifestsDirectory
         let ledgerPath = Ledger.path(stateDirectory: s.stateDirectory)
-        let unsigned = allowUnsigned
-        let loader: RegistryLoader = { [logger] in
-            if unsigned {
-                let paths: [String]
-                do { paths = try CellRegistry.manifestFiles(in: manifestsDir) } catch {
-                    logger.error("cannot list manifests", metadata: ["error": "\(error)"])
-                    return CellRegistry(cells: [], problems: [])
-                }
-                return CellRegistry.load(paths: paths, groups: groups, host: host)
-            }
-            let ledger = Ledger.load(path: ledgerPath)
-            return CellRegistry.load(ledger: ledger, groups: groups, host: host)
-        }
+        // The one trust rule every command that executes a cell follows.
+        let source = CellSource(allowUnsigned: allowUnsigned, manifestsDirectory: manifestsDir,
+                                stateDirectory: s.stateDirectory)
+        let loader: RegistryLoader = { source.registry(groups: groups, host: host) }
         let log: SecurityLog
         do { log = try SecurityLog(stateDirectory: s.stateDirectory) } catch {
             printError("mcp-supervisor: cannot open the security log in \(s.stateDirectory)/security: \(error)")

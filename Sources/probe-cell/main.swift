@@ -71,6 +71,13 @@ Cell.main { request, ctx in
     case "spin":
         probe_spin(Int32(int("threads", 1)), a["seconds"]?.doubleValue ?? 1)
         return .text("spun")
+    case "catch-sigxcpu":
+        // A worker that hits its CPU limit, catches SIGXCPU and then ends
+        // on its own terms: an error frame, or exit(exit) from the handler.
+        if probe_spin_catching_sigxcpu(a["seconds"]?.doubleValue ?? 5, Int32(int("exit", -1))) != 0 {
+            return .error("caught SIGXCPU")
+        }
+        return .text("no SIGXCPU")
     case "sleep":
         if a["ignoreTerm"]?.boolValue == true { probe_ignore_sigterm() }
         usleep(UInt32(int("ms", 1000)) * 1000)
@@ -104,7 +111,32 @@ Cell.main { request, ctx in
             i += 2
         }
         _ = write(Cell.responseFD, bytes, bytes.count)
+        // Then hang (past the deadline, if asked) before exiting.
+        if a["ignoreTerm"]?.boolValue == true { probe_ignore_sigterm() }
+        if int("sleepMs") > 0 { usleep(UInt32(int("sleepMs")) * 1000) }
         exit(Int32(int("exit", 0)))
+    case "frame-flood":
+        // One frame declaring `bytes` and sending them: a JSON string.
+        let n = Int(int("bytes", 1 << 20))
+        var out: [UInt8] = [UInt8(n >> 24 & 0xFF), UInt8(n >> 16 & 0xFF), UInt8(n >> 8 & 0xFF), UInt8(n & 0xFF), 0x22]
+        var left = n - 2
+        let chunk = [UInt8](repeating: 0x41, count: 65536)
+        while left > 0 {
+            let k = min(left, chunk.count)
+            out += chunk[0..<k]
+            left -= k
+            if out.count >= 65536 || left == 0 {
+                if left == 0 { out.append(0x22) }
+                var off = 0
+                while off < out.count {
+                    let w = out[off...].withUnsafeBytes { write(Cell.responseFD, $0.baseAddress, $0.count) }
+                    if w <= 0 { exit(3) }
+                    off += w
+                }
+                out.removeAll(keepingCapacity: true)
+            }
+        }
+        exit(0)
     case "exit":
         exit(Int32(int("code", 0)))
     case "signal-parent":

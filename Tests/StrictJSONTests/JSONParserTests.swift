@@ -1,3 +1,4 @@
+import Foundation
 import StrictJSON
 import XCTest
 
@@ -21,6 +22,37 @@ final class JSONParserTests: XCTestCase {
     }
 
     func testRejectsDuplicateKeys() { assertFails(#"{"a":1,"a":2}"#, .duplicateKey("a")) }
+
+    /// Past the first members duplicates are found by a set: still found.
+    func testRejectsDuplicateKeysInLargeObjects() {
+        let members = (0..<100).map { "\"k\($0)\":\($0)" }
+        assertFails("{" + (members + [#""k3":0"#]).joined(separator: ",") + "}", .duplicateKey("k3"))
+        assertFails("{" + (members + [#""k99":0"#]).joined(separator: ",") + "}", .duplicateKey("k99"))
+        XCTAssertEqual(try JSONParser.parse("{" + members.joined(separator: ",") + "}").objectValue?.count, 100)
+    }
+
+    /// An object with many keys parses in linear time: a peer (a worker's
+    /// frame, a client's message) cannot stall a thread with one. A linear
+    /// duplicate check took minutes for 80,000 keys.
+    func testLargeObjectParsesInLinearTime() throws {
+        let text = "{" + (0..<100_000).map { "\"key\($0)\":\($0)" }.joined(separator: ",") + "}"
+        let start = Date()
+        let v = try JSONParser.parse(text)
+        XCTAssertEqual(v.objectValue?.count, 100_000)
+        XCTAssertEqual(v.objectValue?.keys.last, "key99999")
+        XCTAssertLessThan(Date().timeIntervalSince(start), 5, "100,000 keys must not take seconds")
+    }
+
+    /// Built from members (as a bridge from another JSON type does): linear
+    /// too, a repeated key replacing the earlier value in its place.
+    func testObjectFromManyMembersIsLinearAndReplacesRepeatedKeys() {
+        let start = Date()
+        let o = JSONObject((0..<100_000).map { ("key\($0)", JSONValue.int(Int64($0))) } + [("key5", "x")])
+        XCTAssertLessThan(Date().timeIntervalSince(start), 5)
+        XCTAssertEqual(o.count, 100_000)
+        XCTAssertEqual(o["key5"], "x")
+        XCTAssertEqual(o.keys[5], "key5")
+    }
     func testRejectsTrailingData() { assertFails("{} x", .trailingData) }
     func testRejectsTrailingComma() { assertFails("[1,]", .unexpectedByte(UInt8(ascii: "]"))) }
     func testRejectsLeadingZeros() { assertFails("01", .trailingData) }

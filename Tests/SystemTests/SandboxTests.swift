@@ -280,7 +280,7 @@ final class SandboxTests: XCTestCase {
         try w.writeAll(other)
         w.close()
         let r = try Harness.call(cell, ["action": "echo", "text": "a"])
-        guard case .refused(.hashMismatch(let p, _, _)) = r.outcome else { return XCTFail(r.outcome.detail) }
+        guard case .cannotRun(.hashMismatch(let p, _, _)) = r.outcome else { return XCTFail(r.outcome.detail) }
         XCTAssertEqual(p, copy)
         XCTAssertNil(r.exit, "no worker may start")
     }
@@ -316,7 +316,7 @@ final class SandboxTests: XCTestCase {
         let other = try copyFile(Harness.echo, to: dir + "/other")
         XCTAssertEqual(rename(other, copy), 0)
         let r = try Harness.call(cell, ["action": "echo", "text": "a"])
-        XCTAssertEqual(r.outcome.kind, "refused", r.outcome.detail)
+        XCTAssertEqual(r.outcome.kind, "cannot_run", r.outcome.detail)
     }
 }
 

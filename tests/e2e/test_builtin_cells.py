@@ -118,11 +118,13 @@ def test_cell_new_creates_a_working_signed_cell(tmp_path):
             return p.stdout
         cli("cell", "new", "shout-back", "--root", d)
         assert "ok:" in cli("validate")
-        assert cli("call", "shout_back", "--args", '{"text": "abc"}').startswith("cba")
+        assert cli("call", "shout_back", "--args", '{"text": "abc"}', "--allow-unsigned").startswith("cba")
         m = d / "manifests" / "shout-back.json"
         cli("keys", "generate", "--out", d / "k", "--state-dir", d / "state")
         cli("cell", "sign", m, "--key", d / "k.key", "--state-dir", d / "state")
         cli("cell", "register", m, "--key", d / "k.key", "--state-dir", d / "state", "--policies", d / "policies")
+        # Registered: `call` runs it from the ledger without the flag.
+        assert cli("call", "shout_back", "--args", '{"text": "abc"}', "--state-dir", d / "state").startswith("cba")
         s = RawServer.serving(d, d / "manifests", policies=d / "policies")
         r = s.request(1, "tools/call", {"name": "shout_back", "arguments": {"text": "xyz"}})
         assert r["result"]["structuredContent"] == {"result": "zyx"}

@@ -142,8 +142,10 @@ def test_swapped_executable_is_refused_with_an_event(trust):
     r = call(s, 2, "probe", {"action": "echo", "text": "x"})
     assert r["result"]["isError"] and "does not match its approved version" in r["result"]["content"][0]["text"]
     s.close()
-    v = [json.loads(l) for l in trust.cli("audit", "query", "--json", "--type", "sandbox.violation").stdout.splitlines()]
-    assert v[-1]["kind"] == "hash_mismatch"
+    v = [json.loads(l) for l in trust.cli("audit", "query", "--json", "--type", "cell.cannot_run").stdout.splitlines()]
+    assert v[-1]["kind"] == "hash_mismatch" and v[-1]["path"] == str(exe)
+    ends = [json.loads(l) for l in trust.cli("audit", "query", "--json", "--type", "call.end").stdout.splitlines()]
+    assert ends[-1]["outcome"] == "cannot_run"
 
 
 def test_revocation_stops_calls_and_kills_workers_in_flight(trust):

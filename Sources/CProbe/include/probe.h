@@ -28,6 +28,11 @@ void probe_spin(int threads, double seconds);
 /* Ignores SIGTERM. */
 void probe_ignore_sigterm(void);
 
+/* Burns CPU for `seconds` with a SIGXCPU handler installed: the handler
+   exits with exit_code if it is >= 0, else the spin stops and 1 is
+   returned (0 if no SIGXCPU came). */
+int probe_spin_catching_sigxcpu(double seconds, int exit_code);
+
 /* Fills out[] with the numbers of open fds below 1024; returns the count. */
 int probe_open_fds(int *out, int max);
 

@@ -181,7 +181,8 @@ int mcps_seccomp_notif_recv(int listener_fd, void *buffer, uint16_t size,
                             uint64_t *id, uint32_t *pid, int32_t *nr, uint32_t *arch,
                             uint64_t *args);
 
-/* Answers a notification with an error. */
+/* Answers a notification with an error (learn mode: a never-allowed call is
+ * recorded and fails with this errno instead of running). Parent only. */
 int mcps_seccomp_notif_deny(int listener_fd, uint64_t id, int error);
 
 /* Lets the notified syscall run as if no filter had stopped it
@@ -224,9 +225,6 @@ int mcps_send_message(int socket_fd, const void *data, size_t length, int fd);
 /* openat2(2) with the given resolve flags (RESOLVE_BENEATH etc). */
 int mcps_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve);
 
-/* close_range(2). */
-int mcps_close_range(unsigned int first, unsigned int last, unsigned int flags);
-
 /* Last valid capability number (from /proc/sys/kernel/cap_last_cap). */
 int mcps_cap_last_cap(void);
 
@@ -251,29 +249,6 @@ int mcps_memfd_seal(int fd);
 
 /* open(path, O_PATH | O_CLOEXEC). */
 int mcps_open_path(const char *path);
-
-/* Mirrors of kernel constants Swift needs (Debian's headers lack the newer
-   Landlock ABIs). */
-#define MCPS_LANDLOCK_ACCESS_FS_EXECUTE (1ULL << 0)
-#define MCPS_LANDLOCK_ACCESS_FS_WRITE_FILE (1ULL << 1)
-#define MCPS_LANDLOCK_ACCESS_FS_READ_FILE (1ULL << 2)
-#define MCPS_LANDLOCK_ACCESS_FS_READ_DIR (1ULL << 3)
-#define MCPS_LANDLOCK_ACCESS_FS_REMOVE_DIR (1ULL << 4)
-#define MCPS_LANDLOCK_ACCESS_FS_REMOVE_FILE (1ULL << 5)
-#define MCPS_LANDLOCK_ACCESS_FS_MAKE_CHAR (1ULL << 6)
-#define MCPS_LANDLOCK_ACCESS_FS_MAKE_DIR (1ULL << 7)
-#define MCPS_LANDLOCK_ACCESS_FS_MAKE_REG (1ULL << 8)
-#define MCPS_LANDLOCK_ACCESS_FS_MAKE_SOCK (1ULL << 9)
-#define MCPS_LANDLOCK_ACCESS_FS_MAKE_FIFO (1ULL << 10)
-#define MCPS_LANDLOCK_ACCESS_FS_MAKE_BLOCK (1ULL << 11)
-#define MCPS_LANDLOCK_ACCESS_FS_MAKE_SYM (1ULL << 12)
-#define MCPS_LANDLOCK_ACCESS_FS_REFER (1ULL << 13)      /* ABI 2 */
-#define MCPS_LANDLOCK_ACCESS_FS_TRUNCATE (1ULL << 14)   /* ABI 3 */
-#define MCPS_LANDLOCK_ACCESS_FS_IOCTL_DEV (1ULL << 15)  /* ABI 5 */
-#define MCPS_LANDLOCK_ACCESS_NET_BIND_TCP (1ULL << 0)   /* ABI 4 */
-#define MCPS_LANDLOCK_ACCESS_NET_CONNECT_TCP (1ULL << 1)/* ABI 4 */
-#define MCPS_LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET (1ULL << 0) /* ABI 6 */
-#define MCPS_LANDLOCK_SCOPE_SIGNAL (1ULL << 1)               /* ABI 6 */
 
 /* ---- seccomp.c: filter compilation with libseccomp (parent only) -------- */
 
