@@ -150,7 +150,7 @@ public final class SupervisorService: @unchecked Sendable {
             var f = JSONObject([("principal", .string(principal)), ("clientName", .string(client.name)),
                                 ("clientVersion", .string(client.version))])
             if let v = initializeVersion?() { f["protocolVersion"] = .string(v) }
-            await log.append([SecurityEvent(.clientInitialize, f)])
+            try? await log.append([SecurityEvent(.clientInitialize, f)])
         }
         // The transport ends the stream after end of input once every request
         // received has been answered (calls in flight were killed first).
@@ -178,7 +178,7 @@ public final class SupervisorService: @unchecked Sendable {
 
     public func reload() async {
         let new = loadRegistry()
-        await log.append(Self.loadEvents(new))
+        try? await log.append(Self.loadEvents(new))
         warmUp(new)
         let (changed, stale): (Bool, [CallCancellation]) = state.withLock {
             let old = registry
@@ -267,7 +267,7 @@ public final class SupervisorService: @unchecked Sendable {
             return Self.errorResult("Changing from phase \(current) to \(target) requires the tool \(req) to have succeeded earlier in this session.")
         }
         state.withLock { phase = target }
-        await log.append([SecurityEvent(.phaseChange, JSONObject([("principal", .string(principal)), ("from", .string(current)),
+        try? await log.append([SecurityEvent(.phaseChange, JSONObject([("principal", .string(principal)), ("from", .string(current)),
                                                                   ("to", .string(target)), ("policySha256", .string(p.sha256)),
                                                                   ("requirement", t.requires.map { .string($0) } ?? .null)]))])
         return CallTool.Result(content: [.text("The session is now in phase \(target).")], isError: false)
@@ -292,6 +292,10 @@ public final class SupervisorService: @unchecked Sendable {
 
     static func errorResult(_ text: String) -> CallTool.Result {
         CallTool.Result(content: [.text(text)], isError: true)
+    }
+
+    static func unrecordedResult(_ error: SecurityLogError) -> CallTool.Result {
+        errorResult("The call ran but its record could not be written (\(error.reason)), so its result is withheld; retry later.")
     }
 
     /// The direct path for tools/call (`DirectCall`): the same `callTool`,
@@ -325,8 +329,11 @@ public final class SupervisorService: @unchecked Sendable {
                 let json = Self.json(result)
                 // The response is written by the log's writer thread right
                 // after the call's events are on disk: no hop back here.
-                log.append(events) {
-                    if cancelled { call.finishWithoutResponse() } else { call.respond(json) }
+                log.append(events) { error in
+                    // A result whose call.end is not durable is never sent.
+                    if let error {
+                        call.respond(Self.json(Self.unrecordedResult(error)))
+                    } else if cancelled { call.finishWithoutResponse() } else { call.respond(json) }
                 }
             } catch is CancellationError {
                 call.finishWithoutResponse()
@@ -365,7 +372,10 @@ public final class SupervisorService: @unchecked Sendable {
     func callTool(_ params: CallTool.Parameters) async throws -> CallTool.Result {
         let (result, events, cancelled) = try await performCall(params)
         // The call's events are on disk before the client sees its result.
-        await log.append(events)
+        do { try await log.append(events) } catch {
+            // A result whose call.end is not durable is never sent.
+            return Self.unrecordedResult(error)
+        }
         // notifications/cancelled: the worker is gone; no response is sent.
         if cancelled { throw CancellationError() }
         return result
@@ -387,6 +397,11 @@ public final class SupervisorService: @unchecked Sendable {
     }
 
     private func performCall(_ params: CallTool.Parameters, _ tail: CallTail) async throws -> CallTool.Result {
+        // Fail closed: no call runs while its records cannot be made durable.
+        if case .failure(let e) = log.writable {
+            logger.warning("call refused: the security log cannot be written", metadata: ["error": "\(e)"])
+            return Self.errorResult("Refused: \(e.reason), so no tool may run until it can; retry later.")
+        }
         if ledgerChanged?() == true { await reload() }
         let toolName = CellProtocol.sanitize(String(params.name.prefix(128)))
         if params.name == Self.phaseTool, state.withLock({ policy != nil }) { return await setPhase(params) }
@@ -540,7 +555,7 @@ public final class SupervisorService: @unchecked Sendable {
             f["cell"] = .string(cell.name)
             f["cellVersion"] = .string(cell.version)
         }
-        await log.append([SecurityEvent(.callRefused, f)])
+        try? await log.append([SecurityEvent(.callRefused, f)])
     }
 
     func result(for report: CallReport, tool: CellManifest.Tool) -> CallTool.Result {
