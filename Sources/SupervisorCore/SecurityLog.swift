@@ -106,12 +106,18 @@ public final class SecurityLog: @unchecked Sendable {
     private var head: String
     /// The last point of the current file known to be on disk (fdatasync).
     private var synced: (size: Int, seq: UInt64, head: String) = (0, 0, SecurityLog.genesis)
+    /// Open calls and the ledger anchor as of the last record written, and
+    /// as of `synced` (what a checkpoint saves).
+    private var summary = LogSummary()
+    private var syncedSummary = LogSummary()
     /// Events written without a data sync since `synced`.
     private var unsynced: [SecurityEvent] = []
     /// Unsynced events cut back out after a failed data sync, to be retried.
     private var rolledBack: [SecurityEvent] = []
     private var sinceCheckpoint = 0
     private var lastCheckpointSeq: UInt64 = 0
+    /// The ledger anchor as found at open (`LedgerAnchor`).
+    public private(set) var ledgerAnchorAtOpen: LedgerAnchor?
     private var lastWrite = Date()
     /// Descriptors of rotated-away files, closed once unlocked.
     private var retired: [FileDescriptor] = []
@@ -162,6 +168,7 @@ public final class SecurityLog: @unchecked Sendable {
             // Find the chain head now (and recover a torn tail) under the lock.
             try withFileLock { () throws(SecurityLogError) in
                 try syncWithFile()
+                ledgerAnchorAtOpen = summary.ledger
                 if alone { try recoverLocked() }
             }
             if alone { _ = try writers.lock(exclusive: false) }
@@ -476,6 +483,7 @@ public final class SecurityLog: @unchecked Sendable {
 
     /// Cuts the file back to `size` and the chain back to (seq, head).
     private func rollBack(to point: (size: Int, seq: UInt64, head: String)) {
+        if point.seq == synced.seq { summary = syncedSummary }
         seq = point.seq
         head = point.head
         do {
@@ -499,6 +507,7 @@ public final class SecurityLog: @unchecked Sendable {
             throw error
         }
         synced = (fileSize, seq, head)
+        syncedSummary = summary
         unsynced = []
     }
 
@@ -519,6 +528,9 @@ public final class SecurityLog: @unchecked Sendable {
         }
         fileSize += out.count
         sinceCheckpoint += events.count
+        for (i, e) in events.enumerated() {
+            summary.apply(type: e.type.rawValue, seq: Int64(before.seq) + Int64(i) + 1, fields: e.fields)
+        }
         guard sync else {
             unsynced += events
             return nil
@@ -573,6 +585,7 @@ public final class SecurityLog: @unchecked Sendable {
         let size: Int
         do { size = Int(try file.stat().size) } catch { throw SecurityLogError("read", path: path, errno: error.errno) }
         if size == fileSize { return }
+        let known = fileSize
         var bytes: [UInt8]
         do { bytes = try readFile(path, limit: 1 << 30) } catch { throw SecurityLogError("read", path: path, errno: error.errno) }
         var torn: [UInt8] = []
@@ -604,9 +617,16 @@ public final class SecurityLog: @unchecked Sendable {
             seq = UInt64(s)
             head = sha256Hex(line)
         }
+        if known >= 0 && bytes.count >= known {
+            // Only the records another writer appended are new.
+            for line in bytes[known...].split(separator: 0x0A) { summary.apply(line: line) }
+        } else {
+            summary = loadSummary(bytes)
+        }
         // Whatever another writer appended was synced by it (every writer
         // syncs its batches), and so was everything before it.
         synced = (fileSize, seq, head)
+        syncedSummary = summary
         unsynced = []
         if !torn.isEmpty {
             let sample = torn.prefix(65536)
@@ -629,16 +649,15 @@ public final class SecurityLog: @unchecked Sendable {
     private func rotate() throws(SecurityLogError) {
         let next = fileIndex + 1
         let nextPath = Self.eventFilePath(directory, next)
-        let open = (try? readFile(currentPath, limit: 1 << 30)).map { Self.openCalls(seed: previousOpenCalls(), in: $0) } ?? []
         let newFile: FileDescriptor
         do { newFile = try Sys.open(nextPath, O_RDWR | O_CREAT | O_APPEND, mode: 0o600) } catch {
             throw SecurityLogError("open", path: nextPath, errno: error.errno)
         }
         let before = (size: fileSize, seq: seq, head: head)
         do {
-            let line = chain(SecurityEvent(.logRotate, JSONObject([
-                ("next", .string(baseName(of: nextPath))), ("openCalls", .array(open.map(\.json))),
-            ])))
+            var f = JSONObject([("next", .string(baseName(of: nextPath)))])
+            for (k, v) in summary.json { f[k] = v }
+            let line = chain(SecurityEvent(.logRotate, f))
             try rawWrite(line)
             fileSize += line.count
             try rawDataSync()
@@ -654,6 +673,7 @@ public final class SecurityLog: @unchecked Sendable {
         fileIndex = next
         fileSize = 0
         synced = (0, seq, head)
+        syncedSummary = summary
         unsynced = []
         try writeCheckpoint()
     }
@@ -667,10 +687,14 @@ public final class SecurityLog: @unchecked Sendable {
         do { sig = try key.signature(for: Array((Self.checkpointDomain + "\(cpSeq)\n\(cpHead)\n").utf8)) } catch {
             throw SecurityLogError("checkpoint", path: path, errno: EINVAL, detail: "signing failed: \(error)")
         }
-        let line = JSONValue.object(JSONObject([
+        var o = JSONObject([
             ("seq", .int(Int64(cpSeq))), ("head", .string(cpHead)), ("time", .string(Self.timestamp())),
             ("keyId", .string(keyID)), ("signature", .string(sig.base64EncodedString())),
-        ])).serializedBytes() + [0x0A]
+        ])
+        // Not signed: what the next start needs, so that it reads only the
+        // records after this checkpoint (`LogSummary`).
+        for (k, v) in syncedSummary.json { o[k] = v }
+        let line = JSONValue.object(o).serializedBytes() + [0x0A]
         let size = (try? checkpoints.stat().size).map(Int.init) ?? -1
         do throws(SystemError) {
             if let f = fault(.checkpoint) {
@@ -694,7 +718,7 @@ public final class SecurityLog: @unchecked Sendable {
     /// records the calls left without an end, and checkpoints records that
     /// no checkpoint covers (a writer killed before its next checkpoint).
     private func recoverLocked() throws(SecurityLogError) {
-        let lastCovered = UInt64(max(0, Self.lastCheckpointSeq(directory + "/checkpoints.jsonl")))
+        let lastCovered = UInt64(max(0, Self.lastCheckpoint(directory + "/checkpoints.jsonl").seq))
         lastCheckpointSeq = lastCovered
         var events: [SecurityEvent] = []
         if seq > lastCovered {
@@ -703,11 +727,7 @@ public final class SecurityLog: @unchecked Sendable {
                 ("lastCheckpointSeq", .int(Int64(lastCovered))),
             ])))
         }
-        let bytes: [UInt8]
-        do { bytes = try readFile(currentPath, limit: 1 << 30) } catch {
-            throw SecurityLogError("read", path: currentPath, errno: error.errno)
-        }
-        for c in Self.openCalls(seed: previousOpenCalls(), in: bytes) {
+        for c in summary.openCalls {
             var f = c.fields
             f["callId"] = .string(c.callID)
             f["startSeq"] = .int(c.startSeq)
@@ -719,33 +739,75 @@ public final class SecurityLog: @unchecked Sendable {
         try writeCheckpoint()
     }
 
-    /// The open calls the previous file's log.rotate record lists.
-    private func previousOpenCalls() -> [OpenCall] {
-        guard fileIndex > 1, let prev = try? readFile(Self.eventFilePath(directory, fileIndex - 1), limit: 1 << 30),
-              case .object(let o)? = try? JSONParser.parse(Array(Self.lastLine(prev[...]))),
-              o["type"]?.stringValue == SecurityEventType.logRotate.rawValue, let list = o["openCalls"]?.arrayValue
-        else { return [] }
-        return list.compactMap(OpenCall.init(json:))
+    /// The summary at the end of `bytes` (the current file, read whole):
+    /// the newest checkpoint's, plus the records after it — normally the
+    /// last few. Without one (a log written before checkpoints carried it),
+    /// the previous file's log.rotate record (or that whole file) plus this
+    /// whole file: never more than two files.
+    private func loadSummary(_ bytes: [UInt8]) -> LogSummary {
+        let lines = bytes.split(separator: 0x0A)
+        let cp = Self.lastCheckpoint(directory + "/checkpoints.jsonl")
+        if var s = cp.summary {
+            // Records after the checkpoint, found from the end.
+            var start = lines.endIndex
+            while start > lines.startIndex, let n = Self.seqPrefix(lines[start - 1]), n > cp.seq { start -= 1 }
+            for line in lines[start...] { s.apply(line: line) }
+            return s
+        }
+        let prev: [UInt8]? = fileIndex > 1 ? try? readFile(Self.eventFilePath(directory, fileIndex - 1), limit: 1 << 30) : nil
+        var s = LogSummary()
+        if let prev, case .object(let o)? = try? JSONParser.parse(Array(Self.lastLine(prev[...]))),
+           o["type"]?.stringValue == SecurityEventType.logRotate.rawValue, let seed = LogSummary(json: o) {
+            s = seed
+        } else if let prev {
+            for line in prev.split(separator: 0x0A) { s.apply(line: line) }
+        }
+        for line in lines { s.apply(line: line) }
+        return s
     }
 
-    /// The highest seq a checkpoint line at the end of the file names (0
-    /// when there is none). Reads only the last 64 KiB.
-    static func lastCheckpointSeq(_ path: String) -> Int64 {
-        guard let fd = try? Sys.open(path, O_RDONLY) else { return 0 }
-        defer { fd.close() }
-        guard let size = try? fd.stat().size, size > 0 else { return 0 }
-        let start = max(0, Int(size) - 65536)
-        var buf = [UInt8](repeating: 0, count: Int(size) - start)
-        guard let n = try? fd.pread(&buf, offset: start) else { return 0 }
-        var best: Int64 = 0
-        for line in buf[..<n].split(separator: 0x0A) {
-            if case .object(let o)? = try? JSONParser.parse(Array(line)), let s = o["seq"]?.intValue { best = max(best, s) }
+    /// The number in a record's leading `{"seq":N,` without parsing the rest.
+    static func seqPrefix(_ line: ArraySlice<UInt8>) -> Int64? {
+        let prefix = Array(#"{"seq":"#.utf8)
+        guard line.count > prefix.count, line.prefix(prefix.count).elementsEqual(prefix) else { return nil }
+        var n: Int64 = 0
+        var any = false
+        for b in line.dropFirst(prefix.count) {
+            guard b >= 0x30 && b <= 0x39 else { break }
+            n = n &* 10 &+ Int64(b - 0x30)
+            any = true
         }
-        return best
+        return any ? n : nil
+    }
+
+    /// The checkpoint with the highest seq among the last lines of the file
+    /// (0 and nil when there is none), with the summary it carries.
+    static func lastCheckpoint(_ path: String) -> (seq: Int64, summary: LogSummary?) {
+        guard let fd = try? Sys.open(path, O_RDONLY) else { return (0, nil) }
+        defer { fd.close() }
+        guard let size = try? fd.stat().size, size > 0 else { return (0, nil) }
+        // A checkpoint line with many open calls can be long: read more of
+        // the tail until it holds a complete line.
+        var tail = 65536
+        while true {
+            let start = max(0, Int(size) - tail)
+            var buf = [UInt8](repeating: 0, count: Int(size) - start)
+            guard let n = try? fd.pread(&buf, offset: start) else { return (0, nil) }
+            var lines = buf[..<n].split(separator: 0x0A)[...]
+            if start > 0 { lines = lines.dropFirst() }  // may be cut
+            var best: (seq: Int64, summary: LogSummary?) = (0, nil)
+            for line in lines {
+                if case .object(let o)? = try? JSONParser.parse(Array(line)), let s = o["seq"]?.intValue, s >= best.seq {
+                    best = (s, LogSummary(json: o))
+                }
+            }
+            if best.seq > 0 || start == 0 || tail >= 16 << 20 { return best }
+            tail *= 4
+        }
     }
 
     /// A call.start without its call.end (or call.interrupted).
-    struct OpenCall: Equatable {
+    struct OpenCall: Equatable, Sendable {
         let callID: String
         let startSeq: Int64
         /// principal, tool, cell, cellVersion of the call.start.
@@ -773,33 +835,6 @@ public final class SecurityLog: @unchecked Sendable {
         }
 
         static func == (a: OpenCall, b: OpenCall) -> Bool { a.callID == b.callID && a.startSeq == b.startSeq }
-    }
-
-    /// The calls of `seed` and of the records in `bytes` that started and
-    /// did not end. Only lines whose type is a call.* type are parsed.
-    static func openCalls(seed: [OpenCall], in bytes: [UInt8]) -> [OpenCall] {
-        var open = seed
-        let marker = Array(#""type":"call."#.utf8)
-        for line in bytes.split(separator: 0x0A) where line.count > marker.count && contains(line, marker) {
-            guard case .object(let o)? = try? JSONParser.parse(Array(line)), let type = o["type"]?.stringValue,
-                  let id = o["callId"]?.stringValue, let s = o["seq"]?.intValue else { continue }
-            switch type {
-            case SecurityEventType.callStart.rawValue:
-                var f = JSONObject()
-                for k in OpenCall.kept { if let v = o[k] { f[k] = v } }
-                open.append(OpenCall(callID: id, startSeq: s, fields: f))
-            case SecurityEventType.callEnd.rawValue:
-                // Call ids restart with each supervisor: the newest start
-                // with this id is the one that ended.
-                if let i = open.lastIndex(where: { $0.callID == id }) { open.remove(at: i) }
-            case SecurityEventType.callInterrupted.rawValue:
-                let start = o["startSeq"]?.intValue
-                if let i = open.lastIndex(where: { $0.callID == id && (start == nil || $0.startSeq == start) }) { open.remove(at: i) }
-            default:
-                break
-            }
-        }
-        return open
     }
 
     static func contains(_ hay: ArraySlice<UInt8>, _ needle: [UInt8]) -> Bool {

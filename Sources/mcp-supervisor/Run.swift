@@ -161,13 +161,7 @@ struct Run: AsyncParsableCommand {
         }
         // The ledger may only grow: each load is checked against the last
         // length and head the security log recorded, and anchored in turn.
-        let anchor: LedgerAnchor?
-        do { anchor = try LedgerAnchor.last(logDirectory: log.directory) } catch {
-            printError("mcp-supervisor: cannot read the security log to check the trust ledger: \(error)")
-            log.close()
-            throw ExitCode(2)
-        }
-        let ledgerGuard = LedgerGuard(path: ledgerPath, log: log, anchor: anchor)
+        let ledgerGuard = LedgerGuard(path: ledgerPath, log: log, anchor: log.ledgerAnchorAtOpen)
         if !unsigned, let why = ledgerGuard.refusal(Ledger.load(path: ledgerPath)) {
             printError("mcp-supervisor: refusing to start: \(why)")
             log.close(finalEvent: SecurityEvent(.supervisorStop, JSONObject([("reason", "trust ledger refused")])))

@@ -476,17 +476,19 @@ final class SecurityLogTests: XCTestCase {
         let twoEntries = try Data(contentsOf: URL(fileURLWithPath: path))
         try ledgerEntry(path, Curve25519.Signing.PrivateKey(), signer: root)
         let log = try SecurityLog(stateDirectory: state)
-        let guard1 = LedgerGuard(path: path, log: log, anchor: try LedgerAnchor.last(logDirectory: dir))
+        let guard1 = LedgerGuard(path: path, log: log, anchor: log.ledgerAnchorAtOpen)
         XCTAssertNil(guard1.refusal(Ledger.load(path: path)))
         log.close()
-        let anchor = try XCTUnwrap(LedgerAnchor.last(logDirectory: dir))
+        let reopened = try SecurityLog(stateDirectory: state)
+        reopened.close()
+        let anchor = try XCTUnwrap(reopened.ledgerAnchorAtOpen, "a new open finds the anchor")
         XCTAssertEqual(anchor.entries, 3)
         XCTAssertEqual(anchor.head, Ledger.load(path: path).head)
 
         // Rolled back to two entries: refused at the next start.
         try twoEntries.write(to: URL(fileURLWithPath: path))
         let log2 = try SecurityLog(stateDirectory: state)
-        let guard2 = LedgerGuard(path: path, log: log2, anchor: try LedgerAnchor.last(logDirectory: dir))
+        let guard2 = LedgerGuard(path: path, log: log2, anchor: log2.ledgerAnchorAtOpen)
         let why = try XCTUnwrap(guard2.refusal(Ledger.load(path: path)))
         XCTAssertTrue(why.contains("has 2 entries") && why.contains("recorded 3"), why)
         // Rewritten with as many entries: refused too.

@@ -2,7 +2,8 @@ import Foundation
 import StrictJSON
 import SupervisorPlatform
 
-/// Where the trust ledger stood when the security log last recorded it:
+/// Where the trust ledger stood when the security log last recorded it
+/// (a `ledger.loaded` or `ledger.entry` record; `SecurityLog.ledgerAnchorAtOpen`):
 /// its entry count and the SHA-256 of its last line. The ledger only grows,
 /// so a ledger with fewer entries, or another line at the anchored index,
 /// was rolled back or rewritten (which could bring a revoked cell back).
@@ -17,27 +18,6 @@ public struct LedgerAnchor: Sendable, Equatable {
         self.entries = entries
         self.head = head
         self.seq = seq
-    }
-
-    /// The newest anchor in the security log: a `ledger.loaded` record (the
-    /// supervisor, at each load) or a `ledger.entry` record (a trust
-    /// command, after each append). Files are read newest first, and only
-    /// until one is found.
-    public static func last(logDirectory: String) throws -> LedgerAnchor? {
-        let loaded = Array(#""type":"ledger.loaded""#.utf8)
-        let entry = Array(#""type":"ledger.entry""#.utf8)
-        for f in try SecurityLog.eventFiles(in: logDirectory).reversed() {
-            let bytes = try readFile(f.path, limit: 1 << 30)
-            for line in bytes.split(separator: 0x0A).reversed() {
-                let isLoaded = SecurityLog.contains(line, loaded)
-                guard isLoaded || SecurityLog.contains(line, entry),
-                      case .object(let o)? = try? JSONParser.parse(Array(line)), let seq = o["seq"]?.intValue,
-                      let n = (isLoaded ? o["entries"] : o["index"])?.intValue
-                else { continue }
-                return LedgerAnchor(entries: Int(n), head: o["head"]?.stringValue, seq: seq)
-            }
-        }
-        return nil
     }
 
     /// Why `ledger` (read from `path`) is not a continuation of this
