@@ -186,7 +186,7 @@ public enum LogSigningKey {
             throw error
         }
         lock.close()
-        let log = try SecurityLog(stateDirectory: stateDirectory)
+        let log = try SecurityLog(stateDirectory: stateDirectory, newKey: true)
         let error = log.appendAndWait([SecurityEvent(.logKeyRotated, JSONObject([
             ("previousKeyId", previous.map { .string($0) } ?? .null), ("newKeyId", .string(log.keyID)),
             ("previousKeyAvailable", .bool(previousAvailable)), ("reason", .string(reason)),

@@ -141,8 +141,11 @@ public final class SecurityLog: @unchecked Sendable {
     /// behind is recorded first: a torn last line (`log.torn_tail`), records
     /// no checkpoint covers (`log.unsigned_tail`, then a checkpoint), calls
     /// without an end (`call.interrupted`).
+    ///
+    /// `newKey`: only for `LogSigningKey.rotate`, which installs a key that
+    /// did not sign the last checkpoint; any other open refuses such a key.
     public init(stateDirectory: String, rotateBytes: Int = 64 << 20, checkpointEvery: Int = 256,
-                checkpointIdleMilliseconds: Int = 1000, retryMilliseconds: Int = 1000) throws {
+                checkpointIdleMilliseconds: Int = 1000, retryMilliseconds: Int = 1000, newKey: Bool = false) throws {
         directory = stateDirectory + "/security"
         self.rotateBytes = rotateBytes
         self.checkpointEvery = checkpointEvery
@@ -156,6 +159,15 @@ public final class SecurityLog: @unchecked Sendable {
             if !alone { _ = try writers.lock(exclusive: false) }
             key = try LogSigningKey.load(stateDirectory: stateDirectory, logDirectory: directory)
             keyID = LogSigningKey.keyID(key.publicKey)
+            // A key swapped behind the log's back (a restored backup, another
+            // state directory's key) is refused like a missing one.
+            let last = Self.lastCheckpoint(directory + "/checkpoints.jsonl")
+            if !newKey, let signer = last.keyID, signer != keyID {
+                throw LogKeyError("the log's last checkpoint (record \(last.seq)) was signed by key \(signer), but the key in "
+                    + "\(LogSigningKey.paths(stateDirectory: stateDirectory).privateKey) is \(keyID): the key was replaced "
+                    + "without `mcp-supervisor audit rotate-key`. Restore key \(signer), or rotate explicitly: "
+                    + "mcp-supervisor audit rotate-key --state-dir \(stateDirectory)")
+            }
             let files = try Self.eventFiles(in: directory)
             fileIndex = files.last?.index ?? 1
             file = try Sys.open(Self.eventFilePath(directory, fileIndex), O_RDWR | O_CREAT | O_APPEND, mode: 0o600)
@@ -782,23 +794,23 @@ public final class SecurityLog: @unchecked Sendable {
 
     /// The checkpoint with the highest seq among the last lines of the file
     /// (0 and nil when there is none), with the summary it carries.
-    static func lastCheckpoint(_ path: String) -> (seq: Int64, summary: LogSummary?) {
-        guard let fd = try? Sys.open(path, O_RDONLY) else { return (0, nil) }
+    static func lastCheckpoint(_ path: String) -> (seq: Int64, summary: LogSummary?, keyID: String?) {
+        guard let fd = try? Sys.open(path, O_RDONLY) else { return (0, nil, nil) }
         defer { fd.close() }
-        guard let size = try? fd.stat().size, size > 0 else { return (0, nil) }
+        guard let size = try? fd.stat().size, size > 0 else { return (0, nil, nil) }
         // A checkpoint line with many open calls can be long: read more of
         // the tail until it holds a complete line.
         var tail = 65536
         while true {
             let start = max(0, Int(size) - tail)
             var buf = [UInt8](repeating: 0, count: Int(size) - start)
-            guard let n = try? fd.pread(&buf, offset: start) else { return (0, nil) }
+            guard let n = try? fd.pread(&buf, offset: start) else { return (0, nil, nil) }
             var lines = buf[..<n].split(separator: 0x0A)[...]
             if start > 0 { lines = lines.dropFirst() }  // may be cut
-            var best: (seq: Int64, summary: LogSummary?) = (0, nil)
+            var best: (seq: Int64, summary: LogSummary?, keyID: String?) = (0, nil, nil)
             for line in lines {
                 if case .object(let o)? = try? JSONParser.parse(Array(line)), let s = o["seq"]?.intValue, s >= best.seq {
-                    best = (s, LogSummary(json: o))
+                    best = (s, LogSummary(json: o), o["keyId"]?.stringValue)
                 }
             }
             if best.seq > 0 || start == 0 || tail >= 16 << 20 { return best }

@@ -407,6 +407,18 @@ final class SecurityLogTests: XCTestCase {
         XCTAssertThrowsError(try SecurityLog(stateDirectory: state))
     }
 
+    func testKeySwappedBehindTheLogIsRefused() throws {
+        try writeLog(events: 2)
+        let (priv, pubPath) = LogSigningKey.paths(stateDirectory: state)
+        let other = Curve25519.Signing.PrivateKey()
+        try Data("ed25519-private:\(other.rawRepresentation.base64EncodedString())\n".utf8).write(to: URL(fileURLWithPath: priv))
+        chmod(priv, 0o600)
+        try Data("ed25519-public:\(other.publicKey.rawRepresentation.base64EncodedString())\n".utf8).write(to: URL(fileURLWithPath: pubPath))
+        XCTAssertThrowsError(try SecurityLog(stateDirectory: state)) {
+            XCTAssertTrue("\($0)".contains("was replaced without `mcp-supervisor audit rotate-key`"), "\($0)")
+        }
+    }
+
     func testRotatedKeyKeepsOldCheckpointsVerifiable() throws {
         try writeLog(events: 3)
         let oldID = try XCTUnwrap(LogSigningKey.publicKeys(stateDirectory: state).keys.first)
