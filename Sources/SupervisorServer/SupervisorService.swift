@@ -331,9 +331,13 @@ public final class SupervisorService: @unchecked Sendable {
                 // after the call's events are on disk: no hop back here.
                 log.append(events) { error in
                     // A result whose call.end is not durable is never sent.
-                    if let error {
+                    if cancelled {
+                        call.finishWithoutResponse()
+                    } else if let error {
                         call.respond(Self.json(Self.unrecordedResult(error)))
-                    } else if cancelled { call.finishWithoutResponse() } else { call.respond(json) }
+                    } else {
+                        call.respond(json)
+                    }
                 }
             } catch is CancellationError {
                 call.finishWithoutResponse()
@@ -372,12 +376,12 @@ public final class SupervisorService: @unchecked Sendable {
     func callTool(_ params: CallTool.Parameters) async throws -> CallTool.Result {
         let (result, events, cancelled) = try await performCall(params)
         // The call's events are on disk before the client sees its result.
-        do { try await log.append(events) } catch {
-            // A result whose call.end is not durable is never sent.
-            return Self.unrecordedResult(error)
-        }
+        var unrecorded: SecurityLogError? = nil
+        do { try await log.append(events) } catch { unrecorded = error }
         // notifications/cancelled: the worker is gone; no response is sent.
         if cancelled { throw CancellationError() }
+        // A result whose call.end is not durable is never sent.
+        if let unrecorded { return Self.unrecordedResult(unrecorded) }
         return result
     }
 
