@@ -760,6 +760,27 @@ public final class SecurityLog: @unchecked Sendable {
         let lines = bytes.split(separator: 0x0A)
         let cp = Self.lastCheckpoint(directory + "/checkpoints.jsonl")
         if var s = cp.summary {
+            // The saved anchor is not signed: when its record is in this
+            // file, it must be that record, or the file is searched instead.
+            if let l = s.ledger, let first = lines.first.flatMap(Self.seqPrefix), l.seq >= first {
+                var i = lines.endIndex
+                while i > lines.startIndex, let n = Self.seqPrefix(lines[i - 1]), n > l.seq { i -= 1 }
+                var real = LogSummary()
+                if i > lines.startIndex { real.apply(line: lines[i - 1]) }
+                if real.ledger != l {
+                    Diagnostics.line("mcp-supervisor: the ledger anchor saved with the last checkpoint does not match "
+                        + "record \(l.seq) of the security log; the log is searched for the anchor instead")
+                    s.ledger = nil
+                    for line in lines.reversed() {
+                        var one = LogSummary()
+                        one.apply(line: line)
+                        if let found = one.ledger {
+                            s.ledger = found
+                            break
+                        }
+                    }
+                }
+            }
             // Records after the checkpoint, found from the end.
             var start = lines.endIndex
             while start > lines.startIndex, let n = Self.seqPrefix(lines[start - 1]), n > cp.seq { start -= 1 }

@@ -511,6 +511,28 @@ final class SecurityLogTests: XCTestCase {
         XCTAssertEqual(try SecurityLogReader.records(directory: dir).filter { $0.type == "ledger.rolled_back" }.count, 2)
     }
 
+    func testEditedAnchorInTheCheckpointIsNotBelieved() throws {
+        let path = Ledger.path(stateDirectory: state)
+        let root = Curve25519.Signing.PrivateKey()
+        try ledgerEntry(path, root, signer: root)
+        try ledgerEntry(path, Curve25519.Signing.PrivateKey(), signer: root)
+        let log = try SecurityLog(stateDirectory: state)
+        XCTAssertNil(LedgerGuard(path: path, log: log, anchor: nil).refusal(Ledger.load(path: path)))
+        log.close()
+        // Someone lowers the anchor saved (unsigned) with the checkpoint.
+        let cp = dir + "/checkpoints.jsonl"
+        var l = try lines(cp)
+        guard case .object(var o) = try JSONParser.parse(l[l.count - 1]) else { return XCTFail() }
+        guard case .object(var a)? = o["ledger"] else { return XCTFail("the checkpoint carries the anchor") }
+        a["entries"] = 1
+        o["ledger"] = .object(a)
+        l[l.count - 1] = JSONValue.object(o).serialized()
+        try write(cp, l)
+        let reopened = try SecurityLog(stateDirectory: state)
+        reopened.close()
+        XCTAssertEqual(reopened.ledgerAnchorAtOpen?.entries, 2, "the anchor comes from the record, not the edited copy")
+    }
+
     func testWritableByOthersIsRefused() throws {
         try writeLog(events: 1)
         XCTAssertEqual(StatePermissions.problems(stateDirectory: state), [])
