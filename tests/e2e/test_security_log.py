@@ -116,7 +116,7 @@ import os
 
 import pytest
 
-from conftest import ROOT, wait_for_workers
+from conftest import ROOT
 
 
 def serve(workspace, state, stderr=subprocess.PIPE):
@@ -291,8 +291,11 @@ def test_interrupted_call_is_recorded_at_the_next_start(workspace, tmp_path):
     s = serve(workspace, state)
     s.send({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
             "params": {"name": "probe", "arguments": {"action": "sleep", "ms": 1800}}})
-    assert wait_for_workers(1)
-    time.sleep(0.1)
+    deadline = time.time() + 5
+    while not events(state, "--type", "call.start"):
+        assert time.time() < deadline, "call.start was not written"
+        time.sleep(0.05)
+    time.sleep(0.2)  # the worker sleeps 1.8 s: the call is in flight
     s.proc.kill()
     s.proc.wait()
     started = events(state, "--type", "call.start")
