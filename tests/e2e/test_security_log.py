@@ -116,8 +116,6 @@ import os
 
 import pytest
 
-from conftest import ROOT
-
 
 def serve(workspace, state, stderr=subprocess.PIPE):
     """An initialized unsigned server with its state in `state`."""
