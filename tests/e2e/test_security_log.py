@@ -197,7 +197,6 @@ def test_full_disk_refuses_calls_then_recovers_and_verifies(workspace, small_fs)
         time.sleep(0.2)
     assert ok and ok["content"][0]["text"] == "hi"
     assert s.close() == 0
-    err = s.proc.stderr.read().decode() if not s.proc.stderr.closed else ""
     v = audit(state, "verify")
     assert v.returncode == 0, v.stderr
     assert b"every record covered" in v.stdout
