@@ -540,5 +540,13 @@ final class SecurityLogTests: XCTestCase {
         let problems = StatePermissions.problems(stateDirectory: state)
         XCTAssertEqual(problems.count, 1)
         XCTAssertTrue(problems[0].contains(state + "/keys") && problems[0].contains("mode 0777"), problems[0])
+        // Trust commands refuse to append to a ledger others can write.
+        let path = Ledger.path(stateDirectory: state)
+        let root = Curve25519.Signing.PrivateKey()
+        try ledgerEntry(path, root, signer: root)
+        chmod(path, 0o666)
+        XCTAssertThrowsError(try ledgerEntry(path, Curve25519.Signing.PrivateKey(), signer: root)) {
+            XCTAssertTrue("\($0)".contains("mode 0666"), "\($0)")
+        }
     }
 }

@@ -189,6 +189,9 @@ public enum Ledger {
     @discardableResult
     public static func append(path: String, event: String, fields: JSONObject, key: Curve25519.Signing.PrivateKey) throws -> LedgerState {
         try SecurityLog.makeDirectory(directoryName(of: path))
+        if let p = StatePermissions.problem(path: directoryName(of: path)) ?? StatePermissions.problem(path: path) {
+            throw TrustCommandError("refused: \(p)")
+        }
         let fd = try Sys.open(path, O_RDWR | O_CREAT | O_APPEND, mode: 0o600)
         defer { fd.close() }
         guard flock(fd.rawValue, LOCK_EX) == 0 else { throw SystemError("flock \(path)", errno: errno) }
