@@ -22,11 +22,17 @@ public enum CellSource: Sendable, Equatable {
     }
 
     /// The cells to serve, read afresh (a broken manifest or ledger entry
-    /// refuses its own cell and is listed in `problems`).
-    public func registry(groups: SyscallGroups, host: HostSandbox) -> CellRegistry {
+    /// refuses its own cell and is listed in `problems`). With a
+    /// `ledgerGuard`, a ledger that went backwards against what the security
+    /// log anchored refuses every cell.
+    public func registry(groups: SyscallGroups, host: HostSandbox, ledgerGuard: LedgerGuard? = nil) -> CellRegistry {
         switch self {
         case .ledger(let path):
-            return CellRegistry.load(ledger: Ledger.load(path: path), groups: groups, host: host)
+            let ledger = Ledger.load(path: path)
+            if let why = ledgerGuard?.refusal(ledger) {
+                return CellRegistry.refusingAll(ledger: path, because: why)
+            }
+            return CellRegistry.load(ledger: ledger, groups: groups, host: host)
         case .unsigned(let directory):
             do {
                 return CellRegistry.load(paths: try CellRegistry.manifestFiles(in: directory), groups: groups, host: host)

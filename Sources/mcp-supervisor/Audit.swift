@@ -1,4 +1,5 @@
 import ArgumentParser
+import Crypto
 import Foundation
 import StrictJSON
 import SupervisorCore
@@ -7,7 +8,7 @@ import SupervisorPlatform
 struct Audit: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Read and verify the security event log.",
-        subcommands: [Tail.self, Query.self, Verify.self, Stats.self])
+        subcommands: [Tail.self, Query.self, Verify.self, Stats.self, RotateKey.self])
 
     struct Location: ParsableArguments {
         @Option(name: .long, help: "State directory holding security/ and keys/ (default: the supervisor's).")
@@ -101,20 +102,60 @@ struct Audit: ParsableCommand {
 
     struct Verify: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Check the chain, the sequence, the checkpoints and their signatures. Exits 1 naming the first bad record.")
+            abstract: "Check the chain, the sequence, the checkpoints and their signatures, and that a signed checkpoint covers every record. Exits 1 naming the first problem.")
         @OptionGroup var location: Location
-        @Option(name: .long, help: "Checkpoint file to check against (e.g. a copy kept elsewhere).") var checkpoints: String?
-        @Option(name: .long, help: "The log's public key (e.g. a copy kept elsewhere).") var publicKey: String?
+        @Option(name: .long, help: "Checkpoint file to check against (e.g. a copy kept elsewhere); it must exist.") var checkpoints: String?
+        @Option(name: .long, help: "A public key of the log (e.g. a copy kept elsewhere); repeat for keys of earlier rotations. Default: keys/log-signing*.pub.")
+        var publicKey: [String] = []
 
         func run() throws {
-            let pub = publicKey.map(SupervisorSettings.absolute) ?? LogSigningKey.paths(stateDirectory: location.state).publicKey
-            let v = SecurityLogReader.verify(directory: location.logDirectory, publicKeyPath: pub,
+            var keys: [String: Curve25519.Signing.PublicKey] = [:]
+            do {
+                if publicKey.isEmpty {
+                    keys = try LogSigningKey.publicKeys(stateDirectory: location.state)
+                } else {
+                    for path in publicKey.map(SupervisorSettings.absolute) {
+                        let k = try LogSigningKey.loadPublic(path: path)
+                        keys[LogSigningKey.keyID(k)] = k
+                    }
+                }
+            } catch {
+                printError("audit verify: FAILED: unreadable: \(error)")
+                throw ExitCode(1)
+            }
+            let v = SecurityLogReader.verify(directory: location.logDirectory, publicKeys: keys,
                                              checkpointsPath: checkpoints.map(SupervisorSettings.absolute))
             if let p = v.problem {
                 printError("audit verify: FAILED: \(p)")
                 throw ExitCode(1)
             }
-            print("audit verify: OK: \(v.records) records in \(v.files) file(s), chain intact through record \(v.lastSeq), \(v.checkpoints) signed checkpoint(s) valid")
+            for t in v.unsignedTails {
+                print("note: records \(t.from)...\(t.to) had no checkpoint when their writer stopped; the next start checkpointed them (log.unsigned_tail, record \(t.seq))")
+            }
+            print("audit verify: OK: \(v.records) records in \(v.files) file(s), chain intact through record \(v.lastSeq), \(v.checkpoints) signed checkpoint(s) valid (key\(v.keyIDs.count == 1 ? "" : "s") \(v.keyIDs.sorted().joined(separator: ", "))), every record covered")
+        }
+    }
+
+    struct RotateKey: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "rotate-key",
+            abstract: "Replace the log's signing key (e.g. after it was lost). Recorded as a log.key_rotated event; old public keys stay for verify.",
+            discussion: """
+                Refused while a supervisor or a trust command has the log open. If the old private key is still \
+                present, it signs a last checkpoint first; it is then replaced. Every public key the log was signed \
+                with stays in <state>/keys/log-signing-<keyId>.pub, so `audit verify` checks checkpoints of both keys.
+                """)
+        @OptionGroup var location: Location
+        @Option(name: .long, help: "Why the key is replaced (recorded).") var reason: String = ""
+
+        func run() throws {
+            do {
+                let (old, new) = try LogSigningKey.rotate(stateDirectory: location.state, reason: reason)
+                print("log signing key rotated: \(old ?? "(unknown)") → \(new)")
+            } catch {
+                printError("audit rotate-key: \(error)")
+                throw ExitCode(1)
+            }
         }
     }
 

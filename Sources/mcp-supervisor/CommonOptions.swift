@@ -50,9 +50,9 @@ func stderrLogger(_ label: String) -> Logger {
     return l
 }
 
+/// A diagnostic line on stderr; never traps (a closed stderr is ignored).
 func printError(_ s: String) {
-    var line = s + "\n"
-    line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+    Diagnostics.line(s)
 }
 
 func formatDuration(_ ns: UInt64) -> String {

@@ -107,6 +107,13 @@ struct Run: AsyncParsableCommand {
         Sys.setNonDumpable()
         signal(SIGPIPE, SIG_IGN)
 
+        // Refused, not repaired: a state directory others could write may
+        // already hold their keys, ledger entries or log records.
+        let unsafe = StatePermissions.problems(stateDirectory: s.stateDirectory)
+        if !unsafe.isEmpty {
+            for p in unsafe { printError("mcp-supervisor: refusing to start: \(p)") }
+            throw ExitCode(2)
+        }
         do { try s.prepareStateDirectory() } catch {
             printError("mcp-supervisor: cannot create the state directory: \(error)")
             throw ExitCode(2)
@@ -133,18 +140,32 @@ struct Run: AsyncParsableCommand {
         // The one trust rule every command that executes a cell follows.
         let source = CellSource(allowUnsigned: allowUnsigned, manifestsDirectory: manifestsDir,
                                 stateDirectory: s.stateDirectory)
-        let loader: RegistryLoader = { source.registry(groups: groups, host: host) }
         let log: SecurityLog
         do { log = try SecurityLog(stateDirectory: s.stateDirectory) } catch {
             printError("mcp-supervisor: cannot open the security log in \(s.stateDirectory)/security: \(error)")
             throw ExitCode(2)
         }
-        log.appendAndWait([SecurityEvent(.supervisorStart, JSONObject([
+        // A supervisor that cannot record does not start (it would have to
+        // refuse every call); the reason goes to stderr.
+        if let e = log.appendAndWait([SecurityEvent(.supervisorStart, JSONObject([
             ("version", .string(SupervisorInfo.version)), ("pid", .int(Int64(getpid()))), ("uid", .int(Int64(geteuid()))),
             ("configSha256", .string(sha256Hex(settingsDigest(s, options, file)))),
             ("manifests", .string(s.manifestsDirectory)), ("policies", .string(s.policiesDirectory)),
             ("features", featureSummary(features, host)),
-        ]))])
+        ]))]) {
+            printError("mcp-supervisor: cannot start: \(e)")
+            log.close()
+            throw ExitCode(2)
+        }
+        // The ledger may only grow: each load is checked against the last
+        // length and head the security log recorded, and anchored in turn.
+        let ledgerGuard = LedgerGuard(path: ledgerPath, log: log, anchor: log.ledgerAnchorAtOpen)
+        if !source.isUnsigned, let why = ledgerGuard.refusal(Ledger.load(path: ledgerPath)) {
+            printError("mcp-supervisor: refusing to start: \(why)")
+            log.close(finalEvent: SecurityEvent(.supervisorStop, JSONObject([("reason", "trust ledger refused")])))
+            throw ExitCode(2)
+        }
+        let loader: RegistryLoader = { source.registry(groups: groups, host: host, ledgerGuard: ledgerGuard) }
         options.unsignedMode = allowUnsigned
         options.policyPath = s.policiesDirectory + "/policy.json"
         if allowUnsigned {

@@ -37,8 +37,9 @@ func trustCommand(_ location: TrustLocation? = nil, _ name: String = "", _ body:
 func securityEvents(_ location: TrustLocation, _ events: [SecurityEvent]) {
     do {
         let log = try SecurityLog(stateDirectory: location.state)
-        log.appendAndWait(events)
+        let failed = log.appendAndWait(events)
         log.close()
+        if let failed { throw failed }
     } catch {
         printError("warning: could not write the security log: \(error)")
     }
@@ -49,7 +50,9 @@ func securityEvents(_ location: TrustLocation, _ events: [SecurityEvent]) {
 func ledgerAppend(_ location: TrustLocation, _ event: String, _ fields: JSONObject,
                   key: Curve25519.Signing.PrivateKey) throws -> LedgerState {
     let st = try Ledger.append(path: location.ledgerPath, event: event, fields: fields, key: key)
-    var f = JSONObject([("index", .int(Int64(st.entries.count))), ("event", .string(event)),
+    // index and head anchor the ledger's length in the security log
+    // (docs/trust.md): a ledger that later has fewer entries is refused.
+    var f = JSONObject([("index", .int(Int64(st.entries.count))), ("head", .string(st.head)), ("event", .string(event)),
                         ("signer", .string(TrustKeys.keyID(key.publicKey)))])
     for k in ["cell", "version", "label", "parent", "from", "keyId", "name", "reason", "approvedWidening", "widening", "executableSha256"] {
         if let v = fields[k] { f[k] = v }

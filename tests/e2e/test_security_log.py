@@ -106,3 +106,245 @@ def test_sigkill_under_load_loses_at_most_the_record_being_written(workspace, tm
     assert len(ends) > 10, "calls were recorded before each kill"
     starts = events(state, "--type", "supervisor.start")
     assert len(starts) == 4
+
+
+# The log fails closed: a full filesystem, a lost key, missing checkpoints,
+# a crash in the middle of a call.
+
+import errno
+import os
+
+import pytest
+
+
+def serve(workspace, state, stderr=subprocess.PIPE):
+    """An initialized unsigned server with its state in `state`."""
+    args = server_args(workspace)
+    args[args.index("--state-dir") + 1] = str(state)
+    s = RawServer.__new__(RawServer)
+    s.proc = subprocess.Popen([str(BIN), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
+    s.pending = []
+    s.initialize()
+    return s
+
+
+def echo(s, id, text="hi"):
+    r = s.request(id, "tools/call", {"name": "echo", "arguments": {"text": text}})
+    return r["result"]
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 4 MiB tmpfs: a filesystem the test can really fill."""
+    assert os.geteuid() == 0, "this test mounts a tmpfs and must run as root (as `make test` does)"
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", str(mnt)], check=True)
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def fill(fs):
+    """Writes a file until the filesystem is full (ENOSPC); returns it."""
+    path = fs / "filler"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for chunk in (1 << 16, 4096, 1):
+            while True:
+                try:
+                    os.write(fd, b"\0" * chunk)
+                except OSError as e:
+                    assert e.errno == errno.ENOSPC, e
+                    break
+    finally:
+        os.close(fd)
+    return path
+
+
+def until_log_fails(s, first_id):
+    """Echo calls until one fails for the security log (a log file may
+    still have room in its last page); returns the failing result."""
+    for i in range(first_id, first_id + 60):
+        r = echo(s, i)
+        if r.get("isError"):
+            return r
+    raise AssertionError("the calls kept succeeding on a full filesystem")
+
+
+def test_full_disk_refuses_calls_then_recovers_and_verifies(workspace, small_fs):
+    state = small_fs / "state"
+    s = serve(workspace, state)
+    assert echo(s, 1)["content"][0]["text"] == "hi"
+    filler = fill(small_fs)
+    failed = until_log_fails(s, 100)
+    text = failed["content"][0]["text"]
+    assert "security log cannot be written" in text and "ENOSPC" in text, text
+    assert str(small_fs) not in text, "no path in the answer to the client"
+    # While the log cannot write, every call is refused with the reason.
+    for i in range(200, 205):
+        r = echo(s, i)
+        assert r["isError"] and r["content"][0]["text"].startswith("Refused: the security log cannot be written"), r
+    # Space returns: the server recovers by itself, without a restart.
+    filler.unlink()
+    deadline = time.time() + 10
+    ok = None
+    for i in range(300, 400):
+        r = echo(s, i)
+        if not r.get("isError"):
+            ok = r
+            break
+        assert time.time() < deadline, "no recovery within 10 s of space returning"
+        time.sleep(0.2)
+    assert ok and ok["content"][0]["text"] == "hi"
+    assert s.close() == 0
+    v = audit(state, "verify")
+    assert v.returncode == 0, v.stderr
+    assert b"every record covered" in v.stdout
+    recovered = events(state, "--type", "log.recovered")
+    assert len(recovered) >= 1 and "ENOSPC" in recovered[0]["error"]
+    seqs = [e["seq"] for e in events(state)]
+    assert seqs == list(range(1, len(seqs) + 1)), "one unbroken sequence"
+
+
+def test_full_disk_failure_and_recovery_are_said_once_on_stderr(workspace, small_fs):
+    state = small_fs / "state"
+    s = serve(workspace, state)
+    assert echo(s, 1)["content"][0]["text"] == "hi"
+    filler = fill(small_fs)
+    until_log_fails(s, 100)
+    for i in range(200, 210):
+        echo(s, i)
+    filler.unlink()
+    deadline = time.time() + 10
+    while echo(s, 300).get("isError"):
+        assert time.time() < deadline
+        time.sleep(0.2)
+    s.proc.stdin.close()
+    s.proc.wait(timeout=10)
+    err = s.proc.stderr.read().decode()
+    s.proc.stdout.close()
+    s.proc.stderr.close()
+    assert err.count("SECURITY LOG FAILED") == 1, err
+    assert err.count("the security log is writable again") == 1, err
+
+
+def test_server_started_on_a_full_disk_serves_no_call(workspace, small_fs):
+    # A new state directory on a full filesystem: the server refuses to start.
+    fill(small_fs)
+    args = server_args(workspace)
+    args[args.index("--state-dir") + 1] = str(small_fs / "state")
+    init = json.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}).encode() + b"\n"
+    p = subprocess.run([str(BIN), *args], input=init, capture_output=True, timeout=30)
+    assert p.returncode == 2, p
+    assert b"ENOSPC" in p.stderr, p.stderr
+    assert p.stdout == b"", "nothing served"
+
+
+def test_existing_log_on_a_full_disk_serves_no_call(workspace, small_fs):
+    state = small_fs / "state"
+    subprocess.run([str(BIN), *[a if a != str(workspace / "state") else str(state) for a in server_args(workspace)]],
+                   input=b"", capture_output=True, timeout=30, check=True)
+    fill(small_fs)
+    args = server_args(workspace)
+    args[args.index("--state-dir") + 1] = str(state)
+    p = subprocess.Popen([str(BIN), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    s = RawServer.__new__(RawServer)
+    s.proc, s.pending = p, []
+    try:
+        s.initialize()
+    except (EOFError, BrokenPipeError, TimeoutError):
+        # Refused to start: the reason is on stderr.
+        assert p.wait(timeout=10) == 2
+        assert b"ENOSPC" in p.stderr.read()
+        return
+    # Started (its first records fit in a page the log file already had):
+    # every call is refused with the reason.
+    r = until_log_fails(s, 1)
+    assert "security log cannot be written" in r["content"][0]["text"]
+    s.close()
+
+
+def test_closed_stderr_and_a_failing_log_do_not_kill_the_supervisor(workspace, small_fs):
+    r, w = os.pipe()
+    os.close(r)  # every write to stderr now fails with EPIPE
+    s = serve(workspace, small_fs / "state", stderr=w)
+    os.close(w)
+    assert echo(s, 1)["content"][0]["text"] == "hi"
+    fill(small_fs)
+    until_log_fails(s, 100)
+    assert s.proc.poll() is None, f"the supervisor died: {s.proc.returncode}"
+    assert s.request(500, "ping")["result"] == {}
+    assert echo(s, 501)["isError"]
+    assert s.proc.poll() is None
+    s.proc.stdin.close()
+    assert s.proc.wait(timeout=10) == 0
+
+
+def test_interrupted_call_is_recorded_at_the_next_start(workspace, tmp_path):
+    state = tmp_path / "state"
+    args = server_args(workspace)
+    args[args.index("--state-dir") + 1] = str(state)
+    s = serve(workspace, state)
+    s.send({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "probe", "arguments": {"action": "sleep", "ms": 1800}}})
+    deadline = time.time() + 5
+    while not events(state, "--type", "call.start"):
+        assert time.time() < deadline, "call.start was not written"
+        time.sleep(0.05)
+    time.sleep(0.2)  # the worker sleeps 1.8 s: the call is in flight
+    s.proc.kill()
+    s.proc.wait()
+    started = events(state, "--type", "call.start")
+    assert len(started) == 1 and started[0]["tool"] == "probe"
+    assert events(state, "--type", "call.end") == []
+    subprocess.run([str(BIN), *args], input=b"", capture_output=True, timeout=30, check=True)
+    interrupted = events(state, "--type", "call.interrupted")
+    assert len(interrupted) == 1, interrupted
+    assert interrupted[0]["callId"] == started[0]["callId"] and interrupted[0]["startSeq"] == started[0]["seq"]
+    assert interrupted[0]["tool"] == "probe"
+    v = audit(state, "verify")
+    assert v.returncode == 0, v.stderr
+    # Recorded once: a third start finds nothing more.
+    subprocess.run([str(BIN), *args], input=b"", capture_output=True, timeout=30, check=True)
+    assert len(events(state, "--type", "call.interrupted")) == 1
+
+
+def test_verify_requires_checkpoint_coverage(workspace, tmp_path):
+    state = tmp_path / "state"
+    s = serve(workspace, state)
+    echo(s, 1)
+    s.close()
+    assert audit(state, "verify").returncode == 0
+    cp = state / "security" / "checkpoints.jsonl"
+    saved = cp.read_bytes()
+    copy = tmp_path / "checkpoints-copy.jsonl"
+    copy.write_bytes(saved)
+    cp.write_bytes(b"")
+    v = audit(state, "verify")
+    assert v.returncode == 1 and b"uncovered" in v.stderr and b"records 1..." in v.stderr, v.stderr
+    assert audit(state, "verify", "--checkpoints", str(copy)).returncode == 0
+    v = audit(state, "verify", "--checkpoints", str(tmp_path / "no-such-file.jsonl"))
+    assert v.returncode == 1 and b"cannot read the checkpoints" in v.stderr, v.stderr
+
+
+def test_lost_log_key_is_not_replaced_until_an_operator_rotates_it(workspace, tmp_path):
+    state = tmp_path / "state"
+    args = server_args(workspace)
+    args[args.index("--state-dir") + 1] = str(state)
+    subprocess.run([str(BIN), *args], input=b"", capture_output=True, timeout=30, check=True)
+    priv, pub = state / "keys" / "log-signing.key", state / "keys" / "log-signing.pub"
+    old_pub = pub.read_bytes()
+    priv.unlink()
+    p = subprocess.run([str(BIN), *args], input=b"", capture_output=True, timeout=30)
+    assert p.returncode == 2 and b"audit rotate-key" in p.stderr, p.stderr
+    assert not priv.exists() and pub.read_bytes() == old_pub, "start-up created no key"
+    r = audit(state, "rotate-key", "--reason", "key lost")
+    assert r.returncode == 0, r.stderr
+    assert pub.read_bytes() != old_pub
+    subprocess.run([str(BIN), *args], input=b"", capture_output=True, timeout=30, check=True)
+    v = audit(state, "verify")
+    assert v.returncode == 0, v.stderr
+    assert b"keys " in v.stdout, v.stdout
+    rotated = events(state, "--type", "log.key_rotated")
+    assert len(rotated) == 1 and rotated[0]["reason"] == "key lost" and rotated[0]["previousKeyAvailable"] is False

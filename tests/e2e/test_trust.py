@@ -1,6 +1,7 @@
 """The trust ledger end to end: keys, signatures, registration, the
 signed-only server, pinned tool definitions, swapped executables,
 revocation, rollback, rotation, widening, a damaged ledger."""
+import hashlib
 import json
 import shutil
 import subprocess
@@ -254,3 +255,80 @@ def test_damaged_ledger_refuses_cells_with_a_clear_error(trust):
     s.proc.wait(timeout=10)
     err = s.proc.stderr.read().decode()
     assert "ledger" in err and "refused" in err
+
+
+def registered_then_revoked(trust):
+    """A probe cell registered (3 ledger entries), then revoked (a 4th);
+    returns the ledger file and its bytes before the revocation."""
+    k = trust.key("a")
+    m = trust.write("probe", private_probe(trust))
+    trust.cli("cell", "sign", m, "--key", k)
+    trust.cli("cell", "register", m, "--key", k)
+    ledger = trust.state / "trust" / "ledger.jsonl"
+    before = ledger.read_bytes()
+    trust.cli("cell", "revoke", "probe", sha256(m)[:12], "--key", k, "--reason", "vulnerable")
+    return ledger, before
+
+
+def test_rolled_back_ledger_is_refused_at_start(trust):
+    ledger, before = registered_then_revoked(trust)
+    s = trust.server()
+    assert "probe" not in tools(s)
+    s.close()
+    ledger.write_bytes(before)  # the revocation rolled back on disk
+    p = subprocess.run([str(BIN), "run", "--manifests", str(trust.manifests), "--policies", str(ROOT / "policies"),
+                        "--state-dir", str(trust.state), "--scratch-dir", str(trust.d / "scratch")],
+                       input=b"", capture_output=True, timeout=30)
+    assert p.returncode == 2, p
+    assert b"rolled back" in p.stderr and str(ledger).encode() in p.stderr, p.stderr
+    events = [json.loads(l) for l in trust.cli("audit", "query", "--json", "--type", "ledger.rolled_back").stdout.splitlines()]
+    assert len(events) == 1 and events[0]["entries"] == 3 and events[0]["anchoredEntries"] == 4
+
+
+def test_rolled_back_ledger_is_refused_while_serving(trust):
+    ledger, before = registered_then_revoked(trust)
+    s = trust.server()
+    assert "probe" not in tools(s)
+    ledger.write_bytes(before)  # would bring the revoked version back
+    time.sleep(1.0)  # the ledger watch reloads within 250 ms
+    assert "probe" not in tools(s, 901)
+    r = call(s, 2, "probe", {"action": "echo", "text": "x"})
+    assert "error" in r, r
+    s.close()
+    events = [json.loads(l) for l in trust.cli("audit", "query", "--json", "--type", "ledger.rolled_back").stdout.splitlines()]
+    assert events and events[0]["entries"] == 3
+
+
+def test_loads_are_anchored_in_the_security_log(trust):
+    k = trust.key("a")
+    m = trust.write("probe", private_probe(trust))
+    trust.cli("cell", "sign", m, "--key", k)
+    trust.cli("cell", "register", m, "--key", k)
+    s = trust.server()
+    s.close()
+    ledger = trust.state / "trust" / "ledger.jsonl"
+    head = hashlib.sha256(ledger.read_bytes().splitlines()[-1]).hexdigest()
+    loaded = [json.loads(l) for l in trust.cli("audit", "query", "--json", "--type", "ledger.loaded").stdout.splitlines()]
+    assert loaded[-1]["entries"] == 3 and loaded[-1]["head"] == head
+    entries = [json.loads(l) for l in trust.cli("audit", "query", "--json", "--type", "ledger.entry").stdout.splitlines()]
+    assert [e["index"] for e in entries] == [1, 2, 3] and entries[-1]["head"] == head
+
+
+def test_state_writable_by_others_is_refused(trust):
+    k = trust.key("a")
+    m = trust.write("probe", private_probe(trust))
+    trust.cli("cell", "sign", m, "--key", k)
+    trust.cli("cell", "register", m, "--key", k)
+    ledger = trust.state / "trust" / "ledger.jsonl"
+    for path, mode in ((ledger, 0o666), (trust.state / "keys", 0o777), (trust.state, 0o777)):
+        old = path.stat().st_mode & 0o7777
+        path.chmod(mode)
+        p = subprocess.run([str(BIN), "run", "--manifests", str(trust.manifests), "--policies", str(ROOT / "policies"),
+                            "--state-dir", str(trust.state), "--scratch-dir", str(trust.d / "scratch")],
+                           input=b"", capture_output=True, timeout=30)
+        assert p.returncode == 2, p
+        assert f"{path} is writable by its group or by others (mode 0{mode:o})".encode() in p.stderr, p.stderr
+        path.chmod(old)
+    s = trust.server()
+    assert "probe" in tools(s)
+    s.close()

@@ -44,6 +44,9 @@ public struct LedgerState: Sendable {
     public var damaged: String?
     public var entries: [JSONObject] = []
     public var head = SecurityLog.genesis
+    /// SHA-256 of each line read, in order: `lineHashes[n - 1]` is the head
+    /// after n entries (what an anchor in the security log is checked against).
+    public var lineHashes: [String] = []
 
     public var trustedKeys: [String: Curve25519.Signing.PublicKey] {
         keys.filter { !$0.value.revoked }.mapValues(\.publicKey)
@@ -85,6 +88,7 @@ public enum Ledger {
                 st.refusedCells[e.cell!] = "\(loc): \(e.message)"
             }
             st.head = sha256Hex(line)
+            st.lineHashes.append(st.head)
         }
         return st
     }
@@ -185,6 +189,9 @@ public enum Ledger {
     @discardableResult
     public static func append(path: String, event: String, fields: JSONObject, key: Curve25519.Signing.PrivateKey) throws -> LedgerState {
         try SecurityLog.makeDirectory(directoryName(of: path))
+        if let p = StatePermissions.problem(path: directoryName(of: path)) ?? StatePermissions.problem(path: path) {
+            throw TrustCommandError("refused: \(p)")
+        }
         let fd = try Sys.open(path, O_RDWR | O_CREAT | O_APPEND, mode: 0o600)
         defer { fd.close() }
         guard flock(fd.rawValue, LOCK_EX) == 0 else { throw SystemError("flock \(path)", errno: errno) }
@@ -210,6 +217,7 @@ public enum Ledger {
         try fd.writeAll(env + [0x0A])
         guard fsync(fd.rawValue) == 0 else { throw SystemError("fsync \(path)", errno: errno) }
         st.head = sha256Hex(env)
+        st.lineHashes.append(st.head)
         return st
     }
 }
