@@ -25,7 +25,8 @@ public enum Refusal: Error, Sendable, Equatable {
     case busy(running: Int, queued: Int)
     /// The supervisor is stopping.
     case shuttingDown
-    /// The security log cannot record calls; none runs until it can.
+    /// The security log cannot record calls; none runs until it can. The
+    /// reason is `SecurityLogError.reason` (no path).
     case logUnavailable(String)
 
     public enum RateScope: Sendable, Equatable {
@@ -65,7 +66,7 @@ public enum Refusal: Error, Sendable, Equatable {
         case .conflict(let r): return "another call is changing \(r.joined(separator: ", "))"
         case .busy(let running, let queued): return "\(running) calls running, \(queued) waiting"
         case .shuttingDown: return "the supervisor is stopping"
-        case .logUnavailable(let why): return "the security log cannot record calls: \(why)"
+        case .logUnavailable(let why): return why
         }
     }
 
@@ -83,9 +84,7 @@ public enum Refusal: Error, Sendable, Equatable {
         case .conflict: return "Refused: \(detail); retry when it has finished."
         case .busy: return "The supervisor is busy (\(detail)); retry shortly."
         case .shuttingDown: return "The supervisor is shutting down."
-        case .logUnavailable:
-            return "Refused: the supervisor cannot record tool calls in its security log right now "
-                + "(see its diagnostics), so no tool runs until it can."
+        case .logUnavailable(let why): return "Refused: \(why), so no tool may run until it can; retry later."
         }
     }
 }

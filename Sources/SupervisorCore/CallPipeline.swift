@@ -231,8 +231,8 @@ public final class CallPipeline: Sendable {
         } catch {
             logger.error("call not recorded: its result is withheld",
                          metadata: ["tool": "\(entry.tool.name)", "call.id": "\(callID)", "error": "\(error)"])
-            return .error(code: -32603, message: "Internal error: the call could not be recorded in the security "
-                            + "log, so its result is withheld.")
+            return .result(.text("The call ran but its record could not be written (\(error.reason)), so its result "
+                                    + "is withheld; retry later.", isError: true))
         }
         if !result.isError { session.state.withLock { _ = $0.succeededTools.insert(entry.tool.name) } }
         if case .cancelled = report.outcome, Task.isCancelled { return .none }
@@ -268,7 +268,8 @@ public final class CallPipeline: Sendable {
             return .failure(Refused(refusal: .invalidArguments(problem), cell: entry.cell))
         }
         if case .failure(let e) = log.writable {
-            return .failure(Refused(refusal: .logUnavailable(e.description), cell: entry.cell))
+            logger.warning("call refused: the security log cannot be written", metadata: ["error": "\(e)"])
+            return .failure(Refused(refusal: .logUnavailable(e.reason), cell: entry.cell))
         }
         guard let policy else {
             return .failure(Refused(refusal: .noPolicy(policyError ?? "no policy file"), cell: entry.cell))
@@ -448,8 +449,8 @@ public final class CallPipeline: Sendable {
                 ("policySha256", .string(p.sha256)), ("requirement", t.requires.map { .string($0) } ?? .null),
             ]))])
         } catch {
-            return .error(code: -32603, message: "Internal error: the phase change could not be recorded in the "
-                            + "security log, so it did not happen.")
+            return .result(.text("The phase change could not be recorded (\(error.reason)), so it did not happen; "
+                                    + "retry later.", isError: true))
         }
         session.state.withLock { $0.phase = target }
         return .result(.text("The session is now in phase \(target).", isError: false))

@@ -130,6 +130,7 @@ def serve(workspace, state, stderr=subprocess.PIPE):
 
 def echo(s, id, text="hi"):
     r = s.request(id, "tools/call", {"name": "echo", "arguments": {"text": text}})
+    assert "result" in r, r
     return r["result"]
 
 
