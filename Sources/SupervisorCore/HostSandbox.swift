@@ -61,8 +61,8 @@ public struct HostSandbox: Sendable {
     public init(features: KernelFeatures, workerUID: UInt32? = nil, workerGID: UInt32? = nil, scratchRoot: String,
                 protectedPaths: [String], terminationGraceMilliseconds: Int = 200) {
         self.features = features
-        self.workerUID = workerUID ?? (features.isRoot ? 65534 : getuid())
-        self.workerGID = workerGID ?? (features.isRoot ? 65534 : getgid())
+        self.workerUID = workerUID ?? (features.isRoot ? Setting.workerUid.identityRootDefault : getuid())
+        self.workerGID = workerGID ?? (features.isRoot ? Setting.workerGid.identityRootDefault : getgid())
         self.scratchRoot = scratchRoot
         self.protectedPaths = protectedPaths
         self.terminationGraceMilliseconds = terminationGraceMilliseconds

@@ -24,7 +24,7 @@ struct Call: ParsableCommand {
     var learn = false
 
     func run() throws {
-        let s = options.settings()
+        let s = try options.settings()
         let logger = stderrLogger("mcp-supervisor")
         let groups: SyscallGroups
         do { groups = try SyscallGroups.load(path: s.syscallGroupsPath) } catch {

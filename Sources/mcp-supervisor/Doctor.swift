@@ -12,7 +12,7 @@ struct Doctor: ParsableCommand {
     @OptionGroup var options: CommonOptions
 
     func run() throws {
-        let s = options.settings()
+        let s = try options.settings()
         let f = KernelFeatures.probe()
         let host = options.host(s, features: f)
         var uts = utsname()

@@ -25,7 +25,42 @@ def test_broken_configuration_names_file_and_field(tmp_path):
     p = subprocess.run([str(BIN), "run", "--config", str(cfg)], input=b"", capture_output=True, timeout=30)
     assert p.returncode == 2 and f"{cfg}: prespawn: 17 is out of range 0...16".encode() in p.stderr, p.stderr
     p = subprocess.run([str(BIN), "run", "--prespawn=-1"], input=b"", capture_output=True, timeout=30)
-    assert p.returncode != 0 and b"--prespawn must be 0...16" in p.stderr, p.stderr
+    assert p.returncode != 0 and b"--prespawn: -1 is out of range 0...16 workers" in p.stderr, p.stderr
+
+
+ROOT_REFUSED = b"workerUid: 0 is out of range 1...4294967294 uid: workers never run as root (uid 0)"
+
+
+def test_worker_uid_0_is_refused_by_flag_and_file(tmp_path):
+    """Workers never run as root, whichever way the uid is given."""
+    p = subprocess.run([str(BIN), "run", "--worker-uid", "0"], input=b"", capture_output=True, timeout=30)
+    assert p.returncode != 0 and b"--worker-uid: 0 is out of range" in p.stderr, p.stderr
+    assert b"workers never run as root" in p.stderr and p.stdout == b""
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"workerUid": 0}))
+    p = subprocess.run([str(BIN), "run", "--config", str(cfg)], input=b"", capture_output=True, timeout=30)
+    assert p.returncode == 2 and f"{cfg}: ".encode() + ROOT_REFUSED in p.stderr, p.stderr
+    assert p.stdout == b""
+    # The commands that run or check cells read the same file and flags.
+    for args in (["call", "echo"], ["doctor"], ["validate"]):
+        p = subprocess.run([str(BIN), *args, "--config", str(cfg)], capture_output=True, timeout=30)
+        assert p.returncode == 2 and ROOT_REFUSED in p.stderr, (args, p.stderr)
+        p = subprocess.run([str(BIN), *args, "--worker-uid", "0"], capture_output=True, timeout=30)
+        assert p.returncode != 0 and b"workers never run as root" in p.stderr, (args, p.stderr)
+    cfg.write_text(json.dumps({"workerGid": 0}))
+    p = subprocess.run([str(BIN), "run", "--config", str(cfg)], input=b"", capture_output=True, timeout=30)
+    assert p.returncode == 2 and b"workerGid: 0 is out of range" in p.stderr, p.stderr
+
+
+def test_config_show_is_file_then_flags(tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"maxConcurrentCalls": 8, "stateDirectory": "state", "logLevel": "debug"}))
+    p = subprocess.run([str(BIN), "config", "show", "--config", str(cfg), "--max-concurrent-calls", "9"],
+                       capture_output=True, timeout=30, check=True)
+    shown = json.loads(p.stdout)
+    assert shown["maxConcurrentCalls"] == 9 and shown["logLevel"] == "debug"
+    assert shown["stateDirectory"] == str(tmp_path / "state") and shown["configFile"] == str(cfg)
+    assert shown["workerUid"] is None and shown["prespawn"] == 1
 
 
 def test_configuration_file_sets_paths_and_limits(workspace, tmp_path):
