@@ -143,16 +143,6 @@ public struct Policy: Sendable {
                       onConflict: onConflict, conflictWaitMilliseconds: wait, sourcePath: path, sha256: sha256Hex(bytes))
     }
 
-    /// A policy that allows every registered tool to the local user, in one
-    /// phase, without limits: used only when no policy file exists (and
-    /// announced as such in every decision).
-    public static func permissiveDefault() -> Policy {
-        Policy(principals: [PrincipalRule(name: "default (no policy file)", principal: "*", client: "*", allow: ["*"], deny: [],
-                                          perToolRate: nil, overallRate: nil, maxConcurrent: nil)],
-               phases: ["default"], initialPhase: "default", transitions: [], cells: [:], onConflict: .wait,
-               conflictWaitMilliseconds: 5000, sourcePath: "(none)", sha256: "none")
-    }
-
     public func rule(for principal: String, client: String?) -> (Int, PrincipalRule)? {
         principals.enumerated().first { glob($0.element.principal, principal) && glob($0.element.client, client ?? "") }
     }
