@@ -1,8 +1,5 @@
 import StrictJSON
 import SupervisorPlatform
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// The optional configuration file (docs/configuration.md): a JSON object
 /// whose fields are the keys of `Setting.all`, every one optional. Flags
@@ -13,12 +10,8 @@ public enum ConfigurationFile {
     /// `~/.config/mcp-supervisor/config.json`, if it exists.
     public static func defaultPath() -> String? {
         var candidates: [String] = []
-        if let x = getenv("XDG_CONFIG_HOME"), x.pointee != 0 {
-            candidates.append(String(cString: x) + "/mcp-supervisor/config.json")
-        }
-        if let h = getenv("HOME"), h.pointee != 0 {
-            candidates.append(String(cString: h) + "/.config/mcp-supervisor/config.json")
-        }
+        if let x = Sys.getenv("XDG_CONFIG_HOME") { candidates.append(x + "/mcp-supervisor/config.json") }
+        if let h = Sys.getenv("HOME") { candidates.append(h + "/.config/mcp-supervisor/config.json") }
         return candidates.first { (try? Sys.stat($0)) != nil }
     }
 

@@ -1,8 +1,5 @@
 import StrictJSON
 import SupervisorPlatform
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Who may call what, how often, and in which phase (docs/policy.md).
 /// Plain data, deny by default, validated strictly.

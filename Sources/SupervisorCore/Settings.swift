@@ -1,8 +1,5 @@
 import StrictJSON
 import SupervisorPlatform
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// The effective server settings: each one declared in `Setting.all`
 /// (key, flag, range, unit, default, help), given its default there, then
@@ -61,13 +58,13 @@ public struct SupervisorSettings: Sendable {
 
     /// `$XDG_STATE_HOME/mcp-supervisor`, else `~/.local/state/mcp-supervisor`.
     public static func defaultStateDirectory() -> String {
-        if let x = getenv("XDG_STATE_HOME"), x.pointee != 0, String(cString: x).hasPrefix("/") {
-            return String(cString: x) + "/mcp-supervisor"
+        if let x = Sys.getenv("XDG_STATE_HOME"), x.hasPrefix("/") {
+            return x + "/mcp-supervisor"
         }
-        if let h = getenv("HOME"), h.pointee != 0, (try? Sys.stat(String(cString: h)))?.isDirectory == true {
-            return String(cString: h) + "/.local/state/mcp-supervisor"
+        if let h = Sys.getenv("HOME"), (try? Sys.stat(h))?.isDirectory == true {
+            return h + "/.local/state/mcp-supervisor"
         }
-        return "/tmp/mcp-supervisor-\(geteuid())/state"
+        return "/tmp/mcp-supervisor-\(Sys.geteuid())/state"
     }
 
     /// Scratch directories live on tmpfs when possible, so nothing a worker
@@ -75,21 +72,20 @@ public struct SupervisorSettings: Sendable {
     /// `$XDG_RUNTIME_DIR`, else `/dev/shm/mcp-supervisor-<uid>`, else
     /// `/tmp/mcp-supervisor-<uid>`.
     public static func defaultScratchRoot() -> String {
-        if let x = getenv("XDG_RUNTIME_DIR"), x.pointee != 0, (try? Sys.stat(String(cString: x)))?.isDirectory == true {
-            return String(cString: x) + "/mcp-supervisor/scratch"
+        if let x = Sys.getenv("XDG_RUNTIME_DIR"), (try? Sys.stat(x))?.isDirectory == true {
+            return x + "/mcp-supervisor/scratch"
         }
         if (try? Sys.stat("/dev/shm"))?.isDirectory == true {
-            return "/dev/shm/mcp-supervisor-\(geteuid())/scratch"
+            return "/dev/shm/mcp-supervisor-\(Sys.geteuid())/scratch"
         }
-        return "/tmp/mcp-supervisor-\(geteuid())/scratch"
+        return "/tmp/mcp-supervisor-\(Sys.geteuid())/scratch"
     }
 
     /// Absolute form of a possibly relative path.
     public static func absolute(_ p: String) -> String {
         if p.hasPrefix("/") { return p }
-        var buf = [CChar](repeating: 0, count: 4096)
-        guard getcwd(&buf, 4096) != nil else { return p }
-        return normalize(String(cString: buf) + "/" + p)
+        guard let cwd = Sys.getcwd() else { return p }
+        return normalize(cwd + "/" + p)
     }
 
     /// Creates the state directory (0700) and its parents.

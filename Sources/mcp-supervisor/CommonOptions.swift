@@ -2,9 +2,6 @@ import ArgumentParser
 import Logging
 import SupervisorCore
 import SupervisorPlatform
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// The configuration file and the cell settings of `Setting.all` (scope
 /// `cells`) as flags: for every command that loads cells. Each flag's name,
@@ -119,11 +116,9 @@ func stderrLogger(_ label: String) -> Logger {
 }
 
 func printError(_ s: String) {
-    var line = s + "\n"
-    line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+    // A diagnostic that cannot be written (stderr closed) is dropped.
+    try? FileDescriptor.standardError.writeAll(Array((s + "\n").utf8))
 }
-
-struct ExitFailure: Error {}
 
 func formatDuration(_ ns: UInt64) -> String {
     let ms = Double(ns) / 1e6
@@ -140,4 +135,4 @@ func format2(_ d: Double) -> String {
     return s + ".00"
 }
 
-func geteuidValue() -> UInt32 { geteuid() }
+func geteuidValue() -> UInt32 { Sys.geteuid() }

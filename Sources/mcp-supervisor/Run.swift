@@ -6,9 +6,6 @@ import SupervisorCore
 import SupervisorPlatform
 import StrictJSON
 import SupervisorServer
-#if canImport(Glibc)
-import Glibc
-#endif
 
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -42,7 +39,7 @@ struct Run: AsyncParsableCommand {
         // The supervisor holds keys and the log: no core dumps, no ptrace by
         // same-uid processes.
         Sys.setNonDumpable()
-        signal(SIGPIPE, SIG_IGN)
+        Sys.ignoreSignal(Signal.pipe)
 
         do { try s.prepareStateDirectory() } catch {
             printError("mcp-supervisor: cannot create the state directory: \(error)")
@@ -85,7 +82,7 @@ struct Run: AsyncParsableCommand {
             throw ExitCode(2)
         }
         log.appendAndWait([SecurityEvent(.supervisorStart, JSONObject([
-            ("version", .string(SupervisorInfo.version)), ("pid", .int(Int64(getpid()))), ("uid", .int(Int64(geteuid()))),
+            ("version", .string(SupervisorInfo.version)), ("pid", .int(Int64(Sys.getpid()))), ("uid", .int(Int64(Sys.geteuid()))),
             ("configSha256", .string(sha256Hex(settingsDigest(s, options)))),
             ("manifests", .string(s.manifestsDirectory)), ("policies", .string(s.policiesDirectory)),
             ("features", featureSummary(features, host)),
@@ -103,30 +100,30 @@ struct Run: AsyncParsableCommand {
             // Revocation takes effect without waiting for the next call.
             Thread.detachNewThread {
                 while true {
-                    usleep(250_000)
+                    Thread.sleep(forTimeInterval: 0.25)
                     if watch.changed() { Task { await service.reload() } }
                 }
             }
         }
         logger.info("serving", metadata: [
             "manifests": "\(manifestsDir)", "tools": "\(service.currentRegistry.toolNames.count)",
-            "landlock.abi": "\(features.landlockABI ?? 0)", "uid": "\(geteuid())",
+            "landlock.abi": "\(features.landlockABI ?? 0)", "uid": "\(Sys.geteuid())",
         ])
 
         let signals = SignalHandlers()
-        signals.on(SIGHUP) {
+        signals.on(Signal.hangUp) {
             Task {
                 service.reloadPolicy()
                 await service.reload()
             }
         }
-        for sig in [SIGTERM, SIGINT] {
+        for sig in [Signal.terminate, Signal.interrupt] {
             signals.on(sig) {
                 service.shutdown(reason: "signal \(sig)")
                 // Give the killed workers' calls a moment to record their end.
                 DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(200)) {
                     log.close(finalEvent: SecurityEvent(.supervisorStop, JSONObject([("reason", .string(signalName(sig)))])))
-                    Glibc.exit(0)
+                    Sys.exit(0)
                 }
             }
         }
@@ -139,7 +136,7 @@ struct Run: AsyncParsableCommand {
         }
         try await service.run(transport: transport)
         log.close(finalEvent: SecurityEvent(.supervisorStop, JSONObject([("reason", "end of input")])))
-        Glibc.exit(0)
+        Sys.exit(0)
     }
 }
 
@@ -186,7 +183,7 @@ final class SignalHandlers: @unchecked Sendable {
     private var sources: [DispatchSourceSignal] = []
 
     func on(_ sig: Int32, _ body: @escaping @Sendable () -> Void) {
-        signal(sig, SIG_IGN)
+        Sys.ignoreSignal(sig)
         let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
         s.setEventHandler(handler: body)
         s.resume()

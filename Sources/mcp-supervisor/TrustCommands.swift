@@ -293,7 +293,7 @@ struct CellCommand: ParsableCommand {
         @OptionGroup var location: TrustLocation
         func run() throws {
             try trustCommand {
-                let (st, c) = try CellCommand.registered(location, cell)
+                let (_, c) = try CellCommand.registered(location, cell)
                 var cur = c.active ?? c.order.last
                 while let id = cur, let v = c.versions[id] {
                     print("\(id.prefix(12))  \(v.label)  \(v.registeredAt)\(c.active == id ? "  active" : "")\(v.revoked ? "  revoked" : "")")

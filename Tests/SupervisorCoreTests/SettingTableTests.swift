@@ -31,7 +31,7 @@ final class SettingTableTests: XCTestCase {
 
     func writeConfig(_ o: JSONObject) -> String {
         let p = NSTemporaryDirectory() + "mcps-config-\(UInt32.random(in: 0...UInt32.max)).json"
-        FileManager.default.createFile(atPath: p, contents: Data(JSONValue.object(o).serializedBytes()))
+        _ = FileManager.default.createFile(atPath: p, contents: Data(JSONValue.object(o).serializedBytes()))
         return p
     }
 
