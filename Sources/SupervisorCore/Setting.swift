@@ -63,13 +63,15 @@ extension Setting {
     public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
 
     public static let manifests = Setting(
-        "manifests", flag: "manifests", .directory(\.manifestsDirectory, default: { SupervisorSettings.defaultDirectory("manifests") }),
+        "manifests", flag: "manifests",
+        .directory(\.manifestsDirectory, default: { SupervisorSettings.defaultDirectory("manifests") }),
         scope: .cells,
         defaultText: "`manifests/` of the working directory, else of the checkout the binary was built in",
         help: "Directory of cell manifests (`*.json`).")
 
     public static let policies = Setting(
-        "policies", flag: "policies", .directory(\.policiesDirectory, default: { SupervisorSettings.defaultDirectory("policies") }),
+        "policies", flag: "policies",
+        .directory(\.policiesDirectory, default: { SupervisorSettings.defaultDirectory("policies") }),
         scope: .cells, defaultText: "`policies/`, found the same way",
         help: "Directory of policies: `syscall-groups.json` and `policy.json`.")
 
@@ -180,7 +182,9 @@ extension Setting {
         func fail(_ message: String) -> ConfigError { ConfigError(file: file, field: key, message: message) }
         switch kind {
         case .directory(let p, _):
-            guard case .string(let v) = value, !v.isEmpty else { throw fail("expected a path, found \(value.typeName)") }
+            guard case .string(let v) = value, !v.isEmpty else {
+                throw fail("expected a path, found \(value.typeName)")
+            }
             s[keyPath: p] = v.hasPrefix("/") ? normalize(v) : normalize(directory + "/" + v)
         case .integer, .identity:
             guard case .int(let i) = value else {

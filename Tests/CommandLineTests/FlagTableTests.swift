@@ -43,8 +43,10 @@ final class FlagTableTests: XCTestCase {
         let args = Setting.all.flatMap { ["--\($0.flag)", sample($0)] }
         let run = try Run.parse(args + ["--allow-unsigned"])
         let show = try ConfigCommand.Show.parse(args)
-        for command in [run.cellOptions.flags + run.serverOptions.flags,
-                        show.cellOptions.flags + show.serverOptions.flags] {
+        for command in [
+            run.cellOptions.flags + run.serverOptions.flags,
+            show.cellOptions.flags + show.serverOptions.flags,
+        ] {
             XCTAssertEqual(command.count, Setting.all.count)
             for (s, v) in command { XCTAssertEqual(v, sample(s), s.key) }
         }

@@ -109,8 +109,9 @@ final class SettingTableTests: XCTestCase {
             configurationFile: writeConfig(["maxConcurrentCalls": 8]), flags: [(.maxConcurrentCalls, "9")])
         XCTAssertEqual(both.maxConcurrentCalls, 9)
         // Only the table's keys.
-        XCTAssertThrowsError(try SupervisorSettings.resolve(configurationFile: writeConfig(["manifest": "x"]), flags: []))
-        {
+        XCTAssertThrowsError(
+            try SupervisorSettings.resolve(configurationFile: writeConfig(["manifest": "x"]), flags: [])
+        ) {
             XCTAssertEqual(($0 as? ConfigError)?.field, "manifest")
             XCTAssertTrue("\($0)".hasSuffix("manifest: unknown field"), "\($0)")
         }
@@ -127,10 +128,12 @@ final class SettingTableTests: XCTestCase {
             }
             let path = writeConfig([s.key: bad.0])
             XCTAssertThrowsError(try SupervisorSettings.resolve(configurationFile: path, flags: []), s.key) {
-                XCTAssertEqual($0 as? ConfigError, ConfigError(file: path, field: s.key, message: ($0 as! ConfigError).message))
+                XCTAssertEqual(
+                    $0 as? ConfigError, ConfigError(file: path, field: s.key, message: ($0 as! ConfigError).message))
             }
-            XCTAssertThrowsError(try SupervisorSettings.resolve(configurationFile: writeConfig([:]), flags: [(s, bad.1)]))
-            {
+            XCTAssertThrowsError(
+                try SupervisorSettings.resolve(configurationFile: writeConfig([:]), flags: [(s, bad.1)])
+            ) {
                 XCTAssertTrue("\($0)".hasPrefix("--\(s.flag): "), "\($0)")
             }
         }
@@ -142,12 +145,16 @@ final class SettingTableTests: XCTestCase {
             XCTAssertEqual(
                 "\($0)", "\(path): workerUid: 0 is out of range 1...4294967294 uid: workers never run as root (uid 0)")
         }
-        XCTAssertThrowsError(try SupervisorSettings.resolve(configurationFile: writeConfig([:]), flags: [(.workerUid, "0")]))
-        {
-            XCTAssertEqual("\($0)", "--worker-uid: 0 is out of range 1...4294967294 uid: workers never run as root (uid 0)")
+        XCTAssertThrowsError(
+            try SupervisorSettings.resolve(configurationFile: writeConfig([:]), flags: [(.workerUid, "0")])
+        ) {
+            XCTAssertEqual(
+                "\($0)", "--worker-uid: 0 is out of range 1...4294967294 uid: workers never run as root (uid 0)")
         }
-        XCTAssertThrowsError(try SupervisorSettings.resolve(configurationFile: writeConfig(["workerGid": 0]), flags: []))
-        XCTAssertThrowsError(try SupervisorSettings.resolve(configurationFile: writeConfig([:]), flags: [(.workerGid, "0")]))
+        XCTAssertThrowsError(
+            try SupervisorSettings.resolve(configurationFile: writeConfig(["workerGid": 0]), flags: []))
+        XCTAssertThrowsError(
+            try SupervisorSettings.resolve(configurationFile: writeConfig([:]), flags: [(.workerGid, "0")]))
         // (uid_t)-1 means "unchanged" to setresuid: refused as well.
         XCTAssertThrowsError(
             try SupervisorSettings.resolve(configurationFile: writeConfig([:]), flags: [(.workerUid, "4294967295")]))
