@@ -98,6 +98,41 @@ struct ServerOptions: ParsableArguments {
     func validate() throws { try validateFlags(flags) }
 }
 
+/// The configuration file and the state directory, for commands that only
+/// need where the supervisor keeps its state (keys, ledger, security log):
+/// they find it where `run` does.
+struct StateOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp(CommonOptions.configHelp))
+    var config: String?
+
+    @Option(name: .customLong(Setting.stateDirectory.flag), help: ArgumentHelp(Setting.stateDirectory.flagHelp))
+    var stateDir: String?
+
+    /// Each setting of this group with its flag's value (see CommonOptions).
+    var flags: [(Setting, String?)] { [(.stateDirectory, stateDir)] }
+
+    /// Checks the flags and the file, so that `settings` cannot fail later.
+    func validate() throws {
+        try validateFlags(flags)
+        do { _ = try resolve() } catch { throw ValidationError("configuration error: \(error)") }
+    }
+
+    func resolve(more: [(Setting, String?)] = []) throws(ConfigError) -> SupervisorSettings {
+        let given = (flags + more).compactMap { setting, value in value.map { (setting, $0) } }
+        return try SupervisorSettings.resolve(configurationFile: config, flags: given)
+    }
+
+    /// Defaults, the configuration file, then the flags (checked by
+    /// `validate()` before the command runs).
+    func settings(more: [(Setting, String?)] = []) -> SupervisorSettings {
+        do { return try resolve(more: more) } catch {
+            // Only if the file changed since validate(): fail closed.
+            printError("mcp-supervisor: configuration error: \(error)")
+            Sys.exit(2)
+        }
+    }
+}
+
 /// Checks each given flag's value with the table, so a bad value is a usage
 /// error before anything starts.
 func validateFlags(_ flags: [(Setting, String?)]) throws {

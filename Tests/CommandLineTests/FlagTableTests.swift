@@ -39,6 +39,20 @@ final class FlagTableTests: XCTestCase {
         }
     }
 
+    /// The trust and audit commands take the state directory (and the trust
+    /// commands the policies) from the same table entries and file.
+    func testStateCommandsShareTheTableFlags() throws {
+        let state = try StateOptions.parse(["--state-dir", "/sample/state"])
+        XCTAssertEqual(state.flags.compactMap { $0.1 == nil ? nil : $0.0.key }, ["stateDirectory"])
+        XCTAssertEqual(state.settings().stateDirectory, "/sample/state")
+        let trust = try TrustLocation.parse(["--state-dir", "/s", "--policies", "/p"])
+        XCTAssertEqual(trust.state, "/s")
+        XCTAssertEqual(trust.policies, "/p")
+        let audit = try Audit.Location.parse(["--state-dir", "/a"])
+        XCTAssertEqual(audit.state, "/a")
+        XCTAssertThrowsError(try TrustLocation.parse(["--policies", ""]))
+    }
+
     func testRunAndConfigShowTakeEveryFlag() throws {
         let args = Setting.all.flatMap { ["--\($0.flag)", sample($0)] }
         let run = try Run.parse(args + ["--allow-unsigned"])

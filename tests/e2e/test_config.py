@@ -150,3 +150,22 @@ def test_runs_as_an_unprivileged_user(workspace):
     assert replies[3]["result"]["content"][0]["text"] == "errno 13"
     assert "forbidden system call ptrace" in replies[4]["result"]["content"][0]["text"]
     assert b"uid=4242" in err
+
+
+def test_audit_and_trust_commands_use_the_configured_state_directory(workspace, tmp_path):
+    """The state directory of the configuration file is where `run` logs,
+    and where `audit` and the trust commands look."""
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"manifests": str(workspace / "manifests"), "policies": str(ROOT / "policies"),
+                               "stateDirectory": "state", "scratchDirectory": "scratch"}))
+    subprocess.run([str(BIN), "run", "--allow-unsigned", "--config", str(cfg)], input=b"", capture_output=True,
+                   timeout=30, check=True)
+    p = subprocess.run([str(BIN), "audit", "verify", "--config", str(cfg)], capture_output=True, timeout=30)
+    assert p.returncode == 0 and b"audit verify: OK" in p.stdout, (p.stdout, p.stderr)
+    p = subprocess.run([str(BIN), "keys", "generate", "--config", str(cfg), "--out", str(tmp_path / "k")],
+                       capture_output=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "state" / "security").is_dir()
+    cfg.write_text(json.dumps({"stateDirectory": 7}))
+    p = subprocess.run([str(BIN), "audit", "tail", "--config", str(cfg)], capture_output=True, timeout=30)
+    assert p.returncode != 0 and b"stateDirectory: expected a path" in p.stderr, p.stderr
