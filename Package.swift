@@ -78,6 +78,11 @@ let package = Package(
 
         .testTarget(name: "StrictJSONTests", dependencies: ["StrictJSON"]),
         .testTarget(name: "SupervisorCoreTests", dependencies: ["SupervisorCore", "StrictJSON"]),
+        // The command line (flags from the settings table), without forking.
+        .testTarget(
+            name: "CommandLineTests",
+            dependencies: ["mcp-supervisor", "SupervisorCore", "SupervisorServer",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .testTarget(
             name: "SystemTests",
             dependencies: ["SupervisorCore", "SupervisorPlatform", "StrictJSON",

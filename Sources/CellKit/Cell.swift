@@ -107,7 +107,10 @@ public enum Cell {
         _ = FrameCodec.encode(encode(.text("prime", structured: sample), id: "prime"))
     }
 
-    enum ReadResult { case success(CellRequest), failure(String) }
+    enum ReadResult {
+        case success(CellRequest)
+        case failure(String)
+    }
 
     static func readRequest() -> ReadResult {
         var decoder = FrameDecoder(maxFrame: maxRequestBytes)

@@ -1,8 +1,5 @@
 import StrictJSON
 import SupervisorPlatform
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// A manifest that could not be loaded or prepared, and why.
 public struct CellProblem: Sendable, CustomStringConvertible {
@@ -57,14 +54,8 @@ public final class CellRegistry: @unchecked Sendable {
 
     /// Lists the `.json` files of a directory, sorted.
     public static func manifestFiles(in directory: String) throws(SystemError) -> [String] {
-        guard let d = opendir(directory) else { throw SystemError("opendir \(directory)", errno: errno) }
-        defer { closedir(d) }
-        var out: [String] = []
-        while let e = readdir(d) {
-            let n = withUnsafeBytes(of: e.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
-            if n.hasSuffix(".json") && !n.hasPrefix(".") { out.append(directory + "/" + n) }
-        }
-        return out.sorted()
+        try Sys.readdirNames(directory).filter { $0.hasSuffix(".json") && !$0.hasPrefix(".") }.map { directory + "/" + $0 }
+            .sorted()
     }
 
     /// Reads and parses one manifest file.

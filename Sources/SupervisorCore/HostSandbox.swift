@@ -1,7 +1,4 @@
 import SupervisorPlatform
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// What this kernel and this process can give a worker, probed once at start.
 public struct KernelFeatures: Sendable {
@@ -21,7 +18,7 @@ public struct KernelFeatures: Sendable {
         let api = Seccomp.apiLevel
         var f = KernelFeatures(
             seccompAPILevel: api, seccompUserNotification: api >= 6, landlockABI: nil, landlockError: nil,
-            isRoot: geteuid() == 0, canDropBoundingSet: Sys.hasEffectiveCapability(8 /* CAP_SETPCAP */),
+            isRoot: Sys.geteuid() == 0, canDropBoundingSet: Sys.hasEffectiveCapability(8 /* CAP_SETPCAP */),
             userNamespaces: false, userNamespaceError: nil, pidNamespaces: false, pidNamespaceError: nil,
             memfdExec: true)
         switch Landlock.abi() {
@@ -36,7 +33,7 @@ public struct KernelFeatures: Sendable {
         case .success: f.pidNamespaces = true
         case .failure(let e): f.pidNamespaceError = e.description
         }
-        if let v = try? readFile("/proc/sys/vm/memfd_noexec"), let s = String(validatingUTF8: v.map { CChar(bitPattern: $0) } + [0]) {
+        if let v = try? readFile("/proc/sys/vm/memfd_noexec"), let s = String(validating: v, as: UTF8.self) {
             f.memfdExec = s.hasPrefix("0")
         }
         return f
@@ -61,8 +58,8 @@ public struct HostSandbox: Sendable {
     public init(features: KernelFeatures, workerUID: UInt32? = nil, workerGID: UInt32? = nil, scratchRoot: String,
                 protectedPaths: [String], terminationGraceMilliseconds: Int = 200) {
         self.features = features
-        self.workerUID = workerUID ?? (features.isRoot ? 65534 : getuid())
-        self.workerGID = workerGID ?? (features.isRoot ? 65534 : getgid())
+        self.workerUID = workerUID ?? (features.isRoot ? Setting.workerUid.identityRootDefault : Sys.getuid())
+        self.workerGID = workerGID ?? (features.isRoot ? Setting.workerGid.identityRootDefault : Sys.getgid())
         self.scratchRoot = scratchRoot
         self.protectedPaths = protectedPaths
         self.terminationGraceMilliseconds = terminationGraceMilliseconds
@@ -70,7 +67,7 @@ public struct HostSandbox: Sendable {
 
     /// True when workers share the supervisor's uid: then only Landlock's
     /// signal scope keeps a worker from signalling the supervisor.
-    public var workersShareSupervisorUID: Bool { workerUID == geteuid() }
+    public var workersShareSupervisorUID: Bool { workerUID == Sys.geteuid() }
 
     /// Creates the scratch root: owned by the supervisor, not a symlink,
     /// traversable (not listable) by the worker uid.
@@ -83,8 +80,8 @@ public struct HostSandbox: Sendable {
             }
         }
         let st = try Sys.lstat(scratchRoot)
-        guard st.isDirectory, st.uid == geteuid() else {
-            throw SystemError("scratch root \(scratchRoot) is not a directory owned by this user", errno: EPERM)
+        guard st.isDirectory, st.uid == Sys.geteuid() else {
+            throw SystemError("scratch root \(scratchRoot) is not a directory owned by this user", errno: Errno.notPermitted)
         }
         try Sys.chmod(scratchRoot, mode: 0o711)
     }

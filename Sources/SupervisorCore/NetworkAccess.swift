@@ -1,9 +1,6 @@
 import Foundation
 import StrictJSON
 import SupervisorPlatform
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// The network a cell may reach: TCP connections to the hosts on its
 /// allowlist, made by the supervisor's connection broker and handed to the
@@ -146,7 +143,7 @@ struct ConnectionBroker {
             guard let m = try Network.receive(socket, limit: 1024) else { return .closed }
             message = m
         } catch {
-            return error.errno == EAGAIN ? .idle : .closed
+            return error.errno == Errno.wouldBlock ? .idle : .closed
         }
         var d = NetworkDecision(host: "", port: 0, address: nil, refusal: nil)
         var reply: JSONObject

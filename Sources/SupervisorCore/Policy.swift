@@ -1,8 +1,5 @@
 import StrictJSON
 import SupervisorPlatform
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Who may call what, how often, and in which phase (docs/policy.md).
 /// Plain data, deny by default, validated strictly.
@@ -142,16 +139,6 @@ public struct Policy: Sendable {
         try r.finish()
         return Policy(principals: principals, phases: phases, initialPhase: initial, transitions: transitions, cells: cells,
                       onConflict: onConflict, conflictWaitMilliseconds: wait, sourcePath: path, sha256: sha256Hex(bytes))
-    }
-
-    /// A policy that allows every registered tool to the local user, in one
-    /// phase, without limits: used only when no policy file exists (and
-    /// announced as such in every decision).
-    public static func permissiveDefault() -> Policy {
-        Policy(principals: [PrincipalRule(name: "default (no policy file)", principal: "*", client: "*", allow: ["*"], deny: [],
-                                          perToolRate: nil, overallRate: nil, maxConcurrent: nil)],
-               phases: ["default"], initialPhase: "default", transitions: [], cells: [:], onConflict: .wait,
-               conflictWaitMilliseconds: 5000, sourcePath: "(none)", sha256: "none")
     }
 
     public func rule(for principal: String, client: String?) -> (Int, PrincipalRule)? {

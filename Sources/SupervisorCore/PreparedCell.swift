@@ -1,9 +1,6 @@
 import Crypto
 import StrictJSON
 import SupervisorPlatform
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Why a cell cannot run at all, or cannot run this call.
 public enum CellCannotRun: Error, Equatable, Sendable, CustomStringConvertible {
@@ -87,7 +84,7 @@ final class VerifiedFile: @unchecked Sendable {
     /// exactly those bytes into a sealed memfd (which can never change).
     private static func load(path: String, expected: String) throws(CellRefusal) -> (FileDescriptor, FileIdentity) {
         let fd: FileDescriptor
-        do { fd = try Sys.open(path, O_RDONLY) } catch { throw .unreadable(path: path, reason: error.description) }
+        do { fd = try Sys.open(path, OpenFlags.readOnly) } catch { throw .unreadable(path: path, reason: error.description) }
         defer { fd.close() }
         do {
             let before = try fd.stat()
@@ -176,7 +173,7 @@ final class ProgramInput: @unchecked Sendable {
             }
             sealed = joined!
         }
-        do { return (try Sys.open("/proc/self/fd/\(sealed.rawValue)", O_RDONLY), gens) } catch {
+        do { return (try Sys.open("/proc/self/fd/\(sealed.rawValue)", OpenFlags.readOnly), gens) } catch {
             throw .unreadable(path: parts.last!.path, reason: "reopen of the sealed copy failed: \(error)")
         }
     }
@@ -231,10 +228,10 @@ public final class PreparedCell: @unchecked Sendable {
             break
         case .threads:
             add("clone", .allow, SeccompRule.Condition(argument: 0, mask: namespaceFlags | cloneThread, value: cloneThread))
-            add("clone3", .fail(errno: ENOSYS))
+            add("clone3", .fail(errno: Errno.noFunction))
         case .processes:
             add("clone", .allow, SeccompRule.Condition(argument: 0, mask: namespaceFlags, value: 0))
-            add("clone3", .fail(errno: ENOSYS))
+            add("clone3", .fail(errno: Errno.noFunction))
             for n in ["fork", "vfork", "execve", "wait4", "waitid", "kill", "tgkill", "tkill"] where !seen.contains(n) {
                 seen.insert(n)
                 add(n)
@@ -299,19 +296,4 @@ public final class PreparedCell: @unchecked Sendable {
 
     public var name: String { manifest.name }
     public var version: String { manifest.version }
-}
-
-/// A small pthread mutex (the supervisor's hot path avoids actors here: the
-/// spawning thread is a plain thread, not a Swift concurrency task).
-public final class Mutex: @unchecked Sendable {
-    private var m = pthread_mutex_t()
-    public init() { pthread_mutex_init(&m, nil) }
-    deinit { pthread_mutex_destroy(&m) }
-    public func lock() { pthread_mutex_lock(&m) }
-    public func unlock() { pthread_mutex_unlock(&m) }
-    public func withLock<T>(_ body: () throws -> T) rethrows -> T {
-        lock()
-        defer { unlock() }
-        return try body()
-    }
 }

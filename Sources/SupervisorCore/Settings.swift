@@ -1,34 +1,70 @@
+import StrictJSON
 import SupervisorPlatform
-#if canImport(Glibc)
-import Glibc
-#endif
 
-/// Where the supervisor finds its inputs and keeps its state. Defaults work
-/// straight from a checkout (run from the repository root).
+/// The effective server settings: each one declared in `Setting.all`
+/// (key, flag, range, unit, default, help), given its default there, then
+/// its value from the configuration file, then from the command line.
+/// Defaults work straight from a checkout (run from the repository root).
 public struct SupervisorSettings: Sendable {
-    public var manifestsDirectory = "manifests"
-    public var policiesDirectory = "policies"
-    public var stateDirectory: String
-    public var scratchRoot: String
-    public var workerUID: UInt32? = nil
-    public var workerGID: UInt32? = nil
+    // The initial values below are never seen: `init()` sets every property
+    // from its entry in `Setting.all` (a unit test checks that each property
+    // has exactly one entry).
+    public internal(set) var manifestsDirectory = ""
+    public internal(set) var policiesDirectory = ""
+    public internal(set) var stateDirectory = ""
+    public internal(set) var scratchRoot = ""
+    public internal(set) var workerUID: UInt32? = nil
+    public internal(set) var workerGID: UInt32? = nil
+    public internal(set) var maxConcurrentCalls = 0
+    public internal(set) var maxQueuedCalls = 0
+    public internal(set) var toolsPageSize = 0
+    public internal(set) var maxMessageBytes = 0
+    public internal(set) var prespawn = 0
+    public internal(set) var prespawnIdleSeconds = 0
+    public internal(set) var logLevel = ""
+    /// The configuration file the values came from, if any.
+    public internal(set) var configurationFile: String? = nil
 
     public var syscallGroupsPath: String { policiesDirectory + "/syscall-groups.json" }
 
+    /// Every setting at its default.
     public init() {
-        stateDirectory = Self.defaultStateDirectory()
-        scratchRoot = Self.defaultScratchRoot()
+        for setting in Setting.all { setting.applyDefault(to: &self) }
+    }
+
+    /// Defaults, then the configuration file (`configurationFile`, else the
+    /// default one if it exists), then the flags given on the command line.
+    /// Errors name the file and field, or the flag.
+    public static func resolve(configurationFile: String?, flags: [(Setting, String)])
+        throws(ConfigError) -> SupervisorSettings
+    {
+        var s = SupervisorSettings()
+        if let path = configurationFile.map(absolute) ?? ConfigurationFile.defaultPath() {
+            try ConfigurationFile.load(path: path, into: &s)
+        }
+        for (setting, value) in flags { try setting.apply(flagValue: value, to: &s) }
+        return s
+    }
+
+    /// The effective settings as one JSON object with the configuration
+    /// file's keys (recorded as a digest at start, so a change shows in the
+    /// security log).
+    public var recorded: JSONObject {
+        var o = JSONObject()
+        for setting in Setting.all { o[setting.key] = setting.value(in: self) }
+        o["configFile"] = configurationFile.map { .string($0) } ?? .null
+        return o
     }
 
     /// `$XDG_STATE_HOME/mcp-supervisor`, else `~/.local/state/mcp-supervisor`.
     public static func defaultStateDirectory() -> String {
-        if let x = getenv("XDG_STATE_HOME"), x.pointee != 0, String(cString: x).hasPrefix("/") {
-            return String(cString: x) + "/mcp-supervisor"
+        if let x = Sys.getenv("XDG_STATE_HOME"), x.hasPrefix("/") {
+            return x + "/mcp-supervisor"
         }
-        if let h = getenv("HOME"), h.pointee != 0, (try? Sys.stat(String(cString: h)))?.isDirectory == true {
-            return String(cString: h) + "/.local/state/mcp-supervisor"
+        if let h = Sys.getenv("HOME"), (try? Sys.stat(h))?.isDirectory == true {
+            return h + "/.local/state/mcp-supervisor"
         }
-        return "/tmp/mcp-supervisor-\(geteuid())/state"
+        return "/tmp/mcp-supervisor-\(Sys.geteuid())/state"
     }
 
     /// Scratch directories live on tmpfs when possible, so nothing a worker
@@ -36,21 +72,20 @@ public struct SupervisorSettings: Sendable {
     /// `$XDG_RUNTIME_DIR`, else `/dev/shm/mcp-supervisor-<uid>`, else
     /// `/tmp/mcp-supervisor-<uid>`.
     public static func defaultScratchRoot() -> String {
-        if let x = getenv("XDG_RUNTIME_DIR"), x.pointee != 0, (try? Sys.stat(String(cString: x)))?.isDirectory == true {
-            return String(cString: x) + "/mcp-supervisor/scratch"
+        if let x = Sys.getenv("XDG_RUNTIME_DIR"), (try? Sys.stat(x))?.isDirectory == true {
+            return x + "/mcp-supervisor/scratch"
         }
         if (try? Sys.stat("/dev/shm"))?.isDirectory == true {
-            return "/dev/shm/mcp-supervisor-\(geteuid())/scratch"
+            return "/dev/shm/mcp-supervisor-\(Sys.geteuid())/scratch"
         }
-        return "/tmp/mcp-supervisor-\(geteuid())/scratch"
+        return "/tmp/mcp-supervisor-\(Sys.geteuid())/scratch"
     }
 
     /// Absolute form of a possibly relative path.
     public static func absolute(_ p: String) -> String {
         if p.hasPrefix("/") { return p }
-        var buf = [CChar](repeating: 0, count: 4096)
-        guard getcwd(&buf, 4096) != nil else { return p }
-        return normalize(String(cString: buf) + "/" + p)
+        guard let cwd = Sys.getcwd() else { return p }
+        return normalize(cwd + "/" + p)
     }
 
     /// Creates the state directory (0700) and its parents.

@@ -35,7 +35,7 @@ public struct IPAddress: Equatable, Hashable, Sendable, CustomStringConvertible 
         var a = raw
         var buf = [CChar](repeating: 0, count: 64)
         guard mcps_address_text(&a, &buf, buf.count) == 0 else { return "?" }
-        return String(cString: buf)
+        return String(nulTerminated: buf)
     }
 
     /// Loopback, private, link-local, CGNAT, unspecified, multicast,

@@ -179,7 +179,7 @@ public enum Seccomp {
     public static func name(of nr: Int32, arch: UInt32 = nativeArchitecture) -> String {
         var buf = [CChar](repeating: 0, count: 64)
         if mcps_seccomp_syscall_name(nr, arch, &buf, 64) == 0 {
-            return String(cString: buf)
+            return String(nulTerminated: buf)
         }
         return "syscall \(nr)"
     }

@@ -8,13 +8,14 @@ import Synchronization
 
 /// Serving knobs; defaults in docs/configuration.md.
 public struct ServiceOptions: Sendable {
-    public var maxConcurrentCalls = 4
-    public var maxQueuedCalls = 32
-    public var toolsPageSize = 50
-    public var maxMessageBytes = 4 << 20
+    // Defaults from the settings table (SupervisorCore/Setting.swift).
+    public var maxConcurrentCalls = Setting.maxConcurrentCalls.integerDefault
+    public var maxQueuedCalls = Setting.maxQueuedCalls.integerDefault
+    public var toolsPageSize = Setting.toolsPageSize.integerDefault
+    public var maxMessageBytes = Setting.maxMessageBytes.integerDefault
     /// Workers started ahead of the call per recently called cell.
-    public var prespawn = 1
-    public var prespawnIdleSeconds = 60
+    public var prespawn = Setting.prespawn.integerDefault
+    public var prespawnIdleSeconds = Setting.prespawnIdleSeconds.integerDefault
     /// Record tool arguments in call.start events (otherwise only their digest).
     public var recordArguments = false
     /// Serve manifests without signatures (development only; announced at

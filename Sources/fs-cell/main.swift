@@ -10,7 +10,8 @@ import Glibc
 // MCPS_WRITE_ROOTS; Landlock enforces them in the kernel whatever this code
 // does, the checks here only turn a denial into a clear message.
 
-// <fcntl.h>; hidden from Swift without _GNU_SOURCE.
+// <fcntl.h>; hidden from Swift without _GNU_SOURCE (named as in C).
+// swift-format-ignore: AlwaysUseLowerCamelCase
 let O_PATH: Int32 = 0o10000000
 
 struct ToolError: Error, CustomStringConvertible {

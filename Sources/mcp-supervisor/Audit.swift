@@ -11,10 +11,10 @@ struct Audit: ParsableCommand {
         subcommands: [Tail.self, Query.self, Verify.self, Stats.self, RotateKey.self])
 
     struct Location: ParsableArguments {
-        @Option(name: .long, help: "State directory holding security/ and keys/ (default: the supervisor's).")
-        var stateDir: String?
+        /// The state directory (security/, keys/) and the configuration file.
+        @OptionGroup var stateOptions: StateOptions
 
-        var state: String { stateDir.map(SupervisorSettings.absolute) ?? SupervisorSettings().stateDirectory }
+        var state: String { stateOptions.settings().stateDirectory }
         var logDirectory: String { state + "/security" }
     }
 

@@ -29,7 +29,7 @@ struct Call: ParsableCommand {
     var learn = false
 
     func run() throws {
-        let s = options.settings()
+        let s = try options.settings()
         let logger = stderrLogger("mcp-supervisor")
         let groups: SyscallGroups
         do { groups = try SyscallGroups.load(path: s.syscallGroupsPath) } catch {
@@ -74,14 +74,14 @@ struct Call: ParsableCommand {
             printError("error: learn mode needs seccomp user notification (Linux 5.0+), which this kernel does not offer")
             throw ExitCode(2)
         }
-        let report = runner.run(cell: entry.cell, tool: tool, arguments: arguments, callID: "cli-1", learn: learn,
-                                onNetwork: { d in
-                                    if let r = d.refusal {
-                                        printError("network: refused \(d.host):\(d.port): \(r)")
-                                    } else {
-                                        printError("network: granted \(d.host):\(d.port) (\(d.address ?? ""))")
-                                    }
-                                }) { message in
+        func onNetwork(_ d: NetworkDecision) {
+            if let r = d.refusal {
+                printError("network: refused \(d.host):\(d.port): \(r)")
+            } else {
+                printError("network: granted \(d.host):\(d.port) (\(d.address ?? ""))")
+            }
+        }
+        func onMessage(_ message: WorkerMessage) {
             switch message {
             case .progress(let p, let t, let m):
                 printError("progress: \(p)\(t.map { "/\($0)" } ?? "")\(m.map { " \($0)" } ?? "")")
@@ -89,6 +89,8 @@ struct Call: ParsableCommand {
                 printError("log[\(level)]: \(m)")
             }
         }
+        let report = runner.run(cell: entry.cell, tool: tool, arguments: arguments, callID: "cli-1", learn: learn,
+                                onNetwork: onNetwork, onMessage: onMessage)
         if json {
             var o = JSONObject([("outcome", .string(report.outcome.kind)), ("detail", .string(report.outcome.detail))])
             if case .success(let r) = report.outcome {

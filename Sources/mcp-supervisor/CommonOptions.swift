@@ -2,44 +2,144 @@ import ArgumentParser
 import Logging
 import SupervisorCore
 import SupervisorPlatform
-#if canImport(Glibc)
-import Glibc
-#endif
 
-/// Options shared by the commands that load cells.
+/// The configuration file and the cell settings of `Setting.all` (scope
+/// `cells`) as flags: for every command that loads cells. Each flag's name,
+/// help and accepted values come from its table entry; values are parsed
+/// and checked by the table, the same code that reads the file.
 struct CommonOptions: ParsableArguments {
-    @Option(name: .long, help: "Directory of cell manifests (*.json).")
-    var manifests: String = "manifests"
+    @Option(name: .long, help: ArgumentHelp(configHelp))
+    var config: String?
 
-    @Option(name: .long, help: "Directory of policies (syscall-groups.json lives here).")
-    var policies: String = "policies"
+    @Option(name: .customLong(Setting.manifests.flag), help: ArgumentHelp(Setting.manifests.flagHelp))
+    var manifests: String?
 
-    @Option(name: .long, help: "State directory (default: $XDG_STATE_HOME/mcp-supervisor or ~/.local/state/mcp-supervisor).")
+    @Option(name: .customLong(Setting.policies.flag), help: ArgumentHelp(Setting.policies.flagHelp))
+    var policies: String?
+
+    @Option(name: .customLong(Setting.stateDirectory.flag), help: ArgumentHelp(Setting.stateDirectory.flagHelp))
     var stateDir: String?
 
-    @Option(name: .long, help: "Parent directory of per-call scratch directories (default: $XDG_RUNTIME_DIR/mcp-supervisor/scratch, else /dev/shm/mcp-supervisor-<uid>/scratch, else /tmp/mcp-supervisor-<uid>/scratch: tmpfs where possible).")
+    @Option(name: .customLong(Setting.scratchDirectory.flag), help: ArgumentHelp(Setting.scratchDirectory.flagHelp))
     var scratchDir: String?
 
-    @Option(name: .long, help: "uid workers run as when the supervisor runs as root (default 65534, nobody).")
-    var workerUid: UInt32?
+    @Option(name: .customLong(Setting.workerUid.flag), help: ArgumentHelp(Setting.workerUid.flagHelp))
+    var workerUid: String?
 
-    @Option(name: .long, help: "gid workers run as when the supervisor runs as root (default 65534).")
-    var workerGid: UInt32?
+    @Option(name: .customLong(Setting.workerGid.flag), help: ArgumentHelp(Setting.workerGid.flagHelp))
+    var workerGid: String?
 
-    func settings() -> SupervisorSettings {
-        var s = SupervisorSettings()
-        s.manifestsDirectory = SupervisorSettings.absolute(manifests)
-        s.policiesDirectory = SupervisorSettings.absolute(policies)
-        if let d = stateDir { s.stateDirectory = SupervisorSettings.absolute(d) }
-        if let d = scratchDir { s.scratchRoot = SupervisorSettings.absolute(d) }
-        s.workerUID = workerUid
-        s.workerGID = workerGid
-        return s
+    static let configHelp =
+        "Configuration file (JSON; docs/configuration.md). Default: $XDG_CONFIG_HOME/mcp-supervisor/config.json, "
+        + "else ~/.config/mcp-supervisor/config.json, if present. Flags override it."
+
+    /// Each setting of this group with its flag's value: the one place where
+    /// a flag meets its setting (CommandLineTests checks every table entry).
+    var flags: [(Setting, String?)] {
+        [
+            (.manifests, manifests), (.policies, policies), (.stateDirectory, stateDir),
+            (.scratchDirectory, scratchDir), (.workerUid, workerUid), (.workerGid, workerGid),
+        ]
+    }
+
+    func validate() throws { try validateFlags(flags) }
+
+    /// Defaults, the configuration file, then the flags of this group and
+    /// `more`. A broken file ends the command with status 2 and a message
+    /// naming the file and the field.
+    func settings(more: [(Setting, String?)] = []) throws -> SupervisorSettings {
+        let given = (flags + more).compactMap { setting, value in value.map { (setting, $0) } }
+        do { return try SupervisorSettings.resolve(configurationFile: config, flags: given) } catch {
+            printError("mcp-supervisor: configuration error: \(error)")
+            throw ExitCode(2)
+        }
     }
 
     func host(_ s: SupervisorSettings, features: KernelFeatures) -> HostSandbox {
         HostSandbox(features: features, workerUID: s.workerUID, workerGID: s.workerGID, scratchRoot: s.scratchRoot,
                     protectedPaths: [s.stateDirectory])
+    }
+}
+
+/// The server settings of `Setting.all` (scope `server`) as flags of `run`.
+struct ServerOptions: ParsableArguments {
+    @Option(
+        name: .customLong(Setting.maxConcurrentCalls.flag), help: ArgumentHelp(Setting.maxConcurrentCalls.flagHelp))
+    var maxConcurrentCalls: String?
+
+    @Option(name: .customLong(Setting.maxQueuedCalls.flag), help: ArgumentHelp(Setting.maxQueuedCalls.flagHelp))
+    var maxQueuedCalls: String?
+
+    @Option(name: .customLong(Setting.prespawn.flag), help: ArgumentHelp(Setting.prespawn.flagHelp))
+    var prespawn: String?
+
+    @Option(
+        name: .customLong(Setting.prespawnIdleSeconds.flag), help: ArgumentHelp(Setting.prespawnIdleSeconds.flagHelp))
+    var prespawnIdleSeconds: String?
+
+    @Option(name: .customLong(Setting.toolsPageSize.flag), help: ArgumentHelp(Setting.toolsPageSize.flagHelp))
+    var toolsPageSize: String?
+
+    @Option(name: .customLong(Setting.maxMessageBytes.flag), help: ArgumentHelp(Setting.maxMessageBytes.flagHelp))
+    var maxMessageBytes: String?
+
+    @Option(name: .customLong(Setting.logLevel.flag), help: ArgumentHelp(Setting.logLevel.flagHelp))
+    var logLevel: String?
+
+    /// Each setting of this group with its flag's value (see CommonOptions).
+    var flags: [(Setting, String?)] {
+        [
+            (.maxConcurrentCalls, maxConcurrentCalls), (.maxQueuedCalls, maxQueuedCalls), (.prespawn, prespawn),
+            (.prespawnIdleSeconds, prespawnIdleSeconds), (.toolsPageSize, toolsPageSize),
+            (.maxMessageBytes, maxMessageBytes), (.logLevel, logLevel),
+        ]
+    }
+
+    func validate() throws { try validateFlags(flags) }
+}
+
+/// The configuration file and the state directory, for commands that only
+/// need where the supervisor keeps its state (keys, ledger, security log):
+/// they find it where `run` does.
+struct StateOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp(CommonOptions.configHelp))
+    var config: String?
+
+    @Option(name: .customLong(Setting.stateDirectory.flag), help: ArgumentHelp(Setting.stateDirectory.flagHelp))
+    var stateDir: String?
+
+    /// Each setting of this group with its flag's value (see CommonOptions).
+    var flags: [(Setting, String?)] { [(.stateDirectory, stateDir)] }
+
+    /// Checks the flags and the file, so that `settings` cannot fail later.
+    func validate() throws {
+        try validateFlags(flags)
+        do { _ = try resolve() } catch { throw ValidationError("configuration error: \(error)") }
+    }
+
+    func resolve(more: [(Setting, String?)] = []) throws(ConfigError) -> SupervisorSettings {
+        let given = (flags + more).compactMap { setting, value in value.map { (setting, $0) } }
+        return try SupervisorSettings.resolve(configurationFile: config, flags: given)
+    }
+
+    /// Defaults, the configuration file, then the flags (checked by
+    /// `validate()` before the command runs).
+    func settings(more: [(Setting, String?)] = []) -> SupervisorSettings {
+        do { return try resolve(more: more) } catch {
+            // Only if the file changed since validate(): fail closed.
+            printError("mcp-supervisor: configuration error: \(error)")
+            Sys.exit(2)
+        }
+    }
+}
+
+/// Checks each given flag's value with the table, so a bad value is a usage
+/// error before anything starts.
+func validateFlags(_ flags: [(Setting, String?)]) throws {
+    var scratch = SupervisorSettings()
+    for (setting, value) in flags {
+        guard let value else { continue }
+        do { try setting.apply(flagValue: value, to: &scratch) } catch { throw ValidationError(error.description) }
     }
 }
 
@@ -70,4 +170,4 @@ func format2(_ d: Double) -> String {
     return s + ".00"
 }
 
-func geteuidValue() -> UInt32 { geteuid() }
+func geteuidValue() -> UInt32 { Sys.geteuid() }

@@ -1,9 +1,6 @@
 import ArgumentParser
 import SupervisorCore
 import SupervisorPlatform
-#if canImport(Glibc)
-import Glibc
-#endif
 
 struct Doctor: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -12,14 +9,11 @@ struct Doctor: ParsableCommand {
     @OptionGroup var options: CommonOptions
 
     func run() throws {
-        let s = options.settings()
+        let s = try options.settings()
         let f = KernelFeatures.probe()
         let host = options.host(s, features: f)
-        var uts = utsname()
-        uname(&uts)
-        let release = withUnsafeBytes(of: uts.release) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
-        print("kernel: Linux \(release)")
-        print("supervisor: uid \(geteuid())\(f.isRoot ? " (root): workers run as uid \(host.workerUID), gid \(host.workerGID)" : ": workers run under this uid, confined by Landlock and seccomp")")
+        print("kernel: Linux \(Sys.unameRelease())")
+        print("supervisor: uid \(Sys.geteuid())\(f.isRoot ? " (root): workers run as uid \(host.workerUID), gid \(host.workerGID)" : ": workers run under this uid, confined by Landlock and seccomp")")
         print("seccomp: libseccomp API level \(f.seccompAPILevel); kill-process \(f.seccompAPILevel >= 3 ? "yes" : "NO"); user notification \(f.seccompUserNotification ? "yes (denied syscalls are named, then the worker is killed)" : "no (denied syscalls kill the worker unnamed)")")
         if let abi = f.landlockABI {
             var parts = ["files"]

@@ -1,7 +1,4 @@
 import ArgumentParser
-#if canImport(Glibc)
-import Glibc
-#endif
 import StrictJSON
 import SupervisorCore
 import SupervisorPlatform
@@ -52,7 +49,7 @@ struct Manifest: ParsableCommand {
                         let fd = try Sys.open(f + ".tmp", 0o1 | 0o100 | 0o1000, mode: 0o644)
                         try fd.writeAll(out)
                         fd.close()
-                        if rename(f + ".tmp", f) != 0 { throw SystemError("rename", errno: Errno.current) }
+                        try Sys.rename(f + ".tmp", f)
                         print("pinned: \(f)")
                     } else {
                         print("unchanged: \(f)")

@@ -6,9 +6,6 @@ import SupervisorCore
 import SupervisorPlatform
 import StrictJSON
 import SupervisorServer
-#if canImport(Glibc)
-import Glibc
-#endif
 
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -21,91 +18,25 @@ struct Run: AsyncParsableCommand {
             every worker in flight.
             """)
 
-    @Option(name: .long, help: "Configuration file (JSON; see docs/configuration.md).")
-    var config: String?
+    @OptionGroup var cellOptions: CommonOptions
 
-    @Option(name: .long, help: "Directory of cell manifests.")
-    var manifests: String?
-
-    @Option(name: .long, help: "Directory of policies (syscall-groups.json).")
-    var policies: String?
-
-    @Option(name: .long, help: "State directory (logs, keys, ledger).")
-    var stateDir: String?
-
-    @Option(name: .long, help: "Parent of the per-call scratch directories.")
-    var scratchDir: String?
-
-    @Option(name: .long, help: "uid of workers when run as root (default 65534).")
-    var workerUid: UInt32?
-
-    @Option(name: .long, help: "gid of workers when run as root (default 65534).")
-    var workerGid: UInt32?
-
-    @Option(name: .long, help: "Calls run in parallel at most (default 4).")
-    var maxConcurrentCalls: Int?
-
-    @Option(name: .long, help: "Calls that may wait for a free slot before new ones are refused (default 32).")
-    var maxQueuedCalls: Int?
-
-    @Option(name: .long, help: "Tools per tools/list page (default 50).")
-    var toolsPageSize: Int?
-
-    @Option(name: .long, help: "Longest accepted client message in bytes (default 4194304).")
-    var maxMessageBytes: Int?
-
-    @Option(name: .long, help: "Workers started ahead of the call per recently called cell (default 1; 0: every call spawns on arrival).")
-    var prespawn: Int?
-
-    @Option(name: .long, help: "Seconds a prespawned worker may wait for a call before it is ended (default 60).")
-    var prespawnIdleSeconds: Int?
+    @OptionGroup var serverOptions: ServerOptions
 
     @Flag(name: .long, help: "Development only: serve the manifests in --manifests without signatures or ledger. Announced on stderr and in the security log, at start and on every call.")
     var allowUnsigned = false
 
-    @Option(name: .long, help: "Diagnostics on stderr: trace, debug, info, notice, warning, error, critical (default info).")
-    var logLevel: String?
-
-    func validate() throws {
-        if let l = logLevel, !ConfigurationFile.logLevels.contains(l) {
-            throw ValidationError("--log-level must be one of \(ConfigurationFile.logLevels.joined(separator: ", "))")
-        }
-        if let n = maxConcurrentCalls, !(1...256).contains(n) { throw ValidationError("--max-concurrent-calls must be 1...256") }
-        if let n = maxQueuedCalls, n < 0 { throw ValidationError("--max-queued-calls must be >= 0") }
-        if let n = toolsPageSize, !(1...1000).contains(n) { throw ValidationError("--tools-page-size must be 1...1000") }
-        if let n = prespawn, !(0...16).contains(n) { throw ValidationError("--prespawn must be 0...16") }
-        if let n = prespawnIdleSeconds, !(1...86400).contains(n) { throw ValidationError("--prespawn-idle-seconds must be 1...86400") }
-    }
-
     func run() async throws {
-        var file = ConfigurationFile()
-        if let path = config ?? ConfigurationFile.defaultPath() {
-            do { file = try ConfigurationFile.load(path: SupervisorSettings.absolute(path)) } catch {
-                printError("mcp-supervisor: configuration error: \(error)")
-                throw ExitCode(2)
-            }
-        }
-        var s = SupervisorSettings()
-        s.manifestsDirectory = manifests.map(SupervisorSettings.absolute) ?? file.manifests ?? SupervisorSettings.defaultDirectory("manifests")
-        s.policiesDirectory = policies.map(SupervisorSettings.absolute) ?? file.policies ?? SupervisorSettings.defaultDirectory("policies")
-        if let d = stateDir.map(SupervisorSettings.absolute) ?? file.stateDirectory { s.stateDirectory = d }
-        if let d = scratchDir.map(SupervisorSettings.absolute) ?? file.scratchDirectory { s.scratchRoot = d }
-        s.workerUID = workerUid ?? file.workerUID
-        s.workerGID = workerGid ?? file.workerGID
-        var options = ServiceOptions()
-        options.maxConcurrentCalls = maxConcurrentCalls ?? file.maxConcurrentCalls ?? options.maxConcurrentCalls
-        options.maxQueuedCalls = maxQueuedCalls ?? file.maxQueuedCalls ?? options.maxQueuedCalls
-        options.toolsPageSize = toolsPageSize ?? file.toolsPageSize ?? options.toolsPageSize
-        options.maxMessageBytes = maxMessageBytes ?? file.maxMessageBytes ?? options.maxMessageBytes
+        let s = try cellOptions.settings(more: serverOptions.flags)
+        var options = ServiceOptions(settings: s)
 
         LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
         var logger = Logger(label: "mcp-supervisor")
-        logger.logLevel = Logger.Level(rawValue: logLevel ?? file.logLevel ?? "info") ?? .info
+        logger.logLevel = Logger.Level(rawValue: s.logLevel) ?? .info
 
         // The supervisor holds keys and the log: no core dumps, no ptrace by
         // same-uid processes.
         Sys.setNonDumpable()
-        signal(SIGPIPE, SIG_IGN)
+        Sys.ignoreSignal(Signal.pipe)
 
         // Refused, not repaired: a state directory others could write may
         // already hold their keys, ledger entries or log records.
@@ -132,8 +63,6 @@ struct Run: AsyncParsableCommand {
             printError("mcp-supervisor: cannot prepare the scratch directory \(s.scratchRoot): \(error)")
             throw ExitCode(2)
         }
-        options.prespawn = prespawn ?? file.prespawn ?? options.prespawn
-        options.prespawnIdleSeconds = prespawnIdleSeconds ?? file.prespawnIdleSeconds ?? options.prespawnIdleSeconds
         runner.enablePrespawn(perCell: options.prespawn, idleSeconds: options.prespawnIdleSeconds)
         let manifestsDir = s.manifestsDirectory
         let ledgerPath = Ledger.path(stateDirectory: s.stateDirectory)
@@ -148,8 +77,8 @@ struct Run: AsyncParsableCommand {
         // A supervisor that cannot record does not start (it would have to
         // refuse every call); the reason goes to stderr.
         if let e = log.appendAndWait([SecurityEvent(.supervisorStart, JSONObject([
-            ("version", .string(SupervisorInfo.version)), ("pid", .int(Int64(getpid()))), ("uid", .int(Int64(geteuid()))),
-            ("configSha256", .string(sha256Hex(settingsDigest(s, options, file)))),
+            ("version", .string(SupervisorInfo.version)), ("pid", .int(Int64(Sys.getpid()))), ("uid", .int(Int64(Sys.geteuid()))),
+            ("configSha256", .string(sha256Hex(settingsDigest(s)))),
             ("manifests", .string(s.manifestsDirectory)), ("policies", .string(s.policiesDirectory)),
             ("features", featureSummary(features, host)),
         ]))]) {
@@ -194,23 +123,23 @@ struct Run: AsyncParsableCommand {
         }
         logger.info("serving", metadata: [
             "manifests": "\(manifestsDir)", "tools": "\(service.currentRegistry.toolNames.count)",
-            "landlock.abi": "\(features.landlockABI ?? 0)", "uid": "\(geteuid())",
+            "landlock.abi": "\(features.landlockABI ?? 0)", "uid": "\(Sys.geteuid())",
         ])
 
         let signals = SignalHandlers()
-        signals.on(SIGHUP) {
+        signals.on(Signal.hangUp) {
             Task {
                 service.reloadPolicy()
                 await service.reload()
             }
         }
-        for sig in [SIGTERM, SIGINT] {
+        for sig in [Signal.terminate, Signal.interrupt] {
             signals.on(sig) {
                 service.shutdown(reason: "signal \(sig)")
                 // Give the killed workers' calls a moment to record their end.
                 DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(200)) {
                     log.close(finalEvent: SecurityEvent(.supervisorStop, JSONObject([("reason", .string(signalName(sig)))])))
-                    Glibc.exit(0)
+                    Sys.exit(0)
                 }
             }
         }
@@ -225,22 +154,14 @@ struct Run: AsyncParsableCommand {
         // not read cannot hold the shutdown.
         _ = transport.flush(seconds: 2)
         log.close(finalEvent: SecurityEvent(.supervisorStop, JSONObject([("reason", "end of input")])))
-        Glibc.exit(0)
+        Sys.exit(0)
     }
 }
 
 /// A stable digest of the effective settings (recorded at start, so a
 /// configuration change shows in the log).
-func settingsDigest(_ s: SupervisorSettings, _ o: ServiceOptions, _ f: ConfigurationFile) -> [UInt8] {
-    JSONValue.object(JSONObject([
-        ("manifests", .string(s.manifestsDirectory)), ("policies", .string(s.policiesDirectory)),
-        ("state", .string(s.stateDirectory)), ("scratch", .string(s.scratchRoot)),
-        ("workerUid", s.workerUID.map { .int(Int64($0)) } ?? .null), ("workerGid", s.workerGID.map { .int(Int64($0)) } ?? .null),
-        ("maxConcurrentCalls", .int(Int64(o.maxConcurrentCalls))), ("maxQueuedCalls", .int(Int64(o.maxQueuedCalls))),
-        ("toolsPageSize", .int(Int64(o.toolsPageSize))), ("maxMessageBytes", .int(Int64(o.maxMessageBytes))),
-        ("prespawn", .int(Int64(o.prespawn))), ("prespawnIdleSeconds", .int(Int64(o.prespawnIdleSeconds))),
-        ("configFile", f.path.map { .string($0) } ?? .null),
-    ])).serializedBytes()
+func settingsDigest(_ s: SupervisorSettings) -> [UInt8] {
+    JSONValue.object(s.recorded).serializedBytes()
 }
 
 func featureSummary(_ f: KernelFeatures, _ h: HostSandbox) -> JSONValue {
@@ -278,7 +199,7 @@ final class SignalHandlers: @unchecked Sendable {
     private var sources: [DispatchSourceSignal] = []
 
     func on(_ sig: Int32, _ body: @escaping @Sendable () -> Void) {
-        signal(sig, SIG_IGN)
+        Sys.ignoreSignal(sig)
         let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
         s.setEventHandler(handler: body)
         s.resume()

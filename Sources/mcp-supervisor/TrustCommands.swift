@@ -6,16 +6,18 @@ import SupervisorCore
 import SupervisorPlatform
 
 struct TrustLocation: ParsableArguments {
-    @Option(name: .long, help: "State directory holding trust/ledger.jsonl (default: the supervisor's).")
-    var stateDir: String?
+    /// The state directory (trust/ledger.jsonl) and the configuration file.
+    @OptionGroup var stateOptions: StateOptions
 
-    @Option(name: .long, help: "Directory of policies (syscall-groups.json), for checks and diffs.")
-    var policies: String = "policies"
+    @Option(name: .customLong(Setting.policies.flag), help: ArgumentHelp(Setting.policies.flagHelp))
+    var policies: String?
 
-    var state: String { stateDir.map(SupervisorSettings.absolute) ?? SupervisorSettings().stateDirectory }
+    func validate() throws { try validateFlags([(.policies, policies)]) }
+
+    var state: String { stateOptions.settings().stateDirectory }
     var ledgerPath: String { Ledger.path(stateDirectory: state) }
     func groups() throws -> SyscallGroups {
-        try SyscallGroups.load(path: SupervisorSettings.defaultDirectory(policies) + "/syscall-groups.json")
+        try SyscallGroups.load(path: stateOptions.settings(more: [(.policies, policies)]).syscallGroupsPath)
     }
 }
 
@@ -296,7 +298,7 @@ struct CellCommand: ParsableCommand {
         @OptionGroup var location: TrustLocation
         func run() throws {
             try trustCommand {
-                let (st, c) = try CellCommand.registered(location, cell)
+                let (_, c) = try CellCommand.registered(location, cell)
                 var cur = c.active ?? c.order.last
                 while let id = cur, let v = c.versions[id] {
                     print("\(id.prefix(12))  \(v.label)  \(v.registeredAt)\(c.active == id ? "  active" : "")\(v.revoked ? "  revoked" : "")")

@@ -11,7 +11,7 @@ struct Validate: ParsableCommand {
     var files: [String] = []
 
     func run() throws {
-        let s = options.settings()
+        let s = try options.settings()
         let groups: SyscallGroups
         do { groups = try SyscallGroups.load(path: s.syscallGroupsPath) } catch {
             printError("error: \(error)")

@@ -188,7 +188,7 @@ final class NetworkAndCommandTests: ManifestTestCase {
     }
 
     func testLearnModeProposesTheSmallestGroups() throws {
-        let groups = try SyscallGroups(groups: [
+        let groups = SyscallGroups(groups: [
             "base": [.init(name: "read", argument: nil, values: [])],
             "small": [.init(name: "getcwd", argument: nil, values: [])],
             "big": [.init(name: "getcwd", argument: nil, values: []), .init(name: "access", argument: nil, values: [])],

@@ -25,7 +25,42 @@ def test_broken_configuration_names_file_and_field(tmp_path):
     p = subprocess.run([str(BIN), "run", "--config", str(cfg)], input=b"", capture_output=True, timeout=30)
     assert p.returncode == 2 and f"{cfg}: prespawn: 17 is out of range 0...16".encode() in p.stderr, p.stderr
     p = subprocess.run([str(BIN), "run", "--prespawn=-1"], input=b"", capture_output=True, timeout=30)
-    assert p.returncode != 0 and b"--prespawn must be 0...16" in p.stderr, p.stderr
+    assert p.returncode != 0 and b"--prespawn: -1 is out of range 0...16 workers" in p.stderr, p.stderr
+
+
+ROOT_REFUSED = b"workerUid: 0 is out of range 1...4294967294 uid: workers never run as root (uid 0)"
+
+
+def test_worker_uid_0_is_refused_by_flag_and_file(tmp_path):
+    """Workers never run as root, whichever way the uid is given."""
+    p = subprocess.run([str(BIN), "run", "--worker-uid", "0"], input=b"", capture_output=True, timeout=30)
+    assert p.returncode != 0 and b"--worker-uid: 0 is out of range" in p.stderr, p.stderr
+    assert b"workers never run as root" in p.stderr and p.stdout == b""
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"workerUid": 0}))
+    p = subprocess.run([str(BIN), "run", "--config", str(cfg)], input=b"", capture_output=True, timeout=30)
+    assert p.returncode == 2 and f"{cfg}: ".encode() + ROOT_REFUSED in p.stderr, p.stderr
+    assert p.stdout == b""
+    # The commands that run or check cells read the same file and flags.
+    for args in (["call", "echo"], ["doctor"], ["validate"]):
+        p = subprocess.run([str(BIN), *args, "--config", str(cfg)], capture_output=True, timeout=30)
+        assert p.returncode == 2 and ROOT_REFUSED in p.stderr, (args, p.stderr)
+        p = subprocess.run([str(BIN), *args, "--worker-uid", "0"], capture_output=True, timeout=30)
+        assert p.returncode != 0 and b"workers never run as root" in p.stderr, (args, p.stderr)
+    cfg.write_text(json.dumps({"workerGid": 0}))
+    p = subprocess.run([str(BIN), "run", "--config", str(cfg)], input=b"", capture_output=True, timeout=30)
+    assert p.returncode == 2 and b"workerGid: 0 is out of range" in p.stderr, p.stderr
+
+
+def test_config_show_is_file_then_flags(tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"maxConcurrentCalls": 8, "stateDirectory": "state", "logLevel": "debug"}))
+    p = subprocess.run([str(BIN), "config", "show", "--config", str(cfg), "--max-concurrent-calls", "9"],
+                       capture_output=True, timeout=30, check=True)
+    shown = json.loads(p.stdout)
+    assert shown["maxConcurrentCalls"] == 9 and shown["logLevel"] == "debug"
+    assert shown["stateDirectory"] == str(tmp_path / "state") and shown["configFile"] == str(cfg)
+    assert shown["workerUid"] is None and shown["prespawn"] == 1
 
 
 def test_configuration_file_sets_paths_and_limits(workspace, tmp_path):
@@ -115,3 +150,22 @@ def test_runs_as_an_unprivileged_user(workspace):
     assert replies[3]["result"]["content"][0]["text"] == "errno 13"
     assert "forbidden system call ptrace" in replies[4]["result"]["content"][0]["text"]
     assert b"uid=4242" in err
+
+
+def test_audit_and_trust_commands_use_the_configured_state_directory(workspace, tmp_path):
+    """The state directory of the configuration file is where `run` logs,
+    and where `audit` and the trust commands look."""
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"manifests": str(workspace / "manifests"), "policies": str(ROOT / "policies"),
+                               "stateDirectory": "state", "scratchDirectory": "scratch"}))
+    subprocess.run([str(BIN), "run", "--allow-unsigned", "--config", str(cfg)], input=b"", capture_output=True,
+                   timeout=30, check=True)
+    p = subprocess.run([str(BIN), "audit", "verify", "--config", str(cfg)], capture_output=True, timeout=30)
+    assert p.returncode == 0 and b"audit verify: OK" in p.stdout, (p.stdout, p.stderr)
+    p = subprocess.run([str(BIN), "keys", "generate", "--config", str(cfg), "--out", str(tmp_path / "k")],
+                       capture_output=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "state" / "security").is_dir()
+    cfg.write_text(json.dumps({"stateDirectory": 7}))
+    p = subprocess.run([str(BIN), "audit", "tail", "--config", str(cfg)], capture_output=True, timeout=30)
+    assert p.returncode != 0 and b"stateDirectory: expected a path" in p.stderr, p.stderr

@@ -200,3 +200,21 @@ def test_missing_policy_refuses_everything(env):
     r = s.request(1, "tools/call", {"name": "echo", "arguments": {"text": "x"}})
     assert r["result"]["isError"] and "deny by default" in text(r)
     s.close()
+
+
+def test_default_policy_never_refuses_a_back_to_back_client(workspace):
+    """The shipped policy's limits are out of reach of a single local user:
+    1,000 echo calls, each sent when the previous one is answered, are all
+    served (docs/policy.md, "The default policy")."""
+    # Quiet: nobody reads this server's stderr.
+    raw = RawServer(workspace, "--log-level", "error")
+    raw.initialize()
+    start = time.monotonic()
+    refused = []
+    for i in range(1000):
+        r = raw.request(10 + i, "tools/call", {"name": "echo", "arguments": {"text": "x"}})
+        if r["result"].get("isError"):
+            refused.append(text(r))
+    elapsed = time.monotonic() - start
+    raw.close()
+    assert not refused, f"{len(refused)} of 1000 refused in {elapsed:.1f} s, first: {refused[0]}"

@@ -7,7 +7,7 @@ await server.withMethodHandler(ListTools.self) { _ in
     ListTools.Result(tools: [Tool(name: "echo", description: "Echo.", inputSchema: .object(["type": "object"]))])
 }
 await server.withMethodHandler(CallTool.self) { params in
-    CallTool.Result(content: [.text(params.arguments?["text"]?.stringValue ?? "")])
+    CallTool.Result(content: [.text(text: params.arguments?["text"]?.stringValue ?? "", annotations: nil, _meta: nil)])
 }
 try await server.start(transport: StdioTransport())
 await server.waitUntilCompleted()
