@@ -81,11 +81,15 @@ let package = Package(
         // The command line (flags from the settings table), without forking.
         .testTarget(
             name: "CommandLineTests",
-            dependencies: ["mcp-supervisor", "SupervisorCore", "SupervisorServer",
-                           .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+            dependencies: [
+                "mcp-supervisor", "SupervisorCore", "SupervisorServer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
         .testTarget(
             name: "SystemTests",
-            dependencies: ["SupervisorCore", "SupervisorPlatform", "StrictJSON",
-                           .product(name: "Logging", package: "swift-log")]),
+            dependencies: [
+                "SupervisorCore", "SupervisorPlatform", "StrictJSON",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
     ]
 )

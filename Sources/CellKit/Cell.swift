@@ -1,4 +1,5 @@
 import StrictJSON
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -47,8 +48,12 @@ public final class CellContext {
     }
 
     public func log(_ level: LogLevel, _ message: String) {
-        Cell.send(.object(JSONObject([("type", "log"), ("id", .string(request.id)),
-                                      ("level", .string(level.rawValue)), ("message", .string(message))])))
+        Cell.send(
+            .object(
+                JSONObject([
+                    ("type", "log"), ("id", .string(request.id)),
+                    ("level", .string(level.rawValue)), ("message", .string(message)),
+                ])))
     }
 }
 
@@ -83,8 +88,11 @@ public enum Cell {
 
     static func encode(_ reply: CellReply, id: String) -> JSONValue {
         if reply.isError {
-            return .object(JSONObject([("type", "error"), ("id", .string(id)),
-                                       ("message", .string(reply.text.joined(separator: "\n")))]))
+            return .object(
+                JSONObject([
+                    ("type", "error"), ("id", .string(id)),
+                    ("message", .string(reply.text.joined(separator: "\n"))),
+                ]))
         }
         var o = JSONObject([("type", "result"), ("id", .string(id))])
         o["content"] = .array(reply.text.map { .object(JSONObject([("type", "text"), ("text", .string($0))])) })
@@ -98,11 +106,18 @@ public enum Cell {
     /// has arrived. Sends nothing.
     static func prime() {
         var decoder = FrameDecoder(maxFrame: 4096)
-        let sample = JSONValue.object(JSONObject([
-            ("type", "request"), ("id", "prime"), ("tool", "prime"),
-            ("arguments", .object(JSONObject([("text", "h\u{e9}llo \\ \"q\""), ("n", .int(-12)), ("x", .double(1.5)),
-                                              ("b", true), ("z", .null), ("a", .array([.int(1), "s"]))]))),
-        ]))
+        let sample = JSONValue.object(
+            JSONObject([
+                ("type", "request"), ("id", "prime"), ("tool", "prime"),
+                (
+                    "arguments",
+                    .object(
+                        JSONObject([
+                            ("text", "h\u{e9}llo \\ \"q\""), ("n", .int(-12)), ("x", .double(1.5)),
+                            ("b", true), ("z", .null), ("a", .array([.int(1), "s"])),
+                        ]))
+                ),
+            ]))
         _ = try? decoder.feed(FrameCodec.encode(sample))
         _ = FrameCodec.encode(encode(.text("prime", structured: sample), id: "prime"))
     }
@@ -130,8 +145,8 @@ public enum Cell {
             }
             guard let f = frames.first else { continue }
             guard case .object(let o) = f, o["type"] == "request",
-                  let id = o["id"]?.stringValue, let tool = o["tool"]?.stringValue,
-                  let args = o["arguments"]?.objectValue
+                let id = o["id"]?.stringValue, let tool = o["tool"]?.stringValue,
+                let args = o["arguments"]?.objectValue
             else { return .failure("the first frame is not a request") }
             return .success(CellRequest(id: id, tool: tool, arguments: args))
         }

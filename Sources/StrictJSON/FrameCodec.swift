@@ -91,7 +91,9 @@ public struct FrameDecoder: Sendable {
     public mutating func feed(_ bytes: [UInt8]) throws(FrameError) -> [JSONValue] {
         var copy = bytes
         let result: Result<[JSONValue], FrameError> = copy.withUnsafeMutableBytes { raw in
-            do throws(FrameError) { return .success(try feed(UnsafeRawBufferPointer(raw))) } catch { return .failure(error) }
+            do throws(FrameError) { return .success(try feed(UnsafeRawBufferPointer(raw))) } catch {
+                return .failure(error)
+            }
         }
         return try result.get()
     }

@@ -26,7 +26,9 @@ public struct JSONParseError: Error, Equatable, Sendable, CustomStringConvertibl
         switch reason {
         case .unexpectedEnd: what = "unexpected end of input"
         case .unexpectedByte(let b):
-            what = b >= 0x20 && b < 0x7f ? "unexpected character '\(Character(Unicode.Scalar(b)))'" : "unexpected byte 0x\(String(b, radix: 16))"
+            what =
+                b >= 0x20 && b < 0x7f
+                ? "unexpected character '\(Character(Unicode.Scalar(b)))'" : "unexpected byte 0x\(String(b, radix: 16))"
         case .invalidUTF8: what = "invalid UTF-8"
         case .invalidEscape: what = "invalid escape sequence"
         case .invalidNumber: what = "invalid number"
@@ -251,12 +253,20 @@ public struct JSONParser {
         var hi: UInt8 = 0xBF
         switch b0 {
         case 0xC2...0xDF: len = 2
-        case 0xE0: len = 3; lo = 0xA0
+        case 0xE0:
+            len = 3
+            lo = 0xA0
         case 0xE1...0xEC, 0xEE...0xEF: len = 3
-        case 0xED: len = 3; hi = 0x9F
-        case 0xF0: len = 4; lo = 0x90
+        case 0xED:
+            len = 3
+            hi = 0x9F
+        case 0xF0:
+            len = 4
+            lo = 0x90
         case 0xF1...0xF3: len = 4
-        case 0xF4: len = 4; hi = 0x8F
+        case 0xF4:
+            len = 4
+            hi = 0x8F
         default: throw fail(.invalidUTF8)
         }
         guard pos + len <= buf.count else { throw fail(.invalidUTF8) }

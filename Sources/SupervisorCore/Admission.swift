@@ -1,6 +1,6 @@
 import StrictJSON
-import Synchronization
 import SupervisorPlatform
+import Synchronization
 
 /// Why a call was not admitted. Every case is a decision taken before any
 /// worker exists: nothing ran. `reason` is the stable word of the
@@ -165,8 +165,10 @@ public final class Admission: Sendable {
     /// Rate buckets and concurrency caps for a call the policy allows, in
     /// one step: either every slot is taken and a lease returned, or nothing
     /// is taken and the refusal says which limit.
-    public func admit(principal: String, tool: String, cell: String, rule: Policy.PrincipalRule,
-                      cellRule: Policy.CellRule?) -> Result<Lease, Refusal> {
+    public func admit(
+        principal: String, tool: String, cell: String, rule: Policy.PrincipalRule,
+        cellRule: Policy.CellRule?
+    ) -> Result<Lease, Refusal> {
         var caps: [(CapKey, Int, Refusal.CapScope)] = []
         if let c = rule.maxConcurrent { caps.append((.principal(principal), c, .principal(rule: rule.name))) }
         if let c = cellRule?.maxConcurrent { caps.append((.cell(cell), c, .cell(cell))) }

@@ -15,7 +15,8 @@ public enum LimitKind: String, Sendable, Equatable {
         case .fileSize: return "file size limit (limits.fileSizeMiB)"
         case .output: return "output limit (limits.outputKiB)"
         case .bufferedOutput:
-            return "supervisor's buffered output cap (\(CallRunner.bufferedOutputCap >> 20) MiB per frame or command output, "
+            return
+                "supervisor's buffered output cap (\(CallRunner.bufferedOutputCap >> 20) MiB per frame or command output, "
                 + "\(CallRunner.defaultOutputBudget >> 20) MiB for all calls together by default, whatever the manifest "
                 + "declares)"
         }
@@ -109,7 +110,8 @@ public enum CallOutcome: Sendable, Equatable {
         case .toolError(let m): return "tool error: \(m)"
         case .timeout: return "timed out"
         case .cancelled: return "cancelled"
-        case .sandboxViolation(let s, let a): return "killed by SIGSYS: syscall \(s) (\(a)) is not allowed for this cell"
+        case .sandboxViolation(let s, let a):
+            return "killed by SIGSYS: syscall \(s) (\(a)) is not allowed for this cell"
         case .killedBySignal(let s): return "killed by \(signalName(s))"
         case .limitExceeded(let l): return "limit exceeded: \(l.summary)"
         case .protocolViolation(let m): return "protocol violation: \(m)"
@@ -128,10 +130,12 @@ public enum CallOutcome: Sendable, Equatable {
         case .sandboxViolation(let s, _): return "The tool was stopped by the sandbox (forbidden system call \(s))."
         case .killedBySignal(let s): return "The tool crashed (\(signalName(s)))."
         case .limitExceeded(.bufferedOutput):
-            return "The tool's output exceeded the \(CallRunner.bufferedOutputCap >> 20) MiB the supervisor accepts in one piece."
+            return
+                "The tool's output exceeded the \(CallRunner.bufferedOutputCap >> 20) MiB the supervisor accepts in one piece."
         case .limitExceeded(let l): return "The tool exceeded its \(l.rawValue) limit."
         case .protocolViolation: return "The tool broke the cell protocol and was stopped."
-        case .cannotRun(.hashMismatch): return "The tool cannot run: its executable does not match its approved version."
+        case .cannotRun(.hashMismatch):
+            return "The tool cannot run: its executable does not match its approved version."
         case .cannotRun(.setup), .cannotRun(.spawn): return "The tool cannot run: its worker could not be started."
         case .cannotRun: return "The tool cannot run on this host as declared."
         case .refused(.arguments(let m)): return "The arguments were refused: \(m)"

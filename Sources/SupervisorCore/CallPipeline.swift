@@ -140,8 +140,10 @@ public final class CallPipeline: Sendable {
     /// Runs after a reload that changed the tool set (tools/list_changed).
     let toolsChanged: Synchronization.Mutex<(@Sendable () -> Void)?> = Synchronization.Mutex(nil)
 
-    public init(runner: CallRunner, pool: CallPool, log: SecurityLog, logger: Logger, options: PipelineOptions,
-                loadRegistry: @escaping @Sendable () -> CellRegistry) {
+    public init(
+        runner: CallRunner, pool: CallPool, log: SecurityLog, logger: Logger, options: PipelineOptions,
+        loadRegistry: @escaping @Sendable () -> CellRegistry
+    ) {
         self.runner = runner
         self.pool = pool
         self.log = log
@@ -176,8 +178,10 @@ public final class CallPipeline: Sendable {
 
     /// Admits, executes and records one call. `onMessage` receives the
     /// worker's progress and log messages while it runs (on a pool thread).
-    public func call(_ call: ToolCall, session: CallSession,
-                     onMessage: @escaping @Sendable (WorkerMessage) -> Void = { _ in }) async -> CallResponse {
+    public func call(
+        _ call: ToolCall, session: CallSession,
+        onMessage: @escaping @Sendable (WorkerMessage) -> Void = { _ in }
+    ) async -> CallResponse {
         if ledgerChanged.withLock({ $0 })?() == true { await reload() }
         if call.name == Self.phaseTool, policy != nil { return await setPhase(call, session: session) }
 
@@ -185,8 +189,9 @@ public final class CallPipeline: Sendable {
         let admitted: Admitted
         switch await admit(call, session: session) {
         case .failure(let refused):
-            return await refuse(refused.refusal, tool: call.name, cell: refused.cell, policy: refused.policy,
-                                session: session)
+            return await refuse(
+                refused.refusal, tool: call.name, cell: refused.cell, policy: refused.policy,
+                session: session)
         case .success(let a): admitted = a
         }
         defer {
@@ -196,43 +201,54 @@ public final class CallPipeline: Sendable {
         }
         let entry = admitted.entry
         let callID = "c\(admitted.id)"
-        let decision = (options.unsignedMode ? "allow (UNSIGNED development mode): " : "allow: ") + admitted.decision.rule
+        let decision =
+            (options.unsignedMode ? "allow (UNSIGNED development mode): " : "allow: ") + admitted.decision.rule
             + " in phase \(admitted.phase), policy \(admitted.policy.sha256.prefix(16))"
         // Written now; reaches the disk with call.end's data sync.
-        log.appendLater([SecurityEvent.callStart(
-            callID: callID, principal: session.principal, client: session.clientName, tool: entry.tool.name,
-            cell: entry.cell, decision: decision, arguments: call.arguments, recordArguments: options.recordArguments)])
+        log.appendLater([
+            SecurityEvent.callStart(
+                callID: callID, principal: session.principal, client: session.clientName, tool: entry.tool.name,
+                cell: entry.cell, decision: decision, arguments: call.arguments,
+                recordArguments: options.recordArguments)
+        ])
         if options.unsignedMode {
-            logger.warning("UNSIGNED development mode: running a cell without a verified signature",
-                           metadata: ["cell.name": "\(entry.cell.name)"])
+            logger.warning(
+                "UNSIGNED development mode: running a cell without a verified signature",
+                metadata: ["cell.name": "\(entry.cell.name)"])
         }
 
         // 2. execute
         guard let report = await execute(admitted, callID: callID, session: session, onMessage: onMessage) else {
             let load = pool.load
-            return await refuse(.busy(running: load.running, queued: load.queued), tool: call.name, cell: entry.cell,
-                                policy: nil, session: session)
+            return await refuse(
+                .busy(running: load.running, queued: load.queued), tool: call.name, cell: entry.cell,
+                policy: nil, session: session)
         }
         var meta: Logger.Metadata = [
             "tool": "\(entry.tool.name)", "cell.name": "\(entry.cell.name)", "cell.version": "\(entry.cell.version)",
             "outcome": "\(report.outcome.detail)", "duration_us": "\(report.durationNanoseconds / 1000)",
         ]
-        if case .success = report.outcome {} else if !report.diagnostics.isEmpty {
+        if case .success = report.outcome {
+        } else if !report.diagnostics.isEmpty {
             meta["worker.stderr"] = "\(report.diagnostics.suffix(512))"
         }
         logger.info("call ended", metadata: meta)
         let result = self.result(for: report, tool: entry.tool)
 
         // 3. record
-        let events = SecurityEvent.callEnd(callID: callID, principal: session.principal, tool: entry.tool.name,
-                                           cell: entry.cell, report: report, bytesReturned: result.textBytes)
+        let events = SecurityEvent.callEnd(
+            callID: callID, principal: session.principal, tool: entry.tool.name,
+            cell: entry.cell, report: report, bytesReturned: result.textBytes)
         do {
             try await log.append(events)
         } catch {
-            logger.error("call not recorded: its result is withheld",
-                         metadata: ["tool": "\(entry.tool.name)", "call.id": "\(callID)", "error": "\(error)"])
-            return .result(.text("The call ran but its record could not be written (\(error.reason)), so its result "
-                                    + "is withheld; retry later.", isError: true))
+            logger.error(
+                "call not recorded: its result is withheld",
+                metadata: ["tool": "\(entry.tool.name)", "call.id": "\(callID)", "error": "\(error)"])
+            return .result(
+                .text(
+                    "The call ran but its record could not be written (\(error.reason)), so its result "
+                        + "is withheld; retry later.", isError: true))
         }
         if !result.isError { session.state.withLock { _ = $0.succeededTools.insert(entry.tool.name) } }
         if case .cancelled = report.outcome, Task.isCancelled { return .none }
@@ -264,7 +280,8 @@ public final class CallPipeline: Sendable {
         let (registry, policy, policyError) = state.withLock { ($0.registry, $0.policy, $0.policyError) }
         guard let entry = registry.tool(named: call.name) else { return .failure(Refused(refusal: .unknownTool)) }
         if let problem = SchemaValidator.validate(.object(call.arguments), against: entry.tool.inputSchema) {
-            logger.info("call refused: invalid arguments", metadata: ["tool": "\(entry.tool.name)", "problem": "\(problem)"])
+            logger.info(
+                "call refused: invalid arguments", metadata: ["tool": "\(entry.tool.name)", "problem": "\(problem)"])
             return .failure(Refused(refusal: .invalidArguments(problem), cell: entry.cell))
         }
         if case .failure(let e) = log.writable {
@@ -275,14 +292,17 @@ public final class CallPipeline: Sendable {
             return .failure(Refused(refusal: .noPolicy(policyError ?? "no policy file"), cell: entry.cell))
         }
         let phase = self.phase(of: session)
-        let decision = policy.decide(principal: session.principal, client: session.clientName, tool: entry.tool.name,
-                                     manifest: entry.cell.manifest, phase: phase)
+        let decision = policy.decide(
+            principal: session.principal, client: session.clientName, tool: entry.tool.name,
+            manifest: entry.cell.manifest, phase: phase)
         guard decision.allowed, let (_, rule) = policy.rule(for: session.principal, client: session.clientName) else {
             return .failure(Refused(refusal: .policy(decision), cell: entry.cell, policy: policy))
         }
         let lease: Admission.Lease
-        switch admission.admit(principal: session.principal, tool: entry.tool.name, cell: entry.cell.name, rule: rule,
-                               cellRule: policy.cells[entry.cell.name]) {
+        switch admission.admit(
+            principal: session.principal, tool: entry.tool.name, cell: entry.cell.name, rule: rule,
+            cellRule: policy.cells[entry.cell.name])
+        {
         case .failure(let r): return .failure(Refused(refusal: r, cell: entry.cell, policy: policy))
         case .success(let l): lease = l
         }
@@ -296,14 +316,17 @@ public final class CallPipeline: Sendable {
         do { cancellation = try CallCancellation() } catch {
             lease.release()
             admission.release(resources)
-            return .failure(Refused(refusal: .busy(running: pool.load.running, queued: pool.load.queued),
-                                    cell: entry.cell))
+            return .failure(
+                Refused(
+                    refusal: .busy(running: pool.load.running, queued: pool.load.queued),
+                    cell: entry.cell))
         }
         let id: UInt64? = state.withLock { s in
             if s.shuttingDown { return nil }
             s.nextCall += 1
-            s.inFlight[s.nextCall] = InFlight(cancellation: cancellation, cell: entry.cell.name,
-                                              version: entry.cell.manifest.manifestSHA256)
+            s.inFlight[s.nextCall] = InFlight(
+                cancellation: cancellation, cell: entry.cell.name,
+                version: entry.cell.manifest.manifestSHA256)
             return s.nextCall
         }
         guard let id else {
@@ -311,15 +334,21 @@ public final class CallPipeline: Sendable {
             admission.release(resources)
             return .failure(Refused(refusal: .shuttingDown, cell: entry.cell))
         }
-        return .success(Admitted(id: id, entry: entry, arguments: call.arguments, decision: decision, policy: policy,
-                                 phase: phase, limits: policy.effectiveLimits(entry.cell.manifest), lease: lease,
-                                 resources: resources, cancellation: cancellation))
+        return .success(
+            Admitted(
+                id: id, entry: entry, arguments: call.arguments, decision: decision, policy: policy,
+                phase: phase, limits: policy.effectiveLimits(entry.cell.manifest), lease: lease,
+                resources: resources, cancellation: cancellation))
     }
 
     /// Step 2: on a pool thread; nil when the pool refused the call.
-    func execute(_ a: Admitted, callID: String, session: CallSession,
-                 onMessage: @escaping @Sendable (WorkerMessage) -> Void) async -> CallReport? {
-        let runner = self.runner, pool = self.pool, log = self.log
+    func execute(
+        _ a: Admitted, callID: String, session: CallSession,
+        onMessage: @escaping @Sendable (WorkerMessage) -> Void
+    ) async -> CallReport? {
+        let runner = self.runner
+        let pool = self.pool
+        let log = self.log
         let principal = session.principal
         return await withTaskCancellationHandler {
             await withCheckedContinuation { (k: CheckedContinuation<CallReport?, Never>) in
@@ -330,9 +359,12 @@ public final class CallPipeline: Sendable {
                         deliver: { k.resume(returning: $0) },
                         onNetwork: { d in
                             // In order with call.start/call.end; made durable with call.end.
-                            log.appendLater([SecurityEvent.network(callID: callID, principal: principal,
-                                                                   tool: a.entry.tool.name, cell: a.entry.cell,
-                                                                   decision: d)])
+                            log.appendLater([
+                                SecurityEvent.network(
+                                    callID: callID, principal: principal,
+                                    tool: a.entry.tool.name, cell: a.entry.cell,
+                                    decision: d)
+                            ])
                         },
                         onMessage: onMessage)
                 }
@@ -348,8 +380,10 @@ public final class CallPipeline: Sendable {
         -> CallResponse
     {
         let name = CellProtocol.sanitize(String(tool.prefix(128)))
-        var f = JSONObject([("principal", .string(session.principal)), ("tool", .string(name)),
-                            ("reason", .string(r.reason)), ("detail", .string(r.detail))])
+        var f = JSONObject([
+            ("principal", .string(session.principal)), ("tool", .string(name)),
+            ("reason", .string(r.reason)), ("detail", .string(r.detail)),
+        ])
         if let policy {
             f["policySha256"] = .string(policy.sha256)
             f["rule"] = .string(r.detail)
@@ -361,7 +395,8 @@ public final class CallPipeline: Sendable {
         }
         // When the log itself is the reason, the refusal cannot be recorded:
         // it is still a refusal (nothing ran), and stderr says why.
-        if case .logUnavailable = r {} else {
+        if case .logUnavailable = r {
+        } else {
             do { try await log.append([SecurityEvent(.callRefused, f)]) } catch {
                 logger.error("refusal not recorded", metadata: ["tool": "\(name)", "error": "\(error)"])
             }
@@ -378,13 +413,15 @@ public final class CallPipeline: Sendable {
             if let schema = tool.outputSchema,
                 let problem = SchemaValidator.validate(s, against: schema, path: "structuredContent")
             {
-                logger.warning("tool output does not match its outputSchema",
-                               metadata: ["tool": "\(tool.name)", "problem": "\(problem)"])
+                logger.warning(
+                    "tool output does not match its outputSchema",
+                    metadata: ["tool": "\(tool.name)", "problem": "\(problem)"])
                 return .text("The tool returned output that does not match its declared schema.", isError: true)
             }
         } else if tool.outputSchema != nil {
-            return .text("The tool returned no structured content although it declares an output schema.",
-                         isError: true)
+            return .text(
+                "The tool returned no structured content although it declares an output schema.",
+                isError: true)
         }
         let content: [JSONValue] = r.content.map { c in
             if c["type"] == "image", let d = c["data"]?.stringValue, let m = c["mimeType"]?.stringValue {
@@ -403,9 +440,19 @@ public final class CallPipeline: Sendable {
         guard let p = policy else { return nil }
         let schema = JSONObject([
             ("type", "object"),
-            ("properties", .object(JSONObject([("phase", .object(JSONObject([
-                ("type", "string"), ("enum", .array(p.phases.map { .string($0) })),
-            ])))]))),
+            (
+                "properties",
+                .object(
+                    JSONObject([
+                        (
+                            "phase",
+                            .object(
+                                JSONObject([
+                                    ("type", "string"), ("enum", .array(p.phases.map { .string($0) })),
+                                ]))
+                        )
+                    ]))
+            ),
             ("required", .array(["phase"])), ("additionalProperties", .bool(false)),
         ])
         return CellManifest.Tool(
@@ -423,8 +470,9 @@ public final class CallPipeline: Sendable {
         }
         let current = phase(of: session)
         if let problem = SchemaValidator.validate(.object(call.arguments), against: def.inputSchema) {
-            return await refuse(.invalidArguments(problem), tool: Self.phaseTool, cell: nil, policy: nil,
-                                session: session)
+            return await refuse(
+                .invalidArguments(problem), tool: Self.phaseTool, cell: nil, policy: nil,
+                session: session)
         }
         let target = call.arguments["phase"]!.stringValue!
         if target == current { return .result(.text("The session is already in phase \(current).", isError: false)) }
@@ -444,13 +492,19 @@ public final class CallPipeline: Sendable {
             return await refuse(.policy(d), tool: Self.phaseTool, cell: nil, policy: p, session: session)
         }
         do {
-            try await log.append([SecurityEvent(.phaseChange, JSONObject([
-                ("principal", .string(session.principal)), ("from", .string(current)), ("to", .string(target)),
-                ("policySha256", .string(p.sha256)), ("requirement", t.requires.map { .string($0) } ?? .null),
-            ]))])
+            try await log.append([
+                SecurityEvent(
+                    .phaseChange,
+                    JSONObject([
+                        ("principal", .string(session.principal)), ("from", .string(current)), ("to", .string(target)),
+                        ("policySha256", .string(p.sha256)), ("requirement", t.requires.map { .string($0) } ?? .null),
+                    ]))
+            ])
         } catch {
-            return .result(.text("The phase change could not be recorded (\(error.reason)), so it did not happen; "
-                                    + "retry later.", isError: true))
+            return .result(
+                .text(
+                    "The phase change could not be recorded (\(error.reason)), so it did not happen; "
+                        + "retry later.", isError: true))
         }
         session.state.withLock { $0.phase = target }
         return .result(.text("The session is now in phase \(target).", isError: false))
@@ -469,21 +523,30 @@ public final class CallPipeline: Sendable {
                 $0.policyError = nil
             }
             logger.info("policy loaded", metadata: ["policy": "\(path)", "policy.sha256": "\(p.sha256)"])
-            log.appendAndWait([SecurityEvent(.policyLoaded, JSONObject([
-                ("policy", .string(path)), ("policySha256", .string(p.sha256)), ("ok", true),
-            ]))])
+            log.appendAndWait([
+                SecurityEvent(
+                    .policyLoaded,
+                    JSONObject([
+                        ("policy", .string(path)), ("policySha256", .string(p.sha256)), ("ok", true),
+                    ]))
+            ])
             return true
         } catch {
             let kept = state.withLock { s -> Bool in
                 if s.policy == nil { s.policyError = error.description }
                 return s.policy != nil
             }
-            logger.error("policy not loaded\(kept ? "; the previous policy stays in force" : "; every call is refused")",
-                         metadata: ["error": "\(error)"])
-            log.appendAndWait([SecurityEvent(.policyLoaded, JSONObject([
-                ("policy", .string(path)), ("ok", false), ("error", .string(error.description)),
-                ("keptPrevious", .bool(kept)),
-            ]))])
+            logger.error(
+                "policy not loaded\(kept ? "; the previous policy stays in force" : "; every call is refused")",
+                metadata: ["error": "\(error)"])
+            log.appendAndWait([
+                SecurityEvent(
+                    .policyLoaded,
+                    JSONObject([
+                        ("policy", .string(path)), ("ok", false), ("error", .string(error.description)),
+                        ("keptPrevious", .bool(kept)),
+                    ]))
+            ])
             return false
         }
     }
@@ -504,7 +567,9 @@ public final class CallPipeline: Sendable {
             return (Self.fingerprint(old) != Self.fingerprint(new), stale)
         }
         runner.prespawner?.serve(only: new.cells)
-        if !stale.isEmpty { logger.warning("killing calls of cell versions no longer served", metadata: ["calls": "\(stale.count)"]) }
+        if !stale.isEmpty {
+            logger.warning("killing calls of cell versions no longer served", metadata: ["calls": "\(stale.count)"])
+        }
         for c in stale { c.cancel() }
         for p in new.problems { logger.error("cell refused", metadata: ["problem": "\(p)"]) }
         logger.info("manifests reloaded", metadata: ["cells": "\(new.cells.count)", "changed": "\(changed)"])
@@ -519,7 +584,9 @@ public final class CallPipeline: Sendable {
             return s.inFlight.values.map(\.cancellation)
         }
         if !pending.isEmpty {
-            logger.info("shutting down: killing calls in flight", metadata: ["calls": "\(pending.count)", "reason": "\(reason)"])
+            logger.info(
+                "shutting down: killing calls in flight",
+                metadata: ["calls": "\(pending.count)", "reason": "\(reason)"])
         }
         for c in pending { c.cancel() }
         runner.prespawner?.shutdown()
@@ -533,15 +600,21 @@ public final class CallPipeline: Sendable {
     /// do not pay for hashing; a mismatch is recorded now (and every call to
     /// that cell is refused).
     func warmUp(_ r: CellRegistry) {
-        let cells = r.cells, log = self.log, logger = self.logger
+        let cells = r.cells
+        let log = self.log
+        let logger = self.logger
         let t = Thread {
             for c in cells {
                 do { try c.verifyFiles() } catch {
                     logger.error("cell quarantined", metadata: ["cell.name": "\(c.name)", "error": "\(error)"])
-                    log.appendAndWait([SecurityEvent(.cellRefused, JSONObject([
-                        ("manifest", .string(c.manifest.sourcePath)), ("cell", .string(c.name)),
-                        ("reason", .string("\(error)")),
-                    ]))])
+                    log.appendAndWait([
+                        SecurityEvent(
+                            .cellRefused,
+                            JSONObject([
+                                ("manifest", .string(c.manifest.sourcePath)), ("cell", .string(c.name)),
+                                ("reason", .string("\(error)")),
+                            ]))
+                    ])
                 }
             }
         }
@@ -554,12 +627,20 @@ public final class CallPipeline: Sendable {
             SecurityEvent(.cellRefused, JSONObject([("manifest", .string($0.path)), ("reason", .string($0.message))]))
         }
         let cells: [JSONValue] = r.cells.map { c in
-            .object(JSONObject([("cell", .string(c.name)), ("version", .string(c.version)),
-                                ("manifestSha256", .string(c.manifest.manifestSHA256)),
-                                ("executableSha256", .string(c.manifest.executable.sha256))]))
+            .object(
+                JSONObject([
+                    ("cell", .string(c.name)), ("version", .string(c.version)),
+                    ("manifestSha256", .string(c.manifest.manifestSHA256)),
+                    ("executableSha256", .string(c.manifest.executable.sha256)),
+                ]))
         }
-        events.append(SecurityEvent(.cellsLoaded, JSONObject([("cells", .array(cells)),
-                                                              ("refused", .int(Int64(r.problems.count)))])))
+        events.append(
+            SecurityEvent(
+                .cellsLoaded,
+                JSONObject([
+                    ("cells", .array(cells)),
+                    ("refused", .int(Int64(r.problems.count))),
+                ])))
         return events
     }
 }

@@ -1,6 +1,7 @@
 import Logging
 import StrictJSON
 import SupervisorPlatform
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -82,8 +83,10 @@ public final class CallRunner: @unchecked Sendable {
     private let sequence = Mutex()
     private var counter: UInt64 = 0
 
-    public init(host: HostSandbox, logger: Logger,
-                outputBudgetBytes: Int = CallRunner.defaultOutputBudget) throws(SystemError) {
+    public init(
+        host: HostSandbox, logger: Logger,
+        outputBudgetBytes: Int = CallRunner.defaultOutputBudget
+    ) throws(SystemError) {
         self.host = host
         self.logger = logger
         outputBudget = OutputBudget(totalBytes: outputBudgetBytes)
@@ -120,20 +123,24 @@ public final class CallRunner: @unchecked Sendable {
     /// `deliver`, if given, receives the report as soon as the worker is
     /// reaped, before its scratch directory is wiped and the cell's next
     /// worker is asked for (both still happen before this returns).
-    public func run(cell: PreparedCell, tool: String, arguments: JSONObject, callID: String,
-                    cancellation: CallCancellation? = nil, limits: CellManifest.Limits? = nil, learn: Bool = false,
-                    deliver: ((CallReport) -> Void)? = nil,
-                    onNetwork: (NetworkDecision) -> Void = { _ in },
-                    onMessage: (WorkerMessage) -> Void = { _ in }) -> CallReport {
+    public func run(
+        cell: PreparedCell, tool: String, arguments: JSONObject, callID: String,
+        cancellation: CallCancellation? = nil, limits: CellManifest.Limits? = nil, learn: Bool = false,
+        deliver: ((CallReport) -> Void)? = nil,
+        onNetwork: (NetworkDecision) -> Void = { _ in },
+        onMessage: (WorkerMessage) -> Void = { _ in }
+    ) -> CallReport {
         let start = monotonicNanoseconds()
-        var report = CallReport(outcome: .cancelled, exit: nil, durationNanoseconds: 0, cpuNanoseconds: 0,
-                                peakMemoryBytes: nil, bytesFromWorker: 0, diagnostics: "", spawnNanoseconds: 0,
-                                firstFrameNanoseconds: 0, reapNanoseconds: 0)
+        var report = CallReport(
+            outcome: .cancelled, exit: nil, durationNanoseconds: 0, cpuNanoseconds: 0,
+            peakMemoryBytes: nil, bytesFromWorker: 0, diagnostics: "", spawnNanoseconds: 0,
+            firstFrameNanoseconds: 0, reapNanoseconds: 0)
         var cleanup: (() -> Void)? = nil
         if cancellation?.isCancelled != true {
-            cleanup = run(cell: cell, tool: tool, arguments: arguments, callID: callID, cancellation: cancellation,
-                          limits: limits ?? cell.manifest.limits, learn: learn, start: start, report: &report,
-                          onNetwork: onNetwork, onMessage: onMessage)
+            cleanup = run(
+                cell: cell, tool: tool, arguments: arguments, callID: callID, cancellation: cancellation,
+                limits: limits ?? cell.manifest.limits, learn: learn, start: start, report: &report,
+                onNetwork: onNetwork, onMessage: onMessage)
         }
         report.durationNanoseconds = monotonicNanoseconds() - start
         deliver?(report)
@@ -141,10 +148,12 @@ public final class CallRunner: @unchecked Sendable {
         return report
     }
 
-    private func run(cell: PreparedCell, tool: String, arguments: JSONObject, callID: String,
-                     cancellation: CallCancellation?, limits: CellManifest.Limits, learn: Bool, start: UInt64,
-                     report: inout CallReport, onNetwork: (NetworkDecision) -> Void,
-                     onMessage: (WorkerMessage) -> Void) -> (() -> Void)? {
+    private func run(
+        cell: PreparedCell, tool: String, arguments: JSONObject, callID: String,
+        cancellation: CallCancellation?, limits: CellManifest.Limits, learn: Bool, start: UInt64,
+        report: inout CallReport, onNetwork: (NetworkDecision) -> Void,
+        onMessage: (WorkerMessage) -> Void
+    ) -> (() -> Void)? {
         let m = cell.manifest
         // A command tool: argv from the arguments, stdin from one of them.
         var command: (template: CommandTemplate, argv: [String], stdin: [UInt8])? = nil
@@ -172,9 +181,10 @@ public final class CallRunner: @unchecked Sendable {
             }
             report.spawnNanoseconds = started.spawnNanoseconds
         }
-        drive(started, tool: tool, arguments: arguments, callID: callID, cancellation: cancellation, learn: learn,
-              command: command.map { ($0.template, $0.stdin) }, start: start, report: &report,
-              onNetwork: onNetwork, onMessage: onMessage)
+        drive(
+            started, tool: tool, arguments: arguments, callID: callID, cancellation: cancellation, learn: learn,
+            command: command.map { ($0.template, $0.stdin) }, start: start, report: &report,
+            onNetwork: onNetwork, onMessage: onMessage)
         let refill = command == nil && !learn && limits == m.limits
         return { [self] in
             release(started)
@@ -256,7 +266,8 @@ public final class CallRunner: @unchecked Sendable {
             // tmpfs and its contents go with the worker's namespace.
             let scratchMount = ScratchMount(
                 directory: scratch, sizeBytes: UInt64(limits.scratchMiB) << 20, files: UInt64(limits.scratchFiles),
-                uid: host.features.isRoot ? host.workerUID : geteuid(), gid: host.features.isRoot ? host.workerGID : getegid(),
+                uid: host.features.isRoot ? host.workerUID : geteuid(),
+                gid: host.features.isRoot ? host.workerGID : getegid(),
                 access: ruleset.rights(.readWrite, isDirectory: true))
             // The executable is a sealed memfd on the kernel's internal shmem
             // mount: Landlock takes no rules there (EBADFD) and does not
@@ -266,7 +277,8 @@ public final class CallRunner: @unchecked Sendable {
 
             // A command tool's program reads its input on stdin and writes
             // its result to stdout; it gets no frame pipes.
-            var r = argv == nil
+            var r =
+                argv == nil
                 ? SpawnRequest(
                     executable: exe, argv: m.argv, environment: environment(for: m, scratch: scratch),
                     stdin: script ?? devNull, stdout: diag.write, stderr: diag.write, request: req.read,
@@ -302,7 +314,8 @@ public final class CallRunner: @unchecked Sendable {
             spawnNanoseconds = monotonicNanoseconds() - t0
             // The child's ends are its own now.
             for fd in [req.read, resp.write, diag.write, ruleset.fd] + (notifyChild.map { [$0] } ?? [])
-                + (brokerChild.map { [$0] } ?? []) + (script.map { [$0] } ?? []) {
+                + (brokerChild.map { [$0] } ?? []) + (script.map { [$0] } ?? [])
+            {
                 fd.close()
                 toClose.removeAll { $0 == fd }
             }
@@ -327,10 +340,11 @@ public final class CallRunner: @unchecked Sendable {
             notifyParent.close()
             toClose.removeAll { $0 == notifyParent }
         }
-        return .success(StartedWorker(
-            cell: cell, limits: limits, worker: worker, scratch: scratch, requestWrite: requestWrite,
-            responseRead: responseRead, diagRead: diagRead, listener: listener, broker: brokerParent,
-            toClose: toClose, spawnNanoseconds: spawnNanoseconds, generations: generations))
+        return .success(
+            StartedWorker(
+                cell: cell, limits: limits, worker: worker, scratch: scratch, requestWrite: requestWrite,
+                responseRead: responseRead, diagRead: diagRead, listener: listener, broker: brokerParent,
+                toClose: toClose, spawnNanoseconds: spawnNanoseconds, generations: generations))
     }
 
     /// Removes a scratch directory without following links; logs a failure.
@@ -360,15 +374,18 @@ public final class CallRunner: @unchecked Sendable {
 
     /// Feeds the call to a started worker, watches it to the end, reaps it
     /// and wipes its scratch directory.
-    private func drive(_ w: StartedWorker, tool: String, arguments: JSONObject, callID: String,
-                       cancellation: CallCancellation?, learn: Bool, command: (CommandTemplate, [UInt8])?,
-                       start: UInt64, report: inout CallReport, onNetwork: (NetworkDecision) -> Void,
-                       onMessage: (WorkerMessage) -> Void) {
+    private func drive(
+        _ w: StartedWorker, tool: String, arguments: JSONObject, callID: String,
+        cancellation: CallCancellation?, learn: Bool, command: (CommandTemplate, [UInt8])?,
+        start: UInt64, report: inout CallReport, onNetwork: (NetworkDecision) -> Void,
+        onMessage: (WorkerMessage) -> Void
+    ) {
         // (The caller closes the remaining descriptors and wipes the scratch
         // directory once the report is delivered.)
         let worker = w.worker
         var session = WorkerSession(
-            worker: worker, callID: callID, limits: w.limits, requestWrite: w.requestWrite, responseRead: w.responseRead,
+            worker: worker, callID: callID, limits: w.limits, requestWrite: w.requestWrite,
+            responseRead: w.responseRead,
             diagRead: w.diagRead, cancellation: cancellation, graceMilliseconds: host.terminationGraceMilliseconds)
         session.learning = learn
         session.command = command?.0
@@ -378,7 +395,8 @@ public final class CallRunner: @unchecked Sendable {
         if let b = w.broker {
             session.broker = ConnectionBroker(access: w.cell.manifest.network, socket: b, cancellation: cancellation)
         }
-        let input = command?.1 ?? FrameCodec.encode(CellProtocol.request(callID: callID, tool: tool, arguments: arguments))
+        let input =
+            command?.1 ?? FrameCodec.encode(CellProtocol.request(callID: callID, tool: tool, arguments: arguments))
         session.run(input: input, started: start, onNetwork: onNetwork, onMessage: onMessage)
         let reapStart = monotonicNanoseconds()
         let exit: ProcessExit
@@ -396,7 +414,8 @@ public final class CallRunner: @unchecked Sendable {
         report.peakMemoryBytes = session.peakRSS
         report.bytesFromWorker = session.bytesFromWorker
         report.diagnostics = session.diagnosticsText
-        report.firstFrameNanoseconds = session.firstFrameAt > 0 ? session.firstFrameAt - start - report.spawnNanoseconds : 0
+        report.firstFrameNanoseconds =
+            session.firstFrameAt > 0 ? session.firstFrameAt - start - report.spawnNanoseconds : 0
         report.outcome = session.classify(exit: exit)
         report.deniedSyscall = session.seccompViolation.map { DeniedSyscall(syscall: $0.0, architecture: $0.1) }
         report.learnedSyscalls = session.learned
@@ -506,8 +525,10 @@ struct WorkerSession {
         return UInt64(digits).map { $0 * 1024 }
     }
 
-    init(worker: WorkerProcess, callID: String, limits: CellManifest.Limits, requestWrite: FileDescriptor,
-         responseRead: FileDescriptor, diagRead: FileDescriptor, cancellation: CallCancellation?, graceMilliseconds: Int) {
+    init(
+        worker: WorkerProcess, callID: String, limits: CellManifest.Limits, requestWrite: FileDescriptor,
+        responseRead: FileDescriptor, diagRead: FileDescriptor, cancellation: CallCancellation?, graceMilliseconds: Int
+    ) {
         self.worker = worker
         self.callID = callID
         self.limits = limits
@@ -527,8 +548,10 @@ struct WorkerSession {
         worker.signal(SIGKILL)
     }
 
-    mutating func run(input: [UInt8], started: UInt64, onNetwork: (NetworkDecision) -> Void,
-                      onMessage: (WorkerMessage) -> Void) {
+    mutating func run(
+        input: [UInt8], started: UInt64, onNetwork: (NetworkDecision) -> Void,
+        onMessage: (WorkerMessage) -> Void
+    ) {
         var pending = input
         var pendingOffset = 0
         try? requestWrite.setNonBlocking()
@@ -599,7 +622,10 @@ struct WorkerSession {
             }
             let now = monotonicNanoseconds()
             let timeout: Int32 = wake.map { $0 > now ? Int32(min(($0 - now) / 1_000_000 + 1, 60_000)) : 0 } ?? -1
-            do { _ = try poll.wait(timeoutMilliseconds: timeout) } catch { kill(); break }
+            do { _ = try poll.wait(timeoutMilliseconds: timeout) } catch {
+                kill()
+                break
+            }
             wakeups += 1
 
             let t = monotonicNanoseconds()
@@ -698,7 +724,9 @@ struct WorkerSession {
                 } else if n > 0 {
                     bytesFromWorker += n
                     diagnostics.append(contentsOf: buf[0..<n])
-                    if diagnostics.count > Self.diagnosticsKept { diagnostics.removeFirst(diagnostics.count - Self.diagnosticsKept) }
+                    if diagnostics.count > Self.diagnosticsKept {
+                        diagnostics.removeFirst(diagnostics.count - Self.diagnosticsKept)
+                    }
                     if bytesFromWorker > outputCap && limitHit == nil {
                         limitHit = .output
                         observe(.limit(.output))
@@ -732,7 +760,8 @@ struct WorkerSession {
                 let tail = String(err.suffix(2000)).trimmingCharacters(in: .whitespacesAndNewlines)
                 return .toolError("exit status \(code)" + (tail.isEmpty ? "" : ": \(tail)"))
             }
-            let text = JSONValue.object(JSONObject([("type", "text"), ("text", .string(out.isEmpty ? "(no output)" : out))]))
+            let text = JSONValue.object(
+                JSONObject([("type", "text"), ("text", .string(out.isEmpty ? "(no output)" : out))]))
             return .success(CellResult(content: [text], structuredContent: nil))
         }
     }

@@ -105,7 +105,8 @@ public struct CellManifest: Sendable {
         let u = Array(s.utf8)
         guard !u.isEmpty && u.count <= 128 else { return false }
         return u.allSatisfy { c in
-            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x5F || c == 0x2E || c == 0x2D
+            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x5F || c == 0x2E
+                || c == 0x2D
         }
     }
 
@@ -153,9 +154,13 @@ extension CellManifest {
         let script = try r.object("script").map { (s) throws(ConfigError) in try parseExecutable(s, dir: dir) }
         var libraries: [Executable] = []
         if let libs = try r.array("libraries") {
-            guard script != nil else { throw r.error("libraries", "libraries are given to an interpreter before the script: declare \"script\" too") }
+            guard script != nil else {
+                throw r.error(
+                    "libraries", "libraries are given to an interpreter before the script: declare \"script\" too")
+            }
             for (i, l) in libs.enumerated() {
-                libraries.append(try parseExecutable(try FieldReader(file: path, path: "libraries[\(i)]", value: l), dir: dir))
+                libraries.append(
+                    try parseExecutable(try FieldReader(file: path, path: "libraries[\(i)]", value: l), dir: dir))
             }
         }
 
@@ -167,7 +172,8 @@ extension CellManifest {
         if let env = try r.object("environment") {
             pass = try env.stringArray("pass", default: [])
             for (i, n) in pass.enumerated() where !isEnvName(n) {
-                throw ConfigError(file: path, field: "environment.pass[\(i)]", message: "not a valid variable name: \"\(n)\"")
+                throw ConfigError(
+                    file: path, field: "environment.pass[\(i)]", message: "not a valid variable name: \"\(n)\"")
             }
             if let s = try env.object("set") {
                 for (k, v) in s.object {
@@ -208,13 +214,23 @@ extension CellManifest {
             var annotations: JSONObject? = nil
             if let a = t.raw("annotations") {
                 guard case .object(let ao) = a else { throw t.error("annotations", "expected an object") }
-                let known: Set<String> = ["title", "readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint"]
+                let known: Set<String> = [
+                    "title", "readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint",
+                ]
                 for (k, v) in ao {
-                    guard known.contains(k) else { throw ConfigError(file: path, field: t.field("annotations.\(k)"), message: "unknown annotation") }
+                    guard known.contains(k) else {
+                        throw ConfigError(file: path, field: t.field("annotations.\(k)"), message: "unknown annotation")
+                    }
                     if k == "title" {
-                        guard case .string = v else { throw ConfigError(file: path, field: t.field("annotations.title"), message: "expected a string") }
+                        guard case .string = v else {
+                            throw ConfigError(
+                                file: path, field: t.field("annotations.title"), message: "expected a string")
+                        }
                     } else {
-                        guard case .bool = v else { throw ConfigError(file: path, field: t.field("annotations.\(k)"), message: "expected true or false") }
+                        guard case .bool = v else {
+                            throw ConfigError(
+                                file: path, field: t.field("annotations.\(k)"), message: "expected true or false")
+                        }
                     }
                 }
                 annotations = ao
@@ -225,13 +241,16 @@ extension CellManifest {
                 command = try CommandTemplate.parse(c, properties: props)
             }
             try t.finish()
-            tools.append(Tool(name: tname, title: title, description: tdesc, inputSchema: inputObj,
-                              outputSchema: output, annotations: annotations, command: command))
+            tools.append(
+                Tool(
+                    name: tname, title: title, description: tdesc, inputSchema: inputObj,
+                    outputSchema: output, annotations: annotations, command: command))
         }
 
         var limits = Limits()
         if let l = try r.object("limits") {
-            limits.timeoutMilliseconds = try l.int("timeoutMilliseconds", default: limits.timeoutMilliseconds, range: 10...3_600_000, unit: "ms")
+            limits.timeoutMilliseconds = try l.int(
+                "timeoutMilliseconds", default: limits.timeoutMilliseconds, range: 10...3_600_000, unit: "ms")
             limits.cpuSeconds = try l.int("cpuSeconds", default: limits.cpuSeconds, range: 1...3600, unit: "s")
             limits.memoryMiB = try l.int("memoryMiB", default: limits.memoryMiB, range: 16...65536, unit: "MiB")
             limits.openFiles = try l.int("openFiles", default: limits.openFiles, range: 16...65536)
@@ -244,7 +263,9 @@ extension CellManifest {
             limits.scratchFiles = try l.int("scratchFiles", default: limits.scratchFiles, range: 16...1_000_000)
             try l.finish()
             if limits.frameKiB > limits.outputKiB {
-                throw ConfigError(file: path, field: "limits.frameKiB", message: "\(limits.frameKiB) KiB exceeds limits.outputKiB (\(limits.outputKiB) KiB)")
+                throw ConfigError(
+                    file: path, field: "limits.frameKiB",
+                    message: "\(limits.frameKiB) KiB exceeds limits.outputKiB (\(limits.outputKiB) KiB)")
             }
         }
 
@@ -260,7 +281,9 @@ extension CellManifest {
             for (i, p) in fs.execute.enumerated() where !p.hasPrefix("/") { fs.execute[i] = normalize(dir + "/" + p) }
             for (key, list) in [("read", fs.read), ("write", fs.write), ("execute", fs.execute)] {
                 for (i, p) in list.enumerated() where p.isEmpty || p == "/" && key == "write" {
-                    throw ConfigError(file: path, field: "filesystem.\(key)[\(i)]", message: "must name a directory or file below /, found \"\(p)\"")
+                    throw ConfigError(
+                        file: path, field: "filesystem.\(key)[\(i)]",
+                        message: "must name a directory or file below /, found \"\(p)\"")
                 }
             }
             try f.finish()
@@ -270,14 +293,16 @@ extension CellManifest {
         var workingDirectory = try r.optionalString("workingDirectory")
         if let w = workingDirectory {
             let abs = w.hasPrefix("/") ? normalize(w) : normalize(dir + "/" + w)
-            guard (fs.read + fs.write).contains(where: { abs == $0 || abs.hasPrefix($0 == "/" ? "/" : $0 + "/") }) else {
+            guard (fs.read + fs.write).contains(where: { abs == $0 || abs.hasPrefix($0 == "/" ? "/" : $0 + "/") })
+            else {
                 throw r.error("workingDirectory", "\(abs) is not under a filesystem.read or filesystem.write path")
             }
             workingDirectory = abs
         }
         let commandTools = tools.filter { $0.command != nil }.count
         if commandTools != 0 && commandTools != tools.count {
-            throw r.error("tools", "either every tool of a cell has a \"command\" or none has: one worker speaks one protocol")
+            throw r.error(
+                "tools", "either every tool of a cell has a \"command\" or none has: one worker speaks one protocol")
         }
         if commandTools > 0 && script != nil {
             throw r.error("script", "a command cell runs its program directly; it has no script")
@@ -306,7 +331,8 @@ extension CellManifest {
             throw ConfigError(file: path, field: "resources[\(i)]", message: "must be 1-256 characters")
         }
         if sideEffects.isActuator && phases.isEmpty {
-            throw r.error("phases", "a cell with side effects \"\(sideEffects.rawValue)\" must list the phases it may run in")
+            throw r.error(
+                "phases", "a cell with side effects \"\(sideEffects.rawValue)\" must list the phases it may run in")
         }
         try r.finish()
 
@@ -314,7 +340,8 @@ extension CellManifest {
             name: name, version: version, description: description, executable: executable, script: script,
             libraries: libraries,
             argv: argv, environmentPass: pass, environmentSet: set, tools: tools, limits: limits, filesystem: fs,
-            network: network, workingDirectory: workingDirectory, syscallGroups: groups, syscallAllow: allow, sideEffects: sideEffects, phases: phases,
+            network: network, workingDirectory: workingDirectory, syscallGroups: groups, syscallAllow: allow,
+            sideEffects: sideEffects, phases: phases,
             resources: resources,
             sourcePath: path, manifestSHA256: manifestSHA256)
     }
@@ -324,7 +351,8 @@ extension CellManifest {
         guard !p.isEmpty else { throw r.error("path", "must not be empty") }
         if !p.hasPrefix("/") { p = normalize(dir + "/" + p) }
         let sha = try r.string("sha256")
-        guard sha.utf8.count == 64, sha.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }) else {
+        guard sha.utf8.count == 64, sha.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) })
+        else {
             throw r.error("sha256", "must be 64 lower-case hex digits")
         }
         try r.finish()
@@ -335,14 +363,17 @@ extension CellManifest {
         guard !s.isEmpty else { throw r.error(key, "must not be empty") }
         guard s.unicodeScalars.count <= max else { throw r.error(key, "longer than \(max) characters") }
         if let u = hiddenCharacter(in: s) {
-            throw r.error(key, "contains the hidden or control character U+\(String(u.value, radix: 16, uppercase: true))")
+            throw r.error(
+                key, "contains the hidden or control character U+\(String(u.value, radix: 16, uppercase: true))")
         }
     }
 
     static func isEnvName(_ s: String) -> Bool {
         let u = Array(s.utf8)
         guard let f = u.first, !(f >= 0x30 && f <= 0x39) else { return false }
-        return u.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) || $0 == 0x5F }
+        return u.allSatisfy {
+            ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) || $0 == 0x5F
+        }
     }
 }
 

@@ -2,7 +2,9 @@ import StrictJSON
 
 /// The frames of the cell protocol (docs/cell-protocol.md), decoded strictly.
 public enum CellProtocol {
-    public static let logLevels: Set<String> = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"]
+    public static let logLevels: Set<String> = [
+        "debug", "info", "notice", "warning", "error", "critical", "alert", "emergency",
+    ]
 
     public enum Frame: Equatable, Sendable {
         case message(WorkerMessage)
@@ -18,7 +20,11 @@ public enum CellProtocol {
 
     /// The one request frame the supervisor sends.
     public static func request(callID: String, tool: String, arguments: JSONObject) -> JSONValue {
-        .object(JSONObject([("type", "request"), ("id", .string(callID)), ("tool", .string(tool)), ("arguments", .object(arguments))]))
+        .object(
+            JSONObject([
+                ("type", "request"), ("id", .string(callID)), ("tool", .string(tool)),
+                ("arguments", .object(arguments)),
+            ]))
     }
 
     /// Decodes one frame from a worker working on `callID`.
@@ -28,12 +34,16 @@ public enum CellProtocol {
         guard case .string(let id)? = o["id"] else { throw Violation("\(type) frame has no string \"id\"") }
         guard id == callID else { throw Violation("\(type) frame names call \"\(clip(id))\", not this call") }
         func allowOnly(_ keys: Set<String>) throws(Violation) {
-            for k in o.keys where !keys.contains(k) { throw Violation("\(type) frame has unknown field \"\(clip(k))\"") }
+            for k in o.keys where !keys.contains(k) {
+                throw Violation("\(type) frame has unknown field \"\(clip(k))\"")
+            }
         }
         switch type {
         case "progress":
             try allowOnly(["type", "id", "progress", "total", "message"])
-            guard let p = o["progress"]?.doubleValue else { throw Violation("progress frame needs a number \"progress\"") }
+            guard let p = o["progress"]?.doubleValue else {
+                throw Violation("progress frame needs a number \"progress\"")
+            }
             var total: Double? = nil
             if let t = o["total"] {
                 guard let td = t.doubleValue else { throw Violation("progress \"total\" must be a number") }
@@ -54,7 +64,9 @@ public enum CellProtocol {
             return .message(.log(level: level, message: sanitize(m), data: o["data"]))
         case "result":
             try allowOnly(["type", "id", "content", "structuredContent"])
-            guard let items = o["content"]?.arrayValue else { throw Violation("result frame needs an array \"content\"") }
+            guard let items = o["content"]?.arrayValue else {
+                throw Violation("result frame needs an array \"content\"")
+            }
             var content: [JSONValue] = []
             for (i, item) in items.enumerated() {
                 content.append(try contentItem(item, index: i))
@@ -80,13 +92,16 @@ public enum CellProtocol {
         }
         switch t {
         case "text":
-            guard c.count == 2, let text = c["text"]?.stringValue else { throw Violation("content[\(i)]: a text item is {type, text}") }
+            guard c.count == 2, let text = c["text"]?.stringValue else {
+                throw Violation("content[\(i)]: a text item is {type, text}")
+            }
             return .object(JSONObject([("type", "text"), ("text", .string(sanitize(text)))]))
         case "image":
             guard c.count == 3, let data = c["data"]?.stringValue, let mime = c["mimeType"]?.stringValue,
-                  mime.hasPrefix("image/")
+                mime.hasPrefix("image/")
             else { throw Violation("content[\(i)]: an image item is {type, data (base64), mimeType image/*}") }
-            return .object(JSONObject([("type", "image"), ("data", .string(data)), ("mimeType", .string(sanitize(mime)))]))
+            return .object(
+                JSONObject([("type", "image"), ("data", .string(data)), ("mimeType", .string(sanitize(mime)))]))
         default:
             throw Violation("content[\(i)]: unsupported content type \"\(clip(t))\"")
         }
@@ -96,7 +111,8 @@ public enum CellProtocol {
     /// ANSI escape survives) and bidirectional/invisible format characters,
     /// keeping newline and tab.
     public static func sanitize(_ s: String) -> String {
-        if s.unicodeScalars.allSatisfy({ ($0.value >= 0x20 && $0.value < 0x7F) || $0.value == 0x0A || $0.value == 0x09 }) {
+        if s.unicodeScalars.allSatisfy({ ($0.value >= 0x20 && $0.value < 0x7F) || $0.value == 0x0A || $0.value == 0x09 }
+        ) {
             return s
         }
         var out = String.UnicodeScalarView()

@@ -29,13 +29,19 @@ public final class CellRegistry: @unchecked Sendable {
         var problems = problems
         for c in cells {
             if let clash = c.manifest.tools.first(where: { byName[$0.name] != nil }) {
-                problems.append(CellProblem(path: c.manifest.sourcePath,
-                    message: "tool \"\(clash.name)\" is already served by cell \(byName[clash.name]!.cell.name); tool names must be unique"))
+                problems.append(
+                    CellProblem(
+                        path: c.manifest.sourcePath,
+                        message:
+                            "tool \"\(clash.name)\" is already served by cell \(byName[clash.name]!.cell.name); tool names must be unique"
+                    ))
                 continue
             }
             if let other = accepted.first(where: { $0.name == c.name }) {
-                problems.append(CellProblem(path: c.manifest.sourcePath,
-                    message: "cell name \"\(c.name)\" is already used by \(other.manifest.sourcePath)"))
+                problems.append(
+                    CellProblem(
+                        path: c.manifest.sourcePath,
+                        message: "cell name \"\(c.name)\" is already used by \(other.manifest.sourcePath)"))
                 continue
             }
             accepted.append(c)
@@ -54,8 +60,10 @@ public final class CellRegistry: @unchecked Sendable {
 
     /// Lists the `.json` files of a directory, sorted.
     public static func manifestFiles(in directory: String) throws(SystemError) -> [String] {
-        try Sys.readdirNames(directory).filter { $0.hasSuffix(".json") && !$0.hasPrefix(".") }.map { directory + "/" + $0 }
-            .sorted()
+        try Sys.readdirNames(directory).filter { $0.hasSuffix(".json") && !$0.hasPrefix(".") }.map {
+            directory + "/" + $0
+        }
+        .sorted()
     }
 
     /// Reads and parses one manifest file.
@@ -74,7 +82,8 @@ public final class CellRegistry: @unchecked Sendable {
         var cells: [PreparedCell] = []
         var problems: [CellProblem] = []
         if let d = ledger.damaged {
-            return CellRegistry(cells: [], problems: [CellProblem(path: "ledger", message: "every cell is refused: \(d)")])
+            return CellRegistry(
+                cells: [], problems: [CellProblem(path: "ledger", message: "every cell is refused: \(d)")])
         }
         for name in Set(ledger.cells.keys).union(ledger.refusedCells.keys).sorted() {
             if let why = ledger.refusal(cell: name) {
@@ -85,7 +94,8 @@ public final class CellRegistry: @unchecked Sendable {
             do {
                 let m = try CellManifest.parse(bytes: v.manifestBytes, path: v.manifestPath, manifestSHA256: v.id)
                 guard m.name == name else {
-                    problems.append(CellProblem(path: "ledger:\(name)", message: "the registered manifest names cell \(m.name)"))
+                    problems.append(
+                        CellProblem(path: "ledger:\(name)", message: "the registered manifest names cell \(m.name)"))
                     continue
                 }
                 do { cells.append(try PreparedCell(manifest: m, groups: groups, host: host)) } catch {

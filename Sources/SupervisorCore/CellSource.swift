@@ -11,7 +11,8 @@ public enum CellSource: Sendable, Equatable {
     case unsigned(manifestsDirectory: String)
 
     public init(allowUnsigned: Bool, manifestsDirectory: String, stateDirectory: String) {
-        self = allowUnsigned
+        self =
+            allowUnsigned
             ? .unsigned(manifestsDirectory: manifestsDirectory)
             : .ledger(path: Ledger.path(stateDirectory: stateDirectory))
     }
@@ -35,11 +36,14 @@ public enum CellSource: Sendable, Equatable {
             return CellRegistry.load(ledger: ledger, groups: groups, host: host)
         case .unsigned(let directory):
             do {
-                return CellRegistry.load(paths: try CellRegistry.manifestFiles(in: directory), groups: groups, host: host)
+                return CellRegistry.load(
+                    paths: try CellRegistry.manifestFiles(in: directory), groups: groups, host: host)
             } catch {
-                return CellRegistry(cells: [], problems: [
-                    CellProblem(path: directory, message: "cannot list the manifests: \(error)"),
-                ])
+                return CellRegistry(
+                    cells: [],
+                    problems: [
+                        CellProblem(path: directory, message: "cannot list the manifests: \(error)")
+                    ])
             }
         }
     }
@@ -49,7 +53,7 @@ public enum CellSource: Sendable, Equatable {
     /// manifest there declares it (or the source is not the ledger).
     public func unservedHint(tool: String, manifestsDirectory: String) -> String? {
         guard case .ledger(let path) = self,
-              let files = try? CellRegistry.manifestFiles(in: manifestsDirectory)
+            let files = try? CellRegistry.manifestFiles(in: manifestsDirectory)
         else { return nil }
         for file in files {
             guard let m = try? CellRegistry.loadManifest(path: file), m.tools.contains(where: { $0.name == tool })

@@ -44,8 +44,10 @@ public struct CommandTemplate: Sendable, Equatable {
         return (out, input)
     }
 
-    private static func render(_ elements: [Element], _ args: JSONObject, into out: inout [String],
-                               optionsEnded: inout Bool) throws(Refusal) {
+    private static func render(
+        _ elements: [Element], _ args: JSONObject, into out: inout [String],
+        optionsEnded: inout Bool
+    ) throws(Refusal) {
         for e in elements {
             switch e {
             case .conditional(let name, let then):
@@ -82,7 +84,9 @@ public struct CommandTemplate: Sendable, Equatable {
                 if missing { continue }
                 // Only text that starts with an argument can turn into an
                 // option; a template's own prefix (--max-count=) cannot.
-                if case .argument(let name)? = pieces.first { try checkOption(s, name: name, optionsEnded: optionsEnded) }
+                if case .argument(let name)? = pieces.first {
+                    try checkOption(s, name: name, optionsEnded: optionsEnded)
+                }
                 out.append(s)
             }
         }
@@ -94,7 +98,11 @@ public struct CommandTemplate: Sendable, Equatable {
         case .string(let t): s = t
         case .int, .double: s = v.serialized()
         case .bool(let b): s = b ? "true" : "false"
-        default: throw Refusal(message: "argument \"\(name)\" is \(v.typeName); a command-line argument must be a string, number or boolean")
+        default:
+            throw Refusal(
+                message:
+                    "argument \"\(name)\" is \(v.typeName); a command-line argument must be a string, number or boolean"
+            )
         }
         if s.utf8.contains(0) { throw Refusal(message: "argument \"\(name)\" contains a NUL byte") }
         return s
@@ -102,7 +110,10 @@ public struct CommandTemplate: Sendable, Equatable {
 
     private static func checkOption(_ s: String, name: String, optionsEnded: Bool) throws(Refusal) {
         if !optionsEnded && s.hasPrefix("-") {
-            throw Refusal(message: "argument \"\(name)\" starts with \"-\" and would be read as an option (\"\(CellProtocol.clip(s))\"); options are fixed by the cell's manifest")
+            throw Refusal(
+                message:
+                    "argument \"\(name)\" starts with \"-\" and would be read as an option (\"\(CellProtocol.clip(s))\"); options are fixed by the cell's manifest"
+            )
         }
     }
 
@@ -112,7 +123,9 @@ public struct CommandTemplate: Sendable, Equatable {
         guard let items = try r.array("argv") else { throw r.error("argv", "required field is missing") }
         let argv = try parseElements(items, r, field: r.field("argv"), properties: properties)
         guard !argv.isEmpty else { throw r.error("argv", "must contain at least argv[0]") }
-        guard case .text(let first) = argv[0], first.allSatisfy({ if case .literal = $0 { return true } else { return false } }) else {
+        guard case .text(let first) = argv[0],
+            first.allSatisfy({ if case .literal = $0 { return true } else { return false } })
+        else {
             throw ConfigError(file: r.file, field: r.field("argv[0]"), message: "argv[0] must be fixed text")
         }
         let stdin = try r.optionalString("stdin")
@@ -124,7 +137,9 @@ public struct CommandTemplate: Sendable, Equatable {
             codes = []
             for (i, v) in c.enumerated() {
                 guard case .int(let n) = v, (0...255).contains(n) else {
-                    throw ConfigError(file: r.file, field: r.field("successExitCodes[\(i)]"), message: "expected an exit status 0-255")
+                    throw ConfigError(
+                        file: r.file, field: r.field("successExitCodes[\(i)]"), message: "expected an exit status 0-255"
+                    )
                 }
                 codes.append(Int32(n))
             }
@@ -134,8 +149,10 @@ public struct CommandTemplate: Sendable, Equatable {
         return CommandTemplate(argv: argv, stdin: stdin, successExitCodes: codes)
     }
 
-    private static func parseElements(_ items: [JSONValue], _ r: FieldReader, field: String,
-                                      properties: Set<String>) throws(ConfigError) -> [Element] {
+    private static func parseElements(
+        _ items: [JSONValue], _ r: FieldReader, field: String,
+        properties: Set<String>
+    ) throws(ConfigError) -> [Element] {
         var out: [Element] = []
         for (i, item) in items.enumerated() {
             let f = "\(field)[\(i)]"
@@ -145,19 +162,24 @@ public struct CommandTemplate: Sendable, Equatable {
             case .object:
                 let c = try FieldReader(file: r.file, path: f, value: item)
                 let name = try c.string("if")
-                guard properties.contains(name) else { throw c.error("if", "names \"\(name)\", which is not a property of the tool's inputSchema") }
+                guard properties.contains(name) else {
+                    throw c.error("if", "names \"\(name)\", which is not a property of the tool's inputSchema")
+                }
                 guard let then = try c.array("then") else { throw c.error("then", "required field is missing") }
                 let inner = try parseElements(then, c, field: c.field("then"), properties: properties)
                 try c.finish()
                 out.append(.conditional(name: name, then: inner))
             default:
-                throw ConfigError(file: r.file, field: f, message: "expected a string or {\"if\", \"then\"}, found \(item.typeName)")
+                throw ConfigError(
+                    file: r.file, field: f, message: "expected a string or {\"if\", \"then\"}, found \(item.typeName)")
             }
         }
         return out
     }
 
-    static func parsePieces(_ s: String, file: String, field: String, properties: Set<String>) throws(ConfigError) -> [Piece] {
+    static func parsePieces(_ s: String, file: String, field: String, properties: Set<String>) throws(ConfigError)
+        -> [Piece]
+    {
         var pieces: [Piece] = []
         var literal = ""
         var it = s.makeIterator()
@@ -176,9 +198,13 @@ public struct CommandTemplate: Sendable, Equatable {
                 }
                 name.append(d)
             }
-            guard closed, !name.isEmpty else { throw ConfigError(file: file, field: field, message: "unterminated or empty placeholder in \"\(s)\"") }
+            guard closed, !name.isEmpty else {
+                throw ConfigError(file: file, field: field, message: "unterminated or empty placeholder in \"\(s)\"")
+            }
             guard properties.contains(name) else {
-                throw ConfigError(file: file, field: field, message: "placeholder {\(name)} is not a property of the tool's inputSchema")
+                throw ConfigError(
+                    file: file, field: field,
+                    message: "placeholder {\(name)} is not a property of the tool's inputSchema")
             }
             if !literal.isEmpty { pieces.append(.literal(literal)) }
             literal = ""

@@ -73,11 +73,16 @@ public final class FieldReader {
     }
 
     /// An integer within `range`, or the default when absent.
-    public func int(_ key: String, default d: Int, range: ClosedRange<Int>, unit: String = "") throws(ConfigError) -> Int {
+    public func int(_ key: String, default d: Int, range: ClosedRange<Int>, unit: String = "") throws(ConfigError)
+        -> Int
+    {
         guard let v = raw(key) else { return d }
-        guard case .int(let i) = v else { throw error(key, "expected an integer\(unit.isEmpty ? "" : " (\(unit))"), found \(v.typeName)") }
+        guard case .int(let i) = v else {
+            throw error(key, "expected an integer\(unit.isEmpty ? "" : " (\(unit))"), found \(v.typeName)")
+        }
         guard i >= Int64(range.lowerBound) && i <= Int64(range.upperBound) else {
-            throw error(key, "\(i) is out of range \(range.lowerBound)...\(range.upperBound)\(unit.isEmpty ? "" : " \(unit)")")
+            throw error(
+                key, "\(i) is out of range \(range.lowerBound)...\(range.upperBound)\(unit.isEmpty ? "" : " \(unit)")")
         }
         return Int(i)
     }
@@ -91,7 +96,8 @@ public final class FieldReader {
         var out: [String] = []
         for (i, e) in a.enumerated() {
             guard case .string(let s) = e else {
-                throw ConfigError(file: file, field: "\(field(key))[\(i)]", message: "expected a string, found \(e.typeName)")
+                throw ConfigError(
+                    file: file, field: "\(field(key))[\(i)]", message: "expected a string, found \(e.typeName)")
             }
             out.append(s)
         }

@@ -55,8 +55,10 @@ public struct HostSandbox: Sendable {
     /// Grace between SIGTERM and SIGKILL at the deadline.
     public let terminationGraceMilliseconds: Int
 
-    public init(features: KernelFeatures, workerUID: UInt32? = nil, workerGID: UInt32? = nil, scratchRoot: String,
-                protectedPaths: [String], terminationGraceMilliseconds: Int = 200) {
+    public init(
+        features: KernelFeatures, workerUID: UInt32? = nil, workerGID: UInt32? = nil, scratchRoot: String,
+        protectedPaths: [String], terminationGraceMilliseconds: Int = 200
+    ) {
         self.features = features
         self.workerUID = workerUID ?? (features.isRoot ? Setting.workerUid.identityRootDefault : Sys.getuid())
         self.workerGID = workerGID ?? (features.isRoot ? Setting.workerGid.identityRootDefault : Sys.getgid())
@@ -81,7 +83,8 @@ public struct HostSandbox: Sendable {
         }
         let st = try Sys.lstat(scratchRoot)
         guard st.isDirectory, st.uid == Sys.geteuid() else {
-            throw SystemError("scratch root \(scratchRoot) is not a directory owned by this user", errno: Errno.notPermitted)
+            throw SystemError(
+                "scratch root \(scratchRoot) is not a directory owned by this user", errno: Errno.notPermitted)
         }
         try Sys.chmod(scratchRoot, mode: 0o711)
     }
@@ -90,19 +93,24 @@ public struct HostSandbox: Sendable {
     /// Fail closed: a cell never runs with less than its manifest declares.
     public func refusal(for manifest: CellManifest) -> String? {
         guard let abi = features.landlockABI else {
-            return "Landlock is not available (\(features.landlockError ?? "unknown error")); enable it with the kernel command line lsm=...,landlock (Linux 5.13 or later)"
+            return
+                "Landlock is not available (\(features.landlockError ?? "unknown error")); enable it with the kernel command line lsm=...,landlock (Linux 5.13 or later)"
         }
         if workersShareSupervisorUID && abi < 6 {
-            return "workers run under the supervisor's own uid, which needs Landlock ABI 6 (signal and abstract-socket scopes, Linux 6.12) to keep them from signalling it; this kernel has ABI \(abi). Run the supervisor as root (workers then run as nobody) or upgrade the kernel"
+            return
+                "workers run under the supervisor's own uid, which needs Landlock ABI 6 (signal and abstract-socket scopes, Linux 6.12) to keep them from signalling it; this kernel has ABI \(abi). Run the supervisor as root (workers then run as nobody) or upgrade the kernel"
         }
         if !features.isRoot && !features.userNamespaces {
-            return "every worker's scratch directory is a tmpfs bounded by limits.scratchMiB and limits.scratchFiles in the worker's own mount namespace, which an unprivileged supervisor can only create inside a user namespace: \(features.userNamespaceError ?? "unavailable"); enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 or user.max_user_namespaces > 0) or run the supervisor as root"
+            return
+                "every worker's scratch directory is a tmpfs bounded by limits.scratchMiB and limits.scratchFiles in the worker's own mount namespace, which an unprivileged supervisor can only create inside a user namespace: \(features.userNamespaceError ?? "unavailable"); enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 or user.max_user_namespaces > 0) or run the supervisor as root"
         }
         if manifest.limits.processes == .processes && !features.pidNamespaces {
-            return "limits.processes is \"processes\", which needs a PID namespace so the whole process tree dies with the call: \(features.pidNamespaceError ?? "unavailable")\(features.isRoot ? "" : "; enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 or user.max_user_namespaces > 0)")"
+            return
+                "limits.processes is \"processes\", which needs a PID namespace so the whole process tree dies with the call: \(features.pidNamespaceError ?? "unavailable")\(features.isRoot ? "" : "; enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 or user.max_user_namespaces > 0)")"
         }
         if features.seccompAPILevel < 3 {
-            return "seccomp filters with kill-process are not available (libseccomp API level \(features.seccompAPILevel)); a kernel built with CONFIG_SECCOMP_FILTER is required"
+            return
+                "seccomp filters with kill-process are not available (libseccomp API level \(features.seccompAPILevel)); a kernel built with CONFIG_SECCOMP_FILTER is required"
         }
         return nil
     }

@@ -38,9 +38,10 @@ public enum LogSigningKey {
         guard st.mode & 0o077 == 0 else {
             throw LogKeyError("\(path) is readable by others (mode \(String(st.mode & 0o777, radix: 8))); chmod 600 it")
         }
-        let text = String(decoding: try readFile(path, limit: 4096), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        let text = String(decoding: try readFile(path, limit: 4096), as: UTF8.self).trimmingCharacters(
+            in: .whitespacesAndNewlines)
         guard text.hasPrefix("ed25519-private:"), let raw = Data(base64Encoded: String(text.dropFirst(16))),
-              let key = try? Curve25519.Signing.PrivateKey(rawRepresentation: raw)
+            let key = try? Curve25519.Signing.PrivateKey(rawRepresentation: raw)
         else { throw LogKeyError("\(path): not an ed25519-private key file") }
         return key
     }
@@ -81,9 +82,10 @@ public enum LogSigningKey {
             if exists(pub) {
                 let p = try loadPublic(path: pub)
                 guard p.rawRepresentation == key.publicKey.rawRepresentation else {
-                    throw LogKeyError("\(pub) (key \(keyID(p))) is not the public half of \(priv) (key \(keyID(key.publicKey))): "
-                        + "checkpoints would not verify. Restore the matching public key file, or replace the key "
-                        + "explicitly: mcp-supervisor audit rotate-key --state-dir \(stateDirectory)")
+                    throw LogKeyError(
+                        "\(pub) (key \(keyID(p))) is not the public half of \(priv) (key \(keyID(key.publicKey))): "
+                            + "checkpoints would not verify. Restore the matching public key file, or replace the key "
+                            + "explicitly: mcp-supervisor audit rotate-key --state-dir \(stateDirectory)")
                 }
             } else {
                 try writeAtomically(pub, publicText(key.publicKey), mode: 0o644)
@@ -96,13 +98,16 @@ public enum LogSigningKey {
         found += archivedKeyFiles(stateDirectory: stateDirectory)
         if logHasRecords(logDirectory) { found.append(logDirectory) }
         guard found.isEmpty else {
-            throw LogKeyError("the security log's signing key \(priv) is missing, but \(found.joined(separator: ", ")) "
-                + "exist(s): a new key is never created silently (the log's earlier checkpoints were signed with the "
-                + "lost key). To continue with a new key, run: mcp-supervisor audit rotate-key --state-dir \(stateDirectory) "
-                + "(the old public keys are kept for `audit verify`; the change is recorded as a log.key_rotated event)")
+            throw LogKeyError(
+                "the security log's signing key \(priv) is missing, but \(found.joined(separator: ", ")) "
+                    + "exist(s): a new key is never created silently (the log's earlier checkpoints were signed with the "
+                    + "lost key). To continue with a new key, run: mcp-supervisor audit rotate-key --state-dir \(stateDirectory) "
+                    + "(the old public keys are kept for `audit verify`; the change is recorded as a log.key_rotated event)"
+            )
         }
         let key = Curve25519.Signing.PrivateKey()
-        try writeAtomically(priv, Array("ed25519-private:\(key.rawRepresentation.base64EncodedString())\n".utf8), mode: 0o600)
+        try writeAtomically(
+            priv, Array("ed25519-private:\(key.rawRepresentation.base64EncodedString())\n".utf8), mode: 0o600)
         try writeAtomically(pub, publicText(key.publicKey), mode: 0o644)
         try archive(key.publicKey, stateDirectory: stateDirectory)
         return key
@@ -121,9 +126,10 @@ public enum LogSigningKey {
     }
 
     public static func loadPublic(path: String) throws -> Curve25519.Signing.PublicKey {
-        let text = String(decoding: try readFile(path, limit: 4096), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        let text = String(decoding: try readFile(path, limit: 4096), as: UTF8.self).trimmingCharacters(
+            in: .whitespacesAndNewlines)
         guard text.hasPrefix("ed25519-public:"), let raw = Data(base64Encoded: String(text.dropFirst(15))),
-              let key = try? Curve25519.Signing.PublicKey(rawRepresentation: raw)
+            let key = try? Curve25519.Signing.PublicKey(rawRepresentation: raw)
         else { throw LogKeyError("\(path): not an ed25519-public key file") }
         return key
     }
@@ -157,8 +163,9 @@ public enum LogSigningKey {
             let lock = try Sys.open(logDirectory + "/writers.lock", O_RDWR | O_CREAT, mode: 0o600)
             guard try lock.lock(exclusive: true, nonBlocking: true) else {
                 lock.close()
-                throw LogKeyError("the security log in \(logDirectory) is open in another process (a running supervisor "
-                    + "or trust command); stop it, then rotate the key")
+                throw LogKeyError(
+                    "the security log in \(logDirectory) is open in another process (a running supervisor "
+                        + "or trust command); stop it, then rotate the key")
             }
             return lock
         }
@@ -179,7 +186,8 @@ public enum LogSigningKey {
         let key = Curve25519.Signing.PrivateKey()
         do {
             try archive(key.publicKey, stateDirectory: stateDirectory)
-            try writeAtomically(priv, Array("ed25519-private:\(key.rawRepresentation.base64EncodedString())\n".utf8), mode: 0o600)
+            try writeAtomically(
+                priv, Array("ed25519-private:\(key.rawRepresentation.base64EncodedString())\n".utf8), mode: 0o600)
             try writeAtomically(pub, publicText(key.publicKey), mode: 0o644)
         } catch {
             lock.close()
@@ -187,11 +195,15 @@ public enum LogSigningKey {
         }
         lock.close()
         let log = try SecurityLog(stateDirectory: stateDirectory, newKey: true)
-        let error = log.appendAndWait([SecurityEvent(.logKeyRotated, JSONObject([
-            ("previousKeyId", previous.map { .string($0) } ?? .null), ("newKeyId", .string(log.keyID)),
-            ("previousKeyAvailable", .bool(previousAvailable)), ("reason", .string(reason)),
-            ("uid", .int(Int64(Sys.uid))),
-        ]))])
+        let error = log.appendAndWait([
+            SecurityEvent(
+                .logKeyRotated,
+                JSONObject([
+                    ("previousKeyId", previous.map { .string($0) } ?? .null), ("newKeyId", .string(log.keyID)),
+                    ("previousKeyAvailable", .bool(previousAvailable)), ("reason", .string(reason)),
+                    ("uid", .int(Int64(Sys.uid))),
+                ]))
+        ])
         log.close()
         if let error { throw error }
         return (previous, log.keyID)

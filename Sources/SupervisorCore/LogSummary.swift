@@ -23,8 +23,11 @@ struct LogSummary: Equatable, Sendable {
     var json: JSONObject {
         var o = JSONObject([("openCalls", .array(openCalls.map(\.json)))])
         if let l = ledger {
-            o["ledger"] = .object(JSONObject([("entries", .int(Int64(l.entries))),
-                                              ("head", l.head.map { .string($0) } ?? .null), ("seq", .int(l.seq))]))
+            o["ledger"] = .object(
+                JSONObject([
+                    ("entries", .int(Int64(l.entries))),
+                    ("head", l.head.map { .string($0) } ?? .null), ("seq", .int(l.seq)),
+                ]))
         }
         return o
     }
@@ -48,9 +51,13 @@ struct LogSummary: Equatable, Sendable {
                 openCalls.remove(at: i)
             }
         case .ledgerLoaded?:
-            if let n = fields["entries"]?.intValue { ledger = LedgerAnchor(entries: Int(n), head: fields["head"]?.stringValue, seq: seq) }
+            if let n = fields["entries"]?.intValue {
+                ledger = LedgerAnchor(entries: Int(n), head: fields["head"]?.stringValue, seq: seq)
+            }
         case .ledgerEntry?:
-            if let n = fields["index"]?.intValue { ledger = LedgerAnchor(entries: Int(n), head: fields["head"]?.stringValue, seq: seq) }
+            if let n = fields["index"]?.intValue {
+                ledger = LedgerAnchor(entries: Int(n), head: fields["head"]?.stringValue, seq: seq)
+            }
         default:
             break
         }
@@ -63,8 +70,8 @@ struct LogSummary: Equatable, Sendable {
         // The type is the third member: it stands near the start of the line.
         let window = line.prefix(160)
         guard Self.markers.contains(where: { SecurityLog.contains(window, $0) }),
-              case .object(let o)? = try? JSONParser.parse(Array(line)), let type = o["type"]?.stringValue,
-              let seq = o["seq"]?.intValue
+            case .object(let o)? = try? JSONParser.parse(Array(line)), let type = o["type"]?.stringValue,
+            let seq = o["seq"]?.intValue
         else { return }
         apply(type: type, seq: seq, fields: o)
     }

@@ -22,7 +22,9 @@ public struct NetworkAccess: Sendable, Equatable {
 
         /// Parses `entry`; nil with the reason otherwise.
         static func parse(_ entry: String) -> Result<Host, ParseFailure> {
-            guard let colon = entry.lastIndex(of: ":") else { return .failure(.init("expected host:port, found \"\(entry)\"")) }
+            guard let colon = entry.lastIndex(of: ":") else {
+                return .failure(.init("expected host:port, found \"\(entry)\""))
+            }
             var host = String(entry[..<colon])
             let portText = entry[entry.index(after: colon)...]
             guard let port = Int(portText), (1...65535).contains(port) else {
@@ -30,7 +32,9 @@ public struct NetworkAccess: Sendable, Equatable {
             }
             if host.hasPrefix("[") && host.hasSuffix("]") {
                 host = String(host.dropFirst().dropLast())
-                guard let a = IPAddress(literal: host), a.isIPv6 else { return .failure(.init("\"\(host)\" is not an IPv6 address")) }
+                guard let a = IPAddress(literal: host), a.isIPv6 else {
+                    return .failure(.init("\"\(host)\" is not an IPv6 address"))
+                }
                 return .success(Host(pattern: a.description, port: port, address: a))
             }
             if let a = IPAddress(literal: host), !a.isIPv6 {
@@ -68,7 +72,6 @@ public struct NetworkAccess: Sendable, Equatable {
     public static let none = NetworkAccess()
     public var isNone: Bool { hosts.isEmpty }
 
-
     /// A DNS name: dot-separated labels of letters, digits and hyphens.
     static func isHostName(_ s: String) -> Bool {
         let labels = s.split(separator: ".", omittingEmptySubsequences: false)
@@ -84,23 +87,30 @@ public struct NetworkAccess: Sendable, Equatable {
         guard let v else { return .none }
         if case .string("none") = v { return .none }
         guard case .object = v else {
-            throw ConfigError(file: file, field: "network", message: "expected \"none\" or {\"connect\": [\"host:port\", ...]}, found \(v.serialized())")
+            throw ConfigError(
+                file: file, field: "network",
+                message: "expected \"none\" or {\"connect\": [\"host:port\", ...]}, found \(v.serialized())")
         }
         let r = try FieldReader(file: file, path: "network", value: v)
         var n = NetworkAccess()
         let entries = try r.stringArray("connect")
-        guard !entries.isEmpty else { throw r.error("connect", "list at least one host:port (or write \"network\": \"none\")") }
+        guard !entries.isEmpty else {
+            throw r.error("connect", "list at least one host:port (or write \"network\": \"none\")")
+        }
         for (i, e) in entries.enumerated() {
             switch Host.parse(e) {
             case .success(let h):
-                if n.hosts.contains(h) { throw ConfigError(file: file, field: "network.connect[\(i)]", message: "duplicate entry \"\(e)\"") }
+                if n.hosts.contains(h) {
+                    throw ConfigError(file: file, field: "network.connect[\(i)]", message: "duplicate entry \"\(e)\"")
+                }
                 n.hosts.append(h)
             case .failure(let f):
                 throw ConfigError(file: file, field: "network.connect[\(i)]", message: f.message)
             }
         }
         n.maxConnections = try r.int("maxConnections", default: n.maxConnections, range: 1...256)
-        n.connectTimeoutMilliseconds = try r.int("connectTimeoutMilliseconds", default: n.connectTimeoutMilliseconds, range: 10...60_000, unit: "ms")
+        n.connectTimeoutMilliseconds = try r.int(
+            "connectTimeoutMilliseconds", default: n.connectTimeoutMilliseconds, range: 10...60_000, unit: "ms")
         try r.finish()
         return n
     }
@@ -127,7 +137,6 @@ struct ConnectionBroker {
     /// fires, so a cancelled call does not wait for a slow network.
     var cancellation: CallCancellation? = nil
     var granted = 0
-
 
     enum Served {
         case closed
@@ -174,8 +183,12 @@ struct ConnectionBroker {
     /// getaddrinfo has no timeout of its own (the resolver's can be tens of
     /// seconds): it runs on a thread of its own and the call waits at most
     /// `timeoutMilliseconds`; a late answer is dropped.
-    static func resolve(_ host: String, timeoutMilliseconds: Int, cancellation: CallCancellation? = nil,
-                        using lookup: @escaping @Sendable (String) throws(SystemError) -> [IPAddress] = { h throws(SystemError) in try Network.resolve(h) })
+    static func resolve(
+        _ host: String, timeoutMilliseconds: Int, cancellation: CallCancellation? = nil,
+        using lookup: @escaping @Sendable (String) throws(SystemError) -> [IPAddress] = { h throws(SystemError) in
+            try Network.resolve(h)
+        }
+    )
         throws(Refusal) -> [IPAddress]
     {
         final class Answer: @unchecked Sendable {
@@ -193,7 +206,9 @@ struct ConnectionBroker {
         let until = monotonicNanoseconds() + UInt64(max(0, timeoutMilliseconds)) * 1_000_000
         while answer.done.wait(timeout: .now() + .milliseconds(10)) != .success {
             if cancellation?.isCancelled == true { throw Refusal("the call was cancelled while resolving \(host)") }
-            if monotonicNanoseconds() >= until { throw Refusal("resolving \(host) took longer than \(timeoutMilliseconds) ms") }
+            if monotonicNanoseconds() >= until {
+                throw Refusal("resolving \(host) took longer than \(timeoutMilliseconds) ms")
+            }
         }
         switch answer.result! {
         case .success(let a): return a
@@ -217,13 +232,16 @@ struct ConnectionBroker {
         return (host, Int(port))
     }
 
-    private func connect(host: String, port: Int, deadline: UInt64, decision d: inout NetworkDecision) throws(Refusal) -> FileDescriptor {
+    private func connect(host: String, port: Int, deadline: UInt64, decision d: inout NetworkDecision) throws(Refusal)
+        -> FileDescriptor
+    {
         guard granted < access.maxConnections else {
             throw Refusal("the cell's limit of \(access.maxConnections) connections per call is used up")
         }
         let literal = IPAddress(literal: host)
         guard access.hosts.contains(where: { $0.matches(host: host, literal: literal, port: port) }) else {
-            throw Refusal("\(literal?.isIPv6 == true ? "[\(host)]" : host):\(port) is not on the cell's network allowlist")
+            throw Refusal(
+                "\(literal?.isIPv6 == true ? "[\(host)]" : host):\(port) is not on the cell's network allowlist")
         }
         var candidates: [IPAddress]
         if let literal {
@@ -231,12 +249,15 @@ struct ConnectionBroker {
         } else {
             let now = monotonicNanoseconds()
             let left = now < deadline ? Int((deadline - now) / 1_000_000) : 0
-            candidates = try Self.resolve(host, timeoutMilliseconds: min(left, access.connectTimeoutMilliseconds),
-                                          cancellation: cancellation)
+            candidates = try Self.resolve(
+                host, timeoutMilliseconds: min(left, access.connectTimeoutMilliseconds),
+                cancellation: cancellation)
             let all = candidates
             candidates.removeAll { $0.isInternal }
             if candidates.isEmpty {
-                throw Refusal("\(host) resolves only to internal addresses (\(all.map(\.description).joined(separator: ", "))); a name on the allowlist may not lead into the local network: list the address itself to allow it")
+                throw Refusal(
+                    "\(host) resolves only to internal addresses (\(all.map(\.description).joined(separator: ", "))); a name on the allowlist may not lead into the local network: list the address itself to allow it"
+                )
             }
         }
         var lastError = ""
@@ -245,8 +266,9 @@ struct ConnectionBroker {
             guard now < deadline else { throw Refusal("the call's deadline passed while connecting") }
             let left = Int((deadline - now) / 1_000_000)
             do {
-                let fd = try Network.connect(a, port: port, timeoutMilliseconds: min(left, access.connectTimeoutMilliseconds),
-                                             cancel: cancellation?.read)
+                let fd = try Network.connect(
+                    a, port: port, timeoutMilliseconds: min(left, access.connectTimeoutMilliseconds),
+                    cancel: cancellation?.read)
                 d.address = a.isIPv6 ? "[\(a)]:\(port)" : "\(a):\(port)"
                 return fd
             } catch {

@@ -50,18 +50,24 @@ public struct Policy: Sendable {
     /// SHA-256 of the policy file's exact bytes, recorded with each decision.
     public let sha256: String
 
-    public static let tightenable = ["timeoutMilliseconds", "cpuSeconds", "memoryMiB", "openFiles", "fileSizeMiB", "outputKiB",
-                                     "scratchMiB", "scratchFiles"]
+    public static let tightenable = [
+        "timeoutMilliseconds", "cpuSeconds", "memoryMiB", "openFiles", "fileSizeMiB", "outputKiB",
+        "scratchMiB", "scratchFiles",
+    ]
 
     public static func load(path: String) throws(ConfigError) -> Policy {
         let bytes: [UInt8]
-        do { bytes = try readFile(path, limit: 1 << 20) } catch { throw ConfigError(file: path, field: "", message: "cannot read: \(error)") }
+        do { bytes = try readFile(path, limit: 1 << 20) } catch {
+            throw ConfigError(file: path, field: "", message: "cannot read: \(error)")
+        }
         return try parse(bytes: bytes, path: path)
     }
 
     public static func parse(bytes: [UInt8], path: String) throws(ConfigError) -> Policy {
         let doc: JSONValue
-        do { doc = try JSONParser.parse(bytes) } catch { throw ConfigError(file: path, field: "", message: "not valid JSON: \(error)") }
+        do { doc = try JSONParser.parse(bytes) } catch {
+            throw ConfigError(file: path, field: "", message: "not valid JSON: \(error)")
+        }
         let r = try FieldReader(file: path, path: "", value: doc)
         _ = try r.optionalString("description")
 
@@ -72,13 +78,17 @@ public struct Policy: Sendable {
             phases = try p.stringArray("states")
             guard !phases.isEmpty else { throw p.error("states", "at least one phase") }
             for (i, s) in phases.enumerated() where !CellManifest.isValidName(s) {
-                throw ConfigError(file: path, field: "phases.states[\(i)]", message: "must match \(CellManifest.namePattern)")
+                throw ConfigError(
+                    file: path, field: "phases.states[\(i)]", message: "must match \(CellManifest.namePattern)")
             }
             initial = try p.string("initial")
-            guard phases.contains(initial) else { throw p.error("initial", "\"\(initial)\" is not one of phases.states") }
+            guard phases.contains(initial) else {
+                throw p.error("initial", "\"\(initial)\" is not one of phases.states")
+            }
             for (i, t) in (try p.array("transitions") ?? []).enumerated() {
                 let tr = try FieldReader(file: path, path: "phases.transitions[\(i)]", value: t)
-                let from = try tr.string("from"), to = try tr.string("to")
+                let from = try tr.string("from")
+                let to = try tr.string("to")
                 guard phases.contains(from) || from == "*" else { throw tr.error("from", "\"\(from)\" is not a phase") }
                 guard phases.contains(to) else { throw tr.error("to", "\"\(to)\" is not a phase") }
                 let req = try tr.optionalString("requires")
@@ -89,7 +99,9 @@ public struct Policy: Sendable {
         }
 
         var principals: [PrincipalRule] = []
-        guard let ps = try r.array("principals") else { throw r.error("principals", "required: who may call (deny by default)") }
+        guard let ps = try r.array("principals") else {
+            throw r.error("principals", "required: who may call (deny by default)")
+        }
         for (i, v) in ps.enumerated() {
             let p = try FieldReader(file: path, path: "principals[\(i)]", value: v)
             let name = try p.string("name")
@@ -110,8 +122,10 @@ public struct Policy: Sendable {
             let overall = try rate("rateOverall")
             let maxC = p.has("maxConcurrent") ? try p.int("maxConcurrent", default: 1, range: 1...10_000) : nil
             try p.finish()
-            principals.append(PrincipalRule(name: name, principal: principal, client: client, allow: allow, deny: deny,
-                                            perToolRate: perTool, overallRate: overall, maxConcurrent: maxC))
+            principals.append(
+                PrincipalRule(
+                    name: name, principal: principal, client: client, allow: allow, deny: deny,
+                    perToolRate: perTool, overallRate: overall, maxConcurrent: maxC))
         }
 
         var cells: [String: CellRule] = [:]
@@ -122,7 +136,9 @@ public struct Policy: Sendable {
                 let maxC = cr.has("maxConcurrent") ? try cr.int("maxConcurrent", default: 1, range: 1...10_000) : nil
                 var limits: [String: Int] = [:]
                 if let l = try cr.object("limits") {
-                    for k in tightenable where l.has(k) { limits[k] = try l.int(k, default: 0, range: 1...Int(Int32.max)) }
+                    for k in tightenable where l.has(k) {
+                        limits[k] = try l.int(k, default: 0, range: 1...Int(Int32.max))
+                    }
                     try l.finish()
                 }
                 try cr.finish()
@@ -137,8 +153,9 @@ public struct Policy: Sendable {
             try a.finish()
         }
         try r.finish()
-        return Policy(principals: principals, phases: phases, initialPhase: initial, transitions: transitions, cells: cells,
-                      onConflict: onConflict, conflictWaitMilliseconds: wait, sourcePath: path, sha256: sha256Hex(bytes))
+        return Policy(
+            principals: principals, phases: phases, initialPhase: initial, transitions: transitions, cells: cells,
+            onConflict: onConflict, conflictWaitMilliseconds: wait, sourcePath: path, sha256: sha256Hex(bytes))
     }
 
     public func rule(for principal: String, client: String?) -> (Int, PrincipalRule)? {
@@ -147,32 +164,47 @@ public struct Policy: Sendable {
 
     /// The static part of a decision: who, which tool, which phase. Rate
     /// limits, concurrency and arbitration are decided at call time.
-    public func decide(principal: String, client: String?, tool: String, manifest: CellManifest?, phase: String) -> Decision {
+    public func decide(principal: String, client: String?, tool: String, manifest: CellManifest?, phase: String)
+        -> Decision
+    {
         guard let (i, p) = rule(for: principal, client: client) else {
-            return Decision(allowed: false, rule: "no principals[] entry matches \(principal)", reason: "policy",
-                            message: "No policy rule covers this caller.")
+            return Decision(
+                allowed: false, rule: "no principals[] entry matches \(principal)", reason: "policy",
+                message: "No policy rule covers this caller.")
         }
         if let (j, pat) = p.deny.enumerated().first(where: { glob($0.element, tool) }) {
-            return Decision(allowed: false, rule: "principals[\(i)] (\(p.name)) deny[\(j)] \"\(pat)\"", reason: "policy",
-                            message: "The policy denies this tool to \(p.name).")
+            return Decision(
+                allowed: false, rule: "principals[\(i)] (\(p.name)) deny[\(j)] \"\(pat)\"", reason: "policy",
+                message: "The policy denies this tool to \(p.name).")
         }
         guard let (j, pat) = p.allow.enumerated().first(where: { glob($0.element, tool) }) else {
-            return Decision(allowed: false, rule: "principals[\(i)] (\(p.name)): no allow[] pattern matches", reason: "policy",
-                            message: "The policy does not allow this tool to \(p.name).")
+            return Decision(
+                allowed: false, rule: "principals[\(i)] (\(p.name)): no allow[] pattern matches", reason: "policy",
+                message: "The policy does not allow this tool to \(p.name).")
         }
         if let m = manifest, !m.phases.isEmpty, !m.phases.contains(phase) {
             let ways = m.phases.map { routes(from: phase, to: $0) }.filter { !$0.isEmpty }
-            let hint = ways.isEmpty ? "no transition leads there" : "change the phase with set_phase: " + ways.joined(separator: " or ")
-            return Decision(allowed: false, rule: "manifest phases [\(m.phases.joined(separator: ", "))]", reason: "phase",
-                            message: "This tool runs only in phase \(m.phases.joined(separator: " or ")); the session is in phase \(phase). To allow it, \(hint).")
+            let hint =
+                ways.isEmpty
+                ? "no transition leads there" : "change the phase with set_phase: " + ways.joined(separator: " or ")
+            return Decision(
+                allowed: false, rule: "manifest phases [\(m.phases.joined(separator: ", "))]", reason: "phase",
+                message:
+                    "This tool runs only in phase \(m.phases.joined(separator: " or ")); the session is in phase \(phase). To allow it, \(hint)."
+            )
         }
-        return Decision(allowed: true, rule: "principals[\(i)] (\(p.name)) allow[\(j)] \"\(pat)\"", reason: "allow", message: "")
+        return Decision(
+            allowed: true, rule: "principals[\(i)] (\(p.name)) allow[\(j)] \"\(pat)\"", reason: "allow", message: "")
     }
 
     /// How to get from one phase to another (one or two steps), for hints.
     func routes(from: String, to: String) -> String {
-        func step(_ a: String, _ b: String) -> Transition? { transitions.first { ($0.from == a || $0.from == "*") && $0.to == b } }
-        func text(_ t: Transition, _ to: String) -> String { "\"\(to)\"" + (t.requires.map { " (after \($0) succeeds)" } ?? "") }
+        func step(_ a: String, _ b: String) -> Transition? {
+            transitions.first { ($0.from == a || $0.from == "*") && $0.to == b }
+        }
+        func text(_ t: Transition, _ to: String) -> String {
+            "\"\(to)\"" + (t.requires.map { " (after \($0) succeeds)" } ?? "")
+        }
         if let t = step(from, to) { return text(t, to) }
         for mid in phases where mid != from && mid != to {
             if let a = step(from, mid), let b = step(mid, to) { return text(a, mid) + " then " + text(b, to) }
@@ -195,7 +227,10 @@ public struct Policy: Sendable {
         if let v = c.limits["fileSizeMiB"] { l.fileSizeMiB = min(l.fileSizeMiB, v) }
         if let v = c.limits["scratchMiB"] { l.scratchMiB = min(l.scratchMiB, v) }
         if let v = c.limits["scratchFiles"] { l.scratchFiles = min(l.scratchFiles, v) }
-        if let v = c.limits["outputKiB"] { l.outputKiB = min(l.outputKiB, v); l.frameKiB = min(l.frameKiB, l.outputKiB) }
+        if let v = c.limits["outputKiB"] {
+            l.outputKiB = min(l.outputKiB, v)
+            l.frameKiB = min(l.frameKiB, l.outputKiB)
+        }
         return l
     }
 
@@ -210,15 +245,24 @@ public struct Policy: Sendable {
 
 /// Shell-style glob: `*` any run, `?` one character.
 public func glob(_ pattern: String, _ s: String) -> Bool {
-    let p = Array(pattern.unicodeScalars), t = Array(s.unicodeScalars)
-    var pi = 0, ti = 0, star = -1, mark = 0
+    let p = Array(pattern.unicodeScalars)
+    let t = Array(s.unicodeScalars)
+    var pi = 0
+    var ti = 0
+    var star = -1
+    var mark = 0
     while ti < t.count {
         if pi < p.count && (p[pi] == "?" || p[pi] == t[ti]) {
-            pi += 1; ti += 1
+            pi += 1
+            ti += 1
         } else if pi < p.count && p[pi] == "*" {
-            star = pi; mark = ti; pi += 1
+            star = pi
+            mark = ti
+            pi += 1
         } else if star >= 0 {
-            pi = star + 1; mark += 1; ti = mark
+            pi = star + 1
+            mark += 1
+            ti = mark
         } else {
             return false
         }

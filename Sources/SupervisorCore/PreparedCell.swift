@@ -84,7 +84,9 @@ final class VerifiedFile: @unchecked Sendable {
     /// exactly those bytes into a sealed memfd (which can never change).
     private static func load(path: String, expected: String) throws(CellRefusal) -> (FileDescriptor, FileIdentity) {
         let fd: FileDescriptor
-        do { fd = try Sys.open(path, OpenFlags.readOnly) } catch { throw .unreadable(path: path, reason: error.description) }
+        do { fd = try Sys.open(path, OpenFlags.readOnly) } catch {
+            throw .unreadable(path: path, reason: error.description)
+        }
         defer { fd.close() }
         do {
             let before = try fd.stat()
@@ -196,7 +198,8 @@ public final class PreparedCell: @unchecked Sendable {
         self.manifest = manifest
         executable = VerifiedFile.shared(path: manifest.executable.path, sha256: manifest.executable.sha256)
         script = manifest.script.map { s in
-            ProgramInput(parts: (manifest.libraries + [s]).map { VerifiedFile.shared(path: $0.path, sha256: $0.sha256) })
+            ProgramInput(
+                parts: (manifest.libraries + [s]).map { VerifiedFile.shared(path: $0.path, sha256: $0.sha256) })
         }
 
         let entries: [SyscallGroups.Entry]
@@ -209,11 +212,16 @@ public final class PreparedCell: @unchecked Sendable {
             if !names.contains(name) { names.append(name) }
         }
         var seen = Set<String>()
-        for n in SyscallGroups.mandatory { add(n); seen.insert(n) }
+        for n in SyscallGroups.mandatory {
+            add(n)
+            seen.insert(n)
+        }
         for e in entries {
             if e.argument != nil {
                 for v in e.values {
-                    add(e.name, .allow, SeccompRule.Condition(argument: e.argument!, mask: 0xFFFF_FFFF, value: v & 0xFFFF_FFFF))
+                    add(
+                        e.name, .allow,
+                        SeccompRule.Condition(argument: e.argument!, mask: 0xFFFF_FFFF, value: v & 0xFFFF_FFFF))
                 }
             } else if !seen.contains(e.name) {
                 seen.insert(e.name)
@@ -227,7 +235,9 @@ public final class PreparedCell: @unchecked Sendable {
         case .none:
             break
         case .threads:
-            add("clone", .allow, SeccompRule.Condition(argument: 0, mask: namespaceFlags | cloneThread, value: cloneThread))
+            add(
+                "clone", .allow,
+                SeccompRule.Condition(argument: 0, mask: namespaceFlags | cloneThread, value: cloneThread))
             add("clone3", .fail(errno: Errno.noFunction))
         case .processes:
             add("clone", .allow, SeccompRule.Condition(argument: 0, mask: namespaceFlags, value: 0))
@@ -239,20 +249,26 @@ public final class PreparedCell: @unchecked Sendable {
         }
         allowlist = names
         do {
-            seccomp = try Seccomp.compile(rules, defaultAction: host.features.seccompUserNotification ? .notify : .killProcess)
+            seccomp = try Seccomp.compile(
+                rules, defaultAction: host.features.seccompUserNotification ? .notify : .killProcess)
         } catch {
             throw .filter(error.description)
         }
 
         var pr: [(FileDescriptor, Landlock.Access, Bool)] = []
         let fs = manifest.filesystem
-        for (key, list, access) in [("read", fs.read, Landlock.Access.read), ("write", fs.write, .readWrite),
-                                    ("execute", fs.execute, .readExecute)] {
+        for (key, list, access) in [
+            ("read", fs.read, Landlock.Access.read), ("write", fs.write, .readWrite),
+            ("execute", fs.execute, .readExecute),
+        ] {
             for (i, p) in list.enumerated() {
                 let field = "filesystem.\(key)[\(i)]"
                 let real: String
-                do { real = try Sys.realpath(p) } catch { throw .badPath(field: field, reason: "\(p): \(error.description)") }
-                for protected in host.protectedPaths where protected == real || protected.hasPrefix(real == "/" ? "/" : real + "/") {
+                do { real = try Sys.realpath(p) } catch {
+                    throw .badPath(field: field, reason: "\(p): \(error.description)")
+                }
+                for protected in host.protectedPaths
+                where protected == real || protected.hasPrefix(real == "/" ? "/" : real + "/") {
                     throw .badPath(field: field, reason: "\(p) contains the supervisor's state directory \(protected)")
                 }
                 do {
@@ -279,7 +295,8 @@ public final class PreparedCell: @unchecked Sendable {
     /// What a spawn needs from the verified files, after one stat of each:
     /// the executable to exec, the worker's stdin (interpreted cells) and
     /// the files' generations (compared when a prespawned worker is taken).
-    func filesForSpawn() throws(CellRefusal) -> (executable: FileDescriptor, stdin: FileDescriptor?, generations: [Int]) {
+    func filesForSpawn() throws(CellRefusal) -> (executable: FileDescriptor, stdin: FileDescriptor?, generations: [Int])
+    {
         let (exe, g) = try executable.current()
         guard let script else { return (exe, nil, [g]) }
         let (fd, gens) = try script.freshReadDescriptor()

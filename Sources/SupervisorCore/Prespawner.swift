@@ -20,9 +20,12 @@ final class StartedWorker: @unchecked Sendable {
     let generations: [Int]
     let bornAt = monotonicNanoseconds()
 
-    init(cell: PreparedCell, limits: CellManifest.Limits, worker: WorkerProcess, scratch: String, requestWrite: FileDescriptor,
-         responseRead: FileDescriptor, diagRead: FileDescriptor, listener: SeccompListener?, broker: FileDescriptor?,
-         toClose: [FileDescriptor], spawnNanoseconds: UInt64, generations: [Int]) {
+    init(
+        cell: PreparedCell, limits: CellManifest.Limits, worker: WorkerProcess, scratch: String,
+        requestWrite: FileDescriptor,
+        responseRead: FileDescriptor, diagRead: FileDescriptor, listener: SeccompListener?, broker: FileDescriptor?,
+        toClose: [FileDescriptor], spawnNanoseconds: UInt64, generations: [Int]
+    ) {
         self.cell = cell
         self.limits = limits
         self.worker = worker
@@ -162,14 +165,19 @@ public final class Prespawner: @unchecked Sendable {
             let now = monotonicNanoseconds()
             var expired: [StartedWorker] = []
             for (k, ws) in ready {
-                let (old, young) = (ws.filter { now - $0.bornAt > idleNanoseconds }, ws.filter { now - $0.bornAt <= idleNanoseconds })
+                let (old, young) = (
+                    ws.filter { now - $0.bornAt > idleNanoseconds }, ws.filter { now - $0.bornAt <= idleNanoseconds }
+                )
                 expired += old
                 ready[k] = young.isEmpty ? nil : young
             }
             lock.unlock()
             for w in expired { runner?.discard(w) }
             guard let cell, let runner else { continue }
-            guard case .success(let w) = runner.startWorker(cell, limits: cell.manifest.limits, argv: nil, name: "prespawn") else {
+            guard
+                case .success(let w) = runner.startWorker(
+                    cell, limits: cell.manifest.limits, argv: nil, name: "prespawn")
+            else {
                 continue  // the call that comes will spawn, and report, on its own
             }
             lock.lock()

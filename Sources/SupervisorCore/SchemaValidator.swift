@@ -27,13 +27,18 @@ public enum SchemaValidator {
             let f = "\(field).\(k)"
             if annotationKeywords.contains(k) { continue }
             guard assertionKeywords.contains(k) else {
-                throw fail(f, "unsupported JSON Schema keyword (supported: \(assertionKeywords.sorted().joined(separator: ", ")))")
+                throw fail(
+                    f,
+                    "unsupported JSON Schema keyword (supported: \(assertionKeywords.sorted().joined(separator: ", ")))"
+                )
             }
             switch k {
             case "type":
                 let names: [JSONValue] = v.arrayValue ?? [v]
                 for n in names {
-                    guard let s = n.stringValue, typeNames.contains(s) else { throw fail(f, "unknown type \(n.serialized())") }
+                    guard let s = n.stringValue, typeNames.contains(s) else {
+                        throw fail(f, "unknown type \(n.serialized())")
+                    }
                 }
             case "properties":
                 guard let props = v.objectValue else { throw fail(f, "expected an object") }
@@ -42,7 +47,9 @@ public enum SchemaValidator {
                     try checkSchema(po, file: file, field: "\(f).\(pk)")
                 }
             case "required":
-                guard let a = v.arrayValue, a.allSatisfy({ $0.stringValue != nil }) else { throw fail(f, "expected an array of strings") }
+                guard let a = v.arrayValue, a.allSatisfy({ $0.stringValue != nil }) else {
+                    throw fail(f, "expected an array of strings")
+                }
             case "additionalProperties", "items", "not":
                 if case .bool = v { continue }
                 guard let o = v.objectValue else { throw fail(f, "expected a schema object or a boolean") }
@@ -100,7 +107,9 @@ public enum SchemaValidator {
             if let m = schema["minItems"]?.intValue, a.count < m { return "\(path): must have at least \(m) items" }
             if let m = schema["maxItems"]?.intValue, a.count > m { return "\(path): must have at most \(m) items" }
             if schema["uniqueItems"]?.boolValue == true {
-                for i in a.indices { for j in a.indices where j > i && equalJSON(a[i], a[j]) { return "\(path): items must be unique" } }
+                for i in a.indices {
+                    for j in a.indices where j > i && equalJSON(a[i], a[j]) { return "\(path): items must be unique" }
+                }
             }
             if let items = schema["items"] {
                 for (i, e) in a.enumerated() {
@@ -108,8 +117,12 @@ public enum SchemaValidator {
                 }
             }
         case .object(let o):
-            if let m = schema["minProperties"]?.intValue, o.count < m { return "\(path): must have at least \(m) properties" }
-            if let m = schema["maxProperties"]?.intValue, o.count > m { return "\(path): must have at most \(m) properties" }
+            if let m = schema["minProperties"]?.intValue, o.count < m {
+                return "\(path): must have at least \(m) properties"
+            }
+            if let m = schema["maxProperties"]?.intValue, o.count > m {
+                return "\(path): must have at most \(m) properties"
+            }
             for r in schema["required"]?.arrayValue ?? [] {
                 if let k = r.stringValue, !o.contains(k) { return "\(path).\(k): required property is missing" }
             }
@@ -149,7 +162,8 @@ public enum SchemaValidator {
 
     private static func matches(_ v: JSONValue, type: String) -> Bool {
         switch (type, v) {
-        case ("null", .null), ("boolean", .bool), ("string", .string), ("array", .array), ("object", .object): return true
+        case ("null", .null), ("boolean", .bool), ("string", .string), ("array", .array), ("object", .object):
+            return true
         case ("number", .int), ("number", .double): return true
         case ("integer", .int): return true
         case ("integer", .double(let d)): return d.rounded() == d

@@ -52,8 +52,10 @@ extension SecurityEvent {
     }
 
     /// The call.start event.
-    public static func callStart(callID: String, principal: String, client: String?, tool: String, cell: PreparedCell,
-                                 decision: String, arguments: JSONObject, recordArguments: Bool) -> SecurityEvent {
+    public static func callStart(
+        callID: String, principal: String, client: String?, tool: String, cell: PreparedCell,
+        decision: String, arguments: JSONObject, recordArguments: Bool
+    ) -> SecurityEvent {
         var f = callFields(callID, principal, tool, cell)
         f["manifestSha256"] = .string(cell.manifest.manifestSHA256)
         f["decision"] = .string(decision)
@@ -66,8 +68,10 @@ extension SecurityEvent {
     /// The call.end event, plus what names its cause: a sandbox.violation
     /// (the worker broke a rule), a cell.cannot_run (no worker served it) or
     /// a call.refused (the call was not admitted).
-    public static func callEnd(callID: String, principal: String, tool: String, cell: PreparedCell,
-                               report: CallReport, bytesReturned: Int) -> [SecurityEvent] {
+    public static func callEnd(
+        callID: String, principal: String, tool: String, cell: PreparedCell,
+        report: CallReport, bytesReturned: Int
+    ) -> [SecurityEvent] {
         var f = callFields(callID, principal, tool, cell)
         for (k, v) in JSONObject([
             ("outcome", .string(report.outcome.kind)), ("detail", .string(report.outcome.detail)),
@@ -147,8 +151,9 @@ extension SecurityEvent {
             v["kind"] = "seccomp"
             v["syscall"] = .string(d.syscall)
             v["architecture"] = .string(d.architecture)
-            v["detail"] = .string("syscall \(d.syscall) (\(d.architecture)) is not allowed for this cell; "
-                + "tried after the call had ended otherwise (\(report.outcome.kind))")
+            v["detail"] = .string(
+                "syscall \(d.syscall) (\(d.architecture)) is not allowed for this cell; "
+                    + "tried after the call had ended otherwise (\(report.outcome.kind))")
             events.append(SecurityEvent(.sandboxViolation, v))
         }
         return events
@@ -157,8 +162,10 @@ extension SecurityEvent {
 
 extension SecurityEvent {
     /// One answer of the connection broker (network.granted / .refused).
-    public static func network(callID: String, principal: String, tool: String, cell: PreparedCell,
-                               decision: NetworkDecision) -> SecurityEvent {
+    public static func network(
+        callID: String, principal: String, tool: String, cell: PreparedCell,
+        decision: NetworkDecision
+    ) -> SecurityEvent {
         var f = callFields(callID, principal, tool, cell)
         f["host"] = .string(decision.host)
         f["port"] = .int(Int64(decision.port))

@@ -29,7 +29,8 @@ public struct SecurityLogError: Error, Sendable, Equatable, CustomStringConverti
 
     /// Without the path, for answers to clients (error text names no paths).
     public var reason: String {
-        operation == "closed" ? "the security log is closed" : "the security log cannot be written (\(operation): \(cause))"
+        operation == "closed"
+            ? "the security log is closed" : "the security log cannot be written (\(operation): \(cause))"
     }
 
     public var description: String {
@@ -131,8 +132,16 @@ public final class SecurityLog: @unchecked Sendable {
     /// Test seam: consulted before each write, data sync and checkpoint
     /// write; a returned fault makes that operation fail.
     var faultInjector: (@Sendable (LogOperation) -> LogFault?)? {
-        get { faultLock.lock(); defer { faultLock.unlock() }; return _faultInjector }
-        set { faultLock.lock(); _faultInjector = newValue; faultLock.unlock() }
+        get {
+            faultLock.lock()
+            defer { faultLock.unlock() }
+            return _faultInjector
+        }
+        set {
+            faultLock.lock()
+            _faultInjector = newValue
+            faultLock.unlock()
+        }
     }
 
     /// Opens (or creates) the log in `<state>/security`, with the signing
@@ -144,8 +153,10 @@ public final class SecurityLog: @unchecked Sendable {
     ///
     /// `newKey`: only for `LogSigningKey.rotate`, which installs a key that
     /// did not sign the last checkpoint; any other open refuses such a key.
-    public init(stateDirectory: String, rotateBytes: Int = 64 << 20, checkpointEvery: Int = 256,
-                checkpointIdleMilliseconds: Int = 1000, retryMilliseconds: Int = 1000, newKey: Bool = false) throws {
+    public init(
+        stateDirectory: String, rotateBytes: Int = 64 << 20, checkpointEvery: Int = 256,
+        checkpointIdleMilliseconds: Int = 1000, retryMilliseconds: Int = 1000, newKey: Bool = false
+    ) throws {
         directory = stateDirectory + "/security"
         self.rotateBytes = rotateBytes
         self.checkpointEvery = checkpointEvery
@@ -163,10 +174,11 @@ public final class SecurityLog: @unchecked Sendable {
             // state directory's key) is refused like a missing one.
             let last = Self.lastCheckpoint(directory + "/checkpoints.jsonl")
             if !newKey, let signer = last.keyID, signer != keyID {
-                throw LogKeyError("the log's last checkpoint (record \(last.seq)) was signed by key \(signer), but the key in "
-                    + "\(LogSigningKey.paths(stateDirectory: stateDirectory).privateKey) is \(keyID): the key was replaced "
-                    + "without `mcp-supervisor audit rotate-key`. Restore key \(signer), or rotate explicitly: "
-                    + "mcp-supervisor audit rotate-key --state-dir \(stateDirectory)")
+                throw LogKeyError(
+                    "the log's last checkpoint (record \(last.seq)) was signed by key \(signer), but the key in "
+                        + "\(LogSigningKey.paths(stateDirectory: stateDirectory).privateKey) is \(keyID): the key was replaced "
+                        + "without `mcp-supervisor audit rotate-key`. Restore key \(signer), or rotate explicitly: "
+                        + "mcp-supervisor audit rotate-key --state-dir \(stateDirectory)")
             }
             let files = try Self.eventFiles(in: directory)
             fileIndex = files.last?.index ?? 1
@@ -293,8 +305,9 @@ public final class SecurityLog: @unchecked Sendable {
                 try writeCheckpoint()
             }
         } catch {
-            Diagnostics.line("mcp-supervisor: the security log's final checkpoint could not be written (\(error)); "
-                + "the next start checkpoints the tail and records it as log.unsigned_tail")
+            Diagnostics.line(
+                "mcp-supervisor: the security log's final checkpoint could not be written (\(error)); "
+                    + "the next start checkpoints the tail and records it as log.unsigned_tail")
         }
         file.close()
         for f in retired { f.close() }
@@ -318,7 +331,9 @@ public final class SecurityLog: @unchecked Sendable {
                 } else if synced.seq > lastCheckpointSeq || seq > synced.seq {
                     // Quiet after writes: checkpoint them, so that a live
                     // log verifies and a crash leaves little uncovered.
-                    if !cond.wait(until: lastWrite.addingTimeInterval(checkpointIdle)) && pending.isEmpty && failure == nil {
+                    if !cond.wait(until: lastWrite.addingTimeInterval(checkpointIdle)) && pending.isEmpty
+                        && failure == nil
+                    {
                         idle = true
                         break
                     }
@@ -372,8 +387,9 @@ public final class SecurityLog: @unchecked Sendable {
                     cond.lock()
                     failure = nil
                     cond.unlock()
-                    Diagnostics.line("mcp-supervisor: the security log is writable again (after \(recovering!.attempts) "
-                        + "failed attempt(s) since \(recovering!.since)); tool calls are accepted again")
+                    Diagnostics.line(
+                        "mcp-supervisor: the security log is writable again (after \(recovering!.attempts) "
+                            + "failed attempt(s) since \(recovering!.since)); tool calls are accepted again")
                 }
                 if let h = housekeeping { enterFailure(h, retained: []) }
                 for p in batch { p.done?(nil) }
@@ -393,8 +409,9 @@ public final class SecurityLog: @unchecked Sendable {
         let error = failure?.error.description ?? "unknown error"
         cond.unlock()
         if lost > 0 {
-            Diagnostics.line("mcp-supervisor: SECURITY LOG: \(lost) record(s) could not be written before the log closed "
-                + "and are lost: \(error)")
+            Diagnostics.line(
+                "mcp-supervisor: SECURITY LOG: \(lost) record(s) could not be written before the log closed "
+                    + "and are lost: \(error)")
         }
         cond.lock()
         writerDone = true
@@ -434,20 +451,27 @@ public final class SecurityLog: @unchecked Sendable {
         retryAt = monotonicNanoseconds() + retryNanoseconds
         cond.unlock()
         if first {
-            Diagnostics.line("mcp-supervisor: SECURITY LOG FAILED: \(error). New tool calls are refused until it can be "
-                + "written again; retrying every \(retryNanoseconds / 1_000_000) ms")
+            Diagnostics.line(
+                "mcp-supervisor: SECURITY LOG FAILED: \(error). New tool calls are refused until it can be "
+                    + "written again; retrying every \(retryNanoseconds / 1_000_000) ms")
         }
     }
 
     /// The first record after a failure: what could not be written.
     private func recoveredEvent(_ f: Failure) -> SecurityEvent {
-        SecurityEvent(.logRecovered, JSONObject([
-            ("error", .string(f.error.description)), ("since", .string(f.since)),
-            ("failedAttempts", .int(Int64(f.attempts))),
-            ("refusedEvents", .object(JSONObject(f.refusedTypes.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) }))),
-            ("refusedCallIds", .array(f.refusedCallIDs.map { .string($0) })),
-            ("droppedEvents", .int(Int64(f.dropped))),
-        ]))
+        SecurityEvent(
+            .logRecovered,
+            JSONObject([
+                ("error", .string(f.error.description)), ("since", .string(f.since)),
+                ("failedAttempts", .int(Int64(f.attempts))),
+                (
+                    "refusedEvents",
+                    .object(
+                        JSONObject(f.refusedTypes.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) }))
+                ),
+                ("refusedCallIds", .array(f.refusedCallIDs.map { .string($0) })),
+                ("droppedEvents", .int(Int64(f.dropped))),
+            ]))
     }
 
     private func idleCheckpoint() -> SecurityLogError? {
@@ -468,8 +492,10 @@ public final class SecurityLog: @unchecked Sendable {
     /// Gives the event the next sequence number and chains it to the head.
     private func chain(_ e: SecurityEvent) -> [UInt8] {
         seq += 1
-        var o = JSONObject([("seq", .int(Int64(seq))), ("time", .string(Self.timestamp())),
-                            ("type", .string(e.type.rawValue)), ("prev", .string(head))])
+        var o = JSONObject([
+            ("seq", .int(Int64(seq))), ("time", .string(Self.timestamp())),
+            ("type", .string(e.type.rawValue)), ("prev", .string(head)),
+        ])
         for (k, v) in e.fields where !o.contains(k) { o[k] = v }
         let line = JSONValue.object(o).serializedBytes()
         head = sha256Hex(line)
@@ -528,7 +554,8 @@ public final class SecurityLog: @unchecked Sendable {
     /// file and the chain are then as before (or as at the last sync, when
     /// the sync failed). Returns a checkpoint or rotation failure after the
     /// events are durable.
-    private func writeLocked(_ events: [SecurityEvent], sync: Bool = true) throws(SecurityLogError) -> SecurityLogError? {
+    private func writeLocked(_ events: [SecurityEvent], sync: Bool = true) throws(SecurityLogError) -> SecurityLogError?
+    {
         let before = (size: fileSize, seq: seq, head: head)
         var out: [UInt8] = []
         for e in events { out.append(contentsOf: chain(e)) }
@@ -599,7 +626,9 @@ public final class SecurityLog: @unchecked Sendable {
         if size == fileSize { return }
         let known = fileSize
         var bytes: [UInt8]
-        do { bytes = try readFile(path, limit: 1 << 30) } catch { throw SecurityLogError("read", path: path, errno: error.errno) }
+        do { bytes = try readFile(path, limit: 1 << 30) } catch {
+            throw SecurityLogError("read", path: path, errno: error.errno)
+        }
         var torn: [UInt8] = []
         if let lastNewline = bytes.lastIndex(of: 0x0A) {
             torn = Array(bytes[(lastNewline + 1)...])
@@ -609,13 +638,16 @@ public final class SecurityLog: @unchecked Sendable {
             bytes = []
         }
         if !torn.isEmpty {
-            do { try file.truncate(to: bytes.count) } catch { throw SecurityLogError("ftruncate", path: path, errno: error.errno) }
+            do { try file.truncate(to: bytes.count) } catch {
+                throw SecurityLogError("ftruncate", path: path, errno: error.errno)
+            }
         }
         fileSize = bytes.count
         var lastLine: ArraySlice<UInt8>? = nil
         if !bytes.isEmpty {
             lastLine = Self.lastLine(bytes[...])
-        } else if fileIndex > 1, let prev = try? readFile(Self.eventFilePath(directory, fileIndex - 1), limit: 1 << 30) {
+        } else if fileIndex > 1, let prev = try? readFile(Self.eventFilePath(directory, fileIndex - 1), limit: 1 << 30)
+        {
             lastLine = Self.lastLine(prev[...])
         } else {
             seq = 0
@@ -623,8 +655,9 @@ public final class SecurityLog: @unchecked Sendable {
         }
         if let line = lastLine, !line.isEmpty {
             guard case .object(let o)? = try? JSONParser.parse(Array(line)), let s = o["seq"]?.intValue else {
-                throw SecurityLogError("read", path: path, errno: EINVAL,
-                                       detail: "the last record is not valid; run `mcp-supervisor audit verify`")
+                throw SecurityLogError(
+                    "read", path: path, errno: EINVAL,
+                    detail: "the last record is not valid; run `mcp-supervisor audit verify`")
             }
             seq = UInt64(s)
             head = sha256Hex(line)
@@ -642,9 +675,11 @@ public final class SecurityLog: @unchecked Sendable {
         unsynced = []
         if !torn.isEmpty {
             let sample = torn.prefix(65536)
-            var f = JSONObject([("file", .string(path)), ("bytes", .int(Int64(torn.count))),
-                                ("sha256", .string(sha256Hex(torn))),
-                                ("dataBase64", .string(Data(sample).base64EncodedString()))])
+            var f = JSONObject([
+                ("file", .string(path)), ("bytes", .int(Int64(torn.count))),
+                ("sha256", .string(sha256Hex(torn))),
+                ("dataBase64", .string(Data(sample).base64EncodedString())),
+            ])
             if sample.count < torn.count { f["dataTruncated"] = true }
             _ = try writeLocked([SecurityEvent(.logTornTail, f)])
         }
@@ -734,10 +769,13 @@ public final class SecurityLog: @unchecked Sendable {
         lastCheckpointSeq = lastCovered
         var events: [SecurityEvent] = []
         if seq > lastCovered {
-            events.append(SecurityEvent(.logUnsignedTail, JSONObject([
-                ("fromSeq", .int(Int64(lastCovered + 1))), ("toSeq", .int(Int64(seq))),
-                ("lastCheckpointSeq", .int(Int64(lastCovered))),
-            ])))
+            events.append(
+                SecurityEvent(
+                    .logUnsignedTail,
+                    JSONObject([
+                        ("fromSeq", .int(Int64(lastCovered + 1))), ("toSeq", .int(Int64(seq))),
+                        ("lastCheckpointSeq", .int(Int64(lastCovered))),
+                    ])))
         }
         for c in summary.openCalls {
             var f = c.fields
@@ -768,8 +806,9 @@ public final class SecurityLog: @unchecked Sendable {
                 var real = LogSummary()
                 if i > lines.startIndex { real.apply(line: lines[i - 1]) }
                 if real.ledger != l {
-                    Diagnostics.line("mcp-supervisor: the ledger anchor saved with the last checkpoint does not match "
-                        + "record \(l.seq) of the security log; the log is searched for the anchor instead")
+                    Diagnostics.line(
+                        "mcp-supervisor: the ledger anchor saved with the last checkpoint does not match "
+                            + "record \(l.seq) of the security log; the log is searched for the anchor instead")
                     s.ledger = nil
                     for line in lines.reversed() {
                         var one = LogSummary()
@@ -787,10 +826,12 @@ public final class SecurityLog: @unchecked Sendable {
             for line in lines[start...] { s.apply(line: line) }
             return s
         }
-        let prev: [UInt8]? = fileIndex > 1 ? try? readFile(Self.eventFilePath(directory, fileIndex - 1), limit: 1 << 30) : nil
+        let prev: [UInt8]? =
+            fileIndex > 1 ? try? readFile(Self.eventFilePath(directory, fileIndex - 1), limit: 1 << 30) : nil
         var s = LogSummary()
         if let prev, case .object(let o)? = try? JSONParser.parse(Array(Self.lastLine(prev[...]))),
-           o["type"]?.stringValue == SecurityEventType.logRotate.rawValue, let seed = LogSummary(json: o) {
+            o["type"]?.stringValue == SecurityEventType.logRotate.rawValue, let seed = LogSummary(json: o)
+        {
             s = seed
         } else if let prev {
             for line in prev.split(separator: 0x0A) { s.apply(line: line) }
@@ -830,7 +871,8 @@ public final class SecurityLog: @unchecked Sendable {
             if start > 0 { lines = lines.dropFirst() }  // may be cut
             var best: (seq: Int64, summary: LogSummary?, keyID: String?) = (0, nil, nil)
             for line in lines {
-                if case .object(let o)? = try? JSONParser.parse(Array(line)), let s = o["seq"]?.intValue, s >= best.seq {
+                if case .object(let o)? = try? JSONParser.parse(Array(line)), let s = o["seq"]?.intValue, s >= best.seq
+                {
                     best = (s, LogSummary(json: o), o["keyId"]?.stringValue)
                 }
             }
@@ -855,7 +897,9 @@ public final class SecurityLog: @unchecked Sendable {
         }
 
         init?(json: JSONValue) {
-            guard case .object(let o) = json, let id = o["callId"]?.stringValue, let s = o["startSeq"]?.intValue else { return nil }
+            guard case .object(let o) = json, let id = o["callId"]?.stringValue, let s = o["startSeq"]?.intValue else {
+                return nil
+            }
             var f = JSONObject()
             for k in Self.kept { if let v = o[k] { f[k] = v } }
             self.init(callID: id, startSeq: s, fields: f)
@@ -898,7 +942,8 @@ public final class SecurityLog: @unchecked Sendable {
         let names = try FileManager.default.contentsOfDirectory(atPath: dir)
         return names.compactMap { n -> EventFile? in
             guard n.hasPrefix("events-"), n.hasSuffix(".jsonl"),
-                  let i = Int(n.dropFirst(7).dropLast(6)) else { return nil }
+                let i = Int(n.dropFirst(7).dropLast(6))
+            else { return nil }
             return EventFile(index: i, path: dir + "/" + n)
         }.sorted { $0.index < $1.index }
     }

@@ -19,7 +19,9 @@ public struct LogRecord: Sendable {
 /// What `audit verify` found wrong first.
 public struct LogProblem: Sendable, CustomStringConvertible, Equatable {
     public enum Kind: String, Sendable {
-        case modified, missing, reordered, truncated, badSignature = "bad-signature", malformed
+        case modified, missing, reordered, truncated
+        case badSignature = "bad-signature"
+        case malformed
         /// Records no signed checkpoint covers.
         case uncovered
         /// A file verification needs cannot be read (a checkpoint copy, a key).
@@ -62,9 +64,12 @@ public enum SecurityLogReader {
                 lineNo += 1
                 if line.isEmpty { continue }
                 guard case .object(let o)? = try? JSONParser.parse(Array(line)),
-                      let seq = o["seq"]?.intValue, let type = o["type"]?.stringValue else { continue }
-                out.append(LogRecord(seq: seq, time: o["time"]?.stringValue ?? "", type: type, object: o,
-                                     file: f.path, line: lineNo, hash: sha256Hex(line)))
+                    let seq = o["seq"]?.intValue, let type = o["type"]?.stringValue
+                else { continue }
+                out.append(
+                    LogRecord(
+                        seq: seq, time: o["time"]?.stringValue ?? "", type: type, object: o,
+                        file: f.path, line: lineNo, hash: sha256Hex(line)))
             }
         }
         return out
@@ -73,13 +78,18 @@ public enum SecurityLogReader {
     /// Checks the chain, the sequence, every checkpoint and its signature.
     /// `checkpointsPath` and `publicKeyPath` may point at copies kept
     /// elsewhere (the defaults are the ones beside the log).
-    public static func verify(directory: String, publicKeyPath: String, checkpointsPath: String? = nil) -> LogVerification {
+    public static func verify(directory: String, publicKeyPath: String, checkpointsPath: String? = nil)
+        -> LogVerification
+    {
         do {
             let k = try LogSigningKey.loadPublic(path: publicKeyPath)
-            return verify(directory: directory, publicKeys: [LogSigningKey.keyID(k): k], checkpointsPath: checkpointsPath)
+            return verify(
+                directory: directory, publicKeys: [LogSigningKey.keyID(k): k], checkpointsPath: checkpointsPath)
         } catch {
             var v = LogVerification()
-            v.problem = LogProblem(kind: .unreadable, seq: nil, location: publicKeyPath, message: "cannot load the log's public key: \(error)")
+            v.problem = LogProblem(
+                kind: .unreadable, seq: nil, location: publicKeyPath,
+                message: "cannot load the log's public key: \(error)")
             return v
         }
     }
@@ -88,8 +98,10 @@ public enum SecurityLogReader {
     /// key id (`LogSigningKey.publicKeys`). Every record must be covered by
     /// a valid checkpoint: records after the last one are a failure
     /// (`uncovered`), and so is a log with records but no checkpoints.
-    public static func verify(directory: String, publicKeys: [String: Curve25519.Signing.PublicKey],
-                              checkpointsPath: String? = nil) -> LogVerification {
+    public static func verify(
+        directory: String, publicKeys: [String: Curve25519.Signing.PublicKey],
+        checkpointsPath: String? = nil
+    ) -> LogVerification {
         var v = LogVerification()
         func fail(_ k: LogProblem.Kind, _ seq: Int64?, _ loc: String, _ m: String) -> LogVerification {
             v.problem = LogProblem(kind: k, seq: seq, location: loc, message: m)
@@ -100,31 +112,48 @@ public enum SecurityLogReader {
             return fail(.malformed, nil, directory, "cannot list the log: \(error)")
         }
         v.files = files.count
-        struct Line { let seq: Int64; let prev: String; let hash: String; let loc: String }
+        struct Line {
+            let seq: Int64
+            let prev: String
+            let hash: String
+            let loc: String
+        }
         /// Key id → the record that retired it (log.key_rotated).
         var retired: [String: Int64] = [:]
         var lines: [Line] = []
         for f in files {
             let bytes: [UInt8]
-            do { bytes = try readFile(f.path, limit: 1 << 31) } catch { return fail(.malformed, nil, f.path, "\(error)") }
+            do { bytes = try readFile(f.path, limit: 1 << 31) } catch {
+                return fail(.malformed, nil, f.path, "\(error)")
+            }
             let parts = bytes.split(separator: 0x0A, omittingEmptySubsequences: false)
             for (i, line) in parts.enumerated() {
                 let loc = "\(f.path):\(i + 1)"
                 if i == parts.count - 1 {
-                    if !line.isEmpty { return fail(.truncated, nil, loc, "the last line has no end (torn write or cut file)") }
+                    if !line.isEmpty {
+                        return fail(.truncated, nil, loc, "the last line has no end (torn write or cut file)")
+                    }
                     continue
                 }
                 guard case .object(let o)? = try? JSONParser.parse(Array(line)) else {
-                    return fail(.modified, lines.last.map { $0.seq + 1 }, loc, "the record is not valid JSON: it was modified")
+                    return fail(
+                        .modified, lines.last.map { $0.seq + 1 }, loc, "the record is not valid JSON: it was modified")
                 }
-                guard let seq = o["seq"]?.intValue, let prev = o["prev"]?.stringValue, let type = o["type"]?.stringValue,
-                      SecurityEventType(rawValue: type) != nil, o["time"]?.stringValue != nil
-                else { return fail(.modified, lines.last.map { $0.seq + 1 }, loc, "the record lacks seq, time, a known type or prev: it was modified") }
+                guard let seq = o["seq"]?.intValue, let prev = o["prev"]?.stringValue,
+                    let type = o["type"]?.stringValue,
+                    SecurityEventType(rawValue: type) != nil, o["time"]?.stringValue != nil
+                else {
+                    return fail(
+                        .modified, lines.last.map { $0.seq + 1 }, loc,
+                        "the record lacks seq, time, a known type or prev: it was modified")
+                }
                 lines.append(Line(seq: seq, prev: prev, hash: sha256Hex(line), loc: loc))
                 if type == SecurityEventType.logKeyRotated.rawValue, let old = o["previousKeyId"]?.stringValue {
                     retired[old] = min(retired[old] ?? seq, seq)
                 }
-                if type == SecurityEventType.logUnsignedTail.rawValue, let a = o["fromSeq"]?.intValue, let b = o["toSeq"]?.intValue {
+                if type == SecurityEventType.logUnsignedTail.rawValue, let a = o["fromSeq"]?.intValue,
+                    let b = o["toSeq"]?.intValue
+                {
                     v.unsignedTails.append((seq, a, b))
                 }
             }
@@ -134,7 +163,9 @@ public enum SecurityLogReader {
         for (i, l) in lines.enumerated() where l.seq != Int64(i + 1) {
             let expected = Int64(i + 1)
             if present.contains(expected) {
-                return fail(.reordered, l.seq, l.loc, "record \(l.seq) stands where record \(expected) belongs: records were reordered")
+                return fail(
+                    .reordered, l.seq, l.loc,
+                    "record \(l.seq) stands where record \(expected) belongs: records were reordered")
             }
             return fail(.missing, expected, l.loc, "record \(expected) is missing (the next record is \(l.seq))")
         }
@@ -145,8 +176,10 @@ public enum SecurityLogReader {
             if l.prev != prevHash {
                 if i == 0 { return fail(.modified, l.seq, l.loc, "the first record does not start the chain") }
                 let before = lines[i - 1]
-                return fail(.modified, before.seq, before.loc,
-                            "record \(before.seq) does not match the hash that record \(l.seq) names: it (or that link) was modified")
+                return fail(
+                    .modified, before.seq, before.loc,
+                    "record \(before.seq) does not match the hash that record \(l.seq) names: it (or that link) was modified"
+                )
             }
             prevHash = l.hash
             hashes[l.seq] = l.hash
@@ -172,44 +205,60 @@ public enum SecurityLogReader {
         for (i, line) in cpLines.enumerated() where !line.isEmpty {
             let loc = "\(cpPath):\(i + 1)"
             guard case .object(let o)? = try? JSONParser.parse(Array(line)), let seq = o["seq"]?.intValue,
-                  let head = o["head"]?.stringValue, let sigText = o["signature"]?.stringValue,
-                  let sig = Data(base64Encoded: sigText)
-            else { return fail(.badSignature, nil, loc, "the checkpoint is not a valid record: it was modified or forged") }
+                let head = o["head"]?.stringValue, let sigText = o["signature"]?.stringValue,
+                let sig = Data(base64Encoded: sigText)
+            else {
+                return fail(.badSignature, nil, loc, "the checkpoint is not a valid record: it was modified or forged")
+            }
             let keyID = o["keyId"]?.stringValue ?? (publicKeys.count == 1 ? publicKeys.keys.first! : "")
             guard let key = publicKeys[keyID] else {
-                return fail(.badSignature, seq, loc, "the checkpoint for record \(seq) names key \(keyID.isEmpty ? "(none)" : keyID), "
-                    + "which is not one of the log's public keys (\(publicKeys.keys.sorted().joined(separator: ", "))): it was forged")
+                return fail(
+                    .badSignature, seq, loc,
+                    "the checkpoint for record \(seq) names key \(keyID.isEmpty ? "(none)" : keyID), "
+                        + "which is not one of the log's public keys (\(publicKeys.keys.sorted().joined(separator: ", "))): it was forged"
+                )
             }
             let message = Array((SecurityLog.checkpointDomain + "\(seq)\n\(head)\n").utf8)
             guard key.isValidSignature(sig, for: message) else {
-                return fail(.badSignature, seq, loc, "the checkpoint for record \(seq) has a bad signature: it was forged or altered")
+                return fail(
+                    .badSignature, seq, loc,
+                    "the checkpoint for record \(seq) has a bad signature: it was forged or altered")
             }
             if let r = retired[keyID], seq >= r {
-                return fail(.badSignature, seq, loc, "the checkpoint for record \(seq) is signed by key \(keyID), "
-                    + "which record \(r) retired (log.key_rotated): it was forged with the old key")
+                return fail(
+                    .badSignature, seq, loc,
+                    "the checkpoint for record \(seq) is signed by key \(keyID), "
+                        + "which record \(r) retired (log.key_rotated): it was forged with the old key")
             }
             v.checkpoints += 1
             v.keyIDs.insert(keyID)
             v.coveredSeq = max(v.coveredSeq, seq)
             guard let h = hashes[seq] else {
-                return fail(.truncated, v.lastSeq + 1, loc,
-                            "the log ends at record \(v.lastSeq) but a signed checkpoint covers record \(seq): records \(v.lastSeq + 1)...\(seq) were cut off")
+                return fail(
+                    .truncated, v.lastSeq + 1, loc,
+                    "the log ends at record \(v.lastSeq) but a signed checkpoint covers record \(seq): records \(v.lastSeq + 1)...\(seq) were cut off"
+                )
             }
             guard h == head else {
                 let l = lines[Int(seq) - 1]
-                return fail(.modified, seq, l.loc, "record \(seq) does not match its signed checkpoint (\(loc)): the log up to it was rewritten")
+                return fail(
+                    .modified, seq, l.loc,
+                    "record \(seq) does not match its signed checkpoint (\(loc)): the log up to it was rewritten")
             }
         }
         // Coverage: every record under a signed checkpoint.
         if v.lastSeq > v.coveredSeq {
             let first = v.coveredSeq + 1
             let loc = lines[Int(first) - 1].loc
-            let why = v.checkpoints == 0
+            let why =
+                v.checkpoints == 0
                 ? "no signed checkpoint covers any record (\(cpPath) has none)"
                 : "no signed checkpoint covers them (the last one covers record \(v.coveredSeq))"
-            return fail(.uncovered, first, loc, "records \(first)...\(v.lastSeq): \(why); they could have been added or "
-                + "rewritten without the key. A writer that stopped without closing leaves such a tail: the next start "
-                + "of the supervisor (or any trust command) checkpoints it")
+            return fail(
+                .uncovered, first, loc,
+                "records \(first)...\(v.lastSeq): \(why); they could have been added or "
+                    + "rewritten without the key. A writer that stopped without closing leaves such a tail: the next start "
+                    + "of the supervisor (or any trust command) checkpoints it")
         }
         return v
     }

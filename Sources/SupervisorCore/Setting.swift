@@ -79,7 +79,9 @@ extension Setting {
         "stateDirectory", flag: "state-dir",
         .directory(\.stateDirectory, default: { SupervisorSettings.defaultStateDirectory() }), scope: .cells,
         defaultText: "`$XDG_STATE_HOME/mcp-supervisor`, else `~/.local/state/mcp-supervisor`",
-        help: "Supervisor state: security log, keys, trust ledger (mode 0700). No manifest may expose it to a worker. `run` refuses to start if it, `trust/`, the ledger, `keys/` (or a file in it) or `security/` is writable by group or others.")
+        help:
+            "Supervisor state: security log, keys, trust ledger (mode 0700). No manifest may expose it to a worker. `run` refuses to start if it, `trust/`, the ledger, `keys/` (or a file in it) or `security/` is writable by group or others."
+    )
 
     public static let scratchDirectory = Setting(
         "scratchDirectory", flag: "scratch-dir",

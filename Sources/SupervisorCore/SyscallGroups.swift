@@ -31,7 +31,8 @@ public struct SyscallGroups: Sendable {
     public static func refusal(_ name: String) -> String? {
         switch SeccompConfinement.reason(name) {
         case .network?:
-            return "\"\(name)\" is never allowed: network access comes only from the manifest's \"network\" declaration "
+            return
+                "\"\(name)\" is never allowed: network access comes only from the manifest's \"network\" declaration "
                 + "(connected sockets from the supervisor's broker, docs/manifest.md 'network')"
         case .ipc?:
             return "\"\(name)\" is never allowed: System V IPC objects and POSIX message queues outlive the call, "
@@ -45,16 +46,22 @@ public struct SyscallGroups: Sendable {
 
     public static func load(path: String) throws(ConfigError) -> SyscallGroups {
         let bytes: [UInt8]
-        do { bytes = try readFile(path) } catch { throw ConfigError(file: path, field: "", message: "cannot read: \(error)") }
+        do { bytes = try readFile(path) } catch {
+            throw ConfigError(file: path, field: "", message: "cannot read: \(error)")
+        }
         let doc: JSONValue
-        do { doc = try JSONParser.parse(bytes) } catch { throw ConfigError(file: path, field: "", message: "not valid JSON: \(error)") }
+        do { doc = try JSONParser.parse(bytes) } catch {
+            throw ConfigError(file: path, field: "", message: "not valid JSON: \(error)")
+        }
         let r = try FieldReader(file: path, path: "", value: doc)
         _ = try r.optionalString("description")
         guard let g = try r.object("groups") else { throw r.error("groups", "required field is missing") }
         var groups: [String: [Entry]] = [:]
         for (name, v) in g.object {
             _ = g.raw(name)
-            guard CellManifest.isValidName(name) else { throw g.error(name, "group names must match \(CellManifest.namePattern)") }
+            guard CellManifest.isValidName(name) else {
+                throw g.error(name, "group names must match \(CellManifest.namePattern)")
+            }
             guard case .array(let items) = v else { throw g.error(name, "expected an array of syscalls") }
             var entries: [Entry] = []
             for (i, item) in items.enumerated() {
@@ -67,19 +74,25 @@ public struct SyscallGroups: Sendable {
                     let e = try FieldReader(file: path, path: field, value: item)
                     let n = try e.string("name")
                     let arg = try e.int("argument", default: 0, range: 0...5)
-                    guard let vals = try e.array("values"), !vals.isEmpty else { throw e.error("values", "required: a non-empty array of integers") }
+                    guard let vals = try e.array("values"), !vals.isEmpty else {
+                        throw e.error("values", "required: a non-empty array of integers")
+                    }
                     var nums: [UInt64] = []
                     for v in vals {
-                        guard let x = v.intValue, x >= 0 else { throw e.error("values", "expected non-negative integers") }
+                        guard let x = v.intValue, x >= 0 else {
+                            throw e.error("values", "expected non-negative integers")
+                        }
                         nums.append(UInt64(x))
                     }
                     try e.finish()
                     entry = Entry(name: n, argument: arg, values: nums)
                 default:
-                    throw ConfigError(file: path, field: field, message: "expected a syscall name or {name, argument, values}")
+                    throw ConfigError(
+                        file: path, field: field, message: "expected a syscall name or {name, argument, values}")
                 }
                 guard Seccomp.number(of: entry.name) != nil else {
-                    throw ConfigError(file: path, field: field, message: "unknown syscall \"\(entry.name)\" on this architecture")
+                    throw ConfigError(
+                        file: path, field: field, message: "unknown syscall \"\(entry.name)\" on this architecture")
                 }
                 if let why = refusal(entry.name) { throw ConfigError(file: path, field: field, message: why) }
                 entries.append(entry)
@@ -95,20 +108,24 @@ public struct SyscallGroups: Sendable {
         var out: [Entry] = []
         for (i, g) in manifest.syscallGroups.enumerated() {
             guard let es = groups[g] else {
-                throw ConfigError(file: manifest.sourcePath, field: "syscalls.groups[\(i)]",
-                                  message: "unknown syscall group \"\(g)\" (defined: \(groups.keys.sorted().joined(separator: ", ")))")
+                throw ConfigError(
+                    file: manifest.sourcePath, field: "syscalls.groups[\(i)]",
+                    message: "unknown syscall group \"\(g)\" (defined: \(groups.keys.sorted().joined(separator: ", ")))"
+                )
             }
             out.append(contentsOf: es)
         }
         for (i, n) in manifest.syscallAllow.enumerated() {
             guard Seccomp.number(of: n) != nil else {
-                throw ConfigError(file: manifest.sourcePath, field: "syscalls.allow[\(i)]", message: "unknown syscall \"\(n)\"")
+                throw ConfigError(
+                    file: manifest.sourcePath, field: "syscalls.allow[\(i)]", message: "unknown syscall \"\(n)\"")
             }
             // Never-allowed calls are refused when the manifest is parsed, and
             // the filter compiler drops them whatever reaches it.
             if ["clone", "fork", "vfork", "execve"].contains(n) {
-                throw ConfigError(file: manifest.sourcePath, field: "syscalls.allow[\(i)]",
-                                  message: "\"\(n)\" is controlled by limits.processes, not listed directly")
+                throw ConfigError(
+                    file: manifest.sourcePath, field: "syscalls.allow[\(i)]",
+                    message: "\"\(n)\" is controlled by limits.processes, not listed directly")
             }
             out.append(Entry(name: n, argument: nil, values: []))
         }
@@ -157,7 +174,8 @@ extension SyscallGroups {
             // "ioctl(21537)": a group whose conditioned ioctl entry has it.
             if name.hasPrefix("ioctl("), let request = UInt64(name.dropFirst(6).dropLast()) {
                 func coversRequest(_ g: String) -> Bool {
-                    groups[g]?.contains { $0.name == "ioctl" && $0.argument == 1 && $0.values.contains(request) } == true
+                    groups[g]?.contains { $0.name == "ioctl" && $0.argument == 1 && $0.values.contains(request) }
+                        == true
                 }
                 if p.addGroups.contains(where: coversRequest) { continue }
                 if let g = groups.keys.filter({ !have.contains($0) && coversRequest($0) }).sorted().first {

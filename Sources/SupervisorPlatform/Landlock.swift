@@ -1,4 +1,5 @@
 import CSupervisorShim
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -30,9 +31,9 @@ public enum Landlock {
         public static let makeFifo = Access(rawValue: 1 << 10)
         public static let makeBlock = Access(rawValue: 1 << 11)
         public static let makeSym = Access(rawValue: 1 << 12)
-        public static let refer = Access(rawValue: 1 << 13)      // ABI 2
-        public static let truncate = Access(rawValue: 1 << 14)   // ABI 3
-        public static let ioctlDev = Access(rawValue: 1 << 15)   // ABI 5
+        public static let refer = Access(rawValue: 1 << 13)  // ABI 2
+        public static let truncate = Access(rawValue: 1 << 14)  // ABI 3
+        public static let ioctlDev = Access(rawValue: 1 << 15)  // ABI 5
 
         /// Rights that make sense on a single file (not a directory).
         public static let fileRights: Access = [.execute, .writeFile, .readFile, .truncate, .ioctlDev]

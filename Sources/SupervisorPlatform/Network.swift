@@ -1,4 +1,5 @@
 import CSupervisorShim
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -82,8 +83,10 @@ public enum Network {
 
     /// A connected, blocking, close-on-exec TCP socket.
     /// Gives up with ECANCELED when `cancel` becomes readable first.
-    public static func connect(_ address: IPAddress, port: Int, timeoutMilliseconds: Int,
-                               cancel: FileDescriptor? = nil) throws(SystemError) -> FileDescriptor {
+    public static func connect(
+        _ address: IPAddress, port: Int, timeoutMilliseconds: Int,
+        cancel: FileDescriptor? = nil
+    ) throws(SystemError) -> FileDescriptor {
         var a = address.raw
         let fd = mcps_tcp_connect(&a, Int32(port), Int32(timeoutMilliseconds), cancel?.rawValue ?? -1)
         if fd < 0 { throw SystemError("connect \(address):\(port)", errno: Glibc.errno) }
@@ -91,16 +94,24 @@ public enum Network {
     }
 
     /// Sends one datagram on a SOCK_SEQPACKET socket, with `fd` attached.
-    public static func send(_ socket: FileDescriptor, _ bytes: [UInt8], attaching fd: FileDescriptor? = nil) throws(SystemError) {
-        let rc = bytes.withUnsafeBytes { mcps_send_message(socket.rawValue, $0.baseAddress!, $0.count, fd?.rawValue ?? -1) }
+    public static func send(_ socket: FileDescriptor, _ bytes: [UInt8], attaching fd: FileDescriptor? = nil)
+        throws(SystemError)
+    {
+        let rc = bytes.withUnsafeBytes {
+            mcps_send_message(socket.rawValue, $0.baseAddress!, $0.count, fd?.rawValue ?? -1)
+        }
         if rc != 0 { throw SystemError("sendmsg", errno: Glibc.errno) }
     }
 
     /// Receives one datagram (at most `limit` bytes; a longer one is
     /// reported as truncated). nil at end of stream.
-    public static func receive(_ socket: FileDescriptor, limit: Int) throws(SystemError) -> (bytes: [UInt8], truncated: Bool)? {
+    public static func receive(_ socket: FileDescriptor, limit: Int) throws(SystemError) -> (
+        bytes: [UInt8], truncated: Bool
+    )? {
         var buf = [UInt8](repeating: 0, count: limit + 1)
-        let n = try retrying("recv") { buf.withUnsafeMutableBytes { Glibc.recv(socket.rawValue, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) } }
+        let n = try retrying("recv") {
+            buf.withUnsafeMutableBytes { Glibc.recv(socket.rawValue, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+        }
         if n == 0 { return nil }
         return (Array(buf.prefix(min(n, limit))), n > limit)
     }

@@ -1,4 +1,5 @@
 import CSupervisorShim
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -103,9 +104,11 @@ public struct SpawnRequest {
     /// Landlock rights granted beneath it (`mcps_spawn_config.scratch_dir`).
     public var scratchMount: ScratchMount? = nil
 
-    public init(executable: FileDescriptor, argv: [String], environment: [String], stdin: FileDescriptor,
-                stdout: FileDescriptor, stderr: FileDescriptor, request: FileDescriptor,
-                response: FileDescriptor, workingDirectory: String) {
+    public init(
+        executable: FileDescriptor, argv: [String], environment: [String], stdin: FileDescriptor,
+        stdout: FileDescriptor, stderr: FileDescriptor, request: FileDescriptor,
+        response: FileDescriptor, workingDirectory: String
+    ) {
         self.executable = executable
         self.argv = argv
         self.environment = environment
@@ -130,7 +133,8 @@ public struct ScratchMount: Sendable {
     /// Landlock rights beneath the tmpfs root.
     public var access: Landlock.Access
 
-    public init(directory: String, sizeBytes: UInt64, files: UInt64, uid: UInt32, gid: UInt32, access: Landlock.Access) {
+    public init(directory: String, sizeBytes: UInt64, files: UInt64, uid: UInt32, gid: UInt32, access: Landlock.Access)
+    {
         self.directory = directory
         self.sizeBytes = sizeBytes
         self.files = files
@@ -286,8 +290,9 @@ public final class WorkerProcess: @unchecked Sendable {
         reaped = true
         let s: ProcessExit.Status = code == CLD_EXITED ? .exited(status) : .signaled(status)
         func ns(_ tv: timeval) -> UInt64 { UInt64(tv.tv_sec) * 1_000_000_000 + UInt64(tv.tv_usec) * 1000 }
-        return ProcessExit(status: s, userCPUNanoseconds: ns(ru.ru_utime), systemCPUNanoseconds: ns(ru.ru_stime),
-                           maxRSSBytes: UInt64(ru.ru_maxrss) * 1024)
+        return ProcessExit(
+            status: s, userCPUNanoseconds: ns(ru.ru_utime), systemCPUNanoseconds: ns(ru.ru_stime),
+            maxRSSBytes: UInt64(ru.ru_maxrss) * 1024)
     }
 
     /// Kills and reaps if still needed, then closes the pidfd.

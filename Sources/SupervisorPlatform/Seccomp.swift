@@ -1,4 +1,5 @@
 import CSupervisorShim
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -131,26 +132,41 @@ public enum SeccompConfinement {
         for r in rules {
             if r.action == .allow {
                 if reason(number: r.number) != nil { continue }
-                if r.number == socketpair { pairs = true; continue }
-                if r.number == memfd { memfds = true; continue }
+                if r.number == socketpair {
+                    pairs = true
+                    continue
+                }
+                if r.number == memfd {
+                    memfds = true
+                    continue
+                }
             }
             out.append(r)
         }
         if let nr = Seccomp.number(of: "socket") {
-            out.append(SeccompRule(number: nr, action: .fail(errno: EACCES),
-                                   condition: .init(argument: 0, mask: low32, value: afUnix)))
+            out.append(
+                SeccompRule(
+                    number: nr, action: .fail(errno: EACCES),
+                    condition: .init(argument: 0, mask: low32, value: afUnix)))
         }
         if pairs, let nr = socketpair {
             for type in [sockStream, sockSeqpacket] {
-                out.append(SeccompRule(number: nr, conditions: [
-                    .init(argument: 0, mask: low32, value: afUnix),
-                    .init(argument: 1, mask: low32 & ~sockTypeFlags, value: type),
-                ]))
+                out.append(
+                    SeccompRule(
+                        number: nr,
+                        conditions: [
+                            .init(argument: 0, mask: low32, value: afUnix),
+                            .init(argument: 1, mask: low32 & ~sockTypeFlags, value: type),
+                        ]))
             }
         }
         if memfds, let nr = memfd {
-            out.append(SeccompRule(number: nr, condition: .init(argument: 1, mask: mfdNoexecSeal | mfdExec,
-                                                                value: mfdNoexecSeal)))
+            out.append(
+                SeccompRule(
+                    number: nr,
+                    condition: .init(
+                        argument: 1, mask: mfdNoexecSeal | mfdExec,
+                        value: mfdNoexecSeal)))
         }
         return out
     }
@@ -204,7 +220,9 @@ public enum Seccomp {
 
     /// Compiles `rules` after `SeccompConfinement.apply`: whatever the
     /// rules say, the program never allows what that type excludes.
-    public static func compile(_ rules: [SeccompRule], defaultAction: DefaultAction) throws(CompileError) -> SeccompProgram {
+    public static func compile(_ rules: [SeccompRule], defaultAction: DefaultAction) throws(CompileError)
+        -> SeccompProgram
+    {
         let raw = SeccompConfinement.apply(rules).map { r -> mcps_seccomp_rule in
             var m = mcps_seccomp_rule()
             m.nr = r.number
@@ -268,7 +286,9 @@ public struct SeccompNotification: Sendable, Equatable {
 public struct SeccompListener {
     public let fd: FileDescriptor
     private static let notifSize: UInt16 = {
-        var n: UInt16 = 0, r: UInt16 = 0, d: UInt16 = 0
+        var n: UInt16 = 0
+        var r: UInt16 = 0
+        var d: UInt16 = 0
         return mcps_seccomp_notif_sizes(&n, &r, &d) == 0 ? max(n, 80) : 128
     }()
 
@@ -284,7 +304,10 @@ public struct SeccompListener {
         let size = Int(Self.notifSize)
         let buf = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 8)
         defer { buf.deallocate() }
-        var id: UInt64 = 0, pid: UInt32 = 0, nr: Int32 = 0, arch: UInt32 = 0
+        var id: UInt64 = 0
+        var pid: UInt32 = 0
+        var nr: Int32 = 0
+        var arch: UInt32 = 0
         var args = [UInt64](repeating: 0, count: 6)
         let rc = args.withUnsafeMutableBufferPointer {
             mcps_seccomp_notif_recv(fd.rawValue, buf, UInt16(size), &id, &pid, &nr, &arch, $0.baseAddress!)

@@ -1,4 +1,5 @@
 import CSupervisorShim
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -177,12 +178,15 @@ public enum Sys {
 
     /// openat2(2) with RESOLVE flags: used to open artifacts beneath a directory
     /// without following links out of it.
-    public static func openBeneath(_ dir: FileDescriptor, _ path: String, flags: Int32, mode: UInt32 = 0) throws(SystemError) -> FileDescriptor {
+    public static func openBeneath(_ dir: FileDescriptor, _ path: String, flags: Int32, mode: UInt32 = 0)
+        throws(SystemError) -> FileDescriptor
+    {
         // RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS
         let resolve: UInt64 = 0x08 | 0x02 | 0x04
-        return FileDescriptor(rawValue: try retrying("openat2 \(path)") {
-            mcps_openat2(dir.rawValue, path, UInt64(flags | O_CLOEXEC), UInt64(mode), resolve)
-        })
+        return FileDescriptor(
+            rawValue: try retrying("openat2 \(path)") {
+                mcps_openat2(dir.rawValue, path, UInt64(flags | O_CLOEXEC), UInt64(mode), resolve)
+            })
     }
 
     /// The corresponding C function is `stat` (follows symlinks).
@@ -348,7 +352,10 @@ public struct PollSet {
     /// ready descriptors (0 on timeout).
     public mutating func wait(timeoutMilliseconds: Int32) throws(SystemError) -> Int {
         let n = fds.count
-        return Int(try retrying("poll") { fds.withUnsafeMutableBufferPointer { Glibc.poll($0.baseAddress, nfds_t(n), timeoutMilliseconds) } })
+        return Int(
+            try retrying("poll") {
+                fds.withUnsafeMutableBufferPointer { Glibc.poll($0.baseAddress, nfds_t(n), timeoutMilliseconds) }
+            })
     }
 
     public func isReadable(_ i: Int) -> Bool { fds[i].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 }

@@ -34,12 +34,17 @@ public struct MessageGate: Sendable {
     }
 
     public static func error(id: JSONValue, code: Int, message: String) -> JSONValue {
-        .object(JSONObject([("jsonrpc", "2.0"), ("id", id),
-                            ("error", .object(JSONObject([("code", .int(Int64(code))), ("message", .string(message))])))]))
+        .object(
+            JSONObject([
+                ("jsonrpc", "2.0"), ("id", id),
+                ("error", .object(JSONObject([("code", .int(Int64(code))), ("message", .string(message))]))),
+            ]))
     }
 
     public func oversized(_ n: Int) -> JSONValue {
-        Self.error(id: .null, code: Self.invalidRequest, message: "Invalid Request: message of \(n) bytes exceeds the limit of \(maxMessageBytes) bytes")
+        Self.error(
+            id: .null, code: Self.invalidRequest,
+            message: "Invalid Request: message of \(n) bytes exceeds the limit of \(maxMessageBytes) bytes")
     }
 
     public mutating func check(_ line: [UInt8]) -> Decision {
@@ -51,9 +56,15 @@ public struct MessageGate: Sendable {
         }
         guard case .object(let o) = value else {
             if case .array = value {
-                return .reply(Self.error(id: .null, code: Self.invalidRequest, message: "Invalid Request: JSON-RPC batches are not supported (MCP 2025-06-18 and later)"))
+                return .reply(
+                    Self.error(
+                        id: .null, code: Self.invalidRequest,
+                        message: "Invalid Request: JSON-RPC batches are not supported (MCP 2025-06-18 and later)"))
             }
-            return .reply(Self.error(id: .null, code: Self.invalidRequest, message: "Invalid Request: expected a JSON-RPC object, found \(value.typeName)"))
+            return .reply(
+                Self.error(
+                    id: .null, code: Self.invalidRequest,
+                    message: "Invalid Request: expected a JSON-RPC object, found \(value.typeName)"))
         }
         // The id, if any, must be a string or an integer (not null, not a fraction).
         var id: JSONValue = .null
@@ -64,11 +75,15 @@ public struct MessageGate: Sendable {
                 id = raw
                 hasValidID = true
             default:
-                return .reply(Self.error(id: .null, code: Self.invalidRequest, message: "Invalid Request: id must be a string or an integer, found \(raw.typeName)"))
+                return .reply(
+                    Self.error(
+                        id: .null, code: Self.invalidRequest,
+                        message: "Invalid Request: id must be a string or an integer, found \(raw.typeName)"))
             }
         }
         guard o["jsonrpc"] == "2.0" else {
-            return .reply(Self.error(id: id, code: Self.invalidRequest, message: "Invalid Request: \"jsonrpc\" must be \"2.0\""))
+            return .reply(
+                Self.error(id: id, code: Self.invalidRequest, message: "Invalid Request: \"jsonrpc\" must be \"2.0\""))
         }
         guard let methodValue = o["method"] else {
             // A response to a request of ours.
@@ -76,11 +91,16 @@ public struct MessageGate: Sendable {
             return .reply(Self.error(id: id, code: Self.invalidRequest, message: "Invalid Request: no \"method\""))
         }
         guard case .string(let method) = methodValue else {
-            return .reply(Self.error(id: id, code: Self.invalidRequest, message: "Invalid Request: \"method\" must be a string"))
+            return .reply(
+                Self.error(id: id, code: Self.invalidRequest, message: "Invalid Request: \"method\" must be a string"))
         }
         if let p = o["params"] {
             guard case .object = p else {
-                if hasValidID { return .reply(Self.error(id: id, code: Self.invalidParams, message: "Invalid params: \"params\" must be an object")) }
+                if hasValidID {
+                    return .reply(
+                        Self.error(
+                            id: id, code: Self.invalidParams, message: "Invalid params: \"params\" must be an object"))
+                }
                 return .drop(reason: "notification \(method) with non-object params")
             }
         }
@@ -97,7 +117,10 @@ public struct MessageGate: Sendable {
         }
         if !initializeSeen && method != "initialize" && method != "ping" {
             // (The SDK drops these without an answer.)
-            return .reply(Self.error(id: id, code: Self.invalidRequest, message: "Invalid Request: the server is not initialized; send initialize first"))
+            return .reply(
+                Self.error(
+                    id: id, code: Self.invalidRequest,
+                    message: "Invalid Request: the server is not initialized; send initialize first"))
         }
         switch method {
         case "initialize":
@@ -107,16 +130,26 @@ public struct MessageGate: Sendable {
             }
         case "tools/call":
             guard case .object(let params)? = o["params"] else {
-                return .reply(Self.error(id: id, code: Self.invalidParams, message: "Invalid params: tools/call needs params with a tool \"name\""))
+                return .reply(
+                    Self.error(
+                        id: id, code: Self.invalidParams,
+                        message: "Invalid params: tools/call needs params with a tool \"name\""))
             }
             guard case .string? = params["name"] else {
-                return .reply(Self.error(id: id, code: Self.invalidParams, message: "Invalid params: tools/call needs a string \"name\""))
+                return .reply(
+                    Self.error(
+                        id: id, code: Self.invalidParams, message: "Invalid params: tools/call needs a string \"name\"")
+                )
             }
             if let a = params["arguments"], a.objectValue == nil {
-                return .reply(Self.error(id: id, code: Self.invalidParams, message: "Invalid params: \"arguments\" must be an object"))
+                return .reply(
+                    Self.error(
+                        id: id, code: Self.invalidParams, message: "Invalid params: \"arguments\" must be an object"))
             }
             if let m = params["_meta"], m.objectValue == nil {
-                return .reply(Self.error(id: id, code: Self.invalidParams, message: "Invalid params: \"_meta\" must be an object"))
+                return .reply(
+                    Self.error(id: id, code: Self.invalidParams, message: "Invalid params: \"_meta\" must be an object")
+                )
             }
             return .call(id: id, params: params)
         default:

@@ -186,9 +186,11 @@ public actor BlockingStdioTransport: Transport {
 
     /// `onEndOfInput` runs when stdin ends, after every request received has
     /// been answered (or `drainSeconds` passed).
-    public init(input: Int32 = 0, output: Int32 = 1, maxMessageBytes: Int = 4 << 20, maxOutstanding: Int = 128,
-                maxUnreadBytes: Int = 8 << 20, logger: Logger,
-                onEndOfInput: @escaping @Sendable () -> Void = {}) {
+    public init(
+        input: Int32 = 0, output: Int32 = 1, maxMessageBytes: Int = 4 << 20, maxOutstanding: Int = 128,
+        maxUnreadBytes: Int = 8 << 20, logger: Logger,
+        onEndOfInput: @escaping @Sendable () -> Void = {}
+    ) {
         self.input = input
         self.outbound = OutboundQueue(fd: output, limitBytes: maxUnreadBytes, logger: logger)
         self.maxMessageBytes = maxMessageBytes
@@ -211,7 +213,8 @@ public actor BlockingStdioTransport: Transport {
 
     /// Queues a notification of the supervisor's own (progress, cell logs).
     nonisolated func notify(_ method: String, _ params: JSONObject) {
-        let m = JSONValue.object(JSONObject([("jsonrpc", "2.0"), ("method", .string(method)), ("params", .object(params))]))
+        let m = JSONValue.object(
+            JSONObject([("jsonrpc", "2.0"), ("method", .string(method)), ("params", .object(params))]))
         outbound.send(m.serializedBytes(), droppable: true)
     }
 
@@ -222,8 +225,9 @@ public actor BlockingStdioTransport: Transport {
 
     public nonisolated func receive() -> AsyncThrowingStream<Data, Swift.Error> {
         let (stream, continuation) = AsyncThrowingStream<Data, Swift.Error>.makeStream()
-        let reader = LineReader(fd: input, maxMessageBytes: maxMessageBytes, transport: self, continuation: continuation,
-                                onEndOfInput: onEndOfInput)
+        let reader = LineReader(
+            fd: input, maxMessageBytes: maxMessageBytes, transport: self, continuation: continuation,
+            onEndOfInput: onEndOfInput)
         let thread = Thread { reader.run() }
         thread.name = "mcp-stdin"
         thread.start()
@@ -241,9 +245,11 @@ final class LineReader: @unchecked Sendable {
     var gate: MessageGate
     var logger: Logger { transport.logger }
 
-    init(fd: Int32, maxMessageBytes: Int, transport: BlockingStdioTransport,
-         continuation: AsyncThrowingStream<Data, Swift.Error>.Continuation,
-         onEndOfInput: @escaping @Sendable () -> Void) {
+    init(
+        fd: Int32, maxMessageBytes: Int, transport: BlockingStdioTransport,
+        continuation: AsyncThrowingStream<Data, Swift.Error>.Continuation,
+        onEndOfInput: @escaping @Sendable () -> Void
+    ) {
         self.fd = fd
         self.transport = transport
         self.continuation = continuation
@@ -280,8 +286,9 @@ final class LineReader: @unchecked Sendable {
         if !line.isEmpty { handle(line) }
         // Everything received is finished (docs/configuration.md), within the drain time.
         if !transport.outstanding.waitUntilEmpty(seconds: Self.drainSeconds) {
-            logger.warning("end of input: requests still unanswered after the drain time; stopping them",
-                           metadata: ["requests": "\(transport.outstanding.count)"])
+            logger.warning(
+                "end of input: requests still unanswered after the drain time; stopping them",
+                metadata: ["requests": "\(transport.outstanding.count)"])
         }
         onEndOfInput()
         continuation.finish()
@@ -329,8 +336,9 @@ final class LineReader: @unchecked Sendable {
         case .drop(let reason):
             logger.debug("message dropped", metadata: ["reason": "\(reason)"])
         case .reply(let error):
-            logger.info("bad client message answered with an error",
-                        metadata: ["error": "\(error["error"]?["message"]?.stringValue ?? "")"])
+            logger.info(
+                "bad client message answered with an error",
+                metadata: ["error": "\(error["error"]?["message"]?.stringValue ?? "")"])
             transport.outbound.send(error.serializedBytes())
         }
     }
@@ -338,8 +346,9 @@ final class LineReader: @unchecked Sendable {
     /// The gate has checked the shape: name is a string, arguments and
     /// _meta are objects if present.
     static func toolCall(_ params: JSONObject) -> ToolCall {
-        ToolCall(name: params["name"]?.stringValue ?? "", arguments: params["arguments"]?.objectValue ?? JSONObject(),
-                 progressToken: params["_meta"]?["progressToken"])
+        ToolCall(
+            name: params["name"]?.stringValue ?? "", arguments: params["arguments"]?.objectValue ?? JSONObject(),
+            progressToken: params["_meta"]?["progressToken"])
     }
 }
 
@@ -397,8 +406,13 @@ public final class DirectCall: @unchecked Sendable {
         guard first else { return }
         switch response {
         case .result(let r):
-            transport.outbound.send(JSONValue.object(JSONObject([("jsonrpc", "2.0"), ("id", id),
-                                                                 ("result", r.json)])).serializedBytes())
+            transport.outbound.send(
+                JSONValue.object(
+                    JSONObject([
+                        ("jsonrpc", "2.0"), ("id", id),
+                        ("result", r.json),
+                    ])
+                ).serializedBytes())
         case .error(let code, let message):
             transport.outbound.send(MessageGate.error(id: id, code: code, message: message).serializedBytes())
         case .none:
@@ -444,7 +458,15 @@ public final class SharedValue<T: Sendable>: @unchecked Sendable {
     private var stored: T?
     public init() {}
     public var value: T? {
-        get { lock.lock(); defer { lock.unlock() }; return stored }
-        set { lock.lock(); stored = newValue; lock.unlock() }
+        get {
+            lock.lock()
+            defer { lock.unlock() }
+            return stored
+        }
+        set {
+            lock.lock()
+            stored = newValue
+            lock.unlock()
+        }
     }
 }

@@ -53,14 +53,17 @@ public final class SupervisorService: Sendable {
     /// Reports the protocol version the client asked for in initialize.
     let initializeVersion = Synchronization.Mutex<(@Sendable () -> String?)?>(nil)
 
-    public init(options: ServiceOptions, runner: CallRunner, logger: Logger, log: SecurityLog,
-                loadRegistry: @escaping RegistryLoader) {
+    public init(
+        options: ServiceOptions, runner: CallRunner, logger: Logger, log: SecurityLog,
+        loadRegistry: @escaping RegistryLoader
+    ) {
         self.log = log
         self.options = options
         self.logger = logger
         let pool = CallPool(threads: options.maxConcurrentCalls, queueLimit: options.maxQueuedCalls)
-        pipeline = CallPipeline(runner: runner, pool: pool, log: log, logger: logger, options: options.pipeline,
-                                loadRegistry: loadRegistry)
+        pipeline = CallPipeline(
+            runner: runner, pool: pool, log: log, logger: logger, options: options.pipeline,
+            loadRegistry: loadRegistry)
         server = Server(
             name: "mcp-supervisor", version: SupervisorInfo.version,
             instructions: "Every tool call runs in a fresh, kernel-sandboxed process.",
@@ -82,11 +85,14 @@ public final class SupervisorService: Sendable {
         transport.callHandler.value = { [self] call, reply in serve(call, reply) }
         await registerHandlers()
         try await server.start(transport: transport) { [self] client, _ in
-            logger.info("client initialized",
-                        metadata: ["client.name": "\(client.name)", "client.version": "\(client.version)"])
+            logger.info(
+                "client initialized",
+                metadata: ["client.name": "\(client.name)", "client.version": "\(client.version)"])
             session.clientName = client.name
-            var f = JSONObject([("principal", .string(session.principal)), ("clientName", .string(client.name)),
-                                ("clientVersion", .string(client.version))])
+            var f = JSONObject([
+                ("principal", .string(session.principal)), ("clientName", .string(client.name)),
+                ("clientVersion", .string(client.version)),
+            ])
             if let v = initializeVersion.withLock({ $0 })?() { f["protocolVersion"] = .string(v) }
             do { try await log.append([SecurityEvent(.clientInitialize, f)]) } catch {
                 logger.error("client.initialize not recorded", metadata: ["error": "\(error)"])
@@ -133,8 +139,12 @@ public final class SupervisorService: Sendable {
                 }
                 var payload = JSONObject([("message", .string(message))])
                 if let data { payload["data"] = data }
-                reply.notify("notifications/message", JSONObject([("level", .string(level)), ("logger", "cell"),
-                                                                  ("data", .object(payload))]))
+                reply.notify(
+                    "notifications/message",
+                    JSONObject([
+                        ("level", .string(level)), ("logger", "cell"),
+                        ("data", .object(payload)),
+                    ]))
             }
         }
     }
@@ -179,9 +189,10 @@ public final class SupervisorService: Sendable {
             ann.idempotentHint = a["idempotentHint"]?.boolValue
             ann.openWorldHint = a["openWorldHint"]?.boolValue
         }
-        return Tool(name: t.name, title: t.title, description: t.description,
-                    inputSchema: JSONValue.object(t.inputSchema).mcpValue, annotations: ann,
-                    outputSchema: t.outputSchema.map { JSONValue.object($0).mcpValue })
+        return Tool(
+            name: t.name, title: t.title, description: t.description,
+            inputSchema: JSONValue.object(t.inputSchema).mcpValue, annotations: ann,
+            outputSchema: t.outputSchema.map { JSONValue.object($0).mcpValue })
     }
 }
 

@@ -11,9 +11,11 @@ extension JSONValue {
         case .int(let i): self = .int(Int64(i))
         case .double(let d): self = .double(d)
         case .string(let s): self = .string(s)
-        case .data(let mime, let d): self = .string("data:\(mime ?? "application/octet-stream");base64,\(d.base64EncodedString())")
+        case .data(let mime, let d):
+            self = .string("data:\(mime ?? "application/octet-stream");base64,\(d.base64EncodedString())")
         case .array(let a): self = .array(a.map(JSONValue.init))
-        case .object(let o): self = .object(JSONObject(o.sorted { $0.key < $1.key }.map { ($0.key, JSONValue($0.value)) }))
+        case .object(let o):
+            self = .object(JSONObject(o.sorted { $0.key < $1.key }.map { ($0.key, JSONValue($0.value)) }))
         }
     }
 

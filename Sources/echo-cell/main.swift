@@ -5,5 +5,6 @@ import StrictJSON
 // executable without Foundation; it is the no-op cell of the benchmarks.
 Cell.main { request, _ in
     let text = request.arguments["text"]?.stringValue ?? ""
-    return .text(text, structured: .object(JSONObject([("text", .string(text)), ("length", .int(Int64(text.utf8.count)))])))
+    return .text(
+        text, structured: .object(JSONObject([("text", .string(text)), ("length", .int(Int64(text.utf8.count)))])))
 }

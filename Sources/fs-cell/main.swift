@@ -1,5 +1,6 @@
 import CellKit
 import StrictJSON
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -30,7 +31,10 @@ func resolve(_ path: String, in roots: [String]) throws -> String {
     var parts: [Substring] = []
     for c in path.split(separator: "/") {
         if c == "." { continue }
-        if c == ".." { if !parts.isEmpty { parts.removeLast() }; continue }
+        if c == ".." {
+            if !parts.isEmpty { parts.removeLast() }
+            continue
+        }
         parts.append(c)
     }
     let p = "/" + parts.joined(separator: "/")
@@ -45,7 +49,9 @@ func resolve(_ path: String, in roots: [String]) throws -> String {
         close(fd)
         if next < 0 {
             if errno == ENOENT && last { return p }
-            if errno == ELOOP || errno == ENOTDIR { throw ToolError("\(path): a component is a symbolic link or not a directory") }
+            if errno == ELOOP || errno == ENOTDIR {
+                throw ToolError("\(path): a component is a symbolic link or not a directory")
+            }
             throw ToolError("\(path): \(String(cString: strerror(errno)))")
         }
         fd = next
@@ -96,52 +102,90 @@ Cell.main { request, _ in
             let p = try resolve(str("path"), in: roots("MCPS_READ_ROOTS"))
             let (bytes, size) = try readAll(p, offset: int("offset", 0), limit: int("maxBytes", 65536))
             let text = String(decoding: bytes, as: UTF8.self)
-            return .text(text, structured: .object(JSONObject([("path", .string(p)), ("size", .int(Int64(size))),
-                                                               ("offset", .int(Int64(int("offset", 0)))), ("bytes", .int(Int64(bytes.count)))])))
+            return .text(
+                text,
+                structured: .object(
+                    JSONObject([
+                        ("path", .string(p)), ("size", .int(Int64(size))),
+                        ("offset", .int(Int64(int("offset", 0)))), ("bytes", .int(Int64(bytes.count))),
+                    ])))
         case "fs_list":
             let root = try resolve(str("path"), in: roots("MCPS_READ_ROOTS"))
-            let maxDepth = int("depth", 1), maxEntries = int("maxEntries", 500)
-            var lines: [String] = [], entries: [JSONValue] = []
+            let maxDepth = int("depth", 1)
+            let maxEntries = int("maxEntries", 500)
+            var lines: [String] = []
+            var entries: [JSONValue] = []
             var truncated = false
             func walk(_ dir: String, _ depth: Int) throws {
                 for e in try listDirectory(dir) {
-                    if entries.count >= maxEntries { truncated = true; return }
+                    if entries.count >= maxEntries {
+                        truncated = true
+                        return
+                    }
                     let full = dir == "/" ? "/" + e.name : dir + "/" + e.name
                     lines.append(String(repeating: "  ", count: depth) + e.name + (e.isDir ? "/" : ""))
-                    entries.append(.object(JSONObject([("path", .string(full)), ("type", .string(e.isDir ? "directory" : "file")), ("size", .int(Int64(e.size)))])))
+                    entries.append(
+                        .object(
+                            JSONObject([
+                                ("path", .string(full)), ("type", .string(e.isDir ? "directory" : "file")),
+                                ("size", .int(Int64(e.size))),
+                            ])))
                     if e.isDir && depth + 1 < maxDepth { try? walk(full, depth + 1) }
                 }
             }
             try walk(root, 0)
             if truncated { lines.append("… (more than \(maxEntries) entries)") }
-            return .text(lines.joined(separator: "\n"), structured: .object(JSONObject([("entries", .array(entries)), ("truncated", .bool(truncated))])))
+            return .text(
+                lines.joined(separator: "\n"),
+                structured: .object(JSONObject([("entries", .array(entries)), ("truncated", .bool(truncated))])))
         case "fs_search":
             let root = try resolve(str("path"), in: roots("MCPS_READ_ROOTS"))
             let re: Regex<AnyRegexOutput>
-            do { re = try Regex(str("pattern")) } catch { throw ToolError("not a valid regular expression: \(str("pattern"))") }
+            do { re = try Regex(str("pattern")) } catch {
+                throw ToolError("not a valid regular expression: \(str("pattern"))")
+            }
             let maxResults = int("maxResults", 100)
-            var matches: [JSONValue] = [], lines: [String] = []
+            var matches: [JSONValue] = []
+            var lines: [String] = []
             var truncated = false
             func search(_ dir: String, _ depth: Int) {
                 guard depth < 16, let list = try? listDirectory(dir) else { return }
                 for e in list {
-                    if matches.count >= maxResults { truncated = true; return }
+                    if matches.count >= maxResults {
+                        truncated = true
+                        return
+                    }
                     let full = dir == "/" ? "/" + e.name : dir + "/" + e.name
-                    if e.isDir { search(full, depth + 1); continue }
-                    guard e.size <= 4 << 20, let (bytes, _) = try? readAll(full, offset: 0, limit: 4 << 20) else { continue }
-                    for (i, line) in String(decoding: bytes, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).enumerated()
+                    if e.isDir {
+                        search(full, depth + 1)
+                        continue
+                    }
+                    guard e.size <= 4 << 20, let (bytes, _) = try? readAll(full, offset: 0, limit: 4 << 20) else {
+                        continue
+                    }
+                    for (i, line) in String(decoding: bytes, as: UTF8.self).split(
+                        separator: "\n", omittingEmptySubsequences: false
+                    ).enumerated()
                     where (try? re.firstMatch(in: String(line))) != nil {
-                        if matches.count >= maxResults { truncated = true; break }
+                        if matches.count >= maxResults {
+                            truncated = true
+                            break
+                        }
                         let l = String(line.prefix(400))
                         lines.append("\(full):\(i + 1): \(l)")
-                        matches.append(.object(JSONObject([("path", .string(full)), ("line", .int(Int64(i + 1))), ("text", .string(l))])))
+                        matches.append(
+                            .object(
+                                JSONObject([
+                                    ("path", .string(full)), ("line", .int(Int64(i + 1))), ("text", .string(l)),
+                                ])))
                     }
                 }
             }
             search(root, 0)
             if truncated { lines.append("… (stopped at \(maxResults) matches)") }
-            return .text(lines.isEmpty ? "no matches" : lines.joined(separator: "\n"),
-                         structured: .object(JSONObject([("matches", .array(matches)), ("truncated", .bool(truncated))])))
+            return .text(
+                lines.isEmpty ? "no matches" : lines.joined(separator: "\n"),
+                structured: .object(JSONObject([("matches", .array(matches)), ("truncated", .bool(truncated))])))
         case "fs_write":
             let p = try resolve(str("path"), in: roots("MCPS_WRITE_ROOTS"))
             let slash = p.lastIndex(of: "/")!
@@ -164,7 +208,9 @@ Cell.main { request, _ in
                 unlink(tmp)
                 throw ToolError("\(p): \(String(cString: strerror(errno)))")
             }
-            return .text("wrote \(content.utf8.count) bytes to \(p)", structured: .object(JSONObject([("path", .string(p)), ("bytes", .int(Int64(content.utf8.count)))])))
+            return .text(
+                "wrote \(content.utf8.count) bytes to \(p)",
+                structured: .object(JSONObject([("path", .string(p)), ("bytes", .int(Int64(content.utf8.count)))])))
         default:
             return .error("unknown tool \(request.tool)")
         }

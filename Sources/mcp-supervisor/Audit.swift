@@ -60,13 +60,17 @@ struct Audit: ParsableCommand {
         @Option(name: .long, help: "Cell name.") var cell: String?
         @Option(name: .long, help: "Tool name.") var tool: String?
         @Option(name: .long, help: "Principal (e.g. uid:1000).") var principal: String?
-        @Option(name: .long, help: "Outcome (success, tool_error, timeout, sandbox_violation, ...).") var outcome: String?
-        @Option(name: .long, help: "Records at or after this RFC 3339 time (UTC, e.g. 2026-11-22T10:00:00Z).") var since: String?
+        @Option(name: .long, help: "Outcome (success, tool_error, timeout, sandbox_violation, ...).") var outcome:
+            String?
+        @Option(name: .long, help: "Records at or after this RFC 3339 time (UTC, e.g. 2026-11-22T10:00:00Z).")
+        var since: String?
         @Option(name: .long, help: "Records before this RFC 3339 time.") var until: String?
 
         func validate() throws {
             for t in type where SecurityEventType(rawValue: t) == nil {
-                throw ValidationError("unknown event type \(t); known: \(SecurityEventType.allCases.map(\.rawValue).joined(separator: ", "))")
+                throw ValidationError(
+                    "unknown event type \(t); known: \(SecurityEventType.allCases.map(\.rawValue).joined(separator: ", "))"
+                )
             }
         }
 
@@ -102,10 +106,17 @@ struct Audit: ParsableCommand {
 
     struct Verify: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Check the chain, the sequence, the checkpoints and their signatures, and that a signed checkpoint covers every record. Exits 1 naming the first problem.")
+            abstract:
+                "Check the chain, the sequence, the checkpoints and their signatures, and that a signed checkpoint covers every record. Exits 1 naming the first problem."
+        )
         @OptionGroup var location: Location
-        @Option(name: .long, help: "Checkpoint file to check against (e.g. a copy kept elsewhere); it must exist.") var checkpoints: String?
-        @Option(name: .long, help: "A public key of the log (e.g. a copy kept elsewhere); repeat for keys of earlier rotations. Default: keys/log-signing*.pub.")
+        @Option(name: .long, help: "Checkpoint file to check against (e.g. a copy kept elsewhere); it must exist.")
+        var checkpoints: String?
+        @Option(
+            name: .long,
+            help:
+                "A public key of the log (e.g. a copy kept elsewhere); repeat for keys of earlier rotations. Default: keys/log-signing*.pub."
+        )
         var publicKey: [String] = []
 
         func run() throws {
@@ -123,23 +134,29 @@ struct Audit: ParsableCommand {
                 printError("audit verify: FAILED: unreadable: \(error)")
                 throw ExitCode(1)
             }
-            let v = SecurityLogReader.verify(directory: location.logDirectory, publicKeys: keys,
-                                             checkpointsPath: checkpoints.map(SupervisorSettings.absolute))
+            let v = SecurityLogReader.verify(
+                directory: location.logDirectory, publicKeys: keys,
+                checkpointsPath: checkpoints.map(SupervisorSettings.absolute))
             if let p = v.problem {
                 printError("audit verify: FAILED: \(p)")
                 throw ExitCode(1)
             }
             for t in v.unsignedTails {
-                print("note: records \(t.from)...\(t.to) had no checkpoint when their writer stopped; the next start checkpointed them (log.unsigned_tail, record \(t.seq))")
+                print(
+                    "note: records \(t.from)...\(t.to) had no checkpoint when their writer stopped; the next start checkpointed them (log.unsigned_tail, record \(t.seq))"
+                )
             }
-            print("audit verify: OK: \(v.records) records in \(v.files) file(s), chain intact through record \(v.lastSeq), \(v.checkpoints) signed checkpoint(s) valid (key\(v.keyIDs.count == 1 ? "" : "s") \(v.keyIDs.sorted().joined(separator: ", "))), every record covered")
+            print(
+                "audit verify: OK: \(v.records) records in \(v.files) file(s), chain intact through record \(v.lastSeq), \(v.checkpoints) signed checkpoint(s) valid (key\(v.keyIDs.count == 1 ? "" : "s") \(v.keyIDs.sorted().joined(separator: ", "))), every record covered"
+            )
         }
     }
 
     struct RotateKey: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "rotate-key",
-            abstract: "Replace the log's signing key (e.g. after it was lost). Recorded as a log.key_rotated event; old public keys stay for verify.",
+            abstract:
+                "Replace the log's signing key (e.g. after it was lost). Recorded as a log.key_rotated event; old public keys stay for verify.",
             discussion: """
                 Refused while a supervisor or a trust command has the log open. If the old private key is still \
                 present, it signs a last checkpoint first; it is then replaced. Every public key the log was signed \
@@ -166,7 +183,9 @@ struct Audit: ParsableCommand {
         @Flag(name: .long, help: "Print JSON.") var json = false
 
         func run() throws {
-            var byType: [String: Int] = [:], byCell: [String: Int] = [:], byOutcome: [String: Int] = [:]
+            var byType: [String: Int] = [:]
+            var byCell: [String: Int] = [:]
+            var byOutcome: [String: Int] = [:]
             var total = 0
             for r in try filter.records(location) {
                 total += 1
@@ -174,10 +193,17 @@ struct Audit: ParsableCommand {
                 if let c = r["cell"]?.stringValue { byCell[c, default: 0] += 1 }
                 if let o = r["outcome"]?.stringValue { byOutcome[o, default: 0] += 1 }
             }
-            func obj(_ d: [String: Int]) -> JSONValue { .object(JSONObject(d.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) })) }
+            func obj(_ d: [String: Int]) -> JSONValue {
+                .object(JSONObject(d.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) }))
+            }
             if json {
-                print(JSONValue.object(JSONObject([("records", .int(Int64(total))), ("byType", obj(byType)),
-                                                   ("byCell", obj(byCell)), ("byOutcome", obj(byOutcome))])).serialized())
+                print(
+                    JSONValue.object(
+                        JSONObject([
+                            ("records", .int(Int64(total))), ("byType", obj(byType)),
+                            ("byCell", obj(byCell)), ("byOutcome", obj(byOutcome)),
+                        ])
+                    ).serialized())
                 return
             }
             print("records: \(total)")

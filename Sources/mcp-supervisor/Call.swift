@@ -18,14 +18,21 @@ struct Call: ParsableCommand {
     @Flag(name: .long, help: "Print the result and the outcome as one JSON object.")
     var json = false
 
-    @Flag(name: .long, help: ArgumentHelp(
-        "Development only: run the manifest in --manifests without signature or trust ledger.",
-        discussion: "Without it, as for `run`, only the active signed version registered in the trust ledger runs."))
+    @Flag(
+        name: .long,
+        help: ArgumentHelp(
+            "Development only: run the manifest in --manifests without signature or trust ledger.",
+            discussion: "Without it, as for `run`, only the active signed version registered in the trust ledger runs.")
+    )
     var allowUnsigned = false
 
-    @Flag(name: .long, help: ArgumentHelp(
-        "Learn mode, for developing a cell: syscalls outside the allowlist are recorded and let through, then an allowlist is proposed.",
-        discussion: "Not a sandbox against the syscalls it lets through: use it on your own cell's code, never on untrusted input."))
+    @Flag(
+        name: .long,
+        help: ArgumentHelp(
+            "Learn mode, for developing a cell: syscalls outside the allowlist are recorded and let through, then an allowlist is proposed.",
+            discussion:
+                "Not a sandbox against the syscalls it lets through: use it on your own cell's code, never on untrusted input."
+        ))
     var learn = false
 
     func run() throws {
@@ -49,8 +56,9 @@ struct Call: ParsableCommand {
         }
         let host = options.host(s, features: KernelFeatures.probe())
         // The same trust rule as `run` (CellSource).
-        let source = CellSource(allowUnsigned: allowUnsigned, manifestsDirectory: s.manifestsDirectory,
-                                stateDirectory: s.stateDirectory)
+        let source = CellSource(
+            allowUnsigned: allowUnsigned, manifestsDirectory: s.manifestsDirectory,
+            stateDirectory: s.stateDirectory)
         let registry = source.registry(groups: groups, host: host)
         guard let entry = registry.tool(named: tool) else {
             for p in registry.problems { printError("warning: \(p)") }
@@ -62,8 +70,9 @@ struct Call: ParsableCommand {
             throw ExitCode(2)
         }
         if source.isUnsigned {
-            printError("warning: UNSIGNED development mode: running \(entry.cell.manifest.sourcePath) without signature "
-                + "or trust ledger; never use this in a deployment")
+            printError(
+                "warning: UNSIGNED development mode: running \(entry.cell.manifest.sourcePath) without signature "
+                    + "or trust ledger; never use this in a deployment")
         }
         if let problem = SchemaValidator.validate(.object(arguments), against: entry.tool.inputSchema) {
             printError("error: invalid arguments: \(problem)")
@@ -71,7 +80,8 @@ struct Call: ParsableCommand {
         }
         let runner = try CallRunner(host: host, logger: logger)
         if learn && !host.features.seccompUserNotification {
-            printError("error: learn mode needs seccomp user notification (Linux 5.0+), which this kernel does not offer")
+            printError(
+                "error: learn mode needs seccomp user notification (Linux 5.0+), which this kernel does not offer")
             throw ExitCode(2)
         }
         func onNetwork(_ d: NetworkDecision) {
@@ -89,8 +99,9 @@ struct Call: ParsableCommand {
                 printError("log[\(level)]: \(m)")
             }
         }
-        let report = runner.run(cell: entry.cell, tool: tool, arguments: arguments, callID: "cli-1", learn: learn,
-                                onNetwork: onNetwork, onMessage: onMessage)
+        let report = runner.run(
+            cell: entry.cell, tool: tool, arguments: arguments, callID: "cli-1", learn: learn,
+            onNetwork: onNetwork, onMessage: onMessage)
         if json {
             var o = JSONObject([("outcome", .string(report.outcome.kind)), ("detail", .string(report.outcome.detail))])
             if case .success(let r) = report.outcome {
@@ -119,8 +130,11 @@ struct Call: ParsableCommand {
             case .signaled(let sig)?: exit = signalName(sig)
             case nil: exit = "not started"
             }
-            printError("outcome: \(report.outcome.detail); duration \(formatDuration(report.durationNanoseconds)), cpu \(formatDuration(report.cpuNanoseconds)), peak memory \(report.peakMemoryBytes.map { "\($0 >> 10) KiB" } ?? "not measured"), \(exit)")
-            if case .success = report.outcome {} else if !report.diagnostics.isEmpty {
+            printError(
+                "outcome: \(report.outcome.detail); duration \(formatDuration(report.durationNanoseconds)), cpu \(formatDuration(report.cpuNanoseconds)), peak memory \(report.peakMemoryBytes.map { "\($0 >> 10) KiB" } ?? "not measured"), \(exit)"
+            )
+            if case .success = report.outcome {
+            } else if !report.diagnostics.isEmpty {
                 printError("worker stderr (last \(report.diagnostics.utf8.count) bytes):\n\(report.diagnostics)")
             }
         }
@@ -143,16 +157,24 @@ struct Call: ParsableCommand {
         if !allow.isEmpty { syscalls["allow"] = .array(allow.map { .string($0) }) }
         printError("  \"syscalls\": \(JSONValue.object(syscalls).serialized())")
         if !p.processCalls.isEmpty {
-            printError("learn: \(p.processCalls.joined(separator: ", ")) follow limits.processes (\"threads\" for clone with CLONE_THREAD, \"processes\" for child processes)")
+            printError(
+                "learn: \(p.processCalls.joined(separator: ", ")) follow limits.processes (\"threads\" for clone with CLONE_THREAD, \"processes\" for child processes)"
+            )
         }
         if !p.unmatchedIoctls.isEmpty {
-            printError("learn: ioctl requests no group allows: \(p.unmatchedIoctls.map { "0x" + String($0, radix: 16) }.joined(separator: ", ")); allowing ioctl outright would allow every request, so add a conditioned entry to a group in syscall-groups.json")
+            printError(
+                "learn: ioctl requests no group allows: \(p.unmatchedIoctls.map { "0x" + String($0, radix: 16) }.joined(separator: ", ")); allowing ioctl outright would allow every request, so add a conditioned entry to a group in syscall-groups.json"
+            )
         }
         if !p.network.isEmpty {
-            printError("learn: never allowed, refused during this run: \(p.network.joined(separator: ", ")); network access comes only from the manifest's \"network\" declaration, which gives the worker connected sockets from the supervisor's broker (docs/manifest.md, 'network')")
+            printError(
+                "learn: never allowed, refused during this run: \(p.network.joined(separator: ", ")); network access comes only from the manifest's \"network\" declaration, which gives the worker connected sockets from the supervisor's broker (docs/manifest.md, 'network')"
+            )
         }
         if !p.forbidden.isEmpty {
-            printError("learn: never allowed in a worker, refused during this run: \(p.forbidden.joined(separator: ", ")); the cell must do without them")
+            printError(
+                "learn: never allowed in a worker, refused during this run: \(p.forbidden.joined(separator: ", ")); the cell must do without them"
+            )
         }
     }
 }

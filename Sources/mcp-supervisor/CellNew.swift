@@ -7,14 +7,21 @@ import SupervisorPlatform
 extension CellCommand {
     struct New: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Create a working cell skeleton: a Python program using the mcpcell module and its pinned manifest.",
-            discussion: "Writes cells/python/NAME.py (and cells/python/mcpcell.py if missing) and manifests/NAME.json under --root; `validate` and `call` work at once.")
-        @Argument(help: "Cell name ([A-Za-z0-9_.-]); the tool is named after it with - and . turned into _.") var name: String
+            abstract:
+                "Create a working cell skeleton: a Python program using the mcpcell module and its pinned manifest.",
+            discussion:
+                "Writes cells/python/NAME.py (and cells/python/mcpcell.py if missing) and manifests/NAME.json under --root; `validate` and `call` work at once."
+        )
+        @Argument(help: "Cell name ([A-Za-z0-9_.-]); the tool is named after it with - and . turned into _.") var name:
+            String
         @Option(name: .long, help: "Project root holding cells/ and manifests/.") var root: String = "."
-        @Option(name: .long, help: "Python interpreter (a binary, hashed into the manifest).") var python: String = "/usr/bin/python3.11"
+        @Option(name: .long, help: "Python interpreter (a binary, hashed into the manifest).") var python: String =
+            "/usr/bin/python3.11"
 
         func validate() throws {
-            guard !name.isEmpty, name.count <= 64, name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "_.-".contains($0)) }) else {
+            guard !name.isEmpty, name.count <= 64,
+                name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "_.-".contains($0)) })
+            else {
                 throw ValidationError("cell name must match [A-Za-z0-9_.-]{1,64}")
             }
         }
@@ -31,14 +38,17 @@ extension CellCommand {
                 // The skeleton is a shipped file (cells/python/cell_template.py),
                 // so the framing code lives in Python, not in a Swift string.
                 let relative = "cells/python/cell_template.py"
-                let exeRoot = ((try? Sys.realpath("/proc/self/exe")) ?? "").split(separator: "/").dropLast(4).joined(separator: "/")
-                let templatePath = [SupervisorSettings.absolute(relative), "/" + exeRoot + "/" + relative]
+                let exeRoot = ((try? Sys.realpath("/proc/self/exe")) ?? "").split(separator: "/").dropLast(4).joined(
+                    separator: "/")
+                let templatePath =
+                    [SupervisorSettings.absolute(relative), "/" + exeRoot + "/" + relative]
                     .first { FileManager.default.fileExists(atPath: $0) } ?? SupervisorSettings.absolute(relative)
                 let template: String
                 do { template = String(decoding: try readFile(templatePath, limit: 1 << 20), as: UTF8.self) } catch {
                     throw TrustCommandError("cannot read the cell template \(templatePath): \(error)")
                 }
-                try FileManager.default.createDirectory(atPath: base + "/cells/python", withIntermediateDirectories: true)
+                try FileManager.default.createDirectory(
+                    atPath: base + "/cells/python", withIntermediateDirectories: true)
                 try FileManager.default.createDirectory(atPath: base + "/manifests", withIntermediateDirectories: true)
                 let program = template.replacingOccurrences(of: "# NAME:", with: "# \(name):")
                     .replacingOccurrences(of: "\"TOOL\"", with: "\"\(tool)\"")
@@ -55,34 +65,83 @@ extension CellCommand {
                 }
                 let libraryBytes = try readFile(library, limit: 1 << 20)
                 let pythonBytes = try readFile(python, limit: 1 << 30)
-                let doc: JSONValue = .object(JSONObject([
-                    ("name", .string(name)), ("version", "0.1.0"),
-                    ("description", .string("\(name): describe what the cell does.")),
-                    ("executable", .object(JSONObject([("path", .string(python)), ("sha256", .string(sha256Hex(pythonBytes)))]))),
-                    ("libraries", .array([.object(JSONObject([("path", "../cells/python/mcpcell.py"),
-                                                              ("sha256", .string(sha256Hex(libraryBytes)))]))])),
-                    ("script", .object(JSONObject([("path", .string("../cells/python/\(name).py")),
-                                                   ("sha256", .string(sha256Hex(Array(program.utf8))))]))),
-                    ("argv", ["python3", "-I", "-S", "-"]),
-                    ("environment", ["set": ["LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"]]),
-                    ("tools", .array([.object(JSONObject([
-                        ("name", .string(tool)),
-                        ("description", "Reverse a text (replace with what the tool does)."),
-                        ("inputSchema", ["type": "object", "properties": ["text": ["type": "string", "maxLength": 65536]],
-                                         "required": ["text"], "additionalProperties": false]),
-                        ("outputSchema", ["type": "object", "properties": ["result": ["type": "string"]], "required": ["result"]]),
-                    ]))])),
-                    ("limits", ["timeoutMilliseconds": 10000, "cpuSeconds": 5, "memoryMiB": 256, "openFiles": 32,
-                                "fileSizeMiB": 0, "outputKiB": 256, "frameKiB": 256]),
-                    ("filesystem", ["read": ["/usr/lib/python3.11", "/lib/x86_64-linux-gnu", "/etc/ld.so.cache"],
-                                    "execute": ["/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"]]),
-                    ("syscalls", ["groups": ["base", "python"]]),
-                    ("sideEffects", "none"),
-                ]))
+                let doc: JSONValue = .object(
+                    JSONObject([
+                        ("name", .string(name)), ("version", "0.1.0"),
+                        ("description", .string("\(name): describe what the cell does.")),
+                        (
+                            "executable",
+                            .object(
+                                JSONObject([("path", .string(python)), ("sha256", .string(sha256Hex(pythonBytes)))]))
+                        ),
+                        (
+                            "libraries",
+                            .array([
+                                .object(
+                                    JSONObject([
+                                        ("path", "../cells/python/mcpcell.py"),
+                                        ("sha256", .string(sha256Hex(libraryBytes))),
+                                    ]))
+                            ])
+                        ),
+                        (
+                            "script",
+                            .object(
+                                JSONObject([
+                                    ("path", .string("../cells/python/\(name).py")),
+                                    ("sha256", .string(sha256Hex(Array(program.utf8)))),
+                                ]))
+                        ),
+                        ("argv", ["python3", "-I", "-S", "-"]),
+                        ("environment", ["set": ["LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"]]),
+                        (
+                            "tools",
+                            .array([
+                                .object(
+                                    JSONObject([
+                                        ("name", .string(tool)),
+                                        ("description", "Reverse a text (replace with what the tool does)."),
+                                        (
+                                            "inputSchema",
+                                            [
+                                                "type": "object",
+                                                "properties": ["text": ["type": "string", "maxLength": 65536]],
+                                                "required": ["text"], "additionalProperties": false,
+                                            ]
+                                        ),
+                                        (
+                                            "outputSchema",
+                                            [
+                                                "type": "object", "properties": ["result": ["type": "string"]],
+                                                "required": ["result"],
+                                            ]
+                                        ),
+                                    ]))
+                            ])
+                        ),
+                        (
+                            "limits",
+                            [
+                                "timeoutMilliseconds": 10000, "cpuSeconds": 5, "memoryMiB": 256, "openFiles": 32,
+                                "fileSizeMiB": 0, "outputKiB": 256, "frameKiB": 256,
+                            ]
+                        ),
+                        (
+                            "filesystem",
+                            [
+                                "read": ["/usr/lib/python3.11", "/lib/x86_64-linux-gnu", "/etc/ld.so.cache"],
+                                "execute": ["/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"],
+                            ]
+                        ),
+                        ("syscalls", ["groups": ["base", "python"]]),
+                        ("sideEffects", "none"),
+                    ]))
                 try doc.prettySerialized().write(toFile: manifest, atomically: true, encoding: .utf8)
                 print("created \(script)\ncreated \(manifest) (tool \(tool))")
                 print("try it:  mcp-supervisor call \(tool) --args '{\"text\": \"hello\"}' --allow-unsigned")
-                print("then:    mcp-supervisor cell sign \(manifest) --key KEY && mcp-supervisor cell register \(manifest) --key KEY")
+                print(
+                    "then:    mcp-supervisor cell sign \(manifest) --key KEY && mcp-supervisor cell register \(manifest) --key KEY"
+                )
             }
         }
     }

@@ -56,8 +56,9 @@ struct CommonOptions: ParsableArguments {
     }
 
     func host(_ s: SupervisorSettings, features: KernelFeatures) -> HostSandbox {
-        HostSandbox(features: features, workerUID: s.workerUID, workerGID: s.workerGID, scratchRoot: s.scratchRoot,
-                    protectedPaths: [s.stateDirectory])
+        HostSandbox(
+            features: features, workerUID: s.workerUID, workerGID: s.workerGID, scratchRoot: s.scratchRoot,
+            protectedPaths: [s.stateDirectory])
     }
 }
 

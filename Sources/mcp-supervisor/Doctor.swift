@@ -4,7 +4,9 @@ import SupervisorPlatform
 
 struct Doctor: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Show which kernel features are present and what protection each cell gets. Exits non-zero when a cell cannot run as declared.")
+        abstract:
+            "Show which kernel features are present and what protection each cell gets. Exits non-zero when a cell cannot run as declared."
+    )
 
     @OptionGroup var options: CommonOptions
 
@@ -13,8 +15,12 @@ struct Doctor: ParsableCommand {
         let f = KernelFeatures.probe()
         let host = options.host(s, features: f)
         print("kernel: Linux \(Sys.unameRelease())")
-        print("supervisor: uid \(Sys.geteuid())\(f.isRoot ? " (root): workers run as uid \(host.workerUID), gid \(host.workerGID)" : ": workers run under this uid, confined by Landlock and seccomp")")
-        print("seccomp: libseccomp API level \(f.seccompAPILevel); kill-process \(f.seccompAPILevel >= 3 ? "yes" : "NO"); user notification \(f.seccompUserNotification ? "yes (denied syscalls are named, then the worker is killed)" : "no (denied syscalls kill the worker unnamed)")")
+        print(
+            "supervisor: uid \(Sys.geteuid())\(f.isRoot ? " (root): workers run as uid \(host.workerUID), gid \(host.workerGID)" : ": workers run under this uid, confined by Landlock and seccomp")"
+        )
+        print(
+            "seccomp: libseccomp API level \(f.seccompAPILevel); kill-process \(f.seccompAPILevel >= 3 ? "yes" : "NO"); user notification \(f.seccompUserNotification ? "yes (denied syscalls are named, then the worker is killed)" : "no (denied syscalls kill the worker unnamed)")"
+        )
         if let abi = f.landlockABI {
             var parts = ["files"]
             if abi >= 2 { parts.append("refer") }
@@ -24,11 +30,15 @@ struct Doctor: ParsableCommand {
             if abi >= 6 { parts.append("abstract-unix-socket and signal scopes") }
             print("landlock: ABI \(abi) (\(parts.joined(separator: ", ")))")
         } else {
-            print("landlock: NOT AVAILABLE (\(f.landlockError ?? "?")): no cell can run; enable Landlock (lsm=...,landlock)")
+            print(
+                "landlock: NOT AVAILABLE (\(f.landlockError ?? "?")): no cell can run; enable Landlock (lsm=...,landlock)"
+            )
         }
         print("user namespaces: \(f.userNamespaces ? "yes" : "no (\(f.userNamespaceError ?? "?"))")")
         print("pid namespaces for workers that fork: \(f.pidNamespaces ? "yes" : "no (\(f.pidNamespaceError ?? "?"))")")
-        print("capability bounding set: \(f.canDropBoundingSet ? "dropped in every worker" : "cannot be dropped without CAP_SETPCAP; no_new_privs keeps workers from gaining any capability")")
+        print(
+            "capability bounding set: \(f.canDropBoundingSet ? "dropped in every worker" : "cannot be dropped without CAP_SETPCAP; no_new_privs keeps workers from gaining any capability")"
+        )
         print("sealed executables (memfd exec): \(f.memfdExec ? "yes" : "no (vm.memfd_noexec is set)")")
         print("cgroups: \(cgroupSummary())")
         print("state directory: \(s.stateDirectory)")
@@ -50,7 +60,9 @@ struct Doctor: ParsableCommand {
                 let l = m.limits
                 var ns = f.isRoot ? "mount" : "user+mount"
                 if l.processes == .processes { ns += "+pid" }
-                print("  \(m.name) \(m.version): OK — seccomp allowlist of \(c.allowlist.count) syscalls (\(c.seccomp.instructionCount) BPF instructions), Landlock ABI \(f.landlockABI ?? 0) with \(m.filesystem.read.count) read / \(m.filesystem.write.count) write / \(m.filesystem.execute.count) execute paths + scratch, processes: \(l.processes.rawValue), namespaces: \(ns), limits: \(l.timeoutMilliseconds) ms, \(l.cpuSeconds) s CPU, \(l.memoryMiB) MiB, \(l.outputKiB) KiB output, scratch \(l.scratchMiB) MiB / \(l.scratchFiles) files")
+                print(
+                    "  \(m.name) \(m.version): OK — seccomp allowlist of \(c.allowlist.count) syscalls (\(c.seccomp.instructionCount) BPF instructions), Landlock ABI \(f.landlockABI ?? 0) with \(m.filesystem.read.count) read / \(m.filesystem.write.count) write / \(m.filesystem.execute.count) execute paths + scratch, processes: \(l.processes.rawValue), namespaces: \(ns), limits: \(l.timeoutMilliseconds) ms, \(l.cpuSeconds) s CPU, \(l.memoryMiB) MiB, \(l.outputKiB) KiB output, scratch \(l.scratchMiB) MiB / \(l.scratchFiles) files"
+                )
             } catch {
                 bad += 1
                 print("  \(p): CANNOT RUN AS DECLARED — \(error)")
@@ -62,11 +74,13 @@ struct Doctor: ParsableCommand {
     func cgroupSummary() -> String {
         if (try? Sys.stat("/sys/fs/cgroup/cgroup.controllers")) != nil {
             if let b = try? readFile("/sys/fs/cgroup/cgroup.controllers") {
-                return "v2 unified (controllers: \(String(decoding: b, as: UTF8.self).split(separator: "\n").first ?? "")); not used: limits come from rlimits, seccomp and PID namespaces"
+                return
+                    "v2 unified (controllers: \(String(decoding: b, as: UTF8.self).split(separator: "\n").first ?? "")); not used: limits come from rlimits, seccomp and PID namespaces"
             }
         }
         if (try? Sys.stat("/sys/fs/cgroup/unified")) != nil {
-            return "hybrid (v1 memory/pids, v2 without them); not used: limits come from rlimits, seccomp and PID namespaces"
+            return
+                "hybrid (v1 memory/pids, v2 without them); not used: limits come from rlimits, seccomp and PID namespaces"
         }
         return "v1; not used: limits come from rlimits, seccomp and PID namespaces"
     }

@@ -6,7 +6,10 @@ struct MCPSupervisor: AsyncParsableCommand {
         commandName: "mcp-supervisor",
         abstract: "A hardened local MCP server: every tool call runs in a fresh, kernel-confined worker.",
         version: SupervisorVersion.string,
-        subcommands: [Run.self, Validate.self, Call.self, Doctor.self, Manifest.self, Audit.self, Keys.self, CellCommand.self, PolicyCommand.self, ConfigCommand.self]
+        subcommands: [
+            Run.self, Validate.self, Call.self, Doctor.self, Manifest.self, Audit.self, Keys.self, CellCommand.self,
+            PolicyCommand.self, ConfigCommand.self,
+        ]
     )
 }
 

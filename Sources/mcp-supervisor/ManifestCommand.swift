@@ -11,7 +11,9 @@ struct Manifest: ParsableCommand {
 
     struct Pin: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Write the SHA-256 of each manifest's executable (and script and libraries) into the manifest. Run after building a cell; then sign it.")
+            abstract:
+                "Write the SHA-256 of each manifest's executable (and script and libraries) into the manifest. Run after building a cell; then sign it."
+        )
 
         @Argument(help: "Manifest files.")
         var files: [String]

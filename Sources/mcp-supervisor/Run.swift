@@ -2,9 +2,9 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import Logging
+import StrictJSON
 import SupervisorCore
 import SupervisorPlatform
-import StrictJSON
 import SupervisorServer
 
 struct Run: AsyncParsableCommand {
@@ -22,7 +22,11 @@ struct Run: AsyncParsableCommand {
 
     @OptionGroup var serverOptions: ServerOptions
 
-    @Flag(name: .long, help: "Development only: serve the manifests in --manifests without signatures or ledger. Announced on stderr and in the security log, at start and on every call.")
+    @Flag(
+        name: .long,
+        help:
+            "Development only: serve the manifests in --manifests without signatures or ledger. Announced on stderr and in the security log, at start and on every call."
+    )
     var allowUnsigned = false
 
     func run() async throws {
@@ -56,8 +60,9 @@ struct Run: AsyncParsableCommand {
             throw ExitCode(2)
         }
         let features = KernelFeatures.probe()
-        let host = HostSandbox(features: features, workerUID: s.workerUID, workerGID: s.workerGID,
-                               scratchRoot: s.scratchRoot, protectedPaths: [s.stateDirectory])
+        let host = HostSandbox(
+            features: features, workerUID: s.workerUID, workerGID: s.workerGID,
+            scratchRoot: s.scratchRoot, protectedPaths: [s.stateDirectory])
         let runner: CallRunner
         do { runner = try CallRunner(host: host, logger: logger) } catch {
             printError("mcp-supervisor: cannot prepare the scratch directory \(s.scratchRoot): \(error)")
@@ -67,8 +72,9 @@ struct Run: AsyncParsableCommand {
         let manifestsDir = s.manifestsDirectory
         let ledgerPath = Ledger.path(stateDirectory: s.stateDirectory)
         // The one trust rule every command that executes a cell follows.
-        let source = CellSource(allowUnsigned: allowUnsigned, manifestsDirectory: manifestsDir,
-                                stateDirectory: s.stateDirectory)
+        let source = CellSource(
+            allowUnsigned: allowUnsigned, manifestsDirectory: manifestsDir,
+            stateDirectory: s.stateDirectory)
         let log: SecurityLog
         do { log = try SecurityLog(stateDirectory: s.stateDirectory) } catch {
             printError("mcp-supervisor: cannot open the security log in \(s.stateDirectory)/security: \(error)")
@@ -76,12 +82,17 @@ struct Run: AsyncParsableCommand {
         }
         // A supervisor that cannot record does not start (it would have to
         // refuse every call); the reason goes to stderr.
-        if let e = log.appendAndWait([SecurityEvent(.supervisorStart, JSONObject([
-            ("version", .string(SupervisorInfo.version)), ("pid", .int(Int64(Sys.getpid()))), ("uid", .int(Int64(Sys.geteuid()))),
-            ("configSha256", .string(sha256Hex(settingsDigest(s)))),
-            ("manifests", .string(s.manifestsDirectory)), ("policies", .string(s.policiesDirectory)),
-            ("features", featureSummary(features, host)),
-        ]))]) {
+        if let e = log.appendAndWait([
+            SecurityEvent(
+                .supervisorStart,
+                JSONObject([
+                    ("version", .string(SupervisorInfo.version)), ("pid", .int(Int64(Sys.getpid()))),
+                    ("uid", .int(Int64(Sys.geteuid()))),
+                    ("configSha256", .string(sha256Hex(settingsDigest(s)))),
+                    ("manifests", .string(s.manifestsDirectory)), ("policies", .string(s.policiesDirectory)),
+                    ("features", featureSummary(features, host)),
+                ]))
+        ]) {
             printError("mcp-supervisor: cannot start: \(e)")
             log.close()
             throw ExitCode(2)
@@ -98,10 +109,13 @@ struct Run: AsyncParsableCommand {
         options.unsignedMode = allowUnsigned
         options.policyPath = s.policiesDirectory + "/policy.json"
         if allowUnsigned {
-            logger.warning("UNSIGNED DEVELOPMENT MODE: serving \(manifestsDir) without signatures or the trust ledger; never use this in a deployment")
+            logger.warning(
+                "UNSIGNED DEVELOPMENT MODE: serving \(manifestsDir) without signatures or the trust ledger; never use this in a deployment"
+            )
             log.appendAndWait([SecurityEvent(.unsignedMode, JSONObject([("manifests", .string(manifestsDir))]))])
         }
-        let service = SupervisorService(options: options, runner: runner, logger: logger, log: log, loadRegistry: loader)
+        let service = SupervisorService(
+            options: options, runner: runner, logger: logger, log: log, loadRegistry: loader)
         let watch = FileWatch(path: ledgerPath)
         if !allowUnsigned {
             service.pipeline.onLedgerChange { watch.changed() }
@@ -113,18 +127,22 @@ struct Run: AsyncParsableCommand {
                     while watcher.waitForChange() {
                         if watch.changed() { Task { await service.reload() } }
                     }
-                    logger.warning("the trust ledger's directory can no longer be watched; changes apply at the next call")
+                    logger.warning(
+                        "the trust ledger's directory can no longer be watched; changes apply at the next call")
                 }
                 t.name = "ledger-watch"
                 t.start()
             } catch {
-                logger.warning("cannot watch the trust ledger; changes apply at the next call", metadata: ["error": "\(error)"])
+                logger.warning(
+                    "cannot watch the trust ledger; changes apply at the next call", metadata: ["error": "\(error)"])
             }
         }
-        logger.info("serving", metadata: [
-            "manifests": "\(manifestsDir)", "tools": "\(service.currentRegistry.toolNames.count)",
-            "landlock.abi": "\(features.landlockABI ?? 0)", "uid": "\(Sys.geteuid())",
-        ])
+        logger.info(
+            "serving",
+            metadata: [
+                "manifests": "\(manifestsDir)", "tools": "\(service.currentRegistry.toolNames.count)",
+                "landlock.abi": "\(features.landlockABI ?? 0)", "uid": "\(Sys.geteuid())",
+            ])
 
         let signals = SignalHandlers()
         signals.on(Signal.hangUp) {
@@ -138,7 +156,8 @@ struct Run: AsyncParsableCommand {
                 service.shutdown(reason: "signal \(sig)")
                 // Give the killed workers' calls a moment to record their end.
                 DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(200)) {
-                    log.close(finalEvent: SecurityEvent(.supervisorStop, JSONObject([("reason", .string(signalName(sig)))])))
+                    log.close(
+                        finalEvent: SecurityEvent(.supervisorStop, JSONObject([("reason", .string(signalName(sig)))])))
                     Sys.exit(0)
                 }
             }
@@ -165,12 +184,13 @@ func settingsDigest(_ s: SupervisorSettings) -> [UInt8] {
 }
 
 func featureSummary(_ f: KernelFeatures, _ h: HostSandbox) -> JSONValue {
-    .object(JSONObject([
-        ("landlockAbi", .int(Int64(f.landlockABI ?? 0))), ("seccompApiLevel", .int(Int64(f.seccompAPILevel))),
-        ("seccompUserNotification", .bool(f.seccompUserNotification)), ("userNamespaces", .bool(f.userNamespaces)),
-        ("pidNamespaces", .bool(f.pidNamespaces)), ("boundingSetDropped", .bool(f.canDropBoundingSet)),
-        ("workerUid", .int(Int64(h.workerUID))), ("workerGid", .int(Int64(h.workerGID))),
-    ]))
+    .object(
+        JSONObject([
+            ("landlockAbi", .int(Int64(f.landlockABI ?? 0))), ("seccompApiLevel", .int(Int64(f.seccompAPILevel))),
+            ("seccompUserNotification", .bool(f.seccompUserNotification)), ("userNamespaces", .bool(f.userNamespaces)),
+            ("pidNamespaces", .bool(f.pidNamespaces)), ("boundingSetDropped", .bool(f.canDropBoundingSet)),
+            ("workerUid", .int(Int64(h.workerUID))), ("workerGid", .int(Int64(h.workerGID))),
+        ]))
 }
 
 /// Tells whether a file changed since the last look (one stat).

@@ -28,9 +28,16 @@ func trustCommand(_ location: TrustLocation? = nil, _ name: String = "", _ body:
     do { try body() } catch let e as ExitCode { throw e } catch {
         printError("error: \(error)")
         if let location {
-            securityEvents(location, [SecurityEvent(.ledgerRefused, JSONObject([
-                ("command", .string(name)), ("error", .string("\(error)")), ("uid", .int(Int64(geteuidValue()))),
-            ]))])
+            securityEvents(
+                location,
+                [
+                    SecurityEvent(
+                        .ledgerRefused,
+                        JSONObject([
+                            ("command", .string(name)), ("error", .string("\(error)")),
+                            ("uid", .int(Int64(geteuidValue()))),
+                        ]))
+                ])
         }
         throw ExitCode(1)
     }
@@ -49,14 +56,21 @@ func securityEvents(_ location: TrustLocation, _ events: [SecurityEvent]) {
 
 /// Appends a ledger entry and records it as a security event.
 @discardableResult
-func ledgerAppend(_ location: TrustLocation, _ event: String, _ fields: JSONObject,
-                  key: Curve25519.Signing.PrivateKey) throws -> LedgerState {
+func ledgerAppend(
+    _ location: TrustLocation, _ event: String, _ fields: JSONObject,
+    key: Curve25519.Signing.PrivateKey
+) throws -> LedgerState {
     let st = try Ledger.append(path: location.ledgerPath, event: event, fields: fields, key: key)
     // index and head anchor the ledger's length in the security log
     // (docs/trust.md): a ledger that later has fewer entries is refused.
-    var f = JSONObject([("index", .int(Int64(st.entries.count))), ("head", .string(st.head)), ("event", .string(event)),
-                        ("signer", .string(TrustKeys.keyID(key.publicKey)))])
-    for k in ["cell", "version", "label", "parent", "from", "keyId", "name", "reason", "approvedWidening", "widening", "executableSha256"] {
+    var f = JSONObject([
+        ("index", .int(Int64(st.entries.count))), ("head", .string(st.head)), ("event", .string(event)),
+        ("signer", .string(TrustKeys.keyID(key.publicKey))),
+    ])
+    for k in [
+        "cell", "version", "label", "parent", "from", "keyId", "name", "reason", "approvedWidening", "widening",
+        "executableSha256",
+    ] {
         if let v = fields[k] { f[k] = v }
     }
     securityEvents(location, [SecurityEvent(.ledgerEntry, f)])
@@ -69,7 +83,8 @@ struct Keys: ParsableCommand {
         subcommands: [Generate.self, List.self, Add.self, Revoke.self])
 
     struct Generate: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Create an Ed25519 key pair: BASE.key (mode 0600) and BASE.pub.")
+        static let configuration = CommandConfiguration(
+            abstract: "Create an Ed25519 key pair: BASE.key (mode 0600) and BASE.pub.")
         @Option(name: .long, help: "Path without extension (default: <state>/keys/signing).") var out: String?
         @OptionGroup var location: TrustLocation
 
@@ -98,7 +113,9 @@ struct Keys: ParsableCommand {
 
     struct Add: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Trust another public key (rotation): the entry must be signed by a key already trusted. On an empty ledger, a key adds itself.")
+            abstract:
+                "Trust another public key (rotation): the entry must be signed by a key already trusted. On an empty ledger, a key adds itself."
+        )
         @Argument(help: "Public key file (.pub).") var publicKey: String
         @Option(name: .long, help: "Private key of a trusted key, which signs the change.") var key: String
         @Option(name: .long, help: "A name for the key.") var name: String = ""
@@ -107,16 +124,20 @@ struct Keys: ParsableCommand {
             try trustCommand(location, "keys add") {
                 let signer = try TrustKeys.loadPrivate(path: SupervisorSettings.absolute(key))
                 let pub = try TrustKeys.loadPublic(path: SupervisorSettings.absolute(publicKey))
-                try ledgerAppend(location, "key.add", [
-                    "keyId": .string(TrustKeys.keyID(pub)), "publicKey": .string(TrustKeys.publicText(pub)), "name": .string(name),
-                ], key: signer)
+                try ledgerAppend(
+                    location, "key.add",
+                    [
+                        "keyId": .string(TrustKeys.keyID(pub)), "publicKey": .string(TrustKeys.publicText(pub)),
+                        "name": .string(name),
+                    ], key: signer)
                 print("trusted key \(TrustKeys.keyID(pub))")
             }
         }
     }
 
     struct Revoke: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Revoke a key: cells it signed stop running until re-signed.")
+        static let configuration = CommandConfiguration(
+            abstract: "Revoke a key: cells it signed stop running until re-signed.")
         @Argument(help: "Key id.") var keyID: String
         @Option(name: .long, help: "Private key of a trusted key, which signs the change.") var key: String
         @Option(name: .long) var reason: String = ""
@@ -124,7 +145,8 @@ struct Keys: ParsableCommand {
         func run() throws {
             try trustCommand {
                 let signer = try TrustKeys.loadPrivate(path: SupervisorSettings.absolute(key))
-                try ledgerAppend(location, "key.revoke", ["keyId": .string(keyID), "reason": .string(reason)], key: signer)
+                try ledgerAppend(
+                    location, "key.revoke", ["keyId": .string(keyID), "reason": .string(reason)], key: signer)
                 print("revoked key \(keyID)")
             }
         }
@@ -135,8 +157,10 @@ struct CellCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cell",
         abstract: "Sign, register and manage cell versions in the trust ledger.",
-        subcommands: [New.self, Sign.self, Register.self, List.self, Show.self, Lineage.self, Diff.self, Activate.self,
-                      Rollback.self, Revoke.self])
+        subcommands: [
+            New.self, Sign.self, Register.self, List.self, Show.self, Lineage.self, Diff.self, Activate.self,
+            Rollback.self, Revoke.self,
+        ])
 
     /// The ledger and one registered cell of it.
     static func registered(_ location: TrustLocation, _ cell: String) throws -> (LedgerState, LedgerState.Cell) {
@@ -149,14 +173,17 @@ struct CellCommand: ParsableCommand {
         guard let c = st.cells[cell] else { throw TrustCommandError("cell \(cell) is not registered") }
         let matches = c.versions.keys.filter { $0.hasPrefix(version) }
         guard version.count >= 6, matches.count == 1 else {
-            throw TrustCommandError("\(version) does not name exactly one version of \(cell) (give at least 6 hex digits)")
+            throw TrustCommandError(
+                "\(version) does not name exactly one version of \(cell) (give at least 6 hex digits)")
         }
         return c.versions[matches[0]]!
     }
 
     struct Sign: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Write MANIFEST.sig: a detached signature over the manifest's exact bytes (which pin the executable's SHA-256).")
+            abstract:
+                "Write MANIFEST.sig: a detached signature over the manifest's exact bytes (which pin the executable's SHA-256)."
+        )
         @Argument(help: "Manifest files.") var manifests: [String]
         @Option(name: .long, help: "Private key file.") var key: String
         @OptionGroup var location: TrustLocation
@@ -167,7 +194,8 @@ struct CellCommand: ParsableCommand {
                     let bytes = try readFile(m, limit: 1 << 20)
                     _ = try CellManifest.parse(bytes: bytes, path: m, manifestSHA256: "")
                     let sig = try ManifestSignature.make(manifestBytes: bytes, key: k)
-                    try Data(sig.prettySerialized().utf8).write(to: URL(fileURLWithPath: ManifestSignature.path(for: m)))
+                    try Data(sig.prettySerialized().utf8).write(
+                        to: URL(fileURLWithPath: ManifestSignature.path(for: m)))
                     print("signed: \(m) (\(sha256Hex(bytes).prefix(12))) by \(TrustKeys.keyID(k.publicKey))")
                 }
             }
@@ -176,11 +204,18 @@ struct CellCommand: ParsableCommand {
 
     struct Register: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Register signed manifests as new immutable versions and activate them. A version that widens permissions needs --approve-widening.")
+            abstract:
+                "Register signed manifests as new immutable versions and activate them. A version that widens permissions needs --approve-widening."
+        )
         @Argument(help: "Manifest files (each with MANIFEST.sig beside it).") var manifests: [String]
-        @Option(name: .long, help: "Private key of a trusted key, which signs the ledger entries. On an empty ledger it becomes the first trusted key.")
+        @Option(
+            name: .long,
+            help:
+                "Private key of a trusted key, which signs the ledger entries. On an empty ledger it becomes the first trusted key."
+        )
         var key: String
-        @Flag(name: .long, help: "Approve a version that widens permissions (recorded in the ledger).") var approveWidening = false
+        @Flag(name: .long, help: "Approve a version that widens permissions (recorded in the ledger).")
+        var approveWidening = false
         @Flag(name: .long, help: "Register without activating.") var noActivate = false
         @OptionGroup var location: TrustLocation
 
@@ -190,10 +225,13 @@ struct CellCommand: ParsableCommand {
                 let groups = try location.groups()
                 var st = Ledger.load(path: location.ledgerPath)
                 if st.entries.isEmpty {
-                    st = try ledgerAppend(location, "key.add", [
-                        "keyId": .string(TrustKeys.keyID(k.publicKey)), "publicKey": .string(TrustKeys.publicText(k.publicKey)),
-                        "name": "first key",
-                    ], key: k)
+                    st = try ledgerAppend(
+                        location, "key.add",
+                        [
+                            "keyId": .string(TrustKeys.keyID(k.publicKey)),
+                            "publicKey": .string(TrustKeys.publicText(k.publicKey)),
+                            "name": "first key",
+                        ], key: k)
                     print("new ledger: trusting key \(TrustKeys.keyID(k.publicKey))")
                 }
                 var failed = false
@@ -206,10 +244,15 @@ struct CellCommand: ParsableCommand {
                         do { sigBytes = try readFile(ManifestSignature.path(for: m), limit: 1 << 16) } catch {
                             throw TrustCommandError("\(m) is not signed: run `mcp-supervisor cell sign \(m) --key KEY`")
                         }
-                        if case .failure(let e) = ManifestSignature.verify(sigBytes: sigBytes, manifestBytes: bytes, keys: st.trustedKeys, file: ManifestSignature.path(for: m)) {
+                        if case .failure(let e) = ManifestSignature.verify(
+                            sigBytes: sigBytes, manifestBytes: bytes, keys: st.trustedKeys,
+                            file: ManifestSignature.path(for: m))
+                        {
                             throw TrustCommandError("\(m): \(e)")
                         }
-                        guard let sigValue = try? JSONParser.parse(sigBytes) else { throw TrustCommandError("bad signature file") }
+                        guard let sigValue = try? JSONParser.parse(sigBytes) else {
+                            throw TrustCommandError("bad signature file")
+                        }
                         let vid = sha256Hex(bytes)
                         let cell = st.cells[manifest.name]
                         if cell?.active == vid {
@@ -217,15 +260,21 @@ struct CellCommand: ParsableCommand {
                             continue
                         }
                         if cell?.versions[vid] != nil {
-                            throw TrustCommandError("\(manifest.name) \(vid.prefix(12)) is already registered; use `cell activate` or `cell rollback`")
+                            throw TrustCommandError(
+                                "\(manifest.name) \(vid.prefix(12)) is already registered; use `cell activate` or `cell rollback`"
+                            )
                         }
                         var widening: [PermissionChange] = []
                         if let a = cell?.active, let av = cell?.versions[a] {
-                            let old = try CellManifest.parse(bytes: av.manifestBytes, path: av.manifestPath, manifestSHA256: av.id)
-                            widening = PermissionDiff.compare(old, manifest, groups: groups).filter { $0.direction == .widens }
+                            let old = try CellManifest.parse(
+                                bytes: av.manifestBytes, path: av.manifestPath, manifestSHA256: av.id)
+                            widening = PermissionDiff.compare(old, manifest, groups: groups).filter {
+                                $0.direction == .widens
+                            }
                             if !widening.isEmpty && !approveWidening {
-                                throw TrustCommandError("\(manifest.name): the new version widens permissions; review and re-run with --approve-widening:\n  "
-                                    + widening.map(\.description).joined(separator: "\n  "))
+                                throw TrustCommandError(
+                                    "\(manifest.name): the new version widens permissions; review and re-run with --approve-widening:\n  "
+                                        + widening.map(\.description).joined(separator: "\n  "))
                             }
                         }
                         var fields: JSONObject = [
@@ -237,16 +286,27 @@ struct CellCommand: ParsableCommand {
                         ]
                         if !widening.isEmpty { fields["widening"] = .array(widening.map { .string($0.description) }) }
                         st = try ledgerAppend(location, "cell.register", fields, key: k)
-                        print("registered: \(manifest.name) \(manifest.version) as \(vid.prefix(12))\(widening.isEmpty ? "" : " (widening approved)")")
+                        print(
+                            "registered: \(manifest.name) \(manifest.version) as \(vid.prefix(12))\(widening.isEmpty ? "" : " (widening approved)")"
+                        )
                         if !noActivate {
-                            st = try ledgerAppend(location, "cell.activate", ["cell": .string(manifest.name), "version": .string(vid)], key: k)
+                            st = try ledgerAppend(
+                                location, "cell.activate", ["cell": .string(manifest.name), "version": .string(vid)],
+                                key: k)
                             print("active: \(manifest.name) \(vid.prefix(12))")
                         }
                     } catch {
                         printError("error: \(error)")
-                        securityEvents(location, [SecurityEvent(.ledgerRefused, JSONObject([
-                            ("command", "cell register"), ("manifest", .string(m)), ("error", .string("\(error)")),
-                        ]))])
+                        securityEvents(
+                            location,
+                            [
+                                SecurityEvent(
+                                    .ledgerRefused,
+                                    JSONObject([
+                                        ("command", "cell register"), ("manifest", .string(m)),
+                                        ("error", .string("\(error)")),
+                                    ]))
+                            ])
                         failed = true
                     }
                 }
@@ -265,7 +325,9 @@ struct CellCommand: ParsableCommand {
                 let c = st.cells[name]
                 let active = c?.active.flatMap { c?.versions[$0] }
                 let status = st.refusal(cell: name).map { "REFUSED: \($0)" } ?? "ok"
-                print("\(name)  \(active.map { "\($0.id.prefix(12)) \($0.label) signed by \($0.signedBy)" } ?? "no active version")  versions: \(c?.order.count ?? 0)  \(status)")
+                print(
+                    "\(name)  \(active.map { "\($0.id.prefix(12)) \($0.label) signed by \($0.signedBy)" } ?? "no active version")  versions: \(c?.order.count ?? 0)  \(status)"
+                )
             }
         }
     }
@@ -280,8 +342,12 @@ struct CellCommand: ParsableCommand {
                 for id in c.order {
                     let v = c.versions[id]!
                     let m = try? CellManifest.parse(bytes: v.manifestBytes, path: v.manifestPath, manifestSHA256: id)
-                    print("\(id)\(c.active == id ? "  (active)" : "")\(v.revoked ? "  REVOKED\(v.revokeReason.map { ": \($0)" } ?? "")" : "")")
-                    print("  label \(v.label), registered \(v.registeredAt), signed by \(v.signedBy)\(v.approvedWidening ? ", widening approved" : "")")
+                    print(
+                        "\(id)\(c.active == id ? "  (active)" : "")\(v.revoked ? "  REVOKED\(v.revokeReason.map { ": \($0)" } ?? "")" : "")"
+                    )
+                    print(
+                        "  label \(v.label), registered \(v.registeredAt), signed by \(v.signedBy)\(v.approvedWidening ? ", widening approved" : "")"
+                    )
                     print("  executable \(m?.executable.path ?? "?") sha256 \(v.executableSHA256)")
                     print("  argv \(m?.argv.joined(separator: " ") ?? "?")")
                     print("  tools: \(m?.tools.map(\.name).joined(separator: ", ") ?? "?")")
@@ -301,7 +367,9 @@ struct CellCommand: ParsableCommand {
                 let (_, c) = try CellCommand.registered(location, cell)
                 var cur = c.active ?? c.order.last
                 while let id = cur, let v = c.versions[id] {
-                    print("\(id.prefix(12))  \(v.label)  \(v.registeredAt)\(c.active == id ? "  active" : "")\(v.revoked ? "  revoked" : "")")
+                    print(
+                        "\(id.prefix(12))  \(v.label)  \(v.registeredAt)\(c.active == id ? "  active" : "")\(v.revoked ? "  revoked" : "")"
+                    )
                     cur = v.parent
                 }
             }
@@ -310,13 +378,16 @@ struct CellCommand: ParsableCommand {
 
     struct Diff: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Which permissions widen or narrow between two versions (manifest files, or CELL:VERSION from the ledger).")
+            abstract:
+                "Which permissions widen or narrow between two versions (manifest files, or CELL:VERSION from the ledger)."
+        )
         @Argument var old: String
         @Argument var new: String
         @OptionGroup var location: TrustLocation
         func load(_ spec: String, _ st: LedgerState) throws -> CellManifest {
             if let colon = spec.firstIndex(of: ":"), !spec.hasPrefix("/"), st.cells[String(spec[..<colon])] != nil {
-                let v = try CellCommand.resolve(st, cell: String(spec[..<colon]), version: String(spec[spec.index(after: colon)...]))
+                let v = try CellCommand.resolve(
+                    st, cell: String(spec[..<colon]), version: String(spec[spec.index(after: colon)...]))
                 return try CellManifest.parse(bytes: v.manifestBytes, path: v.manifestPath, manifestSHA256: v.id)
             }
             return try CellRegistry.loadManifest(path: SupervisorSettings.absolute(spec))
@@ -324,7 +395,8 @@ struct CellCommand: ParsableCommand {
         func run() throws {
             try trustCommand {
                 let st = Ledger.load(path: location.ledgerPath)
-                let changes = PermissionDiff.compare(try load(old, st), try load(new, st), groups: try location.groups())
+                let changes = PermissionDiff.compare(
+                    try load(old, st), try load(new, st), groups: try location.groups())
                 if changes.isEmpty { print("no permission changes") }
                 for c in changes { print(c) }
             }
@@ -332,7 +404,8 @@ struct CellCommand: ParsableCommand {
     }
 
     struct Activate: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Make a registered, unrevoked version the active one.")
+        static let configuration = CommandConfiguration(
+            abstract: "Make a registered, unrevoked version the active one.")
         @Argument var cell: String
         @Argument var version: String
         @Option(name: .long, help: "Private key of a trusted key.") var key: String
@@ -340,15 +413,17 @@ struct CellCommand: ParsableCommand {
         func run() throws {
             try trustCommand {
                 let v = try CellCommand.resolve(Ledger.load(path: location.ledgerPath), cell: cell, version: version)
-                try ledgerAppend(location, "cell.activate", ["cell": .string(cell), "version": .string(v.id)],
-                                  key: try TrustKeys.loadPrivate(path: SupervisorSettings.absolute(key)))
+                try ledgerAppend(
+                    location, "cell.activate", ["cell": .string(cell), "version": .string(v.id)],
+                    key: try TrustKeys.loadPrivate(path: SupervisorSettings.absolute(key)))
                 print("active: \(cell) \(v.id.prefix(12))")
             }
         }
     }
 
     struct Rollback: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Go back to an earlier unrevoked version (default: the active version's parent).")
+        static let configuration = CommandConfiguration(
+            abstract: "Go back to an earlier unrevoked version (default: the active version's parent).")
         @Argument var cell: String
         @Option(name: .long, help: "Version to go back to.") var to: String?
         @Option(name: .long, help: "Private key of a trusted key.") var key: String
@@ -356,14 +431,22 @@ struct CellCommand: ParsableCommand {
         func run() throws {
             try trustCommand(location, "cell rollback") {
                 let st = Ledger.load(path: location.ledgerPath)
-                guard let c = st.cells[cell], let a = c.active else { throw TrustCommandError("cell \(cell) has no active version") }
+                guard let c = st.cells[cell], let a = c.active else {
+                    throw TrustCommandError("cell \(cell) has no active version")
+                }
                 let target: LedgerState.Version
-                if let to { target = try CellCommand.resolve(st, cell: cell, version: to) } else {
-                    guard let p = c.versions[a]?.parent, let v = c.versions[p] else { throw TrustCommandError("the active version has no parent") }
+                if let to {
+                    target = try CellCommand.resolve(st, cell: cell, version: to)
+                } else {
+                    guard let p = c.versions[a]?.parent, let v = c.versions[p] else {
+                        throw TrustCommandError("the active version has no parent")
+                    }
                     target = v
                 }
-                try ledgerAppend(location, "cell.rollback", ["cell": .string(cell), "from": .string(a), "version": .string(target.id)],
-                                  key: try TrustKeys.loadPrivate(path: SupervisorSettings.absolute(key)))
+                try ledgerAppend(
+                    location, "cell.rollback",
+                    ["cell": .string(cell), "from": .string(a), "version": .string(target.id)],
+                    key: try TrustKeys.loadPrivate(path: SupervisorSettings.absolute(key)))
                 print("rolled back: \(cell) \(a.prefix(12)) → \(target.id.prefix(12))")
             }
         }
@@ -380,8 +463,10 @@ struct CellCommand: ParsableCommand {
         func run() throws {
             try trustCommand {
                 let v = try CellCommand.resolve(Ledger.load(path: location.ledgerPath), cell: cell, version: version)
-                try ledgerAppend(location, "cell.revoke", ["cell": .string(cell), "version": .string(v.id), "reason": .string(reason)],
-                                  key: try TrustKeys.loadPrivate(path: SupervisorSettings.absolute(key)))
+                try ledgerAppend(
+                    location, "cell.revoke",
+                    ["cell": .string(cell), "version": .string(v.id), "reason": .string(reason)],
+                    key: try TrustKeys.loadPrivate(path: SupervisorSettings.absolute(key)))
                 print("revoked: \(cell) \(v.id.prefix(12))")
             }
         }

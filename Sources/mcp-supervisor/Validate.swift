@@ -17,7 +17,9 @@ struct Validate: ParsableCommand {
             printError("error: \(error)")
             throw ExitCode(1)
         }
-        let paths = files.isEmpty ? (try CellRegistry.manifestFiles(in: s.manifestsDirectory)) : files.map(SupervisorSettings.absolute)
+        let paths =
+            files.isEmpty
+            ? (try CellRegistry.manifestFiles(in: s.manifestsDirectory)) : files.map(SupervisorSettings.absolute)
         let host = options.host(s, features: KernelFeatures.probe())
         var failed = 0
         for p in paths {

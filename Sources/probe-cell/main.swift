@@ -1,6 +1,7 @@
 import CProbe
 import CellKit
 import StrictJSON
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -53,7 +54,8 @@ Cell.main { request, ctx in
     switch action {
     case "syscall":
         let args = (a["args"]?.arrayValue ?? []).map { $0.intValue ?? 0 } + Array(repeating: 0, count: 6)
-        let r = probe_syscall(Int(int("nr")), Int(args[0]), Int(args[1]), Int(args[2]), Int(args[3]), Int(args[4]), Int(args[5]))
+        let r = probe_syscall(
+            Int(int("nr")), Int(args[0]), Int(args[1]), Int(args[2]), Int(args[3]), Int(args[4]), Int(args[5]))
         return .text(errnoText(r))
     case "int80":
         return .text(errnoText(probe_int80_getpid()))

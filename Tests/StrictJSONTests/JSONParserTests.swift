@@ -15,7 +15,9 @@ final class JSONParserTests: XCTestCase {
         XCTAssertEqual(v.serialized(), #"{"z":1,"a":2,"m":3}"#)
     }
 
-    func assertFails(_ text: String, _ reason: JSONParseError.Reason, file: StaticString = #filePath, line: UInt = #line) {
+    func assertFails(
+        _ text: String, _ reason: JSONParseError.Reason, file: StaticString = #filePath, line: UInt = #line
+    ) {
         XCTAssertThrowsError(try JSONParser.parse(text), file: file, line: line) { e in
             XCTAssertEqual((e as? JSONParseError)?.reason, reason, "\(e)", file: file, line: line)
         }
@@ -65,7 +67,10 @@ final class JSONParserTests: XCTestCase {
     func testRejectsNonFiniteNumbers() { assertFails("1e999", .invalidNumber) }
 
     func testRejectsInvalidUTF8() {
-        for bytes: [UInt8] in [[0x22, 0xC3, 0x28, 0x22], [0x22, 0xED, 0xA0, 0x80, 0x22], [0x22, 0xC0, 0xAF, 0x22], [0x22, 0xF5, 0x80, 0x80, 0x80, 0x22]] {
+        for bytes: [UInt8] in [
+            [0x22, 0xC3, 0x28, 0x22], [0x22, 0xED, 0xA0, 0x80, 0x22], [0x22, 0xC0, 0xAF, 0x22],
+            [0x22, 0xF5, 0x80, 0x80, 0x80, 0x22],
+        ] {
             XCTAssertThrowsError(try JSONParser.parse(bytes)) { e in
                 XCTAssertEqual((e as? JSONParseError)?.reason, .invalidUTF8)
             }

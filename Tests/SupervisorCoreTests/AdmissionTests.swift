@@ -33,28 +33,36 @@ final class AdmissionTests: XCTestCase {
         let clock = FakeClock()
         let a = Admission(clock: clock.read)
         var leases: [Admission.Lease] = []
-        for _ in 0..<3 { leases.append(try a.admit(principal: "uid:1000", tool: "t", cell: "c", rule: rule(p), cellRule: nil).get()) }
-        guard case .failure(.rateLimit(let l, let scope, let wait)) =
-            a.admit(principal: "uid:1000", tool: "t", cell: "c", rule: rule(p), cellRule: nil)
+        for _ in 0..<3 {
+            leases.append(try a.admit(principal: "uid:1000", tool: "t", cell: "c", rule: rule(p), cellRule: nil).get())
+        }
+        guard
+            case .failure(.rateLimit(let l, let scope, let wait)) =
+                a.admit(principal: "uid:1000", tool: "t", cell: "c", rule: rule(p), cellRule: nil)
         else { return XCTFail("the fourth call in the same instant must be refused by the bucket") }
         XCTAssertEqual(l, Policy.RateLimit(rate: 2, burst: 3))
         XCTAssertEqual(scope, .tool)
         XCTAssertEqual(wait, 0.5, accuracy: 0.001)
         // Another tool has its own bucket.
-        XCTAssertNoThrow(try a.admit(principal: "uid:1000", tool: "other", cell: "c", rule: rule(p), cellRule: nil).get())
+        XCTAssertNoThrow(
+            try a.admit(principal: "uid:1000", tool: "other", cell: "c", rule: rule(p), cellRule: nil).get())
         clock.advance(seconds: 0.5)
         XCTAssertNoThrow(try a.admit(principal: "uid:1000", tool: "t", cell: "c", rule: rule(p), cellRule: nil).get())
-        XCTAssertThrowsError(try a.admit(principal: "uid:1000", tool: "t", cell: "c", rule: rule(p), cellRule: nil).get())
+        XCTAssertThrowsError(
+            try a.admit(principal: "uid:1000", tool: "t", cell: "c", rule: rule(p), cellRule: nil).get())
     }
 
     func testARefusalByOneBucketDoesNotDrainAnother() throws {
-        let p = try policy(#"{"name": "u", "allow": ["*"], "ratePerTool": {"perSecond": 1, "burst": 5}, "rateOverall": {"perSecond": 1, "burst": 1}}"#)
+        let p = try policy(
+            #"{"name": "u", "allow": ["*"], "ratePerTool": {"perSecond": 1, "burst": 5}, "rateOverall": {"perSecond": 1, "burst": 1}}"#
+        )
         let clock = FakeClock()
         let a = Admission(clock: clock.read)
         XCTAssertNoThrow(try a.admit(principal: "uid:1000", tool: "t", cell: "c", rule: rule(p), cellRule: nil).get())
         for _ in 0..<10 {
-            guard case .failure(.rateLimit(_, .overall, _)) =
-                a.admit(principal: "uid:1000", tool: "t", cell: "c", rule: rule(p), cellRule: nil)
+            guard
+                case .failure(.rateLimit(_, .overall, _)) =
+                    a.admit(principal: "uid:1000", tool: "t", cell: "c", rule: rule(p), cellRule: nil)
             else { return XCTFail("the overall bucket is empty") }
         }
         // The per-tool bucket still has 4 tokens: after the overall one refills, 1 call per second passes.
@@ -67,21 +75,24 @@ final class AdmissionTests: XCTestCase {
         let a = Admission()
         let one = try a.admit(principal: "uid:1000", tool: "t", cell: "c", rule: rule(p), cellRule: nil).get()
         let two = try a.admit(principal: "uid:1000", tool: "t", cell: "c", rule: rule(p), cellRule: nil).get()
-        guard case .failure(.concurrency(2, .principal("u"))) =
-            a.admit(principal: "uid:1000", tool: "t", cell: "c", rule: rule(p), cellRule: nil)
+        guard
+            case .failure(.concurrency(2, .principal("u"))) =
+                a.admit(principal: "uid:1000", tool: "t", cell: "c", rule: rule(p), cellRule: nil)
         else { return XCTFail("a third call at once exceeds maxConcurrent 2") }
         one.release()
         one.release()  // idempotent: must not free a second slot
         let three = try a.admit(principal: "uid:1000", tool: "t", cell: "c", rule: rule(p), cellRule: nil).get()
-        XCTAssertThrowsError(try a.admit(principal: "uid:1000", tool: "t", cell: "c", rule: rule(p), cellRule: nil).get())
+        XCTAssertThrowsError(
+            try a.admit(principal: "uid:1000", tool: "t", cell: "c", rule: rule(p), cellRule: nil).get())
         two.release()
         three.release()
         XCTAssertEqual(a.runningCounts, 0)
 
         let cellRule = p.cells["busy"]
         let held = try a.admit(principal: "uid:1000", tool: "t", cell: "busy", rule: rule(p), cellRule: cellRule).get()
-        guard case .failure(.concurrency(1, .cell("busy"))) =
-            a.admit(principal: "uid:1000", tool: "t", cell: "busy", rule: rule(p), cellRule: cellRule)
+        guard
+            case .failure(.concurrency(1, .cell("busy"))) =
+                a.admit(principal: "uid:1000", tool: "t", cell: "busy", rule: rule(p), cellRule: cellRule)
         else { return XCTFail("the cell's cap is 1") }
         // A refused call took no slot anywhere.
         XCTAssertEqual(a.runningCounts, 2)
@@ -96,12 +107,15 @@ final class AdmissionTests: XCTestCase {
     }
 
     func testPolicyDecisionsNamePrincipalDenyAndPhase() throws {
-        let p = try policy(#"{"name": "u", "principal": "uid:1000", "allow": ["echo*", "act_*"], "deny": ["echo_secret"]}"#)
-        XCTAssertTrue(p.decide(principal: "uid:1000", client: nil, tool: "echo", manifest: nil, phase: "observe").allowed)
+        let p = try policy(
+            #"{"name": "u", "principal": "uid:1000", "allow": ["echo*", "act_*"], "deny": ["echo_secret"]}"#)
+        XCTAssertTrue(
+            p.decide(principal: "uid:1000", client: nil, tool: "echo", manifest: nil, phase: "observe").allowed)
         let denied = p.decide(principal: "uid:1000", client: nil, tool: "echo_secret", manifest: nil, phase: "observe")
         XCTAssertEqual(denied.reason, "policy")
         XCTAssertTrue(denied.rule.contains("deny[0]"))
-        XCTAssertFalse(p.decide(principal: "uid:1000", client: nil, tool: "other", manifest: nil, phase: "observe").allowed)
+        XCTAssertFalse(
+            p.decide(principal: "uid:1000", client: nil, tool: "other", manifest: nil, phase: "observe").allowed)
         let stranger = p.decide(principal: "uid:2000", client: nil, tool: "echo", manifest: nil, phase: "observe")
         XCTAssertEqual(stranger.rule, "no principals[] entry matches uid:2000")
         XCTAssertEqual(Refusal.policy(stranger).reason, "policy")
@@ -120,7 +134,8 @@ final class AdmissionTests: XCTestCase {
         a.release(["file:/x"])
         let granted = await waiter.value
         XCTAssertTrue(granted)
-        XCTAssertLessThan(DispatchTime.now().uptimeNanoseconds - started, 1_000_000_000, "granted by the release, not by polling")
+        XCTAssertLessThan(
+            DispatchTime.now().uptimeNanoseconds - started, 1_000_000_000, "granted by the release, not by polling")
         XCTAssertEqual(a.heldResources, ["file:/x"])
         a.release(["file:/x"])
         XCTAssertEqual(a.heldResources, [])
@@ -137,7 +152,8 @@ final class AdmissionTests: XCTestCase {
         waiter.cancel()
         let cancelled = await waiter.value
         XCTAssertFalse(cancelled)
-        XCTAssertLessThan(DispatchTime.now().uptimeNanoseconds - t0, 1_000_000_000, "cancellation ends the wait at once")
+        XCTAssertLessThan(
+            DispatchTime.now().uptimeNanoseconds - t0, 1_000_000_000, "cancellation ends the wait at once")
         // The cancelled and timed-out waiters hold nothing and block nobody.
         a.release(["r"])
         let again = await a.claim(["r"], waitNanoseconds: 0)
@@ -181,12 +197,16 @@ final class AdmissionTests: XCTestCase {
         let done = DispatchGroup()
         for _ in 0..<8 {
             done.enter()
-            XCTAssertTrue(pool.submit {
-                running.withLock { $0.now += 1; $0.peak = max($0.peak, $0.now) }
-                usleep(200_000)
-                running.withLock { $0.now -= 1 }
-                done.leave()
-            })
+            XCTAssertTrue(
+                pool.submit {
+                    running.withLock {
+                        $0.now += 1
+                        $0.peak = max($0.peak, $0.now)
+                    }
+                    usleep(200_000)
+                    running.withLock { $0.now -= 1 }
+                    done.leave()
+                })
         }
         XCTAssertEqual(done.wait(timeout: .now() + 10), .success)
         XCTAssertEqual(running.withLock { $0.peak }, 4, "8 calls on 4 threads run 4 at a time, not one at a time")
@@ -207,7 +227,10 @@ final class AdmissionTests: XCTestCase {
         for _ in 0..<6 {
             done.enter()
             _ = pool.submit {
-                running.withLock { $0.now += 1; $0.peak = max($0.peak, $0.now) }
+                running.withLock {
+                    $0.now += 1
+                    $0.peak = max($0.peak, $0.now)
+                }
                 usleep(150_000)
                 running.withLock { $0.now -= 1 }
                 done.leave()
@@ -221,12 +244,22 @@ final class AdmissionTests: XCTestCase {
         let gate = DispatchSemaphore(value: 0)
         let ran = Synchronization.Mutex(0)
         let pool0 = CallPool(threads: 1, queueLimit: 0)
-        XCTAssertTrue(pool0.submit { gate.wait(); ran.withLock { $0 += 1 } })
+        XCTAssertTrue(
+            pool0.submit {
+                gate.wait()
+                ran.withLock { $0 += 1 }
+            })
         for _ in 0..<11 { XCTAssertFalse(pool0.submit({ ran.withLock { $0 += 1 } }), "queue bound 0: nothing waits") }
         gate.signal()
 
         let pool = CallPool(threads: 2, queueLimit: 3)
-        for _ in 0..<5 { XCTAssertTrue(pool.submit { gate.wait(); ran.withLock { $0 += 1 } }) }
+        for _ in 0..<5 {
+            XCTAssertTrue(
+                pool.submit {
+                    gate.wait()
+                    ran.withLock { $0 += 1 }
+                })
+        }
         XCTAssertEqual(pool.load.running, 2)
         XCTAssertEqual(pool.load.queued, 3)
         XCTAssertFalse(pool.submit { ran.withLock { $0 += 1 } }, "2 running + 3 queued is full")

@@ -1,5 +1,6 @@
 import SupervisorPlatform
 import XCTest
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -10,16 +11,22 @@ final class ConfinementTests: XCTestCase {
     func nr(_ name: String) -> Int32 { Seccomp.number(of: name)! }
 
     func testNeverAllowedCallsLoseTheirAllowRules() {
-        let rules = ["socket", "connect", "bind", "listen", "accept", "accept4", "shmget", "msgget", "mq_open",
-                     "ptrace", "memfd_secret", "read"].map { SeccompRule(number: nr($0)) }
+        let rules = [
+            "socket", "connect", "bind", "listen", "accept", "accept4", "shmget", "msgget", "mq_open",
+            "ptrace", "memfd_secret", "read",
+        ].map { SeccompRule(number: nr($0)) }
         let out = SeccompConfinement.apply(rules + [SeccompRule(number: nr("clone3"), action: .fail(errno: ENOSYS))])
         XCTAssertEqual(out.filter { $0.action == .allow }.map(\.number), [nr("read")])
         // Errno rules stay (clone3 answers ENOSYS so libc falls back to clone).
         XCTAssertTrue(out.contains(SeccompRule(number: nr("clone3"), action: .fail(errno: ENOSYS))))
         // Every filter answers socket(AF_UNIX, ...) with EACCES, and nothing else of socket.
-        XCTAssertEqual(out.filter { $0.number == nr("socket") },
-                       [SeccompRule(number: nr("socket"), action: .fail(errno: EACCES),
-                                    condition: .init(argument: 0, mask: 0xFFFF_FFFF, value: 1))])
+        XCTAssertEqual(
+            out.filter { $0.number == nr("socket") },
+            [
+                SeccompRule(
+                    number: nr("socket"), action: .fail(errno: EACCES),
+                    condition: .init(argument: 0, mask: 0xFFFF_FFFF, value: 1))
+            ])
     }
 
     func testSocketpairOnlyForUnixStreamAndSeqpacket() {
@@ -28,8 +35,12 @@ final class ConfinementTests: XCTestCase {
         XCTAssertEqual(pairs.count, 2)
         for (rule, type) in zip(pairs, [UInt64(1), 5]) {
             XCTAssertEqual(rule.action, .allow)
-            XCTAssertEqual(rule.conditions, [.init(argument: 0, mask: 0xFFFF_FFFF, value: 1),
-                                             .init(argument: 1, mask: 0xFFF7_F7FF, value: type)])
+            XCTAssertEqual(
+                rule.conditions,
+                [
+                    .init(argument: 0, mask: 0xFFFF_FFFF, value: 1),
+                    .init(argument: 1, mask: 0xFFF7_F7FF, value: type),
+                ])
         }
         // Not allowed at all when no rule asked for it.
         XCTAssertTrue(SeccompConfinement.apply([]).allSatisfy { $0.number != nr("socketpair") })
@@ -37,7 +48,8 @@ final class ConfinementTests: XCTestCase {
 
     func testMemfdCreateOnlyWithNoexecSeal() {
         let out = SeccompConfinement.apply([SeccompRule(number: nr("memfd_create"))])
-        XCTAssertEqual(out.filter { $0.number == nr("memfd_create") },
-                       [SeccompRule(number: nr("memfd_create"), condition: .init(argument: 1, mask: 0x18, value: 0x8))])
+        XCTAssertEqual(
+            out.filter { $0.number == nr("memfd_create") },
+            [SeccompRule(number: nr("memfd_create"), condition: .init(argument: 1, mask: 0x18, value: 0x8))])
     }
 }

@@ -24,8 +24,10 @@ class ManifestTestCase: XCTestCase {
 
     func parse(_ patch: (inout JSONObject) -> Void) throws -> CellManifest { try parse(manifest(patch)) }
 
-    func assertError(_ field: String, _ contains: String, _ patch: (inout JSONObject) -> Void,
-                     file: StaticString = #filePath, line: UInt = #line) {
+    func assertError(
+        _ field: String, _ contains: String, _ patch: (inout JSONObject) -> Void,
+        file: StaticString = #filePath, line: UInt = #line
+    ) {
         XCTAssertThrowsError(try parse(manifest(patch)), file: file, line: line) { e in
             guard let c = e as? ConfigError else { return XCTFail("\(e)", file: file, line: line) }
             XCTAssertEqual(c.file, "/m/demo.json", file: file, line: line)
@@ -53,7 +55,6 @@ final class ManifestTests: ManifestTestCase {
         XCTAssertEqual(m.executable.path, "/bin/cell")
     }
 
-
     func testBadInputs() {
         assertError("name", "required field is missing") { $0["name"] = nil }
         assertError("name", "expected a string") { $0["name"] = 5 }
@@ -61,7 +62,9 @@ final class ManifestTests: ManifestTestCase {
         assertError("bogus", "unknown field") { $0["bogus"] = true }
         assertError("limits.scratchMiB", "out of range 1...65536 MiB") { $0["limits"] = ["scratchMiB": 0] }
         assertError("limits.scratchFiles", "out of range 16...1000000") { $0["limits"] = ["scratchFiles": 15] }
-        assertError("executable.sha256", "64 lower-case hex") { $0["executable"] = ["path": "/bin/true", "sha256": "ABC"] }
+        assertError("executable.sha256", "64 lower-case hex") {
+            $0["executable"] = ["path": "/bin/true", "sha256": "ABC"]
+        }
         assertError("executable.extra", "unknown field") {
             $0["executable"] = ["path": "/bin/true", "sha256": .string(self.sha), "extra": 1]
         }
@@ -70,11 +73,18 @@ final class ManifestTests: ManifestTestCase {
             $0["tools"] = [["name": "t", "description": "d", "inputSchema": ["type": "string"]]]
         }
         assertError("tools[0].inputSchema.properties.x.frobnicate", "unsupported JSON Schema keyword") {
-            $0["tools"] = [["name": "t", "description": "d", "inputSchema": ["type": "object", "properties": ["x": ["frobnicate": 1]]]]]
+            $0["tools"] = [
+                [
+                    "name": "t", "description": "d",
+                    "inputSchema": ["type": "object", "properties": ["x": ["frobnicate": 1]]],
+                ]
+            ]
         }
         assertError("tools[1].name", "duplicate tool name") {
-            $0["tools"] = [["name": "t", "description": "d", "inputSchema": ["type": "object"]],
-                           ["name": "t", "description": "d", "inputSchema": ["type": "object"]]]
+            $0["tools"] = [
+                ["name": "t", "description": "d", "inputSchema": ["type": "object"]],
+                ["name": "t", "description": "d", "inputSchema": ["type": "object"]],
+            ]
         }
         assertError("tools[0].description", "hidden or control character U+202E") {
             $0["tools"] = [["name": "t", "description": "ok \u{202E}evil", "inputSchema": ["type": "object"]]]
@@ -105,7 +115,11 @@ final class ManifestTests: ManifestTestCase {
     }
 
     func testActuatorWithPhasesParses() throws {
-        let m = try parse(manifest { $0["sideEffects"] = "writes"; $0["phases"] = ["act"] })
+        let m = try parse(
+            manifest {
+                $0["sideEffects"] = "writes"
+                $0["phases"] = ["act"]
+            })
         XCTAssertTrue(m.sideEffects.isActuator)
         XCTAssertEqual(m.phases, ["act"])
     }
@@ -132,7 +146,10 @@ final class SyscallGroupTests: ManifestTestCase {
         XCTAssertThrowsError(try SyscallGroups.load(path: write(#"{"groups": {"g": ["ptrace"]}}"#))) {
             XCTAssertTrue("\($0)".contains("never allowed"))
         }
-        XCTAssertThrowsError(try SyscallGroups.load(path: write(#"{"groups": {"g": [{"name": "ioctl", "argument": 9, "values": [1]}]}}"#))) {
+        XCTAssertThrowsError(
+            try SyscallGroups.load(
+                path: write(#"{"groups": {"g": [{"name": "ioctl", "argument": 9, "values": [1]}]}}"#))
+        ) {
             XCTAssertEqual(($0 as? ConfigError)?.field, "groups.g[0].argument")
         }
     }

@@ -54,20 +54,25 @@ final class CellProtocolTests: XCTestCase {
     }
 
     func testDecodesEachFrameKind() throws {
-        XCTAssertEqual(try decode(#"{"type":"progress","id":"c1","progress":1,"total":2,"message":"m"}"#),
-                       .message(.progress(progress: 1, total: 2, message: "m")))
-        XCTAssertEqual(try decode(#"{"type":"log","id":"c1","level":"info","message":"hi"}"#),
-                       .message(.log(level: "info", message: "hi", data: nil)))
+        XCTAssertEqual(
+            try decode(#"{"type":"progress","id":"c1","progress":1,"total":2,"message":"m"}"#),
+            .message(.progress(progress: 1, total: 2, message: "m")))
+        XCTAssertEqual(
+            try decode(#"{"type":"log","id":"c1","level":"info","message":"hi"}"#),
+            .message(.log(level: "info", message: "hi", data: nil)))
         XCTAssertEqual(try decode(#"{"type":"error","id":"c1","message":"bad"}"#), .error("bad"))
-        XCTAssertEqual(try decode(#"{"type":"result","id":"c1","content":[{"type":"text","text":"a"}],"structuredContent":{"k":1}}"#),
-                       .result(CellResult(content: [["type": "text", "text": "a"]], structuredContent: ["k": 1])))
+        XCTAssertEqual(
+            try decode(
+                #"{"type":"result","id":"c1","content":[{"type":"text","text":"a"}],"structuredContent":{"k":1}}"#),
+            .result(CellResult(content: [["type": "text", "text": "a"]], structuredContent: ["k": 1])))
     }
 
     func testRejectsMalformedFrames() {
         for bad in [
             #"[1]"#, #"{"id":"c1"}"#, #"{"type":"result","content":[]}"#, #"{"type":"result","id":"c2","content":[]}"#,
             #"{"type":"result","id":"c1"}"#, #"{"type":"result","id":"c1","content":[{"type":"video"}]}"#,
-            #"{"type":"result","id":"c1","content":[],"extra":1}"#, #"{"type":"log","id":"c1","level":"loud","message":"x"}"#,
+            #"{"type":"result","id":"c1","content":[],"extra":1}"#,
+            #"{"type":"log","id":"c1","level":"loud","message":"x"}"#,
             #"{"type":"progress","id":"c1","progress":"half"}"#, #"{"type":"hello","id":"c1"}"#,
             #"{"type":"result","id":"c1","content":[],"structuredContent":[1]}"#,
         ] {

@@ -121,8 +121,11 @@ final class SecurityLogTests: XCTestCase {
         defer { try? FileManager.default.removeItem(atPath: other) }
         let log = try SecurityLog(stateDirectory: other, checkpointEvery: 1)
         log.close(finalEvent: SecurityEvent(.supervisorStop, ["reason": "x"]))
-        XCTAssertEqual(SecurityLogReader.verify(directory: dir, publicKeyPath: LogSigningKey.paths(stateDirectory: other).publicKey).problem?.kind,
-                       .badSignature)
+        XCTAssertEqual(
+            SecurityLogReader.verify(
+                directory: dir, publicKeyPath: LogSigningKey.paths(stateDirectory: other).publicKey
+            ).problem?.kind,
+            .badSignature)
     }
 
     func testTornTailIsRecordedAndTheChainContinues() throws {
@@ -162,8 +165,10 @@ final class SecurityLogTests: XCTestCase {
         let log = try SecurityLog(stateDirectory: state, checkpointEvery: 16)
         DispatchQueue.concurrentPerform(iterations: 8) { t in
             for i in 0..<50 {
-                log.appendAndWait([SecurityEvent(.callStart, ["callId": .string("t\(t)-\(i)")]),
-                                   SecurityEvent(.callEnd, ["callId": .string("t\(t)-\(i)")])])
+                log.appendAndWait([
+                    SecurityEvent(.callStart, ["callId": .string("t\(t)-\(i)")]),
+                    SecurityEvent(.callEnd, ["callId": .string("t\(t)-\(i)")]),
+                ])
             }
         }
         log.close()
@@ -187,8 +192,9 @@ final class SecurityLogTests: XCTestCase {
 
     /// A log whose writer retries quickly, for the failure tests.
     func openLog(checkpointEvery: Int = 256, idle: Int = 60_000) throws -> SecurityLog {
-        try SecurityLog(stateDirectory: state, checkpointEvery: checkpointEvery, checkpointIdleMilliseconds: idle,
-                        retryMilliseconds: 20)
+        try SecurityLog(
+            stateDirectory: state, checkpointEvery: checkpointEvery, checkpointIdleMilliseconds: idle,
+            retryMilliseconds: 20)
     }
 
     func waitWritable(_ log: SecurityLog, timeout: TimeInterval = 5) -> Bool {
@@ -215,8 +221,9 @@ final class SecurityLogTests: XCTestCase {
         XCTAssertFalse(err.reason.contains("/"), "the client-facing reason names no path: \(err.reason)")
         guard case .failure(let w) = log.writable else { return XCTFail("the log must report that it cannot write") }
         XCTAssertEqual(w.errno, ENOSPC)
-        XCTAssertEqual(try FileManager.default.attributesOfItem(atPath: eventFile)[.size] as? Int, sizeBefore,
-                       "the partial write is cut back out")
+        XCTAssertEqual(
+            try FileManager.default.attributesOfItem(atPath: eventFile)[.size] as? Int, sizeBefore,
+            "the partial write is cut back out")
         // Space returns: the writer's retry recovers without any append.
         log.faultInjector = nil
         XCTAssertTrue(waitWritable(log), "the log recovers by itself")
@@ -307,7 +314,8 @@ final class SecurityLogTests: XCTestCase {
         let log = try SecurityLog(stateDirectory: state, checkpointEvery: 4, checkpointIdleMilliseconds: 60_000)
         for i in 0..<6 { log.appendAndWait([end("c\(i)")]) }
         let crashed = try crashedCopy(log)
-        let v = SecurityLogReader.verify(directory: crashed + "/security", publicKeyPath: crashed + "/keys/log-signing.pub")
+        let v = SecurityLogReader.verify(
+            directory: crashed + "/security", publicKeyPath: crashed + "/keys/log-signing.pub")
         let p = try XCTUnwrap(v.problem)
         XCTAssertEqual(p.kind, .uncovered, "\(p)")
         XCTAssertEqual(p.seq, 5)
@@ -315,7 +323,8 @@ final class SecurityLogTests: XCTestCase {
         // The next start checkpoints the tail and says so.
         let reopened = try SecurityLog(stateDirectory: crashed)
         reopened.close()
-        let v2 = SecurityLogReader.verify(directory: crashed + "/security", publicKeyPath: crashed + "/keys/log-signing.pub")
+        let v2 = SecurityLogReader.verify(
+            directory: crashed + "/security", publicKeyPath: crashed + "/keys/log-signing.pub")
         XCTAssertNil(v2.problem)
         XCTAssertEqual(v2.unsignedTails.map { [$0.from, $0.to] }, [[5, 6]])
     }
@@ -354,7 +363,9 @@ final class SecurityLogTests: XCTestCase {
 
     func testCallsWithoutEndAreRecordedAsInterruptedAtTheNextStart() throws {
         let log = try SecurityLog(stateDirectory: state, rotateBytes: 1500, checkpointIdleMilliseconds: 60_000)
-        func start(_ id: String) -> SecurityEvent { SecurityEvent(.callStart, ["callId": .string(id), "tool": "echo", "cell": "echo"]) }
+        func start(_ id: String) -> SecurityEvent {
+            SecurityEvent(.callStart, ["callId": .string(id), "tool": "echo", "cell": "echo"])
+        }
         log.appendAndWait([start("c1")])
         // Enough records to rotate: c1 is open across the rotation.
         for i in 0..<12 { log.appendAndWait([start("x\(i)"), end("x\(i)")]) }
@@ -369,12 +380,17 @@ final class SecurityLogTests: XCTestCase {
         let c1Start = try XCTUnwrap(records.first { $0.type == "call.start" && $0["callId"] == "c1" })
         XCTAssertEqual(interrupted.first { $0["callId"] == "c1" }?["startSeq"], .int(c1Start.seq))
         XCTAssertEqual(interrupted.first?["tool"], "echo")
-        XCTAssertNil(SecurityLogReader.verify(directory: crashed + "/security",
-                                              publicKeyPath: crashed + "/keys/log-signing.pub").problem)
+        XCTAssertNil(
+            SecurityLogReader.verify(
+                directory: crashed + "/security",
+                publicKeyPath: crashed + "/keys/log-signing.pub"
+            ).problem)
         // Recorded once: the start after that finds nothing more.
         let again = try SecurityLog(stateDirectory: crashed)
         again.close()
-        XCTAssertEqual(try SecurityLogReader.records(directory: crashed + "/security").filter { $0.type == "call.interrupted" }.count, 2)
+        XCTAssertEqual(
+            try SecurityLogReader.records(directory: crashed + "/security").filter { $0.type == "call.interrupted" }
+                .count, 2)
     }
 
     func testNoRecoveryWhileAnotherWriterHasTheLogOpen() throws {
@@ -411,9 +427,11 @@ final class SecurityLogTests: XCTestCase {
         try writeLog(events: 2)
         let (priv, pubPath) = LogSigningKey.paths(stateDirectory: state)
         let other = Curve25519.Signing.PrivateKey()
-        try Data("ed25519-private:\(other.rawRepresentation.base64EncodedString())\n".utf8).write(to: URL(fileURLWithPath: priv))
+        try Data("ed25519-private:\(other.rawRepresentation.base64EncodedString())\n".utf8).write(
+            to: URL(fileURLWithPath: priv))
         chmod(priv, 0o600)
-        try Data("ed25519-public:\(other.publicKey.rawRepresentation.base64EncodedString())\n".utf8).write(to: URL(fileURLWithPath: pubPath))
+        try Data("ed25519-public:\(other.publicKey.rawRepresentation.base64EncodedString())\n".utf8).write(
+            to: URL(fileURLWithPath: pubPath))
         XCTAssertThrowsError(try SecurityLog(stateDirectory: state)) {
             XCTAssertTrue("\($0)".contains("was replaced without `mcp-supervisor audit rotate-key`"), "\($0)")
         }
@@ -446,20 +464,28 @@ final class SecurityLogTests: XCTestCase {
         let oldKey = try LogSigningKey.loadPrivate(priv)
         _ = try LogSigningKey.rotate(stateDirectory: state, reason: "scheduled")
         try writeLog(events: 2)
-        XCTAssertNil(SecurityLogReader.verify(directory: dir, publicKeys: try LogSigningKey.publicKeys(stateDirectory: state)).problem)
+        XCTAssertNil(
+            SecurityLogReader.verify(directory: dir, publicKeys: try LogSigningKey.publicKeys(stateDirectory: state))
+                .problem)
         // Someone holding the old private key signs the current head.
         let records = try SecurityLogReader.records(directory: dir)
         let last = try XCTUnwrap(records.last)
         let sig = try oldKey.signature(for: Array((SecurityLog.checkpointDomain + "\(last.seq)\n\(last.hash)\n").utf8))
-        let line = JSONValue.object(JSONObject([
-            ("seq", .int(last.seq)), ("head", .string(last.hash)), ("time", "x"),
-            ("keyId", .string(LogSigningKey.keyID(oldKey.publicKey))), ("signature", .string(sig.base64EncodedString())),
-        ])).serialized() + "\n"
+        let line =
+            JSONValue.object(
+                JSONObject([
+                    ("seq", .int(last.seq)), ("head", .string(last.hash)), ("time", "x"),
+                    ("keyId", .string(LogSigningKey.keyID(oldKey.publicKey))),
+                    ("signature", .string(sig.base64EncodedString())),
+                ])
+            ).serialized() + "\n"
         let h = try FileHandle(forWritingTo: URL(fileURLWithPath: dir + "/checkpoints.jsonl"))
         h.seekToEndOfFile()
         h.write(Data(line.utf8))
         try h.close()
-        let p = try XCTUnwrap(SecurityLogReader.verify(directory: dir, publicKeys: try LogSigningKey.publicKeys(stateDirectory: state)).problem)
+        let p = try XCTUnwrap(
+            SecurityLogReader.verify(directory: dir, publicKeys: try LogSigningKey.publicKeys(stateDirectory: state))
+                .problem)
         XCTAssertEqual(p.kind, .badSignature)
         XCTAssertTrue(p.message.contains("retired"), p.message)
     }
@@ -474,10 +500,14 @@ final class SecurityLogTests: XCTestCase {
 
     // MARK: the ledger anchor
 
-    func ledgerEntry(_ path: String, _ key: Curve25519.Signing.PrivateKey, signer: Curve25519.Signing.PrivateKey) throws {
-        try Ledger.append(path: path, event: "key.add", fields: [
-            "keyId": .string(TrustKeys.keyID(key.publicKey)), "publicKey": .string(TrustKeys.publicText(key.publicKey)), "name": "k",
-        ], key: signer)
+    func ledgerEntry(_ path: String, _ key: Curve25519.Signing.PrivateKey, signer: Curve25519.Signing.PrivateKey) throws
+    {
+        try Ledger.append(
+            path: path, event: "key.add",
+            fields: [
+                "keyId": .string(TrustKeys.keyID(key.publicKey)),
+                "publicKey": .string(TrustKeys.publicText(key.publicKey)), "name": "k",
+            ], key: signer)
     }
 
     func testLedgerThatWentBackwardsIsRefused() throws {
@@ -508,7 +538,8 @@ final class SecurityLogTests: XCTestCase {
         let rewritten = try XCTUnwrap(guard2.refusal(Ledger.load(path: path)))
         XCTAssertTrue(rewritten.contains("rewritten"), rewritten)
         log2.close()
-        XCTAssertEqual(try SecurityLogReader.records(directory: dir).filter { $0.type == "ledger.rolled_back" }.count, 2)
+        XCTAssertEqual(
+            try SecurityLogReader.records(directory: dir).filter { $0.type == "ledger.rolled_back" }.count, 2)
     }
 
     func testEditedAnchorInTheCheckpointIsNotBelieved() throws {

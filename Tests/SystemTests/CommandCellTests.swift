@@ -2,6 +2,7 @@ import StrictJSON
 import SupervisorCore
 import SupervisorPlatform
 import XCTest
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -17,20 +18,21 @@ final class CommandCellTests: XCTestCase {
             throw XCTSkip("jq missing")
         }
         let text = """
-        {
-          "name": "jq", "version": "1", "description": "jq.",
-          "executable": {"path": "\(Self.jq)", "sha256": "\(sha256Hex(bytes))"},
-          "tools": [{"name": "jq", "description": "jq.",
-                     "inputSchema": {"type": "object", "properties": {"filter": {"type": "string"}, "input": {}, "raw": {"type": "boolean"}}},
-                     "command": {"argv": ["jq", {"if": "raw", "then": ["--raw-output"]}, "{filter}"], "stdin": "input"}}],
-          "limits": {"timeoutMilliseconds": 5000, "fileSizeMiB": 0},
-          "filesystem": {"read": ["/lib/x86_64-linux-gnu", "/etc/ld.so.cache"],
-                         "execute": ["/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"]},
-          "syscalls": {"groups": \(JSONValue.array(groups.map { .string($0) }).serialized()), "allow": \(JSONValue.array(allow.map { .string($0) }).serialized())},
-          "sideEffects": "none"
-        }
-        """
-        return try Harness.prepare(try CellManifest.parse(bytes: Array(text.utf8), path: "/tmp/jq.json", manifestSHA256: "x"))
+            {
+              "name": "jq", "version": "1", "description": "jq.",
+              "executable": {"path": "\(Self.jq)", "sha256": "\(sha256Hex(bytes))"},
+              "tools": [{"name": "jq", "description": "jq.",
+                         "inputSchema": {"type": "object", "properties": {"filter": {"type": "string"}, "input": {}, "raw": {"type": "boolean"}}},
+                         "command": {"argv": ["jq", {"if": "raw", "then": ["--raw-output"]}, "{filter}"], "stdin": "input"}}],
+              "limits": {"timeoutMilliseconds": 5000, "fileSizeMiB": 0},
+              "filesystem": {"read": ["/lib/x86_64-linux-gnu", "/etc/ld.so.cache"],
+                             "execute": ["/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"]},
+              "syscalls": {"groups": \(JSONValue.array(groups.map { .string($0) }).serialized()), "allow": \(JSONValue.array(allow.map { .string($0) }).serialized())},
+              "sideEffects": "none"
+            }
+            """
+        return try Harness.prepare(
+            try CellManifest.parse(bytes: Array(text.utf8), path: "/tmp/jq.json", manifestSHA256: "x"))
     }
 
     func run(_ c: PreparedCell, _ args: JSONObject) throws -> CallReport {

@@ -3,6 +3,7 @@ import StrictJSON
 import SupervisorCore
 import SupervisorPlatform
 import XCTest
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -43,22 +44,24 @@ enum Harness {
     }
 
     /// A manifest for the probe cell with the given overrides (JSON fragments).
-    static func probeManifest(executable: String = probe, limits: String = "{}", filesystem: String = "{}",
-                              groups: [String] = ["base"], allow: [String] = []) throws -> CellManifest {
+    static func probeManifest(
+        executable: String = probe, limits: String = "{}", filesystem: String = "{}",
+        groups: [String] = ["base"], allow: [String] = []
+    ) throws -> CellManifest {
         guard let bytes = try? readFile(executable, limit: 1 << 30) else {
             XCTFail("\(executable) is missing: run `make cells` first")
             throw XCTSkip("cell binary missing")
         }
         let text = """
-        {
-          "name": "probe", "version": "1", "description": "Tries forbidden things.",
-          "executable": {"path": "\(executable)", "sha256": "\(sha256Hex(bytes))"},
-          "tools": [{"name": "probe", "description": "Probe.", "inputSchema": {"type": "object"}}],
-          "limits": \(limits), "filesystem": \(filesystem),
-          "syscalls": {"groups": \(JSONValue.array(groups.map { .string($0) }).serialized()), "allow": \(JSONValue.array(allow.map { .string($0) }).serialized())},
-          "sideEffects": "none"
-        }
-        """
+            {
+              "name": "probe", "version": "1", "description": "Tries forbidden things.",
+              "executable": {"path": "\(executable)", "sha256": "\(sha256Hex(bytes))"},
+              "tools": [{"name": "probe", "description": "Probe.", "inputSchema": {"type": "object"}}],
+              "limits": \(limits), "filesystem": \(filesystem),
+              "syscalls": {"groups": \(JSONValue.array(groups.map { .string($0) }).serialized()), "allow": \(JSONValue.array(allow.map { .string($0) }).serialized())},
+              "sideEffects": "none"
+            }
+            """
         return try CellManifest.parse(bytes: Array(text.utf8), path: "probe.json", manifestSHA256: "x")
     }
 
@@ -67,8 +70,10 @@ enum Harness {
     }
 
     /// Runs one probe call and returns the report.
-    static func call(_ cell: PreparedCell, _ args: JSONObject, id: String = "t1",
-                     onMessage: (WorkerMessage) -> Void = { _ in }) throws -> CallReport {
+    static func call(
+        _ cell: PreparedCell, _ args: JSONObject, id: String = "t1",
+        onMessage: (WorkerMessage) -> Void = { _ in }
+    ) throws -> CallReport {
         try runner().run(cell: cell, tool: "probe", arguments: args, callID: id, onMessage: onMessage)
     }
 
@@ -83,7 +88,9 @@ enum Harness {
         defer { closedir(d) }
         var out: [String] = []
         while let e = readdir(d) {
-            let n = withUnsafeBytes(of: e.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            let n = withUnsafeBytes(of: e.pointee.d_name) {
+                String(cString: $0.bindMemory(to: CChar.self).baseAddress!)
+            }
             if n != "." && n != ".." { out.append(n) }
         }
         return out

@@ -2,6 +2,7 @@ import StrictJSON
 import SupervisorCore
 import SupervisorPlatform
 import XCTest
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -13,33 +14,33 @@ final class NetworkTests: XCTestCase {
     static let python = "/usr/bin/python3.11"
 
     static let script = """
-    import os, mcpcell
+        import os, mcpcell
 
-    @mcpcell.tool("probe")
-    def probe(args, ctx):
-        action = args["action"]
-        if action == "fetch":
-            out = []
-            for _ in range(args.get("times", 1)):
-                s = mcpcell.connect(args["host"], args["port"], 5)
-                s.sendall(b"ping\\n")
-                out.append(s.recv(100).decode().strip())
-                s.close()
-            return " ".join(out)
-        if action == "raw":
-            import socket
-            socket.create_connection(("127.0.0.1", args["port"]))
-            return "connected on its own"
-        if action == "fd5":
-            try:
-                os.fstat(5)
-                return "fd 5 open"
-            except OSError:
-                return "fd 5 closed"
-        raise mcpcell.ToolError("unknown action")
+        @mcpcell.tool("probe")
+        def probe(args, ctx):
+            action = args["action"]
+            if action == "fetch":
+                out = []
+                for _ in range(args.get("times", 1)):
+                    s = mcpcell.connect(args["host"], args["port"], 5)
+                    s.sendall(b"ping\\n")
+                    out.append(s.recv(100).decode().strip())
+                    s.close()
+                return " ".join(out)
+            if action == "raw":
+                import socket
+                socket.create_connection(("127.0.0.1", args["port"]))
+                return "connected on its own"
+            if action == "fd5":
+                try:
+                    os.fstat(5)
+                    return "fd 5 open"
+                except OSError:
+                    return "fd 5 closed"
+            raise mcpcell.ToolError("unknown action")
 
-    mcpcell.serve()
-    """
+        mcpcell.serve()
+        """
 
     /// A loopback listener answering "pong" to each connection.
     final class Listener: @unchecked Sendable {
@@ -57,7 +58,9 @@ final class NetworkTests: XCTestCase {
                 p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && listen(fd, 16) == 0 }
             }
             guard ok else { throw SystemError("listen", errno: errno) }
-            _ = withUnsafeMutablePointer(to: &a) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+            _ = withUnsafeMutablePointer(to: &a) { p in
+                p.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+            }
             port = Int(UInt16(bigEndian: a.sin_port))
             Thread.detachNewThread {
                 while true {
@@ -70,7 +73,10 @@ final class NetworkTests: XCTestCase {
                 }
             }
         }
-        deinit { shutdown(fd, Int32(SHUT_RDWR)); close(fd) }
+        deinit {
+            shutdown(fd, Int32(SHUT_RDWR))
+            close(fd)
+        }
     }
 
     func cell(network: String) throws -> PreparedCell {
@@ -82,28 +88,30 @@ final class NetworkTests: XCTestCase {
         let library = Harness.root + "/cells/python/mcpcell.py"
         func digest(_ p: String) throws -> String { sha256Hex(try readFile(p, limit: 1 << 30)) }
         let text = """
-        {
-          "name": "netprobe", "version": "1", "description": "Network probe.",
-          "executable": {"path": "\(Self.python)", "sha256": "\(try digest(Self.python))"},
-          "libraries": [{"path": "\(library)", "sha256": "\(try digest(library))"}],
-          "script": {"path": "\(scriptPath)", "sha256": "\(try digest(scriptPath))"},
-          "argv": ["python3", "-I", "-S", "-"],
-          "tools": [{"name": "probe", "description": "Probe.", "inputSchema": {"type": "object"}}],
-          "limits": {"timeoutMilliseconds": 10000, "fileSizeMiB": 0},
-          "filesystem": {"read": ["/usr/lib/python3.11", "/lib/x86_64-linux-gnu", "/etc/ld.so.cache"],
-                         "execute": ["/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"]},
-          "network": \(network),
-          "syscalls": {"groups": ["base", "python", "files-read", "network-client"]},
-          "sideEffects": "reads"
-        }
-        """
-        return try Harness.prepare(try CellManifest.parse(bytes: Array(text.utf8), path: dir + "/netprobe.json", manifestSHA256: "x"))
+            {
+              "name": "netprobe", "version": "1", "description": "Network probe.",
+              "executable": {"path": "\(Self.python)", "sha256": "\(try digest(Self.python))"},
+              "libraries": [{"path": "\(library)", "sha256": "\(try digest(library))"}],
+              "script": {"path": "\(scriptPath)", "sha256": "\(try digest(scriptPath))"},
+              "argv": ["python3", "-I", "-S", "-"],
+              "tools": [{"name": "probe", "description": "Probe.", "inputSchema": {"type": "object"}}],
+              "limits": {"timeoutMilliseconds": 10000, "fileSizeMiB": 0},
+              "filesystem": {"read": ["/usr/lib/python3.11", "/lib/x86_64-linux-gnu", "/etc/ld.so.cache"],
+                             "execute": ["/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"]},
+              "network": \(network),
+              "syscalls": {"groups": ["base", "python", "files-read", "network-client"]},
+              "sideEffects": "reads"
+            }
+            """
+        return try Harness.prepare(
+            try CellManifest.parse(bytes: Array(text.utf8), path: dir + "/netprobe.json", manifestSHA256: "x"))
     }
 
     func run(_ c: PreparedCell, _ args: JSONObject) throws -> (CallReport, [NetworkDecision]) {
         var decisions: [NetworkDecision] = []
-        let r = try Harness.runner().run(cell: c, tool: "probe", arguments: args, callID: "n1",
-                                         onNetwork: { decisions.append($0) })
+        let r = try Harness.runner().run(
+            cell: c, tool: "probe", arguments: args, callID: "n1",
+            onNetwork: { decisions.append($0) })
         return (r, decisions)
     }
 
@@ -126,7 +134,9 @@ final class NetworkTests: XCTestCase {
     func testHostsOffTheAllowlistAreRefused() throws {
         let l = try Listener()
         let c = try cell(network: #"{"connect": ["127.0.0.1:\#(l.port + 1)", "localhost:\#(l.port)"]}"#)
-        for (host, expect) in [("127.0.0.1", "not on the cell's network allowlist"), ("localhost", "resolves only to internal addresses")] {
+        for (host, expect) in [
+            ("127.0.0.1", "not on the cell's network allowlist"), ("localhost", "resolves only to internal addresses"),
+        ] {
             let (r, d) = try run(c, ["action": "fetch", "host": .string(host), "port": .int(Int64(l.port))])
             guard case .toolError(let m) = r.outcome else { return XCTFail("\(r.outcome) \(r.diagnostics)") }
             XCTAssertTrue(m.contains(expect), m)

@@ -39,8 +39,12 @@ final class OutcomeTests: XCTestCase {
     func testDeadlineWithAPartialFrameIsATimeout() throws {
         let cell = try probe(limits: #"{"timeoutMilliseconds": 300}"#)
         for ignore in [false, true] {
-            let r = try Harness.call(cell, ["action": "raw", "hex": "000000107b22", "sleepMs": 5000,
-                                            "ignoreTerm": .bool(ignore)])
+            let r = try Harness.call(
+                cell,
+                [
+                    "action": "raw", "hex": "000000107b22", "sleepMs": 5000,
+                    "ignoreTerm": .bool(ignore),
+                ])
             XCTAssertEqual(r.outcome, .timeout, "ignoreTerm \(ignore): \(r.outcome.detail)")
         }
     }

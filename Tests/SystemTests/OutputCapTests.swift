@@ -7,8 +7,9 @@ import XCTest
 /// manifest declares: 8 MiB per call, and a budget for all calls together.
 final class OutputCapTests: XCTestCase {
     func probe(frameKiB: Int) throws -> PreparedCell {
-        try Harness.prepare(try Harness.probeManifest(
-            limits: #"{"timeoutMilliseconds": 20000, "outputKiB": 1048576, "frameKiB": \#(frameKiB)}"#))
+        try Harness.prepare(
+            try Harness.probeManifest(
+                limits: #"{"timeoutMilliseconds": 20000, "outputKiB": 1048576, "frameKiB": \#(frameKiB)}"#))
     }
 
     /// A frame the manifest allows (64 MiB) but over the cap is refused
@@ -32,12 +33,14 @@ final class OutputCapTests: XCTestCase {
         logger.logLevel = .critical
         let runner = try CallRunner(host: Harness.host(), logger: logger, outputBudgetBytes: 2 << 20)
         let cell = try probe(frameKiB: 8192)
-        let big = runner.run(cell: cell, tool: "probe", arguments: ["action": "frame-flood", "bytes": .int(3 << 20)],
-                             callID: "b1")
+        let big = runner.run(
+            cell: cell, tool: "probe", arguments: ["action": "frame-flood", "bytes": .int(3 << 20)],
+            callID: "b1")
         XCTAssertEqual(big.outcome, .limitExceeded(.bufferedOutput), big.outcome.detail)
         XCTAssertEqual(runner.outputBudget.usedBytes, 0)
-        let small = runner.run(cell: cell, tool: "probe",
-                               arguments: ["action": "frame-flood", "bytes": .int(1 << 20)], callID: "b2")
+        let small = runner.run(
+            cell: cell, tool: "probe",
+            arguments: ["action": "frame-flood", "bytes": .int(1 << 20)], callID: "b2")
         XCTAssertEqual(small.outcome, .protocolViolation("frame is string, not an object"), small.outcome.detail)
         XCTAssertEqual(runner.outputBudget.usedBytes, 0)
         let answer = runner.run(cell: cell, tool: "probe", arguments: ["action": "echo", "text": "x"], callID: "b3")

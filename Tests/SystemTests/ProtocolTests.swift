@@ -42,7 +42,8 @@ final class WorkerProtocolTests: XCTestCase {
     }
 
     func testDeepNesting() throws {
-        assertViolation(try raw(frame(String(repeating: "[", count: 200) + String(repeating: "]", count: 200))), "deeper")
+        assertViolation(
+            try raw(frame(String(repeating: "[", count: 200) + String(repeating: "]", count: 200))), "deeper")
     }
 
     func testWrongID() throws {
@@ -50,7 +51,8 @@ final class WorkerProtocolTests: XCTestCase {
     }
 
     func testUnknownFrameType() throws {
-        assertViolation(try raw(frame(#"{"type":"request","id":"p1","tool":"x","arguments":{}}"#)), "unknown frame type")
+        assertViolation(
+            try raw(frame(#"{"type":"request","id":"p1","tool":"x","arguments":{}}"#)), "unknown frame type")
     }
 
     func testSecondResult() throws {

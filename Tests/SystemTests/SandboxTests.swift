@@ -3,6 +3,7 @@ import StrictJSON
 import SupervisorCore
 import SupervisorPlatform
 import XCTest
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -11,7 +12,9 @@ import Glibc
 /// stopped. Requires: seccomp, Landlock (ABI >= 1; >= 6 when not root).
 final class SandboxTests: XCTestCase {
     override func setUpWithError() throws {
-        XCTAssertNotNil(Harness.features.landlockABI, "Landlock is required for these tests: \(Harness.features.landlockError ?? "")")
+        XCTAssertNotNil(
+            Harness.features.landlockABI,
+            "Landlock is required for these tests: \(Harness.features.landlockError ?? "")")
         XCTAssertGreaterThanOrEqual(Harness.features.seccompAPILevel, 3, "seccomp kill-process is required")
     }
 
@@ -29,9 +32,12 @@ final class SandboxTests: XCTestCase {
 
     func testSyscallOutsideAllowlistIsKilledAndNamed() throws {
         let cell = try probe()
-        for (nr, name) in [(101, "ptrace"), (110, "getppid"), (425, "io_uring_setup"), (272, "unshare"), (165, "mount"), (321, "bpf")] {
+        for (nr, name) in [
+            (101, "ptrace"), (110, "getppid"), (425, "io_uring_setup"), (272, "unshare"), (165, "mount"), (321, "bpf"),
+        ] {
             let r = try Harness.call(cell, ["action": "syscall", "nr": .int(Int64(nr))])
-            XCTAssertEqual(r.outcome, .sandboxViolation(syscall: name, architecture: "x86_64"), "nr \(nr): \(r.outcome.detail)")
+            XCTAssertEqual(
+                r.outcome, .sandboxViolation(syscall: name, architecture: "x86_64"), "nr \(nr): \(r.outcome.detail)")
         }
     }
 
@@ -45,7 +51,8 @@ final class SandboxTests: XCTestCase {
         XCTAssertEqual(i386.outcome, .sandboxViolation(syscall: "getpid", architecture: "i386"), i386.outcome.detail)
         XCTAssertEqual(i386.exit, .signaled(SIGKILL), "killed through the pidfd, not by the filter's SIGSYS")
         // Not even learn mode lets a foreign architecture through.
-        let learn = try Harness.runner().run(cell: cell, tool: "probe", arguments: ["action": "int80"], callID: "l", learn: true)
+        let learn = try Harness.runner().run(
+            cell: cell, tool: "probe", arguments: ["action": "int80"], callID: "l", learn: true)
         XCTAssertEqual(learn.outcome, .sandboxViolation(syscall: "getpid", architecture: "i386"), learn.outcome.detail)
     }
 
@@ -54,16 +61,17 @@ final class SandboxTests: XCTestCase {
         // sandbox violation naming the architecture, not a crash by signal 31.
         let bytes = try readFile(Harness.probe, limit: 1 << 30)
         let text = """
-        {
-          "name": "probe-command", "version": "1", "description": "Probe as a command.",
-          "executable": {"path": "\(Harness.probe)", "sha256": "\(sha256Hex(bytes))"},
-          "tools": [{"name": "probe", "description": "Probe.",
-                     "inputSchema": {"type": "object", "properties": {"action": {"type": "string"}}},
-                     "command": {"argv": ["probe-cell", "{action}"]}}],
-          "syscalls": {"groups": ["base"]}, "sideEffects": "none"
-        }
-        """
-        let cell = try Harness.prepare(try CellManifest.parse(bytes: Array(text.utf8), path: "/tmp/pc.json", manifestSHA256: "x"))
+            {
+              "name": "probe-command", "version": "1", "description": "Probe as a command.",
+              "executable": {"path": "\(Harness.probe)", "sha256": "\(sha256Hex(bytes))"},
+              "tools": [{"name": "probe", "description": "Probe.",
+                         "inputSchema": {"type": "object", "properties": {"action": {"type": "string"}}},
+                         "command": {"argv": ["probe-cell", "{action}"]}}],
+              "syscalls": {"groups": ["base"]}, "sideEffects": "none"
+            }
+            """
+        let cell = try Harness.prepare(
+            try CellManifest.parse(bytes: Array(text.utf8), path: "/tmp/pc.json", manifestSHA256: "x"))
         for (action, arch) in [("int80", "i386"), ("x32", "x32")] {
             let r = try Harness.call(cell, ["action": .string(action)])
             XCTAssertEqual(r.outcome, .sandboxViolation(syscall: "getpid", architecture: arch), r.outcome.detail)
@@ -76,7 +84,8 @@ final class SandboxTests: XCTestCase {
         XCTAssertEqual(fork.outcome.kind, "sandbox_violation", fork.outcome.detail)
         if case .sandboxViolation(let s, _) = fork.outcome { XCTAssertTrue(["clone", "fork"].contains(s)) }
         let thread = try Harness.call(none, ["action": "thread"])
-        XCTAssertEqual(thread.outcome.kind, "sandbox_violation", "threads need limits.processes=threads: \(thread.outcome.detail)")
+        XCTAssertEqual(
+            thread.outcome.kind, "sandbox_violation", "threads need limits.processes=threads: \(thread.outcome.detail)")
     }
 
     func testThreadsModeAllowsThreadsNotProcesses() throws {
@@ -98,7 +107,10 @@ final class SandboxTests: XCTestCase {
 
     func testFilesOutsideDeclaredPathsAreDenied() throws {
         let cell = try probe()
-        for path in ["/etc/shadow", "/etc/passwd", "/root/.ssh/id_ed25519", Harness.state + "/ledger", "/proc/1/environ", "/proc/self/maps"] {
+        for path in [
+            "/etc/shadow", "/etc/passwd", "/root/.ssh/id_ed25519", Harness.state + "/ledger", "/proc/1/environ",
+            "/proc/self/maps",
+        ] {
             let r = try Harness.call(cell, ["action": "read", "path": .string(path)])
             let t = Harness.text(r) ?? r.outcome.detail
             XCTAssertTrue(t == "errno 13" || t == "errno 2", "\(path): \(t)")
@@ -116,7 +128,8 @@ final class SandboxTests: XCTestCase {
         fd.close()
         let cell = try probe(filesystem: "{\"read\": [\"\(dir)\"]}")
         XCTAssertEqual(Harness.text(try Harness.call(cell, ["action": "read", "path": .string(f)])), "read 5")
-        XCTAssertEqual(Harness.text(try Harness.call(cell, ["action": "write", "path": .string(dir + "/new")])), "errno 13")
+        XCTAssertEqual(
+            Harness.text(try Harness.call(cell, ["action": "write", "path": .string(dir + "/new")])), "errno 13")
     }
 
     func testWorkerCannotReachTheSecurityLogOrItsKey() throws {
@@ -126,12 +139,17 @@ final class SandboxTests: XCTestCase {
         let key = LogSigningKey.paths(stateDirectory: Harness.state).privateKey
         let events = Harness.state + "/security/events-000001.jsonl"
         for path in [key, events, Harness.state + "/security/checkpoints.jsonl"] {
-            XCTAssertEqual(Harness.text(try Harness.call(cell, ["action": "read", "path": .string(path)])), "errno 13", path)
-            XCTAssertEqual(Harness.text(try Harness.call(cell, ["action": "write", "path": .string(path)])), "errno 13", path)
+            XCTAssertEqual(
+                Harness.text(try Harness.call(cell, ["action": "read", "path": .string(path)])), "errno 13", path)
+            XCTAssertEqual(
+                Harness.text(try Harness.call(cell, ["action": "write", "path": .string(path)])), "errno 13", path)
         }
         log.close()
-        XCTAssertNil(SecurityLogReader.verify(directory: Harness.state + "/security",
-                                              publicKeyPath: LogSigningKey.paths(stateDirectory: Harness.state).publicKey).problem)
+        XCTAssertNil(
+            SecurityLogReader.verify(
+                directory: Harness.state + "/security",
+                publicKeyPath: LogSigningKey.paths(stateDirectory: Harness.state).publicKey
+            ).problem)
     }
 
     func testProtectedStateCannotBeDeclared() throws {
@@ -256,7 +274,8 @@ final class SandboxTests: XCTestCase {
         let runner = try Harness.runner()
         let t0 = monotonicNanoseconds()
         DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(100)) { c.cancel() }
-        let r = runner.run(cell: cell, tool: "probe", arguments: ["action": "sleep", "ms": 5000], callID: "c", cancellation: c)
+        let r = runner.run(
+            cell: cell, tool: "probe", arguments: ["action": "sleep", "ms": 5000], callID: "c", cancellation: c)
         XCTAssertEqual(r.outcome, .cancelled)
         XCTAssertLessThan(monotonicNanoseconds() - t0, 2_000_000_000)
     }
@@ -298,7 +317,9 @@ final class SandboxTests: XCTestCase {
         for _ in 0..<200 where exe == nil {
             usleep(10_000)
             for pid in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] where Int(pid) != nil {
-                guard let cmd = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8), cmd.hasPrefix("probe-cell") else { continue }
+                guard let cmd = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8),
+                    cmd.hasPrefix("probe-cell")
+                else { continue }
                 exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe")
             }
         }
@@ -325,7 +346,9 @@ final class SandboxTests: XCTestCase {
 /// compiler stands between the worker and the thing it tries.
 final class ConfinementSystemTests: XCTestCase {
     override func setUpWithError() throws {
-        XCTAssertNotNil(Harness.features.landlockABI, "Landlock is required for these tests: \(Harness.features.landlockError ?? "")")
+        XCTAssertNotNil(
+            Harness.features.landlockABI,
+            "Landlock is required for these tests: \(Harness.features.landlockError ?? "")")
         XCTAssertTrue(Harness.features.seccompUserNotification, "seccomp user notification is required")
     }
 
@@ -367,30 +390,48 @@ final class ConfinementSystemTests: XCTestCase {
         let log = try Listener.unix(path: dir + "/log.sock", type: SOCK_DGRAM)
         defer { log.close() }
         // A datagram pair would deliver to the address given to sendmsg.
-        let dgram = try Harness.call(cell, ["action": "pair-sendmsg", "type": .int(Int64(SOCK_DGRAM.rawValue)),
-                                            "path": .string(log.path)])
-        XCTAssertEqual(dgram.outcome, .sandboxViolation(syscall: "socketpair", architecture: "x86_64"), dgram.outcome.detail)
+        let dgram = try Harness.call(
+            cell,
+            [
+                "action": "pair-sendmsg", "type": .int(Int64(SOCK_DGRAM.rawValue)),
+                "path": .string(log.path),
+            ])
+        XCTAssertEqual(
+            dgram.outcome, .sandboxViolation(syscall: "socketpair", architecture: "x86_64"), dgram.outcome.detail)
         // A stream pair refuses the address (EISCONN); seqpacket ignores it.
-        let stream = try Harness.call(cell, ["action": "pair-sendmsg", "type": .int(Int64(SOCK_STREAM.rawValue)),
-                                             "path": .string(log.path)])
+        let stream = try Harness.call(
+            cell,
+            [
+                "action": "pair-sendmsg", "type": .int(Int64(SOCK_STREAM.rawValue)),
+                "path": .string(log.path),
+            ])
         XCTAssertEqual(Harness.text(stream), "errno \(EISCONN)", stream.outcome.detail)
-        let seq = try Harness.call(cell, ["action": "pair-sendmsg", "type": .int(Int64(SOCK_SEQPACKET.rawValue)),
-                                          "path": .string(log.path)])
+        let seq = try Harness.call(
+            cell,
+            [
+                "action": "pair-sendmsg", "type": .int(Int64(SOCK_SEQPACKET.rawValue)),
+                "path": .string(log.path),
+            ])
         XCTAssertEqual(Harness.text(seq), "ok 6", seq.outcome.detail)
         XCTAssertNil(log.receive(), "a datagram reached the host socket")
     }
 
     func testIPCObjectsCannotBeCreated() throws {
-        let cell = try probe(allowing: ["shmget", "shmat", "semget", "msgget", "mq_open"],
-                             limits: #"{"processes": "processes"}"#)
+        let cell = try probe(
+            allowing: ["shmget", "shmat", "semget", "msgget", "mq_open"],
+            limits: #"{"processes": "processes"}"#)
         let ipc = ["/proc/sysvipc/shm", "/proc/sysvipc/sem", "/proc/sysvipc/msg"]
         let ipcBefore = ipc.map(Self.lines)
         let queuesBefore = (try? FileManager.default.contentsOfDirectory(atPath: "/dev/mqueue")) ?? []
         // shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600), semget, msgget, mq_open.
-        for (nr, name, args) in [(29, "shmget", [0, 4096, 0o1600]), (64, "semget", [0, 1, 0o1600]),
-                                 (68, "msgget", [0, 0o1600]), (240, "mq_open", [0, 0o100, 0o600, 0])] {
-            let r = try Harness.call(cell, ["action": "syscall", "nr": .int(Int64(nr)), "args": .array(args.map { .int(Int64($0)) })])
-            XCTAssertEqual(r.outcome, .sandboxViolation(syscall: name, architecture: "x86_64"), "\(name): \(r.outcome.detail)")
+        for (nr, name, args) in [
+            (29, "shmget", [0, 4096, 0o1600]), (64, "semget", [0, 1, 0o1600]),
+            (68, "msgget", [0, 0o1600]), (240, "mq_open", [0, 0o100, 0o600, 0]),
+        ] {
+            let r = try Harness.call(
+                cell, ["action": "syscall", "nr": .int(Int64(nr)), "args": .array(args.map { .int(Int64($0)) })])
+            XCTAssertEqual(
+                r.outcome, .sandboxViolation(syscall: name, architecture: "x86_64"), "\(name): \(r.outcome.detail)")
         }
         XCTAssertEqual(ipc.map(Self.lines), ipcBefore, "a System V IPC object was left behind")
         XCTAssertEqual((try? FileManager.default.contentsOfDirectory(atPath: "/dev/mqueue")) ?? [], queuesBefore)
@@ -402,8 +443,9 @@ final class ConfinementSystemTests: XCTestCase {
         // Without MFD_NOEXEC_SEAL (here MFD_CLOEXEC) or with MFD_EXEC: stopped at memfd_create.
         for flags in [1, 0x10, 0x18] {
             let r = try Harness.call(cell, ["action": "memfd-exec", "flags": .int(Int64(flags))])
-            XCTAssertEqual(r.outcome, .sandboxViolation(syscall: "memfd_create", architecture: "x86_64"),
-                           "flags \(flags): \(r.outcome.detail)")
+            XCTAssertEqual(
+                r.outcome, .sandboxViolation(syscall: "memfd_create", architecture: "x86_64"),
+                "flags \(flags): \(r.outcome.detail)")
         }
         // With MFD_NOEXEC_SEAL the memfd exists, but exec of it fails.
         let sealed = try Harness.call(cell, ["action": "memfd-exec", "flags": .int(1 | 8)])
@@ -454,7 +496,9 @@ struct Listener {
         if path.hasPrefix("@") { bytes[0] = 0 }
         withUnsafeMutableBytes(of: &a.sun_path) { raw in for (i, b) in bytes.enumerated() { raw[i] = b } }
         let len = socklen_t(path.hasPrefix("@") ? 2 + bytes.count : MemoryLayout<sockaddr_un>.size)
-        let rc = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+        let rc = withUnsafePointer(to: &a) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) }
+        }
         guard rc == 0 else { throw SystemError("bind \(path)", errno: errno) }
         if !path.hasPrefix("@") {
             chmod(path, 0o777)

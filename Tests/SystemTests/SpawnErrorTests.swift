@@ -1,7 +1,9 @@
 import StrictJSON
-@testable import SupervisorCore
 import SupervisorPlatform
 import XCTest
+
+@testable import SupervisorCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -18,8 +20,9 @@ final class SpawnErrorTests: XCTestCase {
         var named = 0
         for raw in Int32(0)...255 where SpawnStage.shimName(raw) != "unknown" {
             named += 1
-            XCTAssertNotNil(SpawnStage(rawValue: raw),
-                            "C stage \(raw) (\(SpawnStage.shimName(raw))) has no SpawnStage case")
+            XCTAssertNotNil(
+                SpawnStage(rawValue: raw),
+                "C stage \(raw) (\(SpawnStage.shimName(raw))) has no SpawnStage case")
         }
         XCTAssertEqual(named, SpawnStage.allCases.count)
     }
@@ -33,8 +36,9 @@ final class SpawnErrorTests: XCTestCase {
             exe.close()
             null.close()
         }
-        let r = SpawnRequest(executable: exe, argv: ["true"], environment: [], stdin: null, stdout: null, stderr: null,
-                             request: null, response: null, workingDirectory: "/nonexistent-\(getpid())")
+        let r = SpawnRequest(
+            executable: exe, argv: ["true"], environment: [], stdin: null, stdout: null, stderr: null,
+            request: null, response: null, workingDirectory: "/nonexistent-\(getpid())")
         do {
             let w = try WorkerProcess.spawn(r)
             w.close()
@@ -46,17 +50,19 @@ final class SpawnErrorTests: XCTestCase {
     }
 
     func report(_ outcome: CallOutcome, denied: DeniedSyscall? = nil) -> CallReport {
-        var r = CallReport(outcome: outcome, exit: nil, durationNanoseconds: 0, cpuNanoseconds: 0,
-                           peakMemoryBytes: nil, bytesFromWorker: 0, diagnostics: "", spawnNanoseconds: 0,
-                           firstFrameNanoseconds: 0, reapNanoseconds: 0)
+        var r = CallReport(
+            outcome: outcome, exit: nil, durationNanoseconds: 0, cpuNanoseconds: 0,
+            peakMemoryBytes: nil, bytesFromWorker: 0, diagnostics: "", spawnNanoseconds: 0,
+            firstFrameNanoseconds: 0, reapNanoseconds: 0)
         r.deniedSyscall = denied
         return r
     }
 
     func events(_ outcome: CallOutcome, denied: DeniedSyscall? = nil) throws -> [String: JSONObject] {
         let cell = try Harness.prepare(try Harness.probeManifest())
-        let list = SecurityEvent.callEnd(callID: "c1", principal: "uid:0", tool: "probe", cell: cell,
-                                         report: report(outcome, denied: denied), bytesReturned: 0)
+        let list = SecurityEvent.callEnd(
+            callID: "c1", principal: "uid:0", tool: "probe", cell: cell,
+            report: report(outcome, denied: denied), bytesReturned: 0)
         var out: [String: JSONObject] = [:]
         for e in list { out[e.type.rawValue] = e.fields }
         XCTAssertEqual(out.count, list.count, "one event of each type")
@@ -93,16 +99,19 @@ final class SpawnErrorTests: XCTestCase {
         XCTAssertEqual(Set(try events(.killedBySignal(SIGSEGV)).keys), ["call.end"])
         // A forbidden syscall after the answer: the outcome is the answer,
         // the attempt is still a sandbox.violation.
-        let late = try events(.success(CellResult(content: [], structuredContent: nil)),
-                              denied: DeniedSyscall(syscall: "ptrace", architecture: "x86_64"))
+        let late = try events(
+            .success(CellResult(content: [], structuredContent: nil)),
+            denied: DeniedSyscall(syscall: "ptrace", architecture: "x86_64"))
         XCTAssertEqual(late["call.end"]?["outcome"], "success")
         XCTAssertEqual(late["sandbox.violation"]?["syscall"], "ptrace")
         // After a limit: both are recorded.
-        let cpu = SecurityEvent.callEnd(callID: "c1", principal: "uid:0", tool: "probe",
-                                        cell: try Harness.prepare(try Harness.probeManifest()),
-                                        report: report(.limitExceeded(.cpu),
-                                                       denied: DeniedSyscall(syscall: "ptrace", architecture: "x86_64")),
-                                        bytesReturned: 0)
+        let cpu = SecurityEvent.callEnd(
+            callID: "c1", principal: "uid:0", tool: "probe",
+            cell: try Harness.prepare(try Harness.probeManifest()),
+            report: report(
+                .limitExceeded(.cpu),
+                denied: DeniedSyscall(syscall: "ptrace", architecture: "x86_64")),
+            bytesReturned: 0)
         XCTAssertEqual(cpu.map(\.type.rawValue), ["call.end", "sandbox.violation", "sandbox.violation"])
         XCTAssertEqual(cpu[1].fields["limit"], "cpu")
         XCTAssertEqual(cpu[2].fields["syscall"], "ptrace")

@@ -59,7 +59,9 @@ public struct LedgerState: Sendable {
         guard let c = cells[cell] else { return "cell \(cell) is not registered" }
         guard let a = c.active, let v = c.versions[a] else { return "cell \(cell) has no active version" }
         if v.revoked { return "version \(a.prefix(12)) of \(cell) is revoked" }
-        if keys[v.signedBy]?.revoked != false { return "the key \(v.signedBy) that signed \(cell) \(a.prefix(12)) is revoked" }
+        if keys[v.signedBy]?.revoked != false {
+            return "the key \(v.signedBy) that signed \(cell) \(a.prefix(12)) is revoked"
+        }
         return nil
     }
 }
@@ -101,15 +103,26 @@ public enum Ledger {
     /// Applies one ledger line. An error with a cell refuses that cell; one
     /// without refuses the whole ledger (damaged file, broken chain).
     static func apply(_ line: [UInt8], to st: inout LedgerState, location: String) -> Result<Void, EntryError> {
-        func fail(_ cell: String?, _ m: String) -> Result<Void, EntryError> { .failure(EntryError(cell: cell, message: m)) }
-        guard case .object(let env)? = try? JSONParser.parse(line) else { return fail(nil, "the entry is not valid JSON (damaged)") }
-        guard env.keys.sorted() == ["payload", "payloadType", "signatures"], env["payloadType"]?.stringValue == PayloadType.ledgerEntry.rawValue,
-              let p64 = env["payload"]?.stringValue, let payload = Data(base64Encoded: p64).map(Array.init),
-              let sigs = env["signatures"]?.arrayValue, !sigs.isEmpty
+        func fail(_ cell: String?, _ m: String) -> Result<Void, EntryError> {
+            .failure(EntryError(cell: cell, message: m))
+        }
+        guard case .object(let env)? = try? JSONParser.parse(line) else {
+            return fail(nil, "the entry is not valid JSON (damaged)")
+        }
+        guard env.keys.sorted() == ["payload", "payloadType", "signatures"],
+            env["payloadType"]?.stringValue == PayloadType.ledgerEntry.rawValue,
+            let p64 = env["payload"]?.stringValue, let payload = Data(base64Encoded: p64).map(Array.init),
+            let sigs = env["signatures"]?.arrayValue, !sigs.isEmpty
         else { return fail(nil, "the entry is not a ledger envelope {payloadType, payload, signatures}") }
-        guard case .object(let e)? = try? JSONParser.parse(payload) else { return fail(nil, "the payload is not valid JSON") }
-        guard e["index"]?.intValue == Int64(st.entries.count + 1) else { return fail(nil, "entry index is not \(st.entries.count + 1): entries missing or reordered") }
-        guard e["prev"]?.stringValue == st.head else { return fail(nil, "the entry does not follow the previous one (chain broken)") }
+        guard case .object(let e)? = try? JSONParser.parse(payload) else {
+            return fail(nil, "the payload is not valid JSON")
+        }
+        guard e["index"]?.intValue == Int64(st.entries.count + 1) else {
+            return fail(nil, "entry index is not \(st.entries.count + 1): entries missing or reordered")
+        }
+        guard e["prev"]?.stringValue == st.head else {
+            return fail(nil, "the entry does not follow the previous one (chain broken)")
+        }
         guard let event = e["event"]?.stringValue else { return fail(nil, "no event") }
         let cell = e["cell"]?.stringValue
         st.entries.append(e)
@@ -118,7 +131,7 @@ public enum Ledger {
         var keys = st.trustedKeys
         if st.entries.count == 1 {
             guard event == "key.add", let id = e["keyId"]?.stringValue, let pub = e["publicKey"]?.stringValue,
-                  let k = try? TrustKeys.parsePublic(pub, file: location), TrustKeys.keyID(k) == id
+                let k = try? TrustKeys.parsePublic(pub, file: location), TrustKeys.keyID(k) == id
             else { return fail(nil, "the first entry must add the key that signs it") }
             keys = [id: k]
         }
@@ -128,7 +141,11 @@ public enum Ledger {
             switch Envelope.verify(.ledgerEntry, payload, signature: s, keys: keys) {
             case .success(let id): signer = id
             case .failure(let err):
-                if case .unknownKey(let id) = err, st.keys[id]?.revoked == true { lastError = .revokedKey(id) } else { lastError = err }
+                if case .unknownKey(let id) = err, st.keys[id]?.revoked == true {
+                    lastError = .revokedKey(id)
+                } else {
+                    lastError = err
+                }
             }
             if signer != nil { break }
         }
@@ -137,29 +154,42 @@ public enum Ledger {
         switch event {
         case "key.add":
             guard let id = e["keyId"]?.stringValue, let pub = e["publicKey"]?.stringValue,
-                  let k = try? TrustKeys.parsePublic(pub, file: location), TrustKeys.keyID(k) == id
+                let k = try? TrustKeys.parsePublic(pub, file: location), TrustKeys.keyID(k) == id
             else { return fail(nil, "key.add: keyId does not match publicKey") }
             st.keys[id] = LedgerState.Key(id: id, publicKey: k, name: e["name"]?.stringValue ?? "", revoked: false)
         case "key.revoke":
-            guard let id = e["keyId"]?.stringValue, st.keys[id] != nil else { return fail(nil, "key.revoke: unknown key") }
+            guard let id = e["keyId"]?.stringValue, st.keys[id] != nil else {
+                return fail(nil, "key.revoke: unknown key")
+            }
             st.keys[id]!.revoked = true
         case "cell.register":
             guard let cell, let vid = e["version"]?.stringValue, let m64 = e["manifest"]?.stringValue,
-                  let mbytes = Data(base64Encoded: m64).map(Array.init), let mpath = e["manifestPath"]?.stringValue,
-                  let exe = e["executableSha256"]?.stringValue, let msig = e["manifestSignature"]
+                let mbytes = Data(base64Encoded: m64).map(Array.init), let mpath = e["manifestPath"]?.stringValue,
+                let exe = e["executableSha256"]?.stringValue, let msig = e["manifestSignature"]
             else { return fail(cell ?? "?", "cell.register: missing fields") }
-            guard sha256Hex(mbytes) == vid else { return fail(cell, "cell.register: version \(vid.prefix(12)) is not the manifest's SHA-256") }
-            switch ManifestSignature.verify(sigBytes: msig.serializedBytes(), manifestBytes: mbytes, keys: st.trustedKeys, file: "manifest signature") {
+            guard sha256Hex(mbytes) == vid else {
+                return fail(cell, "cell.register: version \(vid.prefix(12)) is not the manifest's SHA-256")
+            }
+            switch ManifestSignature.verify(
+                sigBytes: msig.serializedBytes(), manifestBytes: mbytes, keys: st.trustedKeys,
+                file: "manifest signature")
+            {
             case .success: break
             case .failure(let err): return fail(cell, "cell.register: manifest signature: \(err)")
             }
             var c = st.cells[cell] ?? LedgerState.Cell()
-            guard c.versions[vid] == nil else { return fail(cell, "cell.register: version \(vid.prefix(12)) is already registered (versions are immutable)") }
+            guard c.versions[vid] == nil else {
+                return fail(
+                    cell, "cell.register: version \(vid.prefix(12)) is already registered (versions are immutable)")
+            }
             let parent = e["parent"]?.stringValue
-            guard parent == c.active else { return fail(cell, "cell.register: parent \(parent?.prefix(12) ?? "none") is not the active version") }
+            guard parent == c.active else {
+                return fail(cell, "cell.register: parent \(parent?.prefix(12) ?? "none") is not the active version")
+            }
             c.versions[vid] = LedgerState.Version(
                 id: vid, label: e["label"]?.stringValue ?? "", manifestBytes: mbytes, manifestPath: mpath,
-                executableSHA256: exe, parent: parent, signedBy: signer, approvedWidening: e["approvedWidening"]?.boolValue ?? false,
+                executableSHA256: exe, parent: parent, signedBy: signer,
+                approvedWidening: e["approvedWidening"]?.boolValue ?? false,
                 registeredAt: e["time"]?.stringValue ?? "", revoked: false, revokeReason: nil)
             c.order.append(vid)
             st.cells[cell] = c
@@ -187,7 +217,9 @@ public enum Ledger {
     /// Appends one entry signed by `key`, under an exclusive lock, after
     /// checking it against the current fold. Returns the new state.
     @discardableResult
-    public static func append(path: String, event: String, fields: JSONObject, key: Curve25519.Signing.PrivateKey) throws -> LedgerState {
+    public static func append(path: String, event: String, fields: JSONObject, key: Curve25519.Signing.PrivateKey)
+        throws -> LedgerState
+    {
         try SecurityLog.makeDirectory(directoryName(of: path))
         if let p = StatePermissions.problem(path: directoryName(of: path)) ?? StatePermissions.problem(path: path) {
             throw TrustCommandError("refused: \(p)")
@@ -198,15 +230,19 @@ public enum Ledger {
         defer { _ = flock(fd.rawValue, LOCK_UN) }
         var st = load(path: path)
         if let d = st.damaged { throw TrustCommandError("the ledger is damaged, nothing is appended: \(d)") }
-        var p = JSONObject([("index", .int(Int64(st.entries.count + 1))), ("prev", .string(st.head)),
-                            ("time", .string(SecurityLog.timestamp())), ("event", .string(event))])
+        var p = JSONObject([
+            ("index", .int(Int64(st.entries.count + 1))), ("prev", .string(st.head)),
+            ("time", .string(SecurityLog.timestamp())), ("event", .string(event)),
+        ])
         for (k, v) in fields { p[k] = v }
         let payload = JSONValue.object(p).serializedBytes()
-        let env = JSONValue.object(JSONObject([
-            ("payloadType", .string(PayloadType.ledgerEntry.rawValue)),
-            ("payload", .string(Data(payload).base64EncodedString())),
-            ("signatures", .array([try Envelope.sign(.ledgerEntry, payload, with: key)])),
-        ])).serializedBytes()
+        let env = JSONValue.object(
+            JSONObject([
+                ("payloadType", .string(PayloadType.ledgerEntry.rawValue)),
+                ("payload", .string(Data(payload).base64EncodedString())),
+                ("signatures", .array([try Envelope.sign(.ledgerEntry, payload, with: key)])),
+            ])
+        ).serializedBytes()
         let before = st
         if case .failure(let e) = apply(env, to: &st, location: path) {
             throw TrustCommandError("refused: \(e.message)")

@@ -39,9 +39,12 @@ public struct LedgerAnchor: Sendable, Equatable {
 
     /// The `ledger.loaded` record for a ledger the supervisor is about to serve.
     public static func loadedEvent(_ ledger: LedgerState, path: String) -> SecurityEvent {
-        SecurityEvent(.ledgerLoaded, JSONObject([
-            ("ledger", .string(path)), ("entries", .int(Int64(ledger.lineHashes.count))), ("head", .string(ledger.head)),
-        ]))
+        SecurityEvent(
+            .ledgerLoaded,
+            JSONObject([
+                ("ledger", .string(path)), ("entries", .int(Int64(ledger.lineHashes.count))),
+                ("head", .string(ledger.head)),
+            ]))
     }
 }
 
@@ -72,11 +75,16 @@ public final class LedgerGuard: @unchecked Sendable {
         let first = !anchoredOnce
         lock.unlock()
         if let a = current, let why = a.rollback(of: ledger, path: path) {
-            log.appendAndWait([SecurityEvent(.ledgerRolledBack, JSONObject([
-                ("ledger", .string(path)), ("entries", .int(Int64(ledger.lineHashes.count))),
-                ("anchoredEntries", .int(Int64(a.entries))), ("anchoredHead", a.head.map { .string($0) } ?? .null),
-                ("anchorSeq", .int(a.seq)), ("reason", .string(why)),
-            ]))])
+            log.appendAndWait([
+                SecurityEvent(
+                    .ledgerRolledBack,
+                    JSONObject([
+                        ("ledger", .string(path)), ("entries", .int(Int64(ledger.lineHashes.count))),
+                        ("anchoredEntries", .int(Int64(a.entries))),
+                        ("anchoredHead", a.head.map { .string($0) } ?? .null),
+                        ("anchorSeq", .int(a.seq)), ("reason", .string(why)),
+                    ]))
+            ])
             return why
         }
         let now = LedgerAnchor(entries: ledger.lineHashes.count, head: ledger.lineHashes.last, seq: 0)

@@ -31,13 +31,17 @@ public enum TrustKeys {
 
     public static func loadPrivate(path: String) throws(ConfigError) -> Curve25519.Signing.PrivateKey {
         let bytes: [UInt8]
-        do { bytes = try readFile(path, limit: 4096) } catch { throw ConfigError(file: path, field: "", message: "cannot read: \(error)") }
+        do { bytes = try readFile(path, limit: 4096) } catch {
+            throw ConfigError(file: path, field: "", message: "cannot read: \(error)")
+        }
         if let st = try? Sys.stat(path), st.mode & 0o077 != 0 {
-            throw ConfigError(file: path, field: "", message: "private key is readable by others (mode \(String(st.mode & 0o777, radix: 8))); chmod 600 it")
+            throw ConfigError(
+                file: path, field: "",
+                message: "private key is readable by others (mode \(String(st.mode & 0o777, radix: 8))); chmod 600 it")
         }
         let text = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
         guard text.hasPrefix("ed25519-private:"), let raw = Data(base64Encoded: String(text.dropFirst(16))),
-              let key = try? Curve25519.Signing.PrivateKey(rawRepresentation: raw)
+            let key = try? Curve25519.Signing.PrivateKey(rawRepresentation: raw)
         else { throw ConfigError(file: path, field: "", message: "not an ed25519-private key file") }
         return key
     }
@@ -45,14 +49,16 @@ public enum TrustKeys {
     public static func parsePublic(_ text: String, file: String) throws(ConfigError) -> Curve25519.Signing.PublicKey {
         let t = text.trimmingCharacters(in: .whitespacesAndNewlines)
         guard t.hasPrefix("ed25519-public:"), let raw = Data(base64Encoded: String(t.dropFirst(15))),
-              let key = try? Curve25519.Signing.PublicKey(rawRepresentation: raw)
+            let key = try? Curve25519.Signing.PublicKey(rawRepresentation: raw)
         else { throw ConfigError(file: file, field: "", message: "not an ed25519-public key") }
         return key
     }
 
     public static func loadPublic(path: String) throws(ConfigError) -> Curve25519.Signing.PublicKey {
         let bytes: [UInt8]
-        do { bytes = try readFile(path, limit: 4096) } catch { throw ConfigError(file: path, field: "", message: "cannot read: \(error)") }
+        do { bytes = try readFile(path, limit: 4096) } catch {
+            throw ConfigError(file: path, field: "", message: "cannot read: \(error)")
+        }
         return try parsePublic(String(decoding: bytes, as: UTF8.self), file: path)
     }
 }
@@ -71,18 +77,25 @@ public enum Envelope {
         Array("DSSEv1 \(type.rawValue.utf8.count) \(type.rawValue) \(payload.count) ".utf8) + payload
     }
 
-    public static func sign(_ type: PayloadType, _ payload: [UInt8], with key: Curve25519.Signing.PrivateKey) throws -> JSONValue {
+    public static func sign(_ type: PayloadType, _ payload: [UInt8], with key: Curve25519.Signing.PrivateKey) throws
+        -> JSONValue
+    {
         let sig = try key.signature(for: pae(type, payload))
-        return .object(JSONObject([("keyId", .string(TrustKeys.keyID(key.publicKey))),
-                                   ("sig", .string(Data(sig).base64EncodedString()))]))
+        return .object(
+            JSONObject([
+                ("keyId", .string(TrustKeys.keyID(key.publicKey))),
+                ("sig", .string(Data(sig).base64EncodedString())),
+            ]))
     }
 
     /// Checks `signature` ({keyId, sig}) over (type, payload) against `keys`.
     /// Returns the signing key id, or why it fails.
-    public static func verify(_ type: PayloadType, _ payload: [UInt8], signature: JSONValue,
-                              keys: [String: Curve25519.Signing.PublicKey]) -> Result<String, TrustError> {
+    public static func verify(
+        _ type: PayloadType, _ payload: [UInt8], signature: JSONValue,
+        keys: [String: Curve25519.Signing.PublicKey]
+    ) -> Result<String, TrustError> {
         guard case .object(let o) = signature, o.count == 2, let id = o["keyId"]?.stringValue,
-              let s = o["sig"]?.stringValue, let sig = Data(base64Encoded: s)
+            let s = o["sig"]?.stringValue, let sig = Data(base64Encoded: s)
         else { return .failure(.malformed("signature must be {keyId, sig}")) }
         guard let key = keys[id] else { return .failure(.unknownKey(id)) }
         guard key.isValidSignature(sig, for: pae(type, payload)) else { return .failure(.badSignature(id)) }
@@ -100,7 +113,9 @@ public enum TrustError: Error, Equatable, Sendable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .malformed(let m): return "malformed: \(m)"
-        case .unknownKey(let k): return "signed by unknown key \(k) (trust it first: mcp-supervisor keys add KEY.pub --key <a key the ledger already trusts>; `keys list` shows those)"
+        case .unknownKey(let k):
+            return
+                "signed by unknown key \(k) (trust it first: mcp-supervisor keys add KEY.pub --key <a key the ledger already trusts>; `keys list` shows those)"
         case .revokedKey(let k): return "signed by revoked key \(k)"
         case .badSignature(let k): return "bad signature (claimed key \(k))"
         case .unsigned(let m): return "not signed: \(m)"
@@ -114,16 +129,19 @@ public enum ManifestSignature {
     public static func path(for manifest: String) -> String { manifest + ".sig" }
 
     public static func make(manifestBytes: [UInt8], key: Curve25519.Signing.PrivateKey) throws -> JSONValue {
-        .object(JSONObject([
-            ("payloadType", .string(PayloadType.manifest.rawValue)),
-            ("payloadSha256", .string(sha256Hex(manifestBytes))),
-            ("signatures", .array([try Envelope.sign(.manifest, manifestBytes, with: key)])),
-        ]))
+        .object(
+            JSONObject([
+                ("payloadType", .string(PayloadType.manifest.rawValue)),
+                ("payloadSha256", .string(sha256Hex(manifestBytes))),
+                ("signatures", .array([try Envelope.sign(.manifest, manifestBytes, with: key)])),
+            ]))
     }
 
     /// Verifies strictly; returns the id of a key in `keys` that signed.
-    public static func verify(sigBytes: [UInt8], manifestBytes: [UInt8], keys: [String: Curve25519.Signing.PublicKey],
-                              file: String) -> Result<String, TrustError> {
+    public static func verify(
+        sigBytes: [UInt8], manifestBytes: [UInt8], keys: [String: Curve25519.Signing.PublicKey],
+        file: String
+    ) -> Result<String, TrustError> {
         guard let doc = try? JSONParser.parse(sigBytes), case .object(let o) = doc else {
             return .failure(.malformed("\(file) is not a JSON object (duplicate keys are refused)"))
         }
