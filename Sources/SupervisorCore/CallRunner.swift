@@ -2,10 +2,6 @@ import Logging
 import StrictJSON
 import SupervisorPlatform
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
 /// Lets another thread end a call in flight (client cancellation, shutdown,
 /// revocation). The running call polls the pipe's read end.
 public final class CallCancellation: @unchecked Sendable {
@@ -90,11 +86,11 @@ public final class CallRunner: @unchecked Sendable {
         self.host = host
         self.logger = logger
         outputBudget = OutputBudget(totalBytes: outputBudgetBytes)
-        devNull = try Sys.open("/dev/null", O_RDONLY)
+        devNull = try Sys.open("/dev/null", OpenFlags.readOnly)
         try host.prepareScratchRoot()
         // A worker may exit before reading all of its input: the write
         // must fail with EPIPE, not kill the supervisor with SIGPIPE.
-        signal(SIGPIPE, SIG_IGN)
+        Sys.ignoreSignal(Signal.pipe)
     }
 
     deinit { devNull.close() }
@@ -112,7 +108,7 @@ public final class CallRunner: @unchecked Sendable {
             return counter
         }
         let safe = String(callID.unicodeScalars.filter { CellManifest.isValidName(String($0)) }.prefix(32))
-        return "\(host.scratchRoot)/\(getpid())-\(n)-\(safe.isEmpty ? "call" : safe)"
+        return "\(host.scratchRoot)/\(Sys.getpid())-\(n)-\(safe.isEmpty ? "call" : safe)"
     }
 
     /// Runs `tool` of `cell` with already-validated `arguments`.
@@ -229,7 +225,7 @@ public final class CallRunner: @unchecked Sendable {
         do {
             try Sys.mkdir(scratch, mode: 0o700)
             if host.features.isRoot {
-                let d = try Sys.open(scratch, O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
+                let d = try Sys.open(scratch, OpenFlags.readOnly | OpenFlags.directory | OpenFlags.noFollow)
                 defer { d.close() }
                 try d.chown(uid: host.workerUID, gid: host.workerGID)
             }
@@ -242,7 +238,7 @@ public final class CallRunner: @unchecked Sendable {
             diagRead = diag.read
             var notifyChild: FileDescriptor? = nil
             if host.features.seccompUserNotification {
-                let (a, b) = try Sys.socketPair(type: Int32(SOCK_SEQPACKET.rawValue))
+                let (a, b) = try Sys.socketPair(type: SocketType.seqPacket)
                 toClose += [a, b]
                 notifyParent = a
                 notifyChild = b
@@ -251,7 +247,7 @@ public final class CallRunner: @unchecked Sendable {
             }
             var brokerChild: FileDescriptor? = nil
             if !m.network.isNone {
-                let (a, b) = try Sys.socketPair(type: Int32(SOCK_SEQPACKET.rawValue))
+                let (a, b) = try Sys.socketPair(type: SocketType.seqPacket)
                 toClose += [a, b]
                 brokerParent = a
                 brokerChild = b
@@ -266,8 +262,8 @@ public final class CallRunner: @unchecked Sendable {
             // tmpfs and its contents go with the worker's namespace.
             let scratchMount = ScratchMount(
                 directory: scratch, sizeBytes: UInt64(limits.scratchMiB) << 20, files: UInt64(limits.scratchFiles),
-                uid: host.features.isRoot ? host.workerUID : geteuid(),
-                gid: host.features.isRoot ? host.workerGID : getegid(),
+                uid: host.features.isRoot ? host.workerUID : Sys.geteuid(),
+                gid: host.features.isRoot ? host.workerGID : Sys.getegid(),
                 access: ruleset.rights(.readWrite, isDirectory: true))
             // The executable is a sealed memfd on the kernel's internal shmem
             // mount: Landlock takes no rules there (EBADFD) and does not
@@ -298,8 +294,8 @@ public final class CallRunner: @unchecked Sendable {
             r.namespaceFlags = Namespaces.mount | (limits.processes == .processes ? Namespaces.pid : 0)
             if !host.features.isRoot {
                 r.namespaceFlags |= Namespaces.user
-                r.uidMap = "\(geteuid()) \(geteuid()) 1\n"
-                r.gidMap = "\(getegid()) \(getegid()) 1\n"
+                r.uidMap = "\(Sys.geteuid()) \(Sys.geteuid()) 1\n"
+                r.gidMap = "\(Sys.getegid()) \(Sys.getegid()) 1\n"
                 r.dropBoundingSet = true
             }
             r.landlockRuleset = ruleset.fd
@@ -331,7 +327,7 @@ public final class CallRunner: @unchecked Sendable {
             do {
                 listener = try SeccompListener.receive(from: notifyParent)
             } catch {
-                worker.signal(SIGKILL)
+                worker.signal(Signal.kill)
                 _ = try? worker.wait()
                 worker.close()
                 requestWrite.close()
@@ -357,7 +353,7 @@ public final class CallRunner: @unchecked Sendable {
     /// Ends a started worker that will not serve a call (a prespawned one
     /// discarded): SIGKILL, reap, close, wipe.
     func discard(_ w: StartedWorker) {
-        w.worker.signal(SIGKILL)
+        w.worker.signal(Signal.kill)
         _ = try? w.worker.wait()
         w.worker.close()
         w.requestWrite.close()
@@ -425,7 +421,7 @@ public final class CallRunner: @unchecked Sendable {
     func environment(for m: CellManifest, scratch: String) -> [String] {
         var env: [String] = []
         for name in m.environmentPass {
-            if let v = getenv(name) { env.append("\(name)=\(String(cString: v))") }
+            if let v = Sys.getenv(name) { env.append("\(name)=\(v)") }
         }
         for (k, v) in m.environmentSet { env.append("\(k)=\(v)") }
         // The roots a cell may use, so it can explain a refusal (Landlock
@@ -542,10 +538,20 @@ struct WorkerSession {
 
     var diagnosticsText: String { CellProtocol.sanitize(String(decoding: diagnostics, as: UTF8.self)) }
 
+    /// One read of a non-blocking pipe: bytes read, 0 at end of file or on
+    /// an error (the pipe is done either way), -1 when nothing is ready.
+    static func readSome(_ fd: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        switch fd.readAvailable(into: buffer) {
+        case .success(let n)?: return n
+        case .failure?: return 0
+        case nil: return -1
+        }
+    }
+
     /// Ends the worker now: SIGKILL through the pidfd (never a pid).
     mutating func kill() {
         killedByUs = true
-        worker.signal(SIGKILL)
+        worker.signal(Signal.kill)
     }
 
     mutating func run(
@@ -586,11 +592,13 @@ struct WorkerSession {
             // Try to push the request without blocking: a worker that never
             // reads its input cannot stall the supervisor.
             if requestOpen && pendingOffset < pending.count {
-                let n = pending.withUnsafeBytes { raw in
-                    Glibc.write(requestWrite.rawValue, raw.baseAddress! + pendingOffset, raw.count - pendingOffset)
+                let written = pending.withUnsafeBytes { raw in
+                    requestWrite.writeAvailable(UnsafeRawBufferPointer(rebasing: raw[pendingOffset...]))
                 }
-                if n > 0 { pendingOffset += n }
-                if n < 0 && errno != EAGAIN && errno != EINTR { closeRequest() }
+                switch written {
+                case .success(let n): pendingOffset += n
+                case .failure: closeRequest()
+                }
                 if pendingOffset == pending.count {
                     closeRequest()
                     pending = []
@@ -604,7 +612,7 @@ struct WorkerSession {
             let iExit = exited ? -1 : poll.add(worker.pidfd)
             let iCancel = cancelled ? -1 : (cancellation.map { poll.add($0.read) } ?? -1)
             let iNotify = listenerOpen ? poll.add(listener!.fd) : -1
-            let iReq = requestOpen ? poll.add(requestWrite, events: Int16(POLLOUT)) : -1
+            let iReq = requestOpen ? poll.add(requestWrite, events: .writable) : -1
             let iBroker = brokerOpen && !exited && !killedByUs ? poll.add(broker!.socket) : -1
 
             // The next timer: the deadline, then the SIGKILL after the grace;
@@ -640,15 +648,15 @@ struct WorkerSession {
                 } else if final == nil {
                     timedOut = true
                     observe(.deadline)
-                    worker.signal(SIGTERM)
+                    worker.signal(Signal.terminate)
                     killAt = t + UInt64(graceMilliseconds) * 1_000_000
                 } else {
                     // It answered but did not exit in time.
                     kill()
                 }
             }
-            if iNotify >= 0 && poll.fds[iNotify].revents & Int16(POLLHUP | POLLERR) != 0
-                && poll.fds[iNotify].revents & Int16(POLLIN) == 0
+            if iNotify >= 0 && !poll.events(iNotify).isDisjoint(with: [.hangUp, .error])
+                && !poll.events(iNotify).contains(.readable)
             {
                 listenerOpen = false
             } else if iNotify >= 0 && poll.isReadable(iNotify), let l = listener {
@@ -661,7 +669,7 @@ struct WorkerSession {
                         // What no filter allows (network, IPC, escapes) is
                         // refused even here: it is recorded, never run.
                         if SeccompConfinement.reason(number: n.number) != nil {
-                            l.deny(n, errno: EPERM)
+                            l.deny(n, errno: Errno.notPermitted)
                         } else {
                             l.allowOnce(n)
                         }
@@ -671,7 +679,7 @@ struct WorkerSession {
                         observe(.seccomp(syscall: denied.0, architecture: denied.1))
                         kill()
                     }
-                } else if poll.fds[iNotify].revents & Int16(POLLHUP | POLLERR) != 0 {
+                } else if !poll.events(iNotify).isDisjoint(with: [.hangUp, .error]) {
                     listenerOpen = false
                 }
             }
@@ -688,7 +696,7 @@ struct WorkerSession {
                 kill()
             }
             if iResp >= 0 && poll.isReadable(iResp) {
-                let n = buf.withUnsafeMutableBytes { Glibc.read(responseRead.rawValue, $0.baseAddress, $0.count) }
+                let n = buf.withUnsafeMutableBytes { Self.readSome(responseRead, into: $0) }
                 if n == 0 {
                     responseOpen = false
                     if violation == nil && final == nil && !decoder.isAtBoundary {
@@ -718,7 +726,7 @@ struct WorkerSession {
                 }
             }
             if iDiag >= 0 && poll.isReadable(iDiag) {
-                let n = buf.withUnsafeMutableBytes { Glibc.read(diagRead.rawValue, $0.baseAddress, $0.count) }
+                let n = buf.withUnsafeMutableBytes { Self.readSome(diagRead, into: $0) }
                 if n == 0 {
                     diagOpen = false
                 } else if n > 0 {
@@ -734,7 +742,7 @@ struct WorkerSession {
                     }
                 }
             }
-            if iReq >= 0 && poll.fds[iReq].revents & Int16(POLLERR | POLLHUP) != 0 {
+            if iReq >= 0 && !poll.events(iReq).isDisjoint(with: [.hangUp, .error]) {
                 closeRequest()
             }
             if iExit >= 0 && poll.isReadable(iExit) {
@@ -769,11 +777,11 @@ struct WorkerSession {
     /// A death by a signal the supervisor did not send.
     func classify(signal sig: Int32) -> CallOutcome {
         switch sig {
-        case SIGXCPU: return .limitExceeded(.cpu)
-        case SIGXFSZ: return .limitExceeded(.fileSize)
+        case Signal.cpuLimit: return .limitExceeded(.cpu)
+        case Signal.fileSizeLimit: return .limitExceeded(.fileSize)
         // The filter kills a non-native architecture (i386 int 0x80, x32)
         // itself, without the listener: SIGSYS is the only trace.
-        case SIGSYS: return .sandboxViolation(syscall: "non-native system call", architecture: "foreign")
+        case Signal.badSystemCall: return .sandboxViolation(syscall: "non-native system call", architecture: "foreign")
         default: return .killedBySignal(sig)
         }
     }
@@ -807,7 +815,7 @@ struct WorkerSession {
             } else if exit.userCPUNanoseconds + exit.systemCPUNanoseconds >= cpuLimit {
                 return .limitExceeded(.cpu)
             }
-            if case .signaled(SIGXCPU) = exit.status { return .limitExceeded(.cpu) }
+            if case .signaled(Signal.cpuLimit) = exit.status { return .limitExceeded(.cpu) }
         }
         if let command { return classifyCommand(command, exit: exit) }
         switch final {

@@ -33,6 +33,9 @@ extension Sys {
     /// The corresponding C function is `getgid`.
     public static func getgid() -> UInt32 { Glibc.getgid() }
 
+    /// The corresponding C function is `getegid`.
+    public static func getegid() -> UInt32 { Glibc.getegid() }
+
     /// The corresponding C function is `getpid`.
     public static func getpid() -> Int32 { Glibc.getpid() }
 
@@ -102,5 +105,52 @@ extension Sys {
             if n != "." && n != ".." { out.append(n) }
         }
         return out
+    }
+}
+
+extension Signal {
+    /// SIGXCPU: sent at the soft `RLIMIT_CPU`.
+    public static let cpuLimit = SIGXCPU
+    /// SIGXFSZ: sent when a write passes `RLIMIT_FSIZE`.
+    public static let fileSizeLimit = SIGXFSZ
+    /// SIGSYS: what a seccomp filter's kill action leaves.
+    public static let badSystemCall = SIGSYS
+}
+
+extension Errno {
+    /// EINTR: a blocking call was interrupted by a signal.
+    public static let interrupted = EINTR
+}
+
+extension OpenFlags {
+    public static let directory = O_DIRECTORY
+    public static let noFollow = O_NOFOLLOW
+}
+
+/// Socket types the supervisor creates pairs of (`<sys/socket.h>`).
+public enum SocketType {
+    /// SOCK_SEQPACKET: message boundaries kept, ancillary data (SCM_RIGHTS).
+    public static let seqPacket = Int32(SOCK_SEQPACKET.rawValue)
+}
+
+extension FileDescriptor {
+    /// One `read(2)` on a non-blocking descriptor: the byte count (0 at end
+    /// of file), nil when nothing is ready (EAGAIN or EINTR), or the error.
+    public func readAvailable(into buffer: UnsafeMutableRawBufferPointer) -> Result<Int, SystemError>? {
+        let n = Glibc.read(rawValue, buffer.baseAddress, buffer.count)
+        if n >= 0 { return .success(n) }
+        let e = Glibc.errno
+        if e == EAGAIN || e == EINTR { return nil }
+        return .failure(SystemError("read", errno: e))
+    }
+
+    /// One `write(2)` on a non-blocking descriptor: the bytes written (0 when
+    /// the pipe is full, EAGAIN or EINTR), or the error.
+    public func writeAvailable(_ bytes: UnsafeRawBufferPointer) -> Result<Int, SystemError> {
+        let n = Glibc.write(rawValue, bytes.baseAddress, bytes.count)
+        if n >= 0 { return .success(n) }
+        let e = Glibc.errno
+        if e == EAGAIN || e == EINTR { return .success(0) }
+        return .failure(SystemError("write", errno: e))
     }
 }

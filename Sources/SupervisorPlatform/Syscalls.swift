@@ -335,18 +335,35 @@ public enum Sys {
     }
 }
 
+/// Events of poll(2).
+public struct PollEvents: OptionSet, Sendable {
+    public let rawValue: Int16
+    public init(rawValue: Int16) { self.rawValue = rawValue }
+    /// POLLIN.
+    public static let readable = PollEvents(rawValue: Int16(POLLIN))
+    /// POLLOUT.
+    public static let writable = PollEvents(rawValue: Int16(POLLOUT))
+    /// POLLHUP: the other end is gone (reported whether asked for or not).
+    public static let hangUp = PollEvents(rawValue: Int16(POLLHUP))
+    /// POLLERR (reported whether asked for or not).
+    public static let error = PollEvents(rawValue: Int16(POLLERR))
+}
+
 /// poll(2) over a small set of descriptors.
 public struct PollSet {
-    public var fds: [pollfd] = []
+    var fds: [pollfd] = []
     public init() {}
 
     public mutating func removeAll() { fds.removeAll(keepingCapacity: true) }
 
     @discardableResult
-    public mutating func add(_ fd: FileDescriptor, events: Int16 = Int16(POLLIN)) -> Int {
-        fds.append(pollfd(fd: fd.rawValue, events: events, revents: 0))
+    public mutating func add(_ fd: FileDescriptor, events: PollEvents = .readable) -> Int {
+        fds.append(pollfd(fd: fd.rawValue, events: events.rawValue, revents: 0))
         return fds.count - 1
     }
+
+    /// What the last `wait` reported for the descriptor added at `i`.
+    public func events(_ i: Int) -> PollEvents { PollEvents(rawValue: fds[i].revents) }
 
     /// Waits up to `timeoutMilliseconds` (-1: forever). Returns the number of
     /// ready descriptors (0 on timeout).
