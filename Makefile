@@ -113,16 +113,16 @@ docs: build
 # Swift sources that `make fmt` formats and `make check` lints.
 FORMATTED   = Sources Tests tools/bench Package.swift
 
-# Before a commit: `make fmt check`. Warnings are errors (built in a
-# directory of its own: other compiler flags would rebuild the main build
-# from scratch), the code is formatted as .swift-format says (4 spaces, 120
+# Before a commit: `make fmt check`. Warnings are errors (Package.swift
+# builds our own targets with -warnings-as-errors, so this is the same build
+# as `make test`'s), the code is formatted as .swift-format says (4 spaces, 120
 # columns), and only SupervisorPlatform imports Glibc or the C shim
 # (tools/check-imports.sh). Lint rules switched off in .swift-format, and
 # why: NoBlockComments (an inline /* CAP_SETPCAP */ naming the C constant
 # behind a number reads better than a line comment), ReplaceForEachWithForLoop
 # (a short `.forEach` is as clear as a loop).
 check: deps
-	$(SWIFT) build --build-tests --scratch-path .build/check -Xswiftc -warnings-as-errors
+	$(SWIFT) build --build-tests
 	$(SWIFT) format lint --strict --parallel -r $(FORMATTED)
 	tools/check-imports.sh
 

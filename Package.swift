@@ -3,7 +3,10 @@ import PackageDescription
 
 /// Cells are linked statically: a static executable without Foundation starts
 /// in about the time of /bin/true (docs/benchmarks.md), a dynamic one is 6x slower.
-let staticCell: [SwiftSetting] = [.unsafeFlags(["-static-executable"])]
+/// Our own Swift code builds with warnings as errors (dependencies do not):
+/// one build serves `make check`, `make test` and `make run`.
+let strictSwift: [SwiftSetting] = [.unsafeFlags(["-warnings-as-errors"])]
+let staticCell: [SwiftSetting] = strictSwift + [.unsafeFlags(["-static-executable"])]
 let staticCellLink: [LinkerSetting] = [.unsafeFlags(["-static-executable"])]
 let strictC: [CSetting] = [.define("_GNU_SOURCE"), .unsafeFlags(["-Wall", "-Wextra", "-Werror"])]
 
@@ -25,11 +28,12 @@ let package = Package(
         .target(name: "CSupervisorShim", cSettings: strictC),
         // Strict JSON (duplicate keys, depth, UTF-8) without Foundation, shared by
         // the supervisor and by cells.
-        .target(name: "StrictJSON"),
+        .target(name: "StrictJSON", swiftSettings: strictSwift),
         // The only module that calls libc, libseccomp, libcap and the shim.
         .target(
             name: "SupervisorPlatform",
             dependencies: ["CSupervisorShim"],
+            swiftSettings: strictSwift,
             linkerSettings: [.linkedLibrary("seccomp"), .linkedLibrary("cap")]
         ),
         .target(
@@ -38,7 +42,8 @@ let package = Package(
                 "StrictJSON", "SupervisorPlatform",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
-            ]
+            ],
+            swiftSettings: strictSwift
         ),
         .target(
             name: "SupervisorServer",
@@ -46,7 +51,8 @@ let package = Package(
                 "SupervisorCore", "StrictJSON",
                 .product(name: "MCP", package: "swift-sdk"),
                 .product(name: "Logging", package: "swift-log"),
-            ]
+            ],
+            swiftSettings: strictSwift
         ),
         .executableTarget(
             name: "mcp-supervisor",
@@ -54,11 +60,12 @@ let package = Package(
                 "SupervisorCore", "SupervisorServer", "StrictJSON",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
-            ]
+            ],
+            swiftSettings: strictSwift
         ),
 
         // Writing cells.
-        .target(name: "CellKit", dependencies: ["StrictJSON"]),
+        .target(name: "CellKit", dependencies: ["StrictJSON"], swiftSettings: strictSwift),
         .target(name: "CProbe", cSettings: strictC),
         .executableTarget(
             name: "echo-cell", dependencies: ["CellKit"],
@@ -76,20 +83,23 @@ let package = Package(
             dependencies: [.product(name: "MCP", package: "swift-sdk")],
             path: "tools/bench/sdk-echo-server"),
 
-        .testTarget(name: "StrictJSONTests", dependencies: ["StrictJSON"]),
-        .testTarget(name: "SupervisorCoreTests", dependencies: ["SupervisorCore", "StrictJSON"]),
+        .testTarget(name: "StrictJSONTests", dependencies: ["StrictJSON"], swiftSettings: strictSwift),
+        .testTarget(
+            name: "SupervisorCoreTests", dependencies: ["SupervisorCore", "StrictJSON"], swiftSettings: strictSwift),
         // The command line (flags from the settings table), without forking.
         .testTarget(
             name: "CommandLineTests",
             dependencies: [
                 "mcp-supervisor", "SupervisorCore", "SupervisorServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ]),
+            ],
+            swiftSettings: strictSwift),
         .testTarget(
             name: "SystemTests",
             dependencies: [
                 "SupervisorCore", "SupervisorPlatform", "StrictJSON",
                 .product(name: "Logging", package: "swift-log"),
-            ]),
+            ],
+            swiftSettings: strictSwift),
     ]
 )

@@ -268,7 +268,7 @@ public final class Admission: Sendable {
     /// Gives resources back and wakes the waiters that can now proceed.
     public func release(_ resources: [String]) {
         guard !resources.isEmpty else { return }
-        state.withLock { s in _ = s.held.subtract(resources) }
+        state.withLock { s in s.held.subtract(resources) }
         grant()
     }
 
