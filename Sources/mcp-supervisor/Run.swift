@@ -14,8 +14,9 @@ struct Run: AsyncParsableCommand {
             Settings come from the configuration file (--config, else $XDG_CONFIG_HOME/mcp-supervisor/config.json \
             or ~/.config/mcp-supervisor/config.json if present), then from these flags. Without either, manifests/ \
             and policies/ are taken from the working directory or the checkout the binary was built in. \
-            SIGHUP reloads the manifests; SIGTERM, SIGINT or the end of stdin stop the server after killing \
-            every worker in flight.
+            SIGHUP reloads the manifests. At the end of stdin, requests already received are served and \
+            answered (up to 30 s), then the server exits; SIGTERM or SIGINT stop it at once, killing every \
+            worker in flight.
             """)
 
     @OptionGroup var cellOptions: CommonOptions
