@@ -204,13 +204,11 @@ public final class CallPipeline: Sendable {
         let decision =
             (options.unsignedMode ? "allow (UNSIGNED development mode): " : "allow: ") + admitted.decision.rule
             + " in phase \(admitted.phase), policy \(admitted.policy.sha256.prefix(16))"
-        // Written now; reaches the disk with call.end's data sync.
-        log.appendLater([
-            SecurityEvent.callStart(
-                callID: callID, principal: session.principal, client: session.clientName, tool: entry.tool.name,
-                cell: entry.cell, decision: decision, arguments: call.arguments,
-                recordArguments: options.recordArguments)
-        ])
+        // Written once the pool has taken the call (a call refused as busy
+        // has no call.start); reaches the disk with call.end's data sync.
+        let start = SecurityEvent.callStart(
+            callID: callID, principal: session.principal, client: session.clientName, tool: entry.tool.name,
+            cell: entry.cell, decision: decision, arguments: call.arguments, recordArguments: options.recordArguments)
         if options.unsignedMode {
             logger.warning(
                 "UNSIGNED development mode: running a cell without a verified signature",
@@ -218,7 +216,9 @@ public final class CallPipeline: Sendable {
         }
 
         // 2. execute
-        guard let report = await execute(admitted, callID: callID, session: session, onMessage: onMessage) else {
+        guard
+            let report = await execute(admitted, callID: callID, start: start, session: session, onMessage: onMessage)
+        else {
             let load = pool.load
             return await refuse(
                 .busy(running: load.running, queued: load.queued), tool: call.name, cell: entry.cell,
@@ -343,7 +343,7 @@ public final class CallPipeline: Sendable {
 
     /// Step 2: on a pool thread; nil when the pool refused the call.
     func execute(
-        _ a: Admitted, callID: String, session: CallSession,
+        _ a: Admitted, callID: String, start: SecurityEvent, session: CallSession,
         onMessage: @escaping @Sendable (WorkerMessage) -> Void
     ) async -> CallReport? {
         let runner = self.runner
@@ -353,6 +353,7 @@ public final class CallPipeline: Sendable {
         return await withTaskCancellationHandler {
             await withCheckedContinuation { (k: CheckedContinuation<CallReport?, Never>) in
                 let accepted = pool.submit {
+                    log.appendLater([start])
                     _ = runner.run(
                         cell: a.entry.cell, tool: a.entry.tool.name, arguments: a.arguments, callID: callID,
                         cancellation: a.cancellation, limits: a.limits,

@@ -122,10 +122,11 @@ def test_a_client_that_never_reads_cannot_grow_the_supervisor_or_hold_its_shutdo
     assert "call.end" in types and types[-1] == "supervisor.stop"
 
 
-def test_the_queue_bound_refuses_beyond_running_plus_queued(workspace):
+def test_the_queue_bound_refuses_beyond_running_plus_queued(workspace, tmp_path):
     """--max-concurrent-calls 1 --max-queued-calls 0: while one slow call runs,
     the others are refused as busy, recorded, and the server keeps serving."""
-    p = start(workspace, "--max-concurrent-calls", "1", "--max-queued-calls", "0", "--prespawn", "0")
+    state = tmp_path / "state"
+    p = start(workspace, "--max-concurrent-calls", "1", "--max-queued-calls", "0", "--prespawn", "0", state=state)
     slow = line({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                  "params": {"name": "probe", "arguments": {"action": "sleep"}}})
     payload = line(INIT) + line({"jsonrpc": "2.0", "method": "notifications/initialized"}) + slow
@@ -135,3 +136,11 @@ def test_the_queue_bound_refuses_beyond_running_plus_queued(workspace):
     texts = [got[i]["result"]["content"][0]["text"] for i in range(2, 14)]
     busy = [t for t in texts if "busy" in t]
     assert len(busy) >= 11, texts
+    # Every refusal is recorded as such; only calls that ran have call.start,
+    # each with its call.end (no start is left open to look interrupted).
+    events = [json.loads(l) for f in sorted((state / "security").glob("events-*.jsonl")) for l in f.read_text().splitlines()]
+    refused = [e for e in events if e["type"] == "call.refused" and e["reason"] == "busy"]
+    assert len(refused) == len(busy)
+    starts = {e["callId"] for e in events if e["type"] == "call.start"}
+    ends = {e["callId"] for e in events if e["type"] == "call.end"}
+    assert starts == ends and len(starts) == 13 - len(busy)
