@@ -157,42 +157,60 @@ def run_calls(s, first, count, window=16):
         i += len(batch)
 
 
-def quiet(pid, work, baseline_fds, timeout=5):
-    """Waits until the supervisor is idle again: only prespawned workers
-    (the two cells called; `--prespawn 1` keeps one per cell, and one more
-    may be started while a call takes the first) and their scratch
-    directories, and no more descriptors than at the baseline. Returns the
-    last sample."""
+def idle_workers(pid, work, timeout=5):
+    """The live workers once every one has its scratch directory and no
+    other is left (prespawned workers: `--prespawn 1` keeps one per cell,
+    and one more may be started while a call takes the first)."""
     deadline = time.time() + timeout
     while True:
+        workers, scratch = children(pid), scratch_entries(work)
+        if len(workers) == len(scratch) or time.time() > deadline:
+            return workers, scratch
+        time.sleep(0.05)
+
+
+def settled(s, work, timeout=10):
+    """SIGHUP (a reload ends every prespawned worker), then the supervisor's
+    descriptors and threads once no worker is alive, no scratch directory
+    is left and two samples agree."""
+    pid = s.proc.pid
+    s.proc.send_signal(signal.SIGHUP)
+    deadline = time.time() + timeout
+    last = None
+    while True:
         sample = (fds(pid), threads(pid), children(pid), scratch_entries(work))
-        if (sample[0] <= baseline_fds and len(sample[2]) <= 4 and len(sample[3]) == len(sample[2])) \
+        if (not sample[2] and not sample[3] and last is not None and sample[:2] == last[:2]) \
                 or time.time() > deadline:
             return sample
-        time.sleep(0.05)
+        last = sample
+        time.sleep(0.2)
 
 
 def test_soak_of_two_thousand_calls_leaks_nothing(workspace, work):
     s = start(workspace, work)
     pid = s.proc.pid
     try:
-        # Warm-up: every kind of call once, so the pool, the prespawned
-        # worker of each cell and the allocator's arenas exist before the
-        # baseline.
+        # Warm-up: every kind of call, so the pool, the runtime's threads
+        # and the allocator's arenas exist before the baseline.
         run_calls(s, 0, 200)
-        time.sleep(0.3)
-        base_fds, base_threads, base_children, _ = quiet(pid, work, 10**6)
+        base_fds, base_threads, _, _ = settled(s, work)
         base_rss = rss_kib(pid)
         t0 = time.time()
         run_calls(s, 200, 900)
         half_rss = rss_kib(pid)
         run_calls(s, 1100, 900)
         elapsed = time.time() - t0
-        end_fds, end_threads, end_children, end_scratch = quiet(pid, work, base_fds)
+        # Only prespawned workers are alive, each with its scratch.
+        workers, scratch = idle_workers(pid, work)
+        assert len(workers) <= 4, f"workers alive after the soak: {workers}"
+        assert len(scratch) == len(workers), f"scratch left behind: {scratch} for workers {workers}"
+        assert all(d.name.startswith(f"{pid}-") for d in scratch), scratch
+        end_fds, end_threads, end_workers, end_scratch = settled(s, work)
         end_rss = rss_kib(pid)
         print(f"soak: 1800 calls in {elapsed:.1f} s; fds {base_fds} -> {end_fds}; threads {base_threads} -> "
-              f"{end_threads}; RSS {base_rss} -> {half_rss} -> {end_rss} KiB; workers {len(end_children)}")
+              f"{end_threads}; RSS {base_rss} -> {half_rss} -> {end_rss} KiB; prespawned workers {len(workers)}")
 
+        assert end_workers == [] and end_scratch == [], f"left after a reload: {end_workers} {end_scratch}"
         assert end_fds <= base_fds, f"descriptors grew from {base_fds} to {end_fds} over 1800 calls"
         # Threads: the pool's are fixed; the runtime's own (Dispatch, the
         # cooperative pool) may add a few under load, never one per call.
@@ -201,11 +219,6 @@ def test_soak_of_two_thousand_calls_leaks_nothing(workspace, work):
         # 900 settled (4 MiB is under 5 KiB per call).
         assert end_rss - half_rss < 4096, f"RSS grew {end_rss - half_rss} KiB over the last 900 calls"
         assert end_rss - base_rss < 16384, f"RSS grew from {base_rss} to {end_rss} KiB"
-        # Only the prespawned workers are alive, each with its scratch.
-        assert len(end_children) <= 4, f"workers alive after the soak: {end_children}"
-        assert len(end_scratch) == len(end_children), f"scratch left behind: {end_scratch}"
-        for d in end_scratch:
-            assert d.name.startswith(f"{pid}-"), d
     finally:
         workers = children(pid)
         status = stop(s)
