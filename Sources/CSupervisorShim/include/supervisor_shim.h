@@ -1,7 +1,7 @@
 /*
  * supervisor_shim.h — the C side of mcp-supervisor.
  *
- * Two kinds of code live behind this header:
+ * Three kinds of code live behind this header:
  *
  *  1. spawn.c: mcps_spawn(), the only code that runs in a worker between
  *     clone() and execveat(). It is C because after clone(CLONE_VM|CLONE_VFORK)
@@ -11,10 +11,14 @@
  *
  *  2. sys.c: thin wrappers, called by the supervisor process (never the
  *     child), for syscalls and ioctls that glibc does not wrap or that Swift
- *     cannot call because they are variadic.
+ *     cannot call because they are variadic, and the connection broker's
+ *     resolve/connect/send.
  *
- * Every function is called from the SupervisorPlatform Swift module and
- * nowhere else.
+ *  3. seccomp.c: compiling allowlists into BPF with libseccomp, in the
+ *     supervisor process only (never in the child).
+ *
+ * Only the SupervisorPlatform Swift module imports this header
+ * (tools/check-imports.sh enforces it for the supervisor's modules).
  */
 #ifndef MCP_SUPERVISOR_SHIM_H
 #define MCP_SUPERVISOR_SHIM_H
@@ -27,16 +31,20 @@
 #pragma clang assume_nonnull begin
 
 /*
- * The child's setup stages, in the order they run. A failure is reported as
- * (stage, errno). The numbering is part of the spawn-failure messages and of
- * the security log; append new stages, never renumber.
+ * The child's setup stages. A failure is reported as (stage, errno). The
+ * numbering is part of the spawn-failure messages and of the security log;
+ * new stages are appended, never renumbered, so the values follow the order
+ * the stages run in except where a stage was added later: MCPS_STAGE_SCRATCH
+ * (18) runs between MCPS_STAGE_SESSION and MCPS_STAGE_RLIMITS.
+ * SupervisorPlatform's SpawnStage mirrors this enum (a test checks every case
+ * against mcps_stage_name).
  */
 typedef enum {
     MCPS_STAGE_NONE = 0,
     MCPS_STAGE_CLONE = 1,        /* parent: clone() itself failed */
     MCPS_STAGE_SIGNALS = 2,      /* reset every signal disposition to default */
     MCPS_STAGE_USERNS = 3,       /* write setgroups/uid_map/gid_map for a new user namespace */
-    MCPS_STAGE_FDS = 4,          /* move the pipes to fds 0-4, mark all others close-on-exec */
+    MCPS_STAGE_FDS = 4,          /* place the worker's fds 0-5 and the setup fds 6-8, close all others */
     MCPS_STAGE_SESSION = 5,      /* setsid() */
     MCPS_STAGE_RLIMITS = 6,      /* setrlimit for each limit */
     MCPS_STAGE_BOUNDING = 7,     /* drop every capability from the bounding set */
@@ -79,6 +87,10 @@ typedef struct {
     /* Becomes fd 5 if >= 0: the worker's end of its connection-broker
        socket (a cell that declares network hosts); fd 5 is closed otherwise. */
     int broker_fd;
+
+    /* In the child, fds 6, 7 and 8 hold exec_fd, landlock_ruleset_fd and
+       notify_socket_fd during setup only (close-on-exec); every other
+       descriptor of the supervisor is closed before any other stage. */
 
     /* Working directory (the call's scratch directory). */
     const char *_Nullable workdir;
@@ -141,8 +153,9 @@ typedef struct {
  * stack with all signals blocked, runs the stages above in the child, and
  * execs. Returns 0 with pid and pidfd set once the child has exec'd, or -1
  * with stage and error set (the failed child has been reaped).
- * Called by: SupervisorPlatform.Spawner, on the thread that will also wait
- * for the worker (PDEATHSIG is tied to that thread).
+ * Called by: SupervisorPlatform's WorkerProcess.spawn, on a long-lived
+ * thread (a CallPool thread, or the Prespawner's): PDEATHSIG is tied to the
+ * thread that spawned the worker, so that thread must outlive it.
  */
 int mcps_spawn(const mcps_spawn_config *config, mcps_spawn_result *result);
 
