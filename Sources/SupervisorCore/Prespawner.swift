@@ -62,6 +62,9 @@ public final class Prespawner: @unchecked Sendable {
     private let lock = NSCondition()
     private var ready: [ObjectIdentifier: [StartedWorker]] = [:]
     private var wanted: [PreparedCell] = []
+    /// Workers being started now, per cell (counted by `refill`, so that a
+    /// call ending during a spawn does not ask for one more).
+    private var starting: [ObjectIdentifier: Int] = [:]
     /// Bumped by `discardAll`: a spawn in flight from before is discarded.
     private var epoch = 0
     /// The cells currently served (nil: any); a refill for another cell (a
@@ -102,7 +105,7 @@ public final class Prespawner: @unchecked Sendable {
         defer { lock.unlock() }
         guard !stopped, served?.contains(ObjectIdentifier(cell)) != false else { return }
         let have = ready[ObjectIdentifier(cell)]?.count ?? 0
-        let asked = wanted.filter { $0 === cell }.count
+        let asked = wanted.filter { $0 === cell }.count + starting[ObjectIdentifier(cell), default: 0]
         if have + asked < perCell {
             wanted.append(cell)
             lock.signal()
@@ -159,6 +162,7 @@ public final class Prespawner: @unchecked Sendable {
                 return
             }
             let cell = wanted.isEmpty ? nil : wanted.removeFirst()
+            if let cell { starting[ObjectIdentifier(cell), default: 0] += 1 }
             let startEpoch = epoch
             // Idle workers are ended: a cell not called for a while should
             // not keep a process (and its memory) around.
@@ -173,14 +177,15 @@ public final class Prespawner: @unchecked Sendable {
             }
             lock.unlock()
             for w in expired { runner?.discard(w) }
-            guard let cell, let runner else { continue }
-            guard
-                case .success(let w) = runner.startWorker(
-                    cell, limits: cell.manifest.limits, argv: nil, name: "prespawn")
-            else {
+            guard let cell else { continue }
+            let started = runner?.startWorker(cell, limits: cell.manifest.limits, argv: nil, name: "prespawn")
+            lock.lock()
+            starting[ObjectIdentifier(cell), default: 1] -= 1
+            if starting[ObjectIdentifier(cell)] == 0 { starting[ObjectIdentifier(cell)] = nil }
+            guard case .success(let w)? = started, let runner else {
+                lock.unlock()
                 continue  // the call that comes will spawn, and report, on its own
             }
-            lock.lock()
             if epoch == startEpoch && !stopped {
                 ready[ObjectIdentifier(cell), default: []].append(w)
                 lock.unlock()
