@@ -241,14 +241,9 @@ public final class SecurityLog: @unchecked Sendable {
     @discardableResult
     public func appendAndWait(_ events: [SecurityEvent]) -> SecurityLogError? {
         guard !events.isEmpty else { return nil }
-        let done = DispatchSemaphore(value: 0)
-        let result = ErrorBox()
-        enqueue(events, durable: true) { e in
-            result.error.withLock { $0 = e }
-            done.signal()
-        }
-        done.wait()
-        return result.error.withLock { $0 }
+        let answer = Answer()
+        enqueue(events, durable: true) { answer.give($0) }
+        return answer.wait()
     }
 
     /// Whether the log can write now. Callers check it before admitting
@@ -263,7 +258,26 @@ public final class SecurityLog: @unchecked Sendable {
         return .success(())
     }
 
-    private final class ErrorBox: Sendable { let error = Mutex<SecurityLogError?>(nil) }
+    /// One append's answer, waited for by the appending thread.
+    private final class Answer: @unchecked Sendable {
+        // @unchecked: `given` is guarded by `cond` (an NSCondition: the appending thread sleeps on it).
+        private let cond = NSCondition()
+        private var given: SecurityLogError?? = nil
+
+        func give(_ error: SecurityLogError?) {
+            cond.lock()
+            given = .some(error)
+            cond.signal()
+            cond.unlock()
+        }
+
+        func wait() -> SecurityLogError? {
+            cond.lock()
+            defer { cond.unlock() }
+            while given == nil { cond.wait() }
+            return given!
+        }
+    }
 
     private func enqueue(_ events: [SecurityEvent], durable: Bool, _ done: (@Sendable (SecurityLogError?) -> Void)?) {
         cond.lock()
