@@ -216,7 +216,7 @@ final class FileWatch: Sendable {
 
 /// Signal handling through dispatch sources (never in a signal handler).
 final class SignalHandlers: @unchecked Sendable {
-    // @unchecked: `sources` is appended to by the main thread at start only, before any signal is handled.
+    // @unchecked: `sources` is appended to only by the starting thread (it keeps the sources alive); no handler reads it.
     private var sources: [DispatchSourceSignal] = []
 
     func on(_ sig: Int32, _ body: @escaping @Sendable () -> Void) {
