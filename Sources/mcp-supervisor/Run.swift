@@ -216,7 +216,8 @@ final class FileWatch: Sendable {
 
 /// Signal handling through dispatch sources (never in a signal handler).
 final class SignalHandlers: @unchecked Sendable {
-    // @unchecked: `sources` is appended to only by the starting thread (it keeps the sources alive); no handler reads it.
+    // @unchecked: `sources` (which keeps the sources alive) is appended to by the starting thread only;
+    // no handler reads it.
     private var sources: [DispatchSourceSignal] = []
 
     func on(_ sig: Int32, _ body: @escaping @Sendable () -> Void) {
