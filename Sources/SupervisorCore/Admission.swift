@@ -110,7 +110,7 @@ public final class Admission: Sendable {
     }
 
     final class Waiter: @unchecked Sendable {
-        // Guarded by `Admission.state`'s lock (only touched inside withLock).
+        // @unchecked: `continuation` and `outcome` are guarded by `Admission.state` (touched only inside its withLock).
         let id: UInt64
         let resources: [String]
         var continuation: CheckedContinuation<Bool, Never>?
@@ -131,7 +131,7 @@ public final class Admission: Sendable {
         var nextWaiter: UInt64 = 0
     }
 
-    private let state = Synchronization.Mutex(State())
+    private let state = Mutex(State())
     /// The clock (monotonic nanoseconds); replaceable in tests.
     let now: @Sendable () -> UInt64
 
@@ -143,7 +143,7 @@ public final class Admission: Sendable {
     public final class Lease: Sendable {
         let admission: Admission
         let caps: [CapKey]
-        private let released = Synchronization.Mutex(false)
+        private let released = Mutex(false)
 
         init(admission: Admission, caps: [CapKey]) {
             self.admission = admission
@@ -233,6 +233,7 @@ public final class Admission: Sendable {
         guard let waiter else { return true }
         if waiter.id == 0 { return false }
         let timer = Task { [weak self] in
+            // A deadline, not polling: one sleep for the whole wait, cancelled when the wait ends first.
             do { try await Task.sleep(nanoseconds: waitNanoseconds) } catch { return }
             self?.expire(waiter.id)
         }

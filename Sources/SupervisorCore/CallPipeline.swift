@@ -67,7 +67,7 @@ public final class CallSession: Sendable {
         var phase: String?
         var succeededTools: Set<String> = []
     }
-    let state = Synchronization.Mutex(State())
+    let state = Mutex(State())
 
     public init(principal: String) {
         self.principal = principal
@@ -134,11 +134,11 @@ public final class CallPipeline: Sendable {
         var shuttingDown = false
     }
 
-    let state: Synchronization.Mutex<State>
+    let state: Mutex<State>
     /// Tells whether the trust ledger changed on disk since the last look.
-    let ledgerChanged: Synchronization.Mutex<(@Sendable () -> Bool)?> = Synchronization.Mutex(nil)
+    let ledgerChanged: Mutex<(@Sendable () -> Bool)?> = Mutex(nil)
     /// Runs after a reload that changed the tool set (tools/list_changed).
-    let toolsChanged: Synchronization.Mutex<(@Sendable () -> Void)?> = Synchronization.Mutex(nil)
+    let toolsChanged: Mutex<(@Sendable () -> Void)?> = Mutex(nil)
 
     public init(
         runner: CallRunner, pool: CallPool, log: SecurityLog, logger: Logger, options: PipelineOptions,
@@ -151,7 +151,7 @@ public final class CallPipeline: Sendable {
         self.options = options
         self.loadRegistry = loadRegistry
         let registry = loadRegistry()
-        state = Synchronization.Mutex(State(registry: registry))
+        state = Mutex(State(registry: registry))
         runner.prespawner?.serve(only: registry.cells)
         for p in registry.problems { logger.error("cell refused", metadata: ["problem": "\(p)"]) }
         log.appendAndWait(Self.loadEvents(registry))

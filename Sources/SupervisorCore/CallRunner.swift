@@ -1,14 +1,14 @@
 import Logging
 import StrictJSON
 import SupervisorPlatform
+import Synchronization
 
 /// Lets another thread end a call in flight (client cancellation, shutdown,
 /// revocation). The running call polls the pipe's read end.
-public final class CallCancellation: @unchecked Sendable {
+public final class CallCancellation: Sendable {
     let read: FileDescriptor
     let write: FileDescriptor
-    private let lock = Mutex()
-    private var fired = false
+    private let fired = Mutex(false)
 
     public init() throws(SystemError) {
         (read, write) = try Sys.pipe()
@@ -20,7 +20,7 @@ public final class CallCancellation: @unchecked Sendable {
     }
 
     public func cancel() {
-        lock.withLock {
+        fired.withLock { fired in
             if !fired {
                 fired = true
                 try? write.writeAll([1])
@@ -28,38 +28,38 @@ public final class CallCancellation: @unchecked Sendable {
         }
     }
 
-    public var isCancelled: Bool { lock.withLock { fired } }
+    public var isCancelled: Bool { fired.withLock { $0 } }
 }
 
 /// Bytes of worker output held in memory by all calls together (frames being
 /// assembled, command stdout), bounded: a call that would go past the total
 /// ends with `limitExceeded(.bufferedOutput)` instead of growing the
 /// supervisor.
-public final class OutputBudget: @unchecked Sendable {
+public final class OutputBudget: Sendable {
     public let totalBytes: Int
-    private let lock = Mutex()
-    private var used = 0
+    private let used = Mutex(0)
 
     public init(totalBytes: Int) { self.totalBytes = totalBytes }
 
     /// Takes `bytes` more; false (and nothing taken) if the total would pass.
     func reserve(_ bytes: Int) -> Bool {
-        lock.withLock {
+        used.withLock { used in
             guard used + bytes <= totalBytes else { return false }
             used += bytes
             return true
         }
     }
 
-    func release(_ bytes: Int) { lock.withLock { used -= bytes } }
+    func release(_ bytes: Int) { used.withLock { $0 -= bytes } }
 
     /// Bytes reserved right now (0 when no call holds output).
-    public var usedBytes: Int { lock.withLock { used } }
+    public var usedBytes: Int { used.withLock { $0 } }
 }
 
 /// Runs one tool call in one fresh worker, start to finish, on the calling
 /// thread. The worker is always gone and its scratch wiped when this returns.
 public final class CallRunner: @unchecked Sendable {
+    // @unchecked: `prespawner` is set once, by `enablePrespawn` before the first call; the rest is immutable.
     /// The most of one call's output the supervisor holds in memory at a
     /// time, whatever the manifest declares: one frame being assembled, or
     /// a command tool's stdout. Frames are refused from their length
@@ -76,8 +76,7 @@ public final class CallRunner: @unchecked Sendable {
     /// (nil: every call spawns its own worker when it arrives).
     public private(set) var prespawner: Prespawner? = nil
     private let devNull: FileDescriptor
-    private let sequence = Mutex()
-    private var counter: UInt64 = 0
+    private let counter = Mutex<UInt64>(0)
 
     public init(
         host: HostSandbox, logger: Logger,
@@ -103,7 +102,7 @@ public final class CallRunner: @unchecked Sendable {
     }
 
     private func nextScratchName(_ callID: String) -> String {
-        let n = sequence.withLock { () -> UInt64 in
+        let n = counter.withLock { counter -> UInt64 in
             counter += 1
             return counter
         }

@@ -10,7 +10,7 @@ public struct CellProblem: Sendable, CustomStringConvertible {
 
 /// The cells the supervisor serves, by tool name. A broken manifest refuses
 /// only its own cell; the others keep working.
-public final class CellRegistry: @unchecked Sendable {
+public final class CellRegistry: Sendable {
     public struct ToolEntry: Sendable {
         public let cell: PreparedCell
         public let tool: CellManifest.Tool

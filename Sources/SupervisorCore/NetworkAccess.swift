@@ -1,6 +1,7 @@
 import Foundation
 import StrictJSON
 import SupervisorPlatform
+import Synchronization
 
 /// The network a cell may reach: TCP connections to the hosts on its
 /// allowlist, made by the supervisor's connection broker and handed to the
@@ -191,26 +192,39 @@ struct ConnectionBroker {
     )
         throws(Refusal) -> [IPAddress]
     {
-        final class Answer: @unchecked Sendable {
-            var result: Result<[IPAddress], SystemError>? = nil
-            let done = DispatchSemaphore(value: 0)
+        /// The lookup's result, and a pipe made readable when it is in. Kept
+        /// alive by both threads: a late answer writes to a pipe still open.
+        final class Answer: Sendable {
+            let result = Mutex<Result<[IPAddress], SystemError>?>(nil)
+            let ready: (read: FileDescriptor, write: FileDescriptor)
+            init() throws(SystemError) { ready = try Sys.pipe() }
+            deinit {
+                ready.read.close()
+                ready.write.close()
+            }
         }
-        let answer = Answer()
+        let answer: Answer
+        do { answer = try Answer() } catch { throw Refusal("resolving \(host): \(error)") }
         let t = Thread {
-            answer.result = Result { () throws(SystemError) -> [IPAddress] in try lookup(host) }
-            answer.done.signal()
+            let r = Result { () throws(SystemError) -> [IPAddress] in try lookup(host) }
+            answer.result.withLock { $0 = r }
+            try? answer.ready.write.writeAll([1])
         }
         t.name = "resolve"
         t.start()
-        // Waited for in slices, so that a cancelled call stops waiting.
+        // One poll on the answer and the call's cancellation: a cancelled
+        // call stops waiting at once; the timeout is the deadline.
         let until = monotonicNanoseconds() + UInt64(max(0, timeoutMilliseconds)) * 1_000_000
-        while answer.done.wait(timeout: .now() + .milliseconds(10)) != .success {
+        while answer.result.withLock({ $0 == nil }) {
             if cancellation?.isCancelled == true { throw Refusal("the call was cancelled while resolving \(host)") }
-            if monotonicNanoseconds() >= until {
-                throw Refusal("resolving \(host) took longer than \(timeoutMilliseconds) ms")
-            }
+            let now = monotonicNanoseconds()
+            if now >= until { throw Refusal("resolving \(host) took longer than \(timeoutMilliseconds) ms") }
+            var poll = PollSet()
+            poll.add(answer.ready.read)
+            if let cancellation { poll.add(cancellation.read) }
+            _ = try? poll.wait(timeoutMilliseconds: Int32(min((until - now + 999_999) / 1_000_000, 60_000)))
         }
-        switch answer.result! {
+        switch answer.result.withLock({ $0 })! {
         case .success(let a): return a
         case .failure(let e): throw Refusal(e.operation)
         }

@@ -1,6 +1,7 @@
 import Crypto
 import StrictJSON
 import SupervisorPlatform
+import Synchronization
 
 /// Why a cell cannot run at all, or cannot run this call.
 public enum CellCannotRun: Error, Equatable, Sendable, CustomStringConvertible {
@@ -47,21 +48,22 @@ public func sha256Hex(_ bytes: some Sequence<UInt8>) -> String {
 /// (first spawn, `verify()`, or a warm-up thread), so a supervisor with many
 /// cells answers `initialize` without hashing them all first; cells that pin
 /// the same file share one sealed copy.
-final class VerifiedFile: @unchecked Sendable {
+final class VerifiedFile: Sendable {
     let path: String
     let sha256: String
-    private let lock = Mutex()
-    private var sealed: FileDescriptor?
-    private var identity: FileIdentity?
-    /// Increases each time the sealed copy is replaced.
-    private(set) var generation = 0
+    private struct Sealed {
+        var fd: FileDescriptor?
+        var identity: FileIdentity?
+        /// Increases each time the sealed copy is replaced.
+        var generation = 0
+    }
+    private let sealed = Mutex(Sealed())
 
-    private static let cacheLock = Mutex()
-    nonisolated(unsafe) private static var cache: [String: VerifiedFile] = [:]
+    private static let cache = Mutex<[String: VerifiedFile]>([:])
 
     /// The shared instance for (path, sha256).
     static func shared(path: String, sha256: String) -> VerifiedFile {
-        cacheLock.withLock {
+        cache.withLock { cache in
             let key = path + "\u{0}" + sha256
             if let v = cache[key] { return v }
             let v = VerifiedFile(path: path, sha256: sha256)
@@ -75,7 +77,7 @@ final class VerifiedFile: @unchecked Sendable {
         self.sha256 = sha256
     }
 
-    deinit { sealed?.close() }
+    deinit { sealed.withLock { $0.fd?.close() } }
 
     /// Verifies now (validate, doctor, warm-up).
     func verify() throws(CellRefusal) { _ = try current() }
@@ -122,29 +124,28 @@ final class VerifiedFile: @unchecked Sendable {
     func current() throws(CellRefusal) -> (fd: FileDescriptor, generation: Int) {
         let now: FileIdentity
         do { now = try Sys.stat(path) } catch { throw .unreadable(path: path, reason: error.description) }
-        lock.lock()
-        defer { lock.unlock() }
-        if let sealed, now == identity { return (sealed, generation) }
-        let (fd, id) = try Self.load(path: path, expected: sha256)
-        sealed?.close()
-        sealed = fd
-        identity = id
-        generation += 1
-        return (fd, generation)
+        return try sealed.withLock { s throws(CellRefusal) -> (fd: FileDescriptor, generation: Int) in
+            if let fd = s.fd, now == s.identity { return (fd, s.generation) }
+            let (fd, id) = try Self.load(path: path, expected: sha256)
+            s.fd?.close()
+            s.fd = fd
+            s.identity = id
+            s.generation += 1
+            return (fd, s.generation)
+        }
     }
 }
 
 /// What an interpreted cell's worker reads on stdin: its libraries, then
 /// its script, each verified; joined in one sealed memfd that is rebuilt
 /// whenever a part is re-verified.
-final class ProgramInput: @unchecked Sendable {
+final class ProgramInput: Sendable {
     let parts: [VerifiedFile]
-    private let lock = Mutex()
-    private var joined: FileDescriptor?
-    private var generations: [Int] = []
+    /// The joined copy and the parts' generations it was built from.
+    private let joined = Mutex<(fd: FileDescriptor?, generations: [Int])>((nil, []))
 
     init(parts: [VerifiedFile]) { self.parts = parts }
-    deinit { joined?.close() }
+    deinit { joined.withLock { $0.fd?.close() } }
 
     func verify() throws(CellRefusal) { for p in parts { try p.verify() } }
 
@@ -161,19 +162,18 @@ final class ProgramInput: @unchecked Sendable {
         }
         var sealed = fds[0]
         if parts.count > 1 {
-            lock.lock()
-            defer { lock.unlock() }
-            if joined == nil || gens != generations {
-                do {
-                    let j = try Sys.sealedCopy(of: fds, name: baseName(of: parts.last!.path))
-                    joined?.close()
-                    joined = j
-                    generations = gens
-                } catch {
-                    throw .unreadable(path: parts.last!.path, reason: "joining libraries and script: \(error)")
+            sealed = try joined.withLock { joined throws(CellRefusal) -> FileDescriptor in
+                if joined.fd == nil || gens != joined.generations {
+                    do {
+                        let j = try Sys.sealedCopy(of: fds, name: baseName(of: parts.last!.path))
+                        joined.fd?.close()
+                        joined = (j, gens)
+                    } catch {
+                        throw .unreadable(path: parts.last!.path, reason: "joining libraries and script: \(error)")
+                    }
                 }
+                return joined.fd!
             }
-            sealed = joined!
         }
         do { return (try Sys.open("/proc/self/fd/\(sealed.rawValue)", OpenFlags.readOnly), gens) } catch {
             throw .unreadable(path: parts.last!.path, reason: "reopen of the sealed copy failed: \(error)")
@@ -184,7 +184,7 @@ final class ProgramInput: @unchecked Sendable {
 /// Everything about one cell version that can be computed once: the sealed
 /// executable, the compiled seccomp program, the Landlock path handles.
 /// Per call, only the scratch directory and the ruleset fd are new.
-public final class PreparedCell: @unchecked Sendable {
+public final class PreparedCell: Sendable {
     public let manifest: CellManifest
     public let seccomp: SeccompProgram
     let executable: VerifiedFile

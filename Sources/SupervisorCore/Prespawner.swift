@@ -4,6 +4,8 @@ import SupervisorPlatform
 /// A worker that has exec'd and waits for its input (blocked reading its
 /// request); it serves exactly one call.
 final class StartedWorker: @unchecked Sendable {
+    // @unchecked: immutable; the worker and its descriptors belong to one thread at a time (the prespawner's,
+    // then, handed over under the prespawner's lock, the call's that takes it).
     let cell: PreparedCell
     let limits: CellManifest.Limits
     let worker: WorkerProcess
@@ -56,6 +58,8 @@ final class StartedWorker: @unchecked Sendable {
 /// spawn); otherwise the call spawns its own. Nothing about the worker
 /// differs from a fresh one: same setup, same filter, one call, then gone.
 public final class Prespawner: @unchecked Sendable {
+    // @unchecked: every mutable field below is guarded by `lock` (an NSCondition: the thread sleeps on it);
+    // `runner` and `thread` are set in init only.
     private weak var runner: CallRunner?
     let perCell: Int
     let idleNanoseconds: UInt64

@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import StrictJSON
 import SupervisorPlatform
+import Synchronization
 
 /// Why events could not be made durable: the operation that failed, the
 /// file, and the errno (0 when there is none, e.g. the log is closed).
@@ -58,6 +59,8 @@ public struct SecurityLogError: Error, Sendable, Equatable, CustomStringConverti
 /// the log recovers: a durable append succeeds only when every event
 /// appended before it is on disk.
 public final class SecurityLog: @unchecked Sendable {
+    // @unchecked: the queue and failure state are guarded by `cond` (an NSCondition: the writer thread sleeps
+    // on it); the file and chain state is owned by the writer thread (and by init/close while it is not running).
     public static let genesis = String(repeating: "0", count: 64)
     public static let checkpointDomain = "mcp-supervisor security-log checkpoint v1\n"
     /// Events kept for a retry while the log cannot write; beyond this the
@@ -127,21 +130,12 @@ public final class SecurityLog: @unchecked Sendable {
     /// open is alone, and recovers what a writer that died left behind.
     private let writers: FileDescriptor
 
-    private let faultLock = NSLock()
-    private var _faultInjector: (@Sendable (LogOperation) -> LogFault?)?
+    private let faultInjectorState = Mutex<(@Sendable (LogOperation) -> LogFault?)?>(nil)
     /// Test seam: consulted before each write, data sync and checkpoint
     /// write; a returned fault makes that operation fail.
     var faultInjector: (@Sendable (LogOperation) -> LogFault?)? {
-        get {
-            faultLock.lock()
-            defer { faultLock.unlock() }
-            return _faultInjector
-        }
-        set {
-            faultLock.lock()
-            _faultInjector = newValue
-            faultLock.unlock()
-        }
+        get { faultInjectorState.withLock { $0 } }
+        set { faultInjectorState.withLock { $0 = newValue } }
     }
 
     /// Opens (or creates) the log in `<state>/security`, with the signing
@@ -247,14 +241,9 @@ public final class SecurityLog: @unchecked Sendable {
     @discardableResult
     public func appendAndWait(_ events: [SecurityEvent]) -> SecurityLogError? {
         guard !events.isEmpty else { return nil }
-        let done = DispatchSemaphore(value: 0)
-        let result = ErrorBox()
-        enqueue(events, durable: true) {
-            result.error = $0
-            done.signal()
-        }
-        done.wait()
-        return result.error
+        let answer = Answer()
+        enqueue(events, durable: true) { answer.give($0) }
+        return answer.wait()
     }
 
     /// Whether the log can write now. Callers check it before admitting
@@ -269,7 +258,26 @@ public final class SecurityLog: @unchecked Sendable {
         return .success(())
     }
 
-    private final class ErrorBox: @unchecked Sendable { var error: SecurityLogError? }
+    /// One append's answer, waited for by the appending thread.
+    private final class Answer: @unchecked Sendable {
+        // @unchecked: `given` is guarded by `cond` (an NSCondition: the appending thread sleeps on it).
+        private let cond = NSCondition()
+        private var given: SecurityLogError?? = nil
+
+        func give(_ error: SecurityLogError?) {
+            cond.lock()
+            given = .some(error)
+            cond.signal()
+            cond.unlock()
+        }
+
+        func wait() -> SecurityLogError? {
+            cond.lock()
+            defer { cond.unlock() }
+            while given == nil { cond.wait() }
+            return given!
+        }
+    }
 
     private func enqueue(_ events: [SecurityEvent], durable: Bool, _ done: (@Sendable (SecurityLogError?) -> Void)?) {
         cond.lock()
@@ -325,6 +333,7 @@ public final class SecurityLog: @unchecked Sendable {
                 if failure != nil {
                     let now = monotonicNanoseconds()
                     if durablePending || now >= retryAt { break }
+                    // A deadline, not polling: the retry of a failed log (or a durable append) wakes it.
                     _ = cond.wait(until: Date(timeIntervalSinceNow: Double(retryAt - now) / 1e9))
                 } else if !pending.isEmpty {
                     break

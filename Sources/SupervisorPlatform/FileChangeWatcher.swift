@@ -1,3 +1,5 @@
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -9,16 +11,35 @@ import Glibc
 /// file replaced by rename (how the ledger is written) is still seen.
 public final class FileChangeWatcher: Sendable {
     private let fd: Int32
-    private let name: String
+    /// The file watched in the directory; nil: any file in it.
+    private let name: String?
+    /// Set when the kernel removed the watch (the directory went away): that
+    /// change is reported once, then every wait returns false at once
+    /// instead of blocking on a descriptor that will never be readable.
+    private let ended = Mutex(false)
 
-    /// The corresponding C functions are `inotify_init1` and `inotify_add_watch`.
-    public init(path: String) throws(SystemError) {
+    /// Watches one file. The corresponding C functions are `inotify_init1`
+    /// and `inotify_add_watch`.
+    public convenience init(path: String) throws(SystemError) {
         let slash = path.lastIndex(of: "/")
         let directory = slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
-        name = slash.map { String(path[path.index(after: $0)...]) } ?? path
+        try self.init(
+            directory: directory, name: slash.map { String(path[path.index(after: $0)...]) } ?? path,
+            mask: UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_ATTRIB | IN_MOVED_FROM))
+    }
+
+    /// Watches every file of `directory`, including writes to a file kept
+    /// open (a log being appended to).
+    public convenience init(directory: String) throws(SystemError) {
+        try self.init(
+            directory: directory, name: nil,
+            mask: UInt32(IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_MOVED_FROM))
+    }
+
+    private init(directory: String, name: String?, mask: UInt32) throws(SystemError) {
+        self.name = name
         let fd = inotify_init1(Int32(IN_CLOEXEC))
         guard fd >= 0 else { throw SystemError("inotify_init1", errno: errno) }
-        let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_ATTRIB | IN_MOVED_FROM)
         guard inotify_add_watch(fd, directory, mask) >= 0 else {
             let e = errno
             close(fd)
@@ -32,6 +53,7 @@ public final class FileChangeWatcher: Sendable {
     /// Blocks until the watched file changes. Returns false if the watch
     /// cannot continue (the directory went away, or a read error).
     public func waitForChange() -> Bool {
+        if ended.withLock({ $0 }) { return false }
         var buf = [UInt8](repeating: 0, count: 4096)
         while true {
             let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
@@ -49,7 +71,7 @@ public final class FileChangeWatcher: Sendable {
                 }
                 let start = off + MemoryLayout<inotify_event>.size
                 let nameBytes = buf[start..<min(start + len, n)].prefix { $0 != 0 }
-                if String(decoding: nameBytes, as: UTF8.self) == name { hit = true }
+                if name == nil || String(decoding: nameBytes, as: UTF8.self) == name { hit = true }
                 if mask & UInt32(IN_IGNORED) != 0 || mask & UInt32(IN_Q_OVERFLOW) != 0 {
                     // Watch removed (directory deleted) or events lost: report a change.
                     hit = true
@@ -57,7 +79,10 @@ public final class FileChangeWatcher: Sendable {
                 }
                 off = start + len
             }
-            if gone { return hit }
+            if gone {
+                ended.withLock { $0 = true }
+                return true
+            }
             if hit { return true }
         }
     }

@@ -183,6 +183,8 @@ public struct ProcessExit: Equatable, Sendable {
 
 /// A running worker, addressed only through its pidfd (no PID reuse races).
 public final class WorkerProcess: @unchecked Sendable {
+    // @unchecked: `reaped` is touched only by the thread that owns the worker (the spawning thread, then the
+    // call's, handed over under the prespawner's lock); one owner at a time.
     public let pid: Int32
     public let pidfd: FileDescriptor
     private var reaped = false

@@ -4,6 +4,7 @@ import MCP
 import StrictJSON
 import SupervisorCore
 import SupervisorPlatform
+import Synchronization
 
 /// What the client has not read yet: responses and notifications waiting for
 /// stdout, written in order by one thread of their own. Nobody else ever
@@ -72,10 +73,12 @@ final class OutboundQueue: @unchecked Sendable {
     func drain(until deadline: UInt64) -> Bool {
         cond.lock()
         defer { cond.unlock() }
+        // No slices: the writer broadcasts after each write and on failure;
+        // the timed wait is only the deadline.
         while (!lines.isEmpty || writing) && !failed {
-            let left = Double(deadline &- monotonicNanoseconds()) / 1e9
-            if deadline <= monotonicNanoseconds() { return false }
-            _ = cond.wait(until: Date(timeIntervalSinceNow: min(left, 0.1)))
+            let now = monotonicNanoseconds()
+            if deadline <= now { return false }
+            _ = cond.wait(until: Date(timeIntervalSinceNow: Double(deadline - now) / 1e9))
         }
         return lines.isEmpty
     }
@@ -357,15 +360,16 @@ public typealias CallHandler = @Sendable (ToolCall, DirectCall) -> Void
 
 /// One tools/call received on stdio: where its response and notifications
 /// go, and how the client's notifications/cancelled reaches it.
-public final class DirectCall: @unchecked Sendable {
-    // @unchecked: `cancelled`, `answered` and `onCancel` are guarded by `lock`.
+public final class DirectCall: Sendable {
     public let id: JSONValue
     let key: String
     private let transport: BlockingStdioTransport
-    private let lock = NSLock()
-    private var cancelled = false
-    private var answered = false
-    private var onCancel: (@Sendable () -> Void)?
+    private struct State {
+        var cancelled = false
+        var answered = false
+        var onCancel: (@Sendable () -> Void)?
+    }
+    private let state = Mutex(State())
 
     init(id: JSONValue, key: String, transport: BlockingStdioTransport) {
         self.id = id
@@ -375,22 +379,19 @@ public final class DirectCall: @unchecked Sendable {
 
     /// Runs `body` when the client cancels (at once if it already has).
     public func whenCancelled(_ body: @escaping @Sendable () -> Void) {
-        lock.lock()
-        if cancelled {
-            lock.unlock()
-            body()
-            return
+        let already = state.withLock { s in
+            if !s.cancelled { s.onCancel = body }
+            return s.cancelled
         }
-        onCancel = body
-        lock.unlock()
+        if already { body() }
     }
 
     func cancel() {
-        lock.lock()
-        cancelled = true
-        let body = onCancel
-        onCancel = nil
-        lock.unlock()
+        let body = state.withLock { s in
+            s.cancelled = true
+            defer { s.onCancel = nil }
+            return s.onCancel
+        }
         body?()
     }
 
@@ -399,10 +400,10 @@ public final class DirectCall: @unchecked Sendable {
 
     /// Sends the call's response (nothing for `.none`) and ends it.
     public func finish(_ response: CallResponse) {
-        lock.lock()
-        let first = !answered
-        answered = true
-        lock.unlock()
+        let first = state.withLock { s in
+            defer { s.answered = true }
+            return !s.answered
+        }
         guard first else { return }
         switch response {
         case .result(let r):
@@ -424,49 +425,27 @@ public final class DirectCall: @unchecked Sendable {
 }
 
 /// The calls in flight, by request id, for notifications/cancelled.
-final class DirectCalls: @unchecked Sendable {
-    // @unchecked: `calls` is guarded by `lock`.
-    private let lock = NSLock()
-    private var calls: [String: DirectCall] = [:]
+final class DirectCalls: Sendable {
+    private let calls = Mutex<[String: DirectCall]>([:])
 
-    func add(_ c: DirectCall) {
-        lock.lock()
-        calls[c.key] = c
-        lock.unlock()
-    }
+    func add(_ c: DirectCall) { calls.withLock { $0[c.key] = c } }
 
-    func remove(_ key: String) {
-        lock.lock()
-        calls.removeValue(forKey: key)
-        lock.unlock()
-    }
+    func remove(_ key: String) { _ = calls.withLock { $0.removeValue(forKey: key) } }
 
     /// Cancels the call with this id; false when no such call is in flight.
     func cancel(_ key: String) -> Bool {
-        lock.lock()
-        let c = calls[key]
-        lock.unlock()
+        let c = calls.withLock { $0[key] }
         c?.cancel()
         return c != nil
     }
 }
 
 /// A value set on one thread and read on others.
-public final class SharedValue<T: Sendable>: @unchecked Sendable {
-    // @unchecked: `stored` is guarded by `lock`.
-    private let lock = NSLock()
-    private var stored: T?
+public final class SharedValue<T: Sendable>: Sendable {
+    private let stored = Mutex<T?>(nil)
     public init() {}
     public var value: T? {
-        get {
-            lock.lock()
-            defer { lock.unlock() }
-            return stored
-        }
-        set {
-            lock.lock()
-            stored = newValue
-            lock.unlock()
-        }
+        get { stored.withLock { $0 } }
+        set { stored.withLock { $0 = newValue } }
     }
 }

@@ -49,9 +49,9 @@ public final class SupervisorService: Sendable {
     /// The local user; the client's name is an attribute of the session.
     public let session = CallSession(principal: "uid:\(geteuid())")
     /// The level set by logging/setLevel: cell logs below it are not sent.
-    let clientLogLevel = Synchronization.Mutex(LogLevel.info)
+    let clientLogLevel = Mutex(LogLevel.info)
     /// Reports the protocol version the client asked for in initialize.
-    let initializeVersion = Synchronization.Mutex<(@Sendable () -> String?)?>(nil)
+    let initializeVersion = Mutex<(@Sendable () -> String?)?>(nil)
 
     public init(
         options: ServiceOptions, runner: CallRunner, logger: Logger, log: SecurityLog,

@@ -39,12 +39,15 @@ struct Audit: ParsableCommand {
         @Flag(name: .shortAndLong, help: "Keep printing new records as they are written.") var follow = false
 
         func run() throws {
+            // Watched before the first read, so that no record written in
+            // between is missed; then each wait blocks on inotify.
+            let watcher = follow ? try FileChangeWatcher(directory: location.logDirectory) : nil
             var records = try SecurityLogReader.records(directory: location.logDirectory)
             for r in records.suffix(lines) { print(Audit.render(r)) }
-            guard follow else { return }
+            guard let watcher else { return }
+            fflush(nil)
             var last = records.last?.seq ?? 0
-            while true {
-                usleep(200_000)
+            while watcher.waitForChange() {
                 records = (try? SecurityLogReader.records(directory: location.logDirectory)) ?? []
                 for r in records where r.seq > last {
                     print(Audit.render(r))
@@ -52,6 +55,8 @@ struct Audit: ParsableCommand {
                 }
                 fflush(nil)
             }
+            printError("audit tail: \(location.logDirectory) can no longer be watched (removed?)")
+            throw ExitCode(1)
         }
     }
 

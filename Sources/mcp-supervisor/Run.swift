@@ -6,6 +6,7 @@ import StrictJSON
 import SupervisorCore
 import SupervisorPlatform
 import SupervisorServer
+import Synchronization
 
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -195,28 +196,29 @@ func featureSummary(_ f: KernelFeatures, _ h: HostSandbox) -> JSONValue {
 }
 
 /// Tells whether a file changed since the last look (one stat).
-final class FileWatch: @unchecked Sendable {
+final class FileWatch: Sendable {
     let path: String
-    private let lock = NSLock()
-    private var last: FileIdentity?
+    private let last: Mutex<FileIdentity?>
 
     init(path: String) {
         self.path = path
-        last = try? Sys.stat(path)
+        last = Mutex(try? Sys.stat(path))
     }
 
     func changed() -> Bool {
         let now = try? Sys.stat(path)
-        lock.lock()
-        defer { lock.unlock() }
-        if now == last { return false }
-        last = now
-        return true
+        return last.withLock { last in
+            if now == last { return false }
+            last = now
+            return true
+        }
     }
 }
 
 /// Signal handling through dispatch sources (never in a signal handler).
 final class SignalHandlers: @unchecked Sendable {
+    // @unchecked: `sources` (which keeps the sources alive) is appended to by the starting thread only;
+    // no handler reads it.
     private var sources: [DispatchSourceSignal] = []
 
     func on(_ sig: Int32, _ body: @escaping @Sendable () -> Void) {

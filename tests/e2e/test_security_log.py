@@ -5,6 +5,7 @@ import json
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -349,3 +350,38 @@ def test_lost_log_key_is_not_replaced_until_an_operator_rotates_it(workspace, tm
     assert b"keys " in v.stdout, v.stdout
     rotated = events(state, "--type", "log.key_rotated")
     assert len(rotated) == 1 and rotated[0]["reason"] == "key lost" and rotated[0]["previousKeyAvailable"] is False
+
+
+def test_audit_tail_follow_prints_new_records_and_ends_when_the_log_goes(workspace):
+    """`audit tail --follow` blocks on inotify: a call's records appear as
+    they are written, and removing the log directory ends it with an error
+    instead of leaving it blocked (or looping) forever."""
+    state = workspace / "state"
+    s = RawServer.serving(workspace, workspace / "manifests", "--allow-unsigned")
+    tail = subprocess.Popen([str(BIN), "audit", "tail", "--follow", "-n", "1", "--state-dir", str(state)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A tail that never prints is killed, so that readline returns instead of hanging the test.
+    watchdog = threading.Timer(60, tail.kill)
+    watchdog.start()
+    try:
+        assert tail.stdout.readline(), "no record printed at start"
+        r = s.request(7, "tools/call", {"name": "probe", "arguments": {"action": "echo", "text": "followed"}})
+        assert not r["result"].get("isError"), r
+        seen = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(" call.end " in l for l in seen):
+            line = tail.stdout.readline()
+            assert line, f"audit tail --follow ended early: {tail.stderr.read()}"
+            seen.append(line)
+        assert any(" call.end " in l for l in seen), seen
+    finally:
+        s.close()
+    subprocess.run(["rm", "-rf", str(state / "security")], check=True)
+    try:
+        rc = tail.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        tail.kill()
+        raise AssertionError("audit tail --follow kept running after its log directory was removed")
+    finally:
+        watchdog.cancel()
+    assert rc == 1 and "can no longer be watched" in tail.stderr.read(), rc

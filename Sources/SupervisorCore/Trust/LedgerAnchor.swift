@@ -1,6 +1,7 @@
 import Foundation
 import StrictJSON
 import SupervisorPlatform
+import Synchronization
 
 /// Where the trust ledger stood when the security log last recorded it
 /// (a `ledger.loaded` or `ledger.entry` record; `SecurityLog.ledgerAnchorAtOpen`):
@@ -50,17 +51,16 @@ public struct LedgerAnchor: Sendable, Equatable {
 
 /// Checks each ledger load against the last anchor, and anchors each load
 /// that passes in the security log. Used at start and on every reload.
-public final class LedgerGuard: @unchecked Sendable {
+public final class LedgerGuard: Sendable {
     let path: String
     let log: SecurityLog
-    private let lock = NSLock()
-    private var anchor: LedgerAnchor?
-    private var anchoredOnce = false
+    /// The last anchor, and whether a load was anchored since start.
+    private let state: Mutex<(anchor: LedgerAnchor?, anchoredOnce: Bool)>
 
     public init(path: String, log: SecurityLog, anchor: LedgerAnchor?) {
         self.path = path
         self.log = log
-        self.anchor = anchor
+        state = Mutex((anchor, false))
     }
 
     /// Why `ledger` must not be served (recorded as `ledger.rolled_back`),
@@ -70,10 +70,7 @@ public final class LedgerGuard: @unchecked Sendable {
             return p
         }
         guard ledger.damaged == nil else { return nil }
-        lock.lock()
-        let current = anchor
-        let first = !anchoredOnce
-        lock.unlock()
+        let (current, first) = state.withLock { ($0.anchor, !$0.anchoredOnce) }
         if let a = current, let why = a.rollback(of: ledger, path: path) {
             log.appendAndWait([
                 SecurityEvent(
@@ -91,10 +88,7 @@ public final class LedgerGuard: @unchecked Sendable {
         if first || current?.entries != now.entries || current?.head != now.head {
             log.appendAndWait([LedgerAnchor.loadedEvent(ledger, path: path)])
         }
-        lock.lock()
-        anchor = now
-        anchoredOnce = true
-        lock.unlock()
+        state.withLock { $0 = (now, true) }
         return nil
     }
 }
