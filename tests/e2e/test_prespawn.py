@@ -84,3 +84,24 @@ def test_idle_workers_expire_and_prespawn_can_be_off(workspace):
         assert not worker_pids()
     finally:
         s.close()
+
+
+def test_back_to_back_calls_keep_exactly_n_ready(workspace):
+    """--prespawn 1: a call ending while the next worker is still being started
+    does not ask for another; one ready worker per cell, not two."""
+    s = RawServer(workspace, "--prespawn", "1")
+    try:
+        s.initialize()
+        # Calls in flight together end while the next worker is being started.
+        for batch in range(6):
+            ids = range(100 * batch + 1, 100 * batch + 9)
+            for i in ids:
+                s.send({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                        "params": {"name": "probe", "arguments": {"action": "echo", "text": "x"}}})
+            for i in ids:
+                assert s.recv_id(i)["result"]["content"][0]["text"] == "x"
+        time.sleep(0.5)
+        mine = [p for p in worker_pids() if int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1]) == s.proc.pid]
+        assert len(mine) == 1, f"ready workers of one cell with --prespawn 1: {mine}"
+    finally:
+        s.close()

@@ -159,8 +159,7 @@ def run_calls(s, first, count, window=16):
 
 def idle_workers(pid, work, timeout=5):
     """The live workers once every one has its scratch directory and no
-    other is left (prespawned workers: `--prespawn 1` keeps one per cell,
-    and one more may be started while a call takes the first)."""
+    other is left (prespawned workers: `--prespawn 1` keeps one per cell)."""
     deadline = time.time() + timeout
     while True:
         workers, scratch = children(pid), scratch_entries(work)
