@@ -87,6 +87,28 @@ public struct HostSandbox: Sendable {
                 "scratch root \(scratchRoot) is not a directory owned by this user", errno: Errno.notPermitted)
         }
         try Sys.chmod(scratchRoot, mode: 0o711)
+        removeStaleScratch()
+    }
+
+    /// Removes the scratch directories of supervisors that no longer run
+    /// (killed with SIGKILL: their workers died with them, their tmpfs
+    /// mounts went with the workers' mount namespaces, the directories
+    /// stayed). A directory is named `<pid>-<n>-<call>`; one whose pid still
+    /// runs belongs to another supervisor sharing this root and is kept.
+    /// Never follows links. Returns the names removed.
+    @discardableResult
+    public func removeStaleScratch() -> [String] {
+        guard let names = try? Sys.readdirNames(scratchRoot) else { return [] }
+        let me = Sys.getpid()
+        var removed: [String] = []
+        for name in names {
+            guard let dash = name.firstIndex(of: "-"), let pid = Int32(name[..<dash]), pid > 0, pid != me else {
+                continue
+            }
+            if (try? Sys.stat("/proc/\(pid)")) != nil { continue }
+            if (try? Sys.removeTree(scratchRoot + "/" + name)) != nil { removed.append(name) }
+        }
+        return removed
     }
 
     /// Why the sandbox this host gives cannot run `cell`, or nil if it can.

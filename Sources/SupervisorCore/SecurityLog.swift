@@ -947,8 +947,8 @@ public final class SecurityLog: @unchecked Sendable {
     }
 
     /// The event files of a log directory in chain order.
-    public static func eventFiles(in dir: String) throws -> [EventFile] {
-        let names = try FileManager.default.contentsOfDirectory(atPath: dir)
+    public static func eventFiles(in dir: String) throws(SystemError) -> [EventFile] {
+        let names = try Sys.readdirNames(dir)
         return names.compactMap { n -> EventFile? in
             guard n.hasPrefix("events-"), n.hasSuffix(".jsonl"),
                 let i = Int(n.dropFirst(7).dropLast(6))

@@ -144,3 +144,28 @@ def test_the_queue_bound_refuses_beyond_running_plus_queued(workspace, tmp_path)
     starts = {e["callId"] for e in events if e["type"] == "call.start"}
     ends = {e["callId"] for e in events if e["type"] == "call.end"}
     assert starts == ends and len(starts) == 13 - len(busy)
+
+
+def test_scratch_left_by_a_killed_supervisor_is_removed_at_start(workspace, tmp_path):
+    """Nothing persists: a supervisor killed with SIGKILL leaves its (empty)
+    scratch directories; the next start removes them, and keeps those of a
+    supervisor that still runs on the same root."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    dead = 4_000_000
+    while Path(f"/proc/{dead}").exists():
+        dead += 1
+    stale = scratch / f"{dead}-7-c3"
+    (stale / "sub").mkdir(parents=True)
+    (stale / "sub" / "left.txt").write_text("x")
+    os.symlink("/etc", stale / "link")
+    live = scratch / f"{os.getpid()}-1-c1"
+    live.mkdir()
+    args = server_args(workspace)
+    args[args.index("--scratch-dir") + 1] = str(scratch)
+    p = subprocess.Popen([str(BIN), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = p.communicate(line(INIT), timeout=30)
+    assert p.returncode == 0, err.decode()
+    assert not stale.exists(), "the dead supervisor's scratch is gone"
+    assert live.exists(), "a running supervisor's scratch is kept"
+    assert Path("/etc/passwd").exists(), "links were not followed"
