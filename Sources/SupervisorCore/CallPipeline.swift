@@ -215,15 +215,17 @@ public final class CallPipeline: Sendable {
                 metadata: ["cell.name": "\(entry.cell.name)"])
         }
 
-        // 2. execute
+        // 2. execute and 3. record, on the pool thread (below)
         guard
-            let report = await execute(admitted, callID: callID, start: start, session: session, onMessage: onMessage)
+            let done = await executeAndRecord(
+                admitted, callID: callID, start: start, session: session, onMessage: onMessage)
         else {
             let load = pool.load
             return await refuse(
                 .busy(running: load.running, queued: load.queued), tool: call.name, cell: entry.cell,
                 policy: nil, session: session)
         }
+        let report = done.report
         var meta: Logger.Metadata = [
             "tool": "\(entry.tool.name)", "cell.name": "\(entry.cell.name)", "cell.version": "\(entry.cell.version)",
             "outcome": "\(report.outcome.detail)", "duration_us": "\(report.durationNanoseconds / 1000)",
@@ -233,15 +235,7 @@ public final class CallPipeline: Sendable {
             meta["worker.stderr"] = "\(report.diagnostics.suffix(512))"
         }
         logger.info("call ended", metadata: meta)
-        let result = self.result(for: report, tool: entry.tool)
-
-        // 3. record
-        let events = SecurityEvent.callEnd(
-            callID: callID, principal: session.principal, tool: entry.tool.name,
-            cell: entry.cell, report: report, bytesReturned: result.textBytes)
-        do {
-            try await log.append(events)
-        } catch {
+        if let error = done.error {
             logger.error(
                 "call not recorded: its result is withheld",
                 metadata: ["tool": "\(entry.tool.name)", "call.id": "\(callID)", "error": "\(error)"])
@@ -250,9 +244,17 @@ public final class CallPipeline: Sendable {
                     "The call ran but its record could not be written (\(error.reason)), so its result "
                         + "is withheld; retry later.", isError: true))
         }
-        if !result.isError { session.state.withLock { _ = $0.succeededTools.insert(entry.tool.name) } }
+        if !done.result.isError { session.state.withLock { _ = $0.succeededTools.insert(entry.tool.name) } }
         if case .cancelled = report.outcome, Task.isCancelled { return .none }
-        return .result(result)
+        return .result(done.result)
+    }
+
+    /// A call's answer and whether its record is durable.
+    struct Recorded: Sendable {
+        let report: CallReport
+        let result: ToolResult
+        /// Set when call.end could not be made durable: the result is withheld.
+        let error: SecurityLogError?
     }
 
     /// What admission hands to execution.
@@ -341,30 +343,57 @@ public final class CallPipeline: Sendable {
                 resources: resources, cancellation: cancellation))
     }
 
-    /// Step 2: on a pool thread; nil when the pool refused the call.
-    func execute(
+    /// Steps 2 and 3, on a pool thread; nil when the pool refused the call.
+    /// The runner runs the call; as soon as its answer is known (a frame
+    /// cell's final frame, else the worker's reap) its result is made and
+    /// `call.end` appended, and the log's answer (durable, or the error)
+    /// resumes the task: the one bridge between the spawn threads and the
+    /// protocol's tasks. A worker answered at its final frame is still
+    /// killed and reaped on this thread; what it did after its answer, if
+    /// anything, is recorded then (`SecurityEvent.afterAnswer`).
+    func executeAndRecord(
         _ a: Admitted, callID: String, start: SecurityEvent, session: CallSession,
         onMessage: @escaping @Sendable (WorkerMessage) -> Void
-    ) async -> CallReport? {
+    ) async -> Recorded? {
         let runner = self.runner
         let pool = self.pool
         let log = self.log
         let principal = session.principal
+        let tool = a.entry.tool
+        let cell = a.entry.cell
         return await withTaskCancellationHandler {
-            await withCheckedContinuation { (k: CheckedContinuation<CallReport?, Never>) in
-                let accepted = pool.submit {
+            await withCheckedContinuation { (k: CheckedContinuation<Recorded?, Never>) in
+                let accepted = pool.submit { [self] in
                     log.appendLater([start])
+                    var answered: CallReport? = nil
+                    func record(_ r: CallReport) {
+                        let result = self.result(for: r, tool: tool)
+                        let events = SecurityEvent.callEnd(
+                            callID: callID, principal: principal, tool: tool.name, cell: cell, report: r,
+                            bytesReturned: result.textBytes)
+                        log.append(events) { error in
+                            k.resume(returning: Recorded(report: r, result: result, error: error))
+                        }
+                    }
                     _ = runner.run(
-                        cell: a.entry.cell, tool: a.entry.tool.name, arguments: a.arguments, callID: callID,
+                        cell: cell, tool: tool.name, arguments: a.arguments, callID: callID,
                         cancellation: a.cancellation, limits: a.limits,
-                        deliver: { k.resume(returning: $0) },
+                        answered: { r in
+                            answered = r
+                            record(r)
+                        },
+                        deliver: { final in
+                            guard let early = answered else { return record(final) }
+                            log.appendLater(
+                                SecurityEvent.afterAnswer(
+                                    callID: callID, principal: principal, tool: tool.name, cell: cell,
+                                    answered: early, final: final))
+                        },
                         onNetwork: { d in
                             // In order with call.start/call.end; made durable with call.end.
                             log.appendLater([
                                 SecurityEvent.network(
-                                    callID: callID, principal: principal,
-                                    tool: a.entry.tool.name, cell: a.entry.cell,
-                                    decision: d)
+                                    callID: callID, principal: principal, tool: tool.name, cell: cell, decision: d)
                             ])
                         },
                         onMessage: onMessage)

@@ -115,12 +115,18 @@ public final class CallRunner: @unchecked Sendable {
     /// `learn` (development only): syscalls outside the allowlist are
     /// recorded and let through instead of killing the worker.
     /// `onNetwork` sees each answer of the connection broker as it is given.
-    /// `deliver`, if given, receives the report as soon as the worker is
-    /// reaped, before its scratch directory is wiped and the cell's next
-    /// worker is asked for (both still happen before this returns).
+    /// `answered`, if given, receives the report of a frame cell's call as
+    /// soon as its final frame arrives with nothing ending the call before
+    /// it: the answer does not wait for the worker's teardown (the worker
+    /// is killed at its final frame; `exit` is nil and `reapNanoseconds` 0
+    /// in that report). `deliver`, if given, receives the whole report as
+    /// soon as the worker is reaped, before its scratch directory is wiped
+    /// and the cell's next worker is asked for (both still happen before
+    /// this returns).
     public func run(
         cell: PreparedCell, tool: String, arguments: JSONObject, callID: String,
         cancellation: CallCancellation? = nil, limits: CellManifest.Limits? = nil, learn: Bool = false,
+        answered: ((CallReport) -> Void)? = nil,
         deliver: ((CallReport) -> Void)? = nil,
         onNetwork: (NetworkDecision) -> Void = { _ in },
         onMessage: (WorkerMessage) -> Void = { _ in }
@@ -135,7 +141,7 @@ public final class CallRunner: @unchecked Sendable {
             cleanup = run(
                 cell: cell, tool: tool, arguments: arguments, callID: callID, cancellation: cancellation,
                 limits: limits ?? cell.manifest.limits, learn: learn, start: start, report: &report,
-                onNetwork: onNetwork, onMessage: onMessage)
+                answered: answered, onNetwork: onNetwork, onMessage: onMessage)
         }
         report.durationNanoseconds = monotonicNanoseconds() - start
         deliver?(report)
@@ -146,7 +152,7 @@ public final class CallRunner: @unchecked Sendable {
     private func run(
         cell: PreparedCell, tool: String, arguments: JSONObject, callID: String,
         cancellation: CallCancellation?, limits: CellManifest.Limits, learn: Bool, start: UInt64,
-        report: inout CallReport, onNetwork: (NetworkDecision) -> Void,
+        report: inout CallReport, answered: ((CallReport) -> Void)?, onNetwork: (NetworkDecision) -> Void,
         onMessage: (WorkerMessage) -> Void
     ) -> (() -> Void)? {
         let m = cell.manifest
@@ -179,7 +185,7 @@ public final class CallRunner: @unchecked Sendable {
         drive(
             started, tool: tool, arguments: arguments, callID: callID, cancellation: cancellation, learn: learn,
             command: command.map { ($0.template, $0.stdin) }, start: start, report: &report,
-            onNetwork: onNetwork, onMessage: onMessage)
+            answered: answered, onNetwork: onNetwork, onMessage: onMessage)
         let refill = command == nil && !learn && limits == m.limits
         return { [self] in
             release(started)
@@ -372,8 +378,8 @@ public final class CallRunner: @unchecked Sendable {
     private func drive(
         _ w: StartedWorker, tool: String, arguments: JSONObject, callID: String,
         cancellation: CallCancellation?, learn: Bool, command: (CommandTemplate, [UInt8])?,
-        start: UInt64, report: inout CallReport, onNetwork: (NetworkDecision) -> Void,
-        onMessage: (WorkerMessage) -> Void
+        start: UInt64, report: inout CallReport, answered: ((CallReport) -> Void)?,
+        onNetwork: (NetworkDecision) -> Void, onMessage: (WorkerMessage) -> Void
     ) {
         // (The caller closes the remaining descriptors and wipes the scratch
         // directory once the report is delivered.)
@@ -392,7 +398,20 @@ public final class CallRunner: @unchecked Sendable {
         }
         let input =
             command?.1 ?? FrameCodec.encode(CellProtocol.request(callID: callID, tool: tool, arguments: arguments))
-        session.run(input: input, started: start, onNetwork: onNetwork, onMessage: onMessage)
+        let base = report
+        session.run(
+            input: input, started: start, onNetwork: onNetwork, onMessage: onMessage,
+            onAnswer: { a in
+                guard let answered else { return }
+                var early = base
+                early.outcome = a.outcome
+                early.durationNanoseconds = monotonicNanoseconds() - start
+                early.cpuNanoseconds = a.cpuNanoseconds ?? 0
+                early.peakMemoryBytes = a.peakMemoryBytes
+                early.bytesFromWorker = a.bytesFromWorker
+                early.firstFrameNanoseconds = a.firstFrameAt > 0 ? a.firstFrameAt - start - base.spawnNanoseconds : 0
+                answered(early)
+            })
         let reapStart = monotonicNanoseconds()
         let exit: ProcessExit
         do {
@@ -505,6 +524,37 @@ struct WorkerSession {
         case final
     }
 
+    /// What a call's answer is made of when it is given at the final frame.
+    struct Answer {
+        let outcome: CallOutcome
+        let cpuNanoseconds: UInt64?
+        let peakMemoryBytes: UInt64?
+        let bytesFromWorker: Int
+        let firstFrameAt: UInt64
+    }
+
+    /// Set once the answer was handed over before the worker's reap.
+    var answered = false
+
+    /// The answer of a frame cell whose final frame came first (nothing
+    /// ended the call before it), as `classify(exit:)` will name it whatever
+    /// the killed worker's exit; nil otherwise (then the call is answered
+    /// after the reap). Not when the CPU clock had reached the limit: the
+    /// reap decides that case.
+    func answer() -> Answer? {
+        guard command == nil, let f = first, case .final = f.cause else { return nil }
+        if let c = f.cpuNanoseconds, c >= UInt64(limits.cpuSeconds) * 1_000_000_000 { return nil }
+        let outcome: CallOutcome
+        switch final {
+        case .result(let r)?: outcome = .success(r)
+        case .error(let m)?: outcome = .toolError(m)
+        case .message?, nil: return nil
+        }
+        return Answer(
+            outcome: outcome, cpuNanoseconds: f.cpuNanoseconds, peakMemoryBytes: peakRSS,
+            bytesFromWorker: bytesFromWorker, firstFrameAt: firstFrameAt)
+    }
+
     /// Records `cause` if nothing ended the call before it.
     mutating func observe(_ cause: Cause) {
         guard first == nil else { return }
@@ -555,7 +605,7 @@ struct WorkerSession {
 
     mutating func run(
         input: [UInt8], started: UInt64, onNetwork: (NetworkDecision) -> Void,
-        onMessage: (WorkerMessage) -> Void
+        onMessage: (WorkerMessage) -> Void, onAnswer: (Answer) -> Void = { _ in }
     ) {
         var pending = input
         var pendingOffset = 0
@@ -721,6 +771,10 @@ struct WorkerSession {
                         }
                     } else if violation == nil && limitHit == nil {
                         handle(buf[0..<n], onMessage: onMessage)
+                        if !answered, let a = answer() {
+                            answered = true
+                            onAnswer(a)
+                        }
                     }
                 }
             }

@@ -158,6 +158,26 @@ extension SecurityEvent {
         }
         return events
     }
+
+    /// What a call's worker did after its answer was given and recorded
+    /// (the answer goes out at the final frame, before the worker is
+    /// reaped): nothing, unless the reap names another outcome than the
+    /// answer's (a broken frame behind the final one, a forbidden syscall,
+    /// a limit). Then the sandbox violations of the final report, each
+    /// marked `afterAnswer`; the answer itself stands as recorded.
+    public static func afterAnswer(
+        callID: String, principal: String, tool: String, cell: PreparedCell,
+        answered: CallReport, final: CallReport
+    ) -> [SecurityEvent] {
+        guard final.outcome != answered.outcome || final.deniedSyscall != nil else { return [] }
+        return callEnd(callID: callID, principal: principal, tool: tool, cell: cell, report: final, bytesReturned: 0)
+            .dropFirst()
+            .map { e in
+                var f = e.fields
+                f["afterAnswer"] = true
+                return SecurityEvent(e.type, f)
+            }
+    }
 }
 
 extension SecurityEvent {

@@ -151,8 +151,8 @@ def bench_policies():
         {"principals": [{"name": "bench", "principal": "*", "allow": ["*"]}]}))
 
 
-def supervisor_argv(manifests, state, *extra):
-    return [str(BIN), "run", "--manifests", str(manifests), "--policies", str(BENCH_POLICIES),
+def supervisor_argv(manifests, state, *extra, binary=None):
+    return [str(binary or BIN), "run", "--manifests", str(manifests), "--policies", str(BENCH_POLICIES),
             "--state-dir", str(state), "--log-level", "error", *extra]
 
 
@@ -186,6 +186,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--calls", type=int, default=200, help="sequential calls per variant per round")
     ap.add_argument("--out", default=str(ROOT / "docs/benchmarks.md"))
+    ap.add_argument("--compare", help="another mcp-supervisor binary (say, the previous commit's release build): "
+                    "(c) is measured with it too, in the same rounds, to measure a change against its absence")
+    ap.add_argument("--compare-label", default="the other binary", help="what --compare's binary lacks or has")
     a = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="mcps-bench-"))
@@ -204,7 +207,7 @@ def main():
     bwrap = [shutil.which("bwrap"), "--unshare-all", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", NOOP]
 
     results = {k: [] for k in ["a", "b", "c", "c_tmpfs", "c_noprespawn", "c_gap", "c_gap_noprespawn",
-                               "d", "e", "i", "i_fs", "ping", "ping_sdk"]}
+                               "c_cmp", "d", "e", "i", "i_fs", "ping", "ping_sdk"]}
     tput = {2: [], 4: [], 8: []}
     n = a.calls
     for r in range(a.rounds):
@@ -224,6 +227,13 @@ def main():
                 results["i"] += s.call_times(max(5, n // 20), tool="python_run", args={"code": "print(1)"})
                 results["i_fs"] += s.call_times(max(10, n // 10), tool="fs_read",
                                                 args={"path": "/usr/share/doc/bash/copyright", "maxBytes": 4096})
+            s.close()
+        if a.compare:
+            s = Server(supervisor_argv(manifests, disk_state, "--max-concurrent-calls", "8",
+                                       "--max-queued-calls", "64", binary=a.compare))
+            s.initialize()
+            s.call_times(20)
+            results["c_cmp"] += s.call_times(n)
             s.close()
         # The same with one knob turned off, to measure what each buys.
         for key, extra in [("c_noprespawn", ["--prespawn", "0"])]:
@@ -285,6 +295,8 @@ def main():
     row("(c) MCP tools/call → echo cell, full hardening", "c")
     row("(c') same, security log on tmpfs", "c_tmpfs")
     row("(c-p0) (c) with `--prespawn 0`: every worker spawned on arrival", "c_noprespawn")
+    if a.compare:
+        row(f"(c-cmp) (c) with {a.compare_label}", "c_cmp")
     row("(c-gap) (c), calls 20 ms apart", "c_gap")
     row("(c-gap-p0) (c-gap) with `--prespawn 0`", "c_gap_noprespawn")
     row("(d) no-op under `bwrap --unshare-all`", "d")
@@ -318,6 +330,10 @@ def main():
     lines.append(f"- Prespawn saves {statistics.median(results['c_noprespawn']) - c50:.0f} µs at p50 back to back "
                  f"((c-p0) − (c)) and {statistics.median(results['c_gap_noprespawn']) - statistics.median(results['c_gap']):.0f} µs "
                  f"with calls 20 ms apart ((c-gap-p0) − (c-gap)).")
+    if a.compare:
+        lines.append(f"- (c-cmp) − (c) = {statistics.median(results['c_cmp']) - c50:.0f} µs at p50, "
+                     f"{pct(results['c_cmp'], 99) - pct(results['c'], 99):.0f} µs at p99: what (c) gains over "
+                     f"{a.compare_label}.")
     lines.append(f"- (c-gap) p50 is **{statistics.median(results['c_gap']) / floor:.2f}×** the floor.")
     lines.append(f"- fdatasync of the security log per call: (c) − (c') = "
                  f"{statistics.median(results['c']) - statistics.median(results['c_tmpfs']):.0f} µs at p50.\n")
@@ -332,8 +348,8 @@ def main():
     lines.append("| --- | ---: | ---: |")
     lines.append(f"| clone → exec'd (setup in the child, C) | {stages['spawnMicroseconds']:.0f} | {w['spawnMicroseconds']:.0f} (ahead of the call) |")
     lines.append(f"| exec'd or call start → first frame (start-up and work) | {stages['firstFrameMicroseconds']:.0f} | {w['firstFrameMicroseconds']:.0f} |")
-    lines.append(f"| exit → reaped | {stages['reapMicroseconds']:.0f} | {w['reapMicroseconds']:.0f} |")
-    lines.append(f"| whole call inside the supervisor | {stages['durationMicroseconds']:.0f} | {w['durationMicroseconds']:.0f} |")
+    lines.append(f"| exit → reaped (0: answered at the final frame, reaped after) | {stages['reapMicroseconds']:.0f} | {w['reapMicroseconds']:.0f} |")
+    lines.append(f"| whole call inside the supervisor, to its answer | {stages['durationMicroseconds']:.0f} | {w['durationMicroseconds']:.0f} |")
     lines.append(f"\n(c) p50 − the prespawned whole call = {c50 - w['durationMicroseconds']:.0f} µs: protocol, validation, policy, "
                  "the security log and its data sync, thread hand-offs, and the driver.")
     lines.append("\n## (g) Supervisor memory (VmRSS after initialize)\n")
