@@ -308,8 +308,9 @@ def main():
 
     lines = []
     lines.append("# Benchmarks\n")
+    cmp = f" --compare {a.compare} --compare-label '{a.compare_label}'" if a.compare else ""
     lines.append("Produced by `make bench` (`tools/bench/run.sh`, which runs `tools/bench/bench.py`"
-                 f" with `--rounds {a.rounds} --calls {a.calls}`). Variants are interleaved round by round;"
+                 f" with `--rounds {a.rounds} --calls {a.calls}{cmp}`). Variants are interleaved round by round;"
                  " ratios are to the floor (a) measured in the same run. A benchmark, not a test: nothing asserts a time.\n")
     lines.append(f"Machine: {platform.node()}, Linux {platform.release()}, {os.cpu_count()} vCPU, "
                  f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB; "
@@ -384,57 +385,69 @@ NOTES = """
 | --- | --- |
 | (c) p50 ≤ 2× (a), p99 ≤ 4× | missed |
 | (c) ≥ 5× faster than (d) and (e) | met against the SDK's server (e); missed against bwrap (d) |
-| ≥ 1,000 calls/s at concurrency 4 | met in the last runs (950–1,100 calls/s from run to run on this machine) |
+| ≥ 1,000 calls/s at concurrency 4 | met (1,170–1,250 calls/s in the last runs on this machine) |
 | supervisor memory ≤ 40 MiB with 100 cells | met |
 | `initialize` ≤ 150 ms after start with 100 signed cells | met |
 
 ### What was done, before → after
 
-The previous version of this page (same machine, `--rounds 3 --calls 200`) had (c) p50 4803 µs = 8.09× the floor,
-p99 21×, 1.2× faster than bwrap, 2.1× faster than the SDK's server, 368 calls/s at concurrency 4. Profiling
-(`perf record -g` of the supervisor under the driver of this benchmark, and a temporary per-stage timer) showed
-where the time went, and these changes followed; each is measured against its own absence in every run of
-this benchmark ((c-p0), (c-sdk) against (c)):
+Earlier versions of this page had (c) p50 4803 µs = 8.09× the floor (first measured), then 1574 µs = 2.85× (floor
+552 µs, bwrap 5438 µs). Each change below is measured against its own absence in every run of this benchmark
+((c-p0) against (c); a change to the binary with `tools/bench/run.sh --compare <the binary without it>`, row
+(c-cmp)):
 
 1. **Prespawn** (docs/architecture.md): after a call of a cell, its next single-use worker is started, hardened
    and exec'd ahead of the next call. Back to back it hides the spawn; with calls 20 ms apart, as a model's come,
-   the worker has also finished starting, so the call no longer pays spawn or start-up at all ((c-gap) against
-   (c-gap-p0)).
-2. **A direct `tools/call` path**: 12% of the supervisor's CPU was Foundation's `JSONDecoder` under the SDK's
-   `Value.init(from:)`, 7% in `Data.isDataURL`, which lowers a `Regex` for every string decoded; plus two task
-   hops. The gate's own parse now feeds the call ((c-sdk) against (c)).
-3. **Fewer hand-offs**: one task per call, and the security log's writer thread writes the response itself right
-   after the data sync of `call.end` (~0.1 ms in the profile runs).
-4. **CellKit primes its frame code** before blocking on the request, so a prespawned worker does not page it in
-   after the call arrives.
-5. **A busy-wait found by the profile**: 40% of the supervisor's CPU was its per-call poll loop. A seccomp
-   listener reports POLLHUP as soon as the worker's filter has no task left, and keeps reporting it while the
-   killed worker is torn down and its pipes and pidfd catch up; the loop woke up to ~17,000 times per call. The
-   listener now leaves the poll set at POLLHUP (test: `testTheCallDoesNotSpinWhileAWorkerDies`). Throughput at
-   concurrency 4 went from ~650 to ~950 calls/s and (c) p99 from ~12× to ~7.5× the floor.
-6. **Scratch on tmpfs by default** (`/dev/shm/mcp-supervisor-<uid>` when `XDG_RUNTIME_DIR` is unset, as for root
-   here): the scratch `mkdir` was 5% of the supervisor's CPU in ext4 inode allocation, and nothing a worker writes
-   should reach a disk anyway. ~+10% throughput; p99 ~7.5× → ~5.4×.
+   the worker has also finished starting ((c-gap) against (c-gap-p0)).
+2. **One call pipeline** (`CallPipeline`): `tools/call` never goes through the SDK's request decoding (12% of
+   the supervisor's CPU was Foundation's `JSONDecoder`, 7% `Data.isDataURL` lowering a `Regex` per string, in
+   the profile that motivated it); one task per call; progress and log notifications queued from the call's
+   thread. The log's writer thread no longer writes responses (a client that does not read must not stall the
+   log): one stdout thread does, a hand-off the earlier direct path did not have.
+3. **Answer at the final frame**: a frame cell's worker is killed at its final frame and the answer (with its
+   `call.end` durable) goes out while the worker is torn down and reaped ((c-cmp) against (c) in this run: the
+   previous commit's binary answered after the reap). The prespawned whole call inside the supervisor went from
+   ~520 µs to ~280 µs; end to end less, because the teardown still takes one of the two vCPUs.
+4. **CellKit primes its frame code** before blocking on the request; the per-call poll loop leaves a seccomp
+   listener at POLLHUP (it spun ~17,000 times per call before); scratch on tmpfs.
 
 ### What still stands in the way
 
-1. **Everything around the worker, ~1 ms** ((c) p50 minus the prespawned whole call in (f)): the driver (the ping
-   round trip (j) is ~0.1 ms), validation and policy, two hash-chained log records and the data sync before the
-   result ((c) − (c')), and the hand-offs reader thread → task → call thread → log writer, on two vCPUs shared with
-   the driver and the worker.
-2. **Ending the worker, ~0.2–0.3 ms inside the call**: kill → exit → reap, mostly the kernel tearing down the
-   10 MB static Swift process. The result is sent after `call.end` is on disk and that record carries the exit
-   status and CPU time, so after the reap. Answering at the final frame and reaping afterwards would save it at
-   the cost of those two fields; not done.
-3. **Worker CPU, ~1 ms per call** (clone, exec, glibc's start-up, whose CPUID probing (`handle_amd`) is a VM exit
-   per instruction here, the Swift runtime start, teardown). Prespawn takes it off the call's path, not off the
-   CPU: at concurrency 4 the two vCPUs are saturated, which bounds throughput near 1,000 calls/s.
-4. **p99**: the next worker's prespawn competes with the following call on two vCPUs, and the data sync has a
-   long tail on this disk.
+1. **Everything around the worker, ~0.9 ms** ((c) p50 minus the prespawned whole call in (f)): the data sync of
+   `call.end` before every answer ((c) − (c'), ~0.3 ms here), the driver (the ping round trip (j) is ~0.1 ms),
+   validation and policy, two hash-chained records, and the hand-offs reader thread → task → call thread → log
+   writer → task → stdout thread, on two vCPUs shared with the driver and the worker.
+2. **The floor moved**: this machine's posix_spawn floor (a) and bwrap (d) are ~30% faster than in the 2.85× run,
+   while the worker's own start and teardown, which now include its mount namespace and the bounded scratch tmpfs
+   (kernel-enforced scratch limits, docs/manifest.md; ~+0.1 ms per spawn, hidden by prespawn), did not get
+   faster: the ratios rose although (c) itself is faster in microseconds.
+3. **Worker CPU, ~1 ms per call** (clone, exec, glibc's start-up, whose CPUID probing is a VM exit per instruction
+   here, the Swift runtime, teardown). Prespawn and the early answer take it off the call's path, not off the CPU:
+   at concurrency 4 the two vCPUs are saturated, which bounds throughput near 1,200 calls/s.
+4. **p99**: the next worker's prespawn and the previous worker's teardown compete with the following call on two
+   vCPUs, and the data sync has a long tail on this disk.
 
-Next steps worth measuring: answering at the final frame with the reap after (above); a smaller no-op cell
-(`-Osize`, `--gc-sections`; the cell is 10 MB); a per-call log write that batches across calls with a short
-delay window.
+Next steps worth measuring: fewer hand-offs (the log's answer could queue the response itself instead of resuming
+the task); a smaller no-op cell (`-Osize`, `--gc-sections`; the cell is 10 MB); a per-call log write that batches
+across calls with a short delay window (latency traded for throughput).
+
+## Per-worker scratch tmpfs (mount namespace)
+
+Every worker gets a mount namespace and a bounded tmpfs on its scratch
+directory (docs/architecture.md, stage 4b). Measured 2026-11-30 with a
+temporary system test: 350 sequential probe-cell `echo` calls, no prespawn,
+`spawnNanoseconds` (clone until exec'd) and the whole call, three runs each,
+on the 2-vCPU machine shared with other builds (p90 noisy):
+
+| supervisor | spawn p50 before → after (µs) | call p50 before → after (µs) |
+| --- | ---: | ---: |
+| root (mount namespace) | 185–198 → 269–303 | 1296–1433 → 1432–1483 |
+| uid 4242 (user + mount namespace) | 139–145 → 253–302 | 1326–1340 → 1324–1365 |
+
+About +0.1 ms at root and +0.14 ms unprivileged per spawn; prespawned
+workers (the default for frame cells) pay it before their call arrives.
+The foreign-architecture tables added to every seccomp filter (i386, x32)
+changed no measured spawn time (p50 187 µs with and without).
 """
 
 if __name__ == "__main__":
