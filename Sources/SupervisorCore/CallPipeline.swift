@@ -194,11 +194,10 @@ public final class CallPipeline: Sendable {
                 session: session)
         case .success(let a): admitted = a
         }
-        defer {
-            admitted.lease.release()
-            admission.release(admitted.resources)
-            _ = state.withLock { $0.inFlight.removeValue(forKey: admitted.id) }
-        }
+        // The lease and the resources are given back by the pool thread once
+        // the worker is reaped (an answer at the final frame comes before
+        // that), or below if the pool refused the call.
+        defer { _ = state.withLock { $0.inFlight.removeValue(forKey: admitted.id) } }
         let entry = admitted.entry
         let callID = "c\(admitted.id)"
         let decision =
@@ -220,6 +219,8 @@ public final class CallPipeline: Sendable {
             let done = await executeAndRecord(
                 admitted, callID: callID, start: start, session: session, onMessage: onMessage)
         else {
+            admitted.lease.release()
+            admission.release(admitted.resources)
             let load = pool.load
             return await refuse(
                 .busy(running: load.running, queued: load.queued), tool: call.name, cell: entry.cell,
@@ -397,6 +398,10 @@ public final class CallPipeline: Sendable {
                             ])
                         },
                         onMessage: onMessage)
+                    // Reaped: nothing of the call runs any more. Its slots and
+                    // resources are free only now, whenever it was answered.
+                    a.lease.release()
+                    self.admission.release(a.resources)
                 }
                 if !accepted { k.resume(returning: nil) }
             }

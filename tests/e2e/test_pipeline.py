@@ -52,11 +52,11 @@ def test_pipelined_calls_then_end_of_input_are_all_answered(workspace):
     'shutting down' (docs/configuration.md)."""
     p = start(workspace)
     payload = line(INIT) + line({"jsonrpc": "2.0", "method": "notifications/initialized"})
-    payload += b"".join(echo(i, f"m{i}") for i in range(1, 15))
+    payload += b"".join(echo(i, f"m{i}") for i in range(1, 31))
     out, err = p.communicate(payload, timeout=60)
     assert p.returncode == 0, err.decode()
     got = responses(out)
-    for i in range(1, 15):
+    for i in range(1, 31):
         r = got[i]["result"]
         assert not r["isError"], r
         assert r["content"][0]["text"] == f"m{i}"

@@ -238,7 +238,7 @@ def test_crash_loop_loses_no_acknowledged_record(workspace, work):
     for round in range(5):
         s = start(workspace, work, "--max-queued-calls", "1000")
         pid = s.proc.pid
-        # Batches of 12 (the default policy allows 16 calls at once per
+        # Batches of 12 (the default policy allows 64 calls at once per
         # principal), each answer read; after a different number of answers
         # each round, one more batch is sent and the supervisor killed while
         # it runs, waits or is being recorded.
