@@ -10,7 +10,7 @@ public enum Refusal: Error, Sendable, Equatable {
     /// No cell serves this tool name (answered as a JSON-RPC error).
     case unknownTool
     /// The arguments do not match the tool's inputSchema.
-    case invalidArguments(String)
+    case invalidArguments(SchemaViolation)
     /// No policy is loaded, so nothing may run (deny by default).
     case noPolicy(String)
     /// The policy's static decision: principal, allow/deny, phase.
@@ -56,7 +56,7 @@ public enum Refusal: Error, Sendable, Equatable {
     public var detail: String {
         switch self {
         case .unknownTool: return "no cell serves this tool"
-        case .invalidArguments(let p): return p
+        case .invalidArguments(let v): return v.description
         case .noPolicy(let why): return "no policy in force: \(why)"
         case .policy(let d): return d.rule
         case .rateLimit(let l, let scope, _):

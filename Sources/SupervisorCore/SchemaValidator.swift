@@ -7,6 +7,20 @@ import StrictJSON
 /// Swift package. The subset is enforced both ways: `checkSchema` refuses a
 /// manifest that uses a keyword outside it, so no schema silently promises a
 /// check that is not made. Supported keywords are listed in docs/manifest.md.
+/// Where a value breaks its schema and how: `path` is the dotted location
+/// (`arguments.tags[0]`), `reason` what is wrong there.
+public struct SchemaViolation: Error, Equatable, Sendable, CustomStringConvertible {
+    public let path: String
+    public let reason: String
+
+    public init(path: String, reason: String) {
+        self.path = path
+        self.reason = reason
+    }
+
+    public var description: String { "\(path): \(reason)" }
+}
+
 public enum SchemaValidator {
     static let assertionKeywords: Set<String> = [
         "type", "properties", "required", "additionalProperties", "items", "enum", "const",
@@ -77,38 +91,62 @@ public enum SchemaValidator {
     }
 
     /// Validates `value`; returns the first problem as "path: message", or nil.
-    public static func validate(_ value: JSONValue, against schema: JSONObject, path: String = "arguments") -> String? {
+    public static func validate(_ value: JSONValue, against schema: JSONObject, path: String = "arguments")
+        -> SchemaViolation?
+    {
         if let t = schema["type"] {
             let names = (t.arrayValue ?? [t]).compactMap(\.stringValue)
             if !names.contains(where: { matches(value, type: $0) }) {
-                return "\(path): expected \(names.joined(separator: " or ")), found \(value.typeName)"
+                return SchemaViolation(
+                    path: path, reason: "expected \(names.joined(separator: " or ")), found \(value.typeName)")
             }
         }
         if let e = schema["enum"]?.arrayValue, !e.contains(where: { equalJSON($0, value) }) {
-            return "\(path): must be one of \(e.map { $0.serialized() }.joined(separator: ", "))"
+            return SchemaViolation(
+                path: path, reason: "must be one of \(e.map { $0.serialized() }.joined(separator: ", "))")
         }
-        if let c = schema["const"], !equalJSON(c, value) { return "\(path): must be \(c.serialized())" }
+        if let c = schema["const"], !equalJSON(c, value) {
+            return SchemaViolation(path: path, reason: "must be \(c.serialized())")
+        }
 
         switch value {
         case .int, .double:
             let d = value.doubleValue!
-            if let m = schema["minimum"]?.doubleValue, d < m { return "\(path): must be >= \(fmt(m))" }
-            if let m = schema["maximum"]?.doubleValue, d > m { return "\(path): must be <= \(fmt(m))" }
-            if let m = schema["exclusiveMinimum"]?.doubleValue, d <= m { return "\(path): must be > \(fmt(m))" }
-            if let m = schema["exclusiveMaximum"]?.doubleValue, d >= m { return "\(path): must be < \(fmt(m))" }
+            if let m = schema["minimum"]?.doubleValue, d < m {
+                return SchemaViolation(path: path, reason: "must be >= \(fmt(m))")
+            }
+            if let m = schema["maximum"]?.doubleValue, d > m {
+                return SchemaViolation(path: path, reason: "must be <= \(fmt(m))")
+            }
+            if let m = schema["exclusiveMinimum"]?.doubleValue, d <= m {
+                return SchemaViolation(path: path, reason: "must be > \(fmt(m))")
+            }
+            if let m = schema["exclusiveMaximum"]?.doubleValue, d >= m {
+                return SchemaViolation(path: path, reason: "must be < \(fmt(m))")
+            }
         case .string(let s):
             let n = s.unicodeScalars.count
-            if let m = schema["minLength"]?.intValue, n < m { return "\(path): must be at least \(m) characters" }
-            if let m = schema["maxLength"]?.intValue, n > m { return "\(path): must be at most \(m) characters" }
+            if let m = schema["minLength"]?.intValue, n < m {
+                return SchemaViolation(path: path, reason: "must be at least \(m) characters")
+            }
+            if let m = schema["maxLength"]?.intValue, n > m {
+                return SchemaViolation(path: path, reason: "must be at most \(m) characters")
+            }
             if let p = schema["pattern"]?.stringValue, let re = try? Regex(p), (try? re.firstMatch(in: s)) == nil {
-                return "\(path): does not match the pattern \(p)"
+                return SchemaViolation(path: path, reason: "does not match the pattern \(p)")
             }
         case .array(let a):
-            if let m = schema["minItems"]?.intValue, a.count < m { return "\(path): must have at least \(m) items" }
-            if let m = schema["maxItems"]?.intValue, a.count > m { return "\(path): must have at most \(m) items" }
+            if let m = schema["minItems"]?.intValue, a.count < m {
+                return SchemaViolation(path: path, reason: "must have at least \(m) items")
+            }
+            if let m = schema["maxItems"]?.intValue, a.count > m {
+                return SchemaViolation(path: path, reason: "must have at most \(m) items")
+            }
             if schema["uniqueItems"]?.boolValue == true {
                 for i in a.indices {
-                    for j in a.indices where j > i && equalJSON(a[i], a[j]) { return "\(path): items must be unique" }
+                    for j in a.indices where j > i && equalJSON(a[i], a[j]) {
+                        return SchemaViolation(path: path, reason: "items must be unique")
+                    }
                 }
             }
             if let items = schema["items"] {
@@ -118,20 +156,22 @@ public enum SchemaValidator {
             }
         case .object(let o):
             if let m = schema["minProperties"]?.intValue, o.count < m {
-                return "\(path): must have at least \(m) properties"
+                return SchemaViolation(path: path, reason: "must have at least \(m) properties")
             }
             if let m = schema["maxProperties"]?.intValue, o.count > m {
-                return "\(path): must have at most \(m) properties"
+                return SchemaViolation(path: path, reason: "must have at most \(m) properties")
             }
             for r in schema["required"]?.arrayValue ?? [] {
-                if let k = r.stringValue, !o.contains(k) { return "\(path).\(k): required property is missing" }
+                if let k = r.stringValue, !o.contains(k) {
+                    return SchemaViolation(path: "\(path).\(k)", reason: "required property is missing")
+                }
             }
             let props = schema["properties"]?.objectValue ?? JSONObject()
             for (k, v) in o {
                 if let ps = props[k] {
                     if let err = validateSub(v, ps, "\(path).\(k)") { return err }
                 } else if let ap = schema["additionalProperties"] {
-                    if ap == .bool(false) { return "\(path).\(k): unknown property" }
+                    if ap == .bool(false) { return SchemaViolation(path: "\(path).\(k)", reason: "unknown property") }
                     if let err = validateSub(v, ap, "\(path).\(k)") { return err }
                 }
             }
@@ -142,19 +182,21 @@ public enum SchemaValidator {
             for s in all { if let err = validateSub(value, s, path) { return err } }
         }
         if let any = schema["anyOf"]?.arrayValue, !any.contains(where: { validateSub(value, $0, path) == nil }) {
-            return "\(path): does not match any of the allowed forms"
+            return SchemaViolation(path: path, reason: "does not match any of the allowed forms")
         }
         if let one = schema["oneOf"]?.arrayValue, one.filter({ validateSub(value, $0, path) == nil }).count != 1 {
-            return "\(path): must match exactly one of the allowed forms"
+            return SchemaViolation(path: path, reason: "must match exactly one of the allowed forms")
         }
-        if let not = schema["not"], validateSub(value, not, path) == nil { return "\(path): matches a forbidden form" }
+        if let not = schema["not"], validateSub(value, not, path) == nil {
+            return SchemaViolation(path: path, reason: "matches a forbidden form")
+        }
         return nil
     }
 
-    private static func validateSub(_ v: JSONValue, _ schema: JSONValue, _ path: String) -> String? {
+    private static func validateSub(_ v: JSONValue, _ schema: JSONValue, _ path: String) -> SchemaViolation? {
         switch schema {
         case .bool(true): return nil
-        case .bool(false): return "\(path): no value is allowed here"
+        case .bool(false): return SchemaViolation(path: path, reason: "no value is allowed here")
         case .object(let o): return validate(v, against: o, path: path)
         default: return nil
         }

@@ -16,7 +16,7 @@ final class SchemaValidatorTests: XCTestCase {
         "additionalProperties": false,
     ]
 
-    func check(_ v: JSONValue) -> String? { SchemaValidator.validate(v, against: schema) }
+    func check(_ v: JSONValue) -> String? { SchemaValidator.validate(v, against: schema)?.description }
 
     func testValidArguments() {
         XCTAssertNil(check(["name": "abc", "count": 3, "mode": "a", "tags": ["x", "y"]]))
@@ -83,5 +83,20 @@ final class CellProtocolTests: XCTestCase {
     func testSanitizeRemovesControlAndBidiCharacters() {
         XCTAssertEqual(CellProtocol.sanitize("a\u{1B}[31mb\u{202E}c\u{200B}d\n\te"), "a[31mbcd\n\te")
         XCTAssertEqual(CellProtocol.sanitize("plain"), "plain")
+    }
+}
+
+final class SchemaViolationTests: XCTestCase {
+    /// A violation is a value: where, and what is wrong there.
+    func testAViolationNamesItsPathAndReason() {
+        let schema: JSONObject = [
+            "type": "object", "properties": ["tags": ["type": "array", "items": ["type": "string"]]],
+        ]
+        let v = SchemaValidator.validate(["tags": ["a", 2]], against: schema)
+        XCTAssertEqual(v, SchemaViolation(path: "arguments.tags[1]", reason: "expected string, found integer"))
+        XCTAssertEqual(Refusal.invalidArguments(v!).reason, "invalid_arguments")
+        XCTAssertEqual(
+            Refusal.invalidArguments(v!).message, "Invalid arguments: arguments.tags[1]: expected string, found integer"
+        )
     }
 }
