@@ -417,7 +417,8 @@ public final class CallPipeline: Sendable {
         let name = CellProtocol.sanitize(String(tool.prefix(128)))
         var f = JSONObject([
             ("principal", .string(session.principal)), ("tool", .string(name)),
-            ("reason", .string(r.reason)), ("detail", .string(r.detail)),
+            // The detail may quote the client's arguments (a schema path).
+            ("reason", .string(r.reason)), ("detail", .string(SecurityEvent.bounded(r.detail, maxBytes: 1024))),
         ])
         if let policy {
             f["policySha256"] = .string(policy.sha256)

@@ -42,6 +42,29 @@ public struct SecurityEvent: Sendable {
 }
 
 extension SecurityEvent {
+    /// The longest client-supplied string the security log records, in
+    /// UTF-8 bytes (docs/security-events.md); longer ones are truncated.
+    public static let maxClientStringBytes = 256
+
+    /// `s` itself when it has at most `maxBytes` UTF-8 bytes; otherwise its
+    /// start (cut at a character boundary) and a marker naming its full
+    /// length, `maxBytes` bytes in all. Bounding twice changes nothing.
+    public static func bounded(_ s: String, maxBytes: Int = maxClientStringBytes) -> String {
+        let n = s.utf8.count
+        guard n > maxBytes else { return s }
+        let marker = "…[truncated, \(n) bytes]"
+        let room = max(0, maxBytes - marker.utf8.count)
+        var kept = ""
+        var used = 0
+        for ch in s {
+            let w = ch.utf8.count
+            if used + w > room { break }
+            kept.append(ch)
+            used += w
+        }
+        return kept + marker
+    }
+
     /// Members every call event carries.
     static func callFields(_ callID: String, _ principal: String, _ tool: String, _ cell: PreparedCell) -> JSONObject {
         JSONObject([
@@ -60,7 +83,7 @@ extension SecurityEvent {
         f["manifestSha256"] = .string(cell.manifest.manifestSHA256)
         f["decision"] = .string(decision)
         f["argumentsSha256"] = .string(sha256Hex(JSONValue.object(arguments).serializedBytes()))
-        if let client { f["client"] = .string(client) }
+        if let client { f["client"] = .string(bounded(client)) }
         if recordArguments { f["arguments"] = .object(arguments) }
         return SecurityEvent(.callStart, f)
     }

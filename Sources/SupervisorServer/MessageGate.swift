@@ -122,12 +122,19 @@ public struct MessageGate: Sendable {
                     id: id, code: Self.invalidRequest,
                     message: "Invalid Request: the server is not initialized; send initialize first"))
         }
+        if let problem = Self.sdkParamsProblem(method, o["params"]?.objectValue) {
+            return .reply(Self.error(id: id, code: Self.invalidParams, message: "Invalid params: \(problem)"))
+        }
         switch method {
         case "initialize":
-            if case .object(let p)? = o["params"], case .string(let v)? = p["protocolVersion"] {
-                initializeSeen = true
-                requestedProtocolVersion = v
+            // Only the first initialize of a connection may reach the SDK:
+            // two written in one go would both be served otherwise.
+            if initializeSeen {
+                return .reply(
+                    Self.error(id: id, code: Self.invalidRequest, message: "Invalid Request: already initialized"))
             }
+            initializeSeen = true
+            requestedProtocolVersion = o["params"]?["protocolVersion"]?.stringValue
         case "tools/call":
             guard case .object(let params)? = o["params"] else {
                 return .reply(
@@ -156,5 +163,38 @@ public struct MessageGate: Sendable {
             break
         }
         return .forward(request: id.serialized(), cancels: nil)
+    }
+
+    /// The logging levels of MCP, lowest first.
+    public static let logLevels = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"]
+
+    /// What is wrong with the params of a request the SDK decodes itself
+    /// (its decoding errors would reach the client as -32603 with a
+    /// Foundation message), or nil when the SDK can decode them.
+    static func sdkParamsProblem(_ method: String, _ params: JSONObject?) -> String? {
+        switch method {
+        case "initialize":
+            guard let params else { return "initialize needs params with a string \"protocolVersion\"" }
+            guard case .string? = params["protocolVersion"] else {
+                return "initialize needs a string \"protocolVersion\""
+            }
+            if let c = params["capabilities"], c.objectValue == nil { return "\"capabilities\" must be an object" }
+            if let info = params["clientInfo"] {
+                guard case .object(let i) = info, case .string? = i["name"], case .string? = i["version"] else {
+                    return "\"clientInfo\" must be an object with a string \"name\" and \"version\""
+                }
+            }
+        case "logging/setLevel":
+            guard case .string(let level)? = params?["level"], logLevels.contains(level) else {
+                return "logging/setLevel needs \"level\", one of " + logLevels.joined(separator: ", ")
+            }
+        case "tools/list":
+            if let c = params?["cursor"] {
+                guard case .string = c else { return "\"cursor\" must be a string" }
+            }
+        default:
+            break
+        }
+        return nil
     }
 }

@@ -85,13 +85,14 @@ public final class SupervisorService: Sendable {
         transport.callHandler.value = { [self] call, reply in serve(call, reply) }
         await registerHandlers()
         try await server.start(transport: transport) { [self] client, _ in
-            logger.info(
-                "client initialized",
-                metadata: ["client.name": "\(client.name)", "client.version": "\(client.version)"])
-            session.clientName = client.name
+            // Client-supplied: bounded before it reaches the log or any call.start.
+            let name = SecurityEvent.bounded(client.name)
+            let version = SecurityEvent.bounded(client.version)
+            logger.info("client initialized", metadata: ["client.name": "\(name)", "client.version": "\(version)"])
+            session.clientName = name
             var f = JSONObject([
-                ("principal", .string(session.principal)), ("clientName", .string(client.name)),
-                ("clientVersion", .string(client.version)),
+                ("principal", .string(session.principal)), ("clientName", .string(name)),
+                ("clientVersion", .string(version)), ("protocolEra", "handshake"),
             ])
             if let v = initializeVersion.withLock({ $0 })?() { f["protocolVersion"] = .string(v) }
             do { try await log.append([SecurityEvent(.clientInitialize, f)]) } catch {

@@ -167,7 +167,8 @@ class RawServer:
             return self.proc.wait(timeout=10)
         finally:
             self.proc.stdout.close()
-            self.proc.stderr.close()
+            if self.proc.stderr:
+                self.proc.stderr.close()
 
 
 @pytest.fixture
