@@ -11,11 +11,34 @@ public struct ToolCall: Sendable {
     public var arguments: JSONObject
     /// `_meta.progressToken`, if the client wants progress notifications.
     public var progressToken: JSONValue?
+    /// Who sent it, for call.start (the session's client name otherwise).
+    public var client: CallClient?
 
-    public init(name: String, arguments: JSONObject = JSONObject(), progressToken: JSONValue? = nil) {
+    public init(
+        name: String, arguments: JSONObject = JSONObject(), progressToken: JSONValue? = nil, client: CallClient? = nil
+    ) {
         self.name = name
         self.arguments = arguments
         self.progressToken = progressToken
+        self.client = client
+    }
+}
+
+/// The protocol era and client identity of one call, as call.start records
+/// them. In the 2026-07-28 era every request names its client; in the
+/// handshake era the name is the session's (from initialize).
+public struct CallClient: Sendable, Equatable {
+    /// "handshake" or "modern".
+    public var era: String
+    public var protocolVersion: String?
+    public var name: String?
+    public var version: String?
+
+    public init(era: String, protocolVersion: String?, name: String? = nil, version: String? = nil) {
+        self.era = era
+        self.protocolVersion = protocolVersion
+        self.name = name
+        self.version = version
     }
 }
 
@@ -205,9 +228,15 @@ public final class CallPipeline: Sendable {
             + " in phase \(admitted.phase), policy \(admitted.policy.sha256.prefix(16))"
         // Written once the pool has taken the call (a call refused as busy
         // has no call.start); reaches the disk with call.end's data sync.
-        let start = SecurityEvent.callStart(
-            callID: callID, principal: session.principal, client: session.clientName, tool: entry.tool.name,
-            cell: entry.cell, decision: decision, arguments: call.arguments, recordArguments: options.recordArguments)
+        var start = SecurityEvent.callStart(
+            callID: callID, principal: session.principal, client: call.client?.name ?? session.clientName,
+            tool: entry.tool.name, cell: entry.cell, decision: decision, arguments: call.arguments,
+            recordArguments: options.recordArguments)
+        if let c = call.client {
+            start.fields["protocolEra"] = .string(c.era)
+            if let v = c.protocolVersion { start.fields["protocolVersion"] = .string(SecurityEvent.bounded(v)) }
+            if let v = c.version { start.fields["clientVersion"] = .string(SecurityEvent.bounded(v)) }
+        }
         if options.unsignedMode {
             logger.warning(
                 "UNSIGNED development mode: running a cell without a verified signature",

@@ -1,4 +1,5 @@
 import StrictJSON
+import SupervisorCore
 
 /// Checks every client message before the MCP SDK sees it, and answers what
 /// the SDK would get wrong (ENGINEERING-NOTES: parse errors with a random id,
@@ -16,7 +17,24 @@ public struct MessageGate: Sendable {
         /// A well-formed tools/call after initialize, for the call pipeline:
         /// the id and the params object.
         case call(id: JSONValue, params: JSONObject)
+        /// A request of the modern era with a valid envelope (and, for
+        /// tools/call, well-formed params), for the `ModernDispatcher`.
+        case modern(ModernRequest)
+        /// A modern-era notifications/cancelled: withdraw this request id.
+        case cancel(String)
     }
+
+    /// A modern request the gate has checked.
+    public struct ModernRequest: Equatable, Sendable {
+        public var id: JSONValue
+        public var method: String
+        public var params: JSONObject
+        public var envelope: ModernEnvelope
+    }
+
+    /// The methods of 2026-07-28 this server serves; anything else in the
+    /// modern era (ping, logging/setLevel: removed) is method-not-found.
+    static let modernMethods: Set<String> = ["server/discover", "tools/list", "tools/call", "subscriptions/listen"]
 
     public static let parseError = -32700
     public static let invalidRequest = -32600
@@ -26,6 +44,8 @@ public struct MessageGate: Sendable {
     public let maxMessageBytes: Int
     /// Set once an initialize request went through.
     public private(set) var initializeSeen = false
+    /// Chosen by the first request that is served (`ProtocolEra`).
+    public private(set) var era = ProtocolEra.undecided
     /// The protocolVersion the client asked for in initialize.
     public private(set) var requestedProtocolVersion: String?
 
@@ -104,6 +124,20 @@ public struct MessageGate: Sendable {
                 return .drop(reason: "notification \(method) with non-object params")
             }
         }
+        if era != .handshake, let decision = checkModern(method: method, id: hasValidID ? id : nil, o["params"]) {
+            return decision
+        }
+        if era == .handshake && hasValidID {
+            if method == "server/discover" { return .modern(Self.plainDiscover(id: id, o["params"]?.objectValue)) }
+            if ModernEnvelope.isEnveloped(o["params"]?.objectValue) {
+                return .reply(
+                    Self.error(
+                        id: id, code: Self.invalidRequest,
+                        message: "Invalid Request: this connection was initialized (protocol "
+                            + "\(requestedProtocolVersion ?? "?")); requests of protocol 2026-07-28 are not accepted on it"
+                    ))
+            }
+        }
         if !hasValidID {
             // Notifications are never answered. Before initialize only
             // "initialized" may arrive; anything else is dropped.
@@ -134,35 +168,81 @@ public struct MessageGate: Sendable {
                     Self.error(id: id, code: Self.invalidRequest, message: "Invalid Request: already initialized"))
             }
             initializeSeen = true
+            era = .handshake
             requestedProtocolVersion = o["params"]?["protocolVersion"]?.stringValue
         case "tools/call":
-            guard case .object(let params)? = o["params"] else {
-                return .reply(
-                    Self.error(
-                        id: id, code: Self.invalidParams,
-                        message: "Invalid params: tools/call needs params with a tool \"name\""))
+            if let problem = Self.toolsCallProblem(o["params"]?.objectValue) {
+                return .reply(Self.error(id: id, code: Self.invalidParams, message: "Invalid params: \(problem)"))
             }
-            guard case .string? = params["name"] else {
-                return .reply(
-                    Self.error(
-                        id: id, code: Self.invalidParams, message: "Invalid params: tools/call needs a string \"name\"")
-                )
-            }
-            if let a = params["arguments"], a.objectValue == nil {
-                return .reply(
-                    Self.error(
-                        id: id, code: Self.invalidParams, message: "Invalid params: \"arguments\" must be an object"))
-            }
-            if let m = params["_meta"], m.objectValue == nil {
-                return .reply(
-                    Self.error(id: id, code: Self.invalidParams, message: "Invalid params: \"_meta\" must be an object")
-                )
-            }
-            return .call(id: id, params: params)
+            return .call(id: id, params: o["params"]?.objectValue ?? JSONObject())
         default:
             break
         }
         return .forward(request: id.serialized(), cancels: nil)
+    }
+
+    /// The modern era's rules, for a connection not (yet) in the handshake
+    /// era; nil when the message goes on to the handshake era's rules (an
+    /// undecided connection and a message that does not choose the modern
+    /// era). `id` is nil for a notification.
+    mutating func checkModern(method: String, id: JSONValue?, _ paramsValue: JSONValue?) -> Decision? {
+        let params = paramsValue?.objectValue
+        guard let id else {
+            // Of the client's notifications only notifications/cancelled is
+            // left in 2026-07-28; the others are dropped unanswered.
+            guard era == .modern else { return nil }
+            if method == "notifications/cancelled", let r = params?["requestId"] { return .cancel(r.serialized()) }
+            return .drop(reason: "notification \(method) in the 2026-07-28 era")
+        }
+        let enveloped = ModernEnvelope.isEnveloped(params)
+        // An undecided connection goes on as before unless the request
+        // chooses the modern era; server/discover is answered either way.
+        if era == .undecided && !enveloped && method != "server/discover" { return nil }
+        if era == .modern && method == "initialize" {
+            let asked = params?["protocolVersion"]?.stringValue
+            return .reply(
+                EnvelopeError.unsupportedVersion(id: id, requested: asked, supported: ModernEnvelope.supportedVersions))
+        }
+        guard Self.modernMethods.contains(method) else {
+            return .reply(
+                Self.error(
+                    id: id, code: Self.methodNotFound,
+                    message: "Method not found: \(SecurityEvent.bounded(method, maxBytes: 64)) (protocol 2026-07-28)"))
+        }
+        if method == "server/discover" && !enveloped {
+            // server/discover is always answered, even without an envelope;
+            // it does not choose the era.
+            return .modern(Self.plainDiscover(id: id, params))
+        }
+        let envelope: ModernEnvelope
+        switch ModernEnvelope.parse(params) {
+        case .failure(let e):
+            // Once modern, only the modern versions remain; before, all.
+            let left = era == .modern ? ModernEnvelope.supportedVersions : ModernEnvelope.allVersions
+            return .reply(e.reply(id: id, supported: left))
+        case .success(let e): envelope = e
+        }
+        if method == "tools/call", let problem = Self.toolsCallProblem(params) {
+            return .reply(Self.error(id: id, code: Self.invalidParams, message: "Invalid params: \(problem)"))
+        }
+        era = .modern
+        return .modern(ModernRequest(id: id, method: method, params: params ?? JSONObject(), envelope: envelope))
+    }
+
+    /// A server/discover answered without checking an envelope.
+    static func plainDiscover(id: JSONValue, _ params: JSONObject?) -> ModernRequest {
+        ModernRequest(
+            id: id, method: "server/discover", params: params ?? JSONObject(),
+            envelope: ModernEnvelope(protocolVersion: ModernEnvelope.supportedVersions[0], clientCapabilities: [:]))
+    }
+
+    /// What is wrong with a tools/call's params, or nil.
+    static func toolsCallProblem(_ params: JSONObject?) -> String? {
+        guard let params else { return "tools/call needs params with a tool \"name\"" }
+        guard case .string? = params["name"] else { return "tools/call needs a string \"name\"" }
+        if let a = params["arguments"], a.objectValue == nil { return "\"arguments\" must be an object" }
+        if let m = params["_meta"], m.objectValue == nil { return "\"_meta\" must be an object" }
+        return nil
     }
 
     /// The logging levels of MCP, lowest first.

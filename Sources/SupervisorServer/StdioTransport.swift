@@ -186,6 +186,10 @@ public actor BlockingStdioTransport: Transport {
     nonisolated let calls = DirectCalls()
     /// Serves each tools/call; set before `receive` is called.
     public nonisolated let callHandler = SharedValue<CallHandler>()
+    /// Serves the requests of the 2026-07-28 era; set before `receive`.
+    nonisolated let modern = SharedValue<ModernDispatcher>()
+    /// The connection's era, once a request has chosen it.
+    public nonisolated let era = SharedValue<ProtocolEra>()
 
     /// `onEndOfInput` runs when stdin ends, after every request received has
     /// been answered (or `drainSeconds` passed).
@@ -319,7 +323,13 @@ final class LineReader: @unchecked Sendable {
 
     private func handle(_ line: [UInt8]) {
         if line.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0D }) { return }
-        switch gate.check(line) {
+        let decision = gate.check(line)
+        if gate.era != .undecided && transport.era.value == nil { transport.era.value = gate.era }
+        switch decision {
+        case .modern(let request):
+            transport.modern.value!.handle(request)
+        case .cancel(let key):
+            if !transport.calls.cancel(key) { transport.modern.value?.cancel(key) }
         case .forward(let request, let cancels):
             if let request { transport.outstanding.add(request) }
             if let v = gate.requestedProtocolVersion, transport.requestedProtocolVersion.value == nil {
@@ -335,7 +345,8 @@ final class LineReader: @unchecked Sendable {
             transport.outstanding.add(key)
             let call = DirectCall(id: id, key: key, transport: transport)
             transport.calls.add(call)
-            transport.callHandler.value!(Self.toolCall(params), call)
+            let client = CallClient(era: ProtocolEra.handshake.rawValue, protocolVersion: gate.requestedProtocolVersion)
+            transport.callHandler.value!(Self.toolCall(params, client: client), call)
         case .drop(let reason):
             logger.debug("message dropped", metadata: ["reason": "\(reason)"])
         case .reply(let error):
@@ -348,10 +359,10 @@ final class LineReader: @unchecked Sendable {
 
     /// The gate has checked the shape: name is a string, arguments and
     /// _meta are objects if present.
-    static func toolCall(_ params: JSONObject) -> ToolCall {
+    static func toolCall(_ params: JSONObject, client: CallClient) -> ToolCall {
         ToolCall(
             name: params["name"]?.stringValue ?? "", arguments: params["arguments"]?.objectValue ?? JSONObject(),
-            progressToken: params["_meta"]?["progressToken"])
+            progressToken: params["_meta"]?["progressToken"], client: client)
     }
 }
 
@@ -363,6 +374,9 @@ public typealias CallHandler = @Sendable (ToolCall, DirectCall) -> Void
 public final class DirectCall: Sendable {
     public let id: JSONValue
     let key: String
+    /// Set for a request of the 2026-07-28 era: its result carries
+    /// `resultType`, and its log level is its own.
+    public let modern: ModernEnvelope?
     private let transport: BlockingStdioTransport
     private struct State {
         var cancelled = false
@@ -371,10 +385,11 @@ public final class DirectCall: Sendable {
     }
     private let state = Mutex(State())
 
-    init(id: JSONValue, key: String, transport: BlockingStdioTransport) {
+    init(id: JSONValue, key: String, transport: BlockingStdioTransport, modern: ModernEnvelope? = nil) {
         self.id = id
         self.key = key
         self.transport = transport
+        self.modern = modern
     }
 
     /// Runs `body` when the client cancels (at once if it already has).
@@ -407,11 +422,16 @@ public final class DirectCall: Sendable {
         guard first else { return }
         switch response {
         case .result(let r):
+            var result = r.json
+            if modern != nil, case .object(var o) = result {
+                o["resultType"] = "complete"
+                result = .object(o)
+            }
             transport.outbound.send(
                 JSONValue.object(
                     JSONObject([
                         ("jsonrpc", "2.0"), ("id", id),
-                        ("result", r.json),
+                        ("result", result),
                     ])
                 ).serializedBytes())
         case .error(let code, let message):

@@ -66,16 +66,15 @@ public final class SupervisorService: Sendable {
             loadRegistry: loadRegistry)
         server = Server(
             name: "mcp-supervisor", version: SupervisorInfo.version,
-            instructions: "Every tool call runs in a fresh, kernel-sandboxed process.",
+            instructions: Self.instructions,
             capabilities: .init(logging: .init(), tools: .init(listChanged: true)),
             // Not .strict: the SDK's strict check races its own initialize
             // handler and drops a pipelined request without an answer. The
             // MessageGate enforces "initialize first" before the SDK.
             configuration: .default)
-        pipeline.onToolsChanged { [server] in
-            Task { try? await server.notify(ToolListChangedNotification.message()) }
-        }
     }
+
+    static let instructions = "Every tool call runs in a fresh, kernel-sandboxed process."
 
     public var currentRegistry: CellRegistry { pipeline.registry }
 
@@ -83,6 +82,18 @@ public final class SupervisorService: Sendable {
     public func run(transport: BlockingStdioTransport) async throws {
         initializeVersion.withLock { $0 = { [transport] in transport.requestedProtocolVersion.value } }
         transport.callHandler.value = { [self] call, reply in serve(call, reply) }
+        let modern = ModernDispatcher(
+            pipeline: pipeline, transport: transport, pageSize: options.toolsPageSize, instructions: Self.instructions)
+        transport.modern.value = modern
+        // In the 2026-07-28 era a list change reaches only the clients that
+        // subscribed to it; never unsolicited.
+        pipeline.onToolsChanged { [server, transport] in
+            if transport.era.value == .modern {
+                modern.toolsChanged()
+            } else {
+                Task { try? await server.notify(ToolListChangedNotification.message()) }
+            }
+        }
         await registerHandlers()
         try await server.start(transport: transport) { [self] client, _ in
             // Client-supplied: bounded before it reaches the log or any call.start.
@@ -134,7 +145,14 @@ public final class SupervisorService: Sendable {
                 reply.notify("notifications/progress", params)
             case .log(let level, let message, let data):
                 guard let l = LogLevel(rawValue: level) else { return }
-                let min = clientLogLevel.withLock { $0 }
+                // A modern request asks for logs in its own envelope; none if it does not.
+                let min: LogLevel
+                if let envelope = reply.modern {
+                    guard let asked = envelope.logLevel.flatMap(LogLevel.init(rawValue:)) else { return }
+                    min = asked
+                } else {
+                    min = clientLogLevel.withLock { $0 }
+                }
                 guard (Self.levelOrder.firstIndex(of: l) ?? 0) >= (Self.levelOrder.firstIndex(of: min) ?? 0) else {
                     return
                 }
