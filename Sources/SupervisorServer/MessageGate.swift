@@ -124,7 +124,9 @@ public struct MessageGate: Sendable {
                 return .drop(reason: "notification \(method) with non-object params")
             }
         }
-        if era != .handshake, let decision = checkModern(method: method, id: hasValidID ? id : nil, o["params"]) {
+        // (JSONValue is nil-literal-expressible: no id must be spelled `.none`.)
+        let requestID: JSONValue? = hasValidID ? .some(id) : .none
+        if era != .handshake, let decision = checkModern(method: method, id: requestID, o["params"]) {
             return decision
         }
         if era == .handshake && hasValidID {
