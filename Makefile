@@ -12,11 +12,15 @@ CELLS       = echo-cell fs-cell probe-cell
 VENV        = .venv
 PY          = $(VENV)/bin/python
 PYDEPS      = $(VENV)/.installed
+# The official MCP Python SDK 2.x (protocol 2026-07-28) cannot share a venv
+# with 1.x: its client tests (tests/e2e_mcp2) run from a venv of their own.
+VENV2       = .venv-mcp2
+PYDEPS2     = $(VENV2)/.installed
 # The uid the unprivileged test pass runs as (when `make test` runs as root).
 TEST_UID   ?= 4242
 SYSTEM_PACKAGES = libseccomp-dev libcap-dev git jq
 
-.PHONY: all deps build cells pin register test unit-tests system-tests unprivileged-tests e2e-tests run bench check fmt docs clean
+.PHONY: all deps build cells pin register mcp2-venv test unit-tests system-tests unprivileged-tests e2e-tests run bench check fmt docs clean
 
 all: build cells
 
@@ -65,7 +69,14 @@ $(PYDEPS): tests/requirements.txt
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
 	touch $@
 
-test: pin $(PYDEPS)
+$(PYDEPS2): tests/requirements-mcp2.txt
+	test -x $(VENV2)/bin/python || python3 -m venv $(VENV2)
+	$(VENV2)/bin/pip install -q --disable-pip-version-check -r tests/requirements-mcp2.txt
+	touch $@
+
+mcp2-venv: $(PYDEPS2)
+
+test: pin $(PYDEPS) $(PYDEPS2)
 	$(SWIFT) build --build-tests
 	$(MAKE) --no-print-directory unit-tests system-tests unprivileged-tests e2e-tests
 
@@ -98,8 +109,9 @@ unprivileged-tests:
 	  echo "already unprivileged: system-tests ran in this mode"; \
 	fi
 
-e2e-tests: $(PYDEPS)
+e2e-tests: $(PYDEPS) $(PYDEPS2)
 	$(PY) -m pytest -q tests/e2e
+	$(VENV2)/bin/python -m pytest -q tests/e2e_mcp2
 
 bench: CONFIG = release
 bench: pin
@@ -130,4 +142,4 @@ fmt:
 	$(SWIFT) format format --in-place --parallel -r $(FORMATTED)
 
 clean:
-	rm -rf .build $(VENV)
+	rm -rf .build $(VENV) $(VENV2)
