@@ -3,7 +3,10 @@ import SupervisorCore
 
 /// Checks every client message before the MCP SDK sees it, and answers what
 /// the SDK would get wrong (ENGINEERING-NOTES: parse errors with a random id,
-/// tools/call without a name as -32603) per JSON-RPC 2.0 and MCP 2025-11-25.
+/// tools/call without a name as -32603, invalid params of the methods it
+/// decodes as -32603) per JSON-RPC 2.0 and MCP 2025-11-25. It also keeps the
+/// connection's `ProtocolEra` and applies the rules of 2026-07-28, whose
+/// requests never reach the SDK (`ModernDispatcher`).
 public struct MessageGate: Sendable {
     public enum Decision: Equatable, Sendable {
         /// Pass the message to the SDK unchanged. `request` is the id of a
@@ -136,7 +139,8 @@ public struct MessageGate: Sendable {
                     Self.error(
                         id: id, code: Self.invalidRequest,
                         message: "Invalid Request: this connection was initialized (protocol "
-                            + "\(requestedProtocolVersion ?? "?")); requests of protocol 2026-07-28 are not accepted on it"
+                            + "\(SecurityEvent.bounded(requestedProtocolVersion ?? "?", maxBytes: 64))); "
+                            + "requests of protocol 2026-07-28 are not accepted on it"
                     ))
             }
         }
