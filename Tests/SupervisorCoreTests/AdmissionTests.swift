@@ -191,11 +191,12 @@ final class AdmissionTests: XCTestCase {
 
     // MARK: the call pool
 
-    func testCallPoolRunsUpToItsThreadsAtOnce() {
-        let pool = CallPool(threads: 4, queueLimit: 32)
+    /// Submits `jobs` jobs that each hold a thread for `micros` and returns
+    /// how many ran at once at most.
+    func peakConcurrency(_ pool: CallPool, jobs: Int, micros: UInt32) -> Int {
         let running = Synchronization.Mutex((now: 0, peak: 0))
         let done = DispatchGroup()
-        for _ in 0..<8 {
+        for _ in 0..<jobs {
             done.enter()
             XCTAssertTrue(
                 pool.submit {
@@ -203,13 +204,20 @@ final class AdmissionTests: XCTestCase {
                         $0.now += 1
                         $0.peak = max($0.peak, $0.now)
                     }
-                    usleep(200_000)
+                    usleep(micros)
                     running.withLock { $0.now -= 1 }
                     done.leave()
                 })
         }
         XCTAssertEqual(done.wait(timeout: .now() + 10), .success)
-        XCTAssertEqual(running.withLock { $0.peak }, 4, "8 calls on 4 threads run 4 at a time, not one at a time")
+        return running.withLock { $0.peak }
+    }
+
+    func testCallPoolRunsUpToItsThreadsAtOnce() {
+        let pool = CallPool(threads: 4, queueLimit: 32)
+        XCTAssertEqual(
+            peakConcurrency(pool, jobs: 8, micros: 200_000), 4,
+            "8 calls on 4 threads run 4 at a time, not one at a time")
     }
 
     func testCallPoolBurstsAfterIdleUseEveryThread() {
@@ -222,22 +230,7 @@ final class AdmissionTests: XCTestCase {
         _ = pool.submit { warm.leave() }
         XCTAssertEqual(warm.wait(timeout: .now() + 10), .success)
         usleep(50_000)
-        let running = Synchronization.Mutex((now: 0, peak: 0))
-        let done = DispatchGroup()
-        for _ in 0..<6 {
-            done.enter()
-            _ = pool.submit {
-                running.withLock {
-                    $0.now += 1
-                    $0.peak = max($0.peak, $0.now)
-                }
-                usleep(150_000)
-                running.withLock { $0.now -= 1 }
-                done.leave()
-            }
-        }
-        XCTAssertEqual(done.wait(timeout: .now() + 10), .success)
-        XCTAssertEqual(running.withLock { $0.peak }, 3)
+        XCTAssertEqual(peakConcurrency(pool, jobs: 6, micros: 150_000), 3)
     }
 
     func testCallPoolEnforcesItsQueueBound() {
