@@ -1,6 +1,7 @@
 import MCP
 import StrictJSON
 import SupervisorCore
+import Synchronization
 
 /// Handshake era: asks with `elicitation/create` through the SDK's
 /// `Server`, when the client declared the elicitation capability (form
@@ -15,17 +16,22 @@ struct ElicitationApprover: Approver {
         guard supported else {
             return .unavailable("the client did not declare the elicitation capability, so no person can be asked")
         }
-        do {
-            let result = try await server.requestElicitation(
-                message: request.message, requestedSchema: Elicitation.RequestSchema())
-            switch result.action {
-            case .accept: return .accepted(mechanism: "elicitation/create")
-            case .decline: return .declined("declined")
-            case .cancel: return .declined("cancelled")
+        let server = self.server
+        let answer = await FirstOf<ApprovalAnswer>.run(seconds: request.timeoutSeconds) {
+            do {
+                let result = try await server.requestElicitation(
+                    message: request.message, requestedSchema: Elicitation.RequestSchema())
+                switch result.action {
+                case .accept: return .accepted(mechanism: "elicitation/create")
+                case .decline: return .declined("declined")
+                case .cancel: return .declined("cancelled")
+                }
+            } catch {
+                return .unavailable("the client's elicitation failed (\(SecurityEvent.bounded("\(error)")))")
             }
-        } catch {
-            return .unavailable("the client's elicitation failed (\(SecurityEvent.bounded("\(error)")))")
         }
+        return answer
+            ?? .unavailable("no answer came within \(request.timeoutSeconds) s (approvalTimeoutSeconds)")
     }
 
     /// Form elicitation: `elicitation: {}` (form by default) or with `form`.
@@ -80,5 +86,63 @@ struct InputRequiredApprover: Approver {
                 ("inputRequests", .object(JSONObject([(Self.inputKey, .object(elicit))]))),
                 ("requestState", .string(states.issue(for: request))),
             ]))
+    }
+}
+
+/// The SDK's server → client requests cannot be cancelled and have no
+/// deadline: the approval waits for the answer, the deadline or the call's
+/// cancellation, whichever comes first (nil for the last two). A late
+/// answer is dropped.
+final class FirstOf<T: Sendable>: Sendable {
+    private struct State {
+        var continuation: CheckedContinuation<T?, Never>?
+        var finished = false
+        var early: T?? = nil
+        var tasks: [Task<Void, Never>] = []
+    }
+    private let state = Mutex(State())
+
+    static func run(seconds: Int, _ body: @escaping @Sendable () async -> T) async -> T? {
+        let once = FirstOf<T>()
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (k: CheckedContinuation<T?, Never>) in
+                let early: T?? = once.state.withLock { s in
+                    if s.finished { return s.early }
+                    s.continuation = k
+                    return nil
+                }
+                if let early {
+                    k.resume(returning: early)
+                    return
+                }
+                let work = Task { once.finish(await body()) }
+                let timer = Task {
+                    do { try await Task.sleep(for: .seconds(seconds)) } catch { return }
+                    once.finish(nil)
+                }
+                let done = once.state.withLock { s in
+                    s.tasks = [work, timer]
+                    return s.finished
+                }
+                if done { timer.cancel() }
+            }
+        } onCancel: {
+            once.finish(nil)
+        }
+    }
+
+    private func finish(_ value: T?) {
+        let (k, tasks): (CheckedContinuation<T?, Never>?, [Task<Void, Never>]) = state.withLock { s in
+            if s.finished { return (nil, []) }
+            s.finished = true
+            s.early = .some(value)
+            defer {
+                s.continuation = nil
+                s.tasks = []
+            }
+            return (s.continuation, s.tasks)
+        }
+        for t in tasks { t.cancel() }
+        k?.resume(returning: value)
     }
 }

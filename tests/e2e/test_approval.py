@@ -130,6 +130,25 @@ def test_handshake_without_elicitation_capability_is_refused_plainly(env):
     assert [fields(e)["reason"] for e in env.events("call.refused")] == ["approval_unavailable"]
 
 
+def test_handshake_unanswered_elicitation_is_refused_at_the_timeout(env):
+    env.policy([{"tool": "echo"}], approvalTimeoutSeconds=1)
+    s = env.server({"elicitation": {}})
+    s.send({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "x"}}})
+    ask = s.recv()
+    assert ask.get("method") == "elicitation/create"
+    started = time.time()
+    r = s.recv_id(1, timeout=5)["result"]
+    assert r["isError"] and "no answer came within 1 s" in text(r)
+    assert time.time() - started < 3
+    # A late answer changes nothing, and the session goes on.
+    s.send({"jsonrpc": "2.0", "id": ask["id"], "result": {"action": "accept"}})
+    _, r = call_and_answer(s, 2, {"text": "y"}, {"action": "accept"})
+    assert not r["isError"] and text(r) == "y"
+    s.close()
+    assert len(env.events("call.start")) == 1
+    assert [fields(e)["reason"] for e in env.events("call.refused")] == ["approval_unavailable"]
+
+
 def test_handshake_approval_only_in_the_rules_phase(env):
     env.policy([{"tool": "echo", "phase": "plan"}])
     s = env.server({"elicitation": {}})
