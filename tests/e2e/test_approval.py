@@ -300,3 +300,15 @@ def test_approval_policy_errors_name_file_and_field(env):
                        capture_output=True, text=True)
     assert p.returncode != 0
     assert "policy.json" in p.stderr and "approval[0].phase" in p.stderr, p.stderr
+
+
+def test_policy_explain_names_the_approval_rule(env):
+    env.policy([{"tool": "echo", "phase": "plan"}])
+    def explain(*args):
+        return subprocess.run([str(BIN), "policy", "explain", "--policy", str(env.policies / "policy.json"),
+                               "--manifests", str(env.manifests), "--tool", "echo", *args],
+                              capture_output=True, text=True)
+    p = explain("--phase", "plan")
+    assert p.returncode == 0 and "approval: approval[0]" in p.stdout, p.stdout + p.stderr
+    p = explain("--phase", "observe")
+    assert p.returncode == 0 and "approval:" not in p.stdout, p.stdout
