@@ -221,9 +221,12 @@ public final class CallPipeline: Sendable {
         switch await admit(call, session: session) {
         case .failure(let refused):
             if let o = refused.inputRequired { return .inputRequired(o) }
-            return await refuse(
+            let response = await refuse(
                 refused.refusal, tool: call.name, cell: refused.cell, policy: refused.policy,
                 session: session)
+            // Recorded, but a cancelled request gets no answer (MCP); a wait
+            // for a person or a resource is where a cancellation lands.
+            return Task.isCancelled ? .none : response
         case .success(let a): admitted = a
         }
         // The lease and the resources are given back by the pool thread once
@@ -404,9 +407,10 @@ public final class CallPipeline: Sendable {
     func approve(_ call: ToolCall, _ request: ApprovalRequest, cell: PreparedCell, policy: Policy) async
         -> Result<String, Refused>
     {
-        let answer =
+        var answer =
             await call.approver?.approve(request)
             ?? .unavailable("this transport offers no way to ask a person")
+        if Task.isCancelled { answer = .unavailable("the call was cancelled while the person was asked") }
         var f = JSONObject([
             ("principal", .string(request.principal)), ("tool", .string(request.tool)), ("cell", .string(cell.name)),
             ("rule", .string(request.rule)), ("phase", .string(request.phase)),

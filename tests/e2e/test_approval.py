@@ -312,3 +312,22 @@ def test_policy_explain_names_the_approval_rule(env):
     assert p.returncode == 0 and "approval: approval[0]" in p.stdout, p.stdout + p.stderr
     p = explain("--phase", "observe")
     assert p.returncode == 0 and "approval:" not in p.stdout, p.stdout
+
+
+def test_handshake_call_cancelled_while_asking_is_not_answered(env):
+    env.policy([{"tool": "echo"}])
+    s = env.server({"elicitation": {}})
+    s.send({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "x"}}})
+    ask = s.recv()
+    assert ask.get("method") == "elicitation/create"
+    s.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1}})
+    with pytest.raises(TimeoutError):
+        s.recv_id(1, timeout=1.5)
+    # Answering afterwards runs nothing; the session goes on.
+    s.send({"jsonrpc": "2.0", "id": ask["id"], "result": {"action": "accept"}})
+    _, r = call_and_answer(s, 2, {"text": "y"}, {"action": "accept"})
+    assert not r["isError"] and text(r) == "y"
+    s.close()
+    assert len(env.events("call.start")) == 1
+    refused = [fields(e) for e in env.events("call.refused")]
+    assert [e["reason"] for e in refused] == ["approval_unavailable"] and "cancelled" in refused[0]["detail"]
