@@ -28,6 +28,13 @@ public enum Refusal: Error, Sendable, Equatable {
     /// The security log cannot record calls; none runs until it can. The
     /// reason is `SecurityLogError.reason` (no path).
     case logUnavailable(String)
+    /// A person declined (or dismissed) the approval the policy requires.
+    case approvalDeclined(rule: String)
+    /// The policy requires approval and the client offers no way to ask.
+    case approvalUnavailable(rule: String, why: String)
+    /// The client's approval answer is unusable (tampered, expired,
+    /// replayed or foreign request state; no answer).
+    case approvalInvalid(rule: String, why: String)
 
     public enum RateScope: Sendable, Equatable {
         case tool, overall
@@ -50,6 +57,9 @@ public enum Refusal: Error, Sendable, Equatable {
         case .busy: return "busy"
         case .shuttingDown: return "shutting_down"
         case .logUnavailable: return "log_unavailable"
+        case .approvalDeclined: return "approval_declined"
+        case .approvalUnavailable: return "approval_unavailable"
+        case .approvalInvalid: return "approval_invalid"
         }
     }
 
@@ -67,6 +77,8 @@ public enum Refusal: Error, Sendable, Equatable {
         case .busy(let running, let queued): return "\(running) calls running, \(queued) waiting"
         case .shuttingDown: return "the supervisor is stopping"
         case .logUnavailable(let why): return why
+        case .approvalDeclined(let rule): return "\(rule): declined"
+        case .approvalUnavailable(let rule, let why), .approvalInvalid(let rule, let why): return "\(rule): \(why)"
         }
     }
 
@@ -85,6 +97,10 @@ public enum Refusal: Error, Sendable, Equatable {
         case .busy: return "The supervisor is busy (\(detail)); retry shortly."
         case .shuttingDown: return "The supervisor is shutting down."
         case .logUnavailable(let why): return "Refused: \(why), so no tool may run until it can; retry later."
+        case .approvalDeclined: return "Refused: this call needs a person's approval, and it was declined."
+        case .approvalUnavailable(_, let why):
+            return "Refused: this call needs a person's approval, and \(why)."
+        case .approvalInvalid(_, let why): return "Refused: the approval answer is not valid: \(why)."
         }
     }
 }

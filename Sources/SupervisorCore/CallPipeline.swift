@@ -13,6 +13,9 @@ public struct ToolCall: Sendable {
     public var progressToken: JSONValue?
     /// Who sent it, for call.start (the session's client name otherwise).
     public var client: CallClient?
+    /// How to ask a person when the policy requires approval; nil: the
+    /// transport cannot ask, and such a call is refused.
+    public var approver: (any Approver)?
 
     public init(
         name: String, arguments: JSONObject = JSONObject(), progressToken: JSONValue? = nil, client: CallClient? = nil
@@ -50,6 +53,9 @@ public enum CallResponse: Sendable, Equatable {
     case error(code: Int, message: String)
     /// No response: the client cancelled the call (MCP sends none).
     case none
+    /// 2026-07-28: the client must retry with a person's answer (an
+    /// `InputRequiredResult`, sent with `resultType: "input_required"`).
+    case inputRequired(JSONObject)
 }
 
 /// A tools/call result, as JSON the transports serialise unchanged.
@@ -140,6 +146,8 @@ public final class CallPipeline: Sendable {
     let logger: Logger
     let options: PipelineOptions
     public let admission = Admission()
+    /// The 2026-07-28 era's approval request states (a key per run).
+    public let approvalStates = ApprovalStates()
     let loadRegistry: @Sendable () -> CellRegistry
 
     struct InFlight {
@@ -212,9 +220,13 @@ public final class CallPipeline: Sendable {
         let admitted: Admitted
         switch await admit(call, session: session) {
         case .failure(let refused):
-            return await refuse(
+            if let o = refused.inputRequired { return .inputRequired(o) }
+            let response = await refuse(
                 refused.refusal, tool: call.name, cell: refused.cell, policy: refused.policy,
                 session: session)
+            // Recorded, but a cancelled request gets no answer (MCP); a wait
+            // for a person or a resource is where a cancellation lands.
+            return Task.isCancelled ? .none : response
         case .success(let a): admitted = a
         }
         // The lease and the resources are given back by the pool thread once
@@ -237,6 +249,7 @@ public final class CallPipeline: Sendable {
             if let v = c.protocolVersion { start.fields["protocolVersion"] = .string(SecurityEvent.bounded(v)) }
             if let v = c.version { start.fields["clientVersion"] = .string(SecurityEvent.bounded(v)) }
         }
+        if let a = admitted.approval { start.fields["approval"] = .string(a) }
         if options.unsignedMode {
             logger.warning(
                 "UNSIGNED development mode: running a cell without a verified signature",
@@ -299,12 +312,16 @@ public final class CallPipeline: Sendable {
         let lease: Admission.Lease
         let resources: [String]
         let cancellation: CallCancellation
+        /// How a person approved the call, when the policy required it.
+        var approval: String? = nil
     }
 
     struct Refused: Error {
         let refusal: Refusal
         var cell: PreparedCell? = nil
         var policy: Policy? = nil
+        /// Not a refusal: the client must come back with a person's answer.
+        var inputRequired: JSONObject? = nil
     }
 
     /// Step 1. Everything but the resource wait is synchronous.
@@ -329,6 +346,17 @@ public final class CallPipeline: Sendable {
             manifest: entry.cell.manifest, phase: phase)
         guard decision.allowed, let (_, rule) = policy.rule(for: session.principal, client: session.clientName) else {
             return .failure(Refused(refusal: .policy(decision), cell: entry.cell, policy: policy))
+        }
+        // Before any slot or resource is taken: a person may take minutes.
+        var approval: String? = nil
+        if let (i, _) = policy.approvalRule(tool: entry.tool.name, phase: phase, principal: session.principal) {
+            let request = ApprovalRequest(
+                tool: entry.tool.name, arguments: call.arguments, principal: session.principal, phase: phase,
+                rule: "approval[\(i)]", timeoutSeconds: policy.approvalTimeoutSeconds)
+            switch await approve(call, request, cell: entry.cell, policy: policy) {
+            case .failure(let refused): return .failure(refused)
+            case .success(let how): approval = how
+            }
         }
         let lease: Admission.Lease
         switch admission.admit(
@@ -370,7 +398,48 @@ public final class CallPipeline: Sendable {
             Admitted(
                 id: id, entry: entry, arguments: call.arguments, decision: decision, policy: policy,
                 phase: phase, limits: policy.effectiveLimits(entry.cell.manifest), lease: lease,
-                resources: resources, cancellation: cancellation))
+                resources: resources, cancellation: cancellation, approval: approval))
+    }
+
+    /// The approval step: asks through the call's approver and records the
+    /// outcome. Success carries what call.start records; an approval that
+    /// cannot be recorded does not count.
+    func approve(_ call: ToolCall, _ request: ApprovalRequest, cell: PreparedCell, policy: Policy) async
+        -> Result<String, Refused>
+    {
+        var answer =
+            await call.approver?.approve(request)
+            ?? .unavailable("this transport offers no way to ask a person")
+        if Task.isCancelled { answer = .unavailable("the call was cancelled while the person was asked") }
+        var f = JSONObject([
+            ("principal", .string(request.principal)), ("tool", .string(request.tool)), ("cell", .string(cell.name)),
+            ("rule", .string(request.rule)), ("phase", .string(request.phase)),
+            ("argumentsSha256", .string(request.argumentsSHA256)), ("policySha256", .string(policy.sha256)),
+        ])
+        if let era = call.client?.era { f["protocolEra"] = .string(era) }
+        let refusal: Refusal
+        switch answer {
+        case .accepted(let mechanism):
+            f["mechanism"] = .string(mechanism)
+            do { try await log.append([SecurityEvent(.callApproved, f)]) } catch {
+                return .failure(Refused(refusal: .logUnavailable(error.reason), cell: cell))
+            }
+            logger.info("call approved", metadata: ["tool": "\(request.tool)", "rule": "\(request.rule)"])
+            return .success("\(request.rule) approved via \(mechanism)")
+        case .inputRequired(let o):
+            f["mechanism"] = "input_required"
+            f["expiresInSeconds"] = .int(Int64(request.timeoutSeconds))
+            do { try await log.append([SecurityEvent(.callApprovalRequested, f)]) } catch {
+                return .failure(Refused(refusal: .logUnavailable(error.reason), cell: cell))
+            }
+            return .failure(Refused(refusal: .approvalDeclined(rule: request.rule), inputRequired: o))
+        case .declined: refusal = .approvalDeclined(rule: request.rule)
+        case .unavailable(let why): refusal = .approvalUnavailable(rule: request.rule, why: why)
+        case .invalid(let why): refusal = .approvalInvalid(rule: request.rule, why: why)
+        }
+        logger.info(
+            "call refused: approval", metadata: ["tool": "\(request.tool)", "reason": "\(refusal.detail)"])
+        return .failure(Refused(refusal: refusal, cell: cell, policy: policy))
     }
 
     /// Steps 2 and 3, on a pool thread; nil when the pool refused the call.

@@ -39,6 +39,16 @@ public struct Policy: Sendable {
 
     public enum ConflictAction: String, Sendable, CaseIterable { case wait, refuse }
 
+    /// A call a person must approve before any worker starts (docs/policy.md).
+    public struct ApprovalRule: Sendable, Equatable {
+        /// Glob over the tool name.
+        public let tool: String
+        /// The phase it applies in; nil: every phase.
+        public let phase: String?
+        /// Glob over the principal (`uid:1000`); nil: every principal.
+        public let principal: String?
+    }
+
     public let principals: [PrincipalRule]
     public let phases: [String]
     public let initialPhase: String
@@ -46,6 +56,9 @@ public struct Policy: Sendable {
     public let cells: [String: CellRule]
     public let onConflict: ConflictAction
     public let conflictWaitMilliseconds: Int
+    public let approval: [ApprovalRule]
+    /// How long an approval request stays answerable, in seconds.
+    public let approvalTimeoutSeconds: Int
     public let sourcePath: String
     /// SHA-256 of the policy file's exact bytes, recorded with each decision.
     public let sha256: String
@@ -152,10 +165,25 @@ public struct Policy: Sendable {
             wait = try a.int("waitMilliseconds", default: 5000, range: 0...600_000, unit: "ms")
             try a.finish()
         }
+        var approval: [ApprovalRule] = []
+        for (i, v) in (try r.array("approval") ?? []).enumerated() {
+            let a = try FieldReader(file: path, path: "approval[\(i)]", value: v)
+            let tool = try a.string("tool")
+            let phase = try a.optionalString("phase")
+            if let phase, !phases.contains(phase) {
+                throw a.error("phase", "\"\(phase)\" is not one of phases.states")
+            }
+            let principal = try a.optionalString("principal")
+            try a.finish()
+            approval.append(ApprovalRule(tool: tool, phase: phase, principal: principal))
+        }
+        let approvalTimeout = try r.int(
+            "approvalTimeoutSeconds", default: 300, range: 1...3600, unit: "s")
         try r.finish()
         return Policy(
             principals: principals, phases: phases, initialPhase: initial, transitions: transitions, cells: cells,
-            onConflict: onConflict, conflictWaitMilliseconds: wait, sourcePath: path, sha256: sha256Hex(bytes))
+            onConflict: onConflict, conflictWaitMilliseconds: wait, approval: approval,
+            approvalTimeoutSeconds: approvalTimeout, sourcePath: path, sha256: sha256Hex(bytes))
     }
 
     public func rule(for principal: String, client: String?) -> (Int, PrincipalRule)? {
@@ -210,6 +238,14 @@ public struct Policy: Sendable {
             if let a = step(from, mid), let b = step(mid, to) { return text(a, mid) + " then " + text(b, to) }
         }
         return ""
+    }
+
+    /// The first approval rule covering this call, with its index.
+    public func approvalRule(tool: String, phase: String, principal: String) -> (Int, ApprovalRule)? {
+        approval.enumerated().first { _, a in
+            glob(a.tool, tool) && (a.phase.map { $0 == phase } ?? true)
+                && (a.principal.map { glob($0, principal) } ?? true)
+        }
     }
 
     public func transition(from: String, to: String) -> Transition? {

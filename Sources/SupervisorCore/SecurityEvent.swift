@@ -14,6 +14,8 @@ public enum SecurityEventType: String, Sendable, CaseIterable {
     case callStart = "call.start"
     case callEnd = "call.end"
     case callRefused = "call.refused"
+    case callApprovalRequested = "call.approval_requested"
+    case callApproved = "call.approved"
     case callInterrupted = "call.interrupted"
     case sandboxViolation = "sandbox.violation"
     case cellCannotRun = "cell.cannot_run"

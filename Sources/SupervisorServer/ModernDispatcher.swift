@@ -135,7 +135,10 @@ final class ModernDispatcher: Sendable {
             era: ProtocolEra.modern.rawValue, protocolVersion: r.envelope.protocolVersion,
             name: r.envelope.clientName.map { SecurityEvent.bounded($0) },
             version: r.envelope.clientVersion.map { SecurityEvent.bounded($0) })
-        transport.callHandler.value!(LineReader.toolCall(r.params, client: client), reply)
+        var call = LineReader.toolCall(r.params, client: client)
+        call.approver = InputRequiredApprover(
+            states: pipeline.approvalStates, clientCapabilities: r.envelope.clientCapabilities, params: r.params)
+        transport.callHandler.value!(call, reply)
     }
 
     // MARK: subscriptions/listen

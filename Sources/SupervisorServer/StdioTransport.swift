@@ -436,6 +436,18 @@ public final class DirectCall: Sendable {
                 ).serializedBytes())
         case .error(let code, let message):
             transport.outbound.send(MessageGate.error(id: id, code: code, message: message).serializedBytes())
+        case .inputRequired(var o):
+            // Only an approver of the modern era asks for input this way.
+            guard modern != nil else {
+                transport.outbound.send(
+                    MessageGate.error(id: id, code: -32603, message: "Internal error: input required").serializedBytes()
+                )
+                break
+            }
+            o["resultType"] = "input_required"
+            transport.outbound.send(
+                JSONValue.object(JSONObject([("jsonrpc", "2.0"), ("id", id), ("result", .object(o))]))
+                    .serializedBytes())
         case .none:
             break
         }

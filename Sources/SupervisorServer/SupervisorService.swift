@@ -52,6 +52,8 @@ public final class SupervisorService: Sendable {
     let clientLogLevel = Mutex(LogLevel.info)
     /// Reports the protocol version the client asked for in initialize.
     let initializeVersion = Mutex<(@Sendable () -> String?)?>(nil)
+    /// The client declared form elicitation in initialize (approvals).
+    let clientElicits = Mutex(false)
 
     public init(
         options: ServiceOptions, runner: CallRunner, logger: Logger, log: SecurityLog,
@@ -95,7 +97,8 @@ public final class SupervisorService: Sendable {
             }
         }
         await registerHandlers()
-        try await server.start(transport: transport) { [self] client, _ in
+        try await server.start(transport: transport) { [self] client, capabilities in
+            clientElicits.withLock { $0 = ElicitationApprover.supportsForm(capabilities) }
             // Client-supplied: bounded before it reaches the log or any call.start.
             let name = SecurityEvent.bounded(client.name)
             let version = SecurityEvent.bounded(client.version)
@@ -125,6 +128,10 @@ public final class SupervisorService: Sendable {
 
     /// One tools/call: the pipeline's task, cancelled with the request.
     func serve(_ call: ToolCall, _ reply: DirectCall) {
+        var call = call
+        if reply.modern == nil {
+            call.approver = ElicitationApprover(server: server, supported: clientElicits.withLock { $0 })
+        }
         let onMessage = messageRelay(token: call.progressToken, reply)
         let task = Task { [pipeline, session] in
             reply.finish(await pipeline.call(call, session: session, onMessage: onMessage))

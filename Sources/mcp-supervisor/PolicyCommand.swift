@@ -60,6 +60,9 @@ struct PolicyCommand: ParsableCommand {
             )
             print("rule: \(d.rule)")
             if !d.allowed { print("reason: \(d.message)") }
+            if d.allowed, let (i, _) = p.approvalRule(tool: tool, phase: phase ?? p.initialPhase, principal: who) {
+                print("approval: approval[\(i)]: a person is asked before each call runs")
+            }
             if manifest == nil { print("note: no manifest in \(manifests) serves \(tool); phases not checked") }
             print("policy: \(path) sha256 \(p.sha256)")
             if !d.allowed { throw ExitCode(1) }
