@@ -74,13 +74,7 @@ public struct HostSandbox: Sendable {
     /// Creates the scratch root: owned by the supervisor, not a symlink,
     /// traversable (not listable) by the worker uid.
     public func prepareScratchRoot() throws(SystemError) {
-        var path = ""
-        for c in scratchRoot.split(separator: "/") {
-            path += "/" + c
-            if (try? Sys.lstat(path)) == nil {
-                try Sys.mkdir(path, mode: 0o711)
-            }
-        }
+        try Sys.makeDirectories(scratchRoot, mode: 0o711)
         let st = try Sys.lstat(scratchRoot)
         guard st.isDirectory, st.uid == Sys.geteuid() else {
             throw SystemError(

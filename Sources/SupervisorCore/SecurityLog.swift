@@ -958,11 +958,7 @@ public final class SecurityLog: @unchecked Sendable {
     }
 
     static func makeDirectory(_ path: String) throws {
-        var p = ""
-        for c in path.split(separator: "/") {
-            p += "/" + c
-            if (try? Sys.lstat(p)) == nil { try Sys.mkdir(p, mode: 0o700) }
-        }
+        try Sys.makeDirectories(path, mode: 0o700)
     }
 
     /// RFC 3339 UTC with microseconds.

@@ -90,11 +90,7 @@ public struct SupervisorSettings: Sendable {
 
     /// Creates the state directory (0700) and its parents.
     public func prepareStateDirectory() throws(SystemError) {
-        var path = ""
-        for c in stateDirectory.split(separator: "/") {
-            path += "/" + c
-            if (try? Sys.lstat(path)) == nil { try Sys.mkdir(path, mode: 0o700) }
-        }
+        try Sys.makeDirectories(stateDirectory, mode: 0o700)
         try Sys.chmod(stateDirectory, mode: 0o700)
     }
 }

@@ -222,6 +222,21 @@ public enum Sys {
         _ = try retrying("mkdir \(path)") { Glibc.mkdir(path, mode) }
     }
 
+    /// Creates `path` and its missing parents with `mode` (`mkdir -p`). A
+    /// component another process creates at the same moment is fine (EEXIST
+    /// on a directory); one that exists but is not a directory is an error.
+    public static func makeDirectories(_ path: String, mode: UInt32) throws(SystemError) {
+        var p = ""
+        for c in path.split(separator: "/") {
+            p += "/" + c
+            if Glibc.mkdir(p, mode) == 0 { continue }
+            let e = Glibc.errno
+            guard e == EEXIST, let st = try? stat(p), st.isDirectory else {
+                throw SystemError("mkdir \(p)", errno: e == EEXIST ? ENOTDIR : e)
+            }
+        }
+    }
+
     /// The corresponding C function is `chmod`.
     public static func chmod(_ path: String, mode: UInt32) throws(SystemError) {
         _ = try retrying("chmod \(path)") { Glibc.chmod(path, mode) }

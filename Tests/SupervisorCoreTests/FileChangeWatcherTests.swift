@@ -50,3 +50,26 @@ final class FileChangeWatcherTests: XCTestCase {
             "after its directory is gone the watch must end, not block forever")
     }
 }
+
+/// Two supervisors starting at once on the same state directory both create
+/// it: the one that loses the race must not fail (EEXIST).
+final class MakeDirectoriesTests: XCTestCase {
+    func testConcurrentCreationOfTheSamePathSucceedsEverywhere() throws {
+        let base = "/tmp/mcps-mkdirs-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        for round in 0..<50 {
+            let path = "\(base)/r\(round)/a/b/c"
+            let failures = Mutex(0)
+            DispatchQueue.concurrentPerform(iterations: 8) { _ in
+                do { try Sys.makeDirectories(path, mode: 0o700) } catch { failures.withLock { $0 += 1 } }
+            }
+            XCTAssertEqual(failures.withLock { $0 }, 0, "round \(round)")
+            XCTAssertTrue(try Sys.stat(path).isDirectory)
+        }
+        // A component that is a file is an error, named.
+        XCTAssertTrue(FileManager.default.createFile(atPath: base + "/file", contents: Data()))
+        XCTAssertThrowsError(try Sys.makeDirectories(base + "/file/x", mode: 0o700)) { e in
+            XCTAssertTrue("\(e)".contains("mkdir \(base)/file"), "\(e)")
+        }
+    }
+}
