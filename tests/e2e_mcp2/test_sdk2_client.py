@@ -117,3 +117,50 @@ def test_modern_client_hears_tool_list_changes_through_listen(workspace, tmp_pat
             after = {t.name for t in (await c.list_tools()).tools}
             assert after - before == {"probe_two"}
     run(main)
+
+
+def test_every_bundled_tool_in_the_modern_era(workspace):
+    """Each bundled tool through the 2.x client pinned to 2026-07-28, the
+    actuator after the phase change its manifest asks for."""
+    files = Path("/tmp/mcp-supervisor-files")
+    files.mkdir(mode=0o1777, exist_ok=True)
+    files.chmod(0o1777)
+    target = files / f"sdk2-{os.getpid()}.txt"
+
+    async def main():
+        async with Client(params(workspace), mode=MODERN) as c:
+            names = {t.name for t in (await c.list_tools()).tools}
+            bundled = {"echo", "word_count", "fs_read", "fs_list", "fs_search", "fs_write", "python_run", "jq",
+                       "git_log", "git_show", "git_diff", "http_fetch"}
+            assert bundled <= names, bundled - names
+
+            async def ok(tool, args):
+                r = await c.call_tool(tool, args)
+                assert not r.is_error, (tool, r.content)
+                return r
+
+            assert (await ok("echo", {"text": "héllo"})).content[0].text == "héllo"
+            wc = await ok("word_count", {"text": "one two\nthree"})
+            assert wc.structured_content == {"words": 3, "lines": 2, "characters": 13}
+            assert (await ok("fs_read", {"path": "/usr/share/doc/bash/copyright", "maxBytes": 40})).content
+            await ok("fs_list", {"path": "/usr/share/doc/bash"})
+            await ok("fs_search", {"path": "/usr/share/doc/bash", "pattern": "GNU"})
+            assert (await ok("python_run", {"code": "print(6 * 7)"})).structured_content["stdout"] == "42\n"
+            assert (await ok("jq", {"filter": ".a", "input": '{"a": 1}'})).content[0].text.strip() == "1"
+            await ok("git_log", {"maxCount": 1})
+            await ok("git_show", {"revision": "HEAD"})
+            await ok("git_diff", {"from": "HEAD"})
+            r = await c.call_tool("http_fetch", {"url": "http://example.com/"})
+            assert r.is_error and "allowlist" in r.content[0].text, r.content
+            # The actuator runs only in the phase its manifest names.
+            r = await c.call_tool("fs_write", {"path": str(target), "content": "x"})
+            assert r.is_error and "phase" in r.content[0].text, r.content
+            await ok("set_phase", {"phase": "plan"})
+            await ok("set_phase", {"phase": "act"})
+            await ok("fs_write", {"path": str(target), "content": "written"})
+
+    try:
+        run(main)
+        assert target.read_text() == "written"
+    finally:
+        target.unlink(missing_ok=True)
