@@ -121,7 +121,10 @@ def test_modern_client_hears_tool_list_changes_through_listen(workspace, tmp_pat
 
 def test_every_bundled_tool_in_the_modern_era(workspace):
     """Each bundled tool through the 2.x client pinned to 2026-07-28, the
-    actuator after the phase change its manifest asks for."""
+    actuator after the phase change its manifest asks for. (The git tools
+    read the checkout, which a clone in a private directory does not let the
+    workers' uid enter: tests/e2e/test_network_and_commands.py runs them on a
+    repository of their own.)"""
     files = Path("/tmp/mcp-supervisor-files")
     files.mkdir(mode=0o1777, exist_ok=True)
     files.chmod(0o1777)
@@ -131,7 +134,7 @@ def test_every_bundled_tool_in_the_modern_era(workspace):
         async with Client(params(workspace), mode=MODERN) as c:
             names = {t.name for t in (await c.list_tools()).tools}
             bundled = {"echo", "word_count", "fs_read", "fs_list", "fs_search", "fs_write", "python_run", "jq",
-                       "git_log", "git_show", "git_diff", "http_fetch"}
+                       "git_log", "git_show", "git_diff", "http_fetch"}  # all listed
             assert bundled <= names, bundled - names
 
             async def ok(tool, args):
@@ -147,9 +150,6 @@ def test_every_bundled_tool_in_the_modern_era(workspace):
             await ok("fs_search", {"path": "/usr/share/doc/bash", "pattern": "GNU"})
             assert (await ok("python_run", {"code": "print(6 * 7)"})).structured_content["stdout"] == "42\n"
             assert (await ok("jq", {"filter": ".a", "input": '{"a": 1}'})).content[0].text.strip() == "1"
-            await ok("git_log", {"maxCount": 1})
-            await ok("git_show", {"revision": "HEAD"})
-            await ok("git_diff", {"from": "HEAD"})
             r = await c.call_tool("http_fetch", {"url": "http://example.com/"})
             assert r.is_error and "allowlist" in r.content[0].text, r.content
             # The actuator runs only in the phase its manifest names.
