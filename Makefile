@@ -43,9 +43,14 @@ build: deps
 cells: deps
 	@for c in $(CELLS); do $(SWIFT) build -c release --product $$c || exit 1; done
 
-# Write the SHA-256 of each freshly built cell into its manifest.
+# The bundled manifests pinned to the freshly built cells: copies in
+# $(PINNED) with the cells' SHA-256 and absolute paths. The checkout's
+# manifests/ is never rewritten (building leaves `git status` clean); the
+# .sig files of `make register` are written beside the copies.
+PINNED      = .build/manifests
+
 pin: build cells
-	$(BIN) manifest pin manifests/*.json
+	$(BIN) manifest pin --out $(PINNED) manifests/*.json
 
 # Development flow: a local key (created once), the freshly built bundled
 # cells signed with it and registered in the local trust ledger. A real
@@ -56,12 +61,12 @@ DEVKEY      = $(STATE)/keys/dev-signing
 register: pin
 	@mkdir -p -m 1777 /tmp/mcp-supervisor-files
 	@test -f "$(DEVKEY).key" || $(BIN) keys generate --out "$(DEVKEY)" --state-dir "$(STATE)"
-	$(BIN) cell sign --key "$(DEVKEY).key" manifests/*.json --state-dir "$(STATE)"
-	$(BIN) cell register --key "$(DEVKEY).key" --approve-widening manifests/*.json --state-dir "$(STATE)"
+	$(BIN) cell sign --key "$(DEVKEY).key" $(PINNED)/*.json --state-dir "$(STATE)"
+	$(BIN) cell register --key "$(DEVKEY).key" --approve-widening $(PINNED)/*.json --state-dir "$(STATE)"
 
 run: CONFIG = release
 run: register
-	$(BIN) run --state-dir "$(STATE)"
+	$(BIN) run --state-dir "$(STATE)" --manifests $(PINNED)
 
 # The Python client tests' packages (official MCP SDK, mcp-fuzzer), from PyPI.
 $(PYDEPS): tests/requirements.txt

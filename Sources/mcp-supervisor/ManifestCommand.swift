@@ -18,8 +18,17 @@ struct Manifest: ParsableCommand {
         @Argument(help: "Manifest files.")
         var files: [String]
 
+        @Option(
+            help: ArgumentHelp(
+                "Write the pinned copies into this directory (created if missing) instead of rewriting the files: "
+                    + "their relative paths are made absolute, so a copy works from anywhere.",
+                valueName: "dir"))
+        var out: String?
+
         func run() throws {
             var failed = false
+            let outDir = out.map(SupervisorSettings.absolute)
+            if let outDir { try Sys.makeDirectories(outDir, mode: 0o755) }
             for f in files.map(SupervisorSettings.absolute) {
                 do {
                     let bytes = try readFile(f, limit: 1 << 20)
@@ -46,15 +55,25 @@ struct Manifest: ParsableCommand {
                         for (i, spec) in m.libraries.enumerated() { libs[i] = try pin(spec, libs[i])! }
                         doc["libraries"] = .array(libs)
                     }
+                    // A copy elsewhere keeps meaning what the original meant:
+                    // every path the supervisor resolves is written absolute.
+                    var dest = f
+                    if let outDir {
+                        absolutize(&doc, m)
+                        dest = outDir + "/" + (f.split(separator: "/").last.map(String.init) ?? f)
+                        let current = try? readFile(dest, limit: 1 << 20)
+                        changed = current != Array(JSONValue.object(doc).prettySerialized().utf8)
+                    }
                     if changed {
                         let out = Array(JSONValue.object(doc).prettySerialized().utf8)
-                        let fd = try Sys.open(f + ".tmp", 0o1 | 0o100 | 0o1000, mode: 0o644)
+                        let fd = try Sys.open(dest + ".tmp", 0o1 | 0o100 | 0o1000, mode: 0o644)
                         try fd.writeAll(out)
                         fd.close()
-                        try Sys.rename(f + ".tmp", f)
-                        print("pinned: \(f)")
+                        try Sys.rename(dest + ".tmp", dest)
+                        // Diagnostics, not data: `make run` keeps stdout for MCP.
+                        printError("pinned: \(dest)")
                     } else {
-                        print("unchanged: \(f)")
+                        printError("unchanged: \(dest)")
                     }
                 } catch {
                     printError("error: \(f): \(error)")
@@ -62,6 +81,28 @@ struct Manifest: ParsableCommand {
                 }
             }
             if failed { throw ExitCode(1) }
+        }
+
+        /// The resolved (absolute) paths of `m` written back into `doc`.
+        private func absolutize(_ doc: inout JSONObject, _ m: CellManifest) {
+            func setPath(_ value: JSONValue?, _ path: String) -> JSONValue? {
+                guard case .object(var o)? = value else { return value }
+                o["path"] = .string(path)
+                return .object(o)
+            }
+            doc["executable"] = setPath(doc["executable"], m.executable.path)
+            if let script = m.script { doc["script"] = setPath(doc["script"], script.path) }
+            if case .array(var libs)? = doc["libraries"] {
+                for (i, spec) in m.libraries.enumerated() { libs[i] = setPath(libs[i], spec.path)! }
+                doc["libraries"] = .array(libs)
+            }
+            if case .object(var fs)? = doc["filesystem"] {
+                if fs["read"] != nil { fs["read"] = .array(m.filesystem.read.map { .string($0) }) }
+                if fs["write"] != nil { fs["write"] = .array(m.filesystem.write.map { .string($0) }) }
+                if fs["execute"] != nil { fs["execute"] = .array(m.filesystem.execute.map { .string($0) }) }
+                doc["filesystem"] = .object(fs)
+            }
+            if let w = m.workingDirectory, doc["workingDirectory"] != nil { doc["workingDirectory"] = .string(w) }
         }
     }
 }

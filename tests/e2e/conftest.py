@@ -14,6 +14,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".build" / "debug" / "mcp-supervisor"
 PROBE = ROOT / ".build" / "release" / "probe-cell"
+# The bundled manifests pinned to the freshly built cells by `make pin`
+# (`manifest pin --out`): the checkout's manifests/ is never rewritten.
+PINNED = ROOT / ".build" / "manifests"
 
 
 def sha256(path):
@@ -55,8 +58,11 @@ def absolutize(doc, manifest_dir):
 
 
 def bundled_manifest(name):
-    """A bundled manifest with absolute paths, ready to be written anywhere."""
-    return absolutize(json.loads((ROOT / "manifests" / f"{name}.json").read_text()), ROOT / "manifests")
+    """A bundled manifest with absolute paths, pinned to the built cells,
+    ready to be written anywhere."""
+    path = PINNED / f"{name}.json"
+    assert path.exists(), f"{path} missing: run `make pin`"
+    return absolutize(json.loads(path.read_text()), PINNED)
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +73,7 @@ def workspace():
     assert PROBE.exists(), f"{PROBE} missing: run `make cells`"
     d = Path(tempfile.mkdtemp(prefix="mcps-e2e-"))
     (d / "manifests").mkdir()
-    for m in (ROOT / "manifests").glob("*.json"):
+    for m in sorted((ROOT / "manifests").glob("*.json")):
         (d / "manifests" / m.name).write_text(json.dumps(bundled_manifest(m.stem)))
     (d / "manifests" / "probe.json").write_text(json.dumps(probe_manifest()))
     (d / "manifests" / "probe-fast.json").write_text(json.dumps(

@@ -151,6 +151,11 @@ def bench_policies():
         {"principals": [{"name": "bench", "principal": "*", "allow": ["*"]}]}))
 
 
+# The bundled manifests pinned to the built cells by `make pin` (signing
+# writes .sig files beside them: never into the checkout's manifests/).
+PINNED = ROOT / ".build" / "manifests"
+
+
 def supervisor_argv(manifests, state, *extra, binary=None):
     return [str(binary or BIN), "run", "--manifests", str(manifests), "--policies", str(BENCH_POLICIES),
             "--state-dir", str(state), "--log-level", "error", *extra]
@@ -170,8 +175,8 @@ def register(manifests, state):
 
 def many_cells(d, n):
     """n copies of the echo cell under distinct names."""
-    src = json.loads((ROOT / "manifests/echo.json").read_text())
-    src["executable"]["path"] = str((ROOT / "manifests" / src["executable"]["path"]).resolve())
+    src = json.loads((PINNED / "echo.json").read_text())
+    src["executable"]["path"] = str((PINNED / src["executable"]["path"]).resolve())
     d.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         m = json.loads(json.dumps(src))
@@ -195,7 +200,7 @@ def main():
     bench_policies()
     disk_state = Path(tempfile.mkdtemp(prefix="mcps-bench-state-", dir="/var/tmp"))
     shm_state = Path(tempfile.mkdtemp(prefix="mcps-bench-state-", dir="/dev/shm"))
-    manifests = ROOT / "manifests"
+    manifests = PINNED
     hundred = many_cells(tmp / "hundred", 100)
     hundred_state = Path(tempfile.mkdtemp(prefix="mcps-bench-state-", dir="/dev/shm"))
     for st in (disk_state, shm_state):
