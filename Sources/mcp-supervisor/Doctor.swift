@@ -68,6 +68,23 @@ struct Doctor: ParsableCommand {
                 print("  \(p): CANNOT RUN AS DECLARED — \(error)")
             }
         }
+        // What `run` serves comes from the trust ledger: manifests that
+        // would run mean nothing while none of them is registered there.
+        let source = CellSource(
+            allowUnsigned: false, manifestsDirectory: s.manifestsDirectory, stateDirectory: s.stateDirectory)
+        let registry = source.registry(groups: groups, host: host)
+        print(
+            "trust ledger \(Ledger.path(stateDirectory: s.stateDirectory)): \(registry.cells.count) cells, "
+                + "\(registry.toolNames.count) tools served")
+        if registry.toolNames.isEmpty {
+            print(
+                "ERROR: "
+                    + noToolsExplanation(
+                        source: source, manifestsDirectory: s.manifestsDirectory, stateDirectory: s.stateDirectory,
+                        registry: registry))
+            throw ExitCode(1)
+        }
+        for p in registry.problems { print("  \(p)") }
         if bad > 0 { throw ExitCode(1) }
     }
 

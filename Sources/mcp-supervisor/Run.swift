@@ -118,6 +118,18 @@ struct Run: AsyncParsableCommand {
         }
         let service = SupervisorService(
             options: options, runner: runner, logger: logger, log: log, loadRegistry: loader)
+        // No tool at all is a configuration mistake, never a server to run:
+        // a stdio client would only see an empty tool list.
+        if service.currentRegistry.toolNames.isEmpty {
+            printError(
+                "mcp-supervisor: refusing to start: "
+                    + noToolsExplanation(
+                        source: source, manifestsDirectory: manifestsDir, stateDirectory: s.stateDirectory,
+                        registry: service.currentRegistry))
+            service.shutdown(reason: "no usable tools")
+            log.close(finalEvent: SecurityEvent(.supervisorStop, JSONObject([("reason", "no usable tools")])))
+            throw ExitCode(2)
+        }
         let watch = FileWatch(path: ledgerPath)
         if !allowUnsigned {
             service.pipeline.onLedgerChange { watch.changed() }
@@ -142,7 +154,8 @@ struct Run: AsyncParsableCommand {
         logger.info(
             "serving",
             metadata: [
-                "manifests": "\(manifestsDir)", "tools": "\(service.currentRegistry.toolNames.count)",
+                "manifests": "\(manifestsDir)", "state": "\(s.stateDirectory)",
+                "tools": "\(service.currentRegistry.toolNames.count)",
                 "landlock.abi": "\(features.landlockABI ?? 0)", "uid": "\(Sys.geteuid())",
             ])
 
