@@ -52,6 +52,17 @@ class Trust:
         s.initialize()
         return s
 
+    def refused_start(self):
+        """`run` when no cell is usable: it refuses to start and says why
+        on stderr (a client would otherwise see an empty tool list)."""
+        p = subprocess.run([str(BIN), "run", "--manifests", str(self.manifests), "--policies", str(ROOT / "policies"),
+                            "--state-dir", str(self.state), "--scratch-dir", str(self.d / "scratch")],
+                           input=b"", capture_output=True, timeout=30)
+        err = p.stderr.decode()
+        assert p.returncode == 2 and p.stdout == b"", err
+        assert "refusing to start: no usable tools" in err, err
+        return err
+
 
 def tools(s, id=900):
     """The cells' tools (without the supervisor's own set_phase)."""
@@ -224,9 +235,7 @@ def test_key_rotation_and_revoked_key(trust):
     a_id = [l.split()[0] for l in trust.cli("keys", "list").stdout.splitlines() if "first key" in l][0]
     trust.cli("keys", "revoke", a_id, "--key", b)
     assert "REFUSED" in trust.cli("cell", "list").stdout
-    s = trust.server()
-    assert "probe" not in tools(s)
-    s.close()
+    assert "ledger:probe" in trust.refused_start()
     # A new version signed by the new key runs again; the old key can do nothing.
     m = trust.write("probe", {**private_probe(trust), "version": "2"})
     trust.cli("cell", "sign", m, "--key", a)
@@ -249,12 +258,8 @@ def test_damaged_ledger_refuses_cells_with_a_clear_error(trust):
     ledger.write_bytes(b"\n".join(lines) + b"\n")
     p = trust.cli("cell", "list")
     assert "LEDGER DAMAGED" in p.stderr
-    s = trust.server()
-    assert tools(s) == {}
-    s.proc.stdin.close()
-    s.proc.wait(timeout=10)
-    err = s.proc.stderr.read().decode()
-    assert "ledger" in err and "refused" in err
+    err = trust.refused_start()
+    assert "ledger" in err and "every cell is refused" in err, err
 
 
 def registered_then_revoked(trust):
@@ -272,9 +277,7 @@ def registered_then_revoked(trust):
 
 def test_rolled_back_ledger_is_refused_at_start(trust):
     ledger, before = registered_then_revoked(trust)
-    s = trust.server()
-    assert "probe" not in tools(s)
-    s.close()
+    assert "ledger:probe" in trust.refused_start()
     ledger.write_bytes(before)  # the revocation rolled back on disk
     p = subprocess.run([str(BIN), "run", "--manifests", str(trust.manifests), "--policies", str(ROOT / "policies"),
                         "--state-dir", str(trust.state), "--scratch-dir", str(trust.d / "scratch")],
@@ -287,6 +290,10 @@ def test_rolled_back_ledger_is_refused_at_start(trust):
 
 def test_rolled_back_ledger_is_refused_while_serving(trust):
     ledger, before = registered_then_revoked(trust)
+    # Another cell, so that the server has a tool to serve and starts.
+    other = trust.write("other", private_probe(trust, "other"))
+    trust.cli("cell", "sign", other, "--key", trust.d / "a.key")
+    trust.cli("cell", "register", other, "--key", trust.d / "a.key")
     s = trust.server()
     assert "probe" not in tools(s)
     ledger.write_bytes(before)  # would bring the revoked version back
