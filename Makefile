@@ -64,9 +64,12 @@ register: pin
 	$(BIN) cell sign --key "$(DEVKEY).key" $(PINNED)/*.json --state-dir "$(STATE)"
 	$(BIN) cell register --key "$(DEVKEY).key" --approve-widening $(PINNED)/*.json --state-dir "$(STATE)"
 
+# An MCP client reads `make run`'s stdout: the build, pin, sign and register
+# output goes to stderr, and the server replaces make (exec).
 run: CONFIG = release
-run: register
-	$(BIN) run --state-dir "$(STATE)" --manifests $(PINNED)
+run:
+	@$(MAKE) --no-print-directory register CONFIG=$(CONFIG) >&2
+	@exec $(BIN) run --state-dir "$(STATE)" --manifests $(PINNED)
 
 # The Python client tests' packages (official MCP SDK, mcp-fuzzer), from PyPI.
 $(PYDEPS): tests/requirements.txt

@@ -106,3 +106,19 @@ def test_manifest_pin_out_leaves_the_original_and_writes_a_copy_that_works_anywh
     p = subprocess.run([str(BIN), "validate", str(out / "python-run.json"), "--policies", str(ROOT / "policies")],
                        capture_output=True, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_make_run_keeps_build_output_off_stdout(tmp_path):
+    """An MCP client reads `make run`'s stdout: only MCP messages appear
+    there, the build, pin, sign and register output goes to stderr."""
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    p = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), "run", "CONFIG=debug",
+                        f"STATE={tmp_path / 'state'}"],
+                       input=json.dumps(init).encode() + b"\n", capture_output=True, timeout=600)
+    err = p.stderr.decode()
+    assert p.returncode == 0, err
+    lines = p.stdout.splitlines()
+    assert lines and all(json.loads(l)["jsonrpc"] == "2.0" for l in lines), p.stdout
+    assert json.loads(lines[0])["result"]["serverInfo"]["name"] == "mcp-supervisor"
+    assert "manifest pin" in err and "cell register" in err and f"state={tmp_path / 'state'}" in err, err
