@@ -240,16 +240,10 @@ public final class CallPipeline: Sendable {
             + " in phase \(admitted.phase), policy \(admitted.policy.sha256.prefix(16))"
         // Written once the pool has taken the call (a call refused as busy
         // has no call.start); reaches the disk with call.end's data sync.
-        var start = SecurityEvent.callStart(
-            callID: callID, principal: session.principal, client: call.client?.name ?? session.clientName,
-            tool: entry.tool.name, cell: entry.cell, decision: decision, arguments: call.arguments,
-            recordArguments: options.recordArguments)
-        if let c = call.client {
-            start.fields["protocolEra"] = .string(c.era)
-            if let v = c.protocolVersion { start.fields["protocolVersion"] = .string(SecurityEvent.bounded(v)) }
-            if let v = c.version { start.fields["clientVersion"] = .string(SecurityEvent.bounded(v)) }
-        }
-        if let a = admitted.approval { start.fields["approval"] = .string(a) }
+        let start = SecurityEvent.callStart(
+            callID: callID, principal: session.principal, client: session.clientName, protocolClient: call.client,
+            tool: entry.tool.name, cell: entry.cell, decision: decision, approval: admitted.approval,
+            arguments: call.arguments, recordArguments: options.recordArguments)
         if options.unsignedMode {
             logger.warning(
                 "UNSIGNED development mode: running a cell without a verified signature",

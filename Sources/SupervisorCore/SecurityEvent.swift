@@ -78,14 +78,21 @@ extension SecurityEvent {
 
     /// The call.start event.
     public static func callStart(
-        callID: String, principal: String, client: String?, tool: String, cell: PreparedCell,
-        decision: String, arguments: JSONObject, recordArguments: Bool
+        callID: String, principal: String, client: String?, protocolClient: CallClient? = nil, tool: String,
+        cell: PreparedCell, decision: String, approval: String? = nil, arguments: JSONObject, recordArguments: Bool
     ) -> SecurityEvent {
         var f = callFields(callID, principal, tool, cell)
         f["manifestSha256"] = .string(cell.manifest.manifestSHA256)
         f["decision"] = .string(decision)
         f["argumentsSha256"] = .string(sha256Hex(JSONValue.object(arguments).serializedBytes()))
-        if let client { f["client"] = .string(bounded(client)) }
+        // Every client-supplied string is bounded here, once.
+        if let name = protocolClient?.name ?? client { f["client"] = .string(bounded(name)) }
+        if let c = protocolClient {
+            f["protocolEra"] = .string(c.era)
+            if let v = c.protocolVersion { f["protocolVersion"] = .string(bounded(v)) }
+            if let v = c.version { f["clientVersion"] = .string(bounded(v)) }
+        }
+        if let approval { f["approval"] = .string(approval) }
         if recordArguments { f["arguments"] = .object(arguments) }
         return SecurityEvent(.callStart, f)
     }

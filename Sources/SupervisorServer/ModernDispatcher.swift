@@ -133,8 +133,7 @@ final class ModernDispatcher: Sendable {
         transport.calls.add(reply)
         let client = CallClient(
             era: ProtocolEra.modern.rawValue, protocolVersion: r.envelope.protocolVersion,
-            name: r.envelope.clientName.map { SecurityEvent.bounded($0) },
-            version: r.envelope.clientVersion.map { SecurityEvent.bounded($0) })
+            name: r.envelope.clientName, version: r.envelope.clientVersion)
         var call = LineReader.toolCall(r.params, client: client)
         call.approver = InputRequiredApprover(
             states: pipeline.approvalStates, clientCapabilities: r.envelope.clientCapabilities, params: r.params)
