@@ -91,10 +91,25 @@ def server_args(ws, *extra):
 class RawServer:
     """The server as a subprocess spoken to in raw JSON-RPC lines."""
 
-    def __init__(self, ws, *extra):
-        self.proc = subprocess.Popen([str(BIN), *server_args(ws, *extra)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    def __init__(self, ws, *extra, state=None, stderr=subprocess.PIPE):
+        """`mcp-supervisor run` on the workspace `ws`, its state in `state`
+        when given; `stderr=subprocess.DEVNULL` where nothing reads it (a long
+        diagnostic then cannot block the server)."""
+        args = server_args(ws, *extra)
+        if state is not None:
+            args[args.index("--state-dir") + 1] = str(state)
+        self.launch(args, stderr)
+
+    def launch(self, args, stderr=subprocess.PIPE):
+        self.proc = subprocess.Popen([str(BIN), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
         self.pending = []
+
+    @classmethod
+    def with_args(cls, *args, stderr=subprocess.PIPE):
+        """`mcp-supervisor ARGS`, spoken to in raw lines."""
+        s = cls.__new__(cls)
+        s.launch(list(map(str, args)), stderr)
+        return s
 
     @classmethod
     def serving(cls, work, manifests, *extra, policies=ROOT / "policies"):

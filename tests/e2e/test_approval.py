@@ -42,13 +42,9 @@ class Setup:
 
     def server(self, capabilities=None):
         """A raw server; initialized (handshake era) when `capabilities` is given."""
-        s = RawServer.__new__(RawServer)
-        s.proc = subprocess.Popen(
-            [str(BIN), "run", "--allow-unsigned", "--manifests", str(self.manifests), "--policies",
-             str(self.policies), "--state-dir", str(self.state), "--scratch-dir", str(self.d / "scratch"),
-             "--log-level", "error"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        s.pending = []
+        s = RawServer.with_args(
+            "run", "--allow-unsigned", "--manifests", self.manifests, "--policies", self.policies,
+            "--state-dir", self.state, "--scratch-dir", self.d / "scratch", "--log-level", "error")
         if capabilities is not None:
             r = s.request(0, "initialize", {"protocolVersion": "2025-11-25", "capabilities": capabilities,
                                             "clientInfo": {"name": "approval-test", "version": "1"}})

@@ -4,18 +4,12 @@ requests in one write, and unbounded client strings in the security log."""
 import json
 import subprocess
 
-from conftest import BIN, RawServer, server_args
+from conftest import BIN, RawServer
 
 
 def serve(workspace, state):
-    args = server_args(workspace)
-    args[args.index("--state-dir") + 1] = str(state)
-    s = RawServer.__new__(RawServer)
     # stderr is not read here: it goes nowhere, so a long diagnostic cannot block the server.
-    s.proc = subprocess.Popen([str(BIN), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL)
-    s.pending = []
-    return s
+    return RawServer(workspace, state=state, stderr=subprocess.DEVNULL)
 
 
 def events(state, kind):

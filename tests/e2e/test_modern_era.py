@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import BIN, RawServer, probe_manifest, server_args
+from conftest import BIN, RawServer, probe_manifest
 
 V = "2026-07-28"
 PV = "io.modelcontextprotocol/protocolVersion"
@@ -34,14 +34,7 @@ def req(s, id, method, params=None, **m):
 
 
 def serve(workspace, state=None):
-    args = server_args(workspace)
-    if state is not None:
-        args[args.index("--state-dir") + 1] = str(state)
-    s = RawServer.__new__(RawServer)
-    s.proc = subprocess.Popen([str(BIN), *args, "--log-level", "error"], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    s.pending = []
-    return s
+    return RawServer(workspace, "--log-level", "error", state=state, stderr=subprocess.DEVNULL)
 
 
 @pytest.fixture
@@ -163,10 +156,7 @@ def test_modern_results_carry_result_type_and_a_stable_cached_list(srv):
 
 
 def test_tools_list_pages_in_the_modern_era(workspace):
-    s = RawServer.__new__(RawServer)
-    s.proc = subprocess.Popen([str(BIN), *server_args(workspace, "--tools-page-size", "1"), "--log-level", "error"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    s.pending = []
+    s = RawServer(workspace, "--tools-page-size", "1", "--log-level", "error", stderr=subprocess.DEVNULL)
     try:
         seen, cursor, i = [], None, 1
         while True:
@@ -244,13 +234,7 @@ def test_tool_list_changes_reach_subscribers_only(workspace, tmp_path):
 
 
 def serve_at(ws):
-    s = RawServer.__new__(RawServer)
-    s.proc = subprocess.Popen(
-        [str(BIN), "run", "--manifests", str(ws / "manifests"), "--policies", str(BIN.parents[2] / "policies"),
-         "--state-dir", str(ws / "state"), "--scratch-dir", str(ws / "scratch"), "--allow-unsigned",
-         "--log-level", "error"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    s.pending = []
-    return s
+    return RawServer(ws, "--log-level", "error", stderr=subprocess.DEVNULL)
 
 
 def test_security_events_record_the_era_and_the_per_request_client(workspace, tmp_path):

@@ -120,11 +120,7 @@ import pytest
 
 def serve(workspace, state, stderr=subprocess.PIPE):
     """An initialized unsigned server with its state in `state`."""
-    args = server_args(workspace)
-    args[args.index("--state-dir") + 1] = str(state)
-    s = RawServer.__new__(RawServer)
-    s.proc = subprocess.Popen([str(BIN), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
-    s.pending = []
+    s = RawServer(workspace, state=state, stderr=stderr)
     s.initialize()
     return s
 
