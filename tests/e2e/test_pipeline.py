@@ -67,7 +67,13 @@ def test_a_client_that_never_reads_cannot_grow_the_supervisor_or_hold_its_shutdo
     stops reading input (its memory and descriptors stay bounded), the
     security log keeps working, and SIGTERM ends it promptly."""
     state = tmp_path / "state"
-    # No rate limit: every call runs and answers ~2 KiB the client never reads.
+    # No rate limit, and a queue deep enough (500) that calls wait rather
+    # than being refused as busy: every call runs and answers ~2 KiB the
+    # client never reads. Reading stops either at the outstanding-call bound
+    # (running + queued + 64) or at the 8 MiB unread-output bound, whichever
+    # comes first; both lie far below the 12,000 requests sent. (With the
+    # default queue of 32 most calls would be refused as busy in ~200 bytes,
+    # and 12,000 of those fit under the output bound.)
     policies = tmp_path / "policies"
     shutil.copytree(ROOT / "policies", policies)
     doc = json.loads((policies / "policy.json").read_text())
@@ -76,7 +82,7 @@ def test_a_client_that_never_reads_cannot_grow_the_supervisor_or_hold_its_shutdo
         rule.pop("rateOverall", None)
         rule.pop("maxConcurrent", None)
     (policies / "policy.json").write_text(json.dumps(doc))
-    p = start(workspace, state=state, policies=policies)
+    p = start(workspace, "--max-queued-calls", "500", state=state, policies=policies)
     n = 12_000
     sent = {"bytes": 0}
 
