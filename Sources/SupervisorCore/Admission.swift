@@ -35,6 +35,9 @@ public enum Refusal: Error, Sendable, Equatable {
     /// The client's approval answer is unusable (tampered, expired,
     /// replayed or foreign request state; no answer).
     case approvalInvalid(rule: String, why: String)
+    /// The server cell's version is quarantined: its server listed other
+    /// tools than the pinned ones (docs/gateway.md).
+    case quarantined(cell: String, since: String, difference: String)
 
     public enum RateScope: Sendable, Equatable {
         case tool, overall
@@ -60,6 +63,7 @@ public enum Refusal: Error, Sendable, Equatable {
         case .approvalDeclined: return "approval_declined"
         case .approvalUnavailable: return "approval_unavailable"
         case .approvalInvalid: return "approval_invalid"
+        case .quarantined: return "quarantined"
         }
     }
 
@@ -79,6 +83,8 @@ public enum Refusal: Error, Sendable, Equatable {
         case .logUnavailable(let why): return why
         case .approvalDeclined(let rule): return "\(rule): declined"
         case .approvalUnavailable(let rule, let why), .approvalInvalid(let rule, let why): return "\(rule): \(why)"
+        case .quarantined(let cell, let since, let d):
+            return "cell \(cell) quarantined since \(since): \(d); release with `mcp-supervisor cell release \(cell)`"
         }
     }
 
@@ -101,6 +107,9 @@ public enum Refusal: Error, Sendable, Equatable {
         case .approvalUnavailable(_, let why):
             return "Refused: this call needs a person's approval, and \(why)."
         case .approvalInvalid(_, let why): return "Refused: the approval answer is not valid: \(why)."
+        case .quarantined:
+            return "Refused: this tool's server changed its tool definitions after they were approved, so it is "
+                + "quarantined until an operator reviews it."
         }
     }
 }

@@ -81,6 +81,9 @@ public enum CallOutcome: Sendable, Equatable {
     case cannotRun(CellCannotRun)
     /// The call was not admitted; no worker was started.
     case refused(CallRefusal)
+    /// A server cell's server listed tools other than the pinned ones (the
+    /// difference): the call was not handed over.
+    case definitionDrift(String)
 
     public var isSandboxViolation: Bool {
         if case .sandboxViolation = self { return true }
@@ -100,6 +103,7 @@ public enum CallOutcome: Sendable, Equatable {
         case .protocolViolation: return "protocol_violation"
         case .cannotRun: return "cannot_run"
         case .refused: return "refused"
+        case .definitionDrift: return "definition_drift"
         }
     }
 
@@ -117,6 +121,7 @@ public enum CallOutcome: Sendable, Equatable {
         case .protocolViolation(let m): return "protocol violation: \(m)"
         case .cannotRun(let c): return "cannot run: \(c)"
         case .refused(let r): return "refused: \(r)"
+        case .definitionDrift(let d): return "tool definitions drifted from the pinned ones: \(d)"
         }
     }
 
@@ -139,6 +144,9 @@ public enum CallOutcome: Sendable, Equatable {
         case .cannotRun(.setup), .cannotRun(.spawn): return "The tool cannot run: its worker could not be started."
         case .cannotRun: return "The tool cannot run on this host as declared."
         case .refused(.arguments(let m)): return "The arguments were refused: \(m)"
+        case .definitionDrift:
+            return "The tool's server no longer lists the tool definitions that were approved; the call was not "
+                + "run and the server is quarantined until an operator reviews it."
         }
     }
 }
@@ -180,6 +188,9 @@ public struct CallReport: Sendable {
     public var prespawned = false
     /// Wake-ups of the call's poll loop (a loop that spins shows here).
     public var pollWakeups = 0
+    /// A server cell: the methods of requests its server sent the client,
+    /// each refused.
+    public var refusedServerRequests: [String] = []
 }
 
 /// A message a worker sent during a call.

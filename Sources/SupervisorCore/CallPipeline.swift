@@ -116,6 +116,9 @@ public struct PipelineOptions: Sendable {
     public var unsignedMode = false
     /// The policy file; nil or a missing file refuses every call.
     public var policyPath: String?
+    /// Where quarantined server cell versions are recorded (nil: in memory
+    /// only for this process, which tests use).
+    public var quarantineDirectory: String?
     public init() {}
 }
 
@@ -146,6 +149,8 @@ public final class CallPipeline: Sendable {
     let logger: Logger
     let options: PipelineOptions
     public let admission = Admission()
+    /// Server cell versions whose tools drifted.
+    public let quarantine: Quarantine
     /// The 2026-07-28 era's approval request states (a key per run).
     public let approvalStates = ApprovalStates()
     let loadRegistry: @Sendable () -> CellRegistry
@@ -181,6 +186,7 @@ public final class CallPipeline: Sendable {
         self.logger = logger
         self.options = options
         self.loadRegistry = loadRegistry
+        quarantine = Quarantine(directory: options.quarantineDirectory)
         let registry = loadRegistry()
         state = Mutex(State(registry: registry))
         runner.prespawner?.serve(only: registry.cells)
@@ -322,6 +328,12 @@ public final class CallPipeline: Sendable {
     func admit(_ call: ToolCall, session: CallSession) async -> Result<Admitted, Refused> {
         let (registry, policy, policyError) = state.withLock { ($0.registry, $0.policy, $0.policyError) }
         guard let entry = registry.tool(named: call.name) else { return .failure(Refused(refusal: .unknownTool)) }
+        if entry.cell.manifest.server != nil,
+            let q = quarantine.record(cell: entry.cell.name, versionID: entry.cell.manifest.manifestSHA256)
+        {
+            return .failure(
+                Refused(refusal: .quarantined(cell: q.cell, since: q.since, difference: q.difference), cell: entry.cell))
+        }
         if let problem = SchemaValidator.validate(.object(call.arguments), against: entry.tool.inputSchema) {
             logger.info(
                 "call refused: invalid arguments", metadata: ["tool": "\(entry.tool.name)", "problem": "\(problem)"])
@@ -460,6 +472,7 @@ public final class CallPipeline: Sendable {
                     log.appendLater([start])
                     var answered: CallReport? = nil
                     func record(_ r: CallReport) {
+                        if case .definitionDrift(let d) = r.outcome { self.quarantine(cell, difference: d) }
                         let result = self.result(for: r, tool: tool)
                         let events = SecurityEvent.callEnd(
                             callID: callID, principal: principal, tool: tool.name, cell: cell, report: r,
@@ -500,6 +513,24 @@ public final class CallPipeline: Sendable {
         } onCancel: {
             a.cancellation.cancel()
         }
+    }
+
+    /// Holds back a server cell version whose server listed other tools
+    /// than the pinned ones; the `cell.drift` event of its call.end says so.
+    /// A record that cannot be written leaves the version refused by this
+    /// process only (kept in memory); stderr says why.
+    func quarantine(_ cell: PreparedCell, difference: String) {
+        do {
+            try quarantine.add(
+                cell: cell.name, versionID: cell.manifest.manifestSHA256, label: cell.version, difference: difference)
+        } catch {
+            logger.error(
+                "could not write the quarantine record; the version stays refused until this supervisor stops",
+                metadata: ["cell.name": "\(cell.name)", "error": "\(error)"])
+        }
+        logger.warning(
+            "server cell quarantined: its tool definitions drifted",
+            metadata: ["cell.name": "\(cell.name)", "difference": "\(difference)"])
     }
 
     /// A refusal is recorded (durably) before the client hears of it.

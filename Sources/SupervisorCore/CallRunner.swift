@@ -277,15 +277,16 @@ public final class CallRunner: @unchecked Sendable {
             // MFD_NOEXEC_SEAL (SeccompConfinement), so this opens nothing.
 
             // A command tool's program reads its input on stdin and writes
-            // its result to stdout; it gets no frame pipes.
+            // its result to stdout; it gets no frame pipes. So does a server
+            // cell's server (MCP over stdio).
             var r =
-                argv == nil
+                argv == nil && m.server == nil
                 ? SpawnRequest(
                     executable: exe, argv: m.argv, environment: environment(for: m, scratch: scratch),
                     stdin: script ?? devNull, stdout: diag.write, stderr: diag.write, request: req.read,
                     response: resp.write, workingDirectory: scratch)
                 : SpawnRequest(
-                    executable: exe, argv: argv!, environment: environment(for: m, scratch: scratch),
+                    executable: exe, argv: argv ?? m.argv, environment: environment(for: m, scratch: scratch),
                     stdin: req.read, stdout: resp.write, stderr: diag.write, request: devNull,
                     response: devNull, workingDirectory: m.workingDirectory ?? scratch)
             r.broker = brokerChild
@@ -396,8 +397,26 @@ public final class CallRunner: @unchecked Sendable {
         if let b = w.broker {
             session.broker = ConnectionBroker(access: w.cell.manifest.network, socket: b, cancellation: cancellation)
         }
-        let input =
-            command?.1 ?? FrameCodec.encode(CellProtocol.request(callID: callID, tool: tool, arguments: arguments))
+        var input: [UInt8]
+        if let spec = w.cell.manifest.server {
+            // A server started ahead of the call is initialized and its tools
+            // checked already; otherwise that happens first, within the
+            // start-up allowance on top of the call's own deadline.
+            var conversation = w.conversation ?? Self.conversation(for: w.cell, limits: w.limits)
+            let serverName = w.cell.manifest.tools.first { $0.name == tool }?.serverName ?? tool
+            if conversation.phase == .ready {
+                input = conversation.call(tool: serverName, arguments: arguments, token: callID)
+            } else {
+                input = conversation.start()
+                session.serverCall = (serverName, arguments)
+                session.deadlineOverride =
+                    start + UInt64(w.limits.timeoutMilliseconds + spec.startupTimeoutMilliseconds) * 1_000_000
+            }
+            session.server = conversation
+        } else {
+            input =
+                command?.1 ?? FrameCodec.encode(CellProtocol.request(callID: callID, tool: tool, arguments: arguments))
+        }
         let base = report
         session.run(
             input: input, started: start, onNetwork: onNetwork, onMessage: onMessage,
@@ -434,6 +453,84 @@ public final class CallRunner: @unchecked Sendable {
         report.deniedSyscall = session.seccompViolation.map { DeniedSyscall(syscall: $0.0, architecture: $0.1) }
         report.learnedSyscalls = session.learned
         report.pollWakeups = session.wakeups
+        report.refusedServerRequests = session.server?.refusedRequests ?? []
+    }
+
+    /// A new conversation with one of a server cell's servers.
+    static func conversation(for cell: PreparedCell, limits: CellManifest.Limits, discovering: Bool = false)
+        -> ServerConversation
+    {
+        ServerConversation(
+            pinned: discovering ? nil : cell.manifest.tools.compactMap(\.pinned),
+            maxLine: min(limits.frameKiB << 10, CallRunner.bufferedOutputCap))
+    }
+
+    /// Brings a server started ahead of its call to the point where it
+    /// takes the call: initialized, its tools listed and equal to the
+    /// pinned ones. False if it did not get there (the caller discards it;
+    /// the call that comes spawns its own server and reports why).
+    func preinitialize(_ w: StartedWorker) -> Bool {
+        guard let spec = w.cell.manifest.server else { return true }
+        var session = WorkerSession(
+            worker: w.worker, callID: "prespawn", limits: w.limits, requestWrite: w.requestWrite,
+            responseRead: w.responseRead, diagRead: w.diagRead, cancellation: nil,
+            graceMilliseconds: host.terminationGraceMilliseconds)
+        session.listener = w.listener
+        session.stopWhenReady = true
+        session.ownsRequest = false
+        var conversation = Self.conversation(for: w.cell, limits: w.limits)
+        let input = conversation.start()
+        session.server = conversation
+        let start = monotonicNanoseconds()
+        session.deadlineOverride = start + UInt64(spec.startupTimeoutMilliseconds) * 1_000_000
+        session.run(input: input, started: start, onNetwork: { _ in }, onMessage: { _ in })
+        guard session.stoppedReady, let ready = session.server, ready.phase == .ready else {
+            if !session.diagnostics.isEmpty {
+                logger.info(
+                    "a server started ahead of its call did not get ready",
+                    metadata: ["cell.name": "\(w.cell.name)", "worker.stderr": "\(session.diagnosticsText.suffix(512))"])
+            }
+            return false
+        }
+        w.conversation = ready
+        return true
+    }
+
+    /// Registration of a server cell: runs the server once in its sandbox
+    /// and returns the tools it lists (and its name and version), or why
+    /// that failed. The server is ended before this returns.
+    public func discoverTools(_ cell: PreparedCell) -> Result<(tools: [JSONObject], serverInfo: String?), DiscoveryError> {
+        guard let spec = cell.manifest.server else { return .failure(DiscoveryError("not a server cell")) }
+        let w: StartedWorker
+        switch startWorker(cell, limits: cell.manifest.limits, argv: nil, name: "register") {
+        case .success(let started): w = started
+        case .failure(let why): return .failure(DiscoveryError("the server cannot run: \(why)"))
+        }
+        var session = WorkerSession(
+            worker: w.worker, callID: "register", limits: w.limits, requestWrite: w.requestWrite,
+            responseRead: w.responseRead, diagRead: w.diagRead, cancellation: nil,
+            graceMilliseconds: host.terminationGraceMilliseconds)
+        session.listener = w.listener
+        session.stopWhenReady = true
+        session.ownsRequest = false
+        var conversation = Self.conversation(for: cell, limits: w.limits, discovering: true)
+        let input = conversation.start()
+        session.server = conversation
+        let start = monotonicNanoseconds()
+        session.deadlineOverride = start + UInt64(spec.startupTimeoutMilliseconds) * 1_000_000
+        session.run(input: input, started: start, onNetwork: { _ in }, onMessage: { _ in })
+        let listed = session.listedTools
+        let info = session.server?.serverInfo
+        w.worker.signal(Signal.kill)
+        let exit = try? w.worker.wait()
+        w.worker.close()
+        w.requestWrite.close()
+        release(w)
+        if let listed { return .success((listed, info)) }
+        var why = exit.map { session.classify(exit: $0).detail } ?? "the server could not be reaped"
+        let stderr = session.diagnosticsText.trimmingCharacters(in: .whitespacesAndNewlines)
+        if !stderr.isEmpty { why += "\nthe server's stderr ends with:\n" + String(stderr.suffix(2000)) }
+        return .failure(DiscoveryError(why))
     }
 
     func environment(for m: CellManifest, scratch: String) -> [String] {
@@ -485,6 +582,24 @@ struct WorkerSession {
     var broker: ConnectionBroker? = nil
     /// Set for a command tool: stdout is the result, not frames.
     var command: CommandTemplate? = nil
+    /// Set for a server cell: stdout is the server's JSON-RPC, spoken to by
+    /// this conversation (ServerCell.swift).
+    var server: ServerConversation? = nil
+    /// The server's tool to call once the server is ready (a server not
+    /// started ahead of its call is initialized first).
+    var serverCall: (tool: String, arguments: JSONObject)? = nil
+    /// Return once the server is ready (or has listed its tools when
+    /// registering), leaving it running: pre-initialization, registration.
+    var stopWhenReady = false
+    private(set) var stoppedReady = false
+    /// Registration: the tools the server listed.
+    var listedTools: [JSONObject]? = nil
+    /// Whether the session closes the request pipe (a pre-initialization
+    /// leaves it to whoever ends the worker).
+    var ownsRequest = true
+    /// Replaces `started + limits.timeoutMilliseconds` (a server's start-up
+    /// has its own allowance).
+    var deadlineOverride: UInt64? = nil
     var stdout: [UInt8] = []
     var learning = false
     var learned: [String] = []
@@ -522,6 +637,7 @@ struct WorkerSession {
         case violation(String)
         case deadline
         case final
+        case drift(String)
     }
 
     /// What a call's answer is made of when it is given at the final frame.
@@ -621,7 +737,7 @@ struct WorkerSession {
         var brokerOpen = broker != nil
         var responseOpen = true
         var diagOpen = true
-        let deadline = started + UInt64(limits.timeoutMilliseconds) * 1_000_000
+        let deadline = deadlineOverride ?? started + UInt64(limits.timeoutMilliseconds) * 1_000_000
         var killAt: UInt64? = nil
         let outputCap = limits.outputKiB << 10
         var buf = [UInt8](repeating: 0, count: 65536)
@@ -629,13 +745,14 @@ struct WorkerSession {
         var exitedAt: UInt64 = 0
         var poll = PollSet()
 
+        let ownsRequest = self.ownsRequest
         func closeRequest() {
             if requestOpen {
-                requestWrite.close()
+                if ownsRequest { requestWrite.close() }
                 requestOpen = false
             }
         }
-        defer { closeRequest() }
+        defer { if !stoppedReady { closeRequest() } }
 
         while true {
             // Try to push the request without blocking: a worker that never
@@ -649,8 +766,10 @@ struct WorkerSession {
                 case .failure: closeRequest()
                 }
                 if pendingOffset == pending.count {
-                    closeRequest()
+                    // A server keeps its stdin: closing it ends the server.
+                    if server == nil { closeRequest() }
                     pending = []
+                    pendingOffset = 0
                 }
             }
             if exited && !responseOpen && !diagOpen { break }
@@ -661,7 +780,10 @@ struct WorkerSession {
             let iExit = exited ? -1 : poll.add(worker.pidfd)
             let iCancel = cancelled ? -1 : (cancellation.map { poll.add($0.read) } ?? -1)
             let iNotify = listenerOpen ? poll.add(listener!.fd) : -1
-            let iReq = requestOpen ? poll.add(requestWrite, events: .writable) : -1
+            // Writability matters only while there is something to write (a
+            // server's stdin stays open, and always writable, between requests).
+            let iReq = requestOpen && (pendingOffset < pending.count || server == nil)
+                ? poll.add(requestWrite, events: .writable) : -1
             let iBroker = brokerOpen && !exited && !killedByUs ? poll.add(broker!.socket) : -1
 
             // The next timer: the deadline, then the SIGKILL after the grace;
@@ -723,7 +845,11 @@ struct WorkerSession {
                             l.allowOnce(n)
                         }
                     } else {
-                        let denied = (n.syscallName, n.architectureName)
+                        // ioctl is allowed per request: name the request refused.
+                        let name =
+                            n.syscallName == "ioctl" && n.isNative
+                            ? "ioctl(0x\(String(n.arguments[1] & 0xFFFF_FFFF, radix: 16)))" : n.syscallName
+                        let denied = (name, n.architectureName)
                         if seccompViolation == nil { seccompViolation = denied }
                         observe(.seccomp(syscall: denied.0, architecture: denied.1))
                         kill()
@@ -748,7 +874,12 @@ struct WorkerSession {
                 let n = buf.withUnsafeMutableBytes { Self.readSome(responseRead, into: $0) }
                 if n == 0 {
                     responseOpen = false
-                    if violation == nil && final == nil && !decoder.isAtBoundary {
+                    if let server, violation == nil && final == nil {
+                        do { try server.finish() } catch {
+                            violation = error.description
+                            observe(.violation(error.description))
+                        }
+                    } else if violation == nil && final == nil && !decoder.isAtBoundary {
                         do { try decoder.finish() } catch {
                             violation = error.description
                             observe(.violation(error.description))
@@ -768,6 +899,16 @@ struct WorkerSession {
                             kill()
                         } else {
                             stdout.append(contentsOf: buf[0..<n])
+                        }
+                    } else if server != nil {
+                        if violation == nil && limitHit == nil {
+                            let out = handleServer(buf[0..<n], onMessage: onMessage)
+                            if !out.isEmpty && requestOpen { pending += out }
+                            if !answered, let a = answer() {
+                                answered = true
+                                onAnswer(a)
+                            }
+                            if stoppedReady { break }
                         }
                     } else if violation == nil && limitHit == nil {
                         handle(buf[0..<n], onMessage: onMessage)
@@ -854,6 +995,7 @@ struct WorkerSession {
             case .limit(let l): return .limitExceeded(l)
             case .violation(let v): return .protocolViolation(v)
             case .deadline: return .timeout
+            case .drift(let d): return .definitionDrift(d)
             case .final: break
             }
         } else {
@@ -900,6 +1042,50 @@ struct WorkerSession {
             return true
         }
         return false
+    }
+
+    /// Bytes from a server cell's stdout: what the conversation makes of
+    /// them is acted on here; returns what to write to the server next.
+    mutating func handleServer(_ bytes: ArraySlice<UInt8>, onMessage: (WorkerMessage) -> Void) -> [UInt8] {
+        var out: [UInt8] = []
+        let events: [ServerConversation.Event]
+        do { events = try server!.feed(bytes) } catch {
+            violation = error.message
+            observe(.violation(error.message))
+            kill()
+            return []
+        }
+        for e in events {
+            switch e {
+            case .send(let b): out += b
+            case .message(let m): onMessage(m)
+            case .ready:
+                if stopWhenReady {
+                    stoppedReady = true
+                } else if let c = serverCall {
+                    out += server!.call(tool: c.tool, arguments: c.arguments, token: callID)
+                }
+            case .listed(let tools):
+                listedTools = tools
+                stoppedReady = true
+            case .drift(let d):
+                // Not handed the call: a server that changed what it claims
+                // to be gets no arguments.
+                observe(.drift(d))
+                kill()
+            case .final(let f):
+                final = f
+                observe(.final)
+                peakRSS = Self.highWaterRSS(pid: worker.pid)
+                kill()
+            }
+        }
+        if final == nil && !hold(server!.pendingLineLength) {
+            limitHit = .bufferedOutput
+            observe(.limit(.bufferedOutput))
+            kill()
+        }
+        return out
     }
 
     mutating func handle(_ bytes: ArraySlice<UInt8>, onMessage: (WorkerMessage) -> Void) {

@@ -22,6 +22,11 @@ public struct CellManifest: Sendable {
         public var annotations: JSONObject?
         /// Set for a tool served by an existing program (no frame protocol).
         public var command: CommandTemplate? = nil
+        /// A server cell's tool: its name as the server knows it (`name` is
+        /// the name clients see, under the cell's prefix) and its pinned
+        /// definition exactly as the server listed it at registration.
+        public var serverName: String? = nil
+        public var pinned: JSONObject? = nil
     }
 
     public enum ProcessMode: String, Sendable, CaseIterable {
@@ -93,6 +98,8 @@ public struct CellManifest: Sendable {
     /// Resources the cell changes, as templates over its arguments
     /// (`"file:{path}"`): two calls naming the same resource never overlap.
     public var resources: [String]
+    /// Set for an existing MCP server run as a cell (docs/gateway.md).
+    public var server: ServerSpec? = nil
 
     /// Where the manifest was read from.
     public var sourcePath: String
@@ -186,65 +193,23 @@ extension CellManifest {
             try env.finish()
         }
 
+        // A server cell (an existing MCP server): its tools are the server's
+        // own definitions, pinned verbatim by registration (none yet before).
+        let server = try r.object("server").map { (o) throws(ConfigError) in
+            try ServerSpec.parse(o, cellName: name, dir: dir)
+        }
         guard let toolValues = try r.array("tools") else { throw r.error("tools", "required field is missing") }
-        guard !toolValues.isEmpty else { throw r.error("tools", "a cell must declare at least one tool") }
+        guard !toolValues.isEmpty || server != nil else {
+            throw r.error("tools", "a cell must declare at least one tool")
+        }
         var tools: [Tool] = []
         for (i, tv) in toolValues.enumerated() {
             let t = try FieldReader(file: path, path: "tools[\(i)]", value: tv)
-            let tname = try t.string("name")
-            guard isValidName(tname) else { throw t.error("name", "must match \(namePattern), found \"\(tname)\"") }
-            if tools.contains(where: { $0.name == tname }) { throw t.error("name", "duplicate tool name \"\(tname)\"") }
-            let title = try t.optionalString("title")
-            if let title { try checkText(title, t, "title", max: 256) }
-            let tdesc = try t.string("description")
-            try checkText(tdesc, t, "description", max: 4096)
-            guard let input = t.raw("inputSchema") else { throw t.error("inputSchema", "required field is missing") }
-            guard case .object(let inputObj) = input, inputObj["type"] == "object" else {
-                throw t.error("inputSchema", "must be a JSON Schema object with \"type\": \"object\"")
+            let tool = try parseTool(t, server: server)
+            if tools.contains(where: { $0.name == tool.name }) {
+                throw t.error("name", "duplicate tool name \"\(tool.serverName ?? tool.name)\"")
             }
-            try SchemaValidator.checkSchema(inputObj, file: path, field: t.field("inputSchema"))
-            var output: JSONObject? = nil
-            if let o = t.raw("outputSchema") {
-                guard case .object(let oo) = o, oo["type"] == "object" else {
-                    throw t.error("outputSchema", "must be a JSON Schema object with \"type\": \"object\"")
-                }
-                try SchemaValidator.checkSchema(oo, file: path, field: t.field("outputSchema"))
-                output = oo
-            }
-            var annotations: JSONObject? = nil
-            if let a = t.raw("annotations") {
-                guard case .object(let ao) = a else { throw t.error("annotations", "expected an object") }
-                let known: Set<String> = [
-                    "title", "readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint",
-                ]
-                for (k, v) in ao {
-                    guard known.contains(k) else {
-                        throw ConfigError(file: path, field: t.field("annotations.\(k)"), message: "unknown annotation")
-                    }
-                    if k == "title" {
-                        guard case .string = v else {
-                            throw ConfigError(
-                                file: path, field: t.field("annotations.title"), message: "expected a string")
-                        }
-                    } else {
-                        guard case .bool = v else {
-                            throw ConfigError(
-                                file: path, field: t.field("annotations.\(k)"), message: "expected true or false")
-                        }
-                    }
-                }
-                annotations = ao
-            }
-            var command: CommandTemplate? = nil
-            if let c = try t.object("command") {
-                let props = Set(inputObj["properties"]?.objectValue?.keys ?? [])
-                command = try CommandTemplate.parse(c, properties: props)
-            }
-            try t.finish()
-            tools.append(
-                Tool(
-                    name: tname, title: title, description: tdesc, inputSchema: inputObj,
-                    outputSchema: output, annotations: annotations, command: command))
+            tools.append(tool)
         }
 
         var limits = Limits()
@@ -307,6 +272,18 @@ extension CellManifest {
         if commandTools > 0 && script != nil {
             throw r.error("script", "a command cell runs its program directly; it has no script")
         }
+        if let server {
+            if script != nil { throw r.error("script", "a server cell runs the server's own program; it has no script") }
+            guard network.isNone else {
+                throw r.error("network", "a server cell has no network access (network egress for servers is not built yet)")
+            }
+            for (i, p) in server.packages.enumerated()
+            where !fs.read.contains(where: { p.path == $0 || p.path.hasPrefix($0 == "/" ? "/" : $0 + "/") }) {
+                throw ConfigError(
+                    file: path, field: "server.packages[\(i)].path",
+                    message: "\(p.path) is not under a filesystem.read path: the server must be able to read what it imports")
+            }
+        }
 
         var groups: [String] = []
         var allow: [String] = []
@@ -342,8 +319,77 @@ extension CellManifest {
             argv: argv, environmentPass: pass, environmentSet: set, tools: tools, limits: limits, filesystem: fs,
             network: network, workingDirectory: workingDirectory, syscallGroups: groups, syscallAllow: allow,
             sideEffects: sideEffects, phases: phases,
-            resources: resources,
+            resources: resources, server: server,
             sourcePath: path, manifestSHA256: manifestSHA256)
+    }
+
+    /// One entry of `tools`; for a server cell, one of the server's own
+    /// definitions, exposed under the cell's prefix.
+    private static func parseTool(_ t: FieldReader, server: ServerSpec?) throws(ConfigError) -> Tool {
+        let tname = try t.string("name")
+        guard isValidName(tname) else { throw t.error("name", "must match \(namePattern), found \"\(tname)\"") }
+        let title = try t.optionalString("title")
+        if let title { try checkText(title, t, "title", max: 256) }
+        // MCP makes a tool's description optional; a cell's tool needs one.
+        let tdesc = server != nil && !t.has("description") ? "" : try t.string("description")
+        if !(server != nil && tdesc.isEmpty) { try checkText(tdesc, t, "description", max: 4096) }
+        guard let input = t.raw("inputSchema") else { throw t.error("inputSchema", "required field is missing") }
+        guard case .object(let inputObj) = input, inputObj["type"] == "object" else {
+            throw t.error("inputSchema", "must be a JSON Schema object with \"type\": \"object\"")
+        }
+        try SchemaValidator.checkSchema(inputObj, file: t.file, field: t.field("inputSchema"))
+        var output: JSONObject? = nil
+        if let o = t.raw("outputSchema") {
+            guard case .object(let oo) = o, oo["type"] == "object" else {
+                throw t.error("outputSchema", "must be a JSON Schema object with \"type\": \"object\"")
+            }
+            try SchemaValidator.checkSchema(oo, file: t.file, field: t.field("outputSchema"))
+            output = oo
+        }
+        var annotations: JSONObject? = nil
+        if let a = t.raw("annotations") {
+            guard case .object(let ao) = a else { throw t.error("annotations", "expected an object") }
+            let known: Set<String> = [
+                "title", "readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint",
+            ]
+            for (k, v) in ao {
+                guard known.contains(k) else {
+                    throw ConfigError(file: t.file, field: t.field("annotations.\(k)"), message: "unknown annotation")
+                }
+                if k == "title" {
+                    guard case .string = v else {
+                        throw ConfigError(
+                            file: t.file, field: t.field("annotations.title"), message: "expected a string")
+                    }
+                } else {
+                    guard case .bool = v else {
+                        throw ConfigError(
+                            file: t.file, field: t.field("annotations.\(k)"), message: "expected true or false")
+                    }
+                }
+            }
+            annotations = ao
+        }
+        var command: CommandTemplate? = nil
+        if let c = try t.object("command") {
+            let props = Set(inputObj["properties"]?.objectValue?.keys ?? [])
+            command = try CommandTemplate.parse(c, properties: props)
+        }
+        if let server {
+            // The server's definition is pinned whole (fields the
+            // supervisor does not serve, such as icons, included): it is
+            // what every spawned server must list again.
+            guard command == nil else {
+                throw t.error("command", "a server cell's tools are served by the server, not by a command")
+            }
+            return Tool(
+                name: server.exposedName(tname), title: title, description: tdesc, inputSchema: inputObj,
+                outputSchema: output, annotations: annotations, serverName: tname, pinned: t.object)
+        }
+        try t.finish()
+        return Tool(
+            name: tname, title: title, description: tdesc, inputSchema: inputObj,
+            outputSchema: output, annotations: annotations, command: command)
     }
 
     private static func parseExecutable(_ r: FieldReader, dir: String) throws(ConfigError) -> Executable {

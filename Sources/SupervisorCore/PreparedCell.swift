@@ -15,6 +15,8 @@ public enum CellCannotRun: Error, Equatable, Sendable, CustomStringConvertible {
     case badPath(field: String, reason: String)
     /// The seccomp program cannot be built.
     case filter(String)
+    /// A server cell whose tools were never listed and pinned.
+    case unpinnedTools
     /// Preparing the worker in the supervisor failed (scratch directory,
     /// pipes, Landlock ruleset, receiving the seccomp listener).
     case setup(SystemError)
@@ -28,6 +30,8 @@ public enum CellCannotRun: Error, Equatable, Sendable, CustomStringConvertible {
         case .unsupported(let s): return "this host cannot sandbox the cell as declared: \(s)"
         case .badPath(let f, let r): return "\(f): \(r)"
         case .filter(let s): return "seccomp filter: \(s)"
+        case .unpinnedTools:
+            return "the server's tools are not pinned yet: `mcp-supervisor cell register` lists them and signs them in"
         case .setup(let e): return "preparing the worker: \(e)"
         case .spawn(let e): return e.description
         }
@@ -189,13 +193,23 @@ public final class PreparedCell: Sendable {
     public let seccomp: SeccompProgram
     let executable: VerifiedFile
     let script: ProgramInput?
+    /// A server cell's package trees.
+    let packages: [PackageTree]
     /// (O_PATH fd, rights, is directory) for each manifest path.
     let pathRules: [(FileDescriptor, Landlock.Access, Bool)]
     public let allowlist: [String]
 
-    public init(manifest: CellManifest, groups: SyscallGroups, host: HostSandbox) throws(CellRefusal) {
+    /// `discovering`: a server cell being registered, whose tools are not
+    /// pinned yet (its one worker lists them; it serves no call).
+    public init(manifest: CellManifest, groups: SyscallGroups, host: HostSandbox, discovering: Bool = false)
+        throws(CellRefusal)
+    {
         if let why = host.refusal(for: manifest) { throw .unsupported(why) }
+        if manifest.server != nil && manifest.tools.isEmpty && !discovering {
+            throw .unpinnedTools
+        }
         self.manifest = manifest
+        packages = (manifest.server?.packages ?? []).map { PackageTree.shared(path: $0.path, sha256: $0.sha256) }
         executable = VerifiedFile.shared(path: manifest.executable.path, sha256: manifest.executable.sha256)
         script = manifest.script.map { s in
             ProgramInput(
@@ -290,6 +304,7 @@ public final class PreparedCell: Sendable {
     public func verifyFiles() throws(CellRefusal) {
         try executable.verify()
         try script?.verify()
+        for p in packages { _ = try p.current() }
     }
 
     /// What a spawn needs from the verified files, after one stat of each:
@@ -298,15 +313,18 @@ public final class PreparedCell: Sendable {
     func filesForSpawn() throws(CellRefusal) -> (executable: FileDescriptor, stdin: FileDescriptor?, generations: [Int])
     {
         let (exe, g) = try executable.current()
-        guard let script else { return (exe, nil, [g]) }
+        var trees: [Int] = []
+        for p in packages { trees.append(try p.current()) }
+        guard let script else { return (exe, nil, [g] + trees) }
         let (fd, gens) = try script.freshReadDescriptor()
-        return (exe, fd, [g] + gens)
+        return (exe, fd, [g] + trees + gens)
     }
 
     /// The generations of the verified executable and script parts, after
     /// a stat of each (a changed file is verified again, or refused).
     func fileGenerations() throws(CellRefusal) -> [Int] {
         var out = [try executable.current().generation]
+        for p in packages { out.append(try p.current()) }
         for p in script?.parts ?? [] { out.append(try p.current().generation) }
         return out
     }

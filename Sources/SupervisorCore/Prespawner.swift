@@ -21,6 +21,8 @@ final class StartedWorker: @unchecked Sendable {
     /// The generations of the cell's verified files when it was spawned.
     let generations: [Int]
     let bornAt = monotonicNanoseconds()
+    /// A server cell's server, initialized and checked ahead of its call.
+    var conversation: ServerConversation? = nil
 
     init(
         cell: PreparedCell, limits: CellManifest.Limits, worker: WorkerProcess, scratch: String,
@@ -182,7 +184,13 @@ public final class Prespawner: @unchecked Sendable {
             lock.unlock()
             for w in expired { runner?.discard(w) }
             guard let cell else { continue }
-            let started = runner?.startWorker(cell, limits: cell.manifest.limits, argv: nil, name: "prespawn")
+            var started = runner?.startWorker(cell, limits: cell.manifest.limits, argv: nil, name: "prespawn")
+            // A server cell's server is initialized and its tools compared
+            // before it counts as ready (start-up is most of its cost).
+            if case .success(let w)? = started, let runner, !runner.preinitialize(w) {
+                runner.discard(w)
+                started = nil
+            }
             lock.lock()
             starting[ObjectIdentifier(cell), default: 1] -= 1
             if starting[ObjectIdentifier(cell)] == 0 { starting[ObjectIdentifier(cell)] = nil }

@@ -30,6 +30,9 @@ public enum SecurityEventType: String, Sendable, CaseIterable {
     case policyLoaded = "policy.loaded"
     case networkGranted = "network.granted"
     case networkRefused = "network.refused"
+    case cellDrift = "cell.drift"
+    case cellReleased = "cell.released"
+    case serverRequestRefused = "server.request_refused"
 }
 
 /// One event before it is sequenced and chained: its type and fields.
@@ -159,6 +162,7 @@ extension SecurityEvent {
                 e["kind"] = "bad_path"
                 e["field"] = .string(field)
             case .filter: e["kind"] = "filter"
+            case .unpinnedTools: e["kind"] = "unpinned_tools"
             case .setup(let error):
                 e["kind"] = "setup"
                 e["operation"] = .string(error.operation)
@@ -173,8 +177,22 @@ extension SecurityEvent {
         case .refused(let r):
             e["reason"] = .string(r.reason)
             events.append(SecurityEvent(.callRefused, e))
+        // A server listed other tools than the pinned ones: its version is
+        // quarantined (docs/gateway.md).
+        case .definitionDrift(let d):
+            e["cellVersionId"] = .string(cell.manifest.manifestSHA256)
+            e["difference"] = .string(SecurityEvent.bounded(d, maxBytes: 4096))
+            e["quarantined"] = true
+            events.append(SecurityEvent(.cellDrift, e))
         case .success, .toolError, .cancelled, .killedBySignal:
             break
+        }
+        // Requests a server made to the client (sampling, elicitation,
+        // roots), each answered with an error.
+        if !report.refusedServerRequests.isEmpty {
+            var r = callFields(callID, principal, tool, cell)
+            r["methods"] = .array(report.refusedServerRequests.map { .string($0) })
+            events.append(SecurityEvent(.serverRequestRefused, r))
         }
         // A forbidden syscall tried after something else had ended the call
         // (its answer, the deadline, a limit) is still recorded.

@@ -23,6 +23,8 @@ public struct ServiceOptions: Sendable {
     public var unsignedMode = false
     /// The policy file; a missing file refuses every call (deny by default).
     public var policyPath: String?
+    /// Where quarantined server cell versions are recorded.
+    public var quarantineDirectory: String?
     public init() {}
 
     var pipeline: PipelineOptions {
@@ -30,6 +32,7 @@ public struct ServiceOptions: Sendable {
         p.recordArguments = recordArguments
         p.unsignedMode = unsignedMode
         p.policyPath = policyPath
+        p.quarantineDirectory = quarantineDirectory
         return p
     }
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import SupervisorCore
 
 @main
 struct MCPSupervisor: AsyncParsableCommand {
@@ -13,6 +14,3 @@ struct MCPSupervisor: AsyncParsableCommand {
     )
 }
 
-enum SupervisorVersion {
-    static let string = "0.1.0"
-}

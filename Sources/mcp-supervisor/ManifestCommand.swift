@@ -25,6 +25,14 @@ struct Manifest: ParsableCommand {
                 valueName: "dir"))
         var out: String?
 
+        @Flag(
+            help: ArgumentHelp(
+                "Server cells: run each server once in its sandbox, show the tools it lists and write them into "
+                    + "the manifest as its pinned definitions (replacing any there)."))
+        var tools = false
+
+        @OptionGroup var options: CommonOptions
+
         func run() throws {
             var failed = false
             let outDir = out.map(SupervisorSettings.absolute)
@@ -50,6 +58,36 @@ struct Manifest: ParsableCommand {
                         return .object(o)
                     }
                     doc["executable"] = try pin(m.executable, doc["executable"])
+                    // A server cell's package trees: their tree digests.
+                    if let server = m.server, case .object(var so)? = doc["server"],
+                        case .array(var packages)? = so["packages"]
+                    {
+                        for (i, spec) in server.packages.enumerated() {
+                            guard case .object(var o) = packages[i] else { continue }
+                            let digest = try PackageTree.digest(of: spec.path)
+                            if o["sha256"]?.stringValue != digest {
+                                o["sha256"] = .string(digest)
+                                changed = true
+                            }
+                            if outDir != nil { o["path"] = .string(spec.path) }
+                            packages[i] = .object(o)
+                        }
+                        so["packages"] = .array(packages)
+                        doc["server"] = .object(so)
+                    }
+                    if tools, m.server != nil {
+                        let s = try options.settings()
+                        let pinnedBytes = Array(JSONValue.object(doc).prettySerialized().utf8)
+                        let pinned = try CellManifest.parse(bytes: pinnedBytes, path: f, manifestSHA256: "")
+                        let (listed, info) = try ServerTools.discover(
+                            pinned, settings: s, groups: try SyscallGroups.load(path: s.syscallGroupsPath))
+                        printError(ServerTools.show(listed, manifest: pinned, serverInfo: info))
+                        let before = doc["tools"]
+                        doc["tools"] = .array(listed.map { .object($0) })
+                        if before != doc["tools"] { changed = true }
+                    } else if tools {
+                        printError("note: \(f) is not a server cell; --tools changes nothing in it")
+                    }
                     if let script = m.script { doc["script"] = try pin(script, doc["script"]) }
                     if case .array(var libs)? = doc["libraries"] {
                         for (i, spec) in m.libraries.enumerated() { libs[i] = try pin(spec, libs[i])! }

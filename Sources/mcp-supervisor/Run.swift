@@ -110,6 +110,7 @@ struct Run: AsyncParsableCommand {
         let loader: RegistryLoader = { source.registry(groups: groups, host: host, ledgerGuard: ledgerGuard) }
         options.unsignedMode = allowUnsigned
         options.policyPath = s.policiesDirectory + "/policy.json"
+        options.quarantineDirectory = Quarantine.directory(stateDirectory: s.stateDirectory)
         if allowUnsigned {
             logger.warning(
                 "UNSIGNED DEVELOPMENT MODE: serving \(manifestsDir) without signatures or the trust ledger; never use this in a deployment"

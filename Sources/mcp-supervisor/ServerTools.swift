@@ -1,0 +1,73 @@
+import ArgumentParser
+import StrictJSON
+import SupervisorCore
+import SupervisorPlatform
+
+/// Registration of server cells (docs/gateway.md): the server's tools are
+/// read from the server itself, run once in the sandbox its manifest
+/// declares, and shown to the operator before they are pinned.
+enum ServerTools {
+    /// Runs `manifest`'s server once, confined as for a call, and returns
+    /// the tools it lists.
+    static func discover(_ manifest: CellManifest, settings s: SupervisorSettings, groups: SyscallGroups) throws
+        -> (tools: [JSONObject], serverInfo: String?)
+    {
+        let host = HostSandbox(
+            features: KernelFeatures.probe(), workerUID: s.workerUID, workerGID: s.workerGID,
+            scratchRoot: s.scratchRoot, protectedPaths: [s.stateDirectory])
+        let cell: PreparedCell
+        do { cell = try PreparedCell(manifest: manifest, groups: groups, host: host, discovering: true) } catch {
+            throw TrustCommandError("\(manifest.sourcePath): the server cannot run: \(error)")
+        }
+        let runner = try CallRunner(host: host, logger: stderrLogger("mcp-supervisor"))
+        switch runner.discoverTools(cell) {
+        case .success(let r): return r
+        case .failure(let e):
+            throw TrustCommandError("\(manifest.sourcePath): could not list the server's tools: \(e)")
+        }
+    }
+
+    /// The tools as an operator reviews them: exposed name, description,
+    /// arguments, hints.
+    static func show(_ tools: [JSONObject], manifest: CellManifest, serverInfo: String?) -> String {
+        var out = "\(manifest.name): \(serverInfo ?? "the server") lists \(tools.count) tool(s):\n"
+        for t in tools {
+            let name = t["name"]?.stringValue ?? "?"
+            let exposed = manifest.server?.exposedName(name) ?? name
+            out += "  \(exposed)  (server name \(name))\n"
+            if let d = t["description"]?.stringValue {
+                for line in CellProtocol.sanitize(d).split(separator: "\n", omittingEmptySubsequences: false).prefix(12) {
+                    out += "      \(line)\n"
+                }
+            }
+            if let props = t["inputSchema"]?["properties"]?.objectValue {
+                out += "      arguments: \(props.keys.joined(separator: ", "))\n"
+            }
+            if let a = t["annotations"]?.objectValue, !a.isEmpty {
+                out += "      annotations: \(JSONValue.object(a).serialized())\n"
+            }
+        }
+        return out
+    }
+
+    /// The manifest file's bytes with `tools` replaced by `tools`.
+    static func withTools(_ bytes: [UInt8], _ tools: [JSONObject], path: String) throws -> [UInt8] {
+        guard case .object(var doc) = try JSONParser.parse(bytes) else {
+            throw TrustCommandError("\(path): not a JSON object")
+        }
+        doc["tools"] = .array(tools.map { .object($0) })
+        return Array(JSONValue.object(doc).prettySerialized().utf8)
+    }
+
+    /// Writes a file whole (temporary file, rename).
+    static func replace(_ path: String, with bytes: [UInt8]) throws {
+        let tmp = path + ".tmp"
+        let fd = try Sys.open(tmp, 0o1 | 0o100 | 0o1000, mode: 0o644)
+        do { try fd.writeAll(bytes) } catch {
+            fd.close()
+            throw error
+        }
+        fd.close()
+        try Sys.rename(tmp, path)
+    }
+}
