@@ -104,9 +104,18 @@ public enum ToolDefinitions {
                 old[k].map(canonical) != new[k].map(canonical)
             }
             if !fields.isEmpty {
+                // Each changed field with its old and new value, shortened:
+                // enough for an operator to see what the server now claims.
+                func shown(_ v: JSONValue?) -> String {
+                    guard let v else { return "(none)" }
+                    let text = v.stringValue.map { JSONValue.string($0).serialized() } ?? canonical(v)
+                    return text.count > 160 ? String(text.prefix(160)) + "…" : text
+                }
                 lines.append(
                     "changed tool \"\(CellProtocol.clip(n))\": "
-                        + fields.map { CellProtocol.clip($0) }.joined(separator: ", "))
+                        + fields.map { k in
+                            "\(CellProtocol.clip(k)) \(CellProtocol.sanitize(shown(old[k]))) → \(CellProtocol.sanitize(shown(new[k])))"
+                        }.joined(separator: ", "))
             }
         }
         if lines.isEmpty && pinned.count != listed.count { lines.append("a tool is listed twice") }

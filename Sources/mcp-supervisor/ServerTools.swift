@@ -71,3 +71,62 @@ enum ServerTools {
         try Sys.rename(tmp, path)
     }
 }
+
+extension CellCommand {
+    struct Quarantined: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Server cell versions held back because their server listed other tools than the pinned ones.")
+        @Flag(name: .long, help: "One JSON object per line.") var json = false
+        @OptionGroup var location: TrustLocation
+        func run() throws {
+            let records = Quarantine(directory: Quarantine.directory(stateDirectory: location.state)).all()
+            for r in records {
+                if json {
+                    print(
+                        JSONValue.object(
+                            JSONObject([
+                                ("cell", .string(r.cell)), ("versionId", .string(r.versionID)),
+                                ("label", .string(r.label)), ("since", .string(r.since)),
+                                ("difference", .string(r.difference)),
+                            ])
+                        ).serialized())
+                } else {
+                    print("\(r.cell) \(r.label) (\(r.versionID.prefix(12))) since \(r.since): \(r.difference)")
+                }
+            }
+            if records.isEmpty && !json { print("no quarantined cell versions") }
+        }
+    }
+
+    struct Release: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract:
+                "Release a quarantined server cell version once its drift is reviewed (register the new tools as a new version, or fix the server).",
+            discussion:
+                "A released version whose server still lists other tools is quarantined again at its next call.")
+        @Argument(help: "Cell name.") var cell: String
+        @Argument(help: "Version id prefix (default: every quarantined version of the cell).") var version: String?
+        @OptionGroup var location: TrustLocation
+        func run() throws {
+            try trustCommand(location, "cell release") {
+                let q = Quarantine(directory: Quarantine.directory(stateDirectory: location.state))
+                let released = try q.release(cell: cell, versionID: version)
+                guard !released.isEmpty else {
+                    throw TrustCommandError("no quarantined version of \(cell)\(version.map { " matches \($0)" } ?? "")")
+                }
+                securityEvents(
+                    location,
+                    released.map { r in
+                        SecurityEvent(
+                            .cellReleased,
+                            JSONObject([
+                                ("cell", .string(r.cell)), ("cellVersionId", .string(r.versionID)),
+                                ("quarantinedSince", .string(r.since)), ("difference", .string(r.difference)),
+                                ("uid", .int(Int64(geteuidValue()))),
+                            ]))
+                    })
+                for r in released { print("released: \(r.cell) \(r.label) (\(r.versionID.prefix(12)))") }
+            }
+        }
+    }
+}

@@ -159,7 +159,7 @@ struct CellCommand: ParsableCommand {
         abstract: "Sign, register and manage cell versions in the trust ledger.",
         subcommands: [
             New.self, Sign.self, Register.self, List.self, Show.self, Lineage.self, Diff.self, Activate.self,
-            Rollback.self, Revoke.self,
+            Rollback.self, Revoke.self, Quarantined.self, Release.self,
         ])
 
     /// The ledger and one registered cell of it.
@@ -237,9 +237,31 @@ struct CellCommand: ParsableCommand {
                 var failed = false
                 for m in manifests.map(SupervisorSettings.absolute) {
                     do {
-                        let bytes = try readFile(m, limit: 1 << 20)
-                        let manifest = try CellManifest.parse(bytes: bytes, path: m, manifestSHA256: sha256Hex(bytes))
+                        var bytes = try readFile(m, limit: 1 << 20)
+                        var manifest = try CellManifest.parse(bytes: bytes, path: m, manifestSHA256: sha256Hex(bytes))
                         _ = try groups.entries(for: manifest)
+                        // A server cell: its tools come from the server, run
+                        // once in its sandbox, shown here, and pinned.
+                        if manifest.server != nil {
+                            let s = location.stateOptions.settings(more: [(.policies, location.policies)])
+                            let (listed, info) = try ServerTools.discover(manifest, settings: s, groups: groups)
+                            print(ServerTools.show(listed, manifest: manifest, serverInfo: info), terminator: "")
+                            if manifest.tools.isEmpty {
+                                bytes = try ServerTools.withTools(bytes, listed, path: m)
+                                try ServerTools.replace(m, with: bytes)
+                                let sig = try ManifestSignature.make(manifestBytes: bytes, key: k)
+                                try ServerTools.replace(
+                                    ManifestSignature.path(for: m), with: Array(sig.prettySerialized().utf8))
+                                manifest = try CellManifest.parse(bytes: bytes, path: m, manifestSHA256: sha256Hex(bytes))
+                                print("pinned \(listed.count) tool(s) into \(m), signed by \(TrustKeys.keyID(k.publicKey))")
+                            } else if let d = ToolDefinitions.diff(
+                                pinned: manifest.tools.compactMap(\.pinned), listed: listed)
+                            {
+                                throw TrustCommandError(
+                                    "\(m): the server lists other tools than the manifest pins (\(d)); to pin what it "
+                                        + "lists now, remove \"tools\" from the manifest and register again")
+                            }
+                        }
                         let sigBytes: [UInt8]
                         do { sigBytes = try readFile(ManifestSignature.path(for: m), limit: 1 << 16) } catch {
                             throw TrustCommandError("\(m) is not signed: run `mcp-supervisor cell sign \(m) --key KEY`")

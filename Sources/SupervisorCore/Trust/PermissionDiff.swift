@@ -53,6 +53,17 @@ public enum PermissionDiff {
             modes.firstIndex(of: lb.processes)!)
         sets("network.connect", old.network.hosts.map(\.description), new.network.hosts.map(\.description))
         number("network.maxConnections", old.network.maxConnections, new.network.maxConnections)
+        // A server's tool definitions are what a model is told the tools
+        // do: a changed description or schema is approved like a widening.
+        if old.server != nil || new.server != nil,
+            let d = ToolDefinitions.diff(
+                pinned: old.tools.compactMap(\.pinned), listed: new.tools.compactMap(\.pinned))
+        {
+            out.append(PermissionChange(field: "tools (server definitions)", direction: .widens, detail: d))
+        }
+        sets(
+            "server.packages", (old.server?.packages ?? []).map { "\($0.path)@\($0.sha256.prefix(12))" },
+            (new.server?.packages ?? []).map { "\($0.path)@\($0.sha256.prefix(12))" })
         if old.workingDirectory != new.workingDirectory {
             out.append(
                 PermissionChange(
