@@ -26,7 +26,7 @@ public enum SchemaValidator {
         "type", "properties", "required", "additionalProperties", "items", "enum", "const",
         "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength",
         "minItems", "maxItems", "uniqueItems", "pattern", "anyOf", "oneOf", "allOf", "not",
-        "minProperties", "maxProperties",
+        "minProperties", "maxProperties", "$ref", "$defs", "definitions",
     ]
     static let annotationKeywords: Set<String> = [
         "$schema", "$id", "$comment", "title", "description", "default", "examples", "format",
@@ -36,6 +36,24 @@ public enum SchemaValidator {
 
     /// Checks that a schema only uses supported keywords with well-formed values.
     public static func checkSchema(_ schema: JSONObject, file: String, field: String) throws(ConfigError) {
+        try checkSchema(schema, file: file, field: field, root: schema)
+    }
+
+    /// The schema a local reference names (`#/$defs/Name`,
+    /// `#/definitions/Name`, or `#` itself), or nil.
+    static func resolve(_ ref: String, in root: JSONObject) -> JSONValue? {
+        if ref == "#" { return .object(root) }
+        for prefix in ["#/$defs/", "#/definitions/"] where ref.hasPrefix(prefix) {
+            let name = String(ref.dropFirst(prefix.count)).replacingOccurrences(of: "~1", with: "/")
+                .replacingOccurrences(of: "~0", with: "~")
+            return root[String(prefix.dropFirst(2).dropLast())]?[name]
+        }
+        return nil
+    }
+
+    static func checkSchema(_ schema: JSONObject, file: String, field: String, root: JSONObject)
+        throws(ConfigError)
+    {
         func fail(_ f: String, _ m: String) -> ConfigError { ConfigError(file: file, field: f, message: m) }
         for (k, v) in schema {
             let f = "\(field).\(k)"
@@ -58,7 +76,7 @@ public enum SchemaValidator {
                 guard let props = v.objectValue else { throw fail(f, "expected an object") }
                 for (pk, pv) in props {
                     guard let po = pv.objectValue else { throw fail("\(f).\(pk)", "expected a schema object") }
-                    try checkSchema(po, file: file, field: "\(f).\(pk)")
+                    try checkSchema(po, file: file, field: "\(f).\(pk)", root: root)
                 }
             case "required":
                 guard let a = v.arrayValue, a.allSatisfy({ $0.stringValue != nil }) else {
@@ -67,12 +85,12 @@ public enum SchemaValidator {
             case "additionalProperties", "items", "not":
                 if case .bool = v { continue }
                 guard let o = v.objectValue else { throw fail(f, "expected a schema object or a boolean") }
-                try checkSchema(o, file: file, field: f)
+                try checkSchema(o, file: file, field: f, root: root)
             case "anyOf", "oneOf", "allOf":
                 guard let a = v.arrayValue, !a.isEmpty else { throw fail(f, "expected a non-empty array of schemas") }
                 for (i, e) in a.enumerated() {
                     guard let o = e.objectValue else { throw fail("\(f)[\(i)]", "expected a schema object") }
-                    try checkSchema(o, file: file, field: "\(f)[\(i)]")
+                    try checkSchema(o, file: file, field: "\(f)[\(i)]", root: root)
                 }
             case "enum":
                 guard let a = v.arrayValue, !a.isEmpty else { throw fail(f, "expected a non-empty array") }
@@ -82,6 +100,17 @@ public enum SchemaValidator {
                 guard let i = v.intValue, i >= 0 else { throw fail(f, "expected a non-negative integer") }
             case "uniqueItems":
                 guard v.boolValue != nil else { throw fail(f, "expected true or false") }
+            case "$defs", "definitions":
+                guard let defs = v.objectValue else { throw fail(f, "expected an object of schemas") }
+                for (dk, dv) in defs {
+                    guard let d = dv.objectValue else { throw fail("\(f).\(dk)", "expected a schema object") }
+                    try checkSchema(d, file: file, field: "\(f).\(dk)", root: root)
+                }
+            case "$ref":
+                // Only references inside the schema itself: nothing is fetched.
+                guard let r = v.stringValue, resolve(r, in: root)?.objectValue != nil else {
+                    throw fail(f, "expected a reference to a schema in this schema's $defs (\"#/$defs/Name\")")
+                }
             case "pattern":
                 guard let p = v.stringValue else { throw fail(f, "expected a string") }
                 do { _ = try Regex(p) } catch { throw fail(f, "not a valid regular expression") }
@@ -94,6 +123,28 @@ public enum SchemaValidator {
     public static func validate(_ value: JSONValue, against schema: JSONObject, path: String = "arguments")
         -> SchemaViolation?
     {
+        validate(value, against: schema, path: path, root: schema, depth: 0)
+    }
+
+    /// References followed without reaching a value's end (a schema that
+    /// refers to itself forever) stop here.
+    static let maxDepth = 64
+
+    static func validate(_ value: JSONValue, against schema: JSONObject, path: String, root: JSONObject, depth: Int)
+        -> SchemaViolation?
+    {
+        func validateSub(_ v: JSONValue, _ s: JSONValue, _ p: String) -> SchemaViolation? {
+            SchemaValidator.validateSub(v, s, p, root: root, depth: depth + 1)
+        }
+        guard depth < maxDepth else {
+            return SchemaViolation(path: path, reason: "the schema nests deeper than \(maxDepth) levels here")
+        }
+        if let r = schema["$ref"]?.stringValue {
+            guard let target = resolve(r, in: root) else {
+                return SchemaViolation(path: path, reason: "the schema refers to \(r), which it does not define")
+            }
+            if let err = validateSub(value, target, path) { return err }
+        }
         if let t = schema["type"] {
             let names = (t.arrayValue ?? [t]).compactMap(\.stringValue)
             if !names.contains(where: { matches(value, type: $0) }) {
@@ -193,11 +244,13 @@ public enum SchemaValidator {
         return nil
     }
 
-    private static func validateSub(_ v: JSONValue, _ schema: JSONValue, _ path: String) -> SchemaViolation? {
+    private static func validateSub(
+        _ v: JSONValue, _ schema: JSONValue, _ path: String, root: JSONObject, depth: Int
+    ) -> SchemaViolation? {
         switch schema {
         case .bool(true): return nil
         case .bool(false): return SchemaViolation(path: path, reason: "no value is allowed here")
-        case .object(let o): return validate(v, against: o, path: path)
+        case .object(let o): return validate(v, against: o, path: path, root: root, depth: depth)
         default: return nil
         }
     }
