@@ -78,6 +78,31 @@ public final class Prespawner: @unchecked Sendable {
     private var served: Set<ObjectIdentifier>? = nil
     private var stopped = false
     private var thread: Thread? = nil
+    /// Per server cell: how long a server takes to get ready and how often
+    /// its calls come (moving averages), which size its pool.
+    private var pace: [ObjectIdentifier: Pace] = [:]
+
+    struct Pace {
+        var startupNanoseconds: Double = 0
+        var intervalNanoseconds: Double = 0
+        var lastCall: UInt64 = 0
+    }
+
+    /// The most servers of one server cell kept ready at once (each is a
+    /// whole interpreter with its memory).
+    static let maxServersReady = 4
+
+    /// How many ready workers `cell` should have. A frame cell starts in a
+    /// millisecond: `perCell`. A server takes hundreds of milliseconds to get
+    /// ready, so as many as arrive during one start-up wait ready (start-up
+    /// time / time between calls, rounded up), at most `maxServersReady`.
+    private func target(_ cell: PreparedCell) -> Int {
+        guard cell.manifest.server != nil, let p = pace[ObjectIdentifier(cell)], p.intervalNanoseconds > 0 else {
+            return perCell
+        }
+        let n = Int((p.startupNanoseconds / p.intervalNanoseconds).rounded(.up))
+        return min(max(perCell, n), max(perCell, Self.maxServersReady))
+    }
 
     init(runner: CallRunner, perCell: Int, idleSeconds: Int) {
         self.runner = runner
@@ -92,6 +117,16 @@ public final class Prespawner: @unchecked Sendable {
     /// A ready worker for `cell` with `limits`, or nil.
     func take(_ cell: PreparedCell, limits: CellManifest.Limits) -> StartedWorker? {
         lock.lock()
+        if cell.manifest.server != nil {
+            let now = monotonicNanoseconds()
+            var p = pace[ObjectIdentifier(cell)] ?? Pace()
+            if p.lastCall > 0 {
+                let gap = Double(now - p.lastCall)
+                p.intervalNanoseconds = p.intervalNanoseconds == 0 ? gap : 0.7 * p.intervalNanoseconds + 0.3 * gap
+            }
+            p.lastCall = now
+            pace[ObjectIdentifier(cell)] = p
+        }
         let w = ready[ObjectIdentifier(cell)]?.first
         if w != nil { ready[ObjectIdentifier(cell)]!.removeFirst() }
         lock.unlock()
@@ -112,8 +147,9 @@ public final class Prespawner: @unchecked Sendable {
         guard !stopped, served?.contains(ObjectIdentifier(cell)) != false else { return }
         let have = ready[ObjectIdentifier(cell)]?.count ?? 0
         let asked = wanted.filter { $0 === cell }.count + starting[ObjectIdentifier(cell), default: 0]
-        if have + asked < perCell {
-            wanted.append(cell)
+        let want = target(cell)
+        if have + asked < want {
+            for _ in 0..<(want - have - asked) { wanted.append(cell) }
             lock.signal()
         }
     }
@@ -184,6 +220,7 @@ public final class Prespawner: @unchecked Sendable {
             lock.unlock()
             for w in expired { runner?.discard(w) }
             guard let cell else { continue }
+            let startedAt = monotonicNanoseconds()
             var started = runner?.startWorker(cell, limits: cell.manifest.limits, argv: nil, name: "prespawn")
             // A server cell's server is initialized and its tools compared
             // before it counts as ready (start-up is most of its cost).
@@ -192,6 +229,12 @@ public final class Prespawner: @unchecked Sendable {
                 started = nil
             }
             lock.lock()
+            if cell.manifest.server != nil, case .success? = started {
+                let took = Double(monotonicNanoseconds() - startedAt)
+                var p = pace[ObjectIdentifier(cell)] ?? Pace()
+                p.startupNanoseconds = p.startupNanoseconds == 0 ? took : 0.7 * p.startupNanoseconds + 0.3 * took
+                pace[ObjectIdentifier(cell)] = p
+            }
             starting[ObjectIdentifier(cell), default: 1] -= 1
             if starting[ObjectIdentifier(cell)] == 0 { starting[ObjectIdentifier(cell)] = nil }
             guard case .success(let w)? = started, let runner else {
