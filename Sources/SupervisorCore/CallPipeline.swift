@@ -464,6 +464,7 @@ public final class CallPipeline: Sendable {
         let pool = self.pool
         let log = self.log
         let principal = session.principal
+        let sessionKey = ObjectIdentifier(session)
         let tool = a.entry.tool
         let cell = a.entry.cell
         return await withTaskCancellationHandler {
@@ -483,7 +484,7 @@ public final class CallPipeline: Sendable {
                     }
                     _ = runner.run(
                         cell: cell, tool: tool.name, arguments: a.arguments, callID: callID,
-                        cancellation: a.cancellation, limits: a.limits,
+                        cancellation: a.cancellation, limits: a.limits, session: sessionKey,
                         answered: { r in
                             answered = r
                             record(r)
@@ -749,6 +750,7 @@ public final class CallPipeline: Sendable {
         }
         for c in pending { c.cancel() }
         runner.prespawner?.shutdown()
+        runner.endSessions()
     }
 
     static func fingerprint(_ r: CellRegistry) -> [String] {

@@ -77,6 +77,9 @@ public final class CallRunner: @unchecked Sendable {
     public private(set) var prespawner: Prespawner? = nil
     private let devNull: FileDescriptor
     private let counter = Mutex<UInt64>(0)
+    /// The servers of `session`-lifecycle server cells, one per client
+    /// session and cell.
+    let sessionServers = SessionServers()
 
     public init(
         host: HostSandbox, logger: Logger,
@@ -126,6 +129,7 @@ public final class CallRunner: @unchecked Sendable {
     public func run(
         cell: PreparedCell, tool: String, arguments: JSONObject, callID: String,
         cancellation: CallCancellation? = nil, limits: CellManifest.Limits? = nil, learn: Bool = false,
+        session: ObjectIdentifier? = nil,
         answered: ((CallReport) -> Void)? = nil,
         deliver: ((CallReport) -> Void)? = nil,
         onNetwork: (NetworkDecision) -> Void = { _ in },
@@ -137,7 +141,12 @@ public final class CallRunner: @unchecked Sendable {
             peakMemoryBytes: nil, bytesFromWorker: 0, diagnostics: "", spawnNanoseconds: 0,
             firstFrameNanoseconds: 0, reapNanoseconds: 0)
         var cleanup: (() -> Void)? = nil
-        if cancellation?.isCancelled != true {
+        if cancellation?.isCancelled != true, cell.manifest.server?.lifecycle == .session, !learn {
+            runSessionCall(
+                cell: cell, tool: tool, arguments: arguments, callID: callID, cancellation: cancellation,
+                limits: limits ?? cell.manifest.limits, session: session, start: start, report: &report,
+                onMessage: onMessage)
+        } else if cancellation?.isCancelled != true {
             cleanup = run(
                 cell: cell, tool: tool, arguments: arguments, callID: callID, cancellation: cancellation,
                 limits: limits ?? cell.manifest.limits, learn: learn, start: start, report: &report,
@@ -456,6 +465,109 @@ public final class CallRunner: @unchecked Sendable {
         report.refusedServerRequests = session.server?.refusedRequests ?? []
     }
 
+    /// A call to a `session`-lifecycle server cell: the client session's
+    /// server (started and initialized by its first call, its tools checked
+    /// then) takes the call and keeps running; calls of one session to it
+    /// take turns. Anything that ends a call otherwise (deadline, violation,
+    /// limit, cancellation, a broken message) ends the server too; the
+    /// session's next call starts a new one.
+    private func runSessionCall(
+        cell: PreparedCell, tool: String, arguments: JSONObject, callID: String,
+        cancellation: CallCancellation?, limits: CellManifest.Limits, session key: ObjectIdentifier?,
+        start: UInt64, report: inout CallReport, onMessage: (WorkerMessage) -> Void
+    ) {
+        let slot = sessionServers.slot(session: key, cell: cell)
+        slot.lock.lock()
+        defer { slot.lock.unlock() }
+        if let old = slot.worker, old.cell !== cell || old.limits != limits || !old.isAlive
+            || (try? cell.fileGenerations()) != old.generations
+        {
+            slot.worker = nil
+            discard(old)
+        }
+        let w: StartedWorker
+        if let kept = slot.worker {
+            w = kept
+            report.prespawned = true
+        } else {
+            switch startWorker(cell, limits: limits, argv: nil, name: callID) {
+            case .success(let started): w = started
+            case .failure(let why):
+                report.outcome = .cannotRun(why)
+                return
+            }
+            report.spawnNanoseconds = w.spawnNanoseconds
+            slot.worker = w
+        }
+        var session = WorkerSession(
+            worker: w.worker, callID: callID, limits: limits, requestWrite: w.requestWrite,
+            responseRead: w.responseRead, diagRead: w.diagRead, cancellation: cancellation,
+            graceMilliseconds: host.terminationGraceMilliseconds)
+        session.listener = w.listener
+        session.budget = outputBudget
+        session.keepAlive = true
+        session.ownsRequest = false
+        defer { outputBudget.release(session.reserved) }
+        var conversation = w.conversation ?? Self.conversation(for: cell, limits: limits)
+        conversation.reusable = true
+        let serverName = cell.manifest.tools.first { $0.name == tool }?.serverName ?? tool
+        let input: [UInt8]
+        if conversation.phase == .ready {
+            input = conversation.call(tool: serverName, arguments: arguments, token: callID)
+        } else {
+            input = conversation.start()
+            session.serverCall = (serverName, arguments)
+            session.deadlineOverride =
+                start + UInt64(limits.timeoutMilliseconds + cell.manifest.server!.startupTimeoutMilliseconds)
+                * 1_000_000
+        }
+        session.server = conversation
+        let cpuBefore = w.worker.cpuNanoseconds() ?? 0
+        session.run(input: input, started: start, onNetwork: { _ in }, onMessage: onMessage)
+        report.refusedServerRequests = session.server?.refusedRequests ?? []
+        report.bytesFromWorker = session.bytesFromWorker
+        report.diagnostics = session.diagnosticsText
+        if session.stoppedReady, let a = session.answer() {
+            // Answered, and the server lives on for the session's next call.
+            w.conversation = session.server
+            report.outcome = a.outcome
+            report.cpuNanoseconds = (w.worker.cpuNanoseconds() ?? cpuBefore) - cpuBefore
+            report.peakMemoryBytes = a.peakMemoryBytes
+            return
+        }
+        // The call ended otherwise: so does the server.
+        slot.worker = nil
+        w.worker.signal(Signal.kill)
+        let reapStart = monotonicNanoseconds()
+        let exit: ProcessExit
+        do { exit = try w.worker.wait() } catch {
+            w.worker.close()
+            w.requestWrite.close()
+            release(w)
+            report.outcome = .protocolViolation("could not reap the worker: \(error)")
+            return
+        }
+        w.worker.close()
+        w.requestWrite.close()
+        release(w)
+        report.reapNanoseconds = monotonicNanoseconds() - reapStart
+        report.exit = exit.status
+        report.cpuNanoseconds = exit.userCPUNanoseconds + exit.systemCPUNanoseconds
+        report.outcome = session.classify(exit: exit)
+        report.deniedSyscall = session.seccompViolation.map { DeniedSyscall(syscall: $0.0, architecture: $0.1) }
+    }
+
+    /// Ends the servers of one client session (nil: of every session):
+    /// killed, reaped, their scratch wiped.
+    public func endSessions(_ session: ObjectIdentifier? = nil) {
+        for slot in sessionServers.remove(session: session) {
+            slot.lock.lock()
+            if let w = slot.worker { discard(w) }
+            slot.worker = nil
+            slot.lock.unlock()
+        }
+    }
+
     /// A new conversation with one of a server cell's servers.
     static func conversation(for cell: PreparedCell, limits: CellManifest.Limits, discovering: Bool = false)
         -> ServerConversation
@@ -600,6 +712,9 @@ struct WorkerSession {
     /// Replaces `started + limits.timeoutMilliseconds` (a server's start-up
     /// has its own allowance).
     var deadlineOverride: UInt64? = nil
+    /// A session's server: its answer ends the call, not the server (the
+    /// session returns at the answer and leaves it running).
+    var keepAlive = false
     var stdout: [UInt8] = []
     var learning = false
     var learned: [String] = []
@@ -1077,7 +1192,7 @@ struct WorkerSession {
                 final = f
                 observe(.final)
                 peakRSS = Self.highWaterRSS(pid: worker.pid)
-                kill()
+                if keepAlive { stoppedReady = true } else { kill() }
             }
         }
         if final == nil && !hold(server!.pendingLineLength) {

@@ -1,5 +1,6 @@
 import Foundation
 import SupervisorPlatform
+import Synchronization
 
 /// A worker that has exec'd and waits for its input (blocked reading its
 /// request); it serves exactly one call.
@@ -248,6 +249,41 @@ public final class Prespawner: @unchecked Sendable {
                 lock.unlock()
                 runner.discard(w)
             }
+        }
+    }
+}
+
+/// The servers of `session`-lifecycle cells: one slot per (client session,
+/// cell), whose lock makes one session's calls to the cell take turns.
+final class SessionServers: Sendable {
+    final class Slot: @unchecked Sendable {
+        // @unchecked: `worker` is read and written only while `lock` is held.
+        let lock = NSLock()
+        var worker: StartedWorker? = nil
+    }
+
+    struct Key: Hashable {
+        let session: ObjectIdentifier?
+        let cell: ObjectIdentifier
+    }
+
+    private let slots = Mutex<[Key: Slot]>([:])
+
+    func slot(session: ObjectIdentifier?, cell: PreparedCell) -> Slot {
+        slots.withLock { s in
+            let k = Key(session: session, cell: ObjectIdentifier(cell))
+            if let existing = s[k] { return existing }
+            let n = Slot()
+            s[k] = n
+            return n
+        }
+    }
+
+    /// Takes the slots of `session` (nil: all) out of the table.
+    func remove(session: ObjectIdentifier?) -> [Slot] {
+        slots.withLock { s in
+            let keys = s.keys.filter { session == nil || $0.session == session }
+            return keys.compactMap { s.removeValue(forKey: $0) }
         }
     }
 }

@@ -31,10 +31,6 @@ public struct ServerSpec: Sendable, Equatable {
 
     static func parse(_ r: FieldReader, cellName: String, dir: String) throws(ConfigError) -> ServerSpec {
         let lifecycle: Lifecycle = try r.choice("lifecycle", default: .perCall)
-        if lifecycle == .session {
-            throw r.error(
-                "lifecycle", "\"session\" (one server per client session) is not available yet; use \"perCall\"")
-        }
         let defaultPrefix = String(cellName.map { $0 == "." ? "_" : $0 })
         let prefix = try r.optionalString("toolPrefix") ?? defaultPrefix
         guard !prefix.isEmpty, prefix.utf8.count <= 64,
@@ -165,6 +161,9 @@ struct ServerConversation: Sendable {
     /// Methods of requests the server sent to the client, refused.
     private(set) var refusedRequests: [String] = []
     private(set) var serverInfo: String? = nil
+    /// A session's server: after a call's answer it is ready for the next
+    /// call instead of done.
+    var reusable = false
 
     init(pinned: [JSONObject]?, maxLine: Int) {
         self.pinned = pinned
@@ -270,7 +269,7 @@ struct ServerConversation: Sendable {
             let code = e["code"]?.intValue.map { "\($0)" } ?? "?"
             let text = CellProtocol.sanitize(e["message"]?.stringValue ?? "")
             if phase == .calling {
-                phase = .done
+                phase = reusable ? .ready : .done
                 events.append(.final(.error("the server answered with error \(code): \(String(text.prefix(2000)))")))
                 return
             }
@@ -331,7 +330,7 @@ struct ServerConversation: Sendable {
             phase = .ready
             events.append(.ready)
         case .calling:
-            phase = .done
+            phase = reusable ? .ready : .done
             events.append(.final(try Self.callResult(result)))
         case .ready, .done:
             throw CellProtocol.Violation("the server answered a request it was not sent")
