@@ -20,6 +20,8 @@ final class OutboundQueue: @unchecked Sendable {
     // @unchecked: every mutable field is guarded by `cond`.
     private let cond = NSCondition()
     private var lines: [[UInt8]] = []
+    /// Run once the line at the same index is written (or can never be).
+    private var written: [(@Sendable () -> Void)?] = []
     private var bytes = 0
     private var writing = false
     private var failed = false
@@ -38,16 +40,25 @@ final class OutboundQueue: @unchecked Sendable {
     }
 
     /// Queues one message (a newline is added). Never blocks. A droppable
-    /// message is dropped when the queue is over its bound.
+    /// message is dropped when the queue is over its bound. `written` runs
+    /// on the writer thread once the message is in stdout (or the client is
+    /// gone): a response counts as outstanding until then, so a client that
+    /// does not read its responses is held by the outstanding bound.
     @discardableResult
-    func send(_ message: some Collection<UInt8>, droppable: Bool = false) -> Bool {
+    func send(
+        _ message: some Collection<UInt8>, droppable: Bool = false, written: (@Sendable () -> Void)? = nil
+    ) -> Bool {
         var line = [UInt8]()
         line.reserveCapacity(message.count + 1)
         line.append(contentsOf: message)
         line.append(0x0A)
         cond.lock()
+        if failed {
+            cond.unlock()
+            written?()
+            return false
+        }
         defer { cond.unlock() }
-        if failed { return false }
         if droppable && bytes + line.count > limitBytes {
             dropped += 1
             if dropped == 1 || dropped.isMultiple(of: 1000) {
@@ -57,6 +68,7 @@ final class OutboundQueue: @unchecked Sendable {
         }
         bytes += line.count
         lines.append(line)
+        self.written.append(written)
         cond.broadcast()
         return true
     }
@@ -89,7 +101,9 @@ final class OutboundQueue: @unchecked Sendable {
             cond.lock()
             while lines.isEmpty { cond.wait() }
             let batch = lines
+            let done = written
             lines.removeAll(keepingCapacity: true)
+            written.removeAll(keepingCapacity: true)
             writing = true
             cond.unlock()
             var error: SystemError? = nil
@@ -97,14 +111,18 @@ final class OutboundQueue: @unchecked Sendable {
             cond.lock()
             writing = false
             bytes -= batch.reduce(0) { $0 + $1.count }
+            var lost: [(@Sendable () -> Void)?] = []
             if error != nil {
                 // The client is gone: nothing more can reach it.
                 failed = true
                 lines.removeAll()
+                lost = written
+                written.removeAll()
                 bytes = 0
             }
             cond.broadcast()
             cond.unlock()
+            for w in done + lost { w?() }
             if let error {
                 logger.info("stdout closed; responses can no longer be delivered", metadata: ["error": "\(error)"])
                 return
@@ -214,8 +232,10 @@ public actor BlockingStdioTransport: Transport {
         let id = OutstandingRequests.responseID(data)
         // Notifications the SDK sends (list_changed, logs) may be dropped for
         // a client that does not read; responses never are.
-        outbound.send(data, droppable: id == nil)
-        if let id { outstanding.remove(id) }
+        let outstanding = self.outstanding
+        var written: (@Sendable () -> Void)? = nil
+        if let id { written = { outstanding.remove(id) } }
+        outbound.send(Array(data), droppable: id == nil, written: written)
     }
 
     /// Queues a notification of the supervisor's own (progress, cell logs).
@@ -420,6 +440,7 @@ public final class DirectCall: Sendable {
             return !s.answered
         }
         guard first else { return }
+        let message: [UInt8]?
         switch response {
         case .result(let r):
             var result = r.json
@@ -427,32 +448,37 @@ public final class DirectCall: Sendable {
                 o["resultType"] = "complete"
                 result = .object(o)
             }
-            transport.outbound.send(
-                JSONValue.object(
-                    JSONObject([
-                        ("jsonrpc", "2.0"), ("id", id),
-                        ("result", result),
-                    ])
-                ).serializedBytes())
-        case .error(let code, let message):
-            transport.outbound.send(MessageGate.error(id: id, code: code, message: message).serializedBytes())
+            message = JSONValue.object(
+                JSONObject([
+                    ("jsonrpc", "2.0"), ("id", id),
+                    ("result", result),
+                ])
+            ).serializedBytes()
+        case .error(let code, let message_):
+            message = MessageGate.error(id: id, code: code, message: message_).serializedBytes()
         case .inputRequired(var o):
             // Only an approver of the modern era asks for input this way.
-            guard modern != nil else {
-                transport.outbound.send(
-                    MessageGate.error(id: id, code: -32603, message: "Internal error: input required").serializedBytes()
-                )
-                break
+            if modern != nil {
+                o["resultType"] = "input_required"
+                message = JSONValue.object(JSONObject([("jsonrpc", "2.0"), ("id", id), ("result", .object(o))]))
+                    .serializedBytes()
+            } else {
+                message = MessageGate.error(id: id, code: -32603, message: "Internal error: input required")
+                    .serializedBytes()
             }
-            o["resultType"] = "input_required"
-            transport.outbound.send(
-                JSONValue.object(JSONObject([("jsonrpc", "2.0"), ("id", id), ("result", .object(o))]))
-                    .serializedBytes())
         case .none:
-            break
+            message = nil
         }
         transport.calls.remove(key)
-        transport.outstanding.remove(key)
+        // Outstanding until written: a client that does not read its
+        // responses is held by the outstanding bound, not answered further.
+        let outstanding = transport.outstanding
+        let key = self.key
+        if let message {
+            transport.outbound.send(message, written: { outstanding.remove(key) })
+        } else {
+            outstanding.remove(key)
+        }
     }
 }
 
