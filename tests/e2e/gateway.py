@@ -98,6 +98,18 @@ def tree_digest(root):
     return h.hexdigest()
 
 
+def unreachable(path):
+    """The first directory on the way to `path` (itself included) that other
+    users cannot search, or None. Workers run as another uid (nobody under a
+    root supervisor), and Landlock only narrows what that uid may already
+    open: a package tree in a private directory cannot be imported."""
+    p = Path(path).resolve()
+    for d in [*reversed(p.parents), p]:
+        if d.is_dir() and not d.stat().st_mode & 0o001:
+            return d
+    return None
+
+
 def _unique(paths):
     out = []
     for p in map(str, paths):
@@ -123,6 +135,10 @@ def server_manifest(name, argv, *, packages, read=(), write=(), execute=(), grou
     packages = [Path(p) for p in packages]
     for p in packages:
         assert p.is_dir(), f"{p} missing: run `make gateway-servers`"
+        blocked = unreachable(p)
+        assert blocked is None, (f"{p}: {blocked} is not searchable by other users, so a server cell's worker "
+                                 f"(another uid) cannot import from it: chmod o+x {blocked}, or work in a checkout "
+                                 f"outside private directories")
     environment = dict(PYTHON_ENV)
     environment["PYTHONPATH"] = ":".join(map(str, packages))
     environment.update(env or {})
