@@ -273,6 +273,25 @@ def command_manifest(server_doc, name=None, tool=None):
     return doc
 
 
+def direct_tools(doc, timeout=60):
+    """The tools the server of `doc` lists, asked directly (unsandboxed,
+    the same interpreter, argv and environment): the definitions to pin in
+    a manifest that is run without registration (`--allow-unsigned`)."""
+    import subprocess
+    env = {**doc["environment"]["set"], "PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}
+    p = subprocess.run([doc["executable"]["path"], *doc["argv"][1:]], input=conversation(padding=50),
+                       capture_output=True, text=True, env=env, timeout=timeout, cwd="/")
+    listing = responses(p.stdout).get(2)
+    assert listing and "result" in listing, (p.stdout[-2000:], p.stderr[-2000:])
+    return listing["result"]["tools"]
+
+
+def pinned(doc):
+    """`doc` with its server's tools pinned (`direct_tools`)."""
+    doc["tools"] = direct_tools(doc)
+    return doc
+
+
 def responses(stdout):
     """The server's JSON-RPC messages in a command cell's output, by id
     (notifications and server requests under their method name, in a list)."""
