@@ -92,14 +92,17 @@ $(PYDEPS2): tests/requirements-mcp2.txt
 mcp2-venv: $(PYDEPS2)
 
 # mcp-server-time and mcp-server-git need the MCP SDK 2.x, mcp-server-sqlite
-# the 1.x: two venvs. World-readable, so that workers running as another uid
-# (the unprivileged tests) can import from them. Quick when already done: the
-# stamp is newer than both requirement files.
+# the 1.x: two venvs. Made afresh when a requirement file changes, so that a
+# package tree (pinned by digest in server-cell manifests) holds exactly the
+# pinned packages. World-readable: workers run as another uid (nobody under
+# root, or the unprivileged tests' user). Quick when already done: the stamp
+# is newer than both requirement files.
 $(GATEWAYDEPS): tests/requirements-gateway.txt tests/requirements-gateway-sqlite.txt | deps
 	@test -x $(GATEWAY_PYTHON) || { echo "$(GATEWAY_PYTHON) is missing: the gateway tests run servers with the system Python 3.11 (apt-get install python3.11 python3-venv)"; exit 1; }
-	test -x $(GATEWAY)/venv/bin/python || $(GATEWAY_PYTHON) -m venv $(GATEWAY)/venv
+	rm -rf $(GATEWAY)/venv $(GATEWAY)/venv-sqlite $@
+	$(GATEWAY_PYTHON) -m venv $(GATEWAY)/venv
 	$(GATEWAY)/venv/bin/pip install -q --disable-pip-version-check -r tests/requirements-gateway.txt
-	test -x $(GATEWAY)/venv-sqlite/bin/python || $(GATEWAY_PYTHON) -m venv $(GATEWAY)/venv-sqlite
+	$(GATEWAY_PYTHON) -m venv $(GATEWAY)/venv-sqlite
 	$(GATEWAY)/venv-sqlite/bin/pip install -q --disable-pip-version-check -r tests/requirements-gateway-sqlite.txt
 	chmod -R a+rX $(GATEWAY)
 	touch $@

@@ -59,8 +59,10 @@ class Peer:
 
     def __init__(self, argv, quiet, timeout):
         self.t0 = time.perf_counter()
+        # No .pyc written into a package tree that manifests pin by digest.
         self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL if quiet else None, bufsize=0)
+                                  stderr=subprocess.DEVNULL if quiet else None, bufsize=0,
+                                  env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
         self.id = 0
         self.buf = b""
         self.timeout = timeout
