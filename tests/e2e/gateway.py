@@ -50,8 +50,12 @@ SERVER_GROUPS = ["base", "python", "python-mcp-server"]
 # no .pyc written into the (verified, read-only) package trees.
 PYTHON_ENV = {"LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
 # The Python servers run anyio/asyncio with worker threads (stdin is read by
-# a thread): threads, no processes.
-SERVER_LIMITS = {"timeoutMilliseconds": 20000, "cpuSeconds": 10, "memoryMiB": 1024, "openFiles": 256,
+# a thread): threads, no processes. memoryMiB is address space (RLIMIT_AS),
+# not memory used: each thread reserves an 8 MiB stack and glibc a malloc
+# arena of up to 64 MiB. Measured unsandboxed: mcp-server-time peaks at ~290
+# MiB of address space with 4 threads, mcp-server-git at ~650 MiB with 8;
+# under 256 MiB a busy server fails with "can't start new thread". 1024 MiB.
+SERVER_LIMITS = {"timeoutMilliseconds": 20000, "cpuSeconds": 10, "memoryMiB": 1024, "openFiles": 64,
                  "fileSizeMiB": 0, "outputKiB": 1024, "frameKiB": 1024, "processes": "threads"}
 # git as GitPython runs it: no system or global configuration, any owner
 # accepted (the worker's uid is not the repository's), no pager, no prompt.
@@ -197,7 +201,9 @@ def git_manifest(ws, repo, name="git", **kw):
     because git opens it read-write at start-up (sanitize_stdfds) and dies
     if it cannot. Read-only tools; the write tools (git_commit, git_add,
     ...) fail on the read-only tree."""
-    limits = {"processes": "processes", "maxProcesses": 16, **kw.pop("limits", {})}
+    # RLIMIT_NPROC counts the server's threads (up to 8 seen) with the git
+    # processes, and all processes of the worker's uid.
+    limits = {"processes": "processes", "maxProcesses": 64, **kw.pop("limits", {})}
     return _save(ws, server_manifest(
         name, ["python3", "-S", "-m", "mcp_server_git", "--repository", str(repo)], packages=[SITE],
         read=[repo, *kw.pop("read", ())], write=["/dev/null", *kw.pop("write", ())], execute=["/usr/bin/git", "/usr/lib/git-core", *kw.pop("execute", ())],
@@ -229,15 +235,23 @@ def script_server_manifest(ws, script, name=None, **kw):
 # ---------------------------------------------------------------------------
 # The command-cell route: a server run once over a conversation on stdin.
 
-def conversation(*calls, padding=400, version=PROTOCOL_VERSION):
+# `mcp-supervisor call --args` is one argv string: Linux caps one at 128 KiB
+# (MAX_ARG_STRLEN), and the conversation travels in it JSON-escaped.
+ARGV_BUDGET = 120_000
+
+
+def conversation(*calls, padding=None, version=PROTOCOL_VERSION):
     """The client's side of one MCP session as stdin text: initialize,
     notifications/initialized, tools/list (id 2), then each (tool, arguments)
     as tools/call (ids 3, 4, ...).
 
-    The SDK's servers end the session at stdin EOF and drop requests still in
-    flight, so the conversation ends with `padding` notifications the server
-    ignores (notifications/cancelled for a request that does not exist):
-    reading them keeps the session open while the calls are answered."""
+    The SDK's servers end the session at stdin EOF and a call still running
+    then may fail (mcp-server-git's subprocess gets EAGAIN while the
+    interpreter shuts down), so the conversation ends with `padding`
+    notifications the server ignores (notifications/cancelled of a request
+    that does not exist): reading them keeps the session open while the
+    calls are answered, ~0.2-0.35 ms each here. Default: as many as fit in
+    ARGV_BUDGET once escaped (about 1,300), no sleep involved."""
     msgs = [{"jsonrpc": "2.0", "id": 1, "method": "initialize",
              "params": {"protocolVersion": version, "capabilities": {},
                         "clientInfo": {"name": "gateway-test", "version": "1"}}},
@@ -246,9 +260,12 @@ def conversation(*calls, padding=400, version=PROTOCOL_VERSION):
     for i, (tool, args) in enumerate(calls):
         msgs.append({"jsonrpc": "2.0", "id": 3 + i, "method": "tools/call",
                      "params": {"name": tool, "arguments": args}})
-    pad = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 999999999}}
-    msgs.extend([pad] * padding)
-    return "".join(json.dumps(m) + "\n" for m in msgs)
+    head = "".join(json.dumps(m, separators=(",", ":")) + "\n" for m in msgs)
+    pad = json.dumps({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 0}},
+                     separators=(",", ":")) + "\n"
+    if padding is None:
+        padding = max(0, (ARGV_BUDGET - len(json.dumps(head))) // (len(json.dumps(pad)) - 2))
+    return head + pad * padding
 
 
 def command_manifest(server_doc, name=None, tool=None):
