@@ -214,13 +214,15 @@ def git_manifest(ws, repo, name="git", **kw):
 
 def sqlite_manifest(ws, db, name="sqlite", **kw):
     """mcp-server-sqlite on one database file: writes only in the database's
-    directory (SQLite creates its journal beside the file)."""
+    directory (SQLite creates its journal beside the file); reads
+    /dev/urandom, which SQLite seeds its generator from (temporary names)."""
     db = Path(db)
     limits = {"fileSizeMiB": 16, **kw.pop("limits", {})}
     return _save(ws, server_manifest(
         name, ["python3", "-S", "-c", "import sys; from mcp_server_sqlite import main; sys.exit(main())",
                "--db-path", str(db)],
-        packages=[SITE_SQLITE], write=[db.parent, *kw.pop("write", ())], limits=limits,
+        packages=[SITE_SQLITE], read=["/dev/urandom", *kw.pop("read", ())], write=[db.parent, *kw.pop("write", ())],
+        limits=limits,
         groups=kw.pop("groups", [*SERVER_GROUPS, "files-write"]), side_effects="writes", **kw))
 
 
