@@ -1,10 +1,11 @@
 """Server cells for the gateway tests: manifests for existing MCP stdio
-servers (docs/manifest.md, `server`), for the real ones from PyPI that `make
+servers (a cell manifest with a `server` object), for the real ones from PyPI that `make
 gateway-servers` installs under .build/gateway and for the small test servers
 in tests/e2e/servers/.
 
-Everything here is plain data building; nothing starts the supervisor. Two
-routes run a server under the sandbox:
+Everything here builds data; nothing starts the supervisor (`direct_tools`
+alone runs a server, unsandboxed). Two routes run a server under the
+sandbox:
 
 - as a server cell (`server_manifest`): the supervisor speaks MCP to it;
 - as a command cell (`command_manifest`): the same program, files, limits and
