@@ -18,9 +18,16 @@ VENV2       = .venv-mcp2
 PYDEPS2     = $(VENV2)/.installed
 # The uid the unprivileged test pass runs as (when `make test` runs as root).
 TEST_UID   ?= 4242
-SYSTEM_PACKAGES = libseccomp-dev libcap-dev git jq
+SYSTEM_PACKAGES = libseccomp-dev libcap-dev git jq python3-venv
+# Real MCP servers from PyPI for the gateway tests, in venvs the tests own
+# (not the user's environment). Made with the system interpreter, the one
+# server cells exec: a venv of another Python (pyenv, /usr/local) would hold
+# extension modules built for it, under paths a sandboxed worker cannot read.
+GATEWAY_PYTHON ?= /usr/bin/python3.11
+GATEWAY     = .build/gateway
+GATEWAYDEPS = $(GATEWAY)/.installed
 
-.PHONY: all deps build cells pin register mcp2-venv test unit-tests system-tests unprivileged-tests e2e-tests run bench check fmt docs clean
+.PHONY: all deps build cells pin register mcp2-venv gateway-servers test unit-tests system-tests unprivileged-tests e2e-tests run bench check fmt docs clean
 
 all: build cells
 
@@ -84,6 +91,24 @@ $(PYDEPS2): tests/requirements-mcp2.txt
 
 mcp2-venv: $(PYDEPS2)
 
+# mcp-server-time and mcp-server-git need the MCP SDK 2.x, mcp-server-sqlite
+# the 1.x: two venvs. Made afresh when a requirement file changes, so that a
+# package tree (pinned by digest in server-cell manifests) holds exactly the
+# pinned packages. World-readable: workers run as another uid (nobody under
+# root, or the unprivileged tests' user). Quick when already done: the stamp
+# is newer than both requirement files.
+$(GATEWAYDEPS): tests/requirements-gateway.txt tests/requirements-gateway-sqlite.txt | deps
+	@test -x $(GATEWAY_PYTHON) || { echo "$(GATEWAY_PYTHON) is missing: the gateway tests run servers with the system Python 3.11 (apt-get install python3.11 python3-venv)"; exit 1; }
+	rm -rf $(GATEWAY)/venv $(GATEWAY)/venv-sqlite $@
+	$(GATEWAY_PYTHON) -m venv $(GATEWAY)/venv
+	$(GATEWAY)/venv/bin/pip install -q --disable-pip-version-check -r tests/requirements-gateway.txt
+	$(GATEWAY_PYTHON) -m venv $(GATEWAY)/venv-sqlite
+	$(GATEWAY)/venv-sqlite/bin/pip install -q --disable-pip-version-check -r tests/requirements-gateway-sqlite.txt
+	chmod -R a+rX $(GATEWAY)
+	touch $@
+
+gateway-servers: $(GATEWAYDEPS)
+
 test: pin $(PYDEPS) $(PYDEPS2)
 	$(SWIFT) build --build-tests
 	$(MAKE) --no-print-directory unit-tests system-tests unprivileged-tests e2e-tests
@@ -117,7 +142,7 @@ unprivileged-tests:
 	  echo "already unprivileged: system-tests ran in this mode"; \
 	fi
 
-e2e-tests: $(PYDEPS) $(PYDEPS2)
+e2e-tests: $(PYDEPS) $(PYDEPS2) $(GATEWAYDEPS)
 	$(PY) -m pytest -q tests/e2e
 	$(VENV2)/bin/python -m pytest -q tests/e2e_mcp2
 
