@@ -24,7 +24,15 @@ SYSTEM_PACKAGES = libseccomp-dev libcap-dev git jq python3-venv
 # server cells exec: a venv of another Python (pyenv, /usr/local) would hold
 # extension modules built for it, under paths a sandboxed worker cannot read.
 GATEWAY_PYTHON ?= /usr/bin/python3.11
-GATEWAY     = .build/gateway
+GATEWAY_REQS = tests/requirements-gateway.txt tests/requirements-gateway-sqlite.txt
+# Outside the checkout and world-readable: workers run as another uid
+# (nobody under a root supervisor, or the unprivileged tests' user), and a
+# checkout may sit in a private directory (a CI clone in `mktemp -d`). Named
+# by the user and the requirement files' digest: other requirements make
+# another tree; the same ones reuse it across clones (tests/e2e/gateway.py
+# computes the same name).
+GATEWAY    ?= /var/tmp/mcp-supervisor-gateway-$(shell id -u)-$(shell cat $(GATEWAY_REQS) | sha256sum | cut -c1-16)
+export MCPS_GATEWAY_DIR := $(GATEWAY)
 GATEWAYDEPS = $(GATEWAY)/.installed
 
 .PHONY: all deps build cells pin register mcp2-venv gateway-servers test unit-tests system-tests unprivileged-tests e2e-tests run bench check fmt docs clean
@@ -97,14 +105,16 @@ mcp2-venv: $(PYDEPS2)
 # pinned packages. World-readable: workers run as another uid (nobody under
 # root, or the unprivileged tests' user). Quick when already done: the stamp
 # is newer than both requirement files.
-$(GATEWAYDEPS): tests/requirements-gateway.txt tests/requirements-gateway-sqlite.txt | deps
+$(GATEWAYDEPS): | deps
 	@test -x $(GATEWAY_PYTHON) || { echo "$(GATEWAY_PYTHON) is missing: the gateway tests run servers with the system Python 3.11 (apt-get install python3.11 python3-venv)"; exit 1; }
-	rm -rf $(GATEWAY)/venv $(GATEWAY)/venv-sqlite $@
+	@if [ -e $(GATEWAY) ] && [ ! -O $(GATEWAY) ]; then echo "$(GATEWAY) exists and is not yours: remove it or set GATEWAY=<dir>"; exit 1; fi
+	rm -rf $(GATEWAY)
+	mkdir -p $(GATEWAY)
 	$(GATEWAY_PYTHON) -m venv $(GATEWAY)/venv
 	$(GATEWAY)/venv/bin/pip install -q --disable-pip-version-check -r tests/requirements-gateway.txt
 	$(GATEWAY_PYTHON) -m venv $(GATEWAY)/venv-sqlite
 	$(GATEWAY)/venv-sqlite/bin/pip install -q --disable-pip-version-check -r tests/requirements-gateway-sqlite.txt
-	chmod -R a+rX $(GATEWAY)
+	chmod -R a+rX,go-w $(GATEWAY)
 	touch $@
 
 gateway-servers: $(GATEWAYDEPS)

@@ -1,6 +1,6 @@
 """Server cells for the gateway tests: manifests for existing MCP stdio
 servers (a cell manifest with a `server` object), for the real ones from PyPI that `make
-gateway-servers` installs under .build/gateway and for the small test servers
+gateway-servers` installs (`gateway_directory()`) and for the small test servers
 in tests/e2e/servers/.
 
 Everything here builds data; nothing starts the supervisor (`direct_tools`
@@ -19,21 +19,51 @@ supervisor from a sealed copy, so /proc/self/exe is not a venv's python:
 a venv's packages reach it through PYTHONPATH, with `-S` so that site does
 not add (or read) dist-packages directories outside the sandbox's paths.
 """
+import atexit
 import hashlib
 import json
 import os
+import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-GATEWAY = ROOT / ".build" / "gateway"
+def gateway_directory():
+    """Where `make gateway-servers` installs the servers (the Makefile's
+    GATEWAY, exported as MCPS_GATEWAY_DIR): outside the checkout, which may
+    sit in a private directory workers cannot enter, named by the user and
+    the requirement files' digest."""
+    if os.environ.get("MCPS_GATEWAY_DIR"):
+        return Path(os.environ["MCPS_GATEWAY_DIR"])
+    reqs = b"".join((ROOT / "tests" / f).read_bytes()
+                    for f in ("requirements-gateway.txt", "requirements-gateway-sqlite.txt"))
+    return Path(f"/var/tmp/mcp-supervisor-gateway-{os.getuid()}-{hashlib.sha256(reqs).hexdigest()[:16]}")
+
+
+GATEWAY = gateway_directory()
 # mcp-server-time and mcp-server-git (MCP SDK 2.x).
 VENV = GATEWAY / "venv"
 SITE = VENV / "lib" / "python3.11" / "site-packages"
 # mcp-server-sqlite (MCP SDK 1.x).
 VENV_SQLITE = GATEWAY / "venv-sqlite"
 SITE_SQLITE = VENV_SQLITE / "lib" / "python3.11" / "site-packages"
-SERVERS = Path(__file__).resolve().parent / "servers"
+def _servers_copy():
+    """The test servers (tests/e2e/servers) from a world-readable copy: the
+    workers run as another uid, and the checkout may sit in a private
+    directory. One copy per test process, removed at its exit."""
+    d = Path(tempfile.mkdtemp(prefix="mcps-servers-"))
+    d.chmod(0o755)
+    dest = d / "servers"
+    shutil.copytree(Path(__file__).resolve().parent / "servers", dest,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for p in [dest, *dest.iterdir()]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    atexit.register(shutil.rmtree, d, True)
+    return dest
+
+
+SERVERS = _servers_copy()
 
 # The real interpreter file (/usr/bin/python3 is a link; the supervisor
 # executes and hashes files).

@@ -42,7 +42,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-VENV_PYTHON = ROOT / ".build" / "gateway" / "venv" / "bin" / "python"
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+from gateway import VENV  # noqa: E402  (where `make gateway-servers` put the servers)
+
+VENV_PYTHON = VENV / "bin" / "python"
 DIRECT = [str(VENV_PYTHON), "-m", "mcp_server_time", "--local-timezone", "UTC"]
 PROTOCOL_VERSION = "2025-11-25"
 
