@@ -144,8 +144,12 @@ func validateFlags(_ flags: [(Setting, String?)]) throws {
     }
 }
 
+/// swift-log may be bootstrapped once per process (a second time traps):
+/// every command's loggers go to stderr through this one bootstrap.
+private let stderrLogging: Void = LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+
 func stderrLogger(_ label: String) -> Logger {
-    LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+    stderrLogging
     var l = Logger(label: label)
     l.logLevel = .info
     return l

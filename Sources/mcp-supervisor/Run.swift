@@ -35,8 +35,7 @@ struct Run: AsyncParsableCommand {
         let s = try cellOptions.settings(more: serverOptions.flags)
         var options = ServiceOptions(settings: s)
 
-        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
-        var logger = Logger(label: "mcp-supervisor")
+        var logger = stderrLogger("mcp-supervisor")
         logger.logLevel = Logger.Level(rawValue: s.logLevel) ?? .info
 
         // The supervisor holds keys and the log: no core dumps, no ptrace by
