@@ -92,6 +92,7 @@ public final class Prespawner: @unchecked Sendable {
     /// The most servers of one server cell kept ready at once (each is a
     /// whole interpreter with its memory).
     static let maxServersReady = 4
+    static let serverStartDelaySeconds = 0.05
 
     /// How many ready workers `cell` should have. A frame cell starts in a
     /// millisecond: `perCell`. A server takes hundreds of milliseconds to get
@@ -221,6 +222,10 @@ public final class Prespawner: @unchecked Sendable {
             lock.unlock()
             for w in expired { runner?.discard(w) }
             guard let cell else { continue }
+            // A server's start-up is hundreds of milliseconds of CPU: it waits
+            // a moment so that the call that asked for it (answered, its
+            // server being torn down) is not slowed by it on a small machine.
+            if cell.manifest.server != nil { Thread.sleep(forTimeInterval: Self.serverStartDelaySeconds) }
             let startedAt = monotonicNanoseconds()
             var started = runner?.startWorker(cell, limits: cell.manifest.limits, argv: nil, name: "prespawn")
             // A server cell's server is initialized and its tools compared
