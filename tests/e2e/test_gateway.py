@@ -26,6 +26,7 @@ import gateway as g
 from conftest import BIN, ROOT, RawServer
 from test_gateway_servers import make_repo
 
+BIN = Path(os.environ.get("TMP_MCPS_BIN", BIN))  # TEMP
 TEST_UID = 4242
 IDENTITIES = ["root", "user"]
 
@@ -264,8 +265,6 @@ def test_time_server_registered_signed_lists_and_calls(root_gw):
     check_time_tools(listed, server_tools)
     check_time_calls(s)
     s.close()
-    # The same manifest bytes, unregistered, are not served by a signed-only
-    # supervisor: the definitions come from the ledger.
     ends = gw.events("call.end", tool="time_get_current_time")
     assert [e["outcome"] for e in ends] == ["success", "tool_error"], ends
 
@@ -369,16 +368,29 @@ def test_git_server_reads_its_repository_and_the_kernel_refuses_others(root_gw):
 
 
 def test_sqlite_server_writes_only_in_its_declared_directory(root_gw):
+    """The server runs any statement it is given: a database elsewhere (in
+    a directory anyone may write) is refused by the kernel."""
     gw = root_gw
     data, elsewhere = gw.path("data", 0o777), gw.path("elsewhere", 0o777)
-    gw.write(with_tools(manifest(g.sqlite_manifest, None, data / "test.db")))
+    doc = manifest(g.sqlite_manifest, None, data / "test.db")
+    # The tools as listed directly (unsandboxed, the server creates its
+    # database: a throwaway one).
+    doc["tools"] = with_tools(manifest(g.sqlite_manifest, None, gw.path("listing") / "list.db"))["tools"]
+    gw.write(doc)
     s = gw.serve()
-    ok(s, "sqlite_create_table", {"query": "CREATE TABLE t (x INTEGER)"})
-    r, _ = call(s, "sqlite_write_query", {"query": f"ATTACH DATABASE '{elsewhere}/evil.db' AS evil"})
-    assert "unable to open database" in text(r["result"]), r
-    r, _ = call(s, "sqlite_write_query", {"query": f"VACUUM INTO '{elsewhere}/copy.db'"})
-    assert "unable to open database" in text(r["result"]), r
-    ok(s, "sqlite_write_query", {"query": "INSERT INTO t VALUES (7)"})
+    # An actuator (sideEffects writes) runs in phase act.
+    for phase in ("plan", "act"):
+        ok(s, "set_phase", {"phase": phase})
+
+    def query(tool, q):
+        # mcp-server-sqlite reports a database error as text, not isError.
+        return text(ok(s, f"sqlite_{tool}", {"query": q}))
+
+    assert "error" not in query("create_table", "CREATE TABLE t (x INTEGER)").lower()
+    assert "unable to open database" in query("write_query", f"ATTACH DATABASE '{elsewhere}/evil.db' AS evil")
+    assert "unable to open database" in query("write_query", f"VACUUM INTO '{elsewhere}/copy.db'")
+    assert "error" not in query("write_query", "INSERT INTO t VALUES (7)").lower()
+    assert "7" in query("read_query", "SELECT x FROM t")
     assert list(elsewhere.iterdir()) == []
     assert sorted(p.name for p in data.iterdir()) == ["test.db"]
     assert sqlite3.connect(data / "test.db").execute("SELECT x FROM t").fetchall() == [(7,)]
@@ -467,6 +479,16 @@ def test_escape_read_and_socket_are_stopped(gw):
     secret.chmod(0o644)
     res = observed(ok(s, "escape_read_file", {"path": str(secret)}))
     assert res["ok"] is False and res["errname"] == "EACCES", res
+    # The supervisor's state (as the test user, the workers' own uid owns
+    # it: only Landlock stands in the way).
+    logs = [p for p in gw.state.rglob("*.jsonl")]
+    assert logs, list(gw.state.rglob("*"))
+    sizes = {p: p.stat().st_size for p in logs}
+    for path in (gw.state / "planted", *logs):
+        res = observed(ok(s, "escape_write_file", {"path": str(path), "text": "x"}))
+        assert res["ok"] is False and res["errname"] == "EACCES", (path, res)
+    assert not (gw.state / "planted").exists()
+    assert all(p.stat().st_size >= n for p, n in sizes.items()), sizes
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
@@ -555,12 +577,14 @@ def test_hostile_server_is_stopped_and_recorded_and_the_supervisor_keeps_serving
     assert ends["escape_connect_tcp"] == ["sandbox_violation"], ends
     assert ends["escape_huge_line"][0] in ("limit_exceeded", "protocol_violation"), ends
     assert set(ends["escape_whoami"]) == {"success"} and len(ends["escape_whoami"]) == 7, ends
-    violations = gw.events("sandbox.violation")
-    assert len(violations) == 1 and "socket" in json.dumps(violations[0]), violations
-    refused = gw.events("server.request_refused")
-    assert [e["methods"] for e in refused] == [["sampling/createMessage"], ["elicitation/create"], ["roots/list"]], \
-        refused
+    violations = {v["tool"]: v for v in gw.events("sandbox.violation")}
+    assert sorted(violations) == ["escape_connect_tcp", "escape_huge_line"], violations
+    assert "socket" in violations["escape_connect_tcp"]["detail"], violations
     gw.verify()
+    # Each refused server request is recorded with its call's end.
+    refused = [(e["tool"], e["methods"]) for e in gw.events("server.request_refused")]
+    assert refused == [("escape_sample", ["sampling/createMessage"]), ("escape_elicit", ["elicitation/create"]),
+                       ("escape_roots", ["roots/list"])], refused
 
 
 # ---------------------------------------------------------------------------
