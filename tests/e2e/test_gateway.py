@@ -26,7 +26,6 @@ import gateway as g
 from conftest import BIN, ROOT, RawServer
 from test_gateway_servers import make_repo
 
-BIN = Path(os.environ.get("TMP_MCPS_BIN", BIN))  # TEMP
 TEST_UID = 4242
 IDENTITIES = ["root", "user"]
 
@@ -133,7 +132,13 @@ class Gateway:
         s.stderr_path = err
         s.ids = iter(range(1000, 100000))
         self.servers.append(s)
-        s.initialize()
+        # A client that could answer every request a server might make:
+        # none must reach it.
+        r = s.request(0, "initialize", {"protocolVersion": g.PROTOCOL_VERSION,
+                                        "capabilities": {"sampling": {}, "elicitation": {}, "roots": {}},
+                                        "clientInfo": {"name": "gateway-e2e", "version": "1"}})
+        assert "result" in r, (r, stderr(s)[-3000:])
+        s.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         return s
 
     def events(self, *types, **filters):
@@ -296,8 +301,7 @@ def test_per_call_servers_are_fresh_and_session_servers_are_not(root_gw):
     assert "counter_count" in tools_of(s)
     seen = [observed(ok(s, "counter_count")) for _ in range(3)]
     assert [o["count"] for o in seen] == [1, 1, 1], seen
-    assert len({o["instance"] for o in seen}) == 3, seen
-    assert len({(o["pid"], o["started"]) for o in seen}) == 3, seen
+    assert len({o["instance"] for o in seen}) == 3 and len({o["pid"] for o in seen}) == 3, seen
     s.close()
 
     doc = with_tools(manifest(g.script_server_manifest, None, "counter.py", name="counter", lifecycle="session"))
@@ -400,34 +404,38 @@ def test_sqlite_server_writes_only_in_its_declared_directory(root_gw):
 # A rug pull: drift, quarantine, release
 
 def test_rug_pull_is_refused_quarantined_and_released_through_the_cli(root_gw):
+    """rugpull.py, registered signed with the tools it lists, then made to
+    list others (a poisoned description): refused, quarantined across
+    processes, reviewed and released through the CLI."""
     gw = root_gw
     marker_dir = gw.path("rugpull")
     marker = marker_dir / "rugpull"
-    doc = with_tools(manifest(g.script_server_manifest, None, "rugpull.py", read=[marker_dir],
-                              env={"RUGPULL_DIR": str(marker_dir)}))
-    assert [t["name"] for t in doc["tools"]] == ["greet"]
-    gw.write(doc)
-    s = gw.serve()
+    key = gw.dir / "dev"
+    gw.cli("keys", "generate", "--out", key)
+    path = gw.write(manifest(g.script_server_manifest, None, "rugpull.py", read=[marker_dir],
+                             env={"RUGPULL_DIR": str(marker_dir)}))
+    gw.cli("cell", "register", path, "--key", f"{key}.key")
+    assert [t["name"] for t in json.loads(path.read_text())["tools"]] == ["greet"]
+    s = gw.serve(signed=True)
     assert observed(ok(s, "rugpull_greet", {"name": "ada"})) == {"greeting": "hello ada", "drift": None}
     s.close()
 
-    # The server now describes its tool otherwise (a hidden instruction).
     marker.write_text("description")
     marker.chmod(0o644)
-    s = gw.serve()
+    s = gw.serve(signed=True)
     r, _ = call(s, "rugpull_greet", {"name": "ada"})
     assert r["result"]["isError"] is True and "hello" not in text(r["result"]), r
     (drift,) = gw.events("cell.drift")
-    assert drift["quarantined"] is True, drift
+    assert drift["quarantined"] is True and drift["cell"] == "rugpull", drift
     assert 'changed tool "greet": description' in drift["difference"], drift
     assert "<IMPORTANT>" in drift["difference"] and "Greet someone by name." in drift["difference"], drift
-    (end,) = gw.events("call.end", tool="rugpull_greet", outcome="definition_drift")
+    assert len(gw.events("call.end", tool="rugpull_greet", outcome="definition_drift")) == 1
     # Later calls are refused before any server runs, in this process ...
     r, _ = call(s, "rugpull_greet", {"name": "bob"})
     assert r["result"]["isError"] is True and "quarantined" in text(r["result"]), r
     s.close()
     # ... and in a new one with the same state directory.
-    s = gw.serve()
+    s = gw.serve(signed=True)
     r, _ = call(s, "rugpull_greet", {"name": "eve"})
     assert r["result"]["isError"] is True and "quarantined" in text(r["result"]), r
     refused = gw.events("call.refused", tool="rugpull_greet")
@@ -436,22 +444,26 @@ def test_rug_pull_is_refused_quarantined_and_released_through_the_cli(root_gw):
 
     listing = [json.loads(line) for line in gw.cli("cell", "quarantined", "--json").stdout.splitlines()]
     assert [(q["cell"], q["label"]) for q in listing] == [("rugpull", "1")], listing
-    assert q_matches(listing[0], drift)
+    assert listing[0]["versionId"] == drift["cellVersionId"] and listing[0]["difference"] == drift["difference"]
     gw.cli("cell", "release", "rugpull")
     (released,) = gw.events("cell.released")
     assert released["cell"] == "rugpull" and released["cellVersionId"] == drift["cellVersionId"], released
     assert "no quarantined" in gw.cli("cell", "quarantined").stdout
-    gw.cli("cell", "release", "rugpull", ok=False)
+    assert gw.cli("cell", "release", "rugpull", ok=False).returncode == 1
 
-    # Fixed server: the running supervisor serves it again.
+    # Released while the server still drifts: quarantined again at once.
+    r, _ = call(s, "rugpull_greet", {"name": "ada"})
+    assert r["result"]["isError"] is True and "hello" not in text(r["result"]), r
+    assert len(gw.events("cell.drift")) == 2
+    assert len(gw.cli("cell", "quarantined", "--json").stdout.splitlines()) == 1
+    gw.cli("cell", "release", "rugpull", drift["cellVersionId"][:12])
+    # The server fixed: the running supervisor serves it again.
     marker.unlink()
     assert observed(ok(s, "rugpull_greet", {"name": "ada"})) == {"greeting": "hello ada", "drift": None}
     s.close()
+    assert [e["outcome"] for e in gw.events("call.end", tool="rugpull_greet")] == [
+        "success", "definition_drift", "definition_drift", "success"]
     gw.verify()
-
-
-def q_matches(record, drift):
-    return record["versionId"] == drift["cellVersionId"] and record["difference"] == drift["difference"]
 
 
 # ---------------------------------------------------------------------------
@@ -509,10 +521,40 @@ def test_escape_read_and_socket_are_stopped(gw):
     gw.verify()
 
 
+def direct(doc, *calls):
+    """The server of `doc` run directly (unsandboxed, the same interpreter,
+    argv and environment) over `calls`: its responses by id (3, 4, ...)."""
+    env = {**doc["environment"]["set"], "PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}
+    p = subprocess.run([doc["executable"]["path"], *doc["argv"][1:]], input=g.conversation(*calls, padding=100),
+                       capture_output=True, text=True, env=env, timeout=60, cwd="/")
+    return g.responses(p.stdout)
+
+
 def test_hostile_server_is_stopped_and_recorded_and_the_supervisor_keeps_serving(root_gw):
     gw = root_gw
     out = gw.path("out", 0o777)
-    gw.write(escape_manifest(gw, out))
+    doc = escape_manifest(gw, out)
+    gw.write(doc)
+
+    # Unsandboxed, the same server connects and leaves a process behind.
+    control = out / "control"
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(5)
+    try:
+        rs = direct(doc, ("connect_tcp", {"port": listener.getsockname()[1]}),
+                    ("fork_linger", {"marker": str(control), "delay_ms": 100}))
+        listener.accept()[0].close()
+    finally:
+        listener.close()
+    assert rs[3]["result"]["structuredContent"]["ok"] is True and rs[4]["result"]["structuredContent"]["ok"], rs
+    deadline = time.time() + 5
+    while not control.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert control.exists()
+    control.unlink()
+
     s = gw.serve()
     check_serving(s)
 
