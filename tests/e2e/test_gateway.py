@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import gateway as g
-from conftest import BIN, ROOT, RawServer
+from conftest import BIN, ROOT, RawServer, wait_gone
 from test_gateway_servers import make_repo
 
 TEST_UID = 4242
@@ -262,7 +262,7 @@ def test_time_server_registered_signed_lists_and_calls(root_gw):
     assert "(server name get_current_time)" in reg.stdout and "arguments: timezone" in reg.stdout, reg.stdout
     written = json.loads(path.read_text())
     server_tools = _tools(json.dumps({k: doc[k] for k in ("executable", "argv", "environment")}, sort_keys=True))
-    assert [t["name"] for t in written["tools"]] == [t["name"] for t in server_tools]
+    assert written["tools"] == server_tools, (written["tools"], server_tools)
     assert Path(f"{path}.sig").exists()
 
     s = gw.serve(signed=True)
@@ -302,6 +302,8 @@ def test_per_call_servers_are_fresh_and_session_servers_are_not(root_gw):
     seen = [observed(ok(s, "counter_count")) for _ in range(3)]
     assert [o["count"] for o in seen] == [1, 1, 1], seen
     assert len({o["instance"] for o in seen}) == 3 and len({o["pid"] for o in seen}) == 3, seen
+    # Each server is killed at its call's answer.
+    assert wait_gone([o["pid"] for o in seen]), seen
     s.close()
 
     doc = with_tools(manifest(g.script_server_manifest, None, "counter.py", name="counter", lifecycle="session"))
@@ -310,7 +312,10 @@ def test_per_call_servers_are_fresh_and_session_servers_are_not(root_gw):
     first = [observed(ok(s, "counter_count")) for _ in range(3)]
     assert [o["count"] for o in first] == [1, 2, 3], first
     assert len({o["instance"] for o in first}) == 1, first
+    assert Path(f"/proc/{first[0]['pid']}").exists()
     s.close()
+    # The session's server ends with it.
+    assert wait_gone([first[0]["pid"]]), first
     s = gw.serve()
     again = observed(ok(s, "counter_count"))
     assert again["count"] == 1 and again["instance"] != first[0]["instance"], (first, again)
@@ -512,7 +517,8 @@ def test_escape_read_and_socket_are_stopped(gw):
             listener.accept()
     finally:
         listener.close()
-    check_serving(s)
+    # Workers run as nobody under root, as the user's own uid otherwise.
+    assert check_serving(s)["uid"] == (TEST_UID if gw.as_user else 65534)
     s.close()
     ends = gw.events("call.end", tool="escape_connect_tcp")
     assert [e["outcome"] for e in ends] == ["sandbox_violation"], ends
