@@ -437,6 +437,7 @@ public final class CallRunner: @unchecked Sendable {
                 early.cpuNanoseconds = a.cpuNanoseconds ?? 0
                 early.peakMemoryBytes = a.peakMemoryBytes
                 early.bytesFromWorker = a.bytesFromWorker
+                early.refusedServerRequests = a.refusedServerRequests
                 early.firstFrameNanoseconds = a.firstFrameAt > 0 ? a.firstFrameAt - start - base.spawnNanoseconds : 0
                 answered(early)
             })
@@ -762,6 +763,8 @@ struct WorkerSession {
         let peakMemoryBytes: UInt64?
         let bytesFromWorker: Int
         let firstFrameAt: UInt64
+        /// A server cell: the requests its server made, refused.
+        var refusedServerRequests: [String] = []
     }
 
     /// Set once the answer was handed over before the worker's reap.
@@ -783,7 +786,8 @@ struct WorkerSession {
         }
         return Answer(
             outcome: outcome, cpuNanoseconds: f.cpuNanoseconds, peakMemoryBytes: peakRSS,
-            bytesFromWorker: bytesFromWorker, firstFrameAt: firstFrameAt)
+            bytesFromWorker: bytesFromWorker, firstFrameAt: firstFrameAt,
+            refusedServerRequests: server?.refusedRequests ?? [])
     }
 
     /// Records `cause` if nothing ended the call before it.

@@ -33,7 +33,7 @@ public final class CellRegistry: Sendable {
                     CellProblem(
                         path: c.manifest.sourcePath,
                         message:
-                            "tool \"\(clash.name)\" is already served by cell \(byName[clash.name]!.cell.name); tool names must be unique"
+                            "cell \(c.name): tool \"\(clash.name)\" is already served by cell \(byName[clash.name]!.cell.name); tool names must be unique (a server cell's tools take its server.toolPrefix)"
                     ))
                 continue
             }
