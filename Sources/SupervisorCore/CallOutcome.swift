@@ -108,7 +108,9 @@ public enum CallOutcome: Sendable, Equatable {
         switch self {
         case .success: return "success"
         case .toolError(let m): return "tool error: \(m)"
-        case .timeout: return "timed out"
+        // Names the manifest field that sets the deadline, so the fix is
+        // plain to whoever reads the log.
+        case .timeout: return "timed out: the cell's limits.timeoutMilliseconds passed"
         case .cancelled: return "cancelled"
         case .sandboxViolation(let s, let a):
             return "killed by SIGSYS: syscall \(s) (\(a)) is not allowed for this cell"
@@ -125,7 +127,7 @@ public enum CallOutcome: Sendable, Equatable {
         switch self {
         case .success: return "success"
         case .toolError(let m): return m
-        case .timeout: return "The tool call timed out."
+        case .timeout: return "The tool call timed out (the cell's time limit)."
         case .cancelled: return "The tool call was cancelled."
         case .sandboxViolation(let s, _): return "The tool was stopped by the sandbox (forbidden system call \(s))."
         case .killedBySignal(let s): return "The tool crashed (\(signalName(s)))."

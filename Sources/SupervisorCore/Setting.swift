@@ -66,7 +66,8 @@ extension Setting {
         "manifests", flag: "manifests",
         .directory(\.manifestsDirectory, default: { SupervisorSettings.defaultDirectory("manifests") }),
         scope: .cells,
-        defaultText: "`manifests/` of the working directory, else of the checkout the binary was built in",
+        defaultText: "`<prefix>/share/mcp-supervisor/manifests` beside an installed `<prefix>/bin/mcp-supervisor`, "
+            + "else `manifests/` of the checkout the binary was built in (never the working directory)",
         help: "Directory of cell manifests (`*.json`).")
 
     public static let policies = Setting(

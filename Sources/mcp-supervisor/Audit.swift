@@ -37,20 +37,23 @@ struct Audit: ParsableCommand {
         @OptionGroup var location: Location
         @Option(name: [.customShort("n"), .long], help: "How many records.") var lines = 20
         @Flag(name: .shortAndLong, help: "Keep printing new records as they are written.") var follow = false
+        @Flag(name: .long, help: "Print the records as JSON Lines.") var json = false
+
+        func show(_ r: LogRecord) { print(json ? JSONValue.object(r.object).serialized() : Audit.render(r)) }
 
         func run() throws {
             // Watched before the first read, so that no record written in
             // between is missed; then each wait blocks on inotify.
             let watcher = follow ? try FileChangeWatcher(directory: location.logDirectory) : nil
             var records = try SecurityLogReader.records(directory: location.logDirectory)
-            for r in records.suffix(lines) { print(Audit.render(r)) }
+            for r in records.suffix(lines) { show(r) }
             guard let watcher else { return }
             fflush(nil)
             var last = records.last?.seq ?? 0
             while watcher.waitForChange() {
                 records = (try? SecurityLogReader.records(directory: location.logDirectory)) ?? []
                 for r in records where r.seq > last {
-                    print(Audit.render(r))
+                    show(r)
                     last = r.seq
                 }
                 fflush(nil)
@@ -67,11 +70,18 @@ struct Audit: ParsableCommand {
         @Option(name: .long, help: "Principal (e.g. uid:1000).") var principal: String?
         @Option(name: .long, help: "Outcome (success, tool_error, timeout, sandbox_violation, ...).") var outcome:
             String?
-        @Option(name: .long, help: "Records at or after this RFC 3339 time (UTC, e.g. 2026-11-22T10:00:00Z).")
+        @Option(
+            name: .long,
+            help: ArgumentHelp(
+                "Records at or after this time: RFC 3339 (2026-11-22T10:00:00Z), a date (2026-11-22, UTC) or a time "
+                    + "ago (90s, 15m, 2h, 1d, 1w)."))
         var since: String?
-        @Option(name: .long, help: "Records before this RFC 3339 time.") var until: String?
+        @Option(name: .long, help: "Records before this time (the same forms as --since).") var until: String?
 
-        func validate() throws {
+        /// The bounds in the log's own time format; anything else is refused.
+        mutating func validate() throws {
+            since = try since.map { try TimeBound.parse($0) }
+            until = try until.map { try TimeBound.parse($0) }
             for t in type where SecurityEventType(rawValue: t) == nil {
                 throw ValidationError(
                     "unknown event type \(t); known: \(SecurityEventType.allCases.map(\.rawValue).joined(separator: ", "))"
@@ -85,7 +95,8 @@ struct Audit: ParsableCommand {
             if let tool, r["tool"]?.stringValue != tool { return false }
             if let principal, r["principal"]?.stringValue != principal { return false }
             if let outcome, r["outcome"]?.stringValue != outcome { return false }
-            // RFC 3339 UTC strings of one format compare in time order.
+            // RFC 3339 UTC strings of one format compare in time order
+            // (validate() wrote the bounds in the log's format).
             if let since, r.time < since { return false }
             if let until, r.time >= until { return false }
             return true

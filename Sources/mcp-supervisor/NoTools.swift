@@ -34,3 +34,17 @@ func noToolsExplanation(
     for p in registry.problems { lines.append("  \(p)") }
     return lines.joined(separator: "\n")
 }
+
+/// Where the state directory in use came from, for the lines that name it:
+/// a client that starts the server with a minimal environment or another
+/// `$HOME` (desktop clients do) otherwise reads the ledger of a directory
+/// nobody registered cells in, and nothing says why.
+func stateDirectoryNote(_ s: SupervisorSettings) -> String {
+    guard s.stateDirectory == SupervisorSettings.defaultStateDirectory() else {
+        return " (from --state-dir or the configuration file)"
+    }
+    if let x = Sys.getenv("XDG_STATE_HOME"), x.hasPrefix("/") { return " (from $XDG_STATE_HOME=\(x))" }
+    if let h = Sys.getenv("HOME"), s.stateDirectory.hasPrefix(h + "/") { return " (from $HOME=\(h))" }
+    return " ($HOME and $XDG_STATE_HOME are unset or missing: a per-uid default under /tmp; a client that "
+        + "starts the server with a minimal environment should pass --state-dir)"
+}
