@@ -20,7 +20,7 @@ PYDEPS2     = $(VENV2)/.installed
 TEST_UID   ?= 4242
 SYSTEM_PACKAGES = libseccomp-dev libcap-dev git jq
 
-.PHONY: all deps build cells pin register mcp2-venv test unit-tests system-tests unprivileged-tests e2e-tests run bench check fmt docs clean
+.PHONY: all deps build cells pin register install register-installed mcp2-venv test unit-tests system-tests unprivileged-tests e2e-tests run bench check fmt docs clean
 
 all: build cells
 
@@ -58,18 +58,68 @@ pin: build cells
 STATE      ?= $${XDG_STATE_HOME:-$$HOME/.local/state}/mcp-supervisor
 DEVKEY      = $(STATE)/keys/dev-signing
 
-register: pin
+# $(call sign_and_register,BINARY,MANIFEST-DIRECTORY): `cell register`
+# prints each permission change it approves (a rebuilt cell with new rights
+# is never approved silently).
+define sign_and_register
 	@mkdir -p -m 1777 /tmp/mcp-supervisor-files
-	@test -f "$(DEVKEY).key" || $(BIN) keys generate --out "$(DEVKEY)" --state-dir "$(STATE)"
-	$(BIN) cell sign --key "$(DEVKEY).key" $(PINNED)/*.json --state-dir "$(STATE)"
-	$(BIN) cell register --key "$(DEVKEY).key" --approve-widening $(PINNED)/*.json --state-dir "$(STATE)"
+	@test -f "$(DEVKEY).key" || $(1) keys generate --out "$(DEVKEY)" --state-dir "$(STATE)"
+	$(1) cell sign --key "$(DEVKEY).key" $(2)/*.json --state-dir "$(STATE)"
+	$(1) cell register --key "$(DEVKEY).key" --approve-widening $(2)/*.json --state-dir "$(STATE)"
+endef
+
+register: pin
+	$(call sign_and_register,$(BIN),$(PINNED))
+
+# Installing: the release-built supervisor (Swift runtime linked in), the
+# bundled cells, their manifests pinned to the installed cells, and the
+# policies, in the layout the binary finds from any working directory (its
+# share directory sits beside its own bin/):
+#   $(PREFIX)/bin/mcp-supervisor
+#   $(PREFIX)/share/mcp-supervisor/{manifests,policies,cells}
+# PREFIX defaults to /usr/local for root, ~/.local otherwise; DESTDIR is
+# put before every installed path (staging for a package). Without DESTDIR
+# the installed cells are then signed and registered in $(STATE) as
+# `make register` does; with it, the command that does so is printed.
+# git-read is not installed: it reads the repository of this checkout.
+PREFIX     ?= $(if $(filter 0,$(shell id -u)),/usr/local,$(HOME)/.local)
+SHARE       = $(PREFIX)/share/mcp-supervisor
+INSTALL_CONFIG ?= release
+STATIC     ?= --static-swift-stdlib
+INSTALLED_BIN = $(DESTDIR)$(PREFIX)/bin/mcp-supervisor
+INSTALL_MANIFESTS = $(filter-out manifests/git-read.json,$(wildcard manifests/*.json))
+
+install: cells
+	$(SWIFT) build -c $(INSTALL_CONFIG) --product mcp-supervisor $(STATIC)
+	install -d "$(DESTDIR)$(PREFIX)/bin" "$(DESTDIR)$(SHARE)/manifests" "$(DESTDIR)$(SHARE)/policies" \
+	  "$(DESTDIR)$(SHARE)/cells/python"
+	install -m 755 .build/$(INSTALL_CONFIG)/mcp-supervisor "$(INSTALLED_BIN)"
+	install -m 755 .build/release/echo-cell .build/release/fs-cell "$(DESTDIR)$(SHARE)/cells/"
+	install -m 644 cells/python/*.py "$(DESTDIR)$(SHARE)/cells/python/"
+	install -m 644 policies/*.json "$(DESTDIR)$(SHARE)/policies/"
+	@# The manifests name the built cells as ../.build/release/X; installed,
+	@# they sit in ../cells/X. Relative paths stay relative, so the staged
+	@# tree works once moved from DESTDIR to PREFIX.
+	for m in $(INSTALL_MANIFESTS); do \
+	  sed 's#"\.\./\.build/release/#"../cells/#' $$m > "$(DESTDIR)$(SHARE)/manifests/$$(basename $$m)" || exit 1; \
+	done
+	"$(INSTALLED_BIN)" manifest pin "$(DESTDIR)$(SHARE)"/manifests/*.json
+	@if [ -z "$(DESTDIR)" ]; then \
+	  $(MAKE) --no-print-directory register-installed; \
+	else \
+	  echo "installed into $(DESTDIR)$(PREFIX); once in $(PREFIX), sign and register the cells:" >&2; \
+	  echo "  make register-installed PREFIX=$(PREFIX)" >&2; \
+	fi
+
+register-installed:
+	$(call sign_and_register,"$(PREFIX)/bin/mcp-supervisor",$(SHARE)/manifests)
 
 # An MCP client reads `make run`'s stdout: the build, pin, sign and register
 # output goes to stderr, and the server replaces make (exec).
 run: CONFIG = release
 run:
 	@$(MAKE) --no-print-directory register CONFIG=$(CONFIG) >&2
-	@exec $(BIN) run --state-dir "$(STATE)" --manifests $(PINNED)
+	@exec $(BIN) run --state-dir "$(STATE)"
 
 # The Python client tests' packages (official MCP SDK, mcp-fuzzer), from PyPI.
 $(PYDEPS): tests/requirements.txt

@@ -16,6 +16,22 @@ struct Audit: ParsableCommand {
 
         var state: String { stateOptions.settings().stateDirectory }
         var logDirectory: String { state + "/security" }
+
+        /// The log's records; a state directory without a log is named with
+        /// where it came from, never a bare `opendir … ENOENT`.
+        func records() throws -> [LogRecord] {
+            try requireLog()
+            return try SecurityLogReader.records(directory: logDirectory)
+        }
+
+        func requireLog() throws {
+            guard (try? Sys.stat(logDirectory))?.isDirectory == true else {
+                printError(
+                    "error: no security log in \(logDirectory): no supervisor has run with the state directory "
+                        + "\(state)\(stateDirectoryNote(stateOptions.settings())); pass --state-dir to read another")
+                throw ExitCode(1)
+            }
+        }
     }
 
     /// One readable line per record.
@@ -44,8 +60,9 @@ struct Audit: ParsableCommand {
         func run() throws {
             // Watched before the first read, so that no record written in
             // between is missed; then each wait blocks on inotify.
+            try location.requireLog()
             let watcher = follow ? try FileChangeWatcher(directory: location.logDirectory) : nil
-            var records = try SecurityLogReader.records(directory: location.logDirectory)
+            var records = try location.records()
             for r in records.suffix(lines) { show(r) }
             guard let watcher else { return }
             fflush(nil)
@@ -103,7 +120,7 @@ struct Audit: ParsableCommand {
         }
 
         func records(_ location: Location) throws -> [LogRecord] {
-            try SecurityLogReader.records(directory: location.logDirectory).filter(matches)
+            try location.records().filter(matches)
         }
     }
 
