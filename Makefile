@@ -4,6 +4,15 @@
 #
 # Cells are always built in release mode, statically linked: their start-up
 # time is part of every call.
+#
+# Every release build takes the same flags (SwiftPM rebuilds everything when
+# they change): the Swift runtime and Foundation linked in
+# (--static-swift-stdlib), so an installed supervisor needs no toolchain.
+# The static Foundation names -lcurl (FoundationNetworking); Debian's
+# runtime package has only libcurl.so.4, so a link in .build stands for the
+# -dev package's libcurl.so.
+STATIC_LINK = $(CURDIR)/.build/static-link
+RELEASE_FLAGS = --static-swift-stdlib -Xlinker -L$(STATIC_LINK)
 
 SWIFT      ?= swift
 CONFIG     ?= debug
@@ -37,11 +46,17 @@ deps:
 	  fi; \
 	fi
 
-build: deps
-	$(SWIFT) build -c $(CONFIG) --product mcp-supervisor
+$(STATIC_LINK)/libcurl.so:
+	@mkdir -p $(STATIC_LINK)
+	@curl=$$(ldconfig -p | awk '$$1 == "libcurl.so.4" { print $$NF; exit }'); \
+	test -n "$$curl" || { echo "libcurl.so.4 not found (apt-get install libcurl4)"; exit 1; }; \
+	ln -sf "$$curl" $@
 
-cells: deps
-	@for c in $(CELLS); do $(SWIFT) build -c release --product $$c || exit 1; done
+build: deps $(STATIC_LINK)/libcurl.so
+	$(SWIFT) build -c $(CONFIG) --product mcp-supervisor $(if $(filter release,$(CONFIG)),$(RELEASE_FLAGS))
+
+cells: deps $(STATIC_LINK)/libcurl.so
+	@for c in $(CELLS); do $(SWIFT) build -c release --product $$c $(RELEASE_FLAGS) || exit 1; done
 
 # The bundled manifests pinned to the freshly built cells: copies in
 # $(PINNED) with the cells' SHA-256 and absolute paths. The checkout's
@@ -85,15 +100,14 @@ register: pin
 PREFIX     ?= $(if $(filter 0,$(shell id -u)),/usr/local,$(HOME)/.local)
 SHARE       = $(PREFIX)/share/mcp-supervisor
 INSTALL_CONFIG ?= release
-STATIC     ?= --static-swift-stdlib
 INSTALLED_BIN = $(DESTDIR)$(PREFIX)/bin/mcp-supervisor
 INSTALL_MANIFESTS = $(filter-out manifests/git-read.json,$(wildcard manifests/*.json))
 
 install: cells
-	$(SWIFT) build -c $(INSTALL_CONFIG) --product mcp-supervisor $(STATIC)
+	$(SWIFT) build -c $(INSTALL_CONFIG) --product mcp-supervisor $(if $(filter release,$(INSTALL_CONFIG)),$(RELEASE_FLAGS))
 	install -d "$(DESTDIR)$(PREFIX)/bin" "$(DESTDIR)$(SHARE)/manifests" "$(DESTDIR)$(SHARE)/policies" \
 	  "$(DESTDIR)$(SHARE)/cells/python"
-	install -m 755 .build/$(INSTALL_CONFIG)/mcp-supervisor "$(INSTALLED_BIN)"
+	install -m 755 -s .build/$(INSTALL_CONFIG)/mcp-supervisor "$(INSTALLED_BIN)"
 	install -m 755 .build/release/echo-cell .build/release/fs-cell "$(DESTDIR)$(SHARE)/cells/"
 	install -m 644 cells/python/*.py "$(DESTDIR)$(SHARE)/cells/python/"
 	install -m 644 policies/*.json "$(DESTDIR)$(SHARE)/policies/"
@@ -173,7 +187,7 @@ e2e-tests: $(PYDEPS) $(PYDEPS2)
 
 bench: CONFIG = release
 bench: pin
-	tools/bench/run.sh
+	SWIFT_RELEASE_FLAGS="$(RELEASE_FLAGS)" tools/bench/run.sh
 
 # The settings table of docs/configuration.md, generated from Setting.all
 # (a unit test fails when it is out of date).

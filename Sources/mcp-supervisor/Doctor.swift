@@ -129,7 +129,7 @@ struct Doctor: ParsableCommand {
         if registry.toolNames.isEmpty {
             error = noToolsExplanation(
                 source: source, manifestsDirectory: s.manifestsDirectory, stateDirectory: s.stateDirectory,
-                registry: registry)
+                registry: registry, stateNote: stateDirectoryNote(s))
             out.text("ERROR: " + error!)
         }
         report["ok"] = .bool(error == nil && bad == 0)

@@ -5,7 +5,8 @@ import SupervisorPlatform
 /// refuses to start with this message (a stdio client would otherwise see an
 /// empty tool list and nothing else) and `doctor` fails with it.
 func noToolsExplanation(
-    source: CellSource, manifestsDirectory dir: String, stateDirectory state: String, registry: CellRegistry
+    source: CellSource, manifestsDirectory dir: String, stateDirectory state: String, registry: CellRegistry,
+    stateNote: String = ""
 ) -> String {
     var lines: [String] = []
     let manifests: String
@@ -20,7 +21,7 @@ func noToolsExplanation(
         let registered = Ledger.load(path: path).cells.count
         lines.append(
             "no usable tools: \(manifests), \(registered) cell\(registered == 1 ? "" : "s") registered in the "
-                + "trust ledger \(path) (state directory \(state))")
+                + "trust ledger \(path) (state directory \(state)\(stateNote))")
         lines.append(
             "fix: from the source checkout run `make register` (it signs and registers the bundled cells in the "
                 + "default state directory), or sign and register cells into this state directory "

@@ -120,7 +120,7 @@ struct Run: AsyncParsableCommand {
                 "mcp-supervisor: refusing to start: "
                     + noToolsExplanation(
                         source: source, manifestsDirectory: manifestsDir, stateDirectory: s.stateDirectory,
-                        registry: service.currentRegistry))
+                        registry: service.currentRegistry, stateNote: stateDirectoryNote(s)))
             service.shutdown(reason: "no usable tools")
             log.close(finalEvent: SecurityEvent(.supervisorStop, JSONObject([("reason", "no usable tools")])))
             throw ExitCode(2)
