@@ -60,7 +60,10 @@ func describeError(_ error: Error) -> String {
         verb = "cannot write"
     default: verb = ns.code >= 640 ? "cannot write" : "cannot read"
     }
-    if reason.isEmpty { reason = ns.localizedFailureReason ?? ns.localizedDescription }
+    if reason.isEmpty, (try? Sys.stat(path))?.isDirectory == true { reason = "it is a directory" }
+    // Foundation's own text ("The operation could not be completed. (NSCocoaErrorDomain error 512.)") says
+    // nothing more than the code.
+    if reason.isEmpty { reason = "file system error (code \(ns.code))" }
     return "\(verb) \(path): \(reason)"
 }
 
@@ -138,4 +141,18 @@ func splitCellVersion(_ spec: String) -> (cell: String, version: String)? {
     let v = spec[spec.index(after: i)...]
     guard !v.isEmpty else { return nil }
     return (String(spec[..<i]), String(v))
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a
+/// reader sees the old file or the new one; errors name the path and errno.
+func writeFileAtomically(_ path: String, _ bytes: [UInt8], mode: UInt32 = 0o644) throws {
+    let tmp = path + ".tmp"
+    do {
+        let fd = try Sys.open(tmp, 0o1 | 0o100 | 0o1000, mode: mode)
+        defer { fd.close() }
+        try fd.writeAll(bytes)
+        try Sys.rename(tmp, path)
+    } catch {
+        throw TrustCommandError("cannot write \(path): \(error)")
+    }
 }

@@ -215,8 +215,7 @@ struct CellCommand: ParsableCommand {
                     let bytes = try readFile(m, limit: 1 << 20)
                     _ = try CellManifest.parse(bytes: bytes, path: m, manifestSHA256: "")
                     let sig = try ManifestSignature.make(manifestBytes: bytes, key: k)
-                    try Data(sig.prettySerialized().utf8).write(
-                        to: URL(fileURLWithPath: ManifestSignature.path(for: m)))
+                    try writeFileAtomically(ManifestSignature.path(for: m), Array(sig.prettySerialized().utf8))
                     print("signed: \(m) (\(sha256Hex(bytes).prefix(12))) by \(TrustKeys.keyID(k.publicKey))")
                 }
             }
