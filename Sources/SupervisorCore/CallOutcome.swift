@@ -127,7 +127,7 @@ public enum CallOutcome: Sendable, Equatable {
         switch self {
         case .success: return "success"
         case .toolError(let m): return m
-        case .timeout: return "The tool call timed out (the cell's time limit)."
+        case .timeout: return "The tool call timed out."
         case .cancelled: return "The tool call was cancelled."
         case .sandboxViolation(let s, _): return "The tool was stopped by the sandbox (forbidden system call \(s))."
         case .killedBySignal(let s): return "The tool crashed (\(signalName(s)))."
