@@ -51,7 +51,9 @@ extension SupervisorSettings {
         let bin = directoryName(of: exe)
         var checkout = exe
         for _ in 0..<4 { checkout = directoryName(of: checkout) }
-        return [directoryName(of: bin) + "/share/mcp-supervisor", checkout]
+        let share = directoryName(of: bin) == "/" ? "/share/mcp-supervisor" : directoryName(of: bin) + "/share/mcp-supervisor"
+        // A binary too near the root has no checkout around it.
+        return checkout == "/" ? [share] : [share, checkout]
     }
 
     /// The directory holding `name` (`manifests`, `policies`, `cells`) for a

@@ -26,7 +26,8 @@ def initialize_ms(binary, manifests, work):
             "params": {"protocolVersion": "2025-11-25", "capabilities": {},
                        "clientInfo": {"name": "startup", "version": "1"}}}
     t = time.perf_counter_ns()
-    p = subprocess.Popen([binary, "run", "--allow-unsigned", "--manifests", manifests, "--state-dir",
+    p = subprocess.Popen([binary, "run", "--allow-unsigned", "--manifests", manifests, "--policies", "policies",
+                          "--state-dir",
                           f"{work}/state", "--scratch-dir", f"{work}/scratch", "--log-level", "error"],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     p.stdin.write(json.dumps(init).encode() + b"\n")
