@@ -182,7 +182,8 @@ public final class FieldReader {
         let errors = unknown.map { k in
             ConfigError(
                 file: file, field: field(k),
-                message: "unknown field" + (ConfigError.closest(to: k, in: known).map { " (did you mean \"\($0)\"?)" } ?? ""))
+                message: "unknown field"
+                    + (ConfigError.closest(to: k, in: known).map { " (did you mean \"\($0)\"?)" } ?? ""))
         }
         var first = errors[0]
         first.others = Array(errors.dropFirst())

@@ -51,7 +51,8 @@ extension SupervisorSettings {
         let bin = directoryName(of: exe)
         var checkout = exe
         for _ in 0..<4 { checkout = directoryName(of: checkout) }
-        let share = directoryName(of: bin) == "/" ? "/share/mcp-supervisor" : directoryName(of: bin) + "/share/mcp-supervisor"
+        let share =
+            directoryName(of: bin) == "/" ? "/share/mcp-supervisor" : directoryName(of: bin) + "/share/mcp-supervisor"
         // A binary too near the root has no checkout around it.
         return checkout == "/" ? [share] : [share, checkout]
     }

@@ -143,7 +143,9 @@ struct Call: ParsableCommand {
                     "the deadline is limits.timeoutMilliseconds = \(entry.cell.manifest.limits.timeoutMilliseconds) ms "
                         + "in \(entry.cell.manifest.sourcePath)")
             }
-            if case .cannotRun(let c) = report.outcome, let fix = hashMismatchFix(c, manifest: entry.cell.manifest.sourcePath) {
+            if case .cannotRun(let c) = report.outcome,
+                let fix = hashMismatchFix(c, manifest: entry.cell.manifest.sourcePath)
+            {
                 printError(fix)
             }
             if case .success = report.outcome {

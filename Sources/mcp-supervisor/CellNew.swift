@@ -179,7 +179,10 @@ extension CellCommand.New {
             JSONObject([
                 ("name", .string(name)), ("version", "0.1.0"),
                 ("description", .string("\(name): runs \(program) (describe what the tool does).")),
-                ("executable", .object(JSONObject([("path", .string(program)), ("sha256", .string(sha256Hex(bytes)))]))),
+                (
+                    "executable",
+                    .object(JSONObject([("path", .string(program)), ("sha256", .string(sha256Hex(bytes)))]))
+                ),
                 ("environment", ["set": ["LANG": "C.UTF-8"]]),
                 (
                     "tools",
@@ -187,7 +190,10 @@ extension CellCommand.New {
                         .object(
                             JSONObject([
                                 ("name", .string(tool)),
-                                ("description", .string("Runs \(argv0) on the input text (replace with what the tool does).")),
+                                (
+                                    "description",
+                                    .string("Runs \(argv0) on the input text (replace with what the tool does).")
+                                ),
                                 (
                                     "inputSchema",
                                     [

@@ -13,7 +13,8 @@ struct PolicyCommand: ParsableCommand {
         @OptionGroup var options: CommonOptions
         @OptionGroup var output: JSONOutput
         func run() throws {
-            let path = try file.map(SupervisorSettings.absolute) ?? options.settings().policiesDirectory + "/policy.json"
+            let path =
+                try file.map(SupervisorSettings.absolute) ?? options.settings().policiesDirectory + "/policy.json"
             do {
                 let p = try Policy.load(path: path)
                 output.text(

@@ -37,7 +37,8 @@ struct Validate: ParsableCommand {
                 r["tools"] = .array(m.tools.map { .string($0.name) })
                 try PreparedCell(manifest: m, groups: groups, host: host).verifyFiles()
                 r["ok"] = true
-                output.text("ok: \(p): cell \(m.name) \(m.version), tools: \(m.tools.map(\.name).joined(separator: ", "))")
+                output.text(
+                    "ok: \(p): cell \(m.name) \(m.version), tools: \(m.tools.map(\.name).joined(separator: ", "))")
             } catch {
                 // Every problem of the file, each naming its field.
                 let problems = (error as? ConfigError)?.all.map(\.description) ?? ["\(p): \(error)"]
