@@ -44,7 +44,9 @@ final class CommandFormTests: XCTestCase {
         XCTAssertThrowsError(try Audit.Query.parseAsRoot(["--since", "yesterday"])) {
             XCTAssertTrue(Audit.Query.message(for: $0).contains("cannot read the time \"yesterday\""))
         }
-        XCTAssertNoThrow(try Audit.Query.parseAsRoot(["--since", "15m", "--until", "2026-11-22"]))
+        let q = try? Audit.Query.parseAsRoot(["--since", "2026-11-22T11:00:00+01:00", "--until", "2026-11-23"])
+        XCTAssertEqual((q as? Audit.Query)?.filter.since, "2026-11-22T10:00:00.000000Z")
+        XCTAssertEqual((q as? Audit.Query)?.filter.until, "2026-11-23T00:00:00.000000Z")
     }
 
     func testCellVersionHasOneFormAndTheOldOneStillWorks() throws {

@@ -153,6 +153,9 @@ def test_audit_query_since_is_strict(installed):
                                          state).stdout.splitlines()]
     assert any(r["type"] == "ledger.entry" for r in recent), recent
     assert cli(installed, "audit", "query", "--until", "2000-01-01", "--state-dir", state).stdout == ""
+    # Relative bounds are times, not strings compared with timestamps.
+    assert cli(installed, "audit", "query", "--since", "0s", "--state-dir", state).stdout == ""
+    assert cli(installed, "audit", "query", "--until", "0s", "--state-dir", state).stdout != ""
     assert cli(installed, "audit", "query", "--since", "2000-01-01T00:00:00+01:00", "--state-dir",
                state).stdout != ""
     p = cli(installed, "audit", "query", "--state-dir", installed["work"] / "nolog", check=False)
