@@ -1,6 +1,7 @@
 import ArgumentParser
 import StrictJSON
 import SupervisorCore
+import SupervisorPlatform
 
 struct Validate: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -40,8 +41,15 @@ struct Validate: ParsableCommand {
                 output.text(
                     "ok: \(p): cell \(m.name) \(m.version), tools: \(m.tools.map(\.name).joined(separator: ", "))")
             } catch {
-                // Every problem of the file, each naming its field.
-                let problems = (error as? ConfigError)?.all.map(\.description) ?? ["\(p): \(error)"]
+                // Every problem of the file that can be found, each naming
+                // its field (not only the parser's first).
+                var problems = ["\(p): \(error)"]
+                if let e = error as? ConfigError {
+                    let all = (try? readFile(p, limit: 1 << 20)).map {
+                        ManifestDiagnostics.problems(bytes: $0, path: p)
+                    }
+                    problems = (all?.isEmpty == false ? all! : e.all).map(\.description)
+                }
                 r["ok"] = false
                 r["errors"] = .array(problems.map { .string($0) })
                 if let fix = hashMismatchFix(error, manifest: p) { r["fix"] = .string(fix) }

@@ -48,3 +48,53 @@ final class ManifestMessageTests: ManifestTestCase {
         }
     }
 }
+
+/// `validate` reports every problem it can find in one run.
+final class ManifestDiagnosticsTests: ManifestTestCase {
+    func problems(_ patch: (inout JSONObject) -> Void) -> [String] {
+        ManifestDiagnostics.problems(bytes: manifest(patch), path: "/m/demo.json").map { "\($0.field): \($0.message)" }
+    }
+
+    func testIndependentProblemsAreAllReported() {
+        let found = problems {
+            $0["limits"] = ["cpuSeconds": 0, "memoryMB": 64]
+            $0["filesystem"] = ["read": "/usr"]
+            $0["limts"] = [:]
+            $0["environment"] = ["pass": ["1BAD"]]
+        }
+        XCTAssertEqual(
+            found,
+            [
+                "environment.pass[0]: not a valid variable name: \"1BAD\"",
+                "limits.cpuSeconds: 0 is out of range 1...3600 s",
+                "limits.memoryMB: unknown field (did you mean \"memoryMiB\"?)",
+                "filesystem.read: expected an array of strings, found string",
+                // `limits` is there too: no suggestion of a field present.
+                "limts: unknown field",
+            ], "\(found)")
+    }
+
+    func testAValidManifestHasNoProblemsAndAWrongRequiredFieldEndsTheSearch() {
+        XCTAssertEqual(problems { _ in }, [])
+        // A bad name cannot be set aside (it would then be missing): what
+        // follows it is not guessed at.
+        XCTAssertEqual(
+            problems {
+                $0["name"] = "bad name"
+                $0["limts"] = [:]
+            }.count, 1)
+    }
+
+    func testRemovingFollowsDottedPathsAndIndicesAndSetsWholeArraysAside() {
+        var o: JSONObject = ["tools": [["name": "a", "x": ["y": 1]]], "k": 1]
+        XCTAssertTrue(ManifestDiagnostics.remove("tools[0].x.y", from: &o))
+        XCTAssertEqual(JSONValue.object(o).serialized(), #"{"tools":[{"name":"a","x":{}}],"k":1}"#)
+        XCTAssertFalse(ManifestDiagnostics.remove("tools[3].name", from: &o))
+        var p: JSONObject = ["phases": ["a", "b"], "k": 1]
+        XCTAssertTrue(ManifestDiagnostics.remove("phases[1]", from: &p))
+        XCTAssertEqual(JSONValue.object(p).serialized(), #"{"k":1}"#)
+        XCTAssertFalse(ManifestDiagnostics.remove("", from: &o))
+        XCTAssertTrue(ManifestDiagnostics.remove("k", from: &o))
+        XCTAssertFalse(ManifestDiagnostics.remove("k", from: &o))
+    }
+}

@@ -232,6 +232,8 @@ def test_every_unknown_field_at_once_with_a_suggestion(tmp_path):
     assert p.returncode == 1, err
     assert 'limits.cpuSecond: unknown field (did you mean "cpuSeconds"?)' in err, err
     assert 'limits.memoryMB: unknown field (did you mean "memoryMiB"?)' in err, err
+    # ... and, in the same run, the errors found once those are set aside.
+    assert 'filesytem: unknown field (did you mean "filesystem"?)' in err and "limts: unknown field" in err, err
     del doc["limits"]
     doc["descripton"] = doc.pop("description")
     p = validate(write(tmp_path, "m.json", json.dumps(doc)))
