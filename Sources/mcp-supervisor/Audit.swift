@@ -151,6 +151,7 @@ struct Audit: ParsableCommand {
                 "A public key of the log (e.g. a copy kept elsewhere); repeat for keys of earlier rotations. Default: keys/log-signing*.pub."
         )
         var publicKey: [String] = []
+        @OptionGroup var output: JSONOutput
 
         func run() throws {
             var keys: [String: Curve25519.Signing.PublicKey] = [:]
@@ -170,16 +171,34 @@ struct Audit: ParsableCommand {
             let v = SecurityLogReader.verify(
                 directory: location.logDirectory, publicKeys: keys,
                 checkpointsPath: checkpoints.map(SupervisorSettings.absolute))
+            output.emit(
+                .object(
+                    JSONObject([
+                        ("ok", .bool(v.problem == nil)), ("problem", v.problem.map { .string("\($0)") } ?? .null),
+                        ("records", .int(Int64(v.records))), ("files", .int(Int64(v.files))),
+                        ("lastSeq", .int(v.lastSeq)), ("checkpoints", .int(Int64(v.checkpoints))),
+                        ("keyIds", .array(v.keyIDs.sorted().map { .string($0) })),
+                        (
+                            "unsignedTails",
+                            .array(
+                                v.unsignedTails.map {
+                                    .object(
+                                        JSONObject([
+                                            ("seq", .int($0.seq)), ("from", .int($0.from)), ("to", .int($0.to)),
+                                        ]))
+                                })
+                        ),
+                    ])))
             if let p = v.problem {
                 printError("audit verify: FAILED: \(p)")
                 throw ExitCode(1)
             }
-            for t in v.unsignedTails {
+            for t in v.unsignedTails where !output.json {
                 print(
                     "note: records \(t.from)...\(t.to) had no checkpoint when their writer stopped; the next start checkpointed them (log.unsigned_tail, record \(t.seq))"
                 )
             }
-            print(
+            output.text(
                 "audit verify: OK: \(v.records) records in \(v.files) file(s), chain intact through record \(v.lastSeq), \(v.checkpoints) signed checkpoint(s) valid (key\(v.keyIDs.count == 1 ? "" : "s") \(v.keyIDs.sorted().joined(separator: ", "))), every record covered"
             )
         }

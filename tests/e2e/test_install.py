@@ -176,6 +176,8 @@ def test_data_commands_print_json(installed):
     assert stats["records"] > 0
     tail = [json.loads(l) for l in cli(installed, "audit", "tail", "-n", "2", "--json", *s).stdout.splitlines()]
     assert len(tail) == 2 and all("seq" in r for r in tail)
+    verify = json.loads(cli(installed, "audit", "verify", "--json", *s).stdout)
+    assert verify["ok"] and verify["records"] == stats["records"] and verify["problem"] is None, verify
 
 
 def test_cell_version_arguments_take_one_form_everywhere(installed, tmp_path):
