@@ -79,7 +79,8 @@ extension Setting {
     public static let stateDirectory = Setting(
         "stateDirectory", flag: "state-dir",
         .directory(\.stateDirectory, default: { SupervisorSettings.defaultStateDirectory() }), scope: .cells,
-        defaultText: "`$XDG_STATE_HOME/mcp-supervisor`, else `~/.local/state/mcp-supervisor`",
+        defaultText: "`$XDG_STATE_HOME/mcp-supervisor`, else `~/.local/state/mcp-supervisor`, else (no `$HOME`, as "
+            + "with `env -i`) `/tmp/mcp-supervisor-<uid>/state`; `run` and `doctor` say which one is in use and why",
         help:
             "Supervisor state: security log, keys, trust ledger (mode 0700). No manifest may expose it to a worker. `run` refuses to start if it, `trust/`, the ledger, `keys/` (or a file in it) or `security/` is writable by group or others."
     )
