@@ -48,7 +48,7 @@ deps:
 
 $(STATIC_LINK)/libcurl.so:
 	@mkdir -p $(STATIC_LINK)
-	@curl=$$(ldconfig -p | awk '$$1 == "libcurl.so.4" { print $$NF; exit }'); \
+	@curl=$$( (ldconfig -p 2>/dev/null || /sbin/ldconfig -p) | awk '$$1 == "libcurl.so.4" { print $$NF; exit }'); \
 	test -n "$$curl" || { echo "libcurl.so.4 not found (apt-get install libcurl4)"; exit 1; }; \
 	ln -sf "$$curl" $@
 
