@@ -23,8 +23,8 @@ func noToolsExplanation(
             "no usable tools: \(manifests), \(registered) cell\(registered == 1 ? "" : "s") registered in the "
                 + "trust ledger \(path) (state directory \(state)\(stateNote))")
         lines.append(
-            "fix: from the source checkout run `make register` (it signs and registers the bundled cells in the "
-                + "default state directory), or sign and register cells into this state directory "
+            "fix: from the source checkout run `make install` or `make register` (they sign and register the "
+                + "bundled cells in the default state directory), or sign and register cells into this state directory "
                 + "(mcp-supervisor cell sign FILES --key KEY --state-dir \(state), then mcp-supervisor cell register "
                 + "FILES --key KEY --state-dir \(state)); a client that starts the server with another $HOME or a "
                 + "minimal environment must pass --state-dir (or set stateDirectory in the config file)")
