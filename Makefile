@@ -4,6 +4,15 @@
 #
 # Cells are always built in release mode, statically linked: their start-up
 # time is part of every call.
+#
+# Every release build takes the same flags (SwiftPM rebuilds everything when
+# they change): the Swift runtime and Foundation linked in
+# (--static-swift-stdlib), so an installed supervisor needs no toolchain.
+# The static Foundation names -lcurl (FoundationNetworking); Debian's
+# runtime package has only libcurl.so.4, so a link in .build stands for the
+# -dev package's libcurl.so.
+STATIC_LINK = $(CURDIR)/.build/static-link
+RELEASE_FLAGS = --static-swift-stdlib -Xlinker -L$(STATIC_LINK)
 
 SWIFT      ?= swift
 CONFIG     ?= debug
@@ -35,7 +44,7 @@ GATEWAY    ?= /var/tmp/mcp-supervisor-gateway-$(shell id -u)-$(shell cat $(GATEW
 export MCPS_GATEWAY_DIR := $(GATEWAY)
 GATEWAYDEPS = $(GATEWAY)/.installed
 
-.PHONY: all deps build cells pin register mcp2-venv gateway-servers test unit-tests system-tests unprivileged-tests e2e-tests run bench check fmt docs clean
+.PHONY: all deps build cells pin register install register-installed mcp2-venv gateway-servers test unit-tests system-tests unprivileged-tests e2e-tests run bench check fmt docs clean
 
 all: build cells
 
@@ -52,11 +61,17 @@ deps:
 	  fi; \
 	fi
 
-build: deps
-	$(SWIFT) build -c $(CONFIG) --product mcp-supervisor
+$(STATIC_LINK)/libcurl.so:
+	@mkdir -p $(STATIC_LINK)
+	@curl=$$( (ldconfig -p 2>/dev/null || /sbin/ldconfig -p) | awk '$$1 == "libcurl.so.4" { print $$NF; exit }'); \
+	test -n "$$curl" || { echo "libcurl.so.4 not found (apt-get install libcurl4)"; exit 1; }; \
+	ln -sf "$$curl" $@
 
-cells: deps
-	@for c in $(CELLS); do $(SWIFT) build -c release --product $$c || exit 1; done
+build: deps $(STATIC_LINK)/libcurl.so
+	$(SWIFT) build -c $(CONFIG) --product mcp-supervisor $(if $(filter release,$(CONFIG)),$(RELEASE_FLAGS))
+
+cells: deps $(STATIC_LINK)/libcurl.so
+	@for c in $(CELLS); do $(SWIFT) build -c release --product $$c $(RELEASE_FLAGS) || exit 1; done
 
 # The bundled manifests pinned to the freshly built cells: copies in
 # $(PINNED) with the cells' SHA-256 and absolute paths. The checkout's
@@ -73,18 +88,67 @@ pin: build cells
 STATE      ?= $${XDG_STATE_HOME:-$$HOME/.local/state}/mcp-supervisor
 DEVKEY      = $(STATE)/keys/dev-signing
 
-register: pin
+# $(call sign_and_register,BINARY,MANIFEST-DIRECTORY): `cell register`
+# prints each permission change it approves (a rebuilt cell with new rights
+# is never approved silently).
+define sign_and_register
 	@mkdir -p -m 1777 /tmp/mcp-supervisor-files
-	@test -f "$(DEVKEY).key" || $(BIN) keys generate --out "$(DEVKEY)" --state-dir "$(STATE)"
-	$(BIN) cell sign --key "$(DEVKEY).key" $(PINNED)/*.json --state-dir "$(STATE)"
-	$(BIN) cell register --key "$(DEVKEY).key" --approve-widening $(PINNED)/*.json --state-dir "$(STATE)"
+	@test -f "$(DEVKEY).key" || $(1) keys generate --out "$(DEVKEY)" --state-dir "$(STATE)"
+	$(1) cell sign --key "$(DEVKEY).key" $(2)/*.json --state-dir "$(STATE)"
+	$(1) cell register --key "$(DEVKEY).key" --approve-widening $(2)/*.json --state-dir "$(STATE)"
+endef
+
+register: pin
+	$(call sign_and_register,$(BIN),$(PINNED))
+
+# Installing: the release-built supervisor (Swift runtime linked in), the
+# bundled cells, their manifests pinned to the installed cells, and the
+# policies, in the layout the binary finds from any working directory (its
+# share directory sits beside its own bin/):
+#   $(PREFIX)/bin/mcp-supervisor
+#   $(PREFIX)/share/mcp-supervisor/{manifests,policies,cells}
+# PREFIX defaults to /usr/local for root, ~/.local otherwise; DESTDIR is
+# put before every installed path (staging for a package). Without DESTDIR
+# the installed cells are then signed and registered in $(STATE) as
+# `make register` does; with it, the command that does so is printed.
+# git-read is not installed: it reads the repository of this checkout.
+PREFIX     ?= $(if $(filter 0,$(shell id -u)),/usr/local,$(HOME)/.local)
+SHARE       = $(PREFIX)/share/mcp-supervisor
+INSTALL_CONFIG ?= release
+INSTALLED_BIN = $(DESTDIR)$(PREFIX)/bin/mcp-supervisor
+INSTALL_MANIFESTS = $(filter-out manifests/git-read.json,$(wildcard manifests/*.json))
+
+install: cells
+	$(SWIFT) build -c $(INSTALL_CONFIG) --product mcp-supervisor $(if $(filter release,$(INSTALL_CONFIG)),$(RELEASE_FLAGS))
+	install -d "$(DESTDIR)$(PREFIX)/bin" "$(DESTDIR)$(SHARE)/manifests" "$(DESTDIR)$(SHARE)/policies" \
+	  "$(DESTDIR)$(SHARE)/cells/python"
+	install -m 755 -s .build/$(INSTALL_CONFIG)/mcp-supervisor "$(INSTALLED_BIN)"
+	install -m 755 .build/release/echo-cell .build/release/fs-cell "$(DESTDIR)$(SHARE)/cells/"
+	install -m 644 cells/python/*.py "$(DESTDIR)$(SHARE)/cells/python/"
+	install -m 644 policies/*.json "$(DESTDIR)$(SHARE)/policies/"
+	@# The manifests name the built cells as ../.build/release/X; installed,
+	@# they sit in ../cells/X. Relative paths stay relative, so the staged
+	@# tree works once moved from DESTDIR to PREFIX.
+	for m in $(INSTALL_MANIFESTS); do \
+	  sed 's#"\.\./\.build/release/#"../cells/#' $$m > "$(DESTDIR)$(SHARE)/manifests/$$(basename $$m)" || exit 1; \
+	done
+	"$(INSTALLED_BIN)" manifest pin "$(DESTDIR)$(SHARE)"/manifests/*.json
+	@if [ -z "$(DESTDIR)" ]; then \
+	  $(MAKE) --no-print-directory register-installed; \
+	else \
+	  echo "installed into $(DESTDIR)$(PREFIX); once in $(PREFIX), sign and register the cells:" >&2; \
+	  echo "  make register-installed PREFIX=$(PREFIX)" >&2; \
+	fi
+
+register-installed:
+	$(call sign_and_register,"$(PREFIX)/bin/mcp-supervisor",$(SHARE)/manifests)
 
 # An MCP client reads `make run`'s stdout: the build, pin, sign and register
 # output goes to stderr, and the server replaces make (exec).
 run: CONFIG = release
 run:
 	@$(MAKE) --no-print-directory register CONFIG=$(CONFIG) >&2
-	@exec $(BIN) run --state-dir "$(STATE)" --manifests $(PINNED)
+	@exec $(BIN) run --state-dir "$(STATE)"
 
 # The Python client tests' packages (official MCP SDK, mcp-fuzzer), from PyPI.
 $(PYDEPS): tests/requirements.txt
@@ -158,7 +222,7 @@ e2e-tests: $(PYDEPS) $(PYDEPS2) $(GATEWAYDEPS)
 
 bench: CONFIG = release
 bench: pin
-	tools/bench/run.sh
+	SWIFT_RELEASE_FLAGS="$(RELEASE_FLAGS)" tools/bench/run.sh
 
 # The settings table of docs/configuration.md, generated from Setting.all
 # (a unit test fails when it is out of date).

@@ -20,6 +20,28 @@ public struct JSONParseError: Error, Equatable, Sendable, CustomStringConvertibl
     public let reason: Reason
     /// Byte offset in the input at which the problem was found.
     public let offset: Int
+    /// Line and column (1-based; the column counts bytes) of `offset`, for
+    /// people reading a file in an editor; 0 when not known.
+    public var line = 0
+    public var column = 0
+
+    public init(reason: Reason, offset: Int) {
+        self.reason = reason
+        self.offset = offset
+    }
+
+    /// This error with the line and column of its offset in `bytes`.
+    func located(in bytes: UnsafeBufferPointer<UInt8>) -> JSONParseError {
+        var e = self
+        e.line = 1
+        var lineStart = 0
+        for i in 0..<min(offset, bytes.count) where bytes[i] == 0x0A {
+            e.line += 1
+            lineStart = i + 1
+        }
+        e.column = offset - lineStart + 1
+        return e
+    }
 
     public var description: String {
         let what: String
@@ -37,7 +59,7 @@ public struct JSONParseError: Error, Equatable, Sendable, CustomStringConvertibl
         case .tooDeep(let limit): what = "nesting deeper than \(limit) levels"
         case .trailingData: what = "data after the JSON value"
         }
-        return "\(what) at byte \(offset)"
+        return line > 0 ? "\(what) at line \(line), column \(column) (byte \(offset))" : "\(what) at byte \(offset)"
     }
 }
 
@@ -48,11 +70,15 @@ public struct JSONParser {
     public static func parse(_ bytes: [UInt8], maxDepth: Int = defaultMaxDepth) throws(JSONParseError) -> JSONValue {
         try bytes.withUnsafeBufferPointer { buf throws(JSONParseError) in
             var p = JSONParser(buf, maxDepth: maxDepth)
-            p.skipWhitespace()
-            let v = try p.parseValue(depth: 0)
-            p.skipWhitespace()
-            if p.pos != buf.count { throw JSONParseError(reason: .trailingData, offset: p.pos) }
-            return v
+            do throws(JSONParseError) {
+                p.skipWhitespace()
+                let v = try p.parseValue(depth: 0)
+                p.skipWhitespace()
+                if p.pos != buf.count { throw JSONParseError(reason: .trailingData, offset: p.pos) }
+                return v
+            } catch {
+                throw error.located(in: buf)
+            }
         }
     }
 

@@ -112,7 +112,9 @@ public enum CallOutcome: Sendable, Equatable {
         switch self {
         case .success: return "success"
         case .toolError(let m): return "tool error: \(m)"
-        case .timeout: return "timed out"
+        // Names the manifest field that sets the deadline, so the fix is
+        // plain to whoever reads the log.
+        case .timeout: return "timed out: the cell's limits.timeoutMilliseconds passed"
         case .cancelled: return "cancelled"
         case .sandboxViolation(let s, let a):
             return "killed by SIGSYS: syscall \(s) (\(a)) is not allowed for this cell"

@@ -156,7 +156,7 @@ extension CellManifest {
         let description = try r.string("description")
         try checkText(description, r, "description", max: 4096)
 
-        guard let ex = try r.object("executable") else { throw r.error("executable", "required field is missing") }
+        guard let ex = try r.object("executable") else { throw r.missing("executable") }
         let executable = try parseExecutable(ex, dir: dir)
         let script = try r.object("script").map { (s) throws(ConfigError) in try parseExecutable(s, dir: dir) }
         var libraries: [Executable] = []
@@ -198,7 +198,7 @@ extension CellManifest {
         let server = try r.object("server").map { (o) throws(ConfigError) in
             try ServerSpec.parse(o, cellName: name, dir: dir)
         }
-        guard let toolValues = try r.array("tools") else { throw r.error("tools", "required field is missing") }
+        guard let toolValues = try r.array("tools") else { throw r.missing("tools") }
         guard !toolValues.isEmpty || server != nil else {
             throw r.error("tools", "a cell must declare at least one tool")
         }
@@ -333,7 +333,7 @@ extension CellManifest {
         // MCP makes a tool's description optional; a cell's tool needs one.
         let tdesc = server != nil && !t.has("description") ? "" : try t.string("description")
         if !(server != nil && tdesc.isEmpty) { try checkText(tdesc, t, "description", max: 4096) }
-        guard let input = t.raw("inputSchema") else { throw t.error("inputSchema", "required field is missing") }
+        guard let input = t.raw("inputSchema") else { throw t.missing("inputSchema") }
         guard case .object(let inputObj) = input, inputObj["type"] == "object" else {
             throw t.error("inputSchema", "must be a JSON Schema object with \"type\": \"object\"")
         }
@@ -399,7 +399,8 @@ extension CellManifest {
         let sha = try r.string("sha256")
         guard sha.utf8.count == 64, sha.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) })
         else {
-            throw r.error("sha256", "must be 64 lower-case hex digits")
+            throw r.error(
+                "sha256", "must be 64 lower-case hex digits (`mcp-supervisor manifest pin \(r.file)` writes it)")
         }
         try r.finish()
         return Executable(path: p, sha256: sha)

@@ -7,6 +7,9 @@ public struct ConfigError: Error, Equatable, Sendable, CustomStringConvertible {
     public let file: String
     public let field: String
     public let message: String
+    /// More problems of the same file found together with this one (every
+    /// unknown field of an object), so one run shows them all.
+    public var others: [ConfigError] = []
 
     public init(file: String, field: String, message: String) {
         self.file = file
@@ -14,8 +17,40 @@ public struct ConfigError: Error, Equatable, Sendable, CustomStringConvertible {
         self.message = message
     }
 
+    /// This problem and the others found with it.
+    public var all: [ConfigError] {
+        var first = self
+        first.others = []
+        return [first] + others.flatMap(\.all)
+    }
+
     public var description: String {
-        field.isEmpty ? "\(file): \(message)" : "\(file): \(field): \(message)"
+        let one = field.isEmpty ? "\(file): \(message)" : "\(file): \(field): \(message)"
+        return ([one] + others.map(\.description)).joined(separator: "\n")
+    }
+
+    /// The name in `known` that `name` is most likely a misspelling of
+    /// (edit distance at most 2, and less than half the name; case ignored).
+    public static func closest(to name: String, in known: some Sequence<String>) -> String? {
+        let a = Array(name.lowercased())
+        guard !a.isEmpty else { return nil }
+        var best: (String, Int)? = nil
+        for k in known where k != name {
+            let b = Array(k.lowercased())
+            var row = Array(0...b.count)
+            for i in 1...a.count {
+                var prev = row[0]
+                row[0] = i
+                for j in stride(from: 1, through: b.count, by: 1) {
+                    let cur = row[j]
+                    row[j] = min(row[j] + 1, row[j - 1] + 1, prev + (a[i - 1] == b[j - 1] ? 0 : 1))
+                    prev = cur
+                }
+            }
+            let d = row[b.count]
+            if d <= 2, d * 2 < max(a.count, b.count), best == nil || d < best!.1 { best = (k, d) }
+        }
+        return best?.0
     }
 }
 
@@ -50,8 +85,15 @@ public final class FieldReader {
     }
 
     public func required(_ key: String) throws(ConfigError) -> JSONValue {
-        guard let v = raw(key) else { throw error(key, "required field is missing") }
+        guard let v = raw(key) else { throw missing(key) }
         return v
+    }
+
+    /// "required field is missing", naming a present field that looks like
+    /// a misspelling of it.
+    public func missing(_ key: String) -> ConfigError {
+        let typo = ConfigError.closest(to: key, in: object.keys.filter { !used.contains($0) })
+        return error(key, "required field is missing" + (typo.map { " (found \"\($0)\", misspelt?)" } ?? ""))
     }
 
     public func string(_ key: String) throws(ConfigError) -> String {
@@ -90,7 +132,7 @@ public final class FieldReader {
     public func stringArray(_ key: String, default d: [String]? = nil) throws(ConfigError) -> [String] {
         guard let v = raw(key) else {
             if let d { return d }
-            throw error(key, "required field is missing")
+            throw missing(key)
         }
         guard case .array(let a) = v else { throw error(key, "expected an array of strings, found \(v.typeName)") }
         var out: [String] = []
@@ -120,7 +162,7 @@ public final class FieldReader {
     where T.RawValue == String {
         guard let v = raw(key) else {
             if let d { return d }
-            throw error(key, "required field is missing")
+            throw missing(key)
         }
         let all = T.allCases.map(\.rawValue).joined(separator: ", ")
         guard case .string(let s) = v, let t = T(rawValue: s) else {
@@ -131,9 +173,20 @@ public final class FieldReader {
 
     /// Throws if the object has keys nobody read (unknown fields are errors,
     /// so a typo never silently falls back to a default).
+    /// Every unknown field of the object is reported at once, each with the
+    /// known field it is likely a misspelling of.
     public func finish() throws(ConfigError) {
-        for k in object.keys where !used.contains(k) {
-            throw ConfigError(file: file, field: field(k), message: "unknown field")
+        let unknown = object.keys.filter { !used.contains($0) }
+        guard !unknown.isEmpty else { return }
+        let known = used.filter { !object.contains($0) }
+        let errors = unknown.map { k in
+            ConfigError(
+                file: file, field: field(k),
+                message: "unknown field"
+                    + (ConfigError.closest(to: k, in: known).map { " (did you mean \"\($0)\"?)" } ?? ""))
         }
+        var first = errors[0]
+        first.others = Array(errors.dropFirst())
+        throw first
     }
 }

@@ -40,18 +40,33 @@ public enum ConfigurationFile {
 }
 
 extension SupervisorSettings {
-    /// The directory holding `name` for a default: the working directory if it
-    /// has one, else the checkout the executable was built in
-    /// (`<repo>/.build/<triple>/<config>/mcp-supervisor`).
+    /// The directories the executable's own files are found in, by its own
+    /// path and never by the working directory (a client may start the
+    /// server anywhere, and a `policies/` that happened to lie in the working
+    /// directory must not loosen the sandbox): `<prefix>/share/mcp-supervisor`
+    /// for an installed `<prefix>/bin/mcp-supervisor` (`make install`), else
+    /// the checkout it was built in (`<repo>/.build/<triple>/<config>/`).
+    public static func shareDirectories() -> [String] {
+        guard let exe = try? Sys.realpath("/proc/self/exe") else { return [] }
+        let bin = directoryName(of: exe)
+        var checkout = exe
+        for _ in 0..<4 { checkout = directoryName(of: checkout) }
+        let share =
+            directoryName(of: bin) == "/" ? "/share/mcp-supervisor" : directoryName(of: bin) + "/share/mcp-supervisor"
+        // A binary too near the root has no checkout around it.
+        return checkout == "/" ? [share] : [share, checkout]
+    }
+
+    /// The directory holding `name` (`manifests`, `policies`, `cells`) for a
+    /// default: the first of `shareDirectories()` that has it; else where an
+    /// installed binary would look (so that an error names that path).
     public static func defaultDirectory(_ name: String) -> String {
-        let here = absolute(name)
-        if (try? Sys.stat(here))?.isDirectory == true { return here }
-        if let exe = try? Sys.realpath("/proc/self/exe") {
-            var p = exe
-            for _ in 0..<4 { p = directoryName(of: p) }
-            let candidate = p + "/" + name
-            if (try? Sys.stat(candidate))?.isDirectory == true { return candidate }
-        }
-        return here
+        let candidates = shareDirectories().map { $0 + "/" + name }
+        return candidates.first { (try? Sys.stat($0))?.isDirectory == true } ?? candidates.first ?? name
+    }
+
+    /// Where the defaults of `name` were looked for, for messages.
+    public static func defaultSearchText(_ name: String) -> String {
+        shareDirectories().map { $0 + "/" + name }.joined(separator: ", then ")
     }
 }

@@ -66,7 +66,8 @@ extension Setting {
         "manifests", flag: "manifests",
         .directory(\.manifestsDirectory, default: { SupervisorSettings.defaultDirectory("manifests") }),
         scope: .cells,
-        defaultText: "`manifests/` of the working directory, else of the checkout the binary was built in",
+        defaultText: "`<prefix>/share/mcp-supervisor/manifests` beside an installed `<prefix>/bin/mcp-supervisor`, "
+            + "else `manifests/` of the checkout the binary was built in (never the working directory)",
         help: "Directory of cell manifests (`*.json`).")
 
     public static let policies = Setting(
@@ -78,7 +79,8 @@ extension Setting {
     public static let stateDirectory = Setting(
         "stateDirectory", flag: "state-dir",
         .directory(\.stateDirectory, default: { SupervisorSettings.defaultStateDirectory() }), scope: .cells,
-        defaultText: "`$XDG_STATE_HOME/mcp-supervisor`, else `~/.local/state/mcp-supervisor`",
+        defaultText: "`$XDG_STATE_HOME/mcp-supervisor`, else `~/.local/state/mcp-supervisor`, else (no `$HOME`, as "
+            + "with `env -i`) `/tmp/mcp-supervisor-<uid>/state`; `run` and `doctor` say which one is in use and why",
         help:
             "Supervisor state: security log, keys, trust ledger (mode 0700). No manifest may expose it to a worker. `run` refuses to start if it, `trust/`, the ledger, `keys/` (or a file in it) or `security/` is writable by group or others."
     )

@@ -16,6 +16,22 @@ struct Audit: ParsableCommand {
 
         var state: String { stateOptions.settings().stateDirectory }
         var logDirectory: String { state + "/security" }
+
+        /// The log's records; a state directory without a log is named with
+        /// where it came from, never a bare `opendir … ENOENT`.
+        func records() throws -> [LogRecord] {
+            try requireLog()
+            return try SecurityLogReader.records(directory: logDirectory)
+        }
+
+        func requireLog() throws {
+            guard (try? Sys.stat(logDirectory))?.isDirectory == true else {
+                printError(
+                    "error: no security log in \(logDirectory): no supervisor has run with the state directory "
+                        + "\(state)\(stateDirectoryNote(stateOptions.settings())); pass --state-dir to read another")
+                throw ExitCode(1)
+            }
+        }
     }
 
     /// One readable line per record.
@@ -37,20 +53,24 @@ struct Audit: ParsableCommand {
         @OptionGroup var location: Location
         @Option(name: [.customShort("n"), .long], help: "How many records.") var lines = 20
         @Flag(name: .shortAndLong, help: "Keep printing new records as they are written.") var follow = false
+        @Flag(name: .long, help: "Print the records as JSON Lines.") var json = false
+
+        func show(_ r: LogRecord) { print(json ? JSONValue.object(r.object).serialized() : Audit.render(r)) }
 
         func run() throws {
             // Watched before the first read, so that no record written in
             // between is missed; then each wait blocks on inotify.
+            try location.requireLog()
             let watcher = follow ? try FileChangeWatcher(directory: location.logDirectory) : nil
-            var records = try SecurityLogReader.records(directory: location.logDirectory)
-            for r in records.suffix(lines) { print(Audit.render(r)) }
+            var records = try location.records()
+            for r in records.suffix(lines) { show(r) }
             guard let watcher else { return }
             fflush(nil)
             var last = records.last?.seq ?? 0
             while watcher.waitForChange() {
                 records = (try? SecurityLogReader.records(directory: location.logDirectory)) ?? []
                 for r in records where r.seq > last {
-                    print(Audit.render(r))
+                    show(r)
                     last = r.seq
                 }
                 fflush(nil)
@@ -67,11 +87,18 @@ struct Audit: ParsableCommand {
         @Option(name: .long, help: "Principal (e.g. uid:1000).") var principal: String?
         @Option(name: .long, help: "Outcome (success, tool_error, timeout, sandbox_violation, ...).") var outcome:
             String?
-        @Option(name: .long, help: "Records at or after this RFC 3339 time (UTC, e.g. 2026-11-22T10:00:00Z).")
+        @Option(
+            name: .long,
+            help: ArgumentHelp(
+                "Records at or after this time: RFC 3339 (2026-11-22T10:00:00Z), a date (2026-11-22, UTC) or a time "
+                    + "ago (90s, 15m, 2h, 1d, 1w)."))
         var since: String?
-        @Option(name: .long, help: "Records before this RFC 3339 time.") var until: String?
+        @Option(name: .long, help: "Records before this time (the same forms as --since).") var until: String?
 
-        func validate() throws {
+        /// The bounds in the log's own time format; anything else is refused.
+        mutating func validate() throws {
+            since = try since.map { try TimeBound.parse($0) }
+            until = try until.map { try TimeBound.parse($0) }
             for t in type where SecurityEventType(rawValue: t) == nil {
                 throw ValidationError(
                     "unknown event type \(t); known: \(SecurityEventType.allCases.map(\.rawValue).joined(separator: ", "))"
@@ -85,14 +112,15 @@ struct Audit: ParsableCommand {
             if let tool, r["tool"]?.stringValue != tool { return false }
             if let principal, r["principal"]?.stringValue != principal { return false }
             if let outcome, r["outcome"]?.stringValue != outcome { return false }
-            // RFC 3339 UTC strings of one format compare in time order.
+            // RFC 3339 UTC strings of one format compare in time order
+            // (validate() wrote the bounds in the log's format).
             if let since, r.time < since { return false }
             if let until, r.time >= until { return false }
             return true
         }
 
         func records(_ location: Location) throws -> [LogRecord] {
-            try SecurityLogReader.records(directory: location.logDirectory).filter(matches)
+            try location.records().filter(matches)
         }
     }
 
@@ -123,6 +151,7 @@ struct Audit: ParsableCommand {
                 "A public key of the log (e.g. a copy kept elsewhere); repeat for keys of earlier rotations. Default: keys/log-signing*.pub."
         )
         var publicKey: [String] = []
+        @OptionGroup var output: JSONOutput
 
         func run() throws {
             var keys: [String: Curve25519.Signing.PublicKey] = [:]
@@ -142,16 +171,34 @@ struct Audit: ParsableCommand {
             let v = SecurityLogReader.verify(
                 directory: location.logDirectory, publicKeys: keys,
                 checkpointsPath: checkpoints.map(SupervisorSettings.absolute))
+            output.emit(
+                .object(
+                    JSONObject([
+                        ("ok", .bool(v.problem == nil)), ("problem", v.problem.map { .string("\($0)") } ?? .null),
+                        ("records", .int(Int64(v.records))), ("files", .int(Int64(v.files))),
+                        ("lastSeq", .int(v.lastSeq)), ("checkpoints", .int(Int64(v.checkpoints))),
+                        ("keyIds", .array(v.keyIDs.sorted().map { .string($0) })),
+                        (
+                            "unsignedTails",
+                            .array(
+                                v.unsignedTails.map {
+                                    .object(
+                                        JSONObject([
+                                            ("seq", .int($0.seq)), ("from", .int($0.from)), ("to", .int($0.to)),
+                                        ]))
+                                })
+                        ),
+                    ])))
             if let p = v.problem {
                 printError("audit verify: FAILED: \(p)")
                 throw ExitCode(1)
             }
-            for t in v.unsignedTails {
+            for t in v.unsignedTails where !output.json {
                 print(
                     "note: records \(t.from)...\(t.to) had no checkpoint when their writer stopped; the next start checkpointed them (log.unsigned_tail, record \(t.seq))"
                 )
             }
-            print(
+            output.text(
                 "audit verify: OK: \(v.records) records in \(v.files) file(s), chain intact through record \(v.lastSeq), \(v.checkpoints) signed checkpoint(s) valid (key\(v.keyIDs.count == 1 ? "" : "s") \(v.keyIDs.sorted().joined(separator: ", "))), every record covered"
             )
         }

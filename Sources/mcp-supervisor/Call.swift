@@ -38,11 +38,7 @@ struct Call: ParsableCommand {
     func run() throws {
         let s = try options.settings()
         let logger = stderrLogger("mcp-supervisor")
-        let groups: SyscallGroups
-        do { groups = try SyscallGroups.load(path: s.syscallGroupsPath) } catch {
-            printError("error: \(error)")
-            throw ExitCode(2)
-        }
+        let groups = try loadSyscallGroups(s)
         let arguments: JSONObject
         do {
             guard case .object(let o) = try JSONParser.parse(args) else {
@@ -68,6 +64,12 @@ struct Call: ParsableCommand {
                 printError("error: unknown tool \"\(tool)\" (known: \(registry.toolNames.joined(separator: ", ")))")
             }
             throw ExitCode(2)
+        }
+        if !source.isUnsigned && options.manifests != nil {
+            printError(
+                "note: signed mode: \(tool) runs the active version of the trust ledger "
+                    + "\(Ledger.path(stateDirectory: s.stateDirectory)); --manifests is not used "
+                    + "(--allow-unsigned runs a manifests directory, for development)")
         }
         if source.isUnsigned {
             printError(
@@ -104,6 +106,9 @@ struct Call: ParsableCommand {
             onNetwork: onNetwork, onMessage: onMessage)
         if json {
             var o = JSONObject([("outcome", .string(report.outcome.kind)), ("detail", .string(report.outcome.detail))])
+            if case .timeout = report.outcome {
+                o["timeoutMilliseconds"] = .int(Int64(entry.cell.manifest.limits.timeoutMilliseconds))
+            }
             if case .success(let r) = report.outcome {
                 o["content"] = .array(r.content)
                 if let sc = r.structuredContent { o["structuredContent"] = sc }
@@ -133,6 +138,16 @@ struct Call: ParsableCommand {
             printError(
                 "outcome: \(report.outcome.detail); duration \(formatDuration(report.durationNanoseconds)), cpu \(formatDuration(report.cpuNanoseconds)), peak memory \(report.peakMemoryBytes.map { "\($0 >> 10) KiB" } ?? "not measured"), \(exit)"
             )
+            if case .timeout = report.outcome {
+                printError(
+                    "the deadline is limits.timeoutMilliseconds = \(entry.cell.manifest.limits.timeoutMilliseconds) ms "
+                        + "in \(entry.cell.manifest.sourcePath)")
+            }
+            if case .cannotRun(let c) = report.outcome,
+                let fix = hashMismatchFix(c, manifest: entry.cell.manifest.sourcePath)
+            {
+                printError(fix)
+            }
             if case .success = report.outcome {
             } else if !report.diagnostics.isEmpty {
                 printError("worker stderr (last \(report.diagnostics.utf8.count) bytes):\n\(report.diagnostics)")

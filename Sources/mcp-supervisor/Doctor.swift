@@ -1,4 +1,5 @@
 import ArgumentParser
+import StrictJSON
 import SupervisorCore
 import SupervisorPlatform
 
@@ -10,15 +11,26 @@ struct Doctor: ParsableCommand {
 
     @OptionGroup var options: CommonOptions
 
+    @OptionGroup var output: JSONOutput
+
+    @Flag(
+        name: .long,
+        help: ArgumentHelp(
+            "Check the manifests of --manifests as `run --allow-unsigned` would serve them, instead of the cells "
+                + "of the trust ledger."))
+    var allowUnsigned = false
+
     func run() throws {
         let s = try options.settings()
         let f = KernelFeatures.probe()
         let host = options.host(s, features: f)
-        print("kernel: Linux \(Sys.unameRelease())")
-        print(
+        var report = JSONObject()
+        let out = output
+        out.text("kernel: Linux \(Sys.unameRelease())")
+        out.text(
             "supervisor: uid \(Sys.geteuid())\(f.isRoot ? " (root): workers run as uid \(host.workerUID), gid \(host.workerGID)" : ": workers run under this uid, confined by Landlock and seccomp")"
         )
-        print(
+        out.text(
             "seccomp: libseccomp API level \(f.seccompAPILevel); kill-process \(f.seccompAPILevel >= 3 ? "yes" : "NO"); user notification \(f.seccompUserNotification ? "yes (denied syscalls are named, then the worker is killed)" : "no (denied syscalls kill the worker unnamed)")"
         )
         if let abi = f.landlockABI {
@@ -28,64 +40,102 @@ struct Doctor: ParsableCommand {
             if abi >= 4 { parts.append("TCP bind/connect") }
             if abi >= 5 { parts.append("device ioctl") }
             if abi >= 6 { parts.append("abstract-unix-socket and signal scopes") }
-            print("landlock: ABI \(abi) (\(parts.joined(separator: ", ")))")
+            out.text("landlock: ABI \(abi) (\(parts.joined(separator: ", ")))")
         } else {
-            print(
+            out.text(
                 "landlock: NOT AVAILABLE (\(f.landlockError ?? "?")): no cell can run; enable Landlock (lsm=...,landlock)"
             )
         }
-        print("user namespaces: \(f.userNamespaces ? "yes" : "no (\(f.userNamespaceError ?? "?"))")")
-        print("pid namespaces for workers that fork: \(f.pidNamespaces ? "yes" : "no (\(f.pidNamespaceError ?? "?"))")")
-        print(
+        out.text("user namespaces: \(f.userNamespaces ? "yes" : "no (\(f.userNamespaceError ?? "?"))")")
+        out.text(
+            "pid namespaces for workers that fork: \(f.pidNamespaces ? "yes" : "no (\(f.pidNamespaceError ?? "?"))")")
+        out.text(
             "capability bounding set: \(f.canDropBoundingSet ? "dropped in every worker" : "cannot be dropped without CAP_SETPCAP; no_new_privs keeps workers from gaining any capability")"
         )
-        print("sealed executables (memfd exec): \(f.memfdExec ? "yes" : "no (vm.memfd_noexec is set)")")
-        print("cgroups: \(cgroupSummary())")
-        print("state directory: \(s.stateDirectory)")
-        print("scratch root: \(s.scratchRoot)")
+        out.text("sealed executables (memfd exec): \(f.memfdExec ? "yes" : "no (vm.memfd_noexec is set)")")
+        out.text("cgroups: \(cgroupSummary())")
+        out.text("state directory: \(s.stateDirectory)\(stateDirectoryNote(s))")
+        out.text("policies: \(s.policiesDirectory)")
+        out.text("scratch root: \(s.scratchRoot)")
+        report["kernel"] = .string("Linux \(Sys.unameRelease())")
+        report["features"] = featureSummary(f, host)
+        report["stateDirectory"] = .string(s.stateDirectory)
+        report["policies"] = .string(s.policiesDirectory)
+        report["scratchRoot"] = .string(s.scratchRoot)
 
-        let groups: SyscallGroups
-        do { groups = try SyscallGroups.load(path: s.syscallGroupsPath) } catch {
-            print("syscall groups: ERROR \(error)")
-            throw ExitCode(1)
-        }
-        let paths = (try? CellRegistry.manifestFiles(in: s.manifestsDirectory)) ?? []
-        print("cells (\(paths.count) manifests in \(s.manifestsDirectory)):")
+        let groups = try loadSyscallGroups(s, prefix: "syscall groups: ERROR")
+        // What `run` serves: the trust ledger's active versions (signed
+        // mode), or the manifests directory as it is (--allow-unsigned).
+        let source = CellSource(
+            allowUnsigned: allowUnsigned, manifestsDirectory: s.manifestsDirectory, stateDirectory: s.stateDirectory)
+        let registry = source.registry(groups: groups, host: host)
+        let ledger = Ledger.path(stateDirectory: s.stateDirectory)
+        var cells: [JSONValue] = []
         var bad = 0
-        for p in paths {
+        func describe(_ m: CellManifest, _ c: PreparedCell) -> String {
+            let l = m.limits
+            var ns = f.isRoot ? "mount" : "user+mount"
+            if l.processes == .processes { ns += "+pid" }
+            return
+                "\(m.name) \(m.version): OK — seccomp allowlist of \(c.allowlist.count) syscalls (\(c.seccomp.instructionCount) BPF instructions), Landlock ABI \(f.landlockABI ?? 0) with \(m.filesystem.read.count) read / \(m.filesystem.write.count) write / \(m.filesystem.execute.count) execute paths + scratch, processes: \(l.processes.rawValue), namespaces: \(ns), limits: \(l.timeoutMilliseconds) ms, \(l.cpuSeconds) s CPU, \(l.memoryMiB) MiB, \(l.outputKiB) KiB output, scratch \(l.scratchMiB) MiB / \(l.scratchFiles) files"
+        }
+        func check(_ c: PreparedCell) {
+            let m = c.manifest
+            var o = JSONObject([
+                ("cell", .string(m.name)), ("version", .string(m.version)), ("manifest", .string(m.sourcePath)),
+                ("tools", .array(m.tools.map { .string($0.name) })),
+            ])
             do {
-                let m = try CellRegistry.loadManifest(path: p)
-                let c = try PreparedCell(manifest: m, groups: groups, host: host)
                 try c.verifyFiles()
-                let l = m.limits
-                var ns = f.isRoot ? "mount" : "user+mount"
-                if l.processes == .processes { ns += "+pid" }
-                print(
-                    "  \(m.name) \(m.version): OK — seccomp allowlist of \(c.allowlist.count) syscalls (\(c.seccomp.instructionCount) BPF instructions), Landlock ABI \(f.landlockABI ?? 0) with \(m.filesystem.read.count) read / \(m.filesystem.write.count) write / \(m.filesystem.execute.count) execute paths + scratch, processes: \(l.processes.rawValue), namespaces: \(ns), limits: \(l.timeoutMilliseconds) ms, \(l.cpuSeconds) s CPU, \(l.memoryMiB) MiB, \(l.outputKiB) KiB output, scratch \(l.scratchMiB) MiB / \(l.scratchFiles) files"
-                )
+                o["ok"] = true
+                o["syscalls"] = .int(Int64(c.allowlist.count))
+                out.text("  " + describe(m, c))
             } catch {
                 bad += 1
-                print("  \(p): CANNOT RUN AS DECLARED — \(error)")
+                o["ok"] = false
+                o["error"] = .string("\(error)")
+                out.text("  \(m.name) \(m.version) (\(m.sourcePath)): CANNOT RUN AS DECLARED — \(error)")
+                if let fix = hashMismatchFix(error, manifest: m.sourcePath) {
+                    o["fix"] = .string(fix)
+                    out.text("    \(fix)")
+                }
             }
+            cells.append(.object(o))
         }
-        // What `run` serves comes from the trust ledger: manifests that
-        // would run mean nothing while none of them is registered there.
-        let source = CellSource(
-            allowUnsigned: false, manifestsDirectory: s.manifestsDirectory, stateDirectory: s.stateDirectory)
-        let registry = source.registry(groups: groups, host: host)
-        print(
-            "trust ledger \(Ledger.path(stateDirectory: s.stateDirectory)): \(registry.cells.count) cells, "
-                + "\(registry.toolNames.count) tools served")
+        if allowUnsigned {
+            let count = (try? CellRegistry.manifestFiles(in: s.manifestsDirectory).count) ?? 0
+            out.text("cells (unsigned: \(count) manifests in \(s.manifestsDirectory)):")
+            report["source"] = .string("manifests \(s.manifestsDirectory) (unsigned)")
+        } else {
+            out.text(
+                "cells (signed mode: the active versions of the trust ledger \(ledger); --manifests is not used, "
+                    + "--allow-unsigned checks a manifests directory instead):")
+            report["source"] = .string("trust ledger \(ledger)")
+        }
+        for c in registry.cells { check(c) }
+        for p in registry.problems {
+            bad += 1
+            out.text("  \(p.path): CANNOT RUN AS DECLARED — \(p.message)")
+            cells.append(
+                .object(JSONObject([("manifest", .string(p.path)), ("ok", false), ("error", .string(p.message))])))
+        }
+        report["cells"] = .array(cells)
+        report["toolsServed"] = .int(Int64(registry.toolNames.count))
+        out.text(
+            allowUnsigned
+                ? "manifests \(s.manifestsDirectory): \(registry.cells.count) cells, \(registry.toolNames.count) tools served"
+                : "trust ledger \(ledger): \(registry.cells.count) cells, \(registry.toolNames.count) tools served")
+        var error: String? = nil
         if registry.toolNames.isEmpty {
-            print(
-                "ERROR: "
-                    + noToolsExplanation(
-                        source: source, manifestsDirectory: s.manifestsDirectory, stateDirectory: s.stateDirectory,
-                        registry: registry))
-            throw ExitCode(1)
+            error = noToolsExplanation(
+                source: source, manifestsDirectory: s.manifestsDirectory, stateDirectory: s.stateDirectory,
+                registry: registry, stateNote: stateDirectoryNote(s))
+            out.text("ERROR: " + error!)
         }
-        for p in registry.problems { print("  \(p)") }
-        if bad > 0 { throw ExitCode(1) }
+        report["ok"] = .bool(error == nil && bad == 0)
+        report["error"] = error.map { .string($0) } ?? .null
+        out.emit(.object(report))
+        if error != nil || bad > 0 { throw ExitCode(1) }
     }
 
     func cgroupSummary() -> String {

@@ -12,7 +12,7 @@ struct Manifest: ParsableCommand {
     struct Pin: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract:
-                "Write the SHA-256 of each manifest's executable (and script and libraries) into the manifest. Run after building a cell; then sign it."
+                "Write the SHA-256 of each manifest's executable (and script and libraries) into the manifest. Run after building a cell; then sign it. A blank or missing \"sha256\" is filled in."
         )
 
         @Argument(help: "Manifest files.")
@@ -40,13 +40,24 @@ struct Manifest: ParsableCommand {
             for f in files.map(SupervisorSettings.absolute) {
                 do {
                     let bytes = try readFile(f, limit: 1 << 20)
-                    guard case .object(var doc) = try JSONParser.parse(bytes) else {
+                    let parsed: JSONValue
+                    do { parsed = try JSONParser.parse(bytes) } catch {
+                        printError("error: \(f): not valid JSON: \(error)")
+                        failed = true
+                        continue
+                    }
+                    guard case .object(var doc) = parsed else {
                         printError("error: \(f): not a JSON object")
                         failed = true
                         continue
                     }
+                    // A new cell's author leaves "sha256" blank (or out):
+                    // a placeholder lets the rest be checked, then the
+                    // digest replaces it.
+                    let blank = fillBlankDigests(&doc)
                     // Parse fully first: pinning never hides another error.
-                    let m = try CellManifest.parse(bytes: bytes, path: f, manifestSHA256: "")
+                    let m = try CellManifest.parse(
+                        bytes: blank ? JSONValue.object(doc).serializedBytes() : bytes, path: f, manifestSHA256: "")
                     var changed = false
                     // Writes the file's digest into one {path, sha256} object.
                     func pin(_ spec: CellManifest.Executable, _ value: JSONValue?) throws -> JSONValue? {
@@ -121,6 +132,24 @@ struct Manifest: ParsableCommand {
             if failed { throw ExitCode(1) }
         }
 
+        /// Puts a placeholder digest where a {path, sha256} object has none or
+        /// a blank one; true if there was any.
+        private func fillBlankDigests(_ doc: inout JSONObject) -> Bool {
+            var filled = false
+            func fill(_ value: JSONValue?) -> JSONValue? {
+                guard case .object(var o)? = value else { return value }
+                if o["sha256"] == nil || o["sha256"]?.stringValue?.trimmingBlanks() == "" {
+                    o["sha256"] = .string(String(repeating: "0", count: 64))
+                    filled = true
+                }
+                return .object(o)
+            }
+            doc["executable"] = fill(doc["executable"])
+            if doc["script"] != nil { doc["script"] = fill(doc["script"]) }
+            if case .array(let libs)? = doc["libraries"] { doc["libraries"] = .array(libs.map { fill($0) ?? $0 }) }
+            return filled
+        }
+
         /// The resolved (absolute) paths of `m` written back into `doc`.
         private func absolutize(_ doc: inout JSONObject, _ m: CellManifest) {
             func setPath(_ value: JSONValue?, _ path: String) -> JSONValue? {
@@ -143,4 +172,8 @@ struct Manifest: ParsableCommand {
             if let w = m.workingDirectory, doc["workingDirectory"] != nil { doc["workingDirectory"] = .string(w) }
         }
     }
+}
+
+extension String {
+    fileprivate func trimmingBlanks() -> String { String(drop { $0 == " " }.reversed().drop { $0 == " " }.reversed()) }
 }

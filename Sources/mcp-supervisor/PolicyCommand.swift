@@ -1,4 +1,5 @@
 import ArgumentParser
+import StrictJSON
 import SupervisorCore
 
 struct PolicyCommand: ParsableCommand {
@@ -7,18 +8,32 @@ struct PolicyCommand: ParsableCommand {
 
     struct Check: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Validate a policy file; errors name file and field.")
-        @Argument(help: "Policy file (default: policies/policy.json).") var file: String?
+        @Argument(help: "Policy file (default: policy.json of the policies directory, found as `run` finds it).")
+        var file: String?
+        @OptionGroup var options: CommonOptions
+        @OptionGroup var output: JSONOutput
         func run() throws {
             let path =
-                file.map(SupervisorSettings.absolute) ?? SupervisorSettings.defaultDirectory("policies")
-                + "/policy.json"
+                try file.map(SupervisorSettings.absolute) ?? options.settings().policiesDirectory + "/policy.json"
             do {
                 let p = try Policy.load(path: path)
-                print(
+                output.text(
                     "ok: \(path): \(p.principals.count) principal rule(s), phases \(p.phases.joined(separator: " → ")) (initial \(p.initialPhase)), sha256 \(p.sha256)"
                 )
+                output.emit(
+                    .object(
+                        JSONObject([
+                            ("path", .string(path)), ("ok", true), ("principalRules", .int(Int64(p.principals.count))),
+                            ("phases", .array(p.phases.map { .string($0) })), ("initialPhase", .string(p.initialPhase)),
+                            ("sha256", .string(p.sha256)),
+                        ])))
             } catch {
-                printError("error: \(error)")
+                printError("error: \(describeError(error))")
+                output.emit(
+                    .object(
+                        JSONObject([
+                            ("path", .string(path)), ("ok", false), ("error", .string(describeError(error))),
+                        ])))
                 throw ExitCode(1)
             }
         }
@@ -33,21 +48,23 @@ struct PolicyCommand: ParsableCommand {
         @Option(name: .long, help: "Principal (default: this user, uid:<n>).") var principal: String?
         @Option(name: .long, help: "Client name from initialize.") var client: String?
         @Option(name: .long, help: "Session phase (default: the policy's initial phase).") var phase: String?
-        @Option(name: .long, help: "Policy file (default: policies/policy.json).") var policy: String?
-        @Option(name: .long, help: "Directory of manifests (for the tool's phases).") var manifests: String =
-            "manifests"
+        @Option(name: .long, help: "Policy file (default: policy.json of the policies directory).") var policy: String?
+        /// --manifests (for the tool's phases), --policies, --config as
+        /// every other command takes them.
+        @OptionGroup var options: CommonOptions
+        @OptionGroup var output: JSONOutput
 
         func run() throws {
-            let path =
-                policy.map(SupervisorSettings.absolute) ?? SupervisorSettings.defaultDirectory("policies")
-                + "/policy.json"
+            let s = try options.settings()
+            let manifests = s.manifestsDirectory
+            let path = policy.map(SupervisorSettings.absolute) ?? s.policiesDirectory + "/policy.json"
             let p: Policy
             do { p = try Policy.load(path: path) } catch {
-                printError("error: \(error)")
+                printError("error: \(describeError(error))")
                 throw ExitCode(1)
             }
             var manifest: CellManifest? = nil
-            for f in (try? CellRegistry.manifestFiles(in: SupervisorSettings.defaultDirectory(manifests))) ?? [] {
+            for f in (try? CellRegistry.manifestFiles(in: manifests)) ?? [] {
                 if let m = try? CellRegistry.loadManifest(path: f), m.tools.contains(where: { $0.name == tool }) {
                     manifest = m
                 }
@@ -55,16 +72,28 @@ struct PolicyCommand: ParsableCommand {
             let who = principal ?? "uid:\(geteuidValue())"
             let d = p.decide(
                 principal: who, client: client, tool: tool, manifest: manifest, phase: phase ?? p.initialPhase)
-            print(
+            output.text(
                 "\(d.allowed ? "allow" : "deny") \(tool) for \(who)\(client.map { " (client \($0))" } ?? "") in phase \(phase ?? p.initialPhase)"
             )
-            print("rule: \(d.rule)")
-            if !d.allowed { print("reason: \(d.message)") }
-            if d.allowed, let (i, _) = p.approvalRule(tool: tool, phase: phase ?? p.initialPhase, principal: who) {
-                print("approval: approval[\(i)]: a person is asked before each call runs")
+            output.text("rule: \(d.rule)")
+            if !d.allowed { output.text("reason: \(d.message)") }
+            let approval = d.allowed ? p.approvalRule(tool: tool, phase: phase ?? p.initialPhase, principal: who) : nil
+            if let (i, _) = approval {
+                output.text("approval: approval[\(i)]: a person is asked before each call runs")
             }
-            if manifest == nil { print("note: no manifest in \(manifests) serves \(tool); phases not checked") }
-            print("policy: \(path) sha256 \(p.sha256)")
+            if manifest == nil { output.text("note: no manifest in \(manifests) serves \(tool); phases not checked") }
+            output.text("policy: \(path) sha256 \(p.sha256)")
+            output.emit(
+                .object(
+                    JSONObject([
+                        ("tool", .string(tool)), ("principal", .string(who)),
+                        ("client", client.map { .string($0) } ?? .null),
+                        ("phase", .string(phase ?? p.initialPhase)), ("allowed", .bool(d.allowed)),
+                        ("rule", .string(d.rule)), ("reason", d.allowed ? .null : .string(d.message)),
+                        ("approvalRule", approval.map { .int(Int64($0.0)) } ?? .null),
+                        ("manifestFound", .bool(manifest != nil)), ("policy", .string(path)),
+                        ("policySha256", .string(p.sha256)),
+                    ])))
             if !d.allowed { throw ExitCode(1) }
         }
     }

@@ -54,12 +54,7 @@ struct Run: AsyncParsableCommand {
             printError("mcp-supervisor: cannot create the state directory: \(error)")
             throw ExitCode(2)
         }
-        let groupsPath = s.syscallGroupsPath
-        let groups: SyscallGroups
-        do { groups = try SyscallGroups.load(path: groupsPath) } catch {
-            printError("mcp-supervisor: \(error)")
-            throw ExitCode(2)
-        }
+        let groups = try loadSyscallGroups(s, prefix: "mcp-supervisor")
         let features = KernelFeatures.probe()
         let host = HostSandbox(
             features: features, workerUID: s.workerUID, workerGID: s.workerGID,
@@ -125,7 +120,7 @@ struct Run: AsyncParsableCommand {
                 "mcp-supervisor: refusing to start: "
                     + noToolsExplanation(
                         source: source, manifestsDirectory: manifestsDir, stateDirectory: s.stateDirectory,
-                        registry: service.currentRegistry))
+                        registry: service.currentRegistry, stateNote: stateDirectoryNote(s)))
             service.shutdown(reason: "no usable tools")
             log.close(finalEvent: SecurityEvent(.supervisorStop, JSONObject([("reason", "no usable tools")])))
             throw ExitCode(2)
@@ -151,10 +146,21 @@ struct Run: AsyncParsableCommand {
                     "cannot watch the trust ledger; changes apply at the next call", metadata: ["error": "\(error)"])
             }
         }
+        // Which cells and which state: a client that starts the server with
+        // another environment learns here where they come from.
+        if !allowUnsigned && cellOptions.manifests != nil {
+            logger.notice(
+                """
+                signed mode: cells come from the trust ledger \(ledgerPath); --manifests \(manifestsDir) is not \
+                used to serve (only --allow-unsigned serves a manifests directory, for development)
+                """)
+        }
+        logger.info("state directory \(s.stateDirectory)\(stateDirectoryNote(s))")
         logger.info(
             "serving",
             metadata: [
-                "manifests": "\(manifestsDir)", "state": "\(s.stateDirectory)",
+                "cells": "\(allowUnsigned ? "unsigned manifests \(manifestsDir)" : "trust ledger \(ledgerPath)")",
+                "state": "\(s.stateDirectory)",
                 "tools": "\(service.currentRegistry.toolNames.count)",
                 "landlock.abi": "\(features.landlockABI ?? 0)", "uid": "\(Sys.geteuid())",
             ])

@@ -26,7 +26,7 @@ struct TrustLocation: ParsableArguments {
 /// appends from several processes under its file lock.
 func trustCommand(_ location: TrustLocation? = nil, _ name: String = "", _ body: () throws -> Void) throws {
     do { try body() } catch let e as ExitCode { throw e } catch {
-        printError("error: \(error)")
+        printError("error: \(describeError(error))")
         if let location {
             securityEvents(
                 location,
@@ -34,7 +34,7 @@ func trustCommand(_ location: TrustLocation? = nil, _ name: String = "", _ body:
                     SecurityEvent(
                         .ledgerRefused,
                         JSONObject([
-                            ("command", .string(name)), ("error", .string("\(error)")),
+                            ("command", .string(name)), ("error", .string(describeError(error))),
                             ("uid", .int(Int64(geteuidValue()))),
                         ]))
                 ])
@@ -101,13 +101,24 @@ struct Keys: ParsableCommand {
     struct List: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Keys in the ledger's keyring, trusted and revoked.")
         @OptionGroup var location: TrustLocation
+        @OptionGroup var output: JSONOutput
         func run() throws {
             let st = Ledger.load(path: location.ledgerPath)
             if let d = st.damaged { printError("warning: ledger damaged: \(d)") }
-            if st.keys.isEmpty { print("no keys (the first `cell register --key` or `keys add` creates the keyring)") }
-            for k in st.keys.values.sorted(by: { $0.id < $1.id }) {
-                print("\(k.id)  \(k.revoked ? "revoked" : "trusted")  \(k.name)")
+            if st.keys.isEmpty {
+                output.text("no keys (the first `cell register --key` or `keys add` creates the keyring)")
             }
+            let keys = st.keys.values.sorted(by: { $0.id < $1.id })
+            for k in keys { output.text("\(k.id)  \(k.revoked ? "revoked" : "trusted")  \(k.name)") }
+            output.emit(
+                .array(
+                    keys.map {
+                        .object(
+                            JSONObject([
+                                ("id", .string($0.id)), ("status", .string($0.revoked ? "revoked" : "trusted")),
+                                ("name", .string($0.name)),
+                            ]))
+                    }))
         }
     }
 
@@ -169,6 +180,16 @@ struct CellCommand: ParsableCommand {
         return (st, c)
     }
 
+    /// One version argument, `CELL:VERSION`; `CELL VERSION` (two arguments)
+    /// is the older form, still accepted.
+    static func cellVersion(_ first: String, _ second: String?) throws -> (cell: String, version: String) {
+        if let second { return (first, second) }
+        guard let cv = splitCellVersion(first) else {
+            throw ValidationError("expected CELL:VERSION (e.g. echo:3f6506dc1eaf), found \"\(first)\"")
+        }
+        return cv
+    }
+
     static func resolve(_ st: LedgerState, cell: String, version: String) throws -> LedgerState.Version {
         guard let c = st.cells[cell] else { throw TrustCommandError("cell \(cell) is not registered") }
         let matches = c.versions.keys.filter { $0.hasPrefix(version) }
@@ -194,8 +215,7 @@ struct CellCommand: ParsableCommand {
                     let bytes = try readFile(m, limit: 1 << 20)
                     _ = try CellManifest.parse(bytes: bytes, path: m, manifestSHA256: "")
                     let sig = try ManifestSignature.make(manifestBytes: bytes, key: k)
-                    try Data(sig.prettySerialized().utf8).write(
-                        to: URL(fileURLWithPath: ManifestSignature.path(for: m)))
+                    try writeFileAtomically(ManifestSignature.path(for: m), Array(sig.prettySerialized().utf8))
                     print("signed: \(m) (\(sha256Hex(bytes).prefix(12))) by \(TrustKeys.keyID(k.publicKey))")
                 }
             }
@@ -298,6 +318,8 @@ struct CellCommand: ParsableCommand {
                                     "\(manifest.name): the new version widens permissions; review and re-run with --approve-widening:\n  "
                                         + widening.map(\.description).joined(separator: "\n  "))
                             }
+                            // What is approved is shown, never approved silently.
+                            for c in widening { print("approving for \(manifest.name): \(c)") }
                         }
                         var fields: JSONObject = [
                             "cell": .string(manifest.name), "version": .string(vid), "label": .string(manifest.version),
@@ -340,17 +362,30 @@ struct CellCommand: ParsableCommand {
     struct List: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Registered cells, their active version and status.")
         @OptionGroup var location: TrustLocation
+        @OptionGroup var output: JSONOutput
         func run() throws {
             let st = Ledger.load(path: location.ledgerPath)
             if let d = st.damaged { printError("LEDGER DAMAGED, every cell is refused: \(d)") }
+            var rows: [JSONValue] = []
             for name in Set(st.cells.keys).union(st.refusedCells.keys).sorted() {
                 let c = st.cells[name]
                 let active = c?.active.flatMap { c?.versions[$0] }
-                let status = st.refusal(cell: name).map { "REFUSED: \($0)" } ?? "ok"
-                print(
+                let refusal = st.refusal(cell: name)
+                let status = refusal.map { "REFUSED: \($0)" } ?? "ok"
+                output.text(
                     "\(name)  \(active.map { "\($0.id.prefix(12)) \($0.label) signed by \($0.signedBy)" } ?? "no active version")  versions: \(c?.order.count ?? 0)  \(status)"
                 )
+                rows.append(
+                    .object(
+                        JSONObject([
+                            ("cell", .string(name)), ("active", active.map { .string($0.id) } ?? .null),
+                            ("label", active.map { .string($0.label) } ?? .null),
+                            ("signedBy", active.map { .string($0.signedBy) } ?? .null),
+                            ("versions", .int(Int64(c?.order.count ?? 0))),
+                            ("refused", refusal.map { .string($0) } ?? .null),
+                        ])))
             }
+            output.emit(.array(rows))
         }
     }
 
@@ -358,12 +393,29 @@ struct CellCommand: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Every version of a cell, with its tools.")
         @Argument var cell: String
         @OptionGroup var location: TrustLocation
+        @OptionGroup var output: JSONOutput
         func run() throws {
             try trustCommand {
                 let (st, c) = try CellCommand.registered(location, cell)
+                var versions: [JSONValue] = []
                 for id in c.order {
                     let v = c.versions[id]!
                     let m = try? CellManifest.parse(bytes: v.manifestBytes, path: v.manifestPath, manifestSHA256: id)
+                    versions.append(
+                        .object(
+                            JSONObject([
+                                ("id", .string(id)), ("active", .bool(c.active == id)), ("revoked", .bool(v.revoked)),
+                                ("revokeReason", v.revokeReason.map { .string($0) } ?? .null),
+                                ("label", .string(v.label)), ("registeredAt", .string(v.registeredAt)),
+                                ("signedBy", .string(v.signedBy)), ("approvedWidening", .bool(v.approvedWidening)),
+                                ("manifest", .string(v.manifestPath)),
+                                ("executable", m.map { .string($0.executable.path) } ?? .null),
+                                ("executableSha256", .string(v.executableSHA256)),
+                                ("argv", m.map { .array($0.argv.map { .string($0) }) } ?? .null),
+                                ("tools", m.map { .array($0.tools.map { .string($0.name) }) } ?? .null),
+                                ("parent", v.parent.map { .string($0) } ?? .null),
+                            ])))
+                    guard !output.json else { continue }
                     print(
                         "\(id)\(c.active == id ? "  (active)" : "")\(v.revoked ? "  REVOKED\(v.revokeReason.map { ": \($0)" } ?? "")" : "")"
                     )
@@ -375,7 +427,14 @@ struct CellCommand: ParsableCommand {
                     print("  tools: \(m?.tools.map(\.name).joined(separator: ", ") ?? "?")")
                     print("  parent: \(v.parent ?? "none")")
                 }
-                if let r = st.refusal(cell: cell) { print("status: REFUSED: \(r)") } else { print("status: ok") }
+                let refusal = st.refusal(cell: cell)
+                output.text(refusal.map { "status: REFUSED: \($0)" } ?? "status: ok")
+                output.emit(
+                    .object(
+                        JSONObject([
+                            ("cell", .string(cell)), ("versions", .array(versions)),
+                            ("refused", refusal.map { .string($0) } ?? .null),
+                        ])))
             }
         }
     }
@@ -384,16 +443,26 @@ struct CellCommand: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "The active version and its ancestors, newest first.")
         @Argument var cell: String
         @OptionGroup var location: TrustLocation
+        @OptionGroup var output: JSONOutput
         func run() throws {
             try trustCommand {
                 let (_, c) = try CellCommand.registered(location, cell)
                 var cur = c.active ?? c.order.last
+                var rows: [JSONValue] = []
                 while let id = cur, let v = c.versions[id] {
-                    print(
+                    output.text(
                         "\(id.prefix(12))  \(v.label)  \(v.registeredAt)\(c.active == id ? "  active" : "")\(v.revoked ? "  revoked" : "")"
                     )
+                    rows.append(
+                        .object(
+                            JSONObject([
+                                ("id", .string(id)), ("label", .string(v.label)),
+                                ("registeredAt", .string(v.registeredAt)), ("active", .bool(c.active == id)),
+                                ("revoked", .bool(v.revoked)),
+                            ])))
                     cur = v.parent
                 }
+                output.emit(.array(rows))
             }
         }
     }
@@ -403,13 +472,13 @@ struct CellCommand: ParsableCommand {
             abstract:
                 "Which permissions widen or narrow between two versions (manifest files, or CELL:VERSION from the ledger)."
         )
-        @Argument var old: String
-        @Argument var new: String
+        @Argument(help: "The old version: a manifest file or CELL:VERSION.") var old: String
+        @Argument(help: "The new version: a manifest file or CELL:VERSION.") var new: String
         @OptionGroup var location: TrustLocation
+        @OptionGroup var output: JSONOutput
         func load(_ spec: String, _ st: LedgerState) throws -> CellManifest {
-            if let colon = spec.firstIndex(of: ":"), !spec.hasPrefix("/"), st.cells[String(spec[..<colon])] != nil {
-                let v = try CellCommand.resolve(
-                    st, cell: String(spec[..<colon]), version: String(spec[spec.index(after: colon)...]))
+            if !spec.hasPrefix("/"), let (cell, version) = splitCellVersion(spec), st.cells[cell] != nil {
+                let v = try CellCommand.resolve(st, cell: cell, version: version)
                 return try CellManifest.parse(bytes: v.manifestBytes, path: v.manifestPath, manifestSHA256: v.id)
             }
             return try CellRegistry.loadManifest(path: SupervisorSettings.absolute(spec))
@@ -419,8 +488,17 @@ struct CellCommand: ParsableCommand {
                 let st = Ledger.load(path: location.ledgerPath)
                 let changes = PermissionDiff.compare(
                     try load(old, st), try load(new, st), groups: try location.groups())
-                if changes.isEmpty { print("no permission changes") }
-                for c in changes { print(c) }
+                if changes.isEmpty { output.text("no permission changes") }
+                for c in changes { output.text("\(c)") }
+                output.emit(
+                    .array(
+                        changes.map {
+                            .object(
+                                JSONObject([
+                                    ("field", .string($0.field)), ("direction", .string($0.direction.rawValue)),
+                                    ("detail", .string($0.detail)),
+                                ]))
+                        }))
             }
         }
     }
@@ -428,11 +506,13 @@ struct CellCommand: ParsableCommand {
     struct Activate: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Make a registered, unrevoked version the active one.")
-        @Argument var cell: String
-        @Argument var version: String
+        @Argument(help: "CELL:VERSION (the older form CELL VERSION is accepted too).") var cell: String
+        @Argument(help: .hidden) var version: String?
         @Option(name: .long, help: "Private key of a trusted key.") var key: String
         @OptionGroup var location: TrustLocation
+        func validate() throws { _ = try CellCommand.cellVersion(cell, version) }
         func run() throws {
+            let (cell, version) = try CellCommand.cellVersion(cell, version)
             try trustCommand {
                 let v = try CellCommand.resolve(Ledger.load(path: location.ledgerPath), cell: cell, version: version)
                 try ledgerAppend(
@@ -458,7 +538,9 @@ struct CellCommand: ParsableCommand {
                 }
                 let target: LedgerState.Version
                 if let to {
-                    target = try CellCommand.resolve(st, cell: cell, version: to)
+                    // --to VERSION, or CELL:VERSION as everywhere else.
+                    let version = splitCellVersion(to).flatMap { $0.cell == cell ? $0.version : nil } ?? to
+                    target = try CellCommand.resolve(st, cell: cell, version: version)
                 } else {
                     guard let p = c.versions[a]?.parent, let v = c.versions[p] else {
                         throw TrustCommandError("the active version has no parent")
@@ -477,12 +559,14 @@ struct CellCommand: ParsableCommand {
     struct Revoke: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Revoke a version: new calls are refused at once and its workers in flight are killed.")
-        @Argument var cell: String
-        @Argument var version: String
+        @Argument(help: "CELL:VERSION (the older form CELL VERSION is accepted too).") var cell: String
+        @Argument(help: .hidden) var version: String?
         @Option(name: .long, help: "Private key of a trusted key.") var key: String
         @Option(name: .long) var reason: String = ""
         @OptionGroup var location: TrustLocation
+        func validate() throws { _ = try CellCommand.cellVersion(cell, version) }
         func run() throws {
+            let (cell, version) = try CellCommand.cellVersion(cell, version)
             try trustCommand {
                 let v = try CellCommand.resolve(Ledger.load(path: location.ledgerPath), cell: cell, version: version)
                 try ledgerAppend(

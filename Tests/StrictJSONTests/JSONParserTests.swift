@@ -146,3 +146,17 @@ final class FrameDecoderTests: XCTestCase {
         XCTAssertThrowsError(try tooSmall.feed(f))
     }
 }
+
+final class JSONParseLocationTests: XCTestCase {
+    func testErrorsCarryLineAndColumn() {
+        for (text, line, column) in [("{\"a\":\n  tru}", 2, 6), ("[1,\n2,\n\n 3 x]", 4, 4), ("", 1, 1), ("{} x", 1, 4)]
+        {
+            XCTAssertThrowsError(try JSONParser.parse(text), text) { e in
+                let p = e as? JSONParseError
+                XCTAssertEqual(p?.line, line, text)
+                XCTAssertEqual(p?.column, column, text)
+                XCTAssertTrue("\(e)".contains("at line \(line), column \(column)"), "\(e)")
+            }
+        }
+    }
+}

@@ -117,8 +117,11 @@ def test_cell_new_creates_a_working_signed_cell(tmp_path):
             assert p.returncode == 0, p.stdout + p.stderr
             return p.stdout
         cli("cell", "new", "shout-back", "--root", d)
-        assert "ok:" in cli("validate")
-        assert cli("call", "shout_back", "--args", '{"text": "abc"}', "--allow-unsigned").startswith("cba")
+        # Defaults never come from the working directory: the project's
+        # manifests are named.
+        assert "ok:" in cli("validate", "--manifests", d / "manifests")
+        assert cli("call", "shout_back", "--args", '{"text": "abc"}', "--allow-unsigned",
+                   "--manifests", d / "manifests").startswith("cba")
         m = d / "manifests" / "shout-back.json"
         cli("keys", "generate", "--out", d / "k", "--state-dir", d / "state")
         cli("cell", "sign", m, "--key", d / "k.key", "--state-dir", d / "state")

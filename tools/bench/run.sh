@@ -6,6 +6,8 @@ command -v bwrap >/dev/null || { if [ "$(id -u)" = 0 ]; then apt-get install -y 
 mkdir -p .build/bench
 gcc -O2 -static -o .build/bench/noop tools/bench/noop.c
 gcc -O2 -Wall -Werror -o .build/bench/spawn_floor tools/bench/spawn_floor.c
-swift build -c release --product sdk-echo-server
-swift build -c release --product mcp-supervisor
+# The flags of every release build (Makefile, RELEASE_FLAGS): others would
+# rebuild everything.
+swift build -c release --product sdk-echo-server ${SWIFT_RELEASE_FLAGS:-}
+swift build -c release --product mcp-supervisor ${SWIFT_RELEASE_FLAGS:-}
 exec python3 tools/bench/bench.py "$@"
