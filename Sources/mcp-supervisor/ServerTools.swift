@@ -76,25 +76,24 @@ extension CellCommand {
     struct Quarantined: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Server cell versions held back because their server listed other tools than the pinned ones.")
-        @Flag(name: .long, help: "One JSON object per line.") var json = false
+        @OptionGroup var output: JSONOutput
         @OptionGroup var location: TrustLocation
         func run() throws {
             let records = Quarantine(directory: Quarantine.directory(stateDirectory: location.state)).all()
-            for r in records {
-                if json {
-                    print(
-                        JSONValue.object(
+            output.emit(
+                .array(
+                    records.map { r in
+                        .object(
                             JSONObject([
                                 ("cell", .string(r.cell)), ("versionId", .string(r.versionID)),
                                 ("label", .string(r.label)), ("since", .string(r.since)),
                                 ("difference", .string(r.difference)),
-                            ])
-                        ).serialized())
-                } else {
-                    print("\(r.cell) \(r.label) (\(r.versionID.prefix(12))) since \(r.since): \(r.difference)")
-                }
+                            ]))
+                    }))
+            for r in records {
+                output.text("\(r.cell) \(r.label) (\(r.versionID.prefix(12))) since \(r.since): \(r.difference)")
             }
-            if records.isEmpty && !json { print("no quarantined cell versions") }
+            if records.isEmpty { output.text("no quarantined cell versions") }
         }
     }
 
@@ -104,11 +103,15 @@ extension CellCommand {
                 "Release a quarantined server cell version once its drift is reviewed (register the new tools as a new version, or fix the server).",
             discussion:
                 "A released version whose server still lists other tools is quarantined again at its next call.")
-        @Argument(help: "Cell name.") var cell: String
-        @Argument(help: "Version id prefix (default: every quarantined version of the cell).") var version: String?
+        @Argument(help: "CELL or CELL:VERSION (a version id prefix; default: every quarantined version of the cell).")
+        var cell: String
+        @Argument(help: "Version id prefix (the older form CELL VERSION).") var version: String?
         @OptionGroup var location: TrustLocation
         func run() throws {
             try trustCommand(location, "cell release") {
+                // CELL:VERSION as every other cell command takes it, or CELL [VERSION].
+                let (cell, version) =
+                    self.cell.contains(":") ? try CellCommand.cellVersion(self.cell, nil) : (self.cell, self.version)
                 let q = Quarantine(directory: Quarantine.directory(stateDirectory: location.state))
                 let released = try q.release(cell: cell, versionID: version)
                 guard !released.isEmpty else {

@@ -449,7 +449,7 @@ def test_rug_pull_is_refused_quarantined_and_released_through_the_cli(root_gw):
     assert [e["reason"] for e in refused] == ["quarantined", "quarantined"], refused
     assert len(gw.events("call.end", tool="rugpull_greet")) == 2  # the first call and the drift: no server since
 
-    listing = [json.loads(line) for line in gw.cli("cell", "quarantined", "--json").stdout.splitlines()]
+    listing = json.loads(gw.cli("cell", "quarantined", "--json").stdout)
     assert [(q["cell"], q["label"]) for q in listing] == [("rugpull", "1")], listing
     assert listing[0]["versionId"] == drift["cellVersionId"] and listing[0]["difference"] == drift["difference"]
     gw.cli("cell", "release", "rugpull")
