@@ -119,6 +119,8 @@ public struct PipelineOptions: Sendable {
     /// Where quarantined server cell versions are recorded (nil: in memory
     /// only for this process, which tests use).
     public var quarantineDirectory: String?
+    /// Where behaviour profiles are kept (nil: in memory only).
+    public var profileDirectory: String?
     public init() {}
 }
 
@@ -151,6 +153,8 @@ public final class CallPipeline: Sendable {
     public let admission = Admission()
     /// Server cell versions whose tools drifted.
     public let quarantine: Quarantine
+    /// Breakers, behaviour profiles, anomaly responses (docs/resilience.md).
+    public let resilience: Resilience
     /// The 2026-07-28 era's approval request states (a key per run).
     public let approvalStates = ApprovalStates()
     let loadRegistry: @Sendable () -> CellRegistry
@@ -187,6 +191,8 @@ public final class CallPipeline: Sendable {
         self.options = options
         self.loadRegistry = loadRegistry
         quarantine = Quarantine(directory: options.quarantineDirectory)
+        resilience = Resilience(
+            profiles: BehaviourProfiles(directory: options.profileDirectory), quarantine: quarantine)
         let registry = loadRegistry()
         state = Mutex(State(registry: registry))
         runner.prespawner?.serve(only: registry.cells)
@@ -328,11 +334,9 @@ public final class CallPipeline: Sendable {
     func admit(_ call: ToolCall, session: CallSession) async -> Result<Admitted, Refused> {
         let (registry, policy, policyError) = state.withLock { ($0.registry, $0.policy, $0.policyError) }
         guard let entry = registry.tool(named: call.name) else { return .failure(Refused(refusal: .unknownTool)) }
-        if entry.cell.manifest.server != nil,
-            let q = quarantine.record(cell: entry.cell.name, versionID: entry.cell.manifest.manifestSHA256)
-        {
-            return .failure(
-                Refused(refusal: .quarantined(cell: q.cell, since: q.since, difference: q.difference), cell: entry.cell))
+        // Drift (server cells) or an anomaly (any cell): docs/resilience.md.
+        if let q = quarantine.record(cell: entry.cell.name, versionID: entry.cell.manifest.manifestSHA256) {
+            return .failure(Refused(refusal: q.refusal, cell: entry.cell))
         }
         if let problem = SchemaValidator.validate(.object(call.arguments), against: entry.tool.inputSchema) {
             logger.info(
@@ -346,6 +350,11 @@ public final class CallPipeline: Sendable {
         guard let policy else {
             return .failure(Refused(refusal: .noPolicy(policyError ?? "no policy file"), cell: entry.cell))
         }
+        switch resilience.admit(entry.cell, policy: policy) {
+        case (let refusal?, _): return .failure(Refused(refusal: refusal, cell: entry.cell, policy: policy))
+        case (nil, let halfOpen?): log.appendLater([halfOpen])
+        case (nil, nil): break
+        }
         let phase = self.phase(of: session)
         let decision = policy.decide(
             principal: session.principal, client: session.clientName, tool: entry.tool.name,
@@ -355,10 +364,12 @@ public final class CallPipeline: Sendable {
         }
         // Before any slot or resource is taken: a person may take minutes.
         var approval: String? = nil
-        if let (i, _) = policy.approvalRule(tool: entry.tool.name, phase: phase, principal: session.principal) {
+        if let rule = policy.approvalRule(tool: entry.tool.name, phase: phase, principal: session.principal)
+            .map({ "approval[\($0.0)]" }) ?? resilience.approvalRule(entry.cell)
+        {
             let request = ApprovalRequest(
                 tool: entry.tool.name, arguments: call.arguments, principal: session.principal, phase: phase,
-                rule: "approval[\(i)]", timeoutSeconds: policy.approvalTimeoutSeconds)
+                rule: rule, timeoutSeconds: policy.approvalTimeoutSeconds)
             switch await approve(call, request, cell: entry.cell, policy: policy) {
             case .failure(let refused): return .failure(refused)
             case .success(let how): approval = how
@@ -472,12 +483,18 @@ public final class CallPipeline: Sendable {
                 let accepted = pool.submit { [self] in
                     log.appendLater([start])
                     var answered: CallReport? = nil
+                    let network = NetworkDecisions()
                     func record(_ r: CallReport) {
                         if case .definitionDrift(let d) = r.outcome { self.quarantine(cell, difference: d) }
                         let result = self.result(for: r, tool: tool)
-                        let events = SecurityEvent.callEnd(
-                            callID: callID, principal: principal, tool: tool.name, cell: cell, report: r,
-                            bytesReturned: result.textBytes)
+                        // Breaker and profile: their events are durable with call.end.
+                        let events =
+                            SecurityEvent.callEnd(
+                                callID: callID, principal: principal, tool: tool.name, cell: cell, report: r,
+                                bytesReturned: result.textBytes)
+                            + self.resilience.observe(
+                                callID: callID, tool: tool.name, cell: cell, report: r,
+                                network: network.all, policy: a.policy)
                         log.append(events) { error in
                             k.resume(returning: Recorded(report: r, result: result, error: error))
                         }
@@ -497,6 +514,7 @@ public final class CallPipeline: Sendable {
                                     answered: early, final: final))
                         },
                         onNetwork: { d in
+                            network.append(d)
                             // In order with call.start/call.end; made durable with call.end.
                             log.appendLater([
                                 SecurityEvent.network(
