@@ -85,7 +85,23 @@ struct Doctor: ParsableCommand {
             throw ExitCode(1)
         }
         for p in registry.problems { print("  \(p)") }
+        resilienceSummary(stateDirectory: s.stateDirectory)
         if bad > 0 { throw ExitCode(1) }
+    }
+
+    /// Quarantined versions and breakers not closed (docs/resilience.md).
+    func resilienceSummary(stateDirectory: String) {
+        let q = Quarantine(directory: Quarantine.directory(stateDirectory: stateDirectory)).all()
+        print("quarantined cell versions: \(q.isEmpty ? "none" : "")")
+        for r in q { print("  \(r.cell) \(r.label) [\(r.reason)] since \(r.since): release with `cell release \(r.cell)`") }
+        let records = (try? SecurityLogReader.records(directory: stateDirectory + "/security")) ?? []
+        let breakers = Insights.breakerStates(
+            records.filter { $0.type == SecurityEventType.cellBreaker.rawValue }.map {
+                Insights.Record(type: $0.type, time: $0.time, fields: $0.object)
+            }
+        ).filter { $0.state != "closed" }
+        print("breakers not closed (last recorded state): \(breakers.isEmpty ? "none" : "")")
+        for b in breakers { print("  \(b.cell) \(b.version): \(b.state) since \(b.time)") }
     }
 
     func cgroupSummary() -> String {
