@@ -16,6 +16,9 @@ public struct ToolCall: Sendable {
     /// How to ask a person when the policy requires approval; nil: the
     /// transport cannot ask, and such a call is refused.
     public var approver: (any Approver)?
+    /// What is left of the call's deadline when a retry runs (docs/resilience.md):
+    /// tightens the cell's timeout for this attempt.
+    var remainingMilliseconds: Int?
 
     public init(
         name: String, arguments: JSONObject = JSONObject(), progressToken: JSONValue? = nil, client: CallClient? = nil
@@ -219,9 +222,10 @@ public final class CallPipeline: Sendable {
 
     // MARK: the call
 
-    /// Admits, executes and records one call. `onMessage` receives the
-    /// worker's progress and log messages while it runs (on a pool thread).
-    public func call(
+    /// Admits, executes and records one call (one attempt: `call` adds the
+    /// policy's retries and fallbacks). `onMessage` receives the worker's
+    /// progress and log messages while it runs (on a pool thread).
+    func callOnce(
         _ call: ToolCall, session: CallSession,
         onMessage: @escaping @Sendable (WorkerMessage) -> Void = { _ in }
     ) async -> CallResponse {
@@ -275,6 +279,7 @@ public final class CallPipeline: Sendable {
                 policy: nil, session: session)
         }
         let report = done.report
+        CallPipeline.attempt?.ended(report.outcome.kind)
         var meta: Logger.Metadata = [
             "tool": "\(entry.tool.name)", "cell.name": "\(entry.cell.name)", "cell.version": "\(entry.cell.version)",
             "outcome": "\(report.outcome.detail)", "duration_us": "\(report.durationNanoseconds / 1000)",
@@ -414,7 +419,7 @@ public final class CallPipeline: Sendable {
         return .success(
             Admitted(
                 id: id, entry: entry, arguments: call.arguments, decision: decision, policy: policy,
-                phase: phase, limits: policy.effectiveLimits(entry.cell.manifest), lease: lease,
+                phase: phase, limits: Self.limits(policy.effectiveLimits(entry.cell.manifest), call), lease: lease,
                 resources: resources, cancellation: cancellation, approval: approval))
     }
 
@@ -556,6 +561,7 @@ public final class CallPipeline: Sendable {
     func refuse(_ r: Refusal, tool: String, cell: PreparedCell?, policy: Policy?, session: CallSession) async
         -> CallResponse
     {
+        CallPipeline.attempt?.ended(r.reason)
         let name = CellProtocol.sanitize(String(tool.prefix(128)))
         var f = JSONObject([
             ("principal", .string(session.principal)), ("tool", .string(name)),
