@@ -1,5 +1,6 @@
 import Foundation
 import StrictJSON
+import SupervisorPlatform
 import Synchronization
 
 /// One cell version's circuit breaker (docs/resilience.md): closed → open

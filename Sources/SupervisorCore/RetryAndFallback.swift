@@ -1,4 +1,5 @@
 import StrictJSON
+import SupervisorPlatform
 import Synchronization
 
 /// How one attempt ended: the `call.refused` reason or the `call.end`

@@ -194,10 +194,10 @@ final class ResilienceTests: XCTestCase {
         var p = warmed(cfg)
         var memory = 2048.0
         var flaggedAt: Double? = nil
-        for _ in 0..<3000 {
+        for _ in 0..<5000 {
             // Each step a little more, just inside half the threshold of
             // the recent profile (what is still learned).
-            let next = memory * 1.02
+            let next = memory * 1.002
             if !p.observe(obs(memoryKiB: next), cfg).isEmpty {
                 flaggedAt = next
                 break
@@ -230,5 +230,74 @@ final class ResilienceTests: XCTestCase {
         XCTAssertEqual(
             b.observe(cell: "c", versionID: "v1", label: "1", obs(memoryKiB: 100_000, hosts: ["h"]), cfg)
                 .map(\.measure), ["peakMemoryKiB"])
+    }
+
+    // MARK: insights
+
+    /// A prepared log: a cell far below its limits, a tool getting slower
+    /// and failing more, a rule that never matched, a breaker that opened,
+    /// an anomaly, and a cell never called.
+    func testInsightsOnAPreparedLog() throws {
+        let sha = String(repeating: "a", count: 64)
+        func manifest(_ name: String) throws -> CellManifest {
+            let o: JSONObject = [
+                "name": .string(name), "version": "1", "description": "A cell.",
+                "executable": ["path": "/bin/true", "sha256": .string(sha)],
+                "tools": [["name": .string(name), "description": "Tool.", "inputSchema": ["type": "object"]]],
+                "sideEffects": "none",
+                "limits": ["timeoutMilliseconds": 10000, "memoryMiB": 1024, "cpuSeconds": 10],
+            ]
+            return try CellManifest.parse(
+                bytes: JSONValue.object(o).serializedBytes(), path: "/m/\(name).json", manifestSHA256: name)
+        }
+        let policy = try Policy.parse(
+            bytes: Array(
+                #"{"principals": [{"name": "me", "allow": ["fetch", "slow", "old_tool"], "deny": ["x"]}]}"#.utf8),
+            path: "/p/policy.json")
+        var records: [Insights.Record] = []
+        var n = 0
+        func add(_ type: SecurityEventType, _ f: JSONObject) {
+            n += 1
+            records.append(Insights.Record(type: type.rawValue, time: "2026-11-30T10:00:\(n)Z", fields: f))
+        }
+        add(.policyLoaded, ["policySha256": .string(policy.sha256)])
+        add(.cellsLoaded, ["cells": [["cell": "fetch"], ["cell": "slow"], ["cell": "idle"]]])
+        for i in 0..<40 {
+            for (tool, late) in [("fetch", false), ("slow", i >= 20)] {
+                add(.callStart, ["cell": .string(tool), "tool": .string(tool),
+                    "decision": .string("allow: principals[0] (me) allow[\(tool == "fetch" ? 0 : 1)] \"\(tool)\" in phase default")])
+                add(.callEnd, [
+                    "cell": .string(tool), "tool": .string(tool),
+                    "outcome": .string(late && i % 2 == 0 ? "timeout" : "success"),
+                    "durationMicroseconds": .int(late ? 400_000 : 50_000), "cpuMicroseconds": 20_000,
+                    "peakMemoryBytes": .int(3 << 20), "bytesReturned": 200,
+                ])
+            }
+        }
+        add(.cellBreaker, ["cell": "slow", "cellVersion": "1", "cellVersionId": "v", "state": "open", "cause": "timeout"])
+        add(.cellAnomaly, ["cell": "fetch", "deviations": [["measure": "networkHost"]]])
+        let found = Insights.analyze(
+            records: records, manifests: [try manifest("fetch"), try manifest("slow"), try manifest("idle")],
+            policy: policy)
+        let kinds = Set(found.map { "\($0.kind) \($0.subject)" })
+        XCTAssertEqual(
+            kinds,
+            [
+                "tighten_limit fetch", "tighten_limit slow", "rising_latency slow", "rising_failures slow",
+                "unmatched_rule principals[0].allow[2]", "unmatched_rule principals[0].deny[0]",
+                "breaker_opened slow", "anomalies fetch", "never_called idle",
+            ])
+        let memory = try XCTUnwrap(found.first { $0.kind == "tighten_limit" && $0.subject == "fetch" && $0.summary.contains("memoryMiB") })
+        XCTAssertTrue(memory.apply.contains(#""memoryMiB": 64"#), memory.apply)
+        XCTAssertTrue(memory.evidence.contains("40 call.end records"), memory.evidence)
+        let timeout = try XCTUnwrap(found.first { $0.subject == "fetch" && $0.summary.contains("timeoutMilliseconds") })
+        XCTAssertTrue(timeout.apply.contains(#""timeoutMilliseconds": 1000"#), timeout.apply)
+        XCTAssertEqual(Insights.breakerStates(records).map(\.state), ["open"])
+        // Too few calls: no numbers-based suggestion.
+        var strict = Insights.Options()
+        strict.minCalls = 1000
+        XCTAssertEqual(
+            Set(Insights.analyze(records: records, manifests: [], policy: policy, options: strict).map(\.kind)),
+            ["breaker_opened", "anomalies"])
     }
 }
