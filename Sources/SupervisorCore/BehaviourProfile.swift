@@ -1,3 +1,4 @@
+import Foundation
 import StrictJSON
 import SupervisorPlatform
 import Synchronization
@@ -321,12 +322,75 @@ public final class BehaviourProfiles: Sendable {
             all[key] = p
             return (d, save)
         }
-        if let save, let directory {
+        if let save { enqueue(path(cell, versionID), save) }
+        return deviations
+    }
+
+    /// Snapshots waiting to be written (the newest per file), and whether
+    /// a writer thread is draining them. A write takes about 0.5 ms here:
+    /// kept off the call's path, one short-lived thread at a time.
+    private let pending = Mutex<(files: [String: JSONValue], running: Bool)>(([:], false))
+    /// Held while taking a snapshot and writing it, so that writes of one
+    /// file happen in the order they were taken.
+    private let writing = Mutex<Void>(())
+
+    func enqueue(_ path: String, _ doc: JSONValue) {
+        let start = pending.withLock { p -> Bool in
+            p.files[path] = doc
+            if p.running { return false }
+            p.running = true
+            return true
+        }
+        guard start else { return }
+        let t = Thread { [self] in
+            while writeOne(endIfEmpty: true) {}
+        }
+        t.name = "profile-save"
+        t.start()
+    }
+
+    /// Writes one pending snapshot; false when there was none.
+    private func writeOne(endIfEmpty: Bool) -> Bool {
+        writing.withLock { _ in
+            let next = pending.withLock { p -> (String, JSONValue)? in
+                guard let (k, v) = p.files.first else {
+                    if endIfEmpty { p.running = false }
+                    return nil
+                }
+                p.files[k] = nil
+                return (k, v)
+            }
+            guard let (path, doc) = next, let directory else { return false }
             // Best effort: a profile that cannot be written is relearned.
             try? Sys.makeDirectories(directory, mode: 0o700)
-            try? LogSigningKey.writeAtomically(path(cell, versionID), Array(save.serialized().utf8), mode: 0o600)
+            try? Self.replace(path, Array(doc.serialized().utf8))
+            return true
         }
-        return deviations
+    }
+
+    /// Writes every pending snapshot now (tests; a clean stop).
+    public func flush() {
+        while writeOne(endIfEmpty: false) {}
+    }
+
+    /// Whole or absent (a temporary file renamed over it), but not synced:
+    /// this runs on the call's path, and a profile lost in a crash is only
+    /// relearned (an fsync here cost milliseconds at p99).
+    static func replace(_ path: String, _ bytes: [UInt8]) throws(SystemError) {
+        // O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC; a name per
+        // writer, so two threads saving the same profile do not interleave.
+        let tmp = "\(path).\(UInt64.random(in: 0...UInt64.max)).tmp"
+        let fd = try Sys.open(tmp, 0o1 | 0o100 | 0o1000 | 0o400000 | 0o2000000, mode: 0o600)
+        do { try fd.writeAll(bytes) } catch {
+            fd.close()
+            try? Sys.unlink(tmp)
+            throw error
+        }
+        fd.close()
+        do { try Sys.rename(tmp, path) } catch {
+            try? Sys.unlink(tmp)
+            throw error
+        }
     }
 
     public func profile(cell: String, versionID: String) -> BehaviourProfile? {

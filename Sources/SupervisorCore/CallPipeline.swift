@@ -775,6 +775,7 @@ public final class CallPipeline: Sendable {
         for c in pending { c.cancel() }
         runner.prespawner?.shutdown()
         runner.endSessions()
+        resilience.profiles.flush()
     }
 
     static func fingerprint(_ r: CellRegistry) -> [String] {

@@ -219,6 +219,7 @@ final class ResilienceTests: XCTestCase {
         for _ in 0..<(BehaviourProfile.capacity + 40) {
             XCTAssertEqual(a.observe(cell: "c", versionID: "v1", label: "1", obs(hosts: ["h"]), cfg), [])
         }
+        a.flush()
         let text = try String(contentsOfFile: dir + "/c@v1.json", encoding: .utf8)
         XCTAssertFalse(text.contains("arguments"))
         // A new process (same directory) keeps scoring against the saved profile.

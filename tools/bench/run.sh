@@ -8,4 +8,5 @@ gcc -O2 -static -o .build/bench/noop tools/bench/noop.c
 gcc -O2 -Wall -Werror -o .build/bench/spawn_floor tools/bench/spawn_floor.c
 swift build -c release --product sdk-echo-server
 swift build -c release --product mcp-supervisor
+swift build -c release --product resilience-bench
 exec python3 tools/bench/bench.py "$@"
