@@ -281,3 +281,48 @@ def test_insights_reports_breakers_anomalies_and_never_called_cells(env):
                         "--manifests", str(env.manifests), "--policies", str(env.policies)],
                        capture_output=True, text=True, timeout=60)
     assert "[breaker_opened] flaky" in t.stdout and "apply:" in t.stdout
+
+
+def test_a_new_network_host_is_anomalous(env):
+    """The http_fetch cell learns one host, then is steered to another that
+    its allowlist also holds: the call is answered, and quarantines it."""
+    import http.server
+    import threading
+    from conftest import bundled_manifest
+
+    class Hello(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "6")
+            self.end_headers()
+            self.wfile.write(b"hello\n")
+
+        def log_message(self, *a):
+            pass
+
+    servers = [http.server.ThreadingHTTPServer((ip, 0), Hello) for ip in ("127.0.0.1", "127.0.0.2")]
+    for h in servers:
+        threading.Thread(target=h.serve_forever, daemon=True).start()
+    usual, other = (f"{h.server_address[0]}:{h.server_address[1]}" for h in servers)
+    try:
+        fetch = bundled_manifest("http-fetch")
+        fetch["network"]["connect"] = [usual, other]
+        (env.manifests / "http-fetch.json").write_text(json.dumps(fetch))
+        env.policy({"anomaly": {"response": "quarantine", "warmupCalls": 5}})
+        s = env.server()
+        for _ in range(5):
+            r = env.call(s, "http_fetch", url=f"http://{usual}/")
+            assert not r["isError"], r
+        assert not env.call(s, "http_fetch", url=f"http://{usual}/")["isError"]
+        assert env.events("cell.anomaly") == []
+        assert not env.call(s, "http_fetch", url=f"http://{other}/")["isError"]
+        assert "quarantined" in text(env.call(s, "http_fetch", url=f"http://{usual}/"))
+        s.close()
+        a = env.events("cell.anomaly")
+        assert len(a) == 1 and a[0]["cell"] == "http-fetch", a
+        hosts = [d for d in a[0]["deviations"] if d["measure"] == "networkHost"]
+        assert hosts and "127.0.0.2" in hosts[0]["detail"], a
+        env.verify()
+    finally:
+        for h in servers:
+            h.shutdown()
