@@ -136,11 +136,16 @@ def test_fallback_chain_skips_an_alternative_the_policy_refuses(env):
     # A failure the rule does not name is answered as it is.
     r = env.call(s, "primary", action="nope")
     assert r["isError"] and "Answered by" not in text(r)
+    # None answers: the primary's answer, and what was tried.
+    r = env.call(s, "primary", action="sleep", ms=2500)
+    assert r["isError"] and r["content"][0]["text"] == "The tool call timed out."
+    assert "Fallbacks tried, none answered: primary (timeout), alt_denied (policy), alt_ok (timeout)." in text(r)
     s.close()
     ends = [(e["tool"], e["outcome"]) for e in env.events("call.end")]
-    assert ends == [("primary", "timeout"), ("alt_ok", "success"), ("primary", "tool_error")], ends
+    assert ends == [("primary", "timeout"), ("alt_ok", "success"), ("primary", "tool_error"),
+                    ("primary", "timeout"), ("alt_ok", "timeout")], ends
     refused = env.events("call.refused")
-    assert [(e["tool"], e["reason"]) for e in refused] == [("alt_denied", "policy")]
+    assert [(e["tool"], e["reason"]) for e in refused] == [("alt_denied", "policy")] * 2
     env.verify()
 
 
