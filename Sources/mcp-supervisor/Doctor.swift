@@ -68,6 +68,7 @@ struct Doctor: ParsableCommand {
                 print("  \(p): CANNOT RUN AS DECLARED — \(error)")
             }
         }
+        resilienceSummary(stateDirectory: s.stateDirectory)
         // What `run` serves comes from the trust ledger: manifests that
         // would run mean nothing while none of them is registered there.
         let source = CellSource(
@@ -85,7 +86,6 @@ struct Doctor: ParsableCommand {
             throw ExitCode(1)
         }
         for p in registry.problems { print("  \(p)") }
-        resilienceSummary(stateDirectory: s.stateDirectory)
         if bad > 0 { throw ExitCode(1) }
     }
 
