@@ -166,7 +166,8 @@ public final class Breakers: Sendable {
         }
         guard let (phase, s) = change else { return nil }
         let retry = phase == .open ? Self.wallClock(after: Double(settings.openSeconds)) : nil
-        return Self.event(cell, phase: phase, failures: s.failures, cause: phase == .open ? s.cause : nil, retryAt: retry)
+        return Self.event(
+            cell, phase: phase, failures: s.failures, cause: phase == .open ? s.cause : nil, retryAt: retry)
     }
 
     /// Snapshot for diagnostics: every breaker not plainly closed.

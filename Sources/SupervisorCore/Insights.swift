@@ -173,7 +173,8 @@ public enum Insights {
                                             + "\(decisions.count) calls",
                                         evidence: "call.start and call.refused records since policy "
                                             + "\(policy.sha256.prefix(16)) was loaded (\(records[loaded].time))",
-                                        apply: "remove \"\(pat)\" from principals[\(i)].\(kind) in \(policy.sourcePath) "
+                                        apply:
+                                            "remove \"\(pat)\" from principals[\(i)].\(kind) in \(policy.sourcePath) "
                                             + "if nothing needs it (then `mcp-supervisor policy explain` to check)"))
                             }
                         }

@@ -48,7 +48,8 @@ public final class Resilience: Sendable {
         var events: [SecurityEvent] = []
         let refusedNetwork = network.contains { $0.refusal != nil }
         if let b = policy.resilience.breaker(for: cell.name) {
-            let failure = breakerFailure(report.outcome, refusedNetwork: refusedNetwork, countToolErrors: b.countToolErrors)
+            let failure = breakerFailure(
+                report.outcome, refusedNetwork: refusedNetwork, countToolErrors: b.countToolErrors)
             if let e = breakers.record(cell, failure: failure, settings: b) { events.append(e) }
         }
         // A cancelled call or a refused one says nothing about the cell.

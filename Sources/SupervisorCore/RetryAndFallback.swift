@@ -79,7 +79,9 @@ extension CallPipeline {
             guard let retry, idempotent, attempt < retry.attempts, let k = kind, retry.on.contains(k),
                 Self.isFailure(r), !Task.isCancelled
             else {
-                return (attempt > 1 && !Self.isFailure(r) ? Self.annotate(r, "Answered on attempt \(attempt).") : r, kind)
+                return (
+                    attempt > 1 && !Self.isFailure(r) ? Self.annotate(r, "Answered on attempt \(attempt).") : r, kind
+                )
             }
             let backoff = retry.backoffMilliseconds << (attempt - 1)
             let elapsed = Int((monotonicNanoseconds() - started) / 1_000_000)

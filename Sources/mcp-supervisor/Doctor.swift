@@ -93,7 +93,9 @@ struct Doctor: ParsableCommand {
     func resilienceSummary(stateDirectory: String) {
         let q = Quarantine(directory: Quarantine.directory(stateDirectory: stateDirectory)).all()
         print("quarantined cell versions: \(q.isEmpty ? "none" : "")")
-        for r in q { print("  \(r.cell) \(r.label) [\(r.reason)] since \(r.since): release with `cell release \(r.cell)`") }
+        for r in q {
+            print("  \(r.cell) \(r.label) [\(r.reason)] since \(r.since): release with `cell release \(r.cell)`")
+        }
         let records = (try? SecurityLogReader.records(directory: stateDirectory + "/security")) ?? []
         let breakers = Insights.breakerStates(
             records.filter { $0.type == SecurityEventType.cellBreaker.rawValue }.map {

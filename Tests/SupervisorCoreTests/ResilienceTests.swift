@@ -265,17 +265,26 @@ final class ResilienceTests: XCTestCase {
         add(.cellsLoaded, ["cells": [["cell": "fetch"], ["cell": "slow"], ["cell": "idle"]]])
         for i in 0..<40 {
             for (tool, late) in [("fetch", false), ("slow", i >= 20)] {
-                add(.callStart, ["cell": .string(tool), "tool": .string(tool),
-                    "decision": .string("allow: principals[0] (me) allow[\(tool == "fetch" ? 0 : 1)] \"\(tool)\" in phase default")])
-                add(.callEnd, [
-                    "cell": .string(tool), "tool": .string(tool),
-                    "outcome": .string(late && i % 2 == 0 ? "timeout" : "success"),
-                    "durationMicroseconds": .int(late ? 400_000 : 50_000), "cpuMicroseconds": 20_000,
-                    "peakMemoryBytes": .int(3 << 20), "bytesReturned": 200,
-                ])
+                add(
+                    .callStart,
+                    [
+                        "cell": .string(tool), "tool": .string(tool),
+                        "decision": .string(
+                            "allow: principals[0] (me) allow[\(tool == "fetch" ? 0 : 1)] \"\(tool)\" in phase default"),
+                    ])
+                add(
+                    .callEnd,
+                    [
+                        "cell": .string(tool), "tool": .string(tool),
+                        "outcome": .string(late && i % 2 == 0 ? "timeout" : "success"),
+                        "durationMicroseconds": .int(late ? 400_000 : 50_000), "cpuMicroseconds": 20_000,
+                        "peakMemoryBytes": .int(3 << 20), "bytesReturned": 200,
+                    ])
             }
         }
-        add(.cellBreaker, ["cell": "slow", "cellVersion": "1", "cellVersionId": "v", "state": "open", "cause": "timeout"])
+        add(
+            .cellBreaker,
+            ["cell": "slow", "cellVersion": "1", "cellVersionId": "v", "state": "open", "cause": "timeout"])
         add(.cellAnomaly, ["cell": "fetch", "deviations": [["measure": "networkHost"]]])
         let found = Insights.analyze(
             records: records, manifests: [try manifest("fetch"), try manifest("slow"), try manifest("idle")],
@@ -288,7 +297,8 @@ final class ResilienceTests: XCTestCase {
                 "unmatched_rule principals[0].allow[2]", "unmatched_rule principals[0].deny[0]",
                 "breaker_opened slow", "anomalies fetch", "never_called idle",
             ])
-        let memory = try XCTUnwrap(found.first { $0.kind == "tighten_limit" && $0.subject == "fetch" && $0.summary.contains("memoryMiB") })
+        let memory = try XCTUnwrap(
+            found.first { $0.kind == "tighten_limit" && $0.subject == "fetch" && $0.summary.contains("memoryMiB") })
         XCTAssertTrue(memory.apply.contains(#""memoryMiB": 64"#), memory.apply)
         XCTAssertTrue(memory.evidence.contains("40 call.end records"), memory.evidence)
         let timeout = try XCTUnwrap(found.first { $0.subject == "fetch" && $0.summary.contains("timeoutMilliseconds") })

@@ -18,7 +18,6 @@ let anomaly = ResiliencePolicy.Anomaly()
 let breakerSettings = ResiliencePolicy.Breaker()
 let breaker = Mutex(BreakerState())
 
-
 func observation() -> CallObservation {
     CallObservation(
         values: [
