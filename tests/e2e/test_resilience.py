@@ -36,14 +36,19 @@ class Setup:
         doc.update(kw)
         (self.policies / "policy.json").write_text(json.dumps(doc))
 
-    def server(self):
+    def server(self, capabilities=None):
         s = RawServer.__new__(RawServer)
         s.proc = subprocess.Popen(
             [str(BIN), "run", "--allow-unsigned", "--manifests", str(self.manifests), "--policies", str(self.policies),
              "--state-dir", str(self.state), "--scratch-dir", str(self.d / "scratch"), "--log-level", "error"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         s.pending = []
-        s.initialize()
+        if capabilities is None:
+            s.initialize()
+        else:
+            s.request(0, "initialize", {"protocolVersion": "2025-11-25", "capabilities": capabilities,
+                                        "clientInfo": {"name": "raw-test", "version": "1"}})
+            s.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         return s
 
     def call(self, s, tool, **args):
@@ -249,6 +254,28 @@ def test_anomaly_record_and_approve_responses(env):
     refused = [e for e in env.events("call.refused") if e["tool"] == "appr"]
     assert [e["reason"] for e in refused] == ["approval_unavailable"] * 2
     assert "anomaly(appr)" in refused[0]["detail"]
+    env.verify()
+
+
+def test_after_an_anomaly_a_person_approves_the_next_call(env):
+    env.cell("appr", memory=1024)
+    env.policy({"anomaly": {"response": "approve", "warmupCalls": 6, "approvalCalls": 1}})
+    s = env.server({"elicitation": {}})
+    warm_up(env, s, "appr", 6)
+    assert not env.call(s, "appr", action="alloc", bytes=BIG, keep=True)["isError"]
+    s.send({"jsonrpc": "2.0", "id": 500, "method": "tools/call",
+            "params": {"name": "appr", "arguments": {"action": "echo", "text": "approved"}}})
+    ask = s.recv()
+    assert ask.get("method") == "elicitation/create", ask
+    s.send({"jsonrpc": "2.0", "id": ask["id"], "result": {"action": "accept", "content": {}}})
+    r = s.recv_id(500)["result"]
+    assert not r["isError"] and text(r) == "approved"
+    # approvalCalls 1: the call after it runs without asking.
+    assert text(env.call(s, "appr", action="echo", text="free")) == "free"
+    assert s.pending == []
+    s.close()
+    approved = env.events("call.approved")
+    assert [e["rule"] for e in approved] == ["anomaly(appr)"]
     env.verify()
 
 
