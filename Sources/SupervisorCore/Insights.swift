@@ -153,7 +153,11 @@ public enum Insights {
                 var decisions: [String] = []
                 for r in since {
                     if r.type == SecurityEventType.callStart.rawValue, let d = r.fields["decision"]?.stringValue {
-                        decisions.append(d)
+                        decisions.append(d + " " + (r.fields["approval"]?.stringValue ?? ""))
+                    } else if r.type == SecurityEventType.callApprovalRequested.rawValue,
+                        let rule = r.fields["rule"]?.stringValue
+                    {
+                        decisions.append(rule)
                     } else if r.type == SecurityEventType.callRefused.rawValue,
                         let d = r.fields["detail"]?.stringValue
                     {
@@ -178,6 +182,18 @@ public enum Insights {
                                             + "if nothing needs it (then `mcp-supervisor policy explain` to check)"))
                             }
                         }
+                    }
+                    for (i, rule) in policy.approval.enumerated()
+                    where !decisions.contains(where: { $0.contains("approval[\(i)]") }) {
+                        out.append(
+                            Insight(
+                                kind: "unmatched_rule", subject: "approval[\(i)]",
+                                summary:
+                                    "approval rule for \"\(rule.tool)\"\(rule.phase.map { " in phase \($0)" } ?? "") "
+                                    + "asked about none of \(decisions.count) calls",
+                                evidence: "call.start, call.refused and call.approval_requested records since policy "
+                                    + "\(policy.sha256.prefix(16)) was loaded (\(records[loaded].time))",
+                                apply: "remove approval[\(i)] from \(policy.sourcePath) if nothing needs it"))
                     }
                 }
             }

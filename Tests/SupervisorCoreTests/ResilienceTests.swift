@@ -253,7 +253,8 @@ final class ResilienceTests: XCTestCase {
         }
         let policy = try Policy.parse(
             bytes: Array(
-                #"{"principals": [{"name": "me", "allow": ["fetch", "slow", "old_tool"], "deny": ["x"]}]}"#.utf8),
+                #"{"principals": [{"name": "me", "allow": ["fetch", "slow", "old_tool"], "deny": ["x"]}], "approval": [{"tool": "fetch"}, {"tool": "gone"}]}"#
+                    .utf8),
             path: "/p/policy.json")
         var records: [Insights.Record] = []
         var n = 0
@@ -271,6 +272,7 @@ final class ResilienceTests: XCTestCase {
                         "cell": .string(tool), "tool": .string(tool),
                         "decision": .string(
                             "allow: principals[0] (me) allow[\(tool == "fetch" ? 0 : 1)] \"\(tool)\" in phase default"),
+                        "approval": tool == "fetch" ? "approval[0] approved via elicitation/create" : .null,
                     ])
                 add(
                     .callEnd,
@@ -295,6 +297,7 @@ final class ResilienceTests: XCTestCase {
             [
                 "tighten_limit fetch", "tighten_limit slow", "rising_latency slow", "rising_failures slow",
                 "unmatched_rule principals[0].allow[2]", "unmatched_rule principals[0].deny[0]",
+                "unmatched_rule approval[1]",
                 "breaker_opened slow", "anomalies fetch", "never_called idle",
             ])
         let memory = try XCTUnwrap(
