@@ -355,17 +355,20 @@ public final class CallPipeline: Sendable {
         guard let policy else {
             return .failure(Refused(refusal: .noPolicy(policyError ?? "no policy file"), cell: entry.cell))
         }
-        switch resilience.admit(entry.cell, policy: policy) {
-        case (let refusal?, _): return .failure(Refused(refusal: refusal, cell: entry.cell, policy: policy))
-        case (nil, let halfOpen?): log.appendLater([halfOpen])
-        case (nil, nil): break
-        }
         let phase = self.phase(of: session)
         let decision = policy.decide(
             principal: session.principal, client: session.clientName, tool: entry.tool.name,
             manifest: entry.cell.manifest, phase: phase)
         guard decision.allowed, let (_, rule) = policy.rule(for: session.principal, client: session.clientName) else {
             return .failure(Refused(refusal: .policy(decision), cell: entry.cell, policy: policy))
+        }
+        // After the policy's decision (a caller it refuses learns nothing of
+        // the breaker), before approval (no person is asked for a call the
+        // breaker refuses).
+        switch resilience.admit(entry.cell, policy: policy) {
+        case (let refusal?, _): return .failure(Refused(refusal: refusal, cell: entry.cell, policy: policy))
+        case (nil, let halfOpen?): log.appendLater([halfOpen])
+        case (nil, nil): break
         }
         // Before any slot or resource is taken: a person may take minutes.
         var approval: String? = nil
