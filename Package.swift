@@ -82,6 +82,10 @@ let package = Package(
             name: "sdk-echo-server",
             dependencies: [.product(name: "MCP", package: "swift-sdk")],
             path: "tools/bench/sdk-echo-server"),
+        // Micro-benchmark: per-call breaker and behaviour-profile scoring (docs/benchmarks.md).
+        .executableTarget(
+            name: "resilience-bench", dependencies: ["SupervisorCore", "StrictJSON"],
+            path: "tools/bench/resilience-bench", swiftSettings: strictSwift),
 
         .testTarget(name: "StrictJSONTests", dependencies: ["StrictJSON"], swiftSettings: strictSwift),
         .testTarget(

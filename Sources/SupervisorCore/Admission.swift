@@ -38,6 +38,12 @@ public enum Refusal: Error, Sendable, Equatable {
     /// The server cell's version is quarantined: its server listed other
     /// tools than the pinned ones (docs/gateway.md).
     case quarantined(cell: String, since: String, difference: String)
+    /// The cell version's circuit breaker is open after repeated failures
+    /// (docs/resilience.md); calls are refused until `retryAt`.
+    case breakerOpen(cell: String, failures: Int, retryAt: String, retryAfterSeconds: Double)
+    /// The cell version's behaviour departed from its profile and the
+    /// policy quarantines it (docs/resilience.md).
+    case anomalyQuarantine(cell: String, since: String, difference: String)
 
     public enum RateScope: Sendable, Equatable {
         case tool, overall
@@ -64,6 +70,8 @@ public enum Refusal: Error, Sendable, Equatable {
         case .approvalUnavailable: return "approval_unavailable"
         case .approvalInvalid: return "approval_invalid"
         case .quarantined: return "quarantined"
+        case .breakerOpen: return "breaker_open"
+        case .anomalyQuarantine: return "anomaly_quarantine"
         }
     }
 
@@ -85,6 +93,11 @@ public enum Refusal: Error, Sendable, Equatable {
         case .approvalUnavailable(let rule, let why), .approvalInvalid(let rule, let why): return "\(rule): \(why)"
         case .quarantined(let cell, let since, let d):
             return "cell \(cell) quarantined since \(since): \(d); release with `mcp-supervisor cell release \(cell)`"
+        case .breakerOpen(let cell, let n, let at, _):
+            return "cell \(cell)'s breaker is open after \(n) failures; next try at \(at)"
+        case .anomalyQuarantine(let cell, let since, let d):
+            return "cell \(cell) quarantined since \(since) for anomalous behaviour: \(d); release with "
+                + "`mcp-supervisor cell release \(cell)`"
         }
     }
 
@@ -110,6 +123,12 @@ public enum Refusal: Error, Sendable, Equatable {
         case .quarantined:
             return "Refused: this tool's server changed its tool definitions after they were approved, so it is "
                 + "quarantined until an operator reviews it."
+        case .breakerOpen(_, let n, _, let wait):
+            return "Refused: this tool failed \(n) times in a row, so it is paused; it will be tried again in "
+                + "\(Int(wait.rounded(.up))) s."
+        case .anomalyQuarantine:
+            return "Refused: this tool behaved unlike its history, so it is quarantined until an operator "
+                + "reviews it."
         }
     }
 }

@@ -16,6 +16,9 @@ public struct ToolCall: Sendable {
     /// How to ask a person when the policy requires approval; nil: the
     /// transport cannot ask, and such a call is refused.
     public var approver: (any Approver)?
+    /// What is left of the call's deadline when a retry runs (docs/resilience.md):
+    /// tightens the cell's timeout for this attempt.
+    var remainingMilliseconds: Int?
 
     public init(
         name: String, arguments: JSONObject = JSONObject(), progressToken: JSONValue? = nil, client: CallClient? = nil
@@ -119,6 +122,8 @@ public struct PipelineOptions: Sendable {
     /// Where quarantined server cell versions are recorded (nil: in memory
     /// only for this process, which tests use).
     public var quarantineDirectory: String?
+    /// Where behaviour profiles are kept (nil: in memory only).
+    public var profileDirectory: String?
     public init() {}
 }
 
@@ -151,6 +156,8 @@ public final class CallPipeline: Sendable {
     public let admission = Admission()
     /// Server cell versions whose tools drifted.
     public let quarantine: Quarantine
+    /// Breakers, behaviour profiles, anomaly responses (docs/resilience.md).
+    public let resilience: Resilience
     /// The 2026-07-28 era's approval request states (a key per run).
     public let approvalStates = ApprovalStates()
     let loadRegistry: @Sendable () -> CellRegistry
@@ -187,6 +194,8 @@ public final class CallPipeline: Sendable {
         self.options = options
         self.loadRegistry = loadRegistry
         quarantine = Quarantine(directory: options.quarantineDirectory)
+        resilience = Resilience(
+            profiles: BehaviourProfiles(directory: options.profileDirectory), quarantine: quarantine)
         let registry = loadRegistry()
         state = Mutex(State(registry: registry))
         runner.prespawner?.serve(only: registry.cells)
@@ -213,9 +222,10 @@ public final class CallPipeline: Sendable {
 
     // MARK: the call
 
-    /// Admits, executes and records one call. `onMessage` receives the
-    /// worker's progress and log messages while it runs (on a pool thread).
-    public func call(
+    /// Admits, executes and records one call (one attempt: `call` adds the
+    /// policy's retries and fallbacks). `onMessage` receives the worker's
+    /// progress and log messages while it runs (on a pool thread).
+    func callOnce(
         _ call: ToolCall, session: CallSession,
         onMessage: @escaping @Sendable (WorkerMessage) -> Void = { _ in }
     ) async -> CallResponse {
@@ -269,6 +279,7 @@ public final class CallPipeline: Sendable {
                 policy: nil, session: session)
         }
         let report = done.report
+        CallPipeline.attempt?.ended(report.outcome.kind)
         var meta: Logger.Metadata = [
             "tool": "\(entry.tool.name)", "cell.name": "\(entry.cell.name)", "cell.version": "\(entry.cell.version)",
             "outcome": "\(report.outcome.detail)", "duration_us": "\(report.durationNanoseconds / 1000)",
@@ -328,11 +339,9 @@ public final class CallPipeline: Sendable {
     func admit(_ call: ToolCall, session: CallSession) async -> Result<Admitted, Refused> {
         let (registry, policy, policyError) = state.withLock { ($0.registry, $0.policy, $0.policyError) }
         guard let entry = registry.tool(named: call.name) else { return .failure(Refused(refusal: .unknownTool)) }
-        if entry.cell.manifest.server != nil,
-            let q = quarantine.record(cell: entry.cell.name, versionID: entry.cell.manifest.manifestSHA256)
-        {
-            return .failure(
-                Refused(refusal: .quarantined(cell: q.cell, since: q.since, difference: q.difference), cell: entry.cell))
+        // Drift (server cells) or an anomaly (any cell): docs/resilience.md.
+        if let q = quarantine.record(cell: entry.cell.name, versionID: entry.cell.manifest.manifestSHA256) {
+            return .failure(Refused(refusal: q.refusal, cell: entry.cell))
         }
         if let problem = SchemaValidator.validate(.object(call.arguments), against: entry.tool.inputSchema) {
             logger.info(
@@ -353,12 +362,22 @@ public final class CallPipeline: Sendable {
         guard decision.allowed, let (_, rule) = policy.rule(for: session.principal, client: session.clientName) else {
             return .failure(Refused(refusal: .policy(decision), cell: entry.cell, policy: policy))
         }
+        // After the policy's decision (a caller it refuses learns nothing of
+        // the breaker), before approval (no person is asked for a call the
+        // breaker refuses).
+        switch resilience.admit(entry.cell, policy: policy) {
+        case (let refusal?, _): return .failure(Refused(refusal: refusal, cell: entry.cell, policy: policy))
+        case (nil, let halfOpen?): log.appendLater([halfOpen])
+        case (nil, nil): break
+        }
         // Before any slot or resource is taken: a person may take minutes.
         var approval: String? = nil
-        if let (i, _) = policy.approvalRule(tool: entry.tool.name, phase: phase, principal: session.principal) {
+        if let rule = policy.approvalRule(tool: entry.tool.name, phase: phase, principal: session.principal)
+            .map({ "approval[\($0.0)]" }) ?? resilience.approvalRule(entry.cell)
+        {
             let request = ApprovalRequest(
                 tool: entry.tool.name, arguments: call.arguments, principal: session.principal, phase: phase,
-                rule: "approval[\(i)]", timeoutSeconds: policy.approvalTimeoutSeconds)
+                rule: rule, timeoutSeconds: policy.approvalTimeoutSeconds)
             switch await approve(call, request, cell: entry.cell, policy: policy) {
             case .failure(let refused): return .failure(refused)
             case .success(let how): approval = how
@@ -403,7 +422,7 @@ public final class CallPipeline: Sendable {
         return .success(
             Admitted(
                 id: id, entry: entry, arguments: call.arguments, decision: decision, policy: policy,
-                phase: phase, limits: policy.effectiveLimits(entry.cell.manifest), lease: lease,
+                phase: phase, limits: Self.limits(policy.effectiveLimits(entry.cell.manifest), call), lease: lease,
                 resources: resources, cancellation: cancellation, approval: approval))
     }
 
@@ -472,12 +491,18 @@ public final class CallPipeline: Sendable {
                 let accepted = pool.submit { [self] in
                     log.appendLater([start])
                     var answered: CallReport? = nil
+                    let network = NetworkDecisions()
                     func record(_ r: CallReport) {
                         if case .definitionDrift(let d) = r.outcome { self.quarantine(cell, difference: d) }
                         let result = self.result(for: r, tool: tool)
-                        let events = SecurityEvent.callEnd(
-                            callID: callID, principal: principal, tool: tool.name, cell: cell, report: r,
-                            bytesReturned: result.textBytes)
+                        // Breaker and profile: their events are durable with call.end.
+                        let events =
+                            SecurityEvent.callEnd(
+                                callID: callID, principal: principal, tool: tool.name, cell: cell, report: r,
+                                bytesReturned: result.textBytes)
+                            + self.resilience.observe(
+                                callID: callID, tool: tool.name, cell: cell, report: r,
+                                network: network.all, policy: a.policy)
                         log.append(events) { error in
                             k.resume(returning: Recorded(report: r, result: result, error: error))
                         }
@@ -497,6 +522,7 @@ public final class CallPipeline: Sendable {
                                     answered: early, final: final))
                         },
                         onNetwork: { d in
+                            network.append(d)
                             // In order with call.start/call.end; made durable with call.end.
                             log.appendLater([
                                 SecurityEvent.network(
@@ -538,6 +564,7 @@ public final class CallPipeline: Sendable {
     func refuse(_ r: Refusal, tool: String, cell: PreparedCell?, policy: Policy?, session: CallSession) async
         -> CallResponse
     {
+        CallPipeline.attempt?.ended(r.reason)
         let name = CellProtocol.sanitize(String(tool.prefix(128)))
         var f = JSONObject([
             ("principal", .string(session.principal)), ("tool", .string(name)),
@@ -751,6 +778,7 @@ public final class CallPipeline: Sendable {
         for c in pending { c.cancel() }
         runner.prespawner?.shutdown()
         runner.endSessions()
+        resilience.profiles.flush()
     }
 
     static func fingerprint(_ r: CellRegistry) -> [String] {

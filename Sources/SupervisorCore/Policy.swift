@@ -59,6 +59,8 @@ public struct Policy: Sendable {
     public let approval: [ApprovalRule]
     /// How long an approval request stays answerable, in seconds.
     public let approvalTimeoutSeconds: Int
+    /// Breakers, anomaly responses, retries and fallbacks (docs/resilience.md).
+    public let resilience: ResiliencePolicy
     public let sourcePath: String
     /// SHA-256 of the policy file's exact bytes, recorded with each decision.
     public let sha256: String
@@ -179,11 +181,14 @@ public struct Policy: Sendable {
         }
         let approvalTimeout = try r.int(
             "approvalTimeoutSeconds", default: 300, range: 1...3600, unit: "s")
+        var resilience = ResiliencePolicy()
+        if let x = try r.object("resilience") { resilience = try ResiliencePolicy.parse(x) }
         try r.finish()
         return Policy(
             principals: principals, phases: phases, initialPhase: initial, transitions: transitions, cells: cells,
             onConflict: onConflict, conflictWaitMilliseconds: wait, approval: approval,
-            approvalTimeoutSeconds: approvalTimeout, sourcePath: path, sha256: sha256Hex(bytes))
+            approvalTimeoutSeconds: approvalTimeout, resilience: resilience, sourcePath: path,
+            sha256: sha256Hex(bytes))
     }
 
     public func rule(for principal: String, client: String?) -> (Int, PrincipalRule)? {

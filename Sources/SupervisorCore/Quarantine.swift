@@ -16,6 +16,9 @@ public final class Quarantine: Sendable {
         public let since: String
         public let difference: String
         public let path: String
+        /// Why: "drift" (the server's tools changed) or "anomaly" (the
+        /// version behaved unlike its profile, docs/resilience.md).
+        public var reason: String = "drift"
     }
 
     /// nil: records live in this process only (tests).
@@ -41,7 +44,9 @@ public final class Quarantine: Sendable {
 
     /// Quarantines a version. Written with a rename: a record is whole or
     /// absent.
-    public func add(cell: String, versionID: String, label: String, difference: String) throws(SystemError) {
+    public func add(
+        cell: String, versionID: String, label: String, difference: String, reason: String = "drift"
+    ) throws(SystemError) {
         let p = path(cell: cell, versionID: versionID)
         // In this process's memory when there is no directory, or when the
         // record cannot be written: the version is refused here either way.
@@ -49,7 +54,7 @@ public final class Quarantine: Sendable {
             memory.withLock {
                 $0[p] = Record(
                     cell: cell, versionID: versionID, label: label, since: SecurityLog.timestamp(),
-                    difference: difference, path: p)
+                    difference: difference, path: p, reason: reason)
             }
         }
         guard let directory else { return remember() }
@@ -61,6 +66,7 @@ public final class Quarantine: Sendable {
             JSONObject([
                 ("cell", .string(cell)), ("versionId", .string(versionID)), ("label", .string(label)),
                 ("since", .string(SecurityLog.timestamp())), ("difference", .string(difference)),
+                ("reason", .string(reason)),
             ]))
         do {
             try LogSigningKey.writeAtomically(p, Array(doc.prettySerialized().utf8), mode: 0o600)
@@ -94,6 +100,6 @@ public final class Quarantine: Sendable {
         else { return nil }
         return Record(
             cell: cell, versionID: id, label: o["label"]?.stringValue ?? "?", since: o["since"]?.stringValue ?? "?",
-            difference: o["difference"]?.stringValue ?? "", path: path)
+            difference: o["difference"]?.stringValue ?? "", path: path, reason: o["reason"]?.stringValue ?? "drift")
     }
 }

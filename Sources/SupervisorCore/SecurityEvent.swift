@@ -33,6 +33,8 @@ public enum SecurityEventType: String, Sendable, CaseIterable {
     case cellDrift = "cell.drift"
     case cellReleased = "cell.released"
     case serverRequestRefused = "server.request_refused"
+    case cellBreaker = "cell.breaker"
+    case cellAnomaly = "cell.anomaly"
 }
 
 /// One event before it is sequenced and chained: its type and fields.

@@ -25,6 +25,8 @@ public struct ServiceOptions: Sendable {
     public var policyPath: String?
     /// Where quarantined server cell versions are recorded.
     public var quarantineDirectory: String?
+    /// Where behaviour profiles are kept (docs/resilience.md).
+    public var profileDirectory: String?
     public init() {}
 
     var pipeline: PipelineOptions {
@@ -33,6 +35,7 @@ public struct ServiceOptions: Sendable {
         p.unsignedMode = unsignedMode
         p.policyPath = policyPath
         p.quarantineDirectory = quarantineDirectory
+        p.profileDirectory = profileDirectory
         return p
     }
 }

@@ -239,12 +239,18 @@ struct Audit: ParsableCommand {
             var byCell: [String: Int] = [:]
             var byOutcome: [String: Int] = [:]
             var total = 0
+            var breakerRecords: [Insights.Record] = []
             for r in try filter.records(location) {
                 total += 1
+                if r.type == SecurityEventType.cellBreaker.rawValue {
+                    breakerRecords.append(Insights.Record(type: r.type, time: r.time, fields: r.object))
+                }
                 byType[r.type, default: 0] += 1
                 if let c = r["cell"]?.stringValue { byCell[c, default: 0] += 1 }
                 if let o = r["outcome"]?.stringValue { byOutcome[o, default: 0] += 1 }
             }
+            // The last state each breaker reached (docs/resilience.md).
+            let breakers = Insights.breakerStates(breakerRecords)
             func obj(_ d: [String: Int]) -> JSONValue {
                 .object(JSONObject(d.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) }))
             }
@@ -254,6 +260,17 @@ struct Audit: ParsableCommand {
                         JSONObject([
                             ("records", .int(Int64(total))), ("byType", obj(byType)),
                             ("byCell", obj(byCell)), ("byOutcome", obj(byOutcome)),
+                            (
+                                "breakers",
+                                .array(
+                                    breakers.map {
+                                        .object(
+                                            JSONObject([
+                                                ("cell", .string($0.cell)), ("cellVersion", .string($0.version)),
+                                                ("state", .string($0.state)), ("since", .string($0.time)),
+                                            ]))
+                                    })
+                            ),
                         ])
                     ).serialized())
                 return
@@ -264,6 +281,10 @@ struct Audit: ParsableCommand {
                 for (k, n) in d.sorted(by: { $0.value > $1.value || ($0.value == $1.value && $0.key < $1.key) }) {
                     print("  \(k): \(n)")
                 }
+            }
+            if !breakers.isEmpty {
+                print("breakers (last state):")
+                for b in breakers { print("  \(b.cell) \(b.version): \(b.state) since \(b.time)") }
             }
         }
     }

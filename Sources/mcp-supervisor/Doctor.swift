@@ -102,6 +102,7 @@ struct Doctor: ParsableCommand {
             }
             cells.append(.object(o))
         }
+        resilienceSummary(stateDirectory: s.stateDirectory, out, into: &report)
         if allowUnsigned {
             let count = (try? CellRegistry.manifestFiles(in: s.manifestsDirectory).count) ?? 0
             out.text("cells (unsigned: \(count) manifests in \(s.manifestsDirectory)):")
@@ -136,6 +137,49 @@ struct Doctor: ParsableCommand {
         report["error"] = error.map { .string($0) } ?? .null
         out.emit(.object(report))
         if error != nil || bad > 0 { throw ExitCode(1) }
+    }
+
+    /// Quarantined versions and breakers not closed (docs/resilience.md),
+    /// in the text form and as `resilience` of the JSON report.
+    func resilienceSummary(stateDirectory: String, _ out: JSONOutput, into report: inout JSONObject) {
+        let q = Quarantine(directory: Quarantine.directory(stateDirectory: stateDirectory)).all()
+        out.text("quarantined cell versions: \(q.isEmpty ? "none" : "")")
+        for r in q {
+            out.text("  \(r.cell) \(r.label) [\(r.reason)] since \(r.since): release with `cell release \(r.cell)`")
+        }
+        let records = (try? SecurityLogReader.records(directory: stateDirectory + "/security")) ?? []
+        let breakers = Insights.breakerStates(
+            records.filter { $0.type == SecurityEventType.cellBreaker.rawValue }.map {
+                Insights.Record(type: $0.type, time: $0.time, fields: $0.object)
+            }
+        ).filter { $0.state != "closed" }
+        out.text("breakers not closed (last recorded state): \(breakers.isEmpty ? "none" : "")")
+        for b in breakers { out.text("  \(b.cell) \(b.version): \(b.state) since \(b.time)") }
+        report["resilience"] = .object(
+            JSONObject([
+                (
+                    "quarantined",
+                    .array(
+                        q.map {
+                            .object(
+                                JSONObject([
+                                    ("cell", .string($0.cell)), ("versionId", .string($0.versionID)),
+                                    ("reason", .string($0.reason)), ("since", .string($0.since)),
+                                ]))
+                        })
+                ),
+                (
+                    "breakers",
+                    .array(
+                        breakers.map {
+                            .object(
+                                JSONObject([
+                                    ("cell", .string($0.cell)), ("version", .string($0.version)),
+                                    ("state", .string($0.state)), ("since", .string($0.time)),
+                                ]))
+                        })
+                ),
+            ]))
     }
 
     func cgroupSummary() -> String {

@@ -105,6 +105,7 @@ struct Run: AsyncParsableCommand {
         options.unsignedMode = allowUnsigned
         options.policyPath = s.policiesDirectory + "/policy.json"
         options.quarantineDirectory = Quarantine.directory(stateDirectory: s.stateDirectory)
+        options.profileDirectory = BehaviourProfiles.directory(stateDirectory: s.stateDirectory)
         if allowUnsigned {
             logger.warning(
                 "UNSIGNED DEVELOPMENT MODE: serving \(manifestsDir) without signatures or the trust ledger; never use this in a deployment"

@@ -75,7 +75,9 @@ enum ServerTools {
 extension CellCommand {
     struct Quarantined: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Server cell versions held back because their server listed other tools than the pinned ones.")
+            abstract:
+                "Cell versions held back: their server listed other tools than the pinned ones (drift), or they "
+                + "behaved unlike their profile (anomaly).")
         @OptionGroup var output: JSONOutput
         @OptionGroup var location: TrustLocation
         func run() throws {
@@ -87,11 +89,12 @@ extension CellCommand {
                             JSONObject([
                                 ("cell", .string(r.cell)), ("versionId", .string(r.versionID)),
                                 ("label", .string(r.label)), ("since", .string(r.since)),
-                                ("difference", .string(r.difference)),
+                                ("difference", .string(r.difference)), ("reason", .string(r.reason)),
                             ]))
                     }))
             for r in records {
-                output.text("\(r.cell) \(r.label) (\(r.versionID.prefix(12))) since \(r.since): \(r.difference)")
+                output.text(
+                    "\(r.cell) \(r.label) (\(r.versionID.prefix(12))) since \(r.since) [\(r.reason)]: \(r.difference)")
             }
             if records.isEmpty { output.text("no quarantined cell versions") }
         }
@@ -100,7 +103,7 @@ extension CellCommand {
     struct Release: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract:
-                "Release a quarantined server cell version once its drift is reviewed (register the new tools as a new version, or fix the server).",
+                "Release a quarantined cell version once its drift or anomaly is reviewed (register the new tools as a new version, or fix the server).",
             discussion:
                 "A released version whose server still lists other tools is quarantined again at its next call.")
         @Argument(help: "CELL or CELL:VERSION (a version id prefix; default: every quarantined version of the cell).")
@@ -125,6 +128,7 @@ extension CellCommand {
                             JSONObject([
                                 ("cell", .string(r.cell)), ("cellVersionId", .string(r.versionID)),
                                 ("quarantinedSince", .string(r.since)), ("difference", .string(r.difference)),
+                                ("reason", .string(r.reason)),
                                 ("uid", .int(Int64(geteuidValue()))),
                             ]))
                     })

@@ -10,4 +10,5 @@ gcc -O2 -Wall -Werror -o .build/bench/spawn_floor tools/bench/spawn_floor.c
 # rebuild everything.
 swift build -c release --product sdk-echo-server ${SWIFT_RELEASE_FLAGS:-}
 swift build -c release --product mcp-supervisor ${SWIFT_RELEASE_FLAGS:-}
+swift build -c release --product resilience-bench ${SWIFT_RELEASE_FLAGS:-}
 exec python3 tools/bench/bench.py "$@"
