@@ -339,6 +339,8 @@ struct CellCommand: ParsableCommand {
         func run() throws {
             try trustCommand {
                 let (st, c) = try CellCommand.registered(location, cell)
+                let groups = try? location.groups()
+                let features = KernelFeatures.probe()
                 for id in c.order {
                     let v = c.versions[id]!
                     let m = try? CellManifest.parse(bytes: v.manifestBytes, path: v.manifestPath, manifestSHA256: id)
@@ -349,6 +351,13 @@ struct CellCommand: ParsableCommand {
                         "  label \(v.label), registered \(v.registeredAt), signed by \(v.signedBy)\(v.approvedWidening ? ", widening approved" : "")"
                     )
                     print("  executable \(m?.executable.path ?? "?") sha256 \(v.executableSHA256)")
+                    // What an enforcement receipt names (docs/operations.md).
+                    if let m, let groups {
+                        do {
+                            let (d, n) = try Receipt.seccompDigest(manifest: m, groups: groups, features: features)
+                            print("  seccomp filter sha256 \(d) (\(n) instructions)")
+                        } catch { print("  seccomp filter: cannot be built here: \(error)") }
+                    }
                     print("  argv \(m?.argv.joined(separator: " ") ?? "?")")
                     print("  tools: \(m?.tools.map(\.name).joined(separator: ", ") ?? "?")")
                     print("  parent: \(v.parent ?? "none")")
