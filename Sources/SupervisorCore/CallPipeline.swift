@@ -294,15 +294,17 @@ public final class CallPipeline: Sendable {
         }
         if !done.result.isError { session.state.withLock { _ = $0.succeededTools.insert(entry.tool.name) } }
         var result = done.result
-        result.meta = JSONObject([
-            (
-                Receipt.metaKey,
-                Receipt.make(
-                    cell: entry.cell, limits: admitted.limits, features: runner.host.features,
-                    policySHA256: admitted.policy.sha256, callID: callID, prespawned: report.prespawned,
-                    callEnd: done.records.first, logKeyID: log.keyID)
-            )
-        ])
+        if Receipt.applies(to: report.outcome) {
+            result.meta = JSONObject([
+                (
+                    Receipt.metaKey,
+                    Receipt.make(
+                        cell: entry.cell, limits: admitted.limits, features: runner.host.features,
+                        policySHA256: admitted.policy.sha256, callID: callID, prespawned: report.prespawned,
+                        callEnd: done.records.first, logKeyID: log.keyID)
+                )
+            ])
+        }
         metrics?.callEnded(
             tool: entry.tool.name, report: report, events: done.events, admitNanoseconds: admitNanoseconds,
             recordNanoseconds: done.recordNanoseconds, totalNanoseconds: SupervisorMetrics.clock() - arrived)

@@ -58,6 +58,16 @@ public enum Receipt {
         return o
     }
 
+    /// Whether a call that ended so ran under the confinement: a worker
+    /// was started (or taken) for it. A cell that cannot run and a call
+    /// the runner refused had no worker, so they get no receipt.
+    public static func applies(to outcome: CallOutcome) -> Bool {
+        switch outcome {
+        case .cannotRun, .refused: return false
+        default: return true
+        }
+    }
+
     /// The receipt of a call whose end is recorded as `callEnd`.
     static func make(
         cell: PreparedCell, limits: CellManifest.Limits, features: KernelFeatures, policySHA256: String,
