@@ -499,10 +499,11 @@ public final class CallPipeline: Sendable {
                         log.append(
                             events,
                             recorded: { records, error in
+                                let took = SupervisorMetrics.clock() - appended
                                 k.resume(
                                     returning: Recorded(
                                         report: r, result: result, error: error, events: events,
-                                        records: records ?? [], recordNanoseconds: SupervisorMetrics.clock() - appended))
+                                        records: records ?? [], recordNanoseconds: took))
                             })
                     }
                     _ = runner.run(

@@ -183,7 +183,8 @@ struct Audit: ParsableCommand {
 
     struct Stats: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Counts by event type, cell and outcome; calls, p50/p99 latency, refusals and violations per tool.",
+            abstract:
+                "Counts by event type, cell and outcome; calls, p50/p99 latency, refusals and violations per tool.",
             discussion: """
                 Latency is call.end's durationMicroseconds (the worker's part of the call). \
                 --window 15m (s, m, h, d) keeps the records of the last 15 minutes; --since/--until take RFC 3339 times.

@@ -195,11 +195,49 @@ final class ObservabilityTests: XCTestCase {
         m.callRefused(reason: "busy")
         file.stop()
         XCTAssertTrue(
-            try String(contentsOfFile: path, encoding: .utf8).contains(#"mcp_supervisor_refusals_total{reason="busy"} 2"#))
+            try String(contentsOfFile: path, encoding: .utf8).contains(
+                #"mcp_supervisor_refusals_total{reason="busy"} 2"#))
         // A directory that does not exist: the error names the file.
         let bad = MetricsTextfile(path: state + "/missing/x.prom", metrics: m, intervalSeconds: 1)
         let error = try XCTUnwrap(bad.writeOnce())
         XCTAssertTrue("\(error)".contains("missing/x.prom.tmp"), "\(error)")
+    }
+
+    // MARK: top
+
+    func testTopReadsTheMetricsBack() throws {
+        let m = SupervisorMetrics()
+        let ok = report(.success(CellResult(content: [], structuredContent: nil)))
+        // 98 calls of 3 ms and 2 of 600 ms: p50 in the 2.5–5 ms bucket, p99
+        // in the 500 ms–1 s one.
+        for i in 0..<100 {
+            m.callEnded(
+                tool: "echo", report: ok, events: [], admitNanoseconds: 0, recordNanoseconds: 0,
+                totalNanoseconds: i < 98 ? 3_000_000 : 600_000_000)
+        }
+        m.callEnded(
+            tool: "probe", report: report(.timeout), events: [SecurityEvent(.sandboxViolation, ["kind": "limit"])],
+            admitNanoseconds: 0, recordNanoseconds: 0, totalNanoseconds: 1_000_000)
+        m.callRefused(reason: "policy")
+        let snap = try MetricsSnapshot(text: String(decoding: m.exposition(), as: UTF8.self))
+        let rows = snap.tools
+        XCTAssertEqual(rows.map(\.tool), ["echo", "probe"])
+        XCTAssertEqual(rows[0].calls, 100)
+        XCTAssertEqual(rows[1].outcomes, ["timeout": 1])
+        let p50 = try XCTUnwrap(rows[0].p50Seconds)
+        XCTAssertTrue(p50 > 0.0025 && p50 <= 0.005, "\(p50)")
+        let p99 = try XCTUnwrap(rows[0].p99Seconds)
+        XCTAssertTrue(p99 > 0.5 && p99 <= 1, "\(p99)")
+        let screen = snap.screen(previous: nil, elapsedSeconds: 0)
+        XCTAssertTrue(screen.contains("refusals: policy 1"), screen)
+        XCTAssertTrue(screen.contains("sandbox violations: limit 1"), screen)
+        XCTAssertTrue(screen.contains("timeout 1"), screen)
+        // Escaped label values, and a line that is no sample.
+        let odd = try MetricsSnapshot(text: #"x{a="q\"uote",b="back\\slash"} 2"# + "\n")
+        XCTAssertEqual(odd.value("x", ["a": "q\"uote", "b": "back\\slash"]), 2)
+        XCTAssertThrowsError(try MetricsSnapshot(text: "# HELP x\nnot a sample\n")) {
+            XCTAssertTrue("\($0)".contains("line 2"), "\($0)")
+        }
     }
 
     // MARK: audit stats

@@ -292,6 +292,15 @@ def test_metrics_file_counts_match_the_security_log(workspace, tmp_path):
     text = cli("audit", "stats", "--state-dir", state).stdout
     assert re.search(r"^\s+probe_fast\s+1\s+0\s", text, re.M), text
     assert "refusals: invalid_arguments 1, unknown_tool 1" in text, text
+    # top reads the metrics file back.
+    rows = json.loads(cli("top", "--json", "--metrics-file", prom).stdout)
+    assert {r["tool"]: r["calls"] for r in rows} == {"echo": 3, "probe": 3, "probe_fast": 1}
+    assert all(r["p50Seconds"] <= r["p99Seconds"] for r in rows)
+    screen = cli("top", "--once", "--metrics-file", prom).stdout
+    assert "refusals: invalid_arguments 1, unknown_tool 1" in screen, screen
+    assert "sandbox violations: limit 1, seccomp 1" in screen, screen
+    missing = cli("top", "--once", "--metrics-file", tmp_path / "none.prom", ok=False)
+    assert missing.returncode == 1 and "none.prom" in missing.stderr, missing.stderr
     bad = cli("audit", "stats", "--window", "yesterday", "--state-dir", state, ok=False)
     assert bad.returncode != 0 and "--window yesterday" in bad.stderr, bad.stderr
 
