@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, PROBE, ROOT, RawServer, probe_manifest, sha256
+from conftest import BIN, PROBE, ROOT, RawServer, probe_manifest, sha256, wait_for_workers
 
 RECEIPT = "io.github.mcp-supervisor/receipt"
 MODERN = "2026-07-28"
@@ -153,6 +153,54 @@ def test_receipt_matches_cell_show_policy_and_the_security_log(signed, era):
     denied_end = next(o for _, o in lines if o["seq"] == receipts[1]["securityLog"]["seq"])
     assert denied_end["outcome"] == "sandbox_violation"
     assert cli("audit", "verify", "--state-dir", signed.state).returncode == 0
+
+
+def installed_filter(pid):
+    """The seccomp program the kernel holds for process `pid` (its only
+    filter), as bytes: PTRACE_SECCOMP_GET_FILTER on a ptrace-stopped
+    tracee (needs CAP_SYS_ADMIN and CONFIG_CHECKPOINT_RESTORE)."""
+    import os
+    PTRACE_SEIZE, PTRACE_INTERRUPT, PTRACE_DETACH, PTRACE_SECCOMP_GET_FILTER = 0x4206, 0x4207, 17, 0x420C
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    libc.ptrace.restype = ctypes.c_long
+    assert libc.ptrace(PTRACE_SEIZE, pid, None, None) == 0, f"PTRACE_SEIZE: errno {ctypes.get_errno()}"
+    try:
+        assert libc.ptrace(PTRACE_INTERRUPT, pid, None, None) == 0, ctypes.get_errno()
+        os.waitpid(pid, 0x40000000)  # __WALL: the ptrace-stop
+        n = libc.ptrace(PTRACE_SECCOMP_GET_FILTER, pid, None, None)
+        assert n > 0, f"PTRACE_SECCOMP_GET_FILTER: errno {ctypes.get_errno()}"
+        buf = ctypes.create_string_buffer(n * 8)  # struct sock_filter: 8 bytes
+        assert libc.ptrace(PTRACE_SECCOMP_GET_FILTER, pid, None, buf) == n
+        # Index 1 would be an older filter: there must be none.
+        assert libc.ptrace(PTRACE_SECCOMP_GET_FILTER, pid, ctypes.c_void_p(1), None) == -1
+        return buf.raw
+    finally:
+        libc.ptrace(PTRACE_DETACH, pid, None, None)
+
+
+def test_receipt_names_the_filter_the_kernel_holds_for_the_worker(signed):
+    """The receipt's filter digest is of the program the worker's kernel
+    filter was installed from: read back from a live worker (the one
+    prespawned for the next call) and hashed."""
+    import os
+    assert os.geteuid() == 0, "reading a worker's filter needs root (CAP_SYS_ADMIN)"
+    s = signed.server()
+    try:
+        s.initialize()
+        r = call(s, 1, "probe", {"action": "echo", "text": "hi"}, "handshake")
+        receipt = r["_meta"][RECEIPT]
+        pids = wait_for_workers(at_least=1)
+        assert len(pids) == 1, pids
+        program = installed_filter(pids[0])
+        assert len(program) // 8 == receipt["seccomp"]["instructions"]
+        assert hashlib.sha256(program).hexdigest() == receipt["seccomp"]["filterSha256"]
+        # The next call is served by that worker, under that filter.
+        r = call(s, 2, "probe", {"action": "echo", "text": "again"}, "handshake")
+        assert r["_meta"][RECEIPT]["prespawned"] is True
+        assert r["_meta"][RECEIPT]["seccomp"] == receipt["seccomp"]
+    finally:
+        s.close()
 
 
 def iter_strings(v):
