@@ -174,12 +174,14 @@ public final class SupervisorMetrics: Sendable {
 /// a reader never sees a partial file. A stdio server has no port to
 /// scrape; the file is its endpoint.
 public final class MetricsTextfile: @unchecked Sendable {
-    // @unchecked: `stopped` is guarded by `cond` (an NSCondition: the writer thread sleeps on it until the
-    // next deadline or `stop()`); the other fields are set in init only.
+    // @unchecked: `started`, `stopped` and `done` are guarded by `cond` (an NSCondition: the writer thread sleeps on it
+    // until the next deadline or `stop()`); `failing` belongs to whoever writes: the caller before `start()`,
+    // then the writer thread alone; the other fields are set in init only.
     public let path: String
     let metrics: SupervisorMetrics
     let intervalSeconds: Int
     private let cond = NSCondition()
+    private var started = false
     private var stopped = false
     private var done = false
     /// The last write's error, said once on stderr until a write succeeds.
@@ -193,6 +195,9 @@ public final class MetricsTextfile: @unchecked Sendable {
 
     /// Writes now, then every interval on a thread of its own.
     public func start() {
+        cond.lock()
+        started = true
+        cond.unlock()
         let t = Thread { [self] in loop() }
         t.name = "metrics-textfile"
         t.start()
@@ -201,6 +206,11 @@ public final class MetricsTextfile: @unchecked Sendable {
     /// Writes once more (the final counts) and stops the thread.
     public func stop() {
         cond.lock()
+        guard started else {
+            cond.unlock()
+            writeOnce()
+            return
+        }
         stopped = true
         cond.broadcast()
         while !done { cond.wait() }
