@@ -360,3 +360,23 @@ def test_unwritable_metrics_file_refuses_to_start(workspace, tmp_path):
                         str(tmp_path / "missing" / "m.prom")], input=b"", capture_output=True, timeout=60)
     assert p.returncode == 2 and p.stdout == b"", p.stderr
     assert b"--metrics-file" in p.stderr and b"missing/m.prom" in p.stderr, p.stderr
+
+
+def test_metrics_file_is_written_at_exit_on_sigterm(workspace, tmp_path):
+    """With an interval longer than the test, only the write at exit can
+    hold the call: SIGTERM ends the server with its final counts on disk."""
+    import signal
+    prom = tmp_path / "m.prom"
+    s = RawServer(workspace, "--log-level", "error", "--metrics-file", str(prom), "--metrics-interval-seconds", "3600",
+                  state=tmp_path / "state", stderr=subprocess.DEVNULL)
+    try:
+        s.initialize()
+        assert counts_from_metrics(scrape(prom))[0] == {}, "the write at start has no calls"
+        assert not s.request(1, "tools/call", {"name": "echo", "arguments": {"text": "x"}})["result"]["isError"]
+        assert counts_from_metrics(scrape(prom))[0] == {}, "no write before the interval"
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(timeout=10) == 0
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+    assert counts_from_metrics(scrape(prom))[0] == {("echo", "success"): 1}
