@@ -13,6 +13,7 @@ Needs `make pin` and a release build (`swift build -c release --product mcp-supe
 A benchmark, not a test: nothing asserts a time.
 """
 import argparse
+import shutil
 import statistics
 import tempfile
 from pathlib import Path
@@ -55,6 +56,8 @@ def main():
             cpu[k].append((cpu_us(s.p.pid) - c0) / a.calls)
             s.close()
         print(f"round {r + 1}/{a.rounds}", flush=True)
+    for d in [*states.values(), prom.parent, bench.BENCH_POLICIES]:
+        shutil.rmtree(d, ignore_errors=True)
     base50, basecpu = statistics.median(lat["base"]), statistics.median(cpu["base"])
     print("| variant | p50 µs | p90 µs | p99 µs | p50 / base | supervisor CPU µs per call | CPU / base |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
