@@ -285,6 +285,7 @@ def test_metrics_file_counts_match_the_security_log(workspace, tmp_path):
         for _ in range(3):
             n += 1
             assert not s.request(n, "tools/call", {"name": "echo", "arguments": {"text": "x"}})["result"]["isError"]
+            time.sleep(0.5)  # time for the next worker to be prespawned, however loaded the machine
         for _ in range(2):
             n += 1
             assert not s.request(n, "tools/call", {"name": "probe", "arguments": {"action": "echo", "text": "y"}})[
