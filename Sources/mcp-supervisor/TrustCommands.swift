@@ -339,7 +339,7 @@ struct CellCommand: ParsableCommand {
         func run() throws {
             try trustCommand {
                 let (st, c) = try CellCommand.registered(location, cell)
-                let groups = try? location.groups()
+                let groups = Result { try location.groups() }
                 let features = KernelFeatures.probe()
                 for id in c.order {
                     let v = c.versions[id]!
@@ -352,9 +352,10 @@ struct CellCommand: ParsableCommand {
                     )
                     print("  executable \(m?.executable.path ?? "?") sha256 \(v.executableSHA256)")
                     // What an enforcement receipt names (docs/operations.md).
-                    if let m, let groups {
+                    if let m {
                         do {
-                            let (d, n) = try Receipt.seccompDigest(manifest: m, groups: groups, features: features)
+                            let (d, n) = try Receipt.seccompDigest(
+                                manifest: m, groups: try groups.get(), features: features)
                             print("  seccomp filter sha256 \(d) (\(n) instructions)")
                         } catch { print("  seccomp filter: cannot be built here: \(error)") }
                     }
