@@ -393,3 +393,24 @@ def test_metrics_file_is_written_at_exit_on_sigterm(workspace, tmp_path):
         if s.proc.poll() is None:
             s.proc.kill()
     assert counts_from_metrics(scrape(prom))[0] == {("echo", "success"): 1}
+
+
+def test_receipt_of_a_cell_with_filesystem_paths_names_no_path(workspace, tmp_path):
+    """fs_read's manifest grants /usr/share/doc and names its executable by
+    path: the receipt carries digests of them, never the paths, the
+    arguments or the state directory."""
+    s = RawServer(workspace, "--log-level", "error", state=tmp_path / "state", stderr=subprocess.DEVNULL)
+    try:
+        s.initialize()
+        r = s.request(1, "tools/call", {"name": "fs_read", "arguments": {"path": "/usr/share/doc/bash/copyright",
+                                                                         "maxBytes": 64}})["result"]
+    finally:
+        s.close()
+    assert not r["isError"], r
+    receipt = r["_meta"][RECEIPT]
+    manifest = json.loads((workspace / "manifests" / "fs-read.json").read_text())
+    assert receipt["executableSha256"] == manifest["executable"]["sha256"]
+    text = json.dumps(receipt)
+    for path in [*manifest["filesystem"]["read"], manifest["executable"]["path"], str(tmp_path), "copyright", "bash"]:
+        assert path not in text, (path, text)
+    assert not [v for v in iter_strings(receipt) if "/" in v], receipt
