@@ -66,6 +66,8 @@ public struct ToolResult: Sendable, Equatable {
     public var content: [JSONValue]
     public var structuredContent: JSONValue?
     public var isError: Bool
+    /// The result's `_meta` (the enforcement receipt, `Receipt.metaKey`).
+    public var meta: JSONObject? = nil
 
     public init(content: [JSONValue], structuredContent: JSONValue? = nil, isError: Bool) {
         self.content = content
@@ -81,6 +83,7 @@ public struct ToolResult: Sendable, Equatable {
         var o = JSONObject([("content", .array(content))])
         if let s = structuredContent { o["structuredContent"] = s }
         o["isError"] = .bool(isError)
+        if let meta { o["_meta"] = .object(meta) }
         return .object(o)
     }
 
@@ -182,6 +185,12 @@ public final class CallPipeline: Sendable {
     let ledgerChanged: Mutex<(@Sendable () -> Bool)?> = Mutex(nil)
     /// Runs after a reload that changed the tool set (tools/list_changed).
     let toolsChanged: Mutex<(@Sendable () -> Void)?> = Mutex(nil)
+    /// Counts and times every call (docs/operations.md); nil: none.
+    let metricsState: Mutex<SupervisorMetrics?> = Mutex(nil)
+    public var metrics: SupervisorMetrics? {
+        get { metricsState.withLock { $0 } }
+        set { metricsState.withLock { $0 = newValue } }
+    }
 
     public init(
         runner: CallRunner, pool: CallPool, log: SecurityLog, logger: Logger, options: PipelineOptions,
@@ -231,6 +240,7 @@ public final class CallPipeline: Sendable {
     ) async -> CallResponse {
         if ledgerChanged.withLock({ $0 })?() == true { await reload() }
         if call.name == Self.phaseTool, policy != nil { return await setPhase(call, session: session) }
+        let arrived = SupervisorMetrics.clock()
 
         // 1. admit
         let admitted: Admitted
@@ -245,6 +255,7 @@ public final class CallPipeline: Sendable {
             return Task.isCancelled ? .none : response
         case .success(let a): admitted = a
         }
+        let admitNanoseconds = SupervisorMetrics.clock() - arrived
         // The lease and the resources are given back by the pool thread once
         // the worker is reaped (an answer at the final frame comes before
         // that), or below if the pool refused the call.
@@ -299,8 +310,23 @@ public final class CallPipeline: Sendable {
                         + "is withheld; retry later.", isError: true))
         }
         if !done.result.isError { session.state.withLock { _ = $0.succeededTools.insert(entry.tool.name) } }
+        var result = done.result
+        if Receipt.applies(to: report.outcome) {
+            result.meta = JSONObject([
+                (
+                    Receipt.metaKey,
+                    Receipt.make(
+                        cell: entry.cell, limits: admitted.limits, features: runner.host.features,
+                        policySHA256: admitted.policy.sha256, callID: callID, prespawned: report.prespawned,
+                        callEnd: done.records.first, logKeyID: log.keyID)
+                )
+            ])
+        }
+        metrics?.callEnded(
+            tool: entry.tool.name, report: report, events: done.events, admitNanoseconds: admitNanoseconds,
+            recordNanoseconds: done.recordNanoseconds, totalNanoseconds: SupervisorMetrics.clock() - arrived)
         if case .cancelled = report.outcome, Task.isCancelled { return .none }
-        return .result(done.result)
+        return .result(result)
     }
 
     /// A call's answer and whether its record is durable.
@@ -309,6 +335,11 @@ public final class CallPipeline: Sendable {
         let result: ToolResult
         /// Set when call.end could not be made durable: the result is withheld.
         let error: SecurityLogError?
+        /// The events of the call's end and the records they became (call.end first).
+        var events: [SecurityEvent] = []
+        var records: [LogRecordID] = []
+        /// From the append of call.end to its data sync.
+        var recordNanoseconds: UInt64 = 0
     }
 
     /// What admission hands to execution.
@@ -503,9 +534,16 @@ public final class CallPipeline: Sendable {
                             + self.resilience.observe(
                                 callID: callID, tool: tool.name, cell: cell, report: r,
                                 network: network.all, policy: a.policy)
-                        log.append(events) { error in
-                            k.resume(returning: Recorded(report: r, result: result, error: error))
-                        }
+                        let appended = SupervisorMetrics.clock()
+                        log.append(
+                            events,
+                            recorded: { records, error in
+                                let took = SupervisorMetrics.clock() - appended
+                                k.resume(
+                                    returning: Recorded(
+                                        report: r, result: result, error: error, events: events,
+                                        records: records ?? [], recordNanoseconds: took))
+                            })
                     }
                     _ = runner.run(
                         cell: cell, tool: tool.name, arguments: a.arguments, callID: callID,
@@ -516,10 +554,11 @@ public final class CallPipeline: Sendable {
                         },
                         deliver: { final in
                             guard let early = answered else { return record(final) }
-                            log.appendLater(
-                                SecurityEvent.afterAnswer(
-                                    callID: callID, principal: principal, tool: tool.name, cell: cell,
-                                    answered: early, final: final))
+                            let after = SecurityEvent.afterAnswer(
+                                callID: callID, principal: principal, tool: tool.name, cell: cell,
+                                answered: early, final: final)
+                            log.appendLater(after)
+                            self.metrics?.recorded(after)
                         },
                         onNetwork: { d in
                             network.append(d)
@@ -582,6 +621,7 @@ public final class CallPipeline: Sendable {
         }
         // When the log itself is the reason, the refusal cannot be recorded:
         // it is still a refusal (nothing ran), and stderr says why.
+        metrics?.callRefused(reason: r.reason)
         if case .logUnavailable = r {
         } else {
             do { try await log.append([SecurityEvent(.callRefused, f)]) } catch {

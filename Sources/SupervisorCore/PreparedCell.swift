@@ -191,6 +191,8 @@ final class ProgramInput: Sendable {
 public final class PreparedCell: Sendable {
     public let manifest: CellManifest
     public let seccomp: SeccompProgram
+    /// SHA-256 of `seccomp`'s bytes, for enforcement receipts.
+    public let seccompSHA256: String
     let executable: VerifiedFile
     let script: ProgramInput?
     /// A server cell's package trees.
@@ -216,6 +218,42 @@ public final class PreparedCell: Sendable {
                 parts: (manifest.libraries + [s]).map { VerifiedFile.shared(path: $0.path, sha256: $0.sha256) })
         }
 
+        (seccomp, allowlist) = try Self.compileSeccomp(manifest: manifest, groups: groups, features: host.features)
+        seccompSHA256 = sha256Hex(seccomp.bytes)
+
+        var pr: [(FileDescriptor, Landlock.Access, Bool)] = []
+        let fs = manifest.filesystem
+        for (key, list, access) in [
+            ("read", fs.read, Landlock.Access.read), ("write", fs.write, .readWrite),
+            ("execute", fs.execute, .readExecute),
+        ] {
+            for (i, p) in list.enumerated() {
+                let field = "filesystem.\(key)[\(i)]"
+                let real: String
+                do { real = try Sys.realpath(p) } catch {
+                    throw .badPath(field: field, reason: "\(p): \(error.description)")
+                }
+                for protected in host.protectedPaths
+                where protected == real || protected.hasPrefix(real == "/" ? "/" : real + "/") {
+                    throw .badPath(field: field, reason: "\(p) contains the supervisor's state directory \(protected)")
+                }
+                do {
+                    let fd = try Landlock.openPath(real)
+                    let st = try fd.stat()
+                    pr.append((fd, access, st.isDirectory))
+                } catch {
+                    throw .badPath(field: field, reason: "\(p): \(error.description)")
+                }
+            }
+        }
+        pathRules = pr
+    }
+
+    /// The seccomp program every worker of `manifest` gets (compiled once
+    /// per cell version, in the parent), and the allowlist's names.
+    public static func compileSeccomp(
+        manifest: CellManifest, groups: SyscallGroups, features: KernelFeatures
+    ) throws(CellRefusal) -> (SeccompProgram, [String]) {
         let entries: [SyscallGroups.Entry]
         do { entries = try groups.entries(for: manifest) } catch { throw .filter(error.description) }
         var rules: [SeccompRule] = []
@@ -261,40 +299,13 @@ public final class PreparedCell: Sendable {
                 add(n)
             }
         }
-        allowlist = names
         do {
-            seccomp = try Seccomp.compile(
-                rules, defaultAction: host.features.seccompUserNotification ? .notify : .killProcess)
+            let program = try Seccomp.compile(
+                rules, defaultAction: features.seccompUserNotification ? .notify : .killProcess)
+            return (program, names)
         } catch {
             throw .filter(error.description)
         }
-
-        var pr: [(FileDescriptor, Landlock.Access, Bool)] = []
-        let fs = manifest.filesystem
-        for (key, list, access) in [
-            ("read", fs.read, Landlock.Access.read), ("write", fs.write, .readWrite),
-            ("execute", fs.execute, .readExecute),
-        ] {
-            for (i, p) in list.enumerated() {
-                let field = "filesystem.\(key)[\(i)]"
-                let real: String
-                do { real = try Sys.realpath(p) } catch {
-                    throw .badPath(field: field, reason: "\(p): \(error.description)")
-                }
-                for protected in host.protectedPaths
-                where protected == real || protected.hasPrefix(real == "/" ? "/" : real + "/") {
-                    throw .badPath(field: field, reason: "\(p) contains the supervisor's state directory \(protected)")
-                }
-                do {
-                    let fd = try Landlock.openPath(real)
-                    let st = try fd.stat()
-                    pr.append((fd, access, st.isDirectory))
-                } catch {
-                    throw .badPath(field: field, reason: "\(p): \(error.description)")
-                }
-            }
-        }
-        pathRules = pr
     }
 
     deinit { for (fd, _, _) in pathRules { fd.close() } }

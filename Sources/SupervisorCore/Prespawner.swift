@@ -116,6 +116,13 @@ public final class Prespawner: @unchecked Sendable {
         t.start()
     }
 
+    /// Workers started ahead: ready for a call, or being started (metrics).
+    public var workerCount: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return ready.values.reduce(0) { $0 + $1.count } + starting.values.reduce(0, +)
+    }
+
     /// A ready worker for `cell` with `limits`, or nil.
     func take(_ cell: PreparedCell, limits: CellManifest.Limits) -> StartedWorker? {
         lock.lock()

@@ -80,6 +80,11 @@ public final class SecurityLog: @unchecked Sendable {
         /// Set on the last event of an append.
         let done: (@Sendable (SecurityLogError?) -> Void)?
         let durable: Bool
+        /// Set on the last event of an `append(_:recorded:)`, instead of
+        /// `done`: also told the records the append's events became.
+        var recorded: (@Sendable ([LogRecordID]?, SecurityLogError?) -> Void)? = nil
+        /// The number of events of the append (on its last event).
+        var count = 1
     }
 
     /// While the log cannot write: the last error, and what the
@@ -125,10 +130,20 @@ public final class SecurityLog: @unchecked Sendable {
     private var lastWrite = Date()
     /// Descriptors of rotated-away files, closed once unlocked.
     private var retired: [FileDescriptor] = []
+    /// The records the last `writeLocked` chained, in order.
+    private var chained: [LogRecordID] = []
     private let checkpoints: FileDescriptor
     /// Held shared for the log's life: whoever can take it exclusively at
     /// open is alone, and recovers what a writer that died left behind.
     private let writers: FileDescriptor
+
+    private let syncObserverState = Mutex<(@Sendable (UInt64) -> Void)?>(nil)
+    /// Told the duration of each data sync of the event file, in
+    /// nanoseconds, on the writer thread (metrics); it must only record.
+    public var syncObserver: (@Sendable (UInt64) -> Void)? {
+        get { syncObserverState.withLock { $0 } }
+        set { syncObserverState.withLock { $0 = newValue } }
+    }
 
     private let faultInjectorState = Mutex<(@Sendable (LogOperation) -> LogFault?)?>(nil)
     /// Test seam: consulted before each write, data sync and checkpoint
@@ -226,6 +241,18 @@ public final class SecurityLog: @unchecked Sendable {
         enqueue(events, durable: true, done)
     }
 
+    /// Appends events like `append(_:then:)` and tells `done` which records
+    /// they became (sequence number and SHA-256 of each line, in the order
+    /// of `events`) once they are on disk, or nil and the error when they
+    /// could not be made durable. The same rules as for `append(_:then:)`
+    /// apply to `done`.
+    public func append(
+        _ events: [SecurityEvent], recorded done: @escaping @Sendable ([LogRecordID]?, SecurityLogError?) -> Void
+    ) {
+        guard !events.isEmpty else { return done([], nil) }
+        enqueue(events, durable: true, recorded: done, nil)
+    }
+
     /// Appends events without waiting: they are written in order (so they
     /// survive the supervisor being killed) and reach the disk with the next
     /// durable append — one data sync per call instead of two. If they
@@ -279,15 +306,24 @@ public final class SecurityLog: @unchecked Sendable {
         }
     }
 
-    private func enqueue(_ events: [SecurityEvent], durable: Bool, _ done: (@Sendable (SecurityLogError?) -> Void)?) {
+    private func enqueue(
+        _ events: [SecurityEvent], durable: Bool,
+        recorded: (@Sendable ([LogRecordID]?, SecurityLogError?) -> Void)? = nil,
+        _ done: (@Sendable (SecurityLogError?) -> Void)?
+    ) {
         cond.lock()
         if closed {
             cond.unlock()
             done?(.closed(directory))
+            recorded?(nil, .closed(directory))
             return
         }
         for (i, e) in events.enumerated() {
-            pending.append(Pending(event: e, done: i == events.count - 1 ? done : nil, durable: durable))
+            let last = i == events.count - 1
+            pending.append(
+                Pending(
+                    event: e, done: last ? done : nil, durable: durable, recorded: last ? recorded : nil,
+                    count: events.count))
         }
         if durable { durablePending = true }
         cond.signal()
@@ -389,7 +425,10 @@ public final class SecurityLog: @unchecked Sendable {
                 let retained = rolledBack + batch.filter { !$0.durable }.map(\.event)
                 rolledBack = []
                 enterFailure(error, retained: retained, refused: batch.filter(\.durable).map(\.event))
-                for p in batch where p.durable { p.done?(error) }
+                for p in batch where p.durable {
+                    p.done?(error)
+                    p.recorded?(nil, error)
+                }
             } else {
                 lastWrite = Date()
                 if recovering != nil {
@@ -401,7 +440,16 @@ public final class SecurityLog: @unchecked Sendable {
                             + "failed attempt(s) since \(recovering!.since)); tool calls are accepted again")
                 }
                 if let h = housekeeping { enterFailure(h, retained: []) }
-                for p in batch { p.done?(nil) }
+                // `chained` holds the records of `events` in order (the
+                // log.recovered record first when recovering).
+                let offset = recovering != nil ? 1 : 0
+                for (i, p) in batch.enumerated() {
+                    if let r = p.recorded {
+                        let end = offset + i + 1
+                        r(end - p.count >= 0 && end <= chained.count ? Array(chained[(end - p.count)..<end]) : nil, nil)
+                    }
+                    p.done?(nil)
+                }
             }
             cond.lock()
             if stopping && (failed != nil || pending.isEmpty) {
@@ -508,6 +556,7 @@ public final class SecurityLog: @unchecked Sendable {
         for (k, v) in e.fields where !o.contains(k) { o[k] = v }
         let line = JSONValue.object(o).serializedBytes()
         head = sha256Hex(line)
+        chained.append(LogRecordID(seq: seq, sha256: head))
         return line + [0x0A]
     }
 
@@ -525,7 +574,9 @@ public final class SecurityLog: @unchecked Sendable {
 
     private func rawDataSync() throws(SecurityLogError) {
         if let f = fault(.dataSync) { throw SecurityLogError("fdatasync", path: currentPath, errno: f.errno) }
+        let started = monotonicNanoseconds()
         do { try file.dataSync() } catch { throw SecurityLogError("fdatasync", path: currentPath, errno: error.errno) }
+        syncObserver?(monotonicNanoseconds() - started)
     }
 
     /// Cuts the file back to `size` and the chain back to (seq, head).
@@ -567,6 +618,7 @@ public final class SecurityLog: @unchecked Sendable {
     {
         let before = (size: fileSize, seq: seq, head: head)
         var out: [UInt8] = []
+        chained.removeAll(keepingCapacity: true)
         for e in events { out.append(contentsOf: chain(e)) }
         do {
             try rawWrite(out)
@@ -978,6 +1030,14 @@ public final class SecurityLog: @unchecked Sendable {
 }
 
 /// What the test seam can make fail.
+/// Where an event landed in the security log: its sequence number and the
+/// SHA-256 of its line (the next record's `prev`), which `audit verify`
+/// chains and checkpoints sign.
+public struct LogRecordID: Sendable, Equatable {
+    public let seq: UInt64
+    public let sha256: String
+}
+
 enum LogOperation: Sendable {
     case write, dataSync, checkpoint
 }

@@ -20,6 +20,9 @@ public struct Setting: Sendable {
         /// the supervisor runs as root, else the supervisor's own id).
         case identity(WritableKeyPath<SupervisorSettings, UInt32?> & Sendable, rootDefault: UInt32)
         case choice(WritableKeyPath<SupervisorSettings, String> & Sendable, choices: [String], default: String)
+        /// A file the supervisor writes; unset (the default) turns off what
+        /// it is for. A relative path is resolved as for `directory`.
+        case file(WritableKeyPath<SupervisorSettings, String?> & Sendable)
     }
 
     /// Which commands read a setting: `cells` by every command that loads
@@ -136,6 +139,17 @@ extension Setting {
         .integer(\.prespawnIdleSeconds, range: 1...86400, default: 60), unit: "s", scope: .server,
         help: "A prespawned worker not used for this long is ended.")
 
+    public static let metricsFile = Setting(
+        "metricsFile", flag: "metrics-file", .file(\.metricsFile), scope: .server, defaultText: "none (no metrics)",
+        help: "Prometheus text-format metrics, rewritten atomically (write, then rename) every "
+            + "`metricsIntervalSeconds`, for node_exporter's textfile collector or any scraper that reads a file "
+            + "(docs/operations.md).")
+
+    public static let metricsIntervalSeconds = Setting(
+        "metricsIntervalSeconds", flag: "metrics-interval-seconds",
+        .integer(\.metricsIntervalSeconds, range: 1...3600, default: 5), unit: "s", scope: .server,
+        help: "How often the metrics file is rewritten (and once more at exit).")
+
     public static let logLevel = Setting(
         "logLevel", flag: "log-level", .choice(\.logLevel, choices: logLevels, default: "info"), scope: .server,
         help: "Diagnostics on stderr.")
@@ -143,7 +157,8 @@ extension Setting {
     /// Every setting, in the order of docs/configuration.md.
     public static let all: [Setting] = [
         manifests, policies, stateDirectory, scratchDirectory, workerUid, workerGid, maxConcurrentCalls,
-        maxQueuedCalls, prespawn, prespawnIdleSeconds, toolsPageSize, maxMessageBytes, logLevel,
+        maxQueuedCalls, prespawn, prespawnIdleSeconds, toolsPageSize, maxMessageBytes, metricsFile,
+        metricsIntervalSeconds, logLevel,
     ]
 
     public static func named(key: String) -> Setting? { all.first { $0.key == key } }
@@ -175,6 +190,7 @@ extension Setting {
         case .integer(let p, _, let d): s[keyPath: p] = d
         case .identity(let p, _): s[keyPath: p] = nil
         case .choice(let p, _, let d): s[keyPath: p] = d
+        case .file(let p): s[keyPath: p] = nil
         }
     }
 
@@ -188,6 +204,11 @@ extension Setting {
         case .directory(let p, _):
             guard case .string(let v) = value, !v.isEmpty else {
                 throw fail("expected a path, found \(value.typeName)")
+            }
+            s[keyPath: p] = v.hasPrefix("/") ? normalize(v) : normalize(directory + "/" + v)
+        case .file(let p):
+            guard case .string(let v) = value, !v.isEmpty, !v.hasSuffix("/") else {
+                throw fail("expected a file path, found \(value.serialized())")
             }
             s[keyPath: p] = v.hasPrefix("/") ? normalize(v) : normalize(directory + "/" + v)
         case .integer, .identity:
@@ -210,6 +231,9 @@ extension Setting {
         switch kind {
         case .directory(let p, _):
             guard !v.isEmpty else { throw fail("expected a path, found an empty string") }
+            s[keyPath: p] = SupervisorSettings.absolute(v)
+        case .file(let p):
+            guard !v.isEmpty, !v.hasSuffix("/") else { throw fail("expected a file path, found \"\(v)\"") }
             s[keyPath: p] = SupervisorSettings.absolute(v)
         case .integer, .identity:
             guard let i = Int64(v) else {
@@ -253,6 +277,7 @@ extension Setting {
         case .integer(let p, _, _): return .int(Int64(s[keyPath: p]))
         case .identity(let p, _): return s[keyPath: p].map { .int(Int64($0)) } ?? .null
         case .choice(let p, _, _): return .string(s[keyPath: p])
+        case .file(let p): return s[keyPath: p].map { .string($0) } ?? .null
         }
     }
 }
@@ -264,6 +289,7 @@ extension Setting {
     public var valuesText: String {
         switch kind {
         case .directory: return "a directory"
+        case .file: return "a file path"
         case .integer(_, let r, _): return "\(r.lowerBound)–\(r.upperBound)\(unit.isEmpty ? "" : " " + unit)"
         case .identity:
             return "\(Self.identityRange.lowerBound)–\(Self.identityRange.upperBound) (never 0)"
@@ -276,7 +302,7 @@ extension Setting {
         switch kind {
         case .integer(_, _, let d): return "\(d)"
         case .choice(_, _, let d): return "`\(d)`"
-        case .directory, .identity: preconditionFailure("\(key) needs a defaultText")
+        case .directory, .identity, .file: preconditionFailure("\(key) needs a defaultText")
         }
     }
 
@@ -284,7 +310,7 @@ extension Setting {
     public var flagHelp: String {
         let values: String
         switch kind {
-        case .directory: values = ""
+        case .directory, .file: values = ""
         default: values = valuesText + "; "
         }
         return String("\(help) (\(values)default: \(defaultDescription))".filter { $0 != "`" })

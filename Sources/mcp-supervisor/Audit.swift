@@ -229,10 +229,46 @@ struct Audit: ParsableCommand {
     }
 
     struct Stats: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Counts by event type, cell and outcome.")
+        static let configuration = CommandConfiguration(
+            abstract:
+                "Counts by event type, cell and outcome; calls, p50/p99 latency, refusals and violations per tool.",
+            discussion: """
+                Latency is call.end's durationMicroseconds (the worker's part of the call). \
+                --window 15m (s, m, h, d) keeps the records of the last 15 minutes; --since/--until take RFC 3339 times.
+                """)
         @OptionGroup var location: Location
         @OptionGroup var filter: Filter
+        @Option(name: .long, help: "Only the records of this last span of time: N followed by s, m, h or d (e.g. 15m).")
+        var window: String?
         @Flag(name: .long, help: "Print JSON.") var json = false
+
+        func validate() throws {
+            if let window, Stats.seconds(window) == nil {
+                throw ValidationError("--window \(window): expected a number followed by s, m, h or d (e.g. 15m)")
+            }
+        }
+
+        /// "15m" → 900.
+        static func seconds(_ w: String) -> Int? {
+            guard let unit = w.last, let n = Int(w.dropLast()), n > 0 else { return nil }
+            switch unit {
+            case "s": return n
+            case "m": return n * 60
+            case "h": return n * 3600
+            case "d": return n * 86400
+            default: return nil
+            }
+        }
+
+        /// The log's own time format (RFC 3339, UTC, microseconds), which
+        /// compares as text in time order.
+        static func logTime(_ d: Date) -> String {
+            let f = DateFormatter()
+            f.locale = Locale(identifier: "en_US_POSIX")
+            f.timeZone = TimeZone(identifier: "UTC")
+            f.dateFormat = "yyyy-MM-dd'T'HH:mm:ss"
+            return f.string(from: d) + ".000000Z"
+        }
 
         func run() throws {
             var byType: [String: Int] = [:]
@@ -240,7 +276,10 @@ struct Audit: ParsableCommand {
             var byOutcome: [String: Int] = [:]
             var total = 0
             var breakerRecords: [Insights.Record] = []
+            var calls = CallStats()
+            let since = window.flatMap(Stats.seconds).map { Stats.logTime(Date().addingTimeInterval(-Double($0))) }
             for r in try filter.records(location) {
+                if let since, r.time < since { continue }
                 total += 1
                 if r.type == SecurityEventType.cellBreaker.rawValue {
                     breakerRecords.append(Insights.Record(type: r.type, time: r.time, fields: r.object))
@@ -248,6 +287,7 @@ struct Audit: ParsableCommand {
                 byType[r.type, default: 0] += 1
                 if let c = r["cell"]?.stringValue { byCell[c, default: 0] += 1 }
                 if let o = r["outcome"]?.stringValue { byOutcome[o, default: 0] += 1 }
+                calls.add(type: r.type, r.object)
             }
             // The last state each breaker reached (docs/resilience.md).
             let breakers = Insights.breakerStates(breakerRecords)
@@ -255,33 +295,35 @@ struct Audit: ParsableCommand {
                 .object(JSONObject(d.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) }))
             }
             if json {
-                print(
-                    JSONValue.object(
-                        JSONObject([
-                            ("records", .int(Int64(total))), ("byType", obj(byType)),
-                            ("byCell", obj(byCell)), ("byOutcome", obj(byOutcome)),
-                            (
-                                "breakers",
-                                .array(
-                                    breakers.map {
-                                        .object(
-                                            JSONObject([
-                                                ("cell", .string($0.cell)), ("cellVersion", .string($0.version)),
-                                                ("state", .string($0.state)), ("since", .string($0.time)),
-                                            ]))
-                                    })
-                            ),
-                        ])
-                    ).serialized())
+                var o = JSONObject([
+                    ("records", .int(Int64(total))), ("byType", obj(byType)),
+                    ("byCell", obj(byCell)), ("byOutcome", obj(byOutcome)),
+                    (
+                        "breakers",
+                        .array(
+                            breakers.map {
+                                .object(
+                                    JSONObject([
+                                        ("cell", .string($0.cell)), ("cellVersion", .string($0.version)),
+                                        ("state", .string($0.state)), ("since", .string($0.time)),
+                                    ]))
+                            })
+                    ),
+                ])
+                for (k, v) in calls.json { o[k] = v }
+                if let since { o["since"] = .string(since) }
+                print(JSONValue.object(o).serialized())
                 return
             }
-            print("records: \(total)")
+            print("records: \(total)\(since.map { " since \($0)" } ?? "")")
             for (title, d) in [("by type", byType), ("by cell", byCell), ("by outcome (call.end)", byOutcome)] {
                 print("\(title):")
                 for (k, n) in d.sorted(by: { $0.value > $1.value || ($0.value == $1.value && $0.key < $1.key) }) {
                     print("  \(k): \(n)")
                 }
             }
+            print("calls:")
+            print(calls.table.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
             if !breakers.isEmpty {
                 print("breakers (last state):")
                 for b in breakers { print("  \(b.cell) \(b.version): \(b.state) since \(b.time)") }

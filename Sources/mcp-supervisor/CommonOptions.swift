@@ -84,6 +84,14 @@ struct ServerOptions: ParsableArguments {
     @Option(name: .customLong(Setting.maxMessageBytes.flag), help: ArgumentHelp(Setting.maxMessageBytes.flagHelp))
     var maxMessageBytes: String?
 
+    @Option(name: .customLong(Setting.metricsFile.flag), help: ArgumentHelp(Setting.metricsFile.flagHelp))
+    var metricsFile: String?
+
+    @Option(
+        name: .customLong(Setting.metricsIntervalSeconds.flag),
+        help: ArgumentHelp(Setting.metricsIntervalSeconds.flagHelp))
+    var metricsIntervalSeconds: String?
+
     @Option(name: .customLong(Setting.logLevel.flag), help: ArgumentHelp(Setting.logLevel.flagHelp))
     var logLevel: String?
 
@@ -92,7 +100,8 @@ struct ServerOptions: ParsableArguments {
         [
             (.maxConcurrentCalls, maxConcurrentCalls), (.maxQueuedCalls, maxQueuedCalls), (.prespawn, prespawn),
             (.prespawnIdleSeconds, prespawnIdleSeconds), (.toolsPageSize, toolsPageSize),
-            (.maxMessageBytes, maxMessageBytes), (.logLevel, logLevel),
+            (.maxMessageBytes, maxMessageBytes), (.metricsFile, metricsFile),
+            (.metricsIntervalSeconds, metricsIntervalSeconds), (.logLevel, logLevel),
         ]
     }
 

@@ -9,7 +9,7 @@ struct MCPSupervisor: AsyncParsableCommand {
         version: SupervisorVersion.string,
         subcommands: [
             Run.self, Validate.self, Call.self, Doctor.self, Manifest.self, Audit.self, Keys.self, CellCommand.self,
-            PolicyCommand.self, ConfigCommand.self, InsightsCommand.self,
+            PolicyCommand.self, ConfigCommand.self, InsightsCommand.self, Top.self,
         ]
     )
 }

@@ -126,6 +126,7 @@ struct Run: AsyncParsableCommand {
             log.close(finalEvent: SecurityEvent(.supervisorStop, JSONObject([("reason", "no usable tools")])))
             throw ExitCode(2)
         }
+        let metricsFile = try startMetricsFile(s, pipeline: service.pipeline)
         let watch = FileWatch(path: ledgerPath)
         if !allowUnsigned {
             service.pipeline.onLedgerChange { watch.changed() }
@@ -180,6 +181,7 @@ struct Run: AsyncParsableCommand {
                 DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(200)) {
                     log.close(
                         finalEvent: SecurityEvent(.supervisorStop, JSONObject([("reason", .string(signalName(sig)))])))
+                    metricsFile?.stop()
                     Sys.exit(0)
                 }
             }
@@ -195,8 +197,25 @@ struct Run: AsyncParsableCommand {
         // not read cannot hold the shutdown.
         _ = transport.flush(seconds: 2)
         log.close(finalEvent: SecurityEvent(.supervisorStop, JSONObject([("reason", "end of input")])))
+        metricsFile?.stop()
         Sys.exit(0)
     }
+}
+
+/// The metrics textfile of `--metrics-file`, written from now until exit.
+/// A file that cannot be written at start is a configuration mistake: the
+/// server does not start (later failures are said on stderr and retried).
+func startMetricsFile(_ s: SupervisorSettings, pipeline: CallPipeline) throws -> MetricsTextfile? {
+    guard let path = s.metricsFile else { return nil }
+    let metrics = SupervisorMetrics()
+    let file = MetricsTextfile(path: path, metrics: metrics, intervalSeconds: s.metricsIntervalSeconds)
+    if let error = file.writeOnce() {
+        printError("mcp-supervisor: refusing to start: --metrics-file \(path): \(error)")
+        throw ExitCode(2)
+    }
+    metrics.attach(to: pipeline)
+    file.start()
+    return file
 }
 
 /// A stable digest of the effective settings (recorded at start, so a

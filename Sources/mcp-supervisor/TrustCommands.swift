@@ -398,6 +398,8 @@ struct CellCommand: ParsableCommand {
             try trustCommand {
                 let (st, c) = try CellCommand.registered(location, cell)
                 var versions: [JSONValue] = []
+                let groups = Result { try location.groups() }
+                let features = KernelFeatures.probe()
                 for id in c.order {
                     let v = c.versions[id]!
                     let m = try? CellManifest.parse(bytes: v.manifestBytes, path: v.manifestPath, manifestSHA256: id)
@@ -423,6 +425,14 @@ struct CellCommand: ParsableCommand {
                         "  label \(v.label), registered \(v.registeredAt), signed by \(v.signedBy)\(v.approvedWidening ? ", widening approved" : "")"
                     )
                     print("  executable \(m?.executable.path ?? "?") sha256 \(v.executableSHA256)")
+                    // What an enforcement receipt names (docs/operations.md).
+                    if let m {
+                        do {
+                            let (d, n) = try Receipt.seccompDigest(
+                                manifest: m, groups: try groups.get(), features: features)
+                            print("  seccomp filter sha256 \(d) (\(n) instructions)")
+                        } catch { print("  seccomp filter: cannot be built here: \(error)") }
+                    }
                     print("  argv \(m?.argv.joined(separator: " ") ?? "?")")
                     print("  tools: \(m?.tools.map(\.name).joined(separator: ", ") ?? "?")")
                     print("  parent: \(v.parent ?? "none")")

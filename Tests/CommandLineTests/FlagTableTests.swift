@@ -15,6 +15,7 @@ final class FlagTableTests: XCTestCase {
         case .integer(_, let r, let d): return "\(d == r.upperBound ? r.lowerBound : r.upperBound)"
         case .identity: return "4242"
         case .choice(_, let c, let d): return c.first { $0 != d }!
+        case .file: return "/sample/\(s.key).prom"
         }
     }
 

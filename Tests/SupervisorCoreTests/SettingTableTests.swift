@@ -26,6 +26,7 @@ final class SettingTableTests: XCTestCase {
         case .choice(_, let c, let d):
             let v = c.first { $0 != d }!
             return (.string(v), v)
+        case .file: return (.string("/sample/\(s.key).prom"), "/sample/\(s.key).prom")
         }
     }
 
@@ -88,6 +89,8 @@ final class SettingTableTests: XCTestCase {
                 XCTAssertEqual(setting.value(in: s), .null, "\(setting.key): the host decides")
             case .directory(_, let d):
                 XCTAssertEqual(setting.value(in: s), .string(d()), setting.key)
+            case .file:
+                XCTAssertEqual(setting.value(in: s), .null, "\(setting.key): off unless given")
             }
         }
         XCTAssertEqual(s.maxConcurrentCalls, 4)
@@ -125,6 +128,7 @@ final class SettingTableTests: XCTestCase {
             case .integer(_, let r, _): bad = (.int(Int64(r.upperBound) + 1), "\(r.upperBound + 1)")
             case .identity: bad = (.int(0), "0")
             case .choice: bad = (.string("loud"), "loud")
+            case .file: bad = (.string("/tmp/"), "")
             }
             let path = writeConfig([s.key: bad.0])
             XCTAssertThrowsError(try SupervisorSettings.resolve(configurationFile: path, flags: []), s.key) {
