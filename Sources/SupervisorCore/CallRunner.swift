@@ -480,8 +480,9 @@ public final class CallRunner: @unchecked Sendable {
         let slot = sessionServers.slot(session: key, cell: cell)
         slot.lock.lock()
         defer { slot.lock.unlock() }
-        if let old = slot.worker, old.cell !== cell || old.limits != limits || !old.isAlive
-            || (try? cell.fileGenerations()) != old.generations
+        if let old = slot.worker,
+            old.cell !== cell || old.limits != limits || !old.isAlive
+                || (try? cell.fileGenerations()) != old.generations
         {
             slot.worker = nil
             discard(old)
@@ -601,7 +602,9 @@ public final class CallRunner: @unchecked Sendable {
             if !session.diagnostics.isEmpty {
                 logger.info(
                     "a server started ahead of its call did not get ready",
-                    metadata: ["cell.name": "\(w.cell.name)", "worker.stderr": "\(session.diagnosticsText.suffix(512))"])
+                    metadata: [
+                        "cell.name": "\(w.cell.name)", "worker.stderr": "\(session.diagnosticsText.suffix(512))",
+                    ])
             }
             return false
         }
@@ -612,7 +615,9 @@ public final class CallRunner: @unchecked Sendable {
     /// Registration of a server cell: runs the server once in its sandbox
     /// and returns the tools it lists (and its name and version), or why
     /// that failed. The server is ended before this returns.
-    public func discoverTools(_ cell: PreparedCell) -> Result<(tools: [JSONObject], serverInfo: String?), DiscoveryError> {
+    public func discoverTools(_ cell: PreparedCell) -> Result<
+        (tools: [JSONObject], serverInfo: String?), DiscoveryError
+    > {
         guard let spec = cell.manifest.server else { return .failure(DiscoveryError("not a server cell")) }
         let w: StartedWorker
         switch startWorker(cell, limits: cell.manifest.limits, argv: nil, name: "register") {
@@ -901,7 +906,8 @@ struct WorkerSession {
             let iNotify = listenerOpen ? poll.add(listener!.fd) : -1
             // Writability matters only while there is something to write (a
             // server's stdin stays open, and always writable, between requests).
-            let iReq = requestOpen && (pendingOffset < pending.count || server == nil)
+            let iReq =
+                requestOpen && (pendingOffset < pending.count || server == nil)
                 ? poll.add(requestWrite, events: .writable) : -1
             let iBroker = brokerOpen && !exited && !killedByUs ? poll.add(broker!.socket) : -1
 

@@ -273,15 +273,20 @@ extension CellManifest {
             throw r.error("script", "a command cell runs its program directly; it has no script")
         }
         if let server {
-            if script != nil { throw r.error("script", "a server cell runs the server's own program; it has no script") }
+            if script != nil {
+                throw r.error("script", "a server cell runs the server's own program; it has no script")
+            }
             guard network.isNone else {
-                throw r.error("network", "a server cell has no network access (network egress for servers is not built yet)")
+                throw r.error(
+                    "network", "a server cell has no network access (network egress for servers is not built yet)")
             }
             for (i, p) in server.packages.enumerated()
             where !fs.read.contains(where: { p.path == $0 || p.path.hasPrefix($0 == "/" ? "/" : $0 + "/") }) {
                 throw ConfigError(
                     file: path, field: "server.packages[\(i)].path",
-                    message: "\(p.path) is not under a filesystem.read path: the server must be able to read what it imports")
+                    message:
+                        "\(p.path) is not under a filesystem.read path: the server must be able to read what it imports"
+                )
             }
         }
 

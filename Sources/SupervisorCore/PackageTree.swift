@@ -80,8 +80,9 @@ public final class PackageTree: Sendable {
         func visit(_ dir: String, _ rel: String) throws(CellCannotRun) {
             directories.append(dir)
             let names: [String]
-            do { names = try Sys.readdirNames(dir).sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) } }
-            catch { throw .unreadable(path: dir, reason: error.description) }
+            do {
+                names = try Sys.readdirNames(dir).sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
+            } catch { throw .unreadable(path: dir, reason: error.description) }
             for n in names {
                 entries += 1
                 if entries > maxEntries {

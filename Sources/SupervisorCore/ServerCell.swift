@@ -262,7 +262,8 @@ struct ServerConversation: Sendable {
         }
         guard let id = m["id"]?.intValue, id == outstanding else {
             throw CellProtocol.Violation(
-                "the server answered a request it was not sent (id \(CellProtocol.clip(m["id"]?.serialized() ?? "none")))")
+                "the server answered a request it was not sent (id \(CellProtocol.clip(m["id"]?.serialized() ?? "none")))"
+            )
         }
         outstanding = -1
         if let e = m["error"] {
@@ -273,7 +274,8 @@ struct ServerConversation: Sendable {
                 events.append(.final(.error("the server answered with error \(code): \(String(text.prefix(2000)))")))
                 return
             }
-            throw CellProtocol.Violation("the server refused \(phaseRequest) with error \(code): \(CellProtocol.clip(text))")
+            throw CellProtocol.Violation(
+                "the server refused \(phaseRequest) with error \(code): \(CellProtocol.clip(text))")
         }
         guard case .object(let result)? = m["result"] else {
             throw CellProtocol.Violation("the answer to \(phaseRequest) has no result object")
@@ -357,7 +359,8 @@ struct ServerConversation: Sendable {
             "jsonrpc": "2.0", "id": id,
             "error": [
                 "code": -32601,
-                "message": .string("mcp-supervisor does not let this server make \(CellProtocol.clip(method)) requests"),
+                "message": .string(
+                    "mcp-supervisor does not let this server make \(CellProtocol.clip(method)) requests"),
             ],
         ])
     }
@@ -409,7 +412,8 @@ struct ServerConversation: Sendable {
                 }
                 content.append(["type": "text", "text": .string(CellProtocol.sanitize(t))])
             default:
-                throw CellProtocol.Violation("content[\(i)]: content type \"\(CellProtocol.clip(type))\" is not passed on")
+                throw CellProtocol.Violation(
+                    "content[\(i)]: content type \"\(CellProtocol.clip(type))\" is not passed on")
             }
         }
         if r["isError"]?.boolValue == true {

@@ -36,7 +36,8 @@ enum ServerTools {
             let exposed = manifest.server?.exposedName(name) ?? name
             out += "  \(exposed)  (server name \(name))\n"
             if let d = t["description"]?.stringValue {
-                for line in CellProtocol.sanitize(d).split(separator: "\n", omittingEmptySubsequences: false).prefix(12) {
+                for line in CellProtocol.sanitize(d).split(separator: "\n", omittingEmptySubsequences: false).prefix(12)
+                {
                     out += "      \(line)\n"
                 }
             }
@@ -118,7 +119,8 @@ extension CellCommand {
                 let q = Quarantine(directory: Quarantine.directory(stateDirectory: location.state))
                 let released = try q.release(cell: cell, versionID: version)
                 guard !released.isEmpty else {
-                    throw TrustCommandError("no quarantined version of \(cell)\(version.map { " matches \($0)" } ?? "")")
+                    throw TrustCommandError(
+                        "no quarantined version of \(cell)\(version.map { " matches \($0)" } ?? "")")
                 }
                 securityEvents(
                     location,

@@ -272,8 +272,11 @@ struct CellCommand: ParsableCommand {
                                 let sig = try ManifestSignature.make(manifestBytes: bytes, key: k)
                                 try ServerTools.replace(
                                     ManifestSignature.path(for: m), with: Array(sig.prettySerialized().utf8))
-                                manifest = try CellManifest.parse(bytes: bytes, path: m, manifestSHA256: sha256Hex(bytes))
-                                print("pinned \(listed.count) tool(s) into \(m), signed by \(TrustKeys.keyID(k.publicKey))")
+                                manifest = try CellManifest.parse(
+                                    bytes: bytes, path: m, manifestSHA256: sha256Hex(bytes))
+                                print(
+                                    "pinned \(listed.count) tool(s) into \(m), signed by \(TrustKeys.keyID(k.publicKey))"
+                                )
                             } else if let d = ToolDefinitions.diff(
                                 pinned: manifest.tools.compactMap(\.pinned), listed: listed)
                             {

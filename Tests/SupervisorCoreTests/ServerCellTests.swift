@@ -41,27 +41,38 @@ final class ServerManifestTests: ManifestTestCase {
     }
 
     func testEachServerMistakeNamesItsField() {
-        assertError("server.packages[0].path", "not under a filesystem.read path", server([]) { $0["filesystem"] = [:] })
-        assertError("server.packages[0].sha256", "64 lower-case hex", server([("packages", [["path": "/usr/lib/x", "sha256": "abc"]])]))
+        assertError(
+            "server.packages[0].path", "not under a filesystem.read path", server([]) { $0["filesystem"] = [:] })
+        assertError(
+            "server.packages[0].sha256", "64 lower-case hex",
+            server([("packages", [["path": "/usr/lib/x", "sha256": "abc"]])]))
         assertError("server.toolPrefix", "A-Z a-z 0-9", server([("toolPrefix", "a b")]))
         assertError("server.lifecycle", "one of", server([("lifecycle", "forever")]))
         assertError("server.bogus", "unknown field", server([("bogus", 1)]))
         assertError("network", "no network access", server([]) { $0["network"] = ["connect": ["example.com:443"]] })
-        assertError("tools[0].description", "hidden or control character", server([]) {
-            $0["tools"] = [["name": "t", "description": "ok\u{202E}evil", "inputSchema": ["type": "object"]]]
-        })
+        assertError(
+            "tools[0].description", "hidden or control character",
+            server([]) {
+                $0["tools"] = [["name": "t", "description": "ok\u{202E}evil", "inputSchema": ["type": "object"]]]
+            })
     }
 }
 
 final class ToolDefinitionsTests: XCTestCase {
     let pinned: [JSONObject] = [
-        ["name": "a", "description": "Does A.", "inputSchema": ["type": "object", "properties": ["x": ["type": "string"]]]],
+        [
+            "name": "a", "description": "Does A.",
+            "inputSchema": ["type": "object", "properties": ["x": ["type": "string"]]],
+        ],
         ["name": "b", "description": "Does B.", "inputSchema": ["type": "object"]],
     ]
 
     func testMemberOrderIsNotADifference() {
         let reordered: [JSONObject] = [
-            ["inputSchema": ["properties": ["x": ["type": "string"]], "type": "object"], "description": "Does A.", "name": "a"],
+            [
+                "inputSchema": ["properties": ["x": ["type": "string"]], "type": "object"], "description": "Does A.",
+                "name": "a",
+            ],
             ["name": "b", "inputSchema": ["type": "object"], "description": "Does B."],
         ]
         XCTAssertNil(ToolDefinitions.diff(pinned: pinned, listed: reordered.reversed()))
@@ -79,7 +90,8 @@ final class ToolDefinitionsTests: XCTestCase {
         XCTAssertEqual(ToolDefinitions.diff(pinned: pinned, listed: [pinned[0]]), #"removed tool "b""#)
         var schema = pinned
         schema[1]["inputSchema"] = ["type": "object", "properties": ["path": ["type": "string"]]]
-        XCTAssertTrue(ToolDefinitions.diff(pinned: pinned, listed: schema)!.hasPrefix(#"changed tool "b": inputSchema"#))
+        XCTAssertTrue(
+            ToolDefinitions.diff(pinned: pinned, listed: schema)!.hasPrefix(#"changed tool "b": inputSchema"#))
         XCTAssertEqual(ToolDefinitions.diff(pinned: pinned, listed: pinned + [pinned[1]]), "a tool is listed twice")
     }
 }
@@ -97,8 +109,13 @@ final class ServerConversationTests: XCTestCase {
         }
     }
     func initResult(id: Int64 = 2) -> JSONValue {
-        ["jsonrpc": "2.0", "id": .int(id),
-         "result": ["protocolVersion": "2025-11-25", "capabilities": ["tools": [:]], "serverInfo": ["name": "s", "version": "1"]]]
+        [
+            "jsonrpc": "2.0", "id": .int(id),
+            "result": [
+                "protocolVersion": "2025-11-25", "capabilities": ["tools": [:]],
+                "serverInfo": ["name": "s", "version": "1"],
+            ],
+        ]
     }
 
     /// A conversation brought to ready with `tools` pinned.
@@ -119,9 +136,14 @@ final class ServerConversationTests: XCTestCase {
         XCTAssertEqual(call["params"]?["name"], "t")
         XCTAssertEqual(call["params"]?["_meta"]?["progressToken"], "c7")
         let progress = try c.feed(
-            line(["jsonrpc": "2.0", "method": "notifications/progress", "params": ["progressToken": "c7", "progress": 1]]))
+            line([
+                "jsonrpc": "2.0", "method": "notifications/progress", "params": ["progressToken": "c7", "progress": 1],
+            ]))
         guard case .message(.progress(1, nil, nil))? = progress.first else { return XCTFail("\(progress)") }
-        let ev = try c.feed(line(["jsonrpc": "2.0", "id": call["id"]!, "result": ["content": [["type": "text", "text": "ok\u{1B}[31m"]]]]))
+        let ev = try c.feed(
+            line([
+                "jsonrpc": "2.0", "id": call["id"]!, "result": ["content": [["type": "text", "text": "ok\u{1B}[31m"]]],
+            ]))
         guard case .final(.result(let r))? = ev.first else { return XCTFail("\(ev)") }
         XCTAssertEqual(r.content, [["type": "text", "text": "ok[31m"]], "escape sequences are removed")
         XCTAssertThrowsError(try c.feed(line(["jsonrpc": "2.0", "method": "notifications/message", "params": [:]])))
@@ -168,18 +190,25 @@ final class ServerConversationTests: XCTestCase {
         var noTools = ServerConversation(pinned: [tool], maxLine: 1 << 20)
         _ = noTools.start()
         XCTAssertThrowsError(
-            try noTools.feed(line(["jsonrpc": "2.0", "id": 2, "result": ["protocolVersion": "2025-11-25", "capabilities": [:]]])))
+            try noTools.feed(
+                line(["jsonrpc": "2.0", "id": 2, "result": ["protocolVersion": "2025-11-25", "capabilities": [:]]])))
         var oldVersion = ServerConversation(pinned: [tool], maxLine: 1 << 20)
         _ = oldVersion.start()
         XCTAssertThrowsError(
-            try oldVersion.feed(line(["jsonrpc": "2.0", "id": 2, "result": ["protocolVersion": "1999-01-01", "capabilities": ["tools": [:]]]])))
+            try oldVersion.feed(
+                line([
+                    "jsonrpc": "2.0", "id": 2,
+                    "result": ["protocolVersion": "1999-01-01", "capabilities": ["tools": [:]]],
+                ])))
     }
 
     func testRegistrationReturnsTheListingAcrossPages() throws {
         var c = ServerConversation(pinned: nil, maxLine: 1 << 20)
         _ = c.start()
         let out = sent(try c.feed(line(initResult())))
-        let page2 = sent(try c.feed(line(["jsonrpc": "2.0", "id": out[1]["id"]!, "result": ["tools": [.object(tool)], "nextCursor": "n"]])))
+        let page2 = sent(
+            try c.feed(
+                line(["jsonrpc": "2.0", "id": out[1]["id"]!, "result": ["tools": [.object(tool)], "nextCursor": "n"]])))
         XCTAssertEqual(page2.first?["params"]?["cursor"], "n")
         var second = tool
         second["name"] = "u"
