@@ -656,3 +656,44 @@ def test_tool_name_collision_refuses_the_later_cell_naming_both(root_gw):
     (refused,) = [e for e in gw.events("cell.refused") if "c_count" in json.dumps(e)]
     assert refused["manifest"] == str(gw.manifests / "counter-b.json"), refused
     assert "counter-a" in refused["reason"], refused
+
+
+# ---------------------------------------------------------------------------
+# The package tree: what a server imports is verified at every spawn
+
+def test_a_changed_package_tree_refuses_the_server_until_restored(root_gw):
+    """A file of the server's pinned package tree changed on disk (a
+    dependency swapped behind the operator's back): the next call is refused
+    before any server runs (`cell.cannot_run`, `hash_mismatch` naming the
+    tree), nothing of the changed code runs, and once the tree is restored
+    the server serves again. The supervisor notices the change itself
+    (inotify on the tree), with a server already waiting ready."""
+    gw = root_gw
+    pkg = gw.path("pkg")
+    shutil.copy(g.SERVERS / "counter.py", pkg / "counter.py")
+    shutil.copy(g.SERVERS / "mcpstdio.py", pkg / "mcpstdio.py")
+    for f in pkg.iterdir():
+        f.chmod(0o644)
+    marker = gw.path("marker", 0o777) / "ran"
+    doc = g.server_manifest("counter", ["python3", "-S", str(pkg / "counter.py")], packages=[pkg],
+                            write=[marker.parent])
+    with_tools(doc)
+    gw.write(doc)
+    s = gw.serve()
+    ok(s, "counter_count")
+    time.sleep(2.5)  # a prespawned server is ready and checked
+    original = (pkg / "counter.py").read_text()
+    (pkg / "counter.py").write_text(
+        f"open({str(marker)!r}, 'w').write('tampered code ran')\n" + original)
+    r, _ = call(s, "counter_count")
+    assert r["result"]["isError"] is True, r
+    assert "approved version" in text(r["result"]), r
+    (cannot,) = gw.events("cell.cannot_run")
+    assert cannot["kind"] == "hash_mismatch" and cannot["path"] == f"{pkg}/ (package tree)", cannot
+    assert cannot["expectedSha256"] == doc["server"]["packages"][0]["sha256"], cannot
+    assert not marker.exists(), "the changed code must never run"
+    (pkg / "counter.py").write_text(original)
+    ok(s, "counter_count")
+    assert not marker.exists()
+    s.close()
+    gw.verify()
