@@ -579,25 +579,36 @@ public final class CallRunner: @unchecked Sendable {
             maxLine: min(limits.frameKiB << 10, CallRunner.bufferedOutputCap))
     }
 
-    /// Brings a server started ahead of its call to the point where it
-    /// takes the call: initialized, its tools listed and equal to the
-    /// pinned ones. False if it did not get there (the caller discards it;
-    /// the call that comes spawns its own server and reports why).
-    func preinitialize(_ w: StartedWorker) -> Bool {
-        guard let spec = w.cell.manifest.server else { return true }
+    /// Runs a started server through `initialize` and `tools/list` within
+    /// its start-up allowance and returns the session, stopped once the
+    /// server is ready (its tools equal to the pinned ones) or has listed
+    /// its tools (`discovering`), or ended otherwise. The server is left
+    /// running and its stdin open either way: the caller ends it.
+    private func handshake(_ w: StartedWorker, callID: String, discovering: Bool) -> WorkerSession {
         var session = WorkerSession(
-            worker: w.worker, callID: "prespawn", limits: w.limits, requestWrite: w.requestWrite,
+            worker: w.worker, callID: callID, limits: w.limits, requestWrite: w.requestWrite,
             responseRead: w.responseRead, diagRead: w.diagRead, cancellation: nil,
             graceMilliseconds: host.terminationGraceMilliseconds)
         session.listener = w.listener
         session.stopWhenReady = true
         session.ownsRequest = false
-        var conversation = Self.conversation(for: w.cell, limits: w.limits)
+        var conversation = Self.conversation(for: w.cell, limits: w.limits, discovering: discovering)
         let input = conversation.start()
         session.server = conversation
         let start = monotonicNanoseconds()
-        session.deadlineOverride = start + UInt64(spec.startupTimeoutMilliseconds) * 1_000_000
+        session.deadlineOverride =
+            start + UInt64(w.cell.manifest.server?.startupTimeoutMilliseconds ?? 15_000) * 1_000_000
         session.run(input: input, started: start, onNetwork: { _ in }, onMessage: { _ in })
+        return session
+    }
+
+    /// Brings a server started ahead of its call to the point where it
+    /// takes the call: initialized, its tools listed and equal to the
+    /// pinned ones. False if it did not get there (the caller discards it;
+    /// the call that comes spawns its own server and reports why).
+    func preinitialize(_ w: StartedWorker) -> Bool {
+        guard w.cell.manifest.server != nil else { return true }
+        let session = handshake(w, callID: "prespawn", discovering: false)
         guard session.stoppedReady, let ready = session.server, ready.phase == .ready else {
             if !session.diagnostics.isEmpty {
                 logger.info(
@@ -618,25 +629,13 @@ public final class CallRunner: @unchecked Sendable {
     public func discoverTools(_ cell: PreparedCell) -> Result<
         (tools: [JSONObject], serverInfo: String?), DiscoveryError
     > {
-        guard let spec = cell.manifest.server else { return .failure(DiscoveryError("not a server cell")) }
+        guard cell.manifest.server != nil else { return .failure(DiscoveryError("not a server cell")) }
         let w: StartedWorker
         switch startWorker(cell, limits: cell.manifest.limits, argv: nil, name: "register") {
         case .success(let started): w = started
         case .failure(let why): return .failure(DiscoveryError("the server cannot run: \(why)"))
         }
-        var session = WorkerSession(
-            worker: w.worker, callID: "register", limits: w.limits, requestWrite: w.requestWrite,
-            responseRead: w.responseRead, diagRead: w.diagRead, cancellation: nil,
-            graceMilliseconds: host.terminationGraceMilliseconds)
-        session.listener = w.listener
-        session.stopWhenReady = true
-        session.ownsRequest = false
-        var conversation = Self.conversation(for: cell, limits: w.limits, discovering: true)
-        let input = conversation.start()
-        session.server = conversation
-        let start = monotonicNanoseconds()
-        session.deadlineOverride = start + UInt64(spec.startupTimeoutMilliseconds) * 1_000_000
-        session.run(input: input, started: start, onNetwork: { _ in }, onMessage: { _ in })
+        let session = handshake(w, callID: "register", discovering: true)
         let listed = session.listedTools
         let info = session.server?.serverInfo
         w.worker.signal(Signal.kill)

@@ -218,6 +218,22 @@ def observed(result):
     return result["structuredContent"]
 
 
+def connect_is_stopped(s):
+    """escape.py's TCP connection to a listener of the test: the call fails
+    and the listener sees nobody."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(0.5)
+    try:
+        r, _ = call(s, "escape_connect_tcp", {"port": listener.getsockname()[1]})
+        assert r["result"]["isError"] is True, r
+        with pytest.raises(socket.timeout):
+            listener.accept()
+    finally:
+        listener.close()
+
+
 def server_requests(s):
     """Requests the supervisor sent to its client (none are expected from a
     server cell)."""
@@ -508,17 +524,7 @@ def test_escape_read_and_socket_are_stopped(gw):
         assert res["ok"] is False and res["errname"] == "EACCES", (path, res)
     assert not (gw.state / "planted").exists()
     assert all(p.stat().st_size >= n for p, n in sizes.items()), sizes
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    listener.settimeout(0.5)
-    try:
-        r, _ = call(s, "escape_connect_tcp", {"port": listener.getsockname()[1]})
-        assert r["result"]["isError"] is True, r
-        with pytest.raises(socket.timeout):
-            listener.accept()
-    finally:
-        listener.close()
+    connect_is_stopped(s)
     # Workers run as nobody under root, as the user's own uid otherwise.
     assert check_serving(s)["uid"] == (TEST_UID if gw.as_user else 65534)
     s.close()
@@ -585,17 +591,7 @@ def test_hostile_server_is_stopped_and_recorded_and_the_supervisor_keeps_serving
     check_serving(s)
 
     # A TCP connection: the server is stopped, the listener sees nobody.
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    listener.settimeout(0.5)
-    try:
-        r, _ = call(s, "escape_connect_tcp", {"port": listener.getsockname()[1]})
-        assert r["result"]["isError"] is True, r
-        with pytest.raises(socket.timeout):
-            listener.accept()
-    finally:
-        listener.close()
+    connect_is_stopped(s)
     check_serving(s)
 
     # A process meant to outlive the call: gone with the server.
