@@ -200,9 +200,33 @@ def raw(workspace):
         s.close()
 
 
+def _parent(pid):
+    """The parent pid of `pid` (0 when it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat[stat.rindex(")") + 2:].split()[1])
+
+
+def _ours_or_orphaned(pid):
+    """Whether `pid` was started (through a supervisor) by this pytest
+    process, or has lost its supervisor (reparented: a leak, whoever's it
+    is). Other test runs on the machine have probe workers of their own."""
+    me = os.getpid()
+    if _parent(pid) == 1:
+        return True
+    while pid > 1:
+        pid = _parent(pid)
+        if pid == me:
+            return True
+    return False
+
+
 def worker_pids():
-    """pids of running probe-cell workers (their exe is a sealed memfd named
-    after the cell file)."""
+    """pids of running probe-cell workers of this test process's
+    supervisors, and of none (their exe is a sealed memfd named after the
+    cell file)."""
     out = []
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
@@ -211,7 +235,7 @@ def worker_pids():
             cmd = (p / "cmdline").read_bytes().split(b"\0")[0]
         except OSError:
             continue
-        if cmd.endswith(b"probe-cell"):
+        if cmd.endswith(b"probe-cell") and _ours_or_orphaned(int(p.name)):
             out.append(int(p.name))
     return out
 

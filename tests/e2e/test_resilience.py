@@ -100,8 +100,8 @@ def test_breaker_opens_refuses_half_opens_and_closes(env):
     assert "paused" in text(env.call(s, "flaky", action="echo", text="x"))
     # The next probe succeeds: closed, calls flow again.
     time.sleep(2.1)
-    assert env.call(s, "flaky", action="echo", text="ok") == {"content": [{"type": "text", "text": "ok"}],
-                                                              "isError": False}
+    r = env.call(s, "flaky", action="echo", text="ok")
+    assert r["content"] == [{"type": "text", "text": "ok"}] and r["isError"] is False, r
     assert not env.call(s, "flaky", action="echo", text="again")["isError"]
     s.close()
     states = [e["state"] for e in env.events("cell.breaker")]
