@@ -221,7 +221,7 @@ e2e-tests: $(PYDEPS) $(PYDEPS2) $(GATEWAYDEPS)
 	$(VENV2)/bin/python -m pytest -q tests/e2e_mcp2
 
 bench: CONFIG = release
-bench: pin
+bench: pin $(GATEWAYDEPS)
 	SWIFT_RELEASE_FLAGS="$(RELEASE_FLAGS)" tools/bench/run.sh
 
 # The settings table of docs/configuration.md, generated from Setting.all

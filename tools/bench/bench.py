@@ -15,6 +15,7 @@ Nothing here asserts a time: this is a benchmark, not a test.
   (g) supervisor memory with 2 and with 100 cells
   (h) start to initialize answered, 100 signed cells
   (i) other bundled cells end to end (word_count in Python)
+  (G) the gateway: mcp-server-time through the supervisor and direct (gateway_bench.py)
 Usage: tools/bench/run.sh [--rounds N] [--calls N] [--out docs/benchmarks.md]
 """
 import argparse
@@ -218,6 +219,7 @@ def main():
     ap.add_argument("--compare", help="another mcp-supervisor binary (say, the previous commit's release build): "
                     "(c) is measured with it too, in the same rounds, to measure a change against its absence")
     ap.add_argument("--compare-label", default="the other binary", help="what --compare's binary lacks or has")
+    ap.add_argument("--no-gateway", action="store_true", help="leave out the gateway section (mcp-server-time)")
     a = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="mcps-bench-"))
@@ -390,6 +392,10 @@ def main():
     lines.append(f"\n## (h) Start to `initialize` answered, 100 signed cells\n\nmedian {statistics.median(init_ms):.0f} ms "
                  f"(of {len(init_ms)} starts; target ≤ 150 ms).\n")
     lines += resilience_section()
+    if not a.no_gateway:
+        import gateway_bench  # the gateway's servers (make gateway-servers)
+
+        lines += gateway_bench.section(rounds=min(a.rounds, 3))
     Path(a.out).write_text("\n".join(lines) + "\n" + NOTES)
     print("\n".join(lines))
     shutil.rmtree(tmp, ignore_errors=True)
