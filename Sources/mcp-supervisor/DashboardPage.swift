@@ -32,7 +32,7 @@ enum DashboardPage {
         table { border-collapse: collapse; width: 100%; font-size: 13px; }
         th, td { text-align: left; padding: 3px 8px; border-bottom: 1px solid var(--line); vertical-align: top; }
         th { background: var(--bg); font-weight: 600; }
-        td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+        td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
         td.mono, span.mono { font-family: ui-monospace, monospace; font-size: 12px; }
         td.detail { color: var(--muted); max-width: 480px; overflow-wrap: anywhere; }
         .scroll { max-height: 420px; overflow-y: auto; border: 1px solid var(--line); border-radius: 6px; }
@@ -58,7 +58,7 @@ enum DashboardPage {
         <section class="cards" id="summary"></section>
         <h2>Security log</h2><div id="verification"></div>
         <h2>Recent calls</h2><div class="scroll"><table id="calls"><thead><tr><th>time</th><th>tool</th>
-        <th>cell</th><th>outcome</th><th>duration</th><th>call</th><th>detail</th></tr></thead><tbody></tbody>
+        <th>cell</th><th>outcome</th><th class="num">duration</th><th>call</th><th>detail</th></tr></thead><tbody></tbody>
         </table></div>
         <h2>Latency per tool</h2><div class="plots" id="latency"></div>
         <h2>Sandbox violations</h2><div class="scroll"><table id="violations"><thead><tr><th>time</th><th>cell</th>
@@ -328,8 +328,8 @@ enum DashboardPage {
             }
             if (m.error) { $('metrics').replaceChildren(el('div', 'bad', m.file + ': ' + m.error)); return; }
             const t = el('table');
-            t.append(el('thead', null, row([el('th', null, 'tool'), el('th', null, 'calls'), el('th', null, 'p50'),
-              el('th', null, 'p99')])));
+            t.append(el('thead', null, row([el('th', null, 'tool'), el('th', 'num', 'calls'), el('th', 'num', 'p50'),
+              el('th', 'num', 'p99')])));
             const body = el('tbody');
             for (const r of m.tools || []) {
               body.append(row([td(r.tool, 'mono'), td(r.calls, 'num'),
