@@ -44,6 +44,8 @@ final class DashboardSource: Sendable {
         var records: [LogRecord] = []
         var readError: String? = nil
         var verified: Verified? = nil
+        /// What `activity` made of `records` (rebuilt only when they change).
+        var activity: [(String, JSONValue)]? = nil
         var snapshot: (at: Date, bytes: [UInt8])? = nil
     }
 
@@ -59,8 +61,9 @@ final class DashboardSource: Sendable {
         cache.withLock { c in
             if let s = c.snapshot, now.timeIntervalSince(s.at) < options.minimumAgeSeconds { return s.bytes }
             refreshLog(&c, now: now)
-            let bytes = JSONValue.object(build(c, now: now)).serializedBytes()
-            c.snapshot = (now, bytes)
+            let bytes = JSONValue.object(build(&c, now: now)).serializedBytes()
+            // Its age counts from when it was made, not asked for.
+            c.snapshot = (Date(), bytes)
             return bytes
         }
     }
@@ -79,6 +82,7 @@ final class DashboardSource: Sendable {
         let signature = logSignature()
         if signature != c.signature || signature == nil {
             c.signature = signature
+            c.activity = nil
             if signature == nil {
                 c.records = []
                 c.readError =
@@ -122,16 +126,16 @@ final class DashboardSource: Sendable {
         }
     }
 
-    private func build(_ c: Cache, now: Date) -> JSONObject {
+    private func build(_ c: inout Cache, now: Date) -> JSONObject {
         var o = JSONObject([
             ("format", 1), ("generatedAt", .string(Self.time(now))),
             ("stateDirectory", .string(options.stateDirectory)),
         ])
         o["log"] = logSummary(c)
         o["verification"] = verification(c)
-        let (activity, stats) = activity(c.records)
+        let activity = c.activity ?? activity(c.records)
+        c.activity = activity
         for (k, v) in activity { o[k] = v }
-        o["totals"] = .object(stats.json)
         o["cells"] = cells()
         o["quarantined"] = .array(
             Quarantine(directory: Quarantine.directory(stateDirectory: options.stateDirectory)).all().map {
@@ -172,49 +176,25 @@ final class DashboardSource: Sendable {
     /// Recent calls (ended and refused), violations, per-tool latency
     /// series and breakers from the log's records; `CallStats` over the
     /// whole log for the totals.
-    private func activity(_ records: [LogRecord]) -> ([(String, JSONValue)], CallStats) {
+    private func activity(_ records: [LogRecord]) -> [(String, JSONValue)] {
         var stats = CallStats()
-        var calls: [JSONValue] = []
-        var violations: [JSONValue] = []
-        var series: [String: [JSONValue]] = [:]
+        // Indices first: JSON is made only for the rows shown.
+        var calls: [Int] = []
+        var violations: [Int] = []
+        var series: [String: [Int]] = [:]
         var breakers: [Insights.Record] = []
-        func s(_ r: LogRecord, _ k: String) -> JSONValue { r[k]?.stringValue.map { .string(Self.clip($0, 300)) } ?? .null }
-        for r in records {
+        for (i, r) in records.enumerated() {
             stats.add(type: r.type, r.object)
             switch r.type {
             case SecurityEventType.callEnd.rawValue:
-                let duration = r["durationMicroseconds"]?.intValue
-                calls.append(
-                    .object(
-                        JSONObject([
-                            ("seq", .int(r.seq)), ("time", .string(r.time)), ("callId", s(r, "callId")),
-                            ("tool", s(r, "tool")), ("cell", s(r, "cell")), ("cellVersion", s(r, "cellVersion")),
-                            ("outcome", s(r, "outcome")), ("durationMicroseconds", duration.map { .int($0) } ?? .null),
-                            ("prespawned", r["prespawned"] ?? .null), ("detail", s(r, "detail")),
-                        ])))
-                if let duration, let tool = r["tool"]?.stringValue {
-                    series[tool, default: []].append(
-                        [.string(r.time), .int(duration), .string(r["outcome"]?.stringValue ?? "?")])
+                calls.append(i)
+                if r["durationMicroseconds"]?.intValue != nil, let tool = r["tool"]?.stringValue {
+                    series[tool, default: []].append(i)
                 }
             case SecurityEventType.callRefused.rawValue:
-                calls.append(
-                    .object(
-                        JSONObject([
-                            ("seq", .int(r.seq)), ("time", .string(r.time)), ("callId", s(r, "callId")),
-                            ("tool", s(r, "tool")), ("cell", s(r, "cell")), ("cellVersion", s(r, "cellVersion")),
-                            ("outcome", "refused"), ("reason", s(r, "reason")), ("durationMicroseconds", .null),
-                            ("detail", s(r, "detail")),
-                        ])))
+                calls.append(i)
             case SecurityEventType.sandboxViolation.rawValue:
-                violations.append(
-                    .object(
-                        JSONObject([
-                            ("seq", .int(r.seq)), ("time", .string(r.time)), ("callId", s(r, "callId")),
-                            ("tool", s(r, "tool")), ("cell", s(r, "cell")), ("cellVersion", s(r, "cellVersion")),
-                            ("kind", s(r, "kind")), ("syscall", r["syscall"] ?? .null),
-                            ("architecture", s(r, "architecture")), ("limit", s(r, "limit")),
-                            ("afterAnswer", r["afterAnswer"] ?? .null), ("detail", s(r, "detail")),
-                        ])))
+                violations.append(i)
             case SecurityEventType.cellBreaker.rawValue:
                 breakers.append(Insights.Record(type: r.type, time: r.time, fields: r.object))
             default:
@@ -227,7 +207,17 @@ final class DashboardSource: Sendable {
                 tool,
                 .object(
                     JSONObject([
-                        ("points", .array(Array(points.suffix(options.latencyPoints)))),
+                        (
+                            "points",
+                            .array(
+                                points.suffix(options.latencyPoints).map { i -> JSONValue in
+                                    let r = records[i]
+                                    return [
+                                        .string(r.time), r["durationMicroseconds"] ?? .null,
+                                        .string(r["outcome"]?.stringValue ?? "?"),
+                                    ]
+                                })
+                        ),
                         ("p50Microseconds", t?.percentile(50).map { .int($0) } ?? .null),
                         ("p99Microseconds", t?.percentile(99).map { .int($0) } ?? .null),
                     ]))
@@ -240,13 +230,46 @@ final class DashboardSource: Sendable {
                     ("since", .string(b.time)),
                 ]))
         }
-        return (
-            [
-                ("calls", .array(calls.suffix(options.recent).reversed())),
-                ("violations", .array(violations.suffix(options.recent).reversed())),
-                ("latency", .object(JSONObject(latency))), ("breakers", .array(states)),
-            ], stats
-        )
+        return [
+            ("calls", .array(calls.suffix(options.recent).reversed().map { callJSON(records[$0]) })),
+            ("violations", .array(violations.suffix(options.recent).reversed().map { violationJSON(records[$0]) })),
+            ("latency", .object(JSONObject(latency))), ("breakers", .array(states)), ("totals", .object(stats.json)),
+        ]
+    }
+
+    private static func field(_ r: LogRecord, _ k: String) -> JSONValue {
+        r[k]?.stringValue.map { .string(clip($0, 300)) } ?? .null
+    }
+
+    /// A `call.end` or `call.refused` record as a row of the calls list.
+    private func callJSON(_ r: LogRecord) -> JSONValue {
+        let s = Self.field
+        var o = JSONObject([
+            ("seq", .int(r.seq)), ("time", .string(r.time)), ("callId", s(r, "callId")), ("tool", s(r, "tool")),
+            ("cell", s(r, "cell")), ("cellVersion", s(r, "cellVersion")),
+        ])
+        if r.type == SecurityEventType.callRefused.rawValue {
+            o["outcome"] = "refused"
+            o["reason"] = s(r, "reason")
+            o["durationMicroseconds"] = .null
+        } else {
+            o["outcome"] = s(r, "outcome")
+            o["durationMicroseconds"] = r["durationMicroseconds"]?.intValue.map { .int($0) } ?? .null
+            o["prespawned"] = r["prespawned"] ?? .null
+        }
+        o["detail"] = s(r, "detail")
+        return .object(o)
+    }
+
+    private func violationJSON(_ r: LogRecord) -> JSONValue {
+        let s = Self.field
+        return .object(
+            JSONObject([
+                ("seq", .int(r.seq)), ("time", .string(r.time)), ("callId", s(r, "callId")), ("tool", s(r, "tool")),
+                ("cell", s(r, "cell")), ("cellVersion", s(r, "cellVersion")), ("kind", s(r, "kind")),
+                ("syscall", r["syscall"] ?? .null), ("architecture", s(r, "architecture")), ("limit", s(r, "limit")),
+                ("afterAnswer", r["afterAnswer"] ?? .null), ("detail", s(r, "detail")),
+            ]))
     }
 
     /// Every cell of the trust ledger: its versions (newest last), the
