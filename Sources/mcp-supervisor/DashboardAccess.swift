@@ -95,7 +95,8 @@ struct DashboardAccess: Sendable {
             return .refuse(status: 400, reason: host.isEmpty ? "no Host header" : "more than one Host header")
         }
         guard hosts.contains(host[0].trimmingSpaces.lowercased()) else {
-            return .refuse(status: 421, reason: "this server answers only for \(hosts.sorted().joined(separator: ", "))")
+            return .refuse(
+                status: 421, reason: "this server answers only for \(hosts.sorted().joined(separator: ", "))")
         }
         guard method == "GET" else {
             return .refuse(status: 405, reason: "the dashboard is read-only: only GET")

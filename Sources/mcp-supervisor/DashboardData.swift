@@ -288,7 +288,8 @@ final class DashboardSource: Sendable {
                     .object(
                         JSONObject([
                             ("id", .string(id)), ("label", .string(v.label)), ("active", .bool(c?.active == id)),
-                            ("revoked", .bool(v.revoked)), ("revokeReason", v.revokeReason.map { .string($0) } ?? .null),
+                            ("revoked", .bool(v.revoked)),
+                            ("revokeReason", v.revokeReason.map { .string($0) } ?? .null),
                             ("registeredAt", .string(v.registeredAt)), ("signedBy", .string(v.signedBy)),
                             ("approvedWidening", .bool(v.approvedWidening)),
                             ("parent", v.parent.map { .string($0) } ?? .null),
@@ -383,7 +384,8 @@ final class DashboardSource: Sendable {
             o["workersAlive"] = .double(snap.value(p + "workers_alive"))
             o["prespawnHits"] = .double(snap.value(p + "prespawn_hits_total"))
             o["prespawnMisses"] = .double(snap.value(p + "prespawn_misses_total"))
-            o["logSyncP99Seconds"] = snap.quantile(0.99, histogram: p + "security_log_sync_seconds", [:])
+            o["logSyncP99Seconds"] =
+                snap.quantile(0.99, histogram: p + "security_log_sync_seconds", [:])
                 .map { .double($0) } ?? .null
         } catch {
             o["error"] = .string("\(error)")

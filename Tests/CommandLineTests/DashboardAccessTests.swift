@@ -119,7 +119,8 @@ final class DashboardAccessTests: XCTestCase {
     }
 
     func testOnlyLoopbackAddressesAreListenedOn() throws {
-        XCTAssertEqual(try ListenAddress.parse("127.0.0.1:8766"), ListenAddress(host: "127.0.0.1", port: 8766, isIPv6: false))
+        XCTAssertEqual(
+            try ListenAddress.parse("127.0.0.1:8766"), ListenAddress(host: "127.0.0.1", port: 8766, isIPv6: false))
         XCTAssertEqual(try ListenAddress.parse("127.1.2.3:0").port, 0)
         XCTAssertEqual(try ListenAddress.parse("[::1]:8766").hostForURL, "[::1]")
         for bad in [
