@@ -286,3 +286,20 @@ def test_dashboard_changes_nothing_in_the_state_directory(setup):
     finally:
         dash.close()
     assert digest() == before
+
+
+def test_dashboard_shows_a_tampered_log_as_failed(setup):
+    server = setup.server()
+    server.initialize()
+    call(server, 1, "echo", {"text": "x"})
+    server.close()
+    log = sorted((setup.state / "security").glob("events-*.jsonl"))[-1]
+    data = log.read_bytes()
+    assert b'"outcome":"success"' in data
+    log.write_bytes(data.replace(b'"outcome":"success"', b'"outcome":"successs"', 1))
+    dash = Dashboard(setup)
+    try:
+        v = dash.state()["verification"]
+        assert v["ok"] is False and v["problem"], v
+    finally:
+        dash.close()
