@@ -28,6 +28,9 @@ PYDEPS2     = $(VENV2)/.installed
 # The uid the unprivileged test pass runs as (when `make test` runs as root).
 TEST_UID   ?= 4242
 SYSTEM_PACKAGES = libseccomp-dev libcap-dev git jq python3-venv
+# Needed by the tests only (the dashboard is rendered in headless Chromium):
+# installed with the others when root; otherwise the test that needs one says so.
+TEST_PACKAGES = chromium
 # Real MCP servers from PyPI for the gateway tests, in venvs the tests own
 # (not the user's environment). Made with the system interpreter, the one
 # server cells exec: a venv of another Python (pyenv, /usr/local) would hold
@@ -44,13 +47,14 @@ GATEWAY    ?= /var/tmp/mcp-supervisor-gateway-$(shell id -u)-$(shell cat $(GATEW
 export MCPS_GATEWAY_DIR := $(GATEWAY)
 GATEWAYDEPS = $(GATEWAY)/.installed
 
-.PHONY: all deps build cells pin register install register-installed mcp2-venv gateway-servers test unit-tests system-tests unprivileged-tests e2e-tests run bench check fmt docs clean
+.PHONY: all deps build cells pin register install register-installed mcp2-venv gateway-servers test unit-tests system-tests unprivileged-tests e2e-tests run bench check fmt docs dashboard-screenshot clean
 
 all: build cells
 
 # System packages: installed when root, otherwise the exact command is shown.
 deps:
-	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(SYSTEM_PACKAGES) $(if $(filter 0,$(shell id -u)),$(TEST_PACKAGES)); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \
@@ -223,6 +227,13 @@ e2e-tests: $(PYDEPS) $(PYDEPS2) $(GATEWAYDEPS)
 bench: CONFIG = release
 bench: pin $(GATEWAYDEPS)
 	SWIFT_RELEASE_FLAGS="$(RELEASE_FLAGS)" tools/bench/run.sh
+
+# The screenshot of docs/operations.md ("Dashboard"): the dashboard's e2e
+# test, keeping a copy of the screenshot it takes (the test alone writes it
+# to a temporary file only, so `make test` leaves the checkout as it was).
+dashboard-screenshot: pin $(PYDEPS)
+	MCPS_DASHBOARD_SCREENSHOT=$(CURDIR)/docs/images/dashboard.png \
+	  $(PY) -m pytest -q tests/e2e/test_dashboard.py -k shows_a_call
 
 # The settings table of docs/configuration.md, generated from Setting.all
 # (a unit test fails when it is out of date).

@@ -25,6 +25,8 @@ let package = Package(
         // Metrics (docs/operations.md): the swift-metrics API, a Prometheus registry behind it.
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        // The dashboard's HTTP server (docs/operations.md). Already in the graph through swift-sdk.
+        .package(url: "https://github.com/apple/swift-nio", from: "2.65.0"),
     ],
     targets: [
         // Everything that runs between clone and exec. C only, async-signal-safe.
@@ -65,6 +67,9 @@ let package = Package(
                 "SupervisorCore", "SupervisorServer", "StrictJSON",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             swiftSettings: strictSwift
         ),
