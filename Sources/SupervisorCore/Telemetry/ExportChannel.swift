@@ -30,6 +30,10 @@ final class ExportChannel<Item: Sendable>: @unchecked Sendable {
     private var unreported = 0
     private var lastReport = Date.distantPast
     private var lastError = ""
+    /// The batch the thread is sending; counted as dropped by a `stop` that
+    /// gives up waiting for it (the thread then counts it no more).
+    private var inFlight = 0
+    private var abandoned = false
 
     init(
         name: String, capacity: Int = 4096, batchSize: Int = 256, interval: TimeInterval = 1,
@@ -82,7 +86,8 @@ final class ExportChannel<Item: Sendable>: @unchecked Sendable {
         cond.broadcast()
         let deadline = Date(timeIntervalSinceNow: seconds)
         while started && !done && cond.wait(until: deadline) {}
-        let left = queue.count
+        let left = queue.count + (done ? 0 : inFlight)
+        abandoned = !done
         queue.removeAll()
         if left > 0 { noteDropLocked(left, why: "not sent before exit") }
         let total = dropped
@@ -121,6 +126,7 @@ final class ExportChannel<Item: Sendable>: @unchecked Sendable {
             }
             let batch = Array(queue.prefix(batchSize))
             queue.removeFirst(batch.count)
+            inFlight = batch.count
             let finalFlush = stopping
             cond.unlock()
             var error = send(batch)
@@ -134,7 +140,10 @@ final class ExportChannel<Item: Sendable>: @unchecked Sendable {
                 }
             }
             cond.lock()
-            if let error {
+            inFlight = 0
+            if abandoned {
+                break
+            } else if let error {
                 noteDropLocked(batch.count, why: error)
                 cond.unlock()
                 counted(0, batch.count)
