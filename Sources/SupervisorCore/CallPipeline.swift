@@ -298,7 +298,8 @@ public final class CallPipeline: Sendable {
             admission.release(admitted.resources)
             let load = pool.load
             defer {
-                callObserver?.callRefused(call, tool: entry.tool.name, cell: entry.cell, reason: "busy", arrived: arrived)
+                callObserver?.callRefused(
+                    call, tool: entry.tool.name, cell: entry.cell, reason: "busy", arrived: arrived)
             }
             return await refuse(
                 .busy(running: load.running, queued: load.queued), tool: call.name, cell: entry.cell,

@@ -156,7 +156,8 @@ final class TelemetryTests: XCTestCase {
             attributes: [("gen_ai.tool.name", .string("echo")), ("n", .int(7)), ("b", .bool(true))],
             error: "timeout")
         let doc = try JSONParser.parse(OTLPJSON.traces([span], resource: [("service.name", .string("x"))]))
-        let s = try XCTUnwrap(doc["resourceSpans"]?.arrayValue?[0]["scopeSpans"]?.arrayValue?[0]["spans"]?.arrayValue?[0])
+        let s = try XCTUnwrap(
+            doc["resourceSpans"]?.arrayValue?[0]["scopeSpans"]?.arrayValue?[0]["spans"]?.arrayValue?[0])
         XCTAssertEqual(s["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736")
         XCTAssertEqual(s["parentSpanId"], "1111111111111111")
         XCTAssertEqual(s["traceState"], "a=1")
@@ -165,14 +166,16 @@ final class TelemetryTests: XCTestCase {
         XCTAssertEqual(s["status"]?["code"], 2)
         XCTAssertEqual(s["attributes"]?.arrayValue?[1]["value"]?["intValue"], "7")
         XCTAssertEqual(s["attributes"]?.arrayValue?[2]["value"]?["boolValue"], true)
-        XCTAssertEqual(doc["resourceSpans"]?.arrayValue?[0]["resource"]?["attributes"]?.arrayValue?[0]["key"], "service.name")
+        XCTAssertEqual(
+            doc["resourceSpans"]?.arrayValue?[0]["resource"]?["attributes"]?.arrayValue?[0]["key"], "service.name")
 
         let line = Array(#"{"seq":3,"type":"sandbox.violation","prev":"ab"}"#.utf8)
         let logs = try JSONParser.parse(
             OTLPJSON.logs(
                 [DurableRecord(seq: 3, type: "sandbox.violation", line: line, writtenUnixNanoseconds: 5)],
                 resource: []))
-        let r = try XCTUnwrap(logs["resourceLogs"]?.arrayValue?[0]["scopeLogs"]?.arrayValue?[0]["logRecords"]?.arrayValue?[0])
+        let r = try XCTUnwrap(
+            logs["resourceLogs"]?.arrayValue?[0]["scopeLogs"]?.arrayValue?[0]["logRecords"]?.arrayValue?[0])
         XCTAssertEqual(r["body"]?["stringValue"]?.stringValue.map { Array($0.utf8) }, line)
         XCTAssertEqual(r["severityText"], "WARN")
         XCTAssertEqual(r["eventName"], "sandbox.violation")

@@ -44,7 +44,9 @@ public struct OTLPEndpoint: Sendable, Equatable, CustomStringConvertible {
             guard let close = authority.firstIndex(of: "]") else { return fail("unclosed [ in \"\(s)\"") }
             host = authority[authority.index(after: authority.startIndex)..<close]
             let after = authority[authority.index(after: close)...]
-            if after.hasPrefix(":") { portText = after.dropFirst() } else if !after.isEmpty {
+            if after.hasPrefix(":") {
+                portText = after.dropFirst()
+            } else if !after.isEmpty {
                 return fail("unexpected \"\(after)\" after the address in \"\(s)\"")
             }
         } else if let colon = authority.lastIndex(of: ":") {
@@ -129,7 +131,10 @@ enum AttributeValue: Sendable {
 
 /// One finished span.
 struct SpanData: Sendable {
-    enum Kind: Int { case internalSpan = 1, server = 2 }
+    enum Kind: Int {
+        case internalSpan = 1
+        case server = 2
+    }
     var traceID: String
     var spanID: String
     var parentSpanID: String?
@@ -191,7 +196,10 @@ enum OTLPJSON {
                 JSONObject([
                     ("timeUnixNano", .string(t)), ("observedTimeUnixNano", .string(t)),
                     ("severityNumber", .int(number)), ("severityText", .string(text)),
-                    ("body", .object(JSONObject([("stringValue", .string(String(decoding: rec.line, as: UTF8.self)))]))),
+                    (
+                        "body",
+                        .object(JSONObject([("stringValue", .string(String(decoding: rec.line, as: UTF8.self)))]))
+                    ),
                     (
                         "attributes",
                         attributes([

@@ -210,7 +210,8 @@ public final class Telemetry: CallObserver {
         var root = rootSpan(call, name: tool, start: start, end: wallNow)
         if let cell {
             root.attributes += [
-                ("mcp_supervisor.cell.name", .string(cell.name)), ("mcp_supervisor.cell.version", .string(cell.version)),
+                ("mcp_supervisor.cell.name", .string(cell.name)),
+                ("mcp_supervisor.cell.version", .string(cell.version)),
                 ("mcp_supervisor.cell.version_id", .string(cell.manifest.manifestSHA256)),
             ]
         }
