@@ -45,11 +45,17 @@ public struct TraceContext: Sendable, Equatable {
         s.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }
     }
 
-    /// A random, non-zero identifier of `bytes` bytes, in lowercase hex.
+    /// A random, non-zero identifier of `bytes` bytes (8 or 16), in
+    /// lowercase hex: one `getrandom` per 8 bytes.
     static func randomID(bytes: Int) -> String {
         var g = SystemRandomNumberGenerator()
         while true {
-            let raw = (0..<bytes).map { _ in UInt8.random(in: 0...255, using: &g) }
+            var raw: [UInt8] = []
+            raw.reserveCapacity(bytes)
+            for _ in 0..<(bytes + 7) / 8 {
+                withUnsafeBytes(of: g.next() as UInt64) { raw += $0 }
+            }
+            raw.removeLast(raw.count - bytes)
             if raw.contains(where: { $0 != 0 }) { return hex(raw) }
         }
     }
