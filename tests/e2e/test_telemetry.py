@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, ROOT
-from test_observability import Signed, call, log_lines, parent
+from test_observability import MODERN_META, Signed, call, log_lines, parent
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
@@ -308,3 +308,21 @@ def test_drops_are_said_on_stderr_and_a_bad_endpoint_is_refused_at_start(signed)
     p = subprocess.run([*server_argv(signed), "--events-jsonl", signed.d / "no" / "such" / "dir" / "f.jsonl"],
                        input=b"", capture_output=True, timeout=30)
     assert p.returncode == 2 and b"--events-jsonl" in p.stderr and b"ENOENT" in p.stderr, p.stderr
+
+
+def test_the_2026_era_carries_the_trace_context_in_the_same_meta(signed, receiver):
+    s = signed.server("--otlp-endpoint", receiver.endpoint)
+    try:
+        meta = {**MODERN_META, "traceparent": f"00-{TRACE_ID}-{CLIENT_SPAN}-01"}
+        r = s.request(1, "tools/call", {"name": "probe", "arguments": {"action": "echo", "text": "m"}, "_meta": meta})
+        assert not r["result"]["isError"], r
+        # Not sampled by the client: no span from the supervisor either.
+        meta = {**MODERN_META, "traceparent": f"00-{'1' * 32}-{CLIENT_SPAN}-00"}
+        r = s.request(2, "tools/call", {"name": "probe", "arguments": {"action": "echo", "text": "m"}, "_meta": meta})
+        assert not r["result"]["isError"], r
+    finally:
+        assert s.close() == 0
+    roots = [x for x in receiver.spans() if x["name"] == "tools/call probe"]
+    assert len(roots) == 1, roots
+    assert roots[0]["traceId"] == TRACE_ID and roots[0]["parentSpanId"] == CLIENT_SPAN
+    assert all(x["traceId"] == TRACE_ID for x in receiver.spans())

@@ -79,8 +79,11 @@ final class ExportChannel<Item: Sendable>: @unchecked Sendable {
     }
 
     /// Sends what is queued (one attempt per batch) within `seconds`, then
-    /// stops the thread; what is left is dropped and counted.
-    func stop(seconds: TimeInterval = 2) {
+    /// stops the thread; what is left is dropped and counted. False when
+    /// the thread is still inside `send` (it returns from it later and
+    /// sends no more): whatever `send` uses must then stay open.
+    @discardableResult
+    func stop(seconds: TimeInterval = 2) -> Bool {
         cond.lock()
         stopping = true
         cond.broadcast()
@@ -92,6 +95,7 @@ final class ExportChannel<Item: Sendable>: @unchecked Sendable {
         if left > 0 { noteDropLocked(left, why: "not sent before exit") }
         let total = dropped
         let error = lastError
+        let finished = done || !started
         cond.unlock()
         if left > 0 { counted(0, left) }
         if total > 0 {
@@ -99,6 +103,7 @@ final class ExportChannel<Item: Sendable>: @unchecked Sendable {
                 "mcp-supervisor: export to \(name): \(total) item(s) dropped in all"
                     + (error.isEmpty ? "" : " (last error: \(error))"))
         }
+        return finished
     }
 
     private func noteDropLocked(_ n: Int, why: String) {

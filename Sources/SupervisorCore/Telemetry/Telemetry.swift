@@ -128,9 +128,11 @@ public final class Telemetry: CallObserver {
     /// after the log's last record (`supervisor.stop`).
     public func stop(seconds: TimeInterval = 2) {
         let deadline = Date(timeIntervalSinceNow: seconds)
-        for c in [otlpLogs, jsonl].compactMap({ $0 }) { c.stop(seconds: max(0.1, deadline.timeIntervalSinceNow)) }
+        otlpLogs?.stop(seconds: max(0.1, deadline.timeIntervalSinceNow))
+        // A thread still inside a write keeps its descriptor: closed, its
+        // number could be reused by a file opened next (the metrics file).
+        if jsonl?.stop(seconds: max(0.1, deadline.timeIntervalSinceNow)) == true { jsonlFile?.close() }
         traces?.stop(seconds: max(0.1, deadline.timeIntervalSinceNow))
-        jsonlFile?.close()
     }
 
     /// Items dropped so far by each sink that is configured.
