@@ -7,6 +7,7 @@ answers costs no call any time, and its drops are counted."""
 import hashlib
 import http.server
 import json
+import os
 import re
 import shutil
 import socket
@@ -308,6 +309,18 @@ def test_drops_are_said_on_stderr_and_a_bad_endpoint_is_refused_at_start(signed)
     p = subprocess.run([*server_argv(signed), "--events-jsonl", signed.d / "no" / "such" / "dir" / "f.jsonl"],
                        input=b"", capture_output=True, timeout=30)
     assert p.returncode == 2 and b"--events-jsonl" in p.stderr and b"ENOENT" in p.stderr, p.stderr
+    # A FIFO would block the start (no reader) or split lines: refused.
+    fifo = signed.d / "events.fifo"
+    os.mkfifo(fifo)
+    p = subprocess.run([*server_argv(signed), "--events-jsonl", fifo], input=b"", capture_output=True, timeout=30)
+    assert p.returncode == 2 and b"No such device or address" in p.stderr, p.stderr  # no reader: the open fails, never waits
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        p = subprocess.run([*server_argv(signed), "--events-jsonl", fifo], input=b"", capture_output=True,
+                           timeout=30)
+    finally:
+        os.close(reader)
+    assert p.returncode == 2 and b"not a regular file" in p.stderr, p.stderr
 
 
 def test_the_2026_era_carries_the_trace_context_in_the_same_meta(signed, receiver):

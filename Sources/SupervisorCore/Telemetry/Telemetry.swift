@@ -57,8 +57,9 @@ public final class Telemetry: CallObserver {
 
     public static let sinks = ["otlp_traces", "otlp_logs", "events_jsonl"]
 
-    /// Opens the JSON-lines file (appending, created 0600 if missing) now,
-    /// so that a path that cannot be written stops the server at start.
+    /// Opens the JSON-lines file (appending, created 0600 if missing; a
+    /// regular file only) now, so that a path that cannot be written stops
+    /// the server at start.
     public init(otlp: OTLPEndpoint?, eventsJSONL: String?, serviceVersion: String) throws(SystemError) {
         resource = [
             ("service.name", .string("mcp-supervisor")), ("service.version", .string(serviceVersion)),
@@ -84,7 +85,19 @@ public final class Telemetry: CallObserver {
             otlpLogs = nil
         }
         if let path = eventsJSONL {
-            let fd = try Sys.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, mode: 0o600)
+            // O_NONBLOCK: opening a FIFO without a reader must not hang the
+            // start. Only a regular file is taken: a FIFO or a socket could
+            // block the export thread or take half a line.
+            let fd = try Sys.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NONBLOCK, mode: 0o600)
+            let mode: UInt32
+            do { mode = try fd.stat().mode } catch {
+                fd.close()
+                throw error
+            }
+            guard mode & UInt32(S_IFMT) == UInt32(S_IFREG) else {
+                fd.close()
+                throw SystemError("not a regular file", errno: EINVAL)
+            }
             jsonlFile = fd
             jsonl = ExportChannel<DurableRecord>(
                 name: path,
