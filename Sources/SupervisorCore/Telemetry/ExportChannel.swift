@@ -65,7 +65,9 @@ final class ExportChannel<Item: Sendable>: @unchecked Sendable {
         let room = stopping ? 0 : max(0, capacity - queue.count)
         let taken = min(room, items.count)
         queue.append(contentsOf: items.prefix(taken))
-        if taken < items.count { noteDropLocked(items.count - taken, why: "queue full (\(capacity) items)") }
+        if taken < items.count {
+            noteDropLocked(items.count - taken, why: stopping ? "offered after stop" : "queue full (\(capacity) items)")
+        }
         if queue.count >= batchSize { cond.signal() }
         cond.unlock()
         if taken < items.count { counted(0, items.count - taken) }
