@@ -19,6 +19,9 @@ public struct ToolCall: Sendable {
     /// What is left of the call's deadline when a retry runs (docs/resilience.md):
     /// tightens the cell's timeout for this attempt.
     var remainingMilliseconds: Int?
+    /// The client's W3C trace context (`_meta.traceparent`, `tracestate`):
+    /// the call's span is a child of the client's (docs/operations.md).
+    public var traceContext: TraceContext?
 
     public init(
         name: String, arguments: JSONObject = JSONObject(), progressToken: JSONValue? = nil, client: CallClient? = nil
@@ -191,6 +194,12 @@ public final class CallPipeline: Sendable {
         get { metricsState.withLock { $0 } }
         set { metricsState.withLock { $0 = newValue } }
     }
+    /// Traces every call (`Telemetry`, docs/operations.md); nil: none.
+    let callObserverState: Mutex<(any CallObserver)?> = Mutex(nil)
+    public var callObserver: (any CallObserver)? {
+        get { callObserverState.withLock { $0 } }
+        set { callObserverState.withLock { $0 = newValue } }
+    }
 
     public init(
         runner: CallRunner, pool: CallPool, log: SecurityLog, logger: Logger, options: PipelineOptions,
@@ -250,6 +259,9 @@ public final class CallPipeline: Sendable {
             let response = await refuse(
                 refused.refusal, tool: call.name, cell: refused.cell, policy: refused.policy,
                 session: session)
+            callObserver?.callRefused(
+                call, tool: CellProtocol.sanitize(String(call.name.prefix(128))), cell: refused.cell,
+                reason: refused.refusal.reason, arrived: arrived)
             // Recorded, but a cancelled request gets no answer (MCP); a wait
             // for a person or a resource is where a cancellation lands.
             return Task.isCancelled ? .none : response
@@ -285,6 +297,10 @@ public final class CallPipeline: Sendable {
             admitted.lease.release()
             admission.release(admitted.resources)
             let load = pool.load
+            defer {
+                callObserver?.callRefused(
+                    call, tool: entry.tool.name, cell: entry.cell, reason: "busy", arrived: arrived)
+            }
             return await refuse(
                 .busy(running: load.running, queued: load.queued), tool: call.name, cell: entry.cell,
                 policy: nil, session: session)
@@ -300,6 +316,11 @@ public final class CallPipeline: Sendable {
             meta["worker.stderr"] = "\(report.diagnostics.suffix(512))"
         }
         logger.info("call ended", metadata: meta)
+        callObserver?.callEnded(
+            CallTimeline(
+                call: call, callID: callID, tool: entry.tool.name, cell: entry.cell, report: report, arrived: arrived,
+                admitNanoseconds: admitNanoseconds, appendedAt: done.appendedAt,
+                recordNanoseconds: done.recordNanoseconds, recordFailed: done.error != nil))
         if let error = done.error {
             logger.error(
                 "call not recorded: its result is withheld",
@@ -340,6 +361,8 @@ public final class CallPipeline: Sendable {
         var records: [LogRecordID] = []
         /// From the append of call.end to its data sync.
         var recordNanoseconds: UInt64 = 0
+        /// When call.end was appended (monotonic).
+        var appendedAt: UInt64 = 0
     }
 
     /// What admission hands to execution.
@@ -542,7 +565,7 @@ public final class CallPipeline: Sendable {
                                 k.resume(
                                     returning: Recorded(
                                         report: r, result: result, error: error, events: events,
-                                        records: records ?? [], recordNanoseconds: took))
+                                        records: records ?? [], recordNanoseconds: took, appendedAt: appended))
                             })
                     }
                     _ = runner.run(

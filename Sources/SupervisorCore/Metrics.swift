@@ -178,7 +178,7 @@ public final class MetricsTextfile: @unchecked Sendable {
     // until the next deadline or `stop()`); `failing` belongs to whoever writes: the caller before `start()`,
     // then the writer thread alone; the other fields are set in init only.
     public let path: String
-    let metrics: SupervisorMetrics
+    public let metrics: SupervisorMetrics
     let intervalSeconds: Int
     private let cond = NSCondition()
     private var started = false

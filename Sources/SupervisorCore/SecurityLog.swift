@@ -145,6 +145,16 @@ public final class SecurityLog: @unchecked Sendable {
         set { syncObserverState.withLock { $0 = newValue } }
     }
 
+    private let recordObserverState = Mutex<(@Sendable ([DurableRecord]) -> Void)?>(nil)
+    /// Told of each record this log writes once it is durable, in order,
+    /// on the writer thread (telemetry export); it must only queue.
+    public var recordObserver: (@Sendable ([DurableRecord]) -> Void)? {
+        get { recordObserverState.withLock { $0 } }
+        set { recordObserverState.withLock { $0 = newValue } }
+    }
+    /// Records chained since the last data sync, for `recordObserver`.
+    private var undelivered: [DurableRecord] = []
+
     private let faultInjectorState = Mutex<(@Sendable (LogOperation) -> LogFault?)?>(nil)
     /// Test seam: consulted before each write, data sync and checkpoint
     /// write; a returned fault makes that operation fail.
@@ -557,6 +567,9 @@ public final class SecurityLog: @unchecked Sendable {
         let line = JSONValue.object(o).serializedBytes()
         head = sha256Hex(line)
         chained.append(LogRecordID(seq: seq, sha256: head))
+        if recordObserver != nil {
+            undelivered.append(DurableRecord(seq: seq, type: e.type.rawValue, line: line, writtenUnixNanoseconds: 0))
+        }
         return line + [0x0A]
     }
 
@@ -577,11 +590,16 @@ public final class SecurityLog: @unchecked Sendable {
         let started = monotonicNanoseconds()
         do { try file.dataSync() } catch { throw SecurityLogError("fdatasync", path: currentPath, errno: error.errno) }
         syncObserver?(monotonicNanoseconds() - started)
+        if !undelivered.isEmpty {
+            recordObserver?(DurableRecord.synced(undelivered))
+            undelivered.removeAll(keepingCapacity: true)
+        }
     }
 
     /// Cuts the file back to `size` and the chain back to (seq, head).
     private func rollBack(to point: (size: Int, seq: UInt64, head: String)) {
         if point.seq == synced.seq { summary = syncedSummary }
+        undelivered.removeAll { $0.seq > point.seq }
         seq = point.seq
         head = point.head
         do {

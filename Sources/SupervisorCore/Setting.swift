@@ -23,6 +23,9 @@ public struct Setting: Sendable {
         /// A file the supervisor writes; unset (the default) turns off what
         /// it is for. A relative path is resolved as for `directory`.
         case file(WritableKeyPath<SupervisorSettings, String?> & Sendable)
+        /// An OTLP/HTTP endpoint (`OTLPEndpoint`: `http://HOST[:PORT][/PATH]`);
+        /// unset (the default) turns off what it is for.
+        case endpoint(WritableKeyPath<SupervisorSettings, String?> & Sendable)
     }
 
     /// Which commands read a setting: `cells` by every command that loads
@@ -150,6 +153,17 @@ extension Setting {
         .integer(\.metricsIntervalSeconds, range: 1...3600, default: 5), unit: "s", scope: .server,
         help: "How often the metrics file is rewritten (and once more at exit).")
 
+    public static let otlpEndpoint = Setting(
+        "otlpEndpoint", flag: "otlp-endpoint", .endpoint(\.otlpEndpoint), scope: .server,
+        defaultText: "none (no export)",
+        help: "OTLP/HTTP (JSON) endpoint, e.g. `http://127.0.0.1:4318`: a span per call with a child per stage to "
+            + "`/v1/traces`, every security log record as a log record to `/v1/logs` (docs/operations.md).")
+
+    public static let eventsJsonl = Setting(
+        "eventsJsonl", flag: "events-jsonl", .file(\.eventsJsonl), scope: .server, defaultText: "none (no export)",
+        help: "A file every security log record is appended to, one JSON line each, exactly as the log holds it, "
+            + "once it is durable (docs/operations.md).")
+
     public static let logLevel = Setting(
         "logLevel", flag: "log-level", .choice(\.logLevel, choices: logLevels, default: "info"), scope: .server,
         help: "Diagnostics on stderr.")
@@ -158,7 +172,7 @@ extension Setting {
     public static let all: [Setting] = [
         manifests, policies, stateDirectory, scratchDirectory, workerUid, workerGid, maxConcurrentCalls,
         maxQueuedCalls, prespawn, prespawnIdleSeconds, toolsPageSize, maxMessageBytes, metricsFile,
-        metricsIntervalSeconds, logLevel,
+        metricsIntervalSeconds, otlpEndpoint, eventsJsonl, logLevel,
     ]
 
     public static func named(key: String) -> Setting? { all.first { $0.key == key } }
@@ -190,7 +204,7 @@ extension Setting {
         case .integer(let p, _, let d): s[keyPath: p] = d
         case .identity(let p, _): s[keyPath: p] = nil
         case .choice(let p, _, let d): s[keyPath: p] = d
-        case .file(let p): s[keyPath: p] = nil
+        case .file(let p), .endpoint(let p): s[keyPath: p] = nil
         }
     }
 
@@ -211,6 +225,10 @@ extension Setting {
                 throw fail("expected a file path, found \(value.serialized())")
             }
             s[keyPath: p] = v.hasPrefix("/") ? normalize(v) : normalize(directory + "/" + v)
+        case .endpoint(let p):
+            guard case .string(let v) = value else { throw fail("expected an http:// URL, found \(value.typeName)") }
+            if case .failure(let why) = OTLPEndpoint.parse(v) { throw fail(why.description) }
+            s[keyPath: p] = v
         case .integer, .identity:
             guard case .int(let i) = value else {
                 throw fail("expected an integer\(unit.isEmpty ? "" : " (\(unit))"), found \(value.typeName)")
@@ -235,6 +253,9 @@ extension Setting {
         case .file(let p):
             guard !v.isEmpty, !v.hasSuffix("/") else { throw fail("expected a file path, found \"\(v)\"") }
             s[keyPath: p] = SupervisorSettings.absolute(v)
+        case .endpoint(let p):
+            if case .failure(let why) = OTLPEndpoint.parse(v) { throw fail(why.description) }
+            s[keyPath: p] = v
         case .integer, .identity:
             guard let i = Int64(v) else {
                 throw fail("expected an integer\(unit.isEmpty ? "" : " (\(unit))"), found \"\(v)\"")
@@ -277,7 +298,7 @@ extension Setting {
         case .integer(let p, _, _): return .int(Int64(s[keyPath: p]))
         case .identity(let p, _): return s[keyPath: p].map { .int(Int64($0)) } ?? .null
         case .choice(let p, _, _): return .string(s[keyPath: p])
-        case .file(let p): return s[keyPath: p].map { .string($0) } ?? .null
+        case .file(let p), .endpoint(let p): return s[keyPath: p].map { .string($0) } ?? .null
         }
     }
 }
@@ -290,6 +311,7 @@ extension Setting {
         switch kind {
         case .directory: return "a directory"
         case .file: return "a file path"
+        case .endpoint: return "an `http://` URL"
         case .integer(_, let r, _): return "\(r.lowerBound)–\(r.upperBound)\(unit.isEmpty ? "" : " " + unit)"
         case .identity:
             return "\(Self.identityRange.lowerBound)–\(Self.identityRange.upperBound) (never 0)"
@@ -302,7 +324,7 @@ extension Setting {
         switch kind {
         case .integer(_, _, let d): return "\(d)"
         case .choice(_, _, let d): return "`\(d)`"
-        case .directory, .identity, .file: preconditionFailure("\(key) needs a defaultText")
+        case .directory, .identity, .file, .endpoint: preconditionFailure("\(key) needs a defaultText")
         }
     }
 

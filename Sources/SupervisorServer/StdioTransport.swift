@@ -380,9 +380,11 @@ final class LineReader: @unchecked Sendable {
     /// The gate has checked the shape: name is a string, arguments and
     /// _meta are objects if present.
     static func toolCall(_ params: JSONObject, client: CallClient) -> ToolCall {
-        ToolCall(
+        var call = ToolCall(
             name: params["name"]?.stringValue ?? "", arguments: params["arguments"]?.objectValue ?? JSONObject(),
             progressToken: params["_meta"]?["progressToken"], client: client)
+        call.traceContext = TraceContext(meta: params["_meta"]?.objectValue)
+        return call
     }
 }
 

@@ -92,6 +92,12 @@ struct ServerOptions: ParsableArguments {
         help: ArgumentHelp(Setting.metricsIntervalSeconds.flagHelp))
     var metricsIntervalSeconds: String?
 
+    @Option(name: .customLong(Setting.otlpEndpoint.flag), help: ArgumentHelp(Setting.otlpEndpoint.flagHelp))
+    var otlpEndpoint: String?
+
+    @Option(name: .customLong(Setting.eventsJsonl.flag), help: ArgumentHelp(Setting.eventsJsonl.flagHelp))
+    var eventsJsonl: String?
+
     @Option(name: .customLong(Setting.logLevel.flag), help: ArgumentHelp(Setting.logLevel.flagHelp))
     var logLevel: String?
 
@@ -101,7 +107,8 @@ struct ServerOptions: ParsableArguments {
             (.maxConcurrentCalls, maxConcurrentCalls), (.maxQueuedCalls, maxQueuedCalls), (.prespawn, prespawn),
             (.prespawnIdleSeconds, prespawnIdleSeconds), (.toolsPageSize, toolsPageSize),
             (.maxMessageBytes, maxMessageBytes), (.metricsFile, metricsFile),
-            (.metricsIntervalSeconds, metricsIntervalSeconds), (.logLevel, logLevel),
+            (.metricsIntervalSeconds, metricsIntervalSeconds), (.otlpEndpoint, otlpEndpoint),
+            (.eventsJsonl, eventsJsonl), (.logLevel, logLevel),
         ]
     }
 

@@ -76,6 +76,7 @@ struct Run: AsyncParsableCommand {
             printError("mcp-supervisor: cannot open the security log in \(s.stateDirectory)/security: \(error)")
             throw ExitCode(2)
         }
+        let telemetry = try startTelemetry(s, log: log)
         // A supervisor that cannot record does not start (it would have to
         // refuse every call); the reason goes to stderr.
         if let e = log.appendAndWait([
@@ -91,6 +92,7 @@ struct Run: AsyncParsableCommand {
         ]) {
             printError("mcp-supervisor: cannot start: \(e)")
             log.close()
+            telemetry?.stop()
             throw ExitCode(2)
         }
         // The ledger may only grow: each load is checked against the last
@@ -99,6 +101,7 @@ struct Run: AsyncParsableCommand {
         if !source.isUnsigned, let why = ledgerGuard.refusal(Ledger.load(path: ledgerPath)) {
             printError("mcp-supervisor: refusing to start: \(why)")
             log.close(finalEvent: SecurityEvent(.supervisorStop, JSONObject([("reason", "trust ledger refused")])))
+            telemetry?.stop()
             throw ExitCode(2)
         }
         let loader: RegistryLoader = { source.registry(groups: groups, host: host, ledgerGuard: ledgerGuard) }
@@ -124,9 +127,11 @@ struct Run: AsyncParsableCommand {
                         registry: service.currentRegistry, stateNote: stateDirectoryNote(s)))
             service.shutdown(reason: "no usable tools")
             log.close(finalEvent: SecurityEvent(.supervisorStop, JSONObject([("reason", "no usable tools")])))
+            telemetry?.stop()
             throw ExitCode(2)
         }
         let metricsFile = try startMetricsFile(s, pipeline: service.pipeline)
+        telemetry?.attach(to: service.pipeline, metrics: metricsFile?.metrics)
         let watch = FileWatch(path: ledgerPath)
         if !allowUnsigned {
             service.pipeline.onLedgerChange { watch.changed() }
@@ -181,6 +186,7 @@ struct Run: AsyncParsableCommand {
                 DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(200)) {
                     log.close(
                         finalEvent: SecurityEvent(.supervisorStop, JSONObject([("reason", .string(signalName(sig)))])))
+                    telemetry?.stop(seconds: 0.5)
                     metricsFile?.stop()
                     Sys.exit(0)
                 }
@@ -197,6 +203,7 @@ struct Run: AsyncParsableCommand {
         // not read cannot hold the shutdown.
         _ = transport.flush(seconds: 2)
         log.close(finalEvent: SecurityEvent(.supervisorStop, JSONObject([("reason", "end of input")])))
+        telemetry?.stop()
         metricsFile?.stop()
         Sys.exit(0)
     }

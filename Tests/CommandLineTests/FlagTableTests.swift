@@ -16,6 +16,7 @@ final class FlagTableTests: XCTestCase {
         case .identity: return "4242"
         case .choice(_, let c, let d): return c.first { $0 != d }!
         case .file: return "/sample/\(s.key).prom"
+        case .endpoint: return "http://127.0.0.1:4318"
         }
     }
 

@@ -27,6 +27,7 @@ final class SettingTableTests: XCTestCase {
             let v = c.first { $0 != d }!
             return (.string(v), v)
         case .file: return (.string("/sample/\(s.key).prom"), "/sample/\(s.key).prom")
+        case .endpoint: return (.string("http://127.0.0.1:4318/sample"), "http://127.0.0.1:4318/sample")
         }
     }
 
@@ -89,7 +90,7 @@ final class SettingTableTests: XCTestCase {
                 XCTAssertEqual(setting.value(in: s), .null, "\(setting.key): the host decides")
             case .directory(_, let d):
                 XCTAssertEqual(setting.value(in: s), .string(d()), setting.key)
-            case .file:
+            case .file, .endpoint:
                 XCTAssertEqual(setting.value(in: s), .null, "\(setting.key): off unless given")
             }
         }
@@ -129,6 +130,7 @@ final class SettingTableTests: XCTestCase {
             case .identity: bad = (.int(0), "0")
             case .choice: bad = (.string("loud"), "loud")
             case .file: bad = (.string("/tmp/"), "")
+            case .endpoint: bad = (.string("https://collector:4318"), "collector:4318")
             }
             let path = writeConfig([s.key: bad.0])
             XCTAssertThrowsError(try SupervisorSettings.resolve(configurationFile: path, flags: []), s.key) {
