@@ -136,6 +136,12 @@ typedef struct {
        and the listener fd is sent over this unix socket (SCM_RIGHTS), then
        closed, so the worker never holds its own listener. */
     int notify_socket_fd;
+    /* The syscall profiler's program (NULL: none). When set (only with
+       notify_socket_fd >= 0), it is installed first with the listener and
+       seccomp_filter after it without one; seccomp_filter must then kill
+       what it refuses (docs/resilience.md, "Syscall profiler"). */
+    const void *_Nullable seccomp_profiler_filter;
+    unsigned short seccomp_profiler_filter_len;
 
     /* The supervisor's pid, to detect that it died before PDEATHSIG was set. */
     pid_t parent_pid;
