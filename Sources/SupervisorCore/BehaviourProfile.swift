@@ -457,8 +457,21 @@ public final class BehaviourProfiles: Sendable {
         }
     }
 
-    /// Writes every pending snapshot now (tests; a clean stop).
+    /// Writes every pending snapshot now, and every profile changed since
+    /// it was last written (tests; a clean stop).
     public func flush() {
+        if directory != nil {
+            let changed = profiles.withLock { all -> [(String, JSONValue)] in
+                var out: [(String, JSONValue)] = []
+                for (key, var p) in all where p.unsaved > 0 {
+                    p.unsaved = 0
+                    all[key] = p
+                    out.append((path(p.cell, p.versionID), p.json))
+                }
+                return out
+            }
+            pending.withLock { for (path, doc) in changed { $0.files[path] = doc } }
+        }
         while writeOne(endIfEmpty: false) {}
     }
 
