@@ -361,6 +361,7 @@ public final class CallRunner: @unchecked Sendable {
             }
             notifyParent.close()
             toClose.removeAll { $0 == notifyParent }
+            if filters != nil { listener?.preferSynchronousWakeUp() }
         }
         let started = StartedWorker(
             cell: cell, limits: limits, worker: worker, scratch: scratch, requestWrite: requestWrite,

@@ -364,6 +364,13 @@ public struct SeccompListener {
         _ = mcps_seccomp_notif_deny(fd.rawValue, n.id, errno)
     }
 
+    /// Asks the kernel to switch straight to the woken side on the same CPU
+    /// for each notification and answer (SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP,
+    /// Linux 6.6): the profiler answers every syscall. False on an older
+    /// kernel, where the listener works as before.
+    @discardableResult
+    public func preferSynchronousWakeUp() -> Bool { mcps_seccomp_notif_sync_wakeup(fd.rawValue) == 0 }
+
     /// Lets the syscall run: learn mode (see supervisor_shim.h), and the
     /// syscall profiler, whose listener sees only calls the allowlist lets
     /// through (`Seccomp.profilerProgram`).

@@ -210,6 +210,13 @@ int mcps_seccomp_notif_deny(int listener_fd, uint64_t id, int error);
    against the syscalls it lets through. */
 int mcps_seccomp_notif_continue(int listener_fd, uint64_t id);
 
+/* Asks the kernel to wake the notifying task and the supervisor on the
+   current CPU (SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP, Linux 6.6): a round trip
+   per syscall then costs a context switch, not a cross-CPU wake-up. For
+   the syscall profiler, which answers every call. 0, or -1 with errno
+   (EINVAL before 6.6: the listener works as before). */
+int mcps_seccomp_notif_sync_wakeup(int listener_fd);
+
 /* Receives one fd sent with SCM_RIGHTS on a unix socket; -1 with errno. */
 int mcps_recv_fd(int socket_fd);
 
