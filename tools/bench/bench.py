@@ -15,6 +15,7 @@ Nothing here asserts a time: this is a benchmark, not a test.
   (g) supervisor memory with 2 and with 100 cells
   (h) start to initialize answered, 100 signed cells
   (i) other bundled cells end to end (word_count in Python)
+  (k) resilience bookkeeping per call, (l) the syscall profiler off and on
 Usage: tools/bench/run.sh [--rounds N] [--calls N] [--out docs/benchmarks.md]
 """
 import argparse
@@ -390,6 +391,9 @@ def main():
     lines.append(f"\n## (h) Start to `initialize` answered, 100 signed cells\n\nmedian {statistics.median(init_ms):.0f} ms "
                  f"(of {len(init_ms)} starts; target ≤ 150 ms).\n")
     lines += resilience_section()
+    # (l): the syscall profiler, off against on (tools/bench/profiler_bench.py).
+    from profiler_bench import profiler_section
+    lines += profiler_section(a.rounds, a.calls)
     Path(a.out).write_text("\n".join(lines) + "\n" + NOTES)
     print("\n".join(lines))
     shutil.rmtree(tmp, ignore_errors=True)

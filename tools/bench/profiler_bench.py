@@ -46,6 +46,12 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--calls", type=int, default=200, help="echo calls per variant per round")
     a = ap.parse_args()
+    print("\n".join(profiler_section(a.rounds, a.calls)))
+
+
+def profiler_section(rounds, calls):
+    """The (l) section of docs/benchmarks.md, as lines."""
+    a = argparse.Namespace(rounds=rounds, calls=calls)
     pol = {False: policies(False), True: policies(True)}
     state = {k: Path(tempfile.mkdtemp(prefix="mcps-profiler-bench-state-", dir="/var/tmp")) for k in (False, True)}
     for st in state.values():
@@ -107,9 +113,9 @@ def main():
                      f"{d2 / n2:.1f} µs per syscall.")
     lines.append(f"- Against the default, where the unprofiled call gets a worker started ahead, the profiled echo "
                  f"call costs {summary['echo'][2]:.2f}× (it also spawns its worker at the call).\n")
-    print("\n".join(lines))
     for d in list(pol.values()) + list(state.values()):
         shutil.rmtree(d, ignore_errors=True)
+    return lines
 
 
 if __name__ == "__main__":
