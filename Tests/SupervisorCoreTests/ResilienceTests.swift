@@ -269,9 +269,11 @@ final class ResilienceTests: XCTestCase {
         XCTAssertEqual(p.syscalls["read"], .init(calls: 5, count: 15))
         XCTAssertEqual(p.observe(obs(syscalls: ["read": 1]), cfg), [], "fewer syscalls than usual is fine")
         // A failed call's syscalls count as used, but are not learned.
-        XCTAssertEqual(p.observe(obs(syscalls: ["read": 1, "unlink": 1], succeeded: false), cfg).map(\.measure), [
-            "syscall"
-        ])
+        XCTAssertEqual(
+            p.observe(obs(syscalls: ["read": 1, "unlink": 1], succeeded: false), cfg).map(\.measure),
+            [
+                "syscall"
+            ])
         let d = p.observe(obs(syscalls: usual.merging(["getppid": 2, "pipe2": 1]) { a, _ in a }), cfg)
         XCTAssertEqual(d.map(\.measure), ["syscall"])
         XCTAssertEqual(d[0].score, cfg.threshold * BehaviourProfile.syscallFactor)
@@ -321,7 +323,8 @@ final class ResilienceTests: XCTestCase {
         let dir = NSTemporaryDirectory() + "groups-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        try #"{"groups": {"base": ["read", "write", "close", "exit_group", {"name": "ioctl", "argument": 1, "values": [21505]}], "files-write": ["unlink", "mkdir", "sendmsg"], "events": ["poll", "pipe2"]}}"#
+        try
+            #"{"groups": {"base": ["read", "write", "close", "exit_group", {"name": "ioctl", "argument": 1, "values": [21505]}], "files-write": ["unlink", "mkdir", "sendmsg"], "events": ["poll", "pipe2"]}}"#
             .write(toFile: dir + "/syscall-groups.json", atomically: true, encoding: .utf8)
         let groups = try SyscallGroups.load(path: dir + "/syscall-groups.json")
         let o: JSONObject = [
