@@ -42,10 +42,14 @@ struct InsightsCommand: ParsableCommand {
         o.minCalls = max(1, minCalls)
         o.minProfiledCalls = max(1, minProfiledCalls)
         let profilesDirectory = BehaviourProfiles.directory(stateDirectory: s.stateDirectory)
+        var groups: SyscallGroups? = nil
+        do { groups = try SyscallGroups.load(path: s.syscallGroupsPath) } catch {
+            printError("insights: no unused_syscalls suggestions: \(error)")
+        }
         let found = Insights.analyze(
             records: records, manifests: manifests, policy: policy, options: o,
-            profiles: BehaviourProfiles.all(directory: profilesDirectory),
-            groups: try? SyscallGroups.load(path: s.syscallGroupsPath), profilesDirectory: profilesDirectory)
+            profiles: BehaviourProfiles.all(directory: profilesDirectory), groups: groups,
+            profilesDirectory: profilesDirectory)
         if json {
             print(
                 JSONValue.object(
