@@ -29,6 +29,17 @@ public enum Receipt {
         return (sha256Hex(program.bytes), program.instructionCount)
     }
 
+    /// The digest of the allowlist a worker run under the syscall profiler
+    /// gets instead (the same rules, killing what they refuse), and of the
+    /// profiler's own program (docs/resilience.md, "Syscall profiler").
+    public static func profiledSeccompDigests(
+        manifest: CellManifest, groups: SyscallGroups, features: KernelFeatures
+    ) throws(CellRefusal) -> (allowlist: String, profiler: String) {
+        let (program, _) = try PreparedCell.compileSeccomp(
+            manifest: manifest, groups: groups, features: features, killing: true)
+        return (sha256Hex(program.bytes), sha256Hex(PreparedCell.profilerProgram.bytes))
+    }
+
     /// The confinement every worker of `cell` gets under `limits`, without
     /// the call: what `validate --receipt` prints and a receipt contains.
     public static func confinement(

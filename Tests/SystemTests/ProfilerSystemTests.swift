@@ -89,5 +89,10 @@ extension SandboxTests {
             manifest: cell.manifest, groups: Harness.groups, features: Harness.features, killing: true)
         XCTAssertEqual(killing.bytes, f.allowlist.bytes)
         XCTAssertEqual(names, cell.allowlist, "the same allowlist")
+        // What `cell show` prints for a receipt of a profiled call.
+        let shown = try Receipt.profiledSeccompDigests(
+            manifest: cell.manifest, groups: Harness.groups, features: Harness.features)
+        XCTAssertEqual(shown.allowlist, f.allowlistSHA256)
+        XCTAssertEqual(shown.profiler, sha256Hex(f.profiler.bytes))
     }
 }
