@@ -116,3 +116,24 @@ def test_a_syscall_new_after_warm_up_is_an_anomaly(env):
     assert len(d) == 1 and "getuid" in d[0]["detail"] and d[0]["score"] == 10.0, a[0]
     assert a[0]["response"] == "record"
     env.verify()
+
+
+def test_call_command_profiles_one_call(env):
+    probe_cell(env, "lean")
+
+    def call(nr, *flags):
+        return subprocess.run([str(BIN), "call", "lean", "--args", json.dumps({"action": "syscall", "nr": nr}),
+                               "--allow-unsigned", "--manifests", str(env.manifests), "--policies", str(env.policies),
+                               "--state-dir", str(env.state), *flags], capture_output=True, text=True, timeout=60)
+
+    p = call(39, "--profile-syscalls", "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["outcome"] == "success" and out["syscalls"]["getpid"] >= 1 and "unlink" not in out["syscalls"], out
+    p = call(39, "--profile-syscalls")
+    assert "profile: " in p.stderr and "getpid 1" in p.stderr, p.stderr
+    p = call(110, "--profile-syscalls", "--json")
+    assert p.returncode == 1 and json.loads(p.stdout)["outcome"] == "sandbox_violation", p.stdout
+    assert "syscall unnamed (profiled)" in json.loads(p.stdout)["detail"]
+    p = call(39, "--profile-syscalls", "--learn")
+    assert p.returncode == 2 and "cannot be combined" in p.stderr, p.stderr
