@@ -271,9 +271,27 @@ static int child_main(void *arg) {
            would wait for a supervisor that is suspended in vfork. */
     if (c->seccomp_filter) {
         struct sock_fprog prog = {.len = c->seccomp_filter_len, .filter = (struct sock_filter *)c->seccomp_filter};
-        unsigned long flags = notify_fd >= 0 ? SECCOMP_FILTER_FLAG_NEW_LISTENER : 0;
-        long listener = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog);
-        if (listener < 0) child_fail(a, MCPS_STAGE_SECCOMP);
+        long listener;
+        if (c->seccomp_profiler_filter && notify_fd >= 0) {
+            /* 14a. The syscall profiler: a filter that sends every call to
+                    the listener (the kernel allows one listener per task,
+                    so it is this one), then the allowlist with no listener,
+                    killing what it refuses. The kernel takes the strictest
+                    of the two answers, so the profiler sees only the calls
+                    the allowlist lets through and its answer (continue)
+                    can never let through one it refuses. The profiler
+                    passes seccomp itself, so the second install is not
+                    held for a listener nobody reads yet. */
+            struct sock_fprog profiler = {.len = c->seccomp_profiler_filter_len,
+                                          .filter = (struct sock_filter *)c->seccomp_profiler_filter};
+            listener = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &profiler);
+            if (listener < 0) child_fail(a, MCPS_STAGE_SECCOMP);
+            if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0) child_fail(a, MCPS_STAGE_SECCOMP);
+        } else {
+            unsigned long flags = notify_fd >= 0 ? SECCOMP_FILTER_FLAG_NEW_LISTENER : 0;
+            listener = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog);
+            if (listener < 0) child_fail(a, MCPS_STAGE_SECCOMP);
+        }
         if (notify_fd >= 0) {
             /* 15. The listener goes to the supervisor; the worker keeps no
                    copy (a worker holding it could approve its own calls). */

@@ -134,6 +134,13 @@ int mcps_seccomp_notif_continue(int listener_fd, uint64_t id) {
     return ioctl(listener_fd, SECCOMP_IOCTL_NOTIF_SEND, &resp);
 }
 
+int mcps_seccomp_notif_sync_wakeup(int listener_fd) {
+    /* SECCOMP_IOCTL_NOTIF_SET_FLAGS = SECCOMP_IOW(4, __u64) and
+       SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (Linux 6.6); older headers lack them. */
+    unsigned long set_flags = _IOW('!', 4, uint64_t);
+    return ioctl(listener_fd, set_flags, (uint64_t)1);
+}
+
 int mcps_recv_fd(int socket_fd) {
     char dummy;
     struct iovec iov = {.iov_base = &dummy, .iov_len = 1};

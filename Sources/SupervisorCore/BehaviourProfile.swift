@@ -14,12 +14,13 @@ public struct CallObservation: Sendable {
     /// named; nil when there was none.
     public var violation: String?
     public var succeeded: Bool
-    /// Syscalls recorded by the profiler (learn mode), if it was on.
-    public var syscalls: [String]
+    /// The syscalls the profiler saw the worker make, with how many times
+    /// each; nil when the call was not profiled.
+    public var syscalls: [String: Int]?
 
     public init(
         values: [Double?], hosts: [String] = [], violation: String? = nil, succeeded: Bool = true,
-        syscalls: [String] = []
+        syscalls: [String: Int]? = nil
     ) {
         self.values = values
         self.hosts = hosts
@@ -35,7 +36,7 @@ public struct CallObservation: Sendable {
             r.peakMemoryBytes.map { Double($0 >> 10) }, Double(r.bytesFromWorker), Double(grants.count),
         ]
         hosts = grants.map(\.host)
-        syscalls = r.learnedSyscalls
+        syscalls = r.syscallProfile
         succeeded = r.outcome.kind == "success"
         if let refused = network.first(where: { $0.refusal != nil }) {
             violation = "network refused: \(refused.host):\(refused.port) (\(refused.refusal ?? ""))"
@@ -71,7 +72,9 @@ public struct Deviation: Sendable, Equatable {
 /// A cell version's behaviour, learned from its successful calls: a ring of
 /// the last `capacity` values of each measure, their median and MAD, the
 /// same frozen at the end of warm-up (the baseline), the hosts it connected
-/// to and the syscalls the profiler saw. Scores are robust z-scores:
+/// to and the syscalls the profiler saw (those of learned calls, scored
+/// against; and those of every profiled call, which `insights` reads).
+/// Scores are robust z-scores:
 /// `(value − median) / max(1.4826·MAD, floor)`, upward only (a cell doing
 /// less than usual is not suspect).
 public struct BehaviourProfile: Sendable {
@@ -114,6 +117,24 @@ public struct BehaviourProfile: Sendable {
     /// A violation scores this multiple of the threshold: anomalous always,
     /// warm-up or not.
     public static let violationFactor = 10.0
+    /// A syscall never seen in the profile's learned profiled calls, once it
+    /// has `warmupCalls` of them, scores this multiple of the threshold:
+    /// anomalous, but the weakest signal (a new host scores 2, a violation
+    /// 10), since the allowlist, not the profile, bounds the syscalls.
+    public static let syscallFactor = 1.25
+    /// Syscall names kept per map (the x86_64 table has about 460, and
+    /// ioctl is kept per request).
+    public static let maxSyscallNames = 512
+
+    /// One syscall in a profile: in how many calls, and how many times in all.
+    public struct SyscallUse: Sendable, Equatable {
+        public var calls: Int
+        public var count: Int
+        public init(calls: Int, count: Int) {
+            self.calls = calls
+            self.count = count
+        }
+    }
 
     public let cell: String
     public let versionID: String
@@ -127,7 +148,15 @@ public struct BehaviourProfile: Sendable {
     var baseline: [(median: Double, mad: Double)?]? = nil
     var learnedSinceStats = 0
     public private(set) var hosts: Set<String> = []
-    public private(set) var syscalls: Set<String> = []
+    /// The syscalls of the learned profiled calls (scored against).
+    public private(set) var syscalls: [String: SyscallUse] = [:]
+    /// Learned calls that were profiled.
+    public private(set) var syscallCalls = 0
+    /// The syscalls of every profiled call, whatever its outcome: what the
+    /// cell may need (`insights` suggests removing the rest).
+    public private(set) var syscallsSeen: [String: SyscallUse] = [:]
+    /// Profiled calls observed, whatever their outcome.
+    public private(set) var profiledCalls = 0
     /// Learned calls not yet written.
     var unsaved = 0
 
@@ -185,13 +214,48 @@ public struct BehaviourProfile: Sendable {
                         detail: "connected to \(h), never seen in \(calls) calls"))
             }
         }
+        // Syscalls are scored once the profile has learned as many profiled
+        // calls as the warm-up asks (profiling may be turned on late).
+        var newSyscalls: [String] = []
+        if let used = o.syscalls {
+            profiledCalls += 1
+            unsaved += 1
+            Self.merge(used, into: &syscallsSeen)
+            if syscallCalls >= s.warmupCalls {
+                newSyscalls = used.keys.filter { syscalls[$0] == nil }.sorted()
+                if !newSyscalls.isEmpty {
+                    let shown = newSyscalls.prefix(8).joined(separator: ", ")
+                    let more = newSyscalls.count > 8 ? " and \(newSyscalls.count - 8) more" : ""
+                    out.append(
+                        Deviation(
+                            measure: "syscall", value: Double(newSyscalls.count), median: nil, scale: nil,
+                            score: s.threshold * Self.syscallFactor,
+                            detail: "made \(shown)\(more), never seen in \(syscallCalls) profiled calls"))
+                }
+            }
+        }
         if !out.isEmpty { anomalies += 1 }
         // Learn only from a success that stays well inside the profile, so
         // that an anomaly never becomes the new normal in one step.
-        if o.succeeded, o.violation == nil, newHosts.isEmpty, !warm || highest <= s.threshold / 2 {
+        if o.succeeded, o.violation == nil, newHosts.isEmpty, newSyscalls.isEmpty,
+            !warm || highest <= s.threshold / 2
+        {
             learn(o, warmup: s.warmupCalls)
         }
         return out
+    }
+
+    /// Adds one call's syscalls to a map, within `maxSyscallNames` names.
+    static func merge(_ used: [String: Int], into map: inout [String: SyscallUse]) {
+        for (name, n) in used {
+            if var u = map[name] {
+                u.calls += 1
+                u.count += n
+                map[name] = u
+            } else if map.count < maxSyscallNames {
+                map[name] = SyscallUse(calls: 1, count: n)
+            }
+        }
     }
 
     mutating func learn(_ o: CallObservation, warmup: Int) {
@@ -206,7 +270,10 @@ public struct BehaviourProfile: Sendable {
             }
         }
         for h in o.hosts where hosts.count < Self.maxNames { hosts.insert(h) }
-        for c in o.syscalls where syscalls.count < Self.maxNames { syscalls.insert(c) }
+        if let used = o.syscalls {
+            syscallCalls += 1
+            Self.merge(used, into: &syscalls)
+        }
         calls += 1
         unsaved += 1
         learnedSinceStats += 1
@@ -254,8 +321,27 @@ public struct BehaviourProfile: Sendable {
                 ("calls", .int(Int64(calls))), ("anomalies", .int(Int64(anomalies))),
                 ("measures", .object(measures)), ("baseline", baseline == nil ? .null : .object(base)),
                 ("hosts", .array(hosts.sorted().map { .string($0) })),
-                ("syscalls", .array(syscalls.sorted().map { .string($0) })),
+                ("syscalls", Self.json(syscalls)), ("syscallCalls", .int(Int64(syscallCalls))),
+                ("syscallsSeen", Self.json(syscallsSeen)), ("profiledCalls", .int(Int64(profiledCalls))),
             ]))
+    }
+
+    static func json(_ map: [String: SyscallUse]) -> JSONValue {
+        .object(
+            JSONObject(
+                map.sorted { $0.key < $1.key }.map { name, u in
+                    (name, .object(JSONObject([("calls", .int(Int64(u.calls))), ("count", .int(Int64(u.count)))])))
+                }))
+    }
+
+    static func syscallMap(_ v: JSONValue?) -> [String: SyscallUse] {
+        guard case .object(let o)? = v else { return [:] }
+        var out: [String: SyscallUse] = [:]
+        for (name, u) in o where out.count < maxSyscallNames {
+            guard let calls = u["calls"]?.intValue, let count = u["count"]?.intValue else { continue }
+            out[name] = SyscallUse(calls: Int(calls), count: Int(count))
+        }
+        return out
     }
 
     public init?(json o: JSONObject) {
@@ -279,7 +365,10 @@ public struct BehaviourProfile: Sendable {
             }
         }
         hosts = Set((o["hosts"]?.arrayValue ?? []).compactMap(\.stringValue).prefix(Self.maxNames))
-        syscalls = Set((o["syscalls"]?.arrayValue ?? []).compactMap(\.stringValue).prefix(Self.maxNames))
+        syscalls = Self.syscallMap(o["syscalls"])
+        syscallCalls = Int(o["syscallCalls"]?.intValue ?? 0)
+        syscallsSeen = Self.syscallMap(o["syscallsSeen"])
+        profiledCalls = Int(o["profiledCalls"]?.intValue ?? 0)
         refreshStats()
     }
 
@@ -368,8 +457,21 @@ public final class BehaviourProfiles: Sendable {
         }
     }
 
-    /// Writes every pending snapshot now (tests; a clean stop).
+    /// Writes every pending snapshot now, and every profile changed since
+    /// it was last written (tests; a clean stop).
     public func flush() {
+        if directory != nil {
+            let changed = profiles.withLock { all -> [(String, JSONValue)] in
+                var out: [(String, JSONValue)] = []
+                for (key, var p) in all where p.unsaved > 0 {
+                    p.unsaved = 0
+                    all[key] = p
+                    out.append((path(p.cell, p.versionID), p.json))
+                }
+                return out
+            }
+            pending.withLock { for (path, doc) in changed { $0.files[path] = doc } }
+        }
         while writeOne(endIfEmpty: false) {}
     }
 

@@ -185,6 +185,9 @@ public struct CallReport: Sendable {
     /// Learn mode: the syscalls outside the allowlist that the worker made
     /// (in first-use order).
     public var learnedSyscalls: [String] = []
+    /// With the syscall profiler: each syscall the worker made (ioctl as
+    /// "ioctl(request)") and how many times; nil when it was not profiled.
+    public var syscallProfile: [String: Int]? = nil
     /// The worker was started ahead of the call (its spawn is not part of
     /// the call's time).
     public var prespawned = false

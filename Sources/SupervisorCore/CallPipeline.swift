@@ -339,7 +339,7 @@ public final class CallPipeline: Sendable {
                     Receipt.make(
                         cell: entry.cell, limits: admitted.limits, features: runner.host.features,
                         policySHA256: admitted.policy.sha256, callID: callID, prespawned: report.prespawned,
-                        callEnd: done.records.first, logKeyID: log.keyID)
+                        callEnd: done.records.first, logKeyID: log.keyID, profiled: report.syscallProfile != nil)
                 )
             ])
         }
@@ -570,7 +570,8 @@ public final class CallPipeline: Sendable {
                     }
                     _ = runner.run(
                         cell: cell, tool: tool.name, arguments: a.arguments, callID: callID,
-                        cancellation: a.cancellation, limits: a.limits, session: sessionKey,
+                        cancellation: a.cancellation, limits: a.limits,
+                        profileSyscalls: a.policy.resilience.profilesSyscalls(cell.name), session: sessionKey,
                         answered: { r in
                             answered = r
                             record(r)

@@ -126,10 +126,13 @@ public final class CallRunner: @unchecked Sendable {
     /// soon as the worker is reaped, before its scratch directory is wiped
     /// and the cell's next worker is asked for (both still happen before
     /// this returns).
+    /// `profileSyscalls`: the worker runs under the syscall profiler and the
+    /// report's `syscallProfile` lists what it used (docs/resilience.md,
+    /// "Syscall profiler"); not for a session server, nor with `learn`.
     public func run(
         cell: PreparedCell, tool: String, arguments: JSONObject, callID: String,
         cancellation: CallCancellation? = nil, limits: CellManifest.Limits? = nil, learn: Bool = false,
-        session: ObjectIdentifier? = nil,
+        profileSyscalls: Bool = false, session: ObjectIdentifier? = nil,
         answered: ((CallReport) -> Void)? = nil,
         deliver: ((CallReport) -> Void)? = nil,
         onNetwork: (NetworkDecision) -> Void = { _ in },
@@ -149,8 +152,8 @@ public final class CallRunner: @unchecked Sendable {
         } else if cancellation?.isCancelled != true {
             cleanup = run(
                 cell: cell, tool: tool, arguments: arguments, callID: callID, cancellation: cancellation,
-                limits: limits ?? cell.manifest.limits, learn: learn, start: start, report: &report,
-                answered: answered, onNetwork: onNetwork, onMessage: onMessage)
+                limits: limits ?? cell.manifest.limits, learn: learn, profile: profileSyscalls && !learn,
+                start: start, report: &report, answered: answered, onNetwork: onNetwork, onMessage: onMessage)
         }
         report.durationNanoseconds = monotonicNanoseconds() - start
         deliver?(report)
@@ -160,7 +163,7 @@ public final class CallRunner: @unchecked Sendable {
 
     private func run(
         cell: PreparedCell, tool: String, arguments: JSONObject, callID: String,
-        cancellation: CallCancellation?, limits: CellManifest.Limits, learn: Bool, start: UInt64,
+        cancellation: CallCancellation?, limits: CellManifest.Limits, learn: Bool, profile: Bool, start: UInt64,
         report: inout CallReport, answered: ((CallReport) -> Void)?, onNetwork: (NetworkDecision) -> Void,
         onMessage: (WorkerMessage) -> Void
     ) -> (() -> Void)? {
@@ -177,13 +180,15 @@ public final class CallRunner: @unchecked Sendable {
             }
         }
         // A worker started ahead of the call for this cell, if one is ready
-        // and still matches (same files, same limits); else a fresh one.
+        // and still matches (same files, same limits); else a fresh one. A
+        // profiled call starts its own: its worker's start-up is part of
+        // what the profiler must see.
         let started: StartedWorker
-        if command == nil, !learn, let w = prespawner?.take(cell, limits: limits) {
+        if command == nil, !learn, !profile, let w = prespawner?.take(cell, limits: limits) {
             started = w
             report.prespawned = true
         } else {
-            switch startWorker(cell, limits: limits, argv: command?.argv, name: callID) {
+            switch startWorker(cell, limits: limits, argv: command?.argv, name: callID, profiled: profile) {
             case .success(let w): started = w
             case .failure(let why):
                 report.outcome = .cannotRun(why)
@@ -195,7 +200,7 @@ public final class CallRunner: @unchecked Sendable {
             started, tool: tool, arguments: arguments, callID: callID, cancellation: cancellation, learn: learn,
             command: command.map { ($0.template, $0.stdin) }, start: start, report: &report,
             answered: answered, onNetwork: onNetwork, onMessage: onMessage)
-        let refill = command == nil && !learn && limits == m.limits
+        let refill = command == nil && !learn && !profile && limits == m.limits
         return { [self] in
             release(started)
             // The next worker starts once this one is gone, so that its
@@ -207,11 +212,16 @@ public final class CallRunner: @unchecked Sendable {
     /// Starts a worker up to the point where it waits for its input: scratch
     /// directory, pipes, Landlock ruleset, the spawn (all setup stages and
     /// the exec), the seccomp listener. `argv` replaces the manifest's (a
-    /// command tool).
-    func startWorker(_ cell: PreparedCell, limits: CellManifest.Limits, argv: [String]?, name: String)
-        -> Result<StartedWorker, CellCannotRun>
-    {
+    /// command tool). `profiled`: under the syscall profiler, where the host
+    /// has seccomp user notification (`StartedWorker.profiled` says so).
+    func startWorker(
+        _ cell: PreparedCell, limits: CellManifest.Limits, argv: [String]?, name: String, profiled: Bool = false
+    ) -> Result<StartedWorker, CellCannotRun> {
         let m = cell.manifest
+        var filters: PreparedCell.ProfiledFilters? = nil
+        if profiled {
+            do { filters = try cell.profiledFilters() } catch { return .failure(error) }
+        }
         let exe: FileDescriptor
         let script: FileDescriptor?
         let generations: [Int]
@@ -314,8 +324,9 @@ public final class CallRunner: @unchecked Sendable {
                 r.dropBoundingSet = true
             }
             r.landlockRuleset = ruleset.fd
-            r.seccompProgram = cell.seccomp
+            r.seccompProgram = filters?.allowlist ?? cell.seccomp
             r.seccompNotifySocket = notifyChild
+            if notifyChild != nil { r.seccompProfilerProgram = filters?.profiler }
             let t0 = monotonicNanoseconds()
             do {
                 worker = try WorkerProcess.spawn(r)
@@ -350,12 +361,14 @@ public final class CallRunner: @unchecked Sendable {
             }
             notifyParent.close()
             toClose.removeAll { $0 == notifyParent }
+            if filters != nil { listener?.preferSynchronousWakeUp() }
         }
-        return .success(
-            StartedWorker(
-                cell: cell, limits: limits, worker: worker, scratch: scratch, requestWrite: requestWrite,
-                responseRead: responseRead, diagRead: diagRead, listener: listener, broker: brokerParent,
-                toClose: toClose, spawnNanoseconds: spawnNanoseconds, generations: generations))
+        let started = StartedWorker(
+            cell: cell, limits: limits, worker: worker, scratch: scratch, requestWrite: requestWrite,
+            responseRead: responseRead, diagRead: diagRead, listener: listener, broker: brokerParent,
+            toClose: toClose, spawnNanoseconds: spawnNanoseconds, generations: generations)
+        started.profiled = filters != nil && listener != nil
+        return .success(started)
     }
 
     /// Removes a scratch directory without following links; logs a failure.
@@ -399,6 +412,7 @@ public final class CallRunner: @unchecked Sendable {
             responseRead: w.responseRead,
             diagRead: w.diagRead, cancellation: cancellation, graceMilliseconds: host.terminationGraceMilliseconds)
         session.learning = learn
+        session.profiling = w.profiled
         session.command = command?.0
         session.listener = w.listener
         session.budget = outputBudget
@@ -438,6 +452,7 @@ public final class CallRunner: @unchecked Sendable {
                 early.peakMemoryBytes = a.peakMemoryBytes
                 early.bytesFromWorker = a.bytesFromWorker
                 early.refusedServerRequests = a.refusedServerRequests
+                early.syscallProfile = a.syscallProfile
                 early.firstFrameNanoseconds = a.firstFrameAt > 0 ? a.firstFrameAt - start - base.spawnNanoseconds : 0
                 answered(early)
             })
@@ -462,6 +477,7 @@ public final class CallRunner: @unchecked Sendable {
         report.outcome = session.classify(exit: exit)
         report.deniedSyscall = session.seccompViolation.map { DeniedSyscall(syscall: $0.0, architecture: $0.1) }
         report.learnedSyscalls = session.learned
+        if session.profiling { report.syscallProfile = session.profile.named() }
         report.pollWakeups = session.wakeups
         report.refusedServerRequests = session.server?.refusedRequests ?? []
     }
@@ -723,6 +739,10 @@ struct WorkerSession {
     var stdout: [UInt8] = []
     var learning = false
     var learned: [String] = []
+    /// The syscall profiler is on: every notification is a call the
+    /// allowlist let through, counted and let run.
+    var profiling = false
+    var profile = SyscallCounts()
     /// The supervisor-wide budget this call's held output is taken from,
     /// and how much it holds (its largest frame, or its command stdout).
     var budget: OutputBudget? = nil
@@ -769,6 +789,8 @@ struct WorkerSession {
         let firstFrameAt: UInt64
         /// A server cell: the requests its server made, refused.
         var refusedServerRequests: [String] = []
+        /// Under the syscall profiler: the syscalls made up to the answer.
+        var syscallProfile: [String: Int]? = nil
     }
 
     /// Set once the answer was handed over before the worker's reap.
@@ -791,7 +813,7 @@ struct WorkerSession {
         return Answer(
             outcome: outcome, cpuNanoseconds: f.cpuNanoseconds, peakMemoryBytes: peakRSS,
             bytesFromWorker: bytesFromWorker, firstFrameAt: firstFrameAt,
-            refusedServerRequests: server?.refusedRequests ?? [])
+            refusedServerRequests: server?.refusedRequests ?? [], syscallProfile: profiling ? profile.named() : nil)
     }
 
     /// Records `cause` if nothing ended the call before it.
@@ -956,7 +978,13 @@ struct WorkerSession {
                 listenerOpen = false
             } else if iNotify >= 0 && poll.isReadable(iNotify), let l = listener {
                 if let n = try? l.receive() {
-                    if learning && n.isNative {
+                    if profiling && n.isNative && SeccompConfinement.reason(number: n.number) == nil {
+                        // The allowlist under the profiler kills what it
+                        // refuses, so only allowed calls arrive here (the
+                        // check above is a second guard, never true).
+                        profile.add(n)
+                        l.allowOnce(n)
+                    } else if learning && n.isNative {
                         var name = n.syscallName
                         // ioctl is allowed per request number: name it.
                         if name == "ioctl" { name = "ioctl(\(n.arguments[1] & 0xFFFF_FFFF))" }
@@ -1097,6 +1125,10 @@ struct WorkerSession {
         switch sig {
         case Signal.cpuLimit: return .limitExceeded(.cpu)
         case Signal.fileSizeLimit: return .limitExceeded(.fileSize)
+        // Under the profiler the allowlist kills what it refuses itself,
+        // without naming it (the one listener is the profiler's).
+        case Signal.badSystemCall where profiling:
+            return .sandboxViolation(syscall: "unnamed", architecture: "profiled")
         // The filter kills a non-native architecture (i386 int 0x80, x32)
         // itself, without the listener: SIGSYS is the only trace.
         case Signal.badSystemCall: return .sandboxViolation(syscall: "non-native system call", architecture: "foreign")
@@ -1267,5 +1299,53 @@ struct WorkerSession {
             observe(.limit(.bufferedOutput))
             kill()
         }
+    }
+}
+
+/// The syscalls one profiled call made, counted as they are notified: by
+/// number in a flat table (no allocation per call), ioctl by request.
+/// Bounded: at most `maxIoctlRequests` distinct requests are kept apart.
+struct SyscallCounts {
+    static let tableSize = 512
+    static let maxIoctlRequests = 64
+    private var byNumber = [Int](repeating: 0, count: tableSize)
+    private var ioctl: [UInt64: Int] = [:]
+    private var other = 0
+    private static let ioctlNumber = Seccomp.number(of: "ioctl") ?? -1
+    private static let names = Mutex<[Int32: String]>([:])
+
+    mutating func add(_ n: SeccompNotification) {
+        if n.number == Self.ioctlNumber {
+            // ioctl is allowed per request number: count the request.
+            let request = n.arguments[1] & 0xFFFF_FFFF
+            if ioctl[request] != nil || ioctl.count < Self.maxIoctlRequests {
+                ioctl[request, default: 0] += 1
+                return
+            }
+        }
+        if n.number >= 0 && Int(n.number) < Self.tableSize {
+            byNumber[Int(n.number)] += 1
+        } else {
+            other += 1
+        }
+    }
+
+    /// Name → calls made ("ioctl(21505)" per request, as learn mode names
+    /// them; "ioctl" for requests past the bound).
+    func named() -> [String: Int] {
+        var out: [String: Int] = [:]
+        for (nr, c) in byNumber.enumerated() where c > 0 {
+            out[Self.name(Int32(nr)), default: 0] += c
+        }
+        for (request, c) in ioctl { out["ioctl(\(request))"] = c }
+        if other > 0 { out["other", default: 0] += other }
+        return out
+    }
+
+    static func name(_ nr: Int32) -> String {
+        if let n = names.withLock({ $0[nr] }) { return n }
+        let n = Seccomp.name(of: nr)
+        names.withLock { $0[nr] = n }
+        return n
     }
 }

@@ -5,8 +5,8 @@ import StrictJSON
 /// would apply it. Nothing here applies anything: a tighter manifest is a
 /// new, signed, reviewed version.
 public struct Insight: Sendable, Equatable {
-    /// `tighten_limit`, `rising_latency`, `rising_failures`, `unmatched_rule`,
-    /// `breaker_opened`, `anomalies`, `never_called`.
+    /// `tighten_limit`, `unused_syscalls`, `rising_latency`, `rising_failures`,
+    /// `unmatched_rule`, `breaker_opened`, `anomalies`, `never_called`.
     public let kind: String
     /// The cell, tool or policy rule concerned.
     public let subject: String
@@ -33,6 +33,10 @@ public enum Insights {
         public var minCalls = 20
         /// A declared limit this many times what the cell used is "far above".
         public var limitFactor = 4.0
+        /// Profiled calls of a cell version before its unused syscalls are
+        /// suggested for removal (a path taken once in a while, an error
+        /// path, may need a syscall that fewer calls would not show).
+        public var minProfiledCalls = 50
         public init() {}
     }
 
@@ -48,9 +52,12 @@ public enum Insights {
         }
     }
 
+    /// `profiles` and `groups` feed `unused_syscalls` (the behaviour
+    /// profiles of `<state>/profiles` and the syscall groups manifests name).
     public static func analyze(
         records: [Record], manifests: [CellManifest], policy: Policy?,
-        options o: Options = Options()
+        options o: Options = Options(), profiles: [BehaviourProfile] = [], groups: SyscallGroups? = nil,
+        profilesDirectory: String = "<state>/profiles"
     ) -> [Insight] {
         var out: [Insight] = []
         let ends = records.filter { $0.type == SecurityEventType.callEnd.rawValue }
@@ -102,6 +109,17 @@ public enum Insights {
                 suggest(
                     "outputKiB", declared: m.limits.outputKiB, unit: "KiB", used: kib,
                     usedText: "\(Int(kib.rounded(.up))) KiB returned", value: v)
+            }
+        }
+
+        // Syscalls allowed but never used by profiled calls.
+        if let groups {
+            for m in manifests.sorted(by: { $0.name < $1.name }) {
+                guard let p = profiles.first(where: { $0.cell == m.name && $0.versionID == m.manifestSHA256 }),
+                    p.profiledCalls >= o.minProfiledCalls,
+                    let i = unusedSyscalls(m, profile: p, groups: groups, directory: profilesDirectory)
+                else { continue }
+                out.append(i)
             }
         }
 
@@ -258,6 +276,104 @@ public enum Insights {
     }
 
     static func format3(_ x: Double) -> String { String((x * 1000).rounded() / 1000) }
+
+    /// The `unused_syscalls` suggestion for a manifest whose current version
+    /// was profiled: groups and `allow` entries none of whose syscalls any
+    /// profiled call made, and groups only partly used. The calls the
+    /// profiler cannot see (`PreparedCell.profilerPassing`, allowed in every
+    /// filter anyway) count neither way.
+    static func unusedSyscalls(
+        _ m: CellManifest, profile p: BehaviourProfile, groups: SyscallGroups, directory: String
+    ) -> Insight? {
+        let unseen = Set(PreparedCell.profilerPassing)
+        let used = Set(p.syscallsSeen.keys)
+        // ioctl is counted per request ("ioctl(21505)"); plain "ioctl" is a
+        // request past the profiler's bound, so any may have been made.
+        var requests: Set<UInt64> = []
+        for n in used where n.hasPrefix("ioctl(") {
+            if let r = UInt64(n.dropFirst(6).dropLast()) { requests.insert(r) }
+        }
+        let anyIoctl = used.contains("ioctl")
+        func isUsed(_ e: SyscallGroups.Entry) -> Bool {
+            guard e.name == "ioctl" else { return used.contains(e.name) }
+            if anyIoctl { return true }
+            return e.argument == 1 ? !requests.isDisjoint(with: e.values) : !requests.isEmpty
+        }
+        var removeGroups: [(String, Int)] = []
+        // Partly used groups without a used conditioned entry, which the
+        // used names alone (an `allow` list) can replace.
+        var narrowGroups: [(name: String, used: [String], unused: [String])] = []
+        var partly: [String] = []
+        for g in m.syscallGroups {
+            let entries = (groups.groups[g] ?? []).filter { !unseen.contains($0.name) }
+            guard !entries.isEmpty else { continue }
+            let usedEntries = entries.filter(isUsed)
+            let unusedNames = Self.unique(entries.filter { !isUsed($0) }.map(\.name))
+            if usedEntries.isEmpty {
+                removeGroups.append((g, Self.unique(entries.map(\.name)).count))
+            } else if !unusedNames.isEmpty {
+                partly.append("group \(g): \(unusedNames.count) of \(Self.unique(entries.map(\.name)).count) unused")
+                if !usedEntries.contains(where: { $0.argument != nil }) {
+                    narrowGroups.append((g, Self.unique(usedEntries.map(\.name)), unusedNames))
+                }
+            }
+        }
+        let removeAllow = m.syscallAllow.filter {
+            !unseen.contains($0) && !isUsed(SyscallGroups.Entry(name: $0, argument: nil, values: []))
+        }
+        guard !removeGroups.isEmpty || !removeAllow.isEmpty || !narrowGroups.isEmpty else { return nil }
+
+        var unusedText: [String] = removeGroups.map { "group \($0.0) (\($0.1) syscalls)" }
+        if !removeAllow.isEmpty { unusedText.append("allow: " + removeAllow.joined(separator: ", ")) }
+        let n = p.profiledCalls
+        var summary =
+            unusedText.isEmpty
+            ? "\(n) profiled calls used every group and allowed syscall, but not all of some groups"
+            : "\(n) profiled calls used none of: " + unusedText.joined(separator: "; ")
+        if !partly.isEmpty {
+            let detail = narrowGroups.map { g in
+                let shown = g.unused.prefix(12).joined(separator: ", ")
+                return "group \(g.name) never used \(shown)\(g.unused.count > 12 ? ", …" : "")"
+            }
+            summary += " (partly used: " + (detail.isEmpty ? partly : detail).joined(separator: "; ") + ")"
+        }
+        func section(_ groupsKept: [String], _ allow: [String]) -> String {
+            var o = JSONObject([("groups", .array(groupsKept.map { .string($0) }))])
+            if !allow.isEmpty { o["allow"] = .array(allow.map { .string($0) }) }
+            return "\"syscalls\": " + JSONValue.object(o).serialized()
+        }
+        let keptGroups = m.syscallGroups.filter { g in !removeGroups.contains { $0.0 == g } }
+        let keptAllow = m.syscallAllow.filter { !removeAllow.contains($0) }
+        let file = m.sourcePath.isEmpty ? "\(m.name)'s manifest" : m.sourcePath
+        var changes: [String] = []
+        if !removeGroups.isEmpty || !removeAllow.isEmpty { changes.append(section(keptGroups, keptAllow)) }
+        if !narrowGroups.isEmpty {
+            // Narrower: the partly used groups replaced by the syscalls used
+            // from them that no kept group allows already.
+            let narrowKept = keptGroups.filter { g in !narrowGroups.contains { $0.name == g } }
+            let covered = Set(narrowKept.flatMap { (groups.groups[$0] ?? []).map(\.name) })
+            var allow = keptAllow
+            for g in narrowGroups {
+                for name in g.used where !covered.contains(name) && !allow.contains(name) { allow.append(name) }
+            }
+            changes.append(section(narrowKept, allow))
+        }
+        let apply =
+            "in a new version of \(file): "
+            + changes.joined(separator: ", or narrower still, ")
+            + ", then sign and register it (`mcp-supervisor cell sign`, `cell register`); keep it profiled: a "
+            + "syscall only a rare path makes shows as a sandbox.violation"
+        return Insight(
+            kind: "unused_syscalls", subject: m.name, summary: summary,
+            evidence: "the behaviour profile \(directory)/\(m.name)@\(p.versionID).json (version \(p.label)): "
+                + "\(n) profiled calls, \(p.syscallsSeen.count) distinct syscalls made",
+            apply: apply)
+    }
+
+    static func unique(_ names: [String]) -> [String] {
+        var seen: Set<String> = []
+        return names.filter { seen.insert($0).inserted }
+    }
 
     /// The last known state of each cell version's breaker, from the log
     /// (`audit stats`, `doctor`): "closed" when it never changed.

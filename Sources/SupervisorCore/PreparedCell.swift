@@ -200,6 +200,10 @@ public final class PreparedCell: Sendable {
     /// (O_PATH fd, rights, is directory) for each manifest path.
     let pathRules: [(FileDescriptor, Landlock.Access, Bool)]
     public let allowlist: [String]
+    /// The filters of a profiled worker, compiled at its first use.
+    private let profiled = Mutex<ProfiledFilters?>(nil)
+    private let groups: SyscallGroups
+    private let features: KernelFeatures
 
     /// `discovering`: a server cell being registered, whose tools are not
     /// pinned yet (its one worker lists them; it serves no call).
@@ -211,6 +215,8 @@ public final class PreparedCell: Sendable {
             throw .unpinnedTools
         }
         self.manifest = manifest
+        self.groups = groups
+        features = host.features
         packages = (manifest.server?.packages ?? []).map { PackageTree.shared(path: $0.path, sha256: $0.sha256) }
         executable = VerifiedFile.shared(path: manifest.executable.path, sha256: manifest.executable.sha256)
         script = manifest.script.map { s in
@@ -249,10 +255,45 @@ public final class PreparedCell: Sendable {
         pathRules = pr
     }
 
+    /// What a worker run with the syscall profiler gets (docs/resilience.md,
+    /// "Syscall profiler"): the profiler's program, installed first with
+    /// the listener, and the same allowlist as `seccomp` but killing what
+    /// it refuses (the one listener is the profiler's, so a refused call
+    /// cannot be handed to the supervisor to name).
+    public struct ProfiledFilters: Sendable {
+        public let profiler: SeccompProgram
+        public let allowlist: SeccompProgram
+        /// SHA-256 of `allowlist`'s bytes, for enforcement receipts.
+        public let allowlistSHA256: String
+    }
+
+    /// The calls the profiler's program lets through unseen: those the
+    /// child makes between installing it and exec (the allowlist, sent
+    /// listener, exec, or the exit of a failed setup). Every allowlist
+    /// allows them (`SyscallGroups.mandatory`) except `seccomp`, which the
+    /// allowlist installed after it kills.
+    public static let profilerPassing = SyscallGroups.mandatory + ["seccomp"]
+    static let profilerProgram = Seccomp.profilerProgram(passing: profilerPassing)
+
+    /// The profiled worker's filters; nil when the host has no seccomp user
+    /// notification (the caller runs the worker unprofiled then).
+    public func profiledFilters() throws(CellRefusal) -> ProfiledFilters? {
+        guard features.seccompUserNotification else { return nil }
+        if let p = profiled.withLock({ $0 }) { return p }
+        let (program, _) = try Self.compileSeccomp(
+            manifest: manifest, groups: groups, features: features, killing: true)
+        let p = ProfiledFilters(
+            profiler: Self.profilerProgram, allowlist: program, allowlistSHA256: sha256Hex(program.bytes))
+        profiled.withLock { $0 = p }
+        return p
+    }
+
     /// The seccomp program every worker of `manifest` gets (compiled once
     /// per cell version, in the parent), and the allowlist's names.
+    /// `killing`: what it refuses kills the worker at once, even where the
+    /// kernel could hand it to the supervisor to name (a profiled worker).
     public static func compileSeccomp(
-        manifest: CellManifest, groups: SyscallGroups, features: KernelFeatures
+        manifest: CellManifest, groups: SyscallGroups, features: KernelFeatures, killing: Bool = false
     ) throws(CellRefusal) -> (SeccompProgram, [String]) {
         let entries: [SyscallGroups.Entry]
         do { entries = try groups.entries(for: manifest) } catch { throw .filter(error.description) }
@@ -301,7 +342,7 @@ public final class PreparedCell: Sendable {
         }
         do {
             let program = try Seccomp.compile(
-                rules, defaultAction: features.seccompUserNotification ? .notify : .killProcess)
+                rules, defaultAction: features.seccompUserNotification && !killing ? .notify : .killProcess)
             return (program, names)
         } catch {
             throw .filter(error.description)

@@ -24,6 +24,8 @@ final class StartedWorker: @unchecked Sendable {
     let bornAt = monotonicNanoseconds()
     /// A server cell's server, initialized and checked ahead of its call.
     var conversation: ServerConversation? = nil
+    /// Started under the syscall profiler (never prespawned).
+    var profiled = false
 
     init(
         cell: PreparedCell, limits: CellManifest.Limits, worker: WorkerProcess, scratch: String,

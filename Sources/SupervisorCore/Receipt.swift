@@ -29,6 +29,17 @@ public enum Receipt {
         return (sha256Hex(program.bytes), program.instructionCount)
     }
 
+    /// The digest of the allowlist a worker run under the syscall profiler
+    /// gets instead (the same rules, killing what they refuse), and of the
+    /// profiler's own program (docs/resilience.md, "Syscall profiler").
+    public static func profiledSeccompDigests(
+        manifest: CellManifest, groups: SyscallGroups, features: KernelFeatures
+    ) throws(CellRefusal) -> (allowlist: String, profiler: String) {
+        let (program, _) = try PreparedCell.compileSeccomp(
+            manifest: manifest, groups: groups, features: features, killing: true)
+        return (sha256Hex(program.bytes), sha256Hex(PreparedCell.profilerProgram.bytes))
+    }
+
     /// The confinement every worker of `cell` gets under `limits`, without
     /// the call: what `validate --receipt` prints and a receipt contains.
     public static func confinement(
@@ -69,12 +80,23 @@ public enum Receipt {
     }
 
     /// The receipt of a call whose end is recorded as `callEnd`.
+    /// `profiled`: the worker ran under the syscall profiler, with the
+    /// allowlist compiled to kill what it refuses (`PreparedCell.ProfiledFilters`).
     static func make(
         cell: PreparedCell, limits: CellManifest.Limits, features: KernelFeatures, policySHA256: String,
-        callID: String, prespawned: Bool, callEnd: LogRecordID?, logKeyID: String
+        callID: String, prespawned: Bool, callEnd: LogRecordID?, logKeyID: String, profiled: Bool = false
     ) -> JSONValue {
         var o = JSONObject([("format", .int(Int64(format)))])
         for (k, v) in confinement(cell: cell, limits: limits, features: features) { o[k] = v }
+        if profiled, let f = try? cell.profiledFilters() {
+            o["seccomp"] = .object(
+                JSONObject([
+                    ("filterSha256", .string(f.allowlistSHA256)),
+                    ("instructions", .int(Int64(f.allowlist.instructionCount))),
+                    ("defaultAction", "kill_process"),
+                    ("profilerSha256", .string(sha256Hex(f.profiler.bytes))),
+                ]))
+        }
         o["policySha256"] = .string(policySHA256)
         o["prespawned"] = .bool(prespawned)
         var log = JSONObject([("callId", .string(callID)), ("keyId", .string(logKeyID))])

@@ -72,8 +72,14 @@ public struct ResiliencePolicy: Sendable {
     public var cellAnomaly: [String: Anomaly?] = [:]
     public var retry: [Retry] = []
     public var fallback: [Fallback] = []
+    /// Globs over cell names whose calls run under the syscall profiler (default none). Each syscall such a
+    /// worker makes is a round trip to the supervisor: see docs/resilience.md for the cost.
+    public var profileSyscalls: [String] = []
 
     public init() {}
+
+    /// Whether calls to `cell` run under the syscall profiler.
+    public func profilesSyscalls(_ cell: String) -> Bool { profileSyscalls.contains { glob($0, cell) } }
 
     public func breaker(for cell: String) -> Breaker? {
         if let c = cellBreakers[cell] { return c }
@@ -125,6 +131,10 @@ public struct ResiliencePolicy: Sendable {
                 }
                 try cr.finish()
             }
+        }
+        p.profileSyscalls = try r.stringArray("profileSyscalls", default: [])
+        for (i, g) in p.profileSyscalls.enumerated() where g.isEmpty {
+            throw ConfigError(file: r.file, field: r.field("profileSyscalls[\(i)]"), message: "empty cell name or glob")
         }
         for (i, v) in (try r.array("retry") ?? []).enumerated() {
             let t = try FieldReader(file: r.file, path: r.field("retry[\(i)]"), value: v)

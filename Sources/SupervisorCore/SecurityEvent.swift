@@ -122,6 +122,9 @@ extension SecurityEvent {
         ]) { f[k] = v }
         if let p = report.peakMemoryBytes { f["peakMemoryBytes"] = .int(Int64(p)) }
         if report.prespawned { f["prespawned"] = true }
+        // Under the syscall profiler: how many distinct syscalls it saw (the
+        // names go to the cell version's behaviour profile, not the log).
+        if let p = report.syscallProfile { f["profiledSyscalls"] = .int(Int64(p.count)) }
         switch report.exit {
         case .exited(let c)?: f["exitStatus"] = .int(Int64(c))
         case .signaled(let s)?: f["signal"] = .int(Int64(s))

@@ -97,6 +97,10 @@ public struct SpawnRequest {
     public var landlockRuleset: FileDescriptor? = nil
     public var seccompProgram: SeccompProgram? = nil
     public var seccompNotifySocket: FileDescriptor? = nil
+    /// The syscall profiler's program (`Seccomp.profilerProgram`), installed
+    /// before `seccompProgram` with the listener; needs `seccompNotifySocket`,
+    /// and `seccompProgram` must then kill what it refuses.
+    public var seccompProfilerProgram: SeccompProgram? = nil
     /// The worker's end of its connection-broker socket; becomes fd 5.
     public var broker: FileDescriptor? = nil
     /// A tmpfs mounted on the scratch directory in the worker's own mount
@@ -217,38 +221,42 @@ public final class WorkerProcess: @unchecked Sendable {
                         argv.withUnsafeBufferPointer { av in
                             envp.withUnsafeBufferPointer { ev in
                                 withSeccomp(r.seccompProgram) { filter, len in
-                                    var c = mcps_spawn_config()
-                                    c.exec_fd = r.executable.rawValue
-                                    c.argv = av.baseAddress!
-                                    c.envp = ev.baseAddress!
-                                    c.stdin_fd = r.stdin.rawValue
-                                    c.stdout_fd = r.stdout.rawValue
-                                    c.stderr_fd = r.stderr.rawValue
-                                    c.request_fd = r.request.rawValue
-                                    c.response_fd = r.response.rawValue
-                                    c.broker_fd = r.broker?.rawValue ?? -1
-                                    c.workdir = wd
-                                    c.scratch_dir = UnsafePointer(scratchDir)
-                                    c.scratch_mount_options = UnsafePointer(scratchOptions)
-                                    c.scratch_access = r.scratchMount?.access.rawValue ?? 0
-                                    c.namespace_flags = r.namespaceFlags
-                                    c.uid_map = uidMap
-                                    c.gid_map = gidMap
-                                    c.rlimits = lim.baseAddress
-                                    c.rlimit_count = Int32(lim.count)
-                                    c.drop_bounding_set = r.dropBoundingSet ? 1 : 0
-                                    c.last_cap = lastCapability
-                                    if let ids = r.changeIDs {
-                                        c.change_ids = 1
-                                        c.uid = ids.uid
-                                        c.gid = ids.gid
+                                    withSeccomp(r.seccompProfilerProgram) { profiler, profilerLength in
+                                        var c = mcps_spawn_config()
+                                        c.exec_fd = r.executable.rawValue
+                                        c.argv = av.baseAddress!
+                                        c.envp = ev.baseAddress!
+                                        c.stdin_fd = r.stdin.rawValue
+                                        c.stdout_fd = r.stdout.rawValue
+                                        c.stderr_fd = r.stderr.rawValue
+                                        c.request_fd = r.request.rawValue
+                                        c.response_fd = r.response.rawValue
+                                        c.broker_fd = r.broker?.rawValue ?? -1
+                                        c.workdir = wd
+                                        c.scratch_dir = UnsafePointer(scratchDir)
+                                        c.scratch_mount_options = UnsafePointer(scratchOptions)
+                                        c.scratch_access = r.scratchMount?.access.rawValue ?? 0
+                                        c.namespace_flags = r.namespaceFlags
+                                        c.uid_map = uidMap
+                                        c.gid_map = gidMap
+                                        c.rlimits = lim.baseAddress
+                                        c.rlimit_count = Int32(lim.count)
+                                        c.drop_bounding_set = r.dropBoundingSet ? 1 : 0
+                                        c.last_cap = lastCapability
+                                        if let ids = r.changeIDs {
+                                            c.change_ids = 1
+                                            c.uid = ids.uid
+                                            c.gid = ids.gid
+                                        }
+                                        c.landlock_ruleset_fd = r.landlockRuleset?.rawValue ?? -1
+                                        c.seccomp_filter = filter
+                                        c.seccomp_filter_len = len
+                                        c.notify_socket_fd = r.seccompNotifySocket?.rawValue ?? -1
+                                        c.seccomp_profiler_filter = profiler
+                                        c.seccomp_profiler_filter_len = profilerLength
+                                        c.parent_pid = getpid()
+                                        return mcps_spawn(&c, &result)
                                     }
-                                    c.landlock_ruleset_fd = r.landlockRuleset?.rawValue ?? -1
-                                    c.seccomp_filter = filter
-                                    c.seccomp_filter_len = len
-                                    c.notify_socket_fd = r.seccompNotifySocket?.rawValue ?? -1
-                                    c.parent_pid = getpid()
-                                    return mcps_spawn(&c, &result)
                                 }
                             }
                         }

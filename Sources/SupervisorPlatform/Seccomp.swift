@@ -257,6 +257,48 @@ public enum Seccomp {
     }
 }
 
+extension Seccomp {
+    /// The syscall profiler's program (docs/resilience.md, "Syscall
+    /// profiler"): every native call goes to the listener
+    /// (SECCOMP_RET_USER_NOTIF), except `passing`, which it allows. Its only
+    /// answers are allow and notify: installed under an allowlist that kills
+    /// what it refuses, it can never let through a call the allowlist
+    /// refuses, since the kernel takes the strictest answer of all filters
+    /// (seccomp(2), "the return value ... with the highest precedence"). A
+    /// call from another architecture is allowed here, and the allowlist
+    /// kills it. `passing` are the calls the child makes after this filter
+    /// and before the listener reaches the supervisor (installing the
+    /// allowlist, sending the listener, exec); they are never notified.
+    public static func profilerProgram(passing: [String]) -> SeccompProgram {
+        let numbers = passing.compactMap { number(of: $0) }
+        precondition(numbers.count < 250, "a jump offset is one byte")
+        let k = UInt32(numbers.count)
+        // struct sock_filter {u16 code; u8 jt; u8 jf; u32 k} (linux/filter.h), host order.
+        var out: [UInt8] = []
+        func op(_ code: UInt16, _ jt: UInt8, _ jf: UInt8, _ value: UInt32) {
+            withUnsafeBytes(of: code) { out += $0 }
+            out += [jt, jf]
+            withUnsafeBytes(of: value) { out += $0 }
+        }
+        let load: UInt16 = 0x20  // BPF_LD | BPF_W | BPF_ABS
+        let jumpIfEqual: UInt16 = 0x15  // BPF_JMP | BPF_JEQ | BPF_K
+        let ret: UInt16 = 0x06  // BPF_RET | BPF_K
+        op(load, 0, 0, 4)  // seccomp_data.arch
+        op(jumpIfEqual, 0, UInt8(k + 2), nativeArchitecture)  // another architecture: allow (last)
+        op(load, 0, 0, 0)  // seccomp_data.nr
+        for (i, nr) in numbers.enumerated() {
+            op(jumpIfEqual, UInt8(k - UInt32(i)), 0, UInt32(bitPattern: nr))
+        }
+        op(ret, 0, 0, returnUserNotification)
+        op(ret, 0, 0, returnAllow)
+        return SeccompProgram(bytes: out, instructionCount: out.count / 8)
+    }
+
+    /// SECCOMP_RET_USER_NOTIF and SECCOMP_RET_ALLOW (linux/seccomp.h).
+    static let returnUserNotification: UInt32 = 0x7FC0_0000
+    static let returnAllow: UInt32 = 0x7FFF_0000
+}
+
 /// One denied syscall reported through the user-notification listener.
 public struct SeccompNotification: Sendable, Equatable {
     public let id: UInt64
@@ -322,7 +364,16 @@ public struct SeccompListener {
         _ = mcps_seccomp_notif_deny(fd.rawValue, n.id, errno)
     }
 
-    /// Lets the syscall run (learn mode only: see supervisor_shim.h).
+    /// Asks the kernel to switch straight to the woken side on the same CPU
+    /// for each notification and answer (SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP,
+    /// Linux 6.6): the profiler answers every syscall. False on an older
+    /// kernel, where the listener works as before.
+    @discardableResult
+    public func preferSynchronousWakeUp() -> Bool { mcps_seccomp_notif_sync_wakeup(fd.rawValue) == 0 }
+
+    /// Lets the syscall run: learn mode (see supervisor_shim.h), and the
+    /// syscall profiler, whose listener sees only calls the allowlist lets
+    /// through (`Seccomp.profilerProgram`).
     public func allowOnce(_ n: SeccompNotification) {
         _ = mcps_seccomp_notif_continue(fd.rawValue, n.id)
     }

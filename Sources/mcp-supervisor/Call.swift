@@ -35,6 +35,13 @@ struct Call: ParsableCommand {
         ))
     var learn = false
 
+    @Flag(
+        name: .long,
+        help: ArgumentHelp(
+            "Run the worker under the syscall profiler and print the syscalls it made (docs/resilience.md).",
+            discussion: "The allowlist is enforced as always: a syscall outside it kills the worker, unnamed."))
+    var profileSyscalls = false
+
     func run() throws {
         let s = try options.settings()
         let logger = stderrLogger("mcp-supervisor")
@@ -81,9 +88,14 @@ struct Call: ParsableCommand {
             throw ExitCode(2)
         }
         let runner = try CallRunner(host: host, logger: logger)
-        if learn && !host.features.seccompUserNotification {
+        if learn && profileSyscalls {
+            printError("error: --learn and --profile-syscalls cannot be combined (both need the one seccomp listener)")
+            throw ExitCode(2)
+        }
+        if (learn || profileSyscalls) && !host.features.seccompUserNotification {
             printError(
-                "error: learn mode needs seccomp user notification (Linux 5.0+), which this kernel does not offer")
+                "error: \(learn ? "learn mode" : "the syscall profiler") needs seccomp user notification (Linux 5.0+), "
+                    + "which this kernel does not offer")
             throw ExitCode(2)
         }
         func onNetwork(_ d: NetworkDecision) {
@@ -103,7 +115,7 @@ struct Call: ParsableCommand {
         }
         let report = runner.run(
             cell: entry.cell, tool: tool, arguments: arguments, callID: "cli-1", learn: learn,
-            onNetwork: onNetwork, onMessage: onMessage)
+            profileSyscalls: profileSyscalls, onNetwork: onNetwork, onMessage: onMessage)
         if json {
             var o = JSONObject([("outcome", .string(report.outcome.kind)), ("detail", .string(report.outcome.detail))])
             if case .timeout = report.outcome {
@@ -116,6 +128,10 @@ struct Call: ParsableCommand {
             o["durationMicroseconds"] = .int(Int64(report.durationNanoseconds / 1000))
             o["cpuMicroseconds"] = .int(Int64(report.cpuNanoseconds / 1000))
             if let p = report.peakMemoryBytes { o["peakMemoryBytes"] = .int(Int64(p)) }
+            if let used = report.syscallProfile {
+                o["syscalls"] = .object(
+                    JSONObject(used.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) }))
+            }
             switch report.exit {
             case .exited(let c)?: o["exitStatus"] = .int(Int64(c))
             case .signaled(let sig)?: o["signal"] = .string(signalName(sig))
@@ -154,6 +170,10 @@ struct Call: ParsableCommand {
             }
         }
         if learn { printLearned(report.learnedSyscalls, entry.cell.manifest, groups) }
+        if let used = report.syscallProfile {
+            let list = used.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }
+            printError("profile: \(used.count) syscalls made (name, times): \(list.joined(separator: ", "))")
+        }
         if case .success = report.outcome { return }
         throw ExitCode(1)
     }

@@ -8,12 +8,17 @@ import SupervisorCore
 struct InsightsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "insights",
-        abstract: "Suggest improvements from the security log: limits to tighten, rising latency or failures, "
-            + "policy rules that never matched, breakers that opened, anomalies, cells never called.")
+        abstract: "Suggest improvements from the security log: limits to tighten, syscalls never used by profiled "
+            + "calls, rising latency or failures, policy rules that never matched, breakers that opened, anomalies, "
+            + "cells never called.")
 
     @OptionGroup var options: CommonOptions
     @Flag(name: .long, help: "Print one JSON object with every suggestion.") var json = false
     @Option(name: .long, help: "Calls of a cell or tool before its numbers count.") var minCalls = 20
+    @Option(
+        name: .long,
+        help: "Profiled calls of a cell version before the syscalls none of them made are suggested for removal.")
+    var minProfiledCalls = 50
 
     func run() throws {
         let s = try options.settings()
@@ -35,7 +40,16 @@ struct InsightsCommand: ParsableCommand {
         let policy = try? Policy.load(path: policyPath)
         var o = Insights.Options()
         o.minCalls = max(1, minCalls)
-        let found = Insights.analyze(records: records, manifests: manifests, policy: policy, options: o)
+        o.minProfiledCalls = max(1, minProfiledCalls)
+        let profilesDirectory = BehaviourProfiles.directory(stateDirectory: s.stateDirectory)
+        var groups: SyscallGroups? = nil
+        do { groups = try SyscallGroups.load(path: s.syscallGroupsPath) } catch {
+            printError("insights: no unused_syscalls suggestions: \(error)")
+        }
+        let found = Insights.analyze(
+            records: records, manifests: manifests, policy: policy, options: o,
+            profiles: BehaviourProfiles.all(directory: profilesDirectory), groups: groups,
+            profilesDirectory: profilesDirectory)
         if json {
             print(
                 JSONValue.object(

@@ -434,6 +434,11 @@ struct CellCommand: ParsableCommand {
                             let (d, n) = try Receipt.seccompDigest(
                                 manifest: m, groups: try groups.get(), features: features)
                             print("  seccomp filter sha256 \(d) (\(n) instructions)")
+                            if features.seccompUserNotification {
+                                let p = try Receipt.profiledSeccompDigests(
+                                    manifest: m, groups: try groups.get(), features: features)
+                                print("  profiled: seccomp filter sha256 \(p.allowlist), profiler sha256 \(p.profiler)")
+                            }
                         } catch { print("  seccomp filter: cannot be built here: \(error)") }
                     }
                     print("  argv \(m?.argv.joined(separator: " ") ?? "?")")

@@ -133,11 +133,13 @@ final class ResilienceTests: XCTestCase {
     // MARK: profiles
 
     /// Values: duration µs, CPU µs, peak KiB, output bytes, grants.
-    func obs(memoryKiB: Double = 2048, duration: Double = 3000, hosts: [String] = [], violation: String? = nil)
-        -> CallObservation
-    {
+    func obs(
+        memoryKiB: Double = 2048, duration: Double = 3000, hosts: [String] = [], violation: String? = nil,
+        syscalls: [String: Int]? = nil, succeeded: Bool = true
+    ) -> CallObservation {
         CallObservation(
-            values: [duration, 1000, memoryKiB, 300, Double(hosts.count)], hosts: hosts, violation: violation)
+            values: [duration, 1000, memoryKiB, 300, Double(hosts.count)], hosts: hosts, violation: violation,
+            succeeded: succeeded, syscalls: syscalls)
     }
 
     func anomaly(warmup: Int = 20) -> ResiliencePolicy.Anomaly {
@@ -231,6 +233,152 @@ final class ResilienceTests: XCTestCase {
         XCTAssertEqual(
             b.observe(cell: "c", versionID: "v1", label: "1", obs(memoryKiB: 100_000, hosts: ["h"]), cfg)
                 .map(\.measure), ["peakMemoryKiB"])
+    }
+
+    // MARK: syscall profiler
+
+    func testProfileSyscallsSettingIsGlobsOverCells() throws {
+        let none = try Policy.parse(bytes: Array(#"{"principals": []}"#.utf8), path: "p.json")
+        XCTAssertFalse(none.resilience.profilesSyscalls("echo"), "the profiler is off by default")
+        let r = try parse(#"{"profileSyscalls": ["fetch*", "echo"]}"#).resilience
+        XCTAssertTrue(r.profilesSyscalls("echo"))
+        XCTAssertTrue(r.profilesSyscalls("fetch_backup"))
+        XCTAssertFalse(r.profilesSyscalls("python_run"))
+        XCTAssertTrue(try parse(#"{"profileSyscalls": ["*"]}"#).resilience.profilesSyscalls("any"))
+        for (text, field) in [
+            (#"{"profileSyscalls": "echo"}"#, "resilience.profileSyscalls"),
+            (#"{"profileSyscalls": [3]}"#, "resilience.profileSyscalls[0]"),
+            (#"{"profileSyscalls": [""]}"#, "resilience.profileSyscalls[0]"),
+        ] {
+            XCTAssertThrowsError(try parse(text), text) { e in
+                XCTAssertEqual((e as? ConfigError)?.field, field, "\(e)")
+            }
+        }
+    }
+
+    /// The syscalls of profiled calls: counted per call and in all, every
+    /// profiled call in `syscallsSeen`, learned calls in `syscalls`; after
+    /// warm-up a syscall never seen is an anomaly of small weight, not
+    /// learned, while it still counts as used.
+    func testProfiledSyscallsAreCountedAndANewOneIsAnomalous() {
+        let cfg = anomaly(warmup: 5)
+        let usual = ["read": 3, "write": 1, "ioctl(21505)": 1]
+        var p = BehaviourProfile(cell: "c", versionID: "v", label: "1")
+        for _ in 0..<5 { XCTAssertEqual(p.observe(obs(syscalls: usual), cfg), []) }
+        XCTAssertEqual(p.syscallCalls, 5)
+        XCTAssertEqual(p.syscalls["read"], .init(calls: 5, count: 15))
+        XCTAssertEqual(p.observe(obs(syscalls: ["read": 1]), cfg), [], "fewer syscalls than usual is fine")
+        // A failed call's syscalls count as used, but are not learned.
+        XCTAssertEqual(
+            p.observe(obs(syscalls: ["read": 1, "unlink": 1], succeeded: false), cfg).map(\.measure),
+            [
+                "syscall"
+            ])
+        let d = p.observe(obs(syscalls: usual.merging(["getppid": 2, "pipe2": 1]) { a, _ in a }), cfg)
+        XCTAssertEqual(d.map(\.measure), ["syscall"])
+        XCTAssertEqual(d[0].score, cfg.threshold * BehaviourProfile.syscallFactor)
+        XCTAssertGreaterThan(d[0].score, cfg.threshold, "anomalous on its own")
+        XCTAssertLessThan(d[0].score, cfg.threshold * 2, "weighs less than a new host")
+        XCTAssertTrue(d[0].detail.contains("getppid, pipe2"), d[0].detail)
+        XCTAssertNil(p.syscalls["getppid"], "an anomaly is not learned")
+        XCTAssertEqual(p.syscallsSeen["getppid"], .init(calls: 1, count: 2), "but what a call made counts as used")
+        XCTAssertEqual(p.syscallsSeen["unlink"]?.calls, 1)
+        XCTAssertEqual(p.profiledCalls, 8)
+        XCTAssertEqual(p.syscallCalls, 6)
+        // Unprofiled calls leave the syscall measures alone.
+        XCTAssertEqual(p.observe(obs(), cfg), [])
+        XCTAssertEqual(p.profiledCalls, 8)
+
+        // The profiler turned on after the statistical warm-up: syscalls are
+        // learned until the profile has as many profiled calls.
+        var late = warmed(cfg)
+        for i in 0..<5 {
+            XCTAssertEqual(late.observe(obs(syscalls: ["read": 1, "f\(i)": 1]), cfg), [], "profiled call \(i)")
+        }
+        XCTAssertEqual(late.observe(obs(syscalls: ["read": 1, "new": 1]), cfg).map(\.measure), ["syscall"])
+    }
+
+    func testSyscallMapsPersistAndAreBounded() throws {
+        var p = BehaviourProfile(cell: "c", versionID: "v", label: "1")
+        var many: [String: Int] = [:]
+        for i in 0..<(BehaviourProfile.maxSyscallNames + 100) { many["s\(i)"] = 1 }
+        _ = p.observe(obs(syscalls: ["read": 7]), anomaly())
+        _ = p.observe(obs(syscalls: many), anomaly())
+        XCTAssertEqual(p.syscallsSeen.count, BehaviourProfile.maxSyscallNames, "bounded")
+        XCTAssertEqual(p.syscalls.count, BehaviourProfile.maxSyscallNames, "bounded")
+        let text = JSONValue.object(try XCTUnwrap(p.json.objectValue)).serialized()
+        let back = try XCTUnwrap(BehaviourProfile(json: try XCTUnwrap(JSONParser.parse(Array(text.utf8)).objectValue)))
+        XCTAssertEqual(back.syscalls, p.syscalls)
+        XCTAssertEqual(back.syscallsSeen, p.syscallsSeen)
+        XCTAssertEqual(back.profiledCalls, 2)
+        XCTAssertEqual(back.syscallCalls, 2)
+        XCTAssertEqual(back.syscalls["read"], .init(calls: 1, count: 7))
+    }
+
+    /// `unused_syscalls`: a group none of whose syscalls a profiled call
+    /// made, an unused `allow` entry, a partly used group; never before
+    /// `minProfiledCalls`, never from another version's profile, never for
+    /// what the profiler cannot see.
+    func testInsightsSuggestRemovingSyscallsNoProfiledCallMade() throws {
+        let dir = NSTemporaryDirectory() + "groups-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try
+            #"{"groups": {"base": ["read", "write", "close", "exit_group", {"name": "ioctl", "argument": 1, "values": [21505]}], "files-write": ["unlink", "mkdir", "sendmsg"], "events": ["poll", "pipe2"]}}"#
+            .write(toFile: dir + "/syscall-groups.json", atomically: true, encoding: .utf8)
+        let groups = try SyscallGroups.load(path: dir + "/syscall-groups.json")
+        let o: JSONObject = [
+            "name": "lean", "version": "1", "description": "A cell.",
+            "executable": ["path": "/bin/true", "sha256": .string(String(repeating: "a", count: 64))],
+            "tools": [["name": "lean", "description": "Tool.", "inputSchema": ["type": "object"]]],
+            "sideEffects": "none",
+            "syscalls": ["groups": ["base", "files-write", "events"], "allow": ["getppid", "uname"]],
+        ]
+        let m = try CellManifest.parse(
+            bytes: JSONValue.object(o).serializedBytes(), path: "/m/lean.json", manifestSHA256: "v1")
+        var p = BehaviourProfile(cell: "lean", versionID: "v1", label: "1")
+        for _ in 0..<49 {
+            _ = p.observe(obs(syscalls: ["read": 2, "write": 1, "ioctl(21505)": 1, "poll": 1, "uname": 1]), anomaly())
+        }
+        func found(_ profile: BehaviourProfile) -> [Insight] {
+            Insights.analyze(
+                records: [], manifests: [m], policy: nil, profiles: [profile], groups: groups,
+                profilesDirectory: "/s/profiles"
+            ).filter { $0.kind == "unused_syscalls" }
+        }
+        XCTAssertEqual(found(p), [], "49 profiled calls are not enough (default 50)")
+        _ = p.observe(obs(syscalls: ["read": 1]), anomaly())
+        let i = try XCTUnwrap(found(p).first)
+        XCTAssertEqual(found(p).count, 1)
+        XCTAssertEqual(i.subject, "lean")
+        // files-write's sendmsg is allowed in every filter and unseen: the
+        // group still counts as unused (2 syscalls the profiler can see).
+        XCTAssertTrue(
+            i.summary.hasPrefix("50 profiled calls used none of: group files-write (2 syscalls); allow: getppid"),
+            i.summary)
+        XCTAssertTrue(i.summary.contains("group events never used pipe2"), i.summary)
+        XCTAssertTrue(i.apply.contains(#""syscalls": {"groups":["base","events"],"allow":["uname"]}"#), i.apply)
+        XCTAssertTrue(
+            i.apply.contains(#"or narrower still, "syscalls": {"groups":["base"],"allow":["uname","poll"]}"#), i.apply)
+        XCTAssertTrue(i.apply.contains("/m/lean.json"), i.apply)
+        XCTAssertTrue(i.evidence.contains("/s/profiles/lean@v1.json"), i.evidence)
+        XCTAssertTrue(i.evidence.contains("50 profiled calls"), i.evidence)
+        // Another version's profile says nothing about this one.
+        var other = BehaviourProfile(cell: "lean", versionID: "v0", label: "0")
+        for _ in 0..<60 { _ = other.observe(obs(syscalls: ["read": 1]), anomaly()) }
+        XCTAssertEqual(found(other), [])
+        // An ioctl request outside base's values leaves base's ioctl unused,
+        // and a group whose used entry is conditioned is not narrowed.
+        var q = BehaviourProfile(cell: "lean", versionID: "v1", label: "1")
+        for _ in 0..<50 {
+            _ = q.observe(
+                obs(syscalls: ["read": 1, "write": 1, "ioctl(1)": 1, "poll": 1, "pipe2": 1, "getppid": 1, "uname": 1]),
+                anomaly())
+        }
+        let j = try XCTUnwrap(found(q).first)
+        XCTAssertTrue(j.summary.contains("group files-write"), j.summary)
+        XCTAssertFalse(j.summary.contains("allow:"), j.summary)
+        XCTAssertTrue(j.summary.contains("group base never used ioctl"), j.summary)
     }
 
     // MARK: insights

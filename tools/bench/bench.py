@@ -15,6 +15,7 @@ Nothing here asserts a time: this is a benchmark, not a test.
   (g) supervisor memory with 2 and with 100 cells
   (h) start to initialize answered, 100 signed cells
   (i) other bundled cells end to end (word_count in Python)
+  (k) resilience bookkeeping per call, (l) the syscall profiler off and on
   (G) the gateway: mcp-server-time through the supervisor and direct (gateway_bench.py)
 Usage: tools/bench/run.sh [--rounds N] [--calls N] [--out docs/benchmarks.md]
 """
@@ -203,7 +204,9 @@ def resilience_section(runs=5, iterations=20000):
              "(docs/resilience.md), against a baseline in the same run: building and serialising one `call.end` "
              "record's members.\n",
              "| | p50 | p90 | p99 | p50 / baseline |", "| --- | ---: | ---: | ---: | ---: |"]
-    for label, k in (("scoring", "scoringMicroseconds"), ("baseline: a call.end record's members", "baselineMicroseconds")):
+    for label, k in (("scoring", "scoringMicroseconds"),
+                     ("scoring a profiled call (15 syscalls)", "profiledScoringMicroseconds"),
+                     ("baseline: a call.end record's members", "baselineMicroseconds")):
         lines.append(f"| {label} | {med(k, 'p50'):.2f} | {med(k, 'p90'):.2f} | {med(k, 'p99'):.2f} | "
                      f"{med(k, 'p50') / med('baselineMicroseconds', 'p50'):.2f}× |")
     lines.append(f"\nTarget: scoring under 20 µs at p50. The p90 is the calls that recompute the medians "
@@ -392,6 +395,9 @@ def main():
     lines.append(f"\n## (h) Start to `initialize` answered, 100 signed cells\n\nmedian {statistics.median(init_ms):.0f} ms "
                  f"(of {len(init_ms)} starts; target ≤ 150 ms).\n")
     lines += resilience_section()
+    # (l): the syscall profiler, off against on (tools/bench/profiler_bench.py).
+    from profiler_bench import profiler_section
+    lines += profiler_section(a.rounds, a.calls)
     if not a.no_gateway:
         import gateway_bench  # the gateway's servers (make gateway-servers)
 

@@ -136,6 +136,12 @@ typedef struct {
        and the listener fd is sent over this unix socket (SCM_RIGHTS), then
        closed, so the worker never holds its own listener. */
     int notify_socket_fd;
+    /* The syscall profiler's program (NULL: none). When set (only with
+       notify_socket_fd >= 0), it is installed first with the listener and
+       seccomp_filter after it without one; seccomp_filter must then kill
+       what it refuses (docs/resilience.md, "Syscall profiler"). */
+    const void *_Nullable seccomp_profiler_filter;
+    unsigned short seccomp_profiler_filter_len;
 
     /* The supervisor's pid, to detect that it died before PDEATHSIG was set. */
     pid_t parent_pid;
@@ -203,6 +209,13 @@ int mcps_seccomp_notif_deny(int listener_fd, uint64_t id, int error);
    cell's syscalls during development and is documented as no sandbox
    against the syscalls it lets through. */
 int mcps_seccomp_notif_continue(int listener_fd, uint64_t id);
+
+/* Asks the kernel to wake the notifying task and the supervisor on the
+   current CPU (SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP, Linux 6.6): a round trip
+   per syscall then costs a context switch, not a cross-CPU wake-up. For
+   the syscall profiler, which answers every call. 0, or -1 with errno
+   (EINVAL before 6.6: the listener works as before). */
+int mcps_seccomp_notif_sync_wakeup(int listener_fd);
 
 /* Receives one fd sent with SCM_RIGHTS on a unix socket; -1 with errno. */
 int mcps_recv_fd(int socket_fd);
