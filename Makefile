@@ -149,9 +149,17 @@ register-installed:
 
 # An MCP client reads `make run`'s stdout: the build, pin, sign and register
 # output goes to stderr, and the server replaces make (exec).
+# Build, pin, sign and register only when something they depend on changed
+# since the last `make run` (a source, a manifest, a policy, the package
+# manifest) or the binary or the state's ledger is missing: an unchanged
+# checkout goes straight to the server. Their output goes to stderr.
+RUNSTAMP    = .build/run.stamp
 run: CONFIG = release
 run:
-	@$(MAKE) --no-print-directory register CONFIG=$(CONFIG) >&2
+	@if [ ! -x $(BIN) ] || [ ! -e $(RUNSTAMP) ] || [ ! -s "$(STATE)/trust/ledger.jsonl" ] || \
+	    [ -n "$$(find Sources manifests policies cells Package.swift Makefile -newer $(RUNSTAMP) 2>/dev/null | head -1)" ]; then \
+	  $(MAKE) --no-print-directory register CONFIG=$(CONFIG) >&2 && touch $(RUNSTAMP) || exit 1; \
+	fi
 	@exec $(BIN) run --state-dir "$(STATE)"
 
 # The Python client tests' packages (official MCP SDK, mcp-fuzzer), from PyPI.

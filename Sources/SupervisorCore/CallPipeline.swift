@@ -546,7 +546,10 @@ public final class CallPipeline: Sendable {
                     log.appendLater([start])
                     var answered: CallReport? = nil
                     let network = NetworkDecisions()
-                    func record(_ r: CallReport) {
+                    /// `durable`, when given, is signalled once the log has
+                    /// answered (a server cell's answer: its server is ended
+                    /// after that, off the answer's path).
+                    func record(_ r: CallReport, durable: DispatchSemaphore? = nil) {
                         if case .definitionDrift(let d) = r.outcome { self.quarantine(cell, difference: d) }
                         let result = self.result(for: r, tool: tool)
                         // Breaker and profile: their events are durable with call.end.
@@ -566,6 +569,7 @@ public final class CallPipeline: Sendable {
                                     returning: Recorded(
                                         report: r, result: result, error: error, events: events,
                                         records: records ?? [], recordNanoseconds: took, appendedAt: appended))
+                                durable?.signal()
                             })
                     }
                     _ = runner.run(
@@ -574,7 +578,13 @@ public final class CallPipeline: Sendable {
                         profileSyscalls: a.policy.resilience.profilesSyscalls(cell.name), session: sessionKey,
                         answered: { r in
                             answered = r
-                            record(r)
+                            guard cell.manifest.server != nil else { return record(r) }
+                            // The server is killed when this returns: after
+                            // the answer is recorded (at most 2 s), so that
+                            // its teardown does not compete with the answer.
+                            let durable = DispatchSemaphore(value: 0)
+                            record(r, durable: durable)
+                            _ = durable.wait(timeout: .now() + 2)
                         },
                         deliver: { final in
                             guard let early = answered else { return record(final) }

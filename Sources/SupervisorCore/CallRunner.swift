@@ -736,6 +736,11 @@ struct WorkerSession {
     /// A session's server: its answer ends the call, not the server (the
     /// session returns at the answer and leaves it running).
     var keepAlive = false
+    /// A per-call server is killed just after its answer is handed over,
+    /// not before: an interpreter's teardown (tens of MiB unmapped, every
+    /// thread woken) takes milliseconds of CPU that would otherwise delay
+    /// the answer on a small machine.
+    var killAfterAnswer = false
     var stdout: [UInt8] = []
     var learning = false
     var learned: [String] = []
@@ -1060,6 +1065,10 @@ struct WorkerSession {
                                 answered = true
                                 onAnswer(a)
                             }
+                            if killAfterAnswer {
+                                killAfterAnswer = false
+                                kill()
+                            }
                             if stoppedReady { break }
                         }
                     } else if violation == nil && limitHit == nil {
@@ -1233,7 +1242,7 @@ struct WorkerSession {
                 final = f
                 observe(.final)
                 peakRSS = Self.highWaterRSS(pid: worker.pid)
-                if keepAlive { stoppedReady = true } else { kill() }
+                if keepAlive { stoppedReady = true } else { killAfterAnswer = true }
             }
         }
         if final == nil && !hold(server!.pendingLineLength) {
