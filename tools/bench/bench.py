@@ -430,6 +430,7 @@ NOTES = """
 | ≥ 1,000 calls/s at concurrency 4 | met (1,170–1,250 calls/s in the last runs on this machine) |
 | supervisor memory ≤ 40 MiB with 100 cells | met |
 | `initialize` ≤ 150 ms after start with 100 signed cells | met |
+| gateway: per-call p50 through the gateway ≤ 2× the direct long-lived server's p50 | missed: perCall (G-pc) about 6× (a fresh server's first call alone, (G-d1), is about 3× a warm one's); lifecycle session (G-s) 2.0–2.2× in the last runs |
 
 ### What was done, before → after
 
