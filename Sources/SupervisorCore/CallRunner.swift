@@ -420,22 +420,14 @@ public final class CallRunner: @unchecked Sendable {
         if let b = w.broker {
             session.broker = ConnectionBroker(access: w.cell.manifest.network, socket: b, cancellation: cancellation)
         }
-        var input: [UInt8]
+        let input: [UInt8]
         if let spec = w.cell.manifest.server {
             // A server started ahead of the call is initialized and its tools
             // checked already; otherwise that happens first, within the
             // start-up allowance on top of the call's own deadline.
-            var conversation = w.conversation ?? Self.conversation(for: w.cell, limits: w.limits)
-            let serverName = w.cell.manifest.tools.first { $0.name == tool }?.serverName ?? tool
-            if conversation.phase == .ready {
-                input = conversation.call(tool: serverName, arguments: arguments, token: callID)
-            } else {
-                input = conversation.start()
-                session.serverCall = (serverName, arguments)
-                session.deadlineOverride =
-                    start + UInt64(w.limits.timeoutMilliseconds + spec.startupTimeoutMilliseconds) * 1_000_000
-            }
-            session.server = conversation
+            input = session.beginServerCall(
+                w.conversation ?? Self.conversation(for: w.cell, limits: w.limits), cell: w.cell, spec: spec,
+                tool: tool, arguments: arguments, start: start)
         } else {
             input =
                 command?.1 ?? FrameCodec.encode(CellProtocol.request(callID: callID, tool: tool, arguments: arguments))
@@ -528,18 +520,8 @@ public final class CallRunner: @unchecked Sendable {
         defer { outputBudget.release(session.reserved) }
         var conversation = w.conversation ?? Self.conversation(for: cell, limits: limits)
         conversation.reusable = true
-        let serverName = cell.manifest.tools.first { $0.name == tool }?.serverName ?? tool
-        let input: [UInt8]
-        if conversation.phase == .ready {
-            input = conversation.call(tool: serverName, arguments: arguments, token: callID)
-        } else {
-            input = conversation.start()
-            session.serverCall = (serverName, arguments)
-            session.deadlineOverride =
-                start + UInt64(limits.timeoutMilliseconds + cell.manifest.server!.startupTimeoutMilliseconds)
-                * 1_000_000
-        }
-        session.server = conversation
+        let input = session.beginServerCall(
+            conversation, cell: cell, spec: cell.manifest.server!, tool: tool, arguments: arguments, start: start)
         let cpuBefore = w.worker.cpuNanoseconds() ?? 0
         session.run(input: input, started: start, onNetwork: { _ in }, onMessage: onMessage)
         report.refusedServerRequests = session.server?.refusedRequests ?? []
@@ -1207,6 +1189,30 @@ struct WorkerSession {
             return true
         }
         return false
+    }
+
+    /// Starts a server cell's call on `conversation`: the `tools/call` at
+    /// once for a server that is ready (started ahead, or a session's),
+    /// else `initialize` first, the call following once the server is ready,
+    /// within the start-up allowance on top of the call's own deadline.
+    /// Returns the first bytes to write to the server.
+    mutating func beginServerCall(
+        _ conversation: ServerConversation, cell: PreparedCell, spec: ServerSpec, tool: String,
+        arguments: JSONObject, start: UInt64
+    ) -> [UInt8] {
+        var conversation = conversation
+        let serverName = cell.manifest.tools.first { $0.name == tool }?.serverName ?? tool
+        let input: [UInt8]
+        if conversation.phase == .ready {
+            input = conversation.call(tool: serverName, arguments: arguments, token: callID)
+        } else {
+            input = conversation.start()
+            serverCall = (serverName, arguments)
+            deadlineOverride =
+                start + UInt64(limits.timeoutMilliseconds + spec.startupTimeoutMilliseconds) * 1_000_000
+        }
+        server = conversation
+        return input
     }
 
     /// Bytes from a server cell's stdout: what the conversation makes of
