@@ -16,28 +16,9 @@ public struct ServiceOptions: Sendable {
     /// Workers started ahead of the call per recently called cell.
     public var prespawn = Setting.prespawn.integerDefault
     public var prespawnIdleSeconds = Setting.prespawnIdleSeconds.integerDefault
-    /// Record tool arguments in call.start events (otherwise only their digest).
-    public var recordArguments = false
-    /// Serve manifests without signatures (development only; announced at
-    /// start and on every call).
-    public var unsignedMode = false
-    /// The policy file; a missing file refuses every call (deny by default).
-    public var policyPath: String?
-    /// Where quarantined server cell versions are recorded.
-    public var quarantineDirectory: String?
-    /// Where behaviour profiles are kept (docs/resilience.md).
-    public var profileDirectory: String?
+    /// What the call pipeline is given (policy, quarantine, profiles, …).
+    public var pipeline = PipelineOptions()
     public init() {}
-
-    var pipeline: PipelineOptions {
-        var p = PipelineOptions()
-        p.recordArguments = recordArguments
-        p.unsignedMode = unsignedMode
-        p.policyPath = policyPath
-        p.quarantineDirectory = quarantineDirectory
-        p.profileDirectory = profileDirectory
-        return p
-    }
 }
 
 /// Loads the cells. Called at start and on SIGHUP.

@@ -114,11 +114,7 @@ struct Manifest: ParsableCommand {
                         changed = current != Array(JSONValue.object(doc).prettySerialized().utf8)
                     }
                     if changed {
-                        let out = Array(JSONValue.object(doc).prettySerialized().utf8)
-                        let fd = try Sys.open(dest + ".tmp", 0o1 | 0o100 | 0o1000, mode: 0o644)
-                        try fd.writeAll(out)
-                        fd.close()
-                        try Sys.rename(dest + ".tmp", dest)
+                        try writeFileAtomically(dest, Array(JSONValue.object(doc).prettySerialized().utf8))
                         // Diagnostics, not data: `make run` keeps stdout for MCP.
                         printError("pinned: \(dest)")
                     } else {

@@ -105,10 +105,10 @@ struct Run: AsyncParsableCommand {
             throw ExitCode(2)
         }
         let loader: RegistryLoader = { source.registry(groups: groups, host: host, ledgerGuard: ledgerGuard) }
-        options.unsignedMode = allowUnsigned
-        options.policyPath = s.policiesDirectory + "/policy.json"
-        options.quarantineDirectory = Quarantine.directory(stateDirectory: s.stateDirectory)
-        options.profileDirectory = BehaviourProfiles.directory(stateDirectory: s.stateDirectory)
+        options.pipeline.unsignedMode = allowUnsigned
+        options.pipeline.policyPath = s.policiesDirectory + "/policy.json"
+        options.pipeline.quarantineDirectory = Quarantine.directory(stateDirectory: s.stateDirectory)
+        options.pipeline.profileDirectory = BehaviourProfiles.directory(stateDirectory: s.stateDirectory)
         if allowUnsigned {
             logger.warning(
                 "UNSIGNED DEVELOPMENT MODE: serving \(manifestsDir) without signatures or the trust ledger; never use this in a deployment"

@@ -59,18 +59,6 @@ enum ServerTools {
         doc["tools"] = .array(tools.map { .object($0) })
         return Array(JSONValue.object(doc).prettySerialized().utf8)
     }
-
-    /// Writes a file whole (temporary file, rename).
-    static func replace(_ path: String, with bytes: [UInt8]) throws {
-        let tmp = path + ".tmp"
-        let fd = try Sys.open(tmp, 0o1 | 0o100 | 0o1000, mode: 0o644)
-        do { try fd.writeAll(bytes) } catch {
-            fd.close()
-            throw error
-        }
-        fd.close()
-        try Sys.rename(tmp, path)
-    }
 }
 
 extension CellCommand {

@@ -268,10 +268,10 @@ struct CellCommand: ParsableCommand {
                             print(ServerTools.show(listed, manifest: manifest, serverInfo: info), terminator: "")
                             if manifest.tools.isEmpty {
                                 bytes = try ServerTools.withTools(bytes, listed, path: m)
-                                try ServerTools.replace(m, with: bytes)
+                                try writeFileAtomically(m, bytes)
                                 let sig = try ManifestSignature.make(manifestBytes: bytes, key: k)
-                                try ServerTools.replace(
-                                    ManifestSignature.path(for: m), with: Array(sig.prettySerialized().utf8))
+                                try writeFileAtomically(
+                                    ManifestSignature.path(for: m), Array(sig.prettySerialized().utf8))
                                 manifest = try CellManifest.parse(
                                     bytes: bytes, path: m, manifestSHA256: sha256Hex(bytes))
                                 print(
