@@ -397,7 +397,7 @@ extension CellManifest {
             outputSchema: output, annotations: annotations, command: command)
     }
 
-    private static func parseExecutable(_ r: FieldReader, dir: String) throws(ConfigError) -> Executable {
+    static func parseExecutable(_ r: FieldReader, dir: String) throws(ConfigError) -> Executable {
         var p = try r.string("path")
         guard !p.isEmpty else { throw r.error("path", "must not be empty") }
         if !p.hasPrefix("/") { p = normalize(dir + "/" + p) }

@@ -45,20 +45,10 @@ public struct ServerSpec: Sendable, Equatable {
             "startupTimeoutMilliseconds", default: 15_000, range: 100...600_000, unit: "ms")
         var packages: [CellManifest.Executable] = []
         for (i, v) in (try r.array("packages") ?? []).enumerated() {
-            let p = try FieldReader(file: r.file, path: r.field("packages[\(i)]"), value: v)
-            var path = try p.string("path")
-            guard !path.isEmpty else { throw p.error("path", "must not be empty") }
-            if !path.hasPrefix("/") { path = normalize(dir + "/" + path) }
-            let sha = try p.string("sha256")
-            // Blank: not pinned yet (`manifest pin` fills it; a spawn refuses it).
-            guard sha.isEmpty || sha.utf8.count == 64,
-                sha.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) })
-            else {
-                throw p.error(
-                    "sha256", "must be 64 lower-case hex digits (`mcp-supervisor manifest pin` computes it)")
-            }
-            try p.finish()
-            packages.append(CellManifest.Executable(path: path, sha256: sha))
+            // {path, sha256} as an executable's: the tree digest `manifest pin` writes.
+            packages.append(
+                try CellManifest.parseExecutable(
+                    try FieldReader(file: r.file, path: r.field("packages[\(i)]"), value: v), dir: dir))
         }
         try r.finish()
         return ServerSpec(

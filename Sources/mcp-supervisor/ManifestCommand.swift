@@ -128,8 +128,9 @@ struct Manifest: ParsableCommand {
             if failed { throw ExitCode(1) }
         }
 
-        /// Puts a placeholder digest where a {path, sha256} object has none or
-        /// a blank one; true if there was any.
+        /// Puts a placeholder digest where a {path, sha256} object (executable,
+        /// script, libraries, a server's package trees) has none or a blank
+        /// one; true if there was any.
         private func fillBlankDigests(_ doc: inout JSONObject) -> Bool {
             var filled = false
             func fill(_ value: JSONValue?) -> JSONValue? {
@@ -143,6 +144,10 @@ struct Manifest: ParsableCommand {
             doc["executable"] = fill(doc["executable"])
             if doc["script"] != nil { doc["script"] = fill(doc["script"]) }
             if case .array(let libs)? = doc["libraries"] { doc["libraries"] = .array(libs.map { fill($0) ?? $0 }) }
+            if case .object(var server)? = doc["server"], case .array(let trees)? = server["packages"] {
+                server["packages"] = .array(trees.map { fill($0) ?? $0 })
+                doc["server"] = .object(server)
+            }
             return filled
         }
 
