@@ -44,6 +44,10 @@ public enum Refusal: Error, Sendable, Equatable {
     /// The cell version's behaviour departed from its profile and the
     /// policy quarantines it (docs/resilience.md).
     case anomalyQuarantine(cell: String, since: String, difference: String)
+    /// The catalogue is on (docs/catalogue.md) and the tool, which the
+    /// policy allows, is not in this session's tool list: the model calls
+    /// only what it was shown.
+    case notEnabled(tool: String)
 
     public enum RateScope: Sendable, Equatable {
         case tool, overall
@@ -72,6 +76,7 @@ public enum Refusal: Error, Sendable, Equatable {
         case .quarantined: return "quarantined"
         case .breakerOpen: return "breaker_open"
         case .anomalyQuarantine: return "anomaly_quarantine"
+        case .notEnabled: return "not_enabled"
         }
     }
 
@@ -98,6 +103,7 @@ public enum Refusal: Error, Sendable, Equatable {
         case .anomalyQuarantine(let cell, let since, let d):
             return "cell \(cell) quarantined since \(since) for anomalous behaviour: \(d); release with "
                 + "`mcp-supervisor cell release \(cell)`"
+        case .notEnabled(let tool): return "\(tool) is not in this session's tool list (catalogue)"
         }
     }
 
@@ -129,6 +135,10 @@ public enum Refusal: Error, Sendable, Equatable {
         case .anomalyQuarantine:
             return "Refused: this tool behaved unlike its history, so it is quarantined until an operator "
                 + "reviews it."
+        case .notEnabled(let tool):
+            return "Refused: the tool \(tool) is not enabled in this session. Enable it with "
+                + "\(Catalogue.enableTool) {\"tools\": [\"\(tool)\"]} (find tools with \(Catalogue.searchTool)), "
+                + "then call it."
         }
     }
 }

@@ -104,8 +104,18 @@ public final class CallSession: Sendable {
         var clientName: String?
         var phase: String?
         var succeededTools: Set<String> = []
+        /// Tools the session enabled from the catalogue (docs/catalogue.md).
+        var enabledTools: Set<String> = []
     }
     let state = Mutex(State())
+    /// Tells the client that this session's own tool list changed (a
+    /// catalogue enable or disable), in the session's protocol era.
+    let toolListChanged = Mutex<(@Sendable () -> Void)?>(nil)
+
+    /// Set by the transport, which knows how its client hears of list changes.
+    public func onToolListChanged(_ body: @escaping @Sendable () -> Void) {
+        toolListChanged.withLock { $0 = body }
+    }
 
     public init(principal: String) {
         self.principal = principal
@@ -130,6 +140,8 @@ public struct PipelineOptions: Sendable {
     public var quarantineDirectory: String?
     /// Where behaviour profiles are kept (nil: in memory only).
     public var profileDirectory: String?
+    /// Definitions on demand past a number of tools (docs/catalogue.md).
+    public var catalogue = CatalogueOptions()
     public init() {}
 }
 
@@ -249,6 +261,9 @@ public final class CallPipeline: Sendable {
     ) async -> CallResponse {
         if ledgerChanged.withLock({ $0 })?() == true { await reload() }
         if call.name == Self.phaseTool, policy != nil { return await setPhase(call, session: session) }
+        if Catalogue.isReserved(call.name), catalogueActive(session) {
+            return await catalogueCall(call, session: session)
+        }
         let arrived = SupervisorMetrics.clock()
 
         // 1. admit
@@ -415,6 +430,11 @@ public final class CallPipeline: Sendable {
             manifest: entry.cell.manifest, phase: phase)
         guard decision.allowed, let (_, rule) = policy.rule(for: session.principal, client: session.clientName) else {
             return .failure(Refused(refusal: .policy(decision), cell: entry.cell, policy: policy))
+        }
+        // After the policy: a tool it denies is refused as such, whether
+        // listed or not.
+        if !listView(registry: registry, policy: policy, session: session).lists(entry.tool.name) {
+            return .failure(Refused(refusal: .notEnabled(tool: entry.tool.name), cell: entry.cell, policy: policy))
         }
         // After the policy's decision (a caller it refuses learns nothing of
         // the breaker), before approval (no person is asked for a call the

@@ -230,6 +230,13 @@ public struct Policy: Sendable {
             allowed: true, rule: "principals[\(i)] (\(p.name)) allow[\(j)] \"\(pat)\"", reason: "allow", message: "")
     }
 
+    /// Whether the principal's rule lets it see the tool at all (its allow
+    /// and deny globs): what the catalogue lists and finds. Phases, rates and
+    /// approval decide at call time.
+    public func mayList(principal: String, client: String?, tool: String) -> Bool {
+        decide(principal: principal, client: client, tool: tool, manifest: nil, phase: "").allowed
+    }
+
     /// How to get from one phase to another (one or two steps), for hints.
     func routes(from: String, to: String) -> String {
         func step(_ a: String, _ b: String) -> Transition? {

@@ -32,7 +32,7 @@ extension CallPipeline {
         _ call: ToolCall, session: CallSession,
         onMessage: @escaping @Sendable (WorkerMessage) -> Void = { _ in }
     ) async -> CallResponse {
-        guard call.name != Self.phaseTool, let policy,
+        guard call.name != Self.phaseTool, !Catalogue.isReserved(call.name), let policy,
             policy.resilience.retry(for: call.name) != nil || policy.resilience.fallback(for: call.name) != nil
         else { return await callOnce(call, session: session, onMessage: onMessage) }
 

@@ -35,6 +35,8 @@ public enum SecurityEventType: String, Sendable, CaseIterable {
     case serverRequestRefused = "server.request_refused"
     case cellBreaker = "cell.breaker"
     case cellAnomaly = "cell.anomaly"
+    case sessionToolsEnabled = "session.tools_enabled"
+    case sessionToolsDisabled = "session.tools_disabled"
 }
 
 /// One event before it is sequenced and chained: its type and fields.

@@ -26,6 +26,10 @@ public struct Setting: Sendable {
         /// An OTLP/HTTP endpoint (`OTLPEndpoint`: `http://HOST[:PORT][/PATH]`);
         /// unset (the default) turns off what it is for.
         case endpoint(WritableKeyPath<SupervisorSettings, String?> & Sendable)
+        /// A list of tool-name globs (`[A-Za-z0-9_.*?-]`, 1–128 characters
+        /// each): an array of strings in the file, comma-separated as a flag;
+        /// empty by default.
+        case toolPatterns(WritableKeyPath<SupervisorSettings, [String]> & Sendable)
     }
 
     /// Which commands read a setting: `cells` by every command that loads
@@ -164,6 +168,19 @@ extension Setting {
         help: "A file every security log record is appended to, one JSON line each, exactly as the log holds it, "
             + "once it is durable (docs/operations.md).")
 
+    public static let catalogueVisibleLimit = Setting(
+        "catalogueVisibleLimit", flag: "catalogue-visible-limit",
+        .integer(\.catalogueVisibleLimit, range: 0...100_000, default: 0), unit: "tools", scope: .server,
+        defaultText: "0 (off: every tool is listed)",
+        help: "When the principal may see more tools than this, a session's `tools/list` holds only the pinned "
+            + "tools, the ones it enabled and the catalogue's search/enable tools (docs/catalogue.md).")
+
+    public static let cataloguePinnedTools = Setting(
+        "cataloguePinnedTools", flag: "catalogue-pinned-tools", .toolPatterns(\.cataloguePinnedTools),
+        scope: .server, defaultText: "none",
+        help: "Tools listed from the start while the catalogue is on: names or globs (`fs_*`); an array in the "
+            + "file, comma-separated as a flag.")
+
     public static let logLevel = Setting(
         "logLevel", flag: "log-level", .choice(\.logLevel, choices: logLevels, default: "info"), scope: .server,
         help: "Diagnostics on stderr.")
@@ -172,7 +189,7 @@ extension Setting {
     public static let all: [Setting] = [
         manifests, policies, stateDirectory, scratchDirectory, workerUid, workerGid, maxConcurrentCalls,
         maxQueuedCalls, prespawn, prespawnIdleSeconds, toolsPageSize, maxMessageBytes, metricsFile,
-        metricsIntervalSeconds, otlpEndpoint, eventsJsonl, logLevel,
+        metricsIntervalSeconds, otlpEndpoint, eventsJsonl, catalogueVisibleLimit, cataloguePinnedTools, logLevel,
     ]
 
     public static func named(key: String) -> Setting? { all.first { $0.key == key } }
@@ -205,6 +222,7 @@ extension Setting {
         case .identity(let p, _): s[keyPath: p] = nil
         case .choice(let p, _, let d): s[keyPath: p] = d
         case .file(let p), .endpoint(let p): s[keyPath: p] = nil
+        case .toolPatterns(let p): s[keyPath: p] = []
         }
     }
 
@@ -239,6 +257,18 @@ extension Setting {
                 throw fail("expected one of \(choices.joined(separator: ", ")), found \(value.serialized())")
             }
             s[keyPath: p] = v
+        case .toolPatterns(let p):
+            guard case .array(let items) = value else {
+                throw fail("expected an array of tool names or globs, found \(value.typeName)")
+            }
+            var patterns: [String] = []
+            for (i, item) in items.enumerated() {
+                guard case .string(let v) = item, Self.isToolPattern(v) else {
+                    throw fail("[\(i)]: expected a tool name or glob (\(Self.toolPatternText)), found \(item.serialized())")
+                }
+                patterns.append(v)
+            }
+            s[keyPath: p] = patterns
         }
     }
 
@@ -266,6 +296,25 @@ extension Setting {
                 throw fail("expected one of \(choices.joined(separator: ", ")), found \"\(v)\"")
             }
             s[keyPath: p] = v
+        case .toolPatterns(let p):
+            // An empty value clears the list (a file's pins can be undone).
+            let patterns = v.isEmpty ? [] : v.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+            if let bad = patterns.first(where: { !Self.isToolPattern($0) }) {
+                throw fail("expected tool names or globs (\(Self.toolPatternText)) separated by commas, found \"\(bad)\"")
+            }
+            s[keyPath: p] = patterns
+        }
+    }
+
+    static let toolPatternText = "[A-Za-z0-9_.*?-], 1 to 128 characters"
+
+    /// A tool name (`CellManifest.namePattern`) that may hold `*` and `?`.
+    static func isToolPattern(_ s: String) -> Bool {
+        let u = Array(s.utf8)
+        guard !u.isEmpty && u.count <= 128 else { return false }
+        return u.allSatisfy { c in
+            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x5F
+                || c == 0x2E || c == 0x2D || c == 0x2A || c == 0x3F
         }
     }
 
@@ -299,6 +348,7 @@ extension Setting {
         case .identity(let p, _): return s[keyPath: p].map { .int(Int64($0)) } ?? .null
         case .choice(let p, _, _): return .string(s[keyPath: p])
         case .file(let p), .endpoint(let p): return s[keyPath: p].map { .string($0) } ?? .null
+        case .toolPatterns(let p): return .array(s[keyPath: p].map { .string($0) })
         }
     }
 }
@@ -316,6 +366,7 @@ extension Setting {
         case .identity:
             return "\(Self.identityRange.lowerBound)–\(Self.identityRange.upperBound) (never 0)"
         case .choice(_, let c, _): return c.map { "`\($0)`" }.joined(separator: ", ")
+        case .toolPatterns: return "tool names or globs"
         }
     }
 
@@ -324,7 +375,7 @@ extension Setting {
         switch kind {
         case .integer(_, _, let d): return "\(d)"
         case .choice(_, _, let d): return "`\(d)`"
-        case .directory, .identity, .file, .endpoint: preconditionFailure("\(key) needs a defaultText")
+        case .directory, .identity, .file, .endpoint, .toolPatterns: preconditionFailure("\(key) needs a defaultText")
         }
     }
 

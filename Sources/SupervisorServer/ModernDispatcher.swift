@@ -11,6 +11,8 @@ import Synchronization
 /// Runs on the stdin thread; nothing here blocks (a call runs in its task).
 final class ModernDispatcher: Sendable {
     let pipeline: CallPipeline
+    /// The connection's session: its catalogue view decides tools/list.
+    let session: CallSession
     let transport: BlockingStdioTransport
     let pageSize: Int
     let instructions: String
@@ -29,8 +31,12 @@ final class ModernDispatcher: Sendable {
     /// revoked tool. A client that wants to avoid re-listing subscribes.
     static let toolsTTLMilliseconds: Int64 = 0
 
-    init(pipeline: CallPipeline, transport: BlockingStdioTransport, pageSize: Int, instructions: String) {
+    init(
+        pipeline: CallPipeline, session: CallSession, transport: BlockingStdioTransport, pageSize: Int,
+        instructions: String
+    ) {
         self.pipeline = pipeline
+        self.session = session
         self.transport = transport
         self.pageSize = max(1, pageSize)
         self.instructions = instructions
@@ -88,11 +94,12 @@ final class ModernDispatcher: Sendable {
     // MARK: tools/list
 
     /// The tools by name (a stable order whatever order the manifests
-    /// were loaded in), then set_phase when a policy has phases; pages of
+    /// were loaded in; the catalogue's own first while it is on,
+    /// docs/catalogue.md), then set_phase when a policy has phases; pages of
     /// `pageSize` with an opaque cursor.
     func listTools(cursor: JSONValue?) -> Result<JSONObject, Failure> {
-        let reg = pipeline.registry
-        var tools = reg.toolNames.sorted().compactMap { reg.tool(named: $0)?.tool }
+        let (catalogue, cells) = pipeline.toolList(session: session)
+        var tools = catalogue + cells.sorted { $0.name < $1.name }
         if let phase = pipeline.phaseToolDefinition() { tools.append(phase) }
         var start = 0
         if let cursor {
@@ -106,8 +113,9 @@ final class ModernDispatcher: Sendable {
         var result = JSONObject([
             ("tools", .array(tools[start..<end].map(Self.toolJSON))),
             ("ttlMs", .int(Self.toolsTTLMilliseconds)),
-            // set_phase exists only under a policy with phases, and the
-            // policy is the local user's: not to be shared across users.
+            // set_phase exists only under a policy with phases, the
+            // catalogue's list depends on the session and the policy, and
+            // the policy is the local user's: not to be shared across users.
             ("cacheScope", "private"),
         ])
         if end < tools.count { result["nextCursor"] = .string("m\(end)") }

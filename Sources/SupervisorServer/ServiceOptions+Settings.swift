@@ -10,5 +10,7 @@ extension ServiceOptions {
         maxMessageBytes = settings.maxMessageBytes
         prespawn = settings.prespawn
         prespawnIdleSeconds = settings.prespawnIdleSeconds
+        pipeline.catalogue.visibleLimit = settings.catalogueVisibleLimit
+        pipeline.catalogue.pinned = settings.cataloguePinnedTools
     }
 }

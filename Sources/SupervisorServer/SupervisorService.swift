@@ -72,17 +72,21 @@ public final class SupervisorService: Sendable {
         initializeVersion.withLock { $0 = { [transport] in transport.requestedProtocolVersion.value } }
         transport.callHandler.value = { [self] call, reply in serve(call, reply) }
         let modern = ModernDispatcher(
-            pipeline: pipeline, transport: transport, pageSize: options.toolsPageSize, instructions: Self.instructions)
+            pipeline: pipeline, session: session, transport: transport, pageSize: options.toolsPageSize,
+            instructions: Self.instructions)
         transport.modern.value = modern
         // In the 2026-07-28 era a list change reaches only the clients that
         // subscribed to it; never unsolicited.
-        pipeline.onToolsChanged { [server, transport] in
+        let notify: @Sendable () -> Void = { [server, transport] in
             if transport.era.value == .modern {
                 modern.toolsChanged()
             } else {
                 Task { try? await server.notify(ToolListChangedNotification.message()) }
             }
         }
+        pipeline.onToolsChanged(notify)
+        // A catalogue enable changes this session's list alone.
+        session.onToolListChanged(notify)
         await registerHandlers()
         try await server.start(transport: transport) { [self] client, capabilities in
             clientElicits.withLock { $0 = ElicitationApprover.supportsForm(capabilities) }
@@ -176,21 +180,24 @@ public final class SupervisorService: Sendable {
 
     // MARK: tools/list
 
+    /// The session's tools (all of them unless the catalogue is on,
+    /// docs/catalogue.md) in registry order, then set_phase on the last page.
     func listTools(cursor: String?) throws -> ListTools.Result {
-        let reg = pipeline.registry
+        let (catalogue, cells) = pipeline.toolList(session: session)
+        let listed = catalogue + cells
         var start = 0
         if let cursor {
-            guard cursor.hasPrefix("o"), let n = Int(cursor.dropFirst()), n >= 0, n < reg.toolNames.count else {
+            guard cursor.hasPrefix("o"), let n = Int(cursor.dropFirst()), n >= 0, n < listed.count else {
                 throw MCPError.invalidParams("Invalid cursor")
             }
             start = n
         }
-        let end = min(start + options.toolsPageSize, reg.toolNames.count)
-        var tools = reg.toolNames[start..<end].compactMap { reg.tool(named: $0)?.tool }.map(Self.mcpTool)
-        if end == reg.toolNames.count, let phase = pipeline.phaseToolDefinition() {
+        let end = min(start + options.toolsPageSize, listed.count)
+        var tools = listed[start..<end].map(Self.mcpTool)
+        if end == listed.count, let phase = pipeline.phaseToolDefinition() {
             tools.append(Self.mcpTool(phase))
         }
-        return ListTools.Result(tools: tools, nextCursor: end < reg.toolNames.count ? "o\(end)" : nil)
+        return ListTools.Result(tools: tools, nextCursor: end < listed.count ? "o\(end)" : nil)
     }
 
     static func mcpTool(_ t: CellManifest.Tool) -> Tool {

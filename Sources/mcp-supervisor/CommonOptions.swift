@@ -98,6 +98,15 @@ struct ServerOptions: ParsableArguments {
     @Option(name: .customLong(Setting.eventsJsonl.flag), help: ArgumentHelp(Setting.eventsJsonl.flagHelp))
     var eventsJsonl: String?
 
+    @Option(
+        name: .customLong(Setting.catalogueVisibleLimit.flag),
+        help: ArgumentHelp(Setting.catalogueVisibleLimit.flagHelp))
+    var catalogueVisibleLimit: String?
+
+    @Option(
+        name: .customLong(Setting.cataloguePinnedTools.flag), help: ArgumentHelp(Setting.cataloguePinnedTools.flagHelp))
+    var cataloguePinnedTools: String?
+
     @Option(name: .customLong(Setting.logLevel.flag), help: ArgumentHelp(Setting.logLevel.flagHelp))
     var logLevel: String?
 
@@ -108,7 +117,8 @@ struct ServerOptions: ParsableArguments {
             (.prespawnIdleSeconds, prespawnIdleSeconds), (.toolsPageSize, toolsPageSize),
             (.maxMessageBytes, maxMessageBytes), (.metricsFile, metricsFile),
             (.metricsIntervalSeconds, metricsIntervalSeconds), (.otlpEndpoint, otlpEndpoint),
-            (.eventsJsonl, eventsJsonl), (.logLevel, logLevel),
+            (.eventsJsonl, eventsJsonl), (.catalogueVisibleLimit, catalogueVisibleLimit),
+            (.cataloguePinnedTools, cataloguePinnedTools), (.logLevel, logLevel),
         ]
     }
 

@@ -17,6 +17,7 @@ final class FlagTableTests: XCTestCase {
         case .choice(_, let c, let d): return c.first { $0 != d }!
         case .file: return "/sample/\(s.key).prom"
         case .endpoint: return "http://127.0.0.1:4318"
+        case .toolPatterns: return "fs_read,git_*"
         }
     }
 

@@ -28,6 +28,7 @@ final class SettingTableTests: XCTestCase {
             return (.string(v), v)
         case .file: return (.string("/sample/\(s.key).prom"), "/sample/\(s.key).prom")
         case .endpoint: return (.string("http://127.0.0.1:4318/sample"), "http://127.0.0.1:4318/sample")
+        case .toolPatterns: return (.array(["fs_read", "git_*"]), "fs_read,git_*")
         }
     }
 
@@ -92,6 +93,8 @@ final class SettingTableTests: XCTestCase {
                 XCTAssertEqual(setting.value(in: s), .string(d()), setting.key)
             case .file, .endpoint:
                 XCTAssertEqual(setting.value(in: s), .null, "\(setting.key): off unless given")
+            case .toolPatterns:
+                XCTAssertEqual(setting.value(in: s), .array([]), "\(setting.key): empty unless given")
             }
         }
         XCTAssertEqual(s.maxConcurrentCalls, 4)
@@ -131,6 +134,7 @@ final class SettingTableTests: XCTestCase {
             case .choice: bad = (.string("loud"), "loud")
             case .file: bad = (.string("/tmp/"), "")
             case .endpoint: bad = (.string("https://collector:4318"), "collector:4318")
+            case .toolPatterns: bad = (.array(["fs read"]), "fs read")
             }
             let path = writeConfig([s.key: bad.0])
             XCTAssertThrowsError(try SupervisorSettings.resolve(configurationFile: path, flags: []), s.key) {
