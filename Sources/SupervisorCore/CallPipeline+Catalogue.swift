@@ -78,7 +78,7 @@ extension CallPipeline {
     /// a tool it denies is never a candidate, so no answer hints at it.
     func search(_ arguments: JSONObject, view: CatalogueView) -> CallResponse {
         let query = arguments["query"]?.stringValue ?? ""
-        let limit = arguments["limit"]?.intValue ?? Catalogue.defaultResults
+        let limit = arguments["limit"]?.intValue.map { Int($0) } ?? Catalogue.defaultResults
         let byName = Dictionary(view.visible.map { ($0.tool.name, $0) }, uniquingKeysWith: { a, _ in a })
         let entries = view.visible.map {
             Catalogue.Entry(
