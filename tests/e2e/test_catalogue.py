@@ -5,6 +5,7 @@ JSON-RPC lines; a policy that hides some tools; the list below the limit."""
 import json
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import anyio
@@ -29,10 +30,12 @@ HIDING = {"principals": [{"name": "local user", "principal": "uid:*", "allow": [
 
 
 @pytest.fixture(scope="module")
-def catalogue(tmp_path_factory):
-    """Twenty server cells, and their tool names."""
+def catalogue():
+    """Twenty server cells, and their tool names. Outside pytest's private
+    tmp directory: workers run as another uid and need to reach the
+    scratch directories."""
     assert ECHO.exists(), f"{ECHO} missing: run `make cells`"
-    d = tmp_path_factory.mktemp("catalogue")
+    d = Path(tempfile.mkdtemp(prefix="mcps-catalogue-"))
     catalogue_servers.write_manifests(d / "manifests", ECHO, sha256(ECHO))
     files = sorted((d / "manifests").glob("*.json"))
     assert len(files) == 20
@@ -40,12 +43,21 @@ def catalogue(tmp_path_factory):
     names = [t["name"] for f in files for t in json.loads(f.read_text())["tools"]]
     assert len(names) == 87
     d.chmod(0o755)
-    return d, names
+    yield d, names
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def tmp_path(catalogue):
+    """A fresh directory beside the manifests, searchable by workers."""
+    w = Path(tempfile.mkdtemp(dir=catalogue[0], prefix="run-"))
+    w.chmod(0o755)
+    return w
 
 
 def policies(tmp, policy):
     p = Path(tmp) / "policies"
-    p.mkdir(exist_ok=True)
+    p.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "policies" / "syscall-groups.json", p / "syscall-groups.json")
     (p / "policy.json").write_text(json.dumps(policy))
     return p
