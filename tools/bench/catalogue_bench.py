@@ -95,7 +95,7 @@ def measure(binary):
         variants = [
             ("off (every tool listed)", ()),
             ("on, limit 20, nothing pinned", ("--catalogue-visible-limit", "20")),
-            ("on, limit 20, 5 tools pinned (`fs_*`)",
+            ("on, limit 20, `fs_*` pinned (6 tools)",
              ("--catalogue-visible-limit", "20", "--catalogue-pinned-tools", "fs_*")),
         ]
         rows, i = [], 0
