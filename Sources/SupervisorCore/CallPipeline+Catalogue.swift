@@ -132,7 +132,8 @@ extension CallPipeline {
             ])
             if let policy { f["policySha256"] = .string(policy.sha256) }
             do { try await log.append([SecurityEvent(.callRefused, f)]) } catch {
-                logger.error("refusal not recorded", metadata: ["tool": "\(Catalogue.enableTool)", "error": "\(error)"])
+                logger.error(
+                    "refusal not recorded", metadata: ["tool": "\(Catalogue.enableTool)", "error": "\(error)"])
             }
             return .result(
                 .text(
@@ -159,8 +160,10 @@ extension CallPipeline {
             session.toolListChanged.withLock { $0 }?()
         }
         var text =
-            new.isEmpty ? "Nothing changed." : "Enabled for this session: \(new.joined(separator: ", ")); they are "
-            + "now in the tool list and can be called."
+            new.isEmpty
+            ? "Nothing changed."
+            : "Enabled for this session: \(new.joined(separator: ", ")); they are "
+                + "now in the tool list and can be called."
         if !already.isEmpty { text += " Already listed: \(already.joined(separator: ", "))." }
         return .result(.text(text, isError: false))
     }
@@ -187,8 +190,11 @@ extension CallPipeline {
             session.toolListChanged.withLock { $0 }?()
         }
         let kept = names.filter { !view.enabled.contains($0) }.map(CellProtocol.sanitize)
-        var text = removed.isEmpty ? "Nothing changed." : "Disabled for this session: \(removed.joined(separator: ", "))."
-        if !kept.isEmpty { text += " Not enabled in this session (pinned, or never enabled): \(kept.joined(separator: ", "))." }
+        var text =
+            removed.isEmpty ? "Nothing changed." : "Disabled for this session: \(removed.joined(separator: ", "))."
+        if !kept.isEmpty {
+            text += " Not enabled in this session (pinned, or never enabled): \(kept.joined(separator: ", "))."
+        }
         return .result(.text(text, isError: false))
     }
 }

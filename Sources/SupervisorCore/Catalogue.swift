@@ -50,8 +50,14 @@ public enum Catalogue {
                             .object(
                                 JSONObject([
                                     ("type", "array"),
-                                    ("description", .string("Exact tool names, as the search returned them, to \(verb).")),
-                                    ("items", .object(JSONObject([("type", "string"), ("minLength", 1), ("maxLength", 128)]))),
+                                    (
+                                        "description",
+                                        .string("Exact tool names, as the search returned them, to \(verb).")
+                                    ),
+                                    (
+                                        "items",
+                                        .object(JSONObject([("type", "string"), ("minLength", 1), ("maxLength", 128)]))
+                                    ),
                                     ("minItems", 1), ("maxItems", .int(Int64(maxNamesPerRequest))),
                                     ("uniqueItems", true),
                                 ]))

@@ -333,6 +333,15 @@ extension CellManifest {
     private static func parseTool(_ t: FieldReader, server: ServerSpec?) throws(ConfigError) -> Tool {
         let tname = try t.string("name")
         guard isValidName(tname) else { throw t.error("name", "must match \(namePattern), found \"\(tname)\"") }
+        // The catalogue's tools are the supervisor's own (docs/catalogue.md):
+        // no cell may stand in for them, whatever its tools are called.
+        let exposed = server?.exposedName(tname) ?? tname
+        if Catalogue.isReserved(exposed) {
+            throw t.error(
+                "name",
+                "\"\(exposed)\" starts with \"\(Catalogue.reservedPrefix)\", which is reserved for the supervisor's own "
+                    + "tools; rename it\(server == nil ? "" : " (or set server.toolPrefix)")")
+        }
         let title = try t.optionalString("title")
         if let title { try checkText(title, t, "title", max: 256) }
         // MCP makes a tool's description optional; a cell's tool needs one.

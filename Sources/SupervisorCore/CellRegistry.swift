@@ -28,16 +28,6 @@ public final class CellRegistry: Sendable {
         var accepted: [PreparedCell] = []
         var problems = problems
         for c in cells {
-            // The catalogue's tools are the supervisor's own (docs/catalogue.md).
-            if let reserved = c.manifest.tools.first(where: { Catalogue.isReserved($0.name) }) {
-                problems.append(
-                    CellProblem(
-                        path: c.manifest.sourcePath,
-                        message:
-                            "cell \(c.name): tool \"\(reserved.name)\" uses the prefix \"\(Catalogue.reservedPrefix)\", which is reserved for the supervisor's own tools; rename it (a server cell: set server.toolPrefix)"
-                    ))
-                continue
-            }
             if let clash = c.manifest.tools.first(where: { byName[$0.name] != nil }) {
                 problems.append(
                     CellProblem(

@@ -264,7 +264,8 @@ extension Setting {
             var patterns: [String] = []
             for (i, item) in items.enumerated() {
                 guard case .string(let v) = item, Self.isToolPattern(v) else {
-                    throw fail("[\(i)]: expected a tool name or glob (\(Self.toolPatternText)), found \(item.serialized())")
+                    throw fail(
+                        "[\(i)]: expected a tool name or glob (\(Self.toolPatternText)), found \(item.serialized())")
                 }
                 patterns.append(v)
             }
@@ -300,7 +301,8 @@ extension Setting {
             // An empty value clears the list (a file's pins can be undone).
             let patterns = v.isEmpty ? [] : v.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
             if let bad = patterns.first(where: { !Self.isToolPattern($0) }) {
-                throw fail("expected tool names or globs (\(Self.toolPatternText)) separated by commas, found \"\(bad)\"")
+                throw fail(
+                    "expected tool names or globs (\(Self.toolPatternText)) separated by commas, found \"\(bad)\"")
             }
             s[keyPath: p] = patterns
         }

@@ -60,6 +60,33 @@ final class CatalogueTests: XCTestCase {
         }
     }
 
+    func testAManifestMayNotTakeTheReservedPrefix() {
+        func parse(_ tool: String, server: JSONValue? = nil) throws -> CellManifest {
+            var o: JSONObject = [
+                "name": "demo", "version": "1", "description": "A demo cell.",
+                "executable": ["path": "/bin/true", "sha256": .string(String(repeating: "a", count: 64))],
+                "tools": [["name": .string(tool), "description": "Demo.", "inputSchema": ["type": "object"]]],
+                "sideEffects": "none",
+            ]
+            if let server { o["server"] = server }
+            return try CellManifest.parse(
+                bytes: JSONValue.object(o).serializedBytes(), path: "/m/demo.json", manifestSHA256: "h")
+        }
+        XCTAssertThrowsError(try parse(Catalogue.searchTool)) {
+            XCTAssertEqual(($0 as? ConfigError)?.field, "tools[0].name")
+            XCTAssertTrue("\($0)".contains("reserved for the supervisor's own tools"), "\($0)")
+        }
+        XCTAssertThrowsError(try parse("supervisor_anything"))
+        XCTAssertNoThrow(try parse("supervisor"))
+        XCTAssertNoThrow(try parse("my_supervisor_tool"))
+        // A server cell's tools are checked under their exposed names.
+        XCTAssertThrowsError(try parse("search_tools", server: ["toolPrefix": "supervisor"])) {
+            XCTAssertTrue("\($0)".contains("\"supervisor_search_tools\" starts with"), "\($0)")
+            XCTAssertTrue("\($0)".contains("server.toolPrefix"), "\($0)")
+        }
+        XCTAssertNoThrow(try parse("search_tools", server: ["toolPrefix": "srv"]))
+    }
+
     // MARK: ranking
 
     let entries = [
