@@ -183,10 +183,20 @@ public enum Catalogue {
         s.lowercased().split { !($0.isLetter || $0.isNumber) }.map(String.init)
     }
 
-    /// The query's distinct words, at most 16 (a longer query ranks no better).
+    /// Words that would match nearly every description ("the", "of"): left
+    /// out of a query that has other words.
+    static let stopWords: Set<String> = [
+        "a", "an", "and", "as", "at", "be", "by", "for", "from", "in", "into", "is", "it", "of", "on", "or", "the",
+        "to", "with",
+    ]
+
+    /// The query's distinct words, stop words left out unless there is
+    /// nothing else, at most 16 (a longer query ranks no better).
     public static func terms(_ query: String) -> [String] {
         var seen: Set<String> = []
-        return words(query).filter { seen.insert($0).inserted }.prefix(16).map { $0 }
+        let all = words(query).filter { seen.insert($0).inserted }
+        let content = all.filter { !stopWords.contains($0) }
+        return (content.isEmpty ? all : content).prefix(16).map { $0 }
     }
 
     /// A word matches a term when equal, or when one starts with the other

@@ -140,6 +140,9 @@ final class CatalogueTests: XCTestCase {
         XCTAssertEqual(Catalogue.search("kubernetes", in: entries, limit: 10).matches, 0)
         XCTAssertEqual(Catalogue.search("!!! ---", in: entries, limit: 10).hits, [])
         XCTAssertEqual(Catalogue.terms("Create  create, ISSUE"), ["create", "issue"])
+        XCTAssertEqual(Catalogue.terms("post a message to the channel"), ["post", "message", "channel"])
+        XCTAssertEqual(Catalogue.terms("to be or not to be"), ["not"])
+        XCTAssertEqual(Catalogue.terms("of the"), ["of", "the"], "only stop words: kept")
         let long = String(repeating: "w ", count: 3) + (0..<40).map { "t\($0)" }.joined(separator: " ")
         XCTAssertEqual(Catalogue.terms(long).count, 16)
     }

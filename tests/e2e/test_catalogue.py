@@ -125,6 +125,16 @@ def test_below_the_limit_every_tool_is_listed_as_before(catalogue, tmp_path):
         listed, err = sdk(args(catalogue, tmp_path / str(i), ALLOW_ALL, *extra), body)
         assert listed == names + ["set_phase"], extra
         assert "Unknown tool" in err, err
+    # 2026-07-28 likewise: every tool, by name.
+    s = RawServer.with_args(*args(catalogue, tmp_path / "modern", ALLOW_ALL, "--catalogue-visible-limit", "87",
+                                  "--tools-page-size", "1000"), stderr=subprocess.DEVNULL)
+    try:
+        tools = [t["name"] for t in modern(s, 1, "tools/list")["result"]["tools"]]
+        assert tools == sorted(names) + ["set_phase"]
+        r = modern(s, 2, "tools/call", {"name": ENABLE, "arguments": {"tools": ["redis_get"]}})
+        assert r["error"]["code"] == -32602 and "Unknown tool" in r["error"]["message"], r
+    finally:
+        s.close()
 
 
 def test_handshake_era_search_enable_call_disable(catalogue, tmp_path):
@@ -135,6 +145,8 @@ def test_handshake_era_search_enable_call_disable(catalogue, tmp_path):
         # Not shown, so not callable; the refusal says how to enable it.
         refused = await s.call_tool("slack_post_message", {"channel_id": "C1", "text": "hi"})
         found = await s.call_tool(SEARCH, {"query": "post a message to a channel", "limit": 3})
+        # Words found only in a description.
+        described = await s.call_tool(SEARCH, {"query": "stacktraces of production crashes"})
         unknown = await s.call_tool(ENABLE, {"tools": ["slack_post_message", "no_such_tool"]})
         assert changed == [], "nothing was enabled"
         enabled = await s.call_tool(ENABLE, {"tools": ["slack_post_message"]})
@@ -147,9 +159,9 @@ def test_handshake_era_search_enable_call_disable(catalogue, tmp_path):
         await wait_for(changed, 2)
         gone = await names_listed(s)
         refused_again = await s.call_tool("slack_post_message", {"channel_id": "C1", "text": "hi"})
-        return first, refused, found, unknown, enabled, after, called, again, bad, gone, refused_again
+        return first, refused, found, described, unknown, enabled, after, called, again, bad, gone, refused_again
 
-    (first, refused, found, unknown, enabled, after, called, again, bad, gone, refused_again) = sdk(
+    (first, refused, found, described, unknown, enabled, after, called, again, bad, gone, refused_again) = sdk(
         args(catalogue, tmp_path, ALLOW_ALL, "--catalogue-visible-limit", "20", "--catalogue-pinned-tools",
              "time_*,fetch_url"), body)
     # The small list: the catalogue's tools, the pinned ones (in the order
@@ -166,6 +178,8 @@ def test_handshake_era_search_enable_call_disable(catalogue, tmp_path):
                        "server": "srv-slack", "enabled": False}, hits
     assert len(hits) == 3 and found.structuredContent["matches"] >= 3
     assert json.loads(found.content[0].text) == found.structuredContent
+    assert [h["name"] for h in described.structuredContent["tools"]] == ["sentry_get_issue"], \
+        described.structuredContent
 
     # All or nothing, and an unknown name is named.
     assert unknown.isError and "no_such_tool" in unknown.content[0].text and "nothing was enabled" in \
