@@ -19,6 +19,9 @@ public struct ToolCall: Sendable {
     /// What is left of the call's deadline when a retry runs (docs/resilience.md):
     /// tightens the cell's timeout for this attempt.
     var remainingMilliseconds: Int?
+    /// Set for a policy fallback's alternative: the operator chose it, not
+    /// the model, so the catalogue's list does not limit it.
+    var isFallback = false
     /// The client's W3C trace context (`_meta.traceparent`, `tracestate`):
     /// the call's span is a child of the client's (docs/operations.md).
     public var traceContext: TraceContext?
@@ -432,8 +435,8 @@ public final class CallPipeline: Sendable {
             return .failure(Refused(refusal: .policy(decision), cell: entry.cell, policy: policy))
         }
         // After the policy: a tool it denies is refused as such, whether
-        // listed or not.
-        if !listView(registry: registry, policy: policy, session: session).lists(entry.tool.name) {
+        // listed or not (docs/catalogue.md).
+        if !call.isFallback, !listView(registry: registry, policy: policy, session: session).lists(entry.tool.name) {
             return .failure(Refused(refusal: .notEnabled(tool: entry.tool.name), cell: entry.cell, policy: policy))
         }
         // After the policy's decision (a caller it refuses learns nothing of

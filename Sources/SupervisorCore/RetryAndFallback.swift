@@ -45,6 +45,7 @@ extension CallPipeline {
             var c = call
             c.name = alt
             c.remainingMilliseconds = nil
+            c.isFallback = true
             let (r, kind) = await attempts(c, session: session, policy: policy, onMessage: onMessage)
             if case .none = r { return r }
             if case .inputRequired = r { return r }

@@ -13,7 +13,7 @@ import pytest
 from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
 
-from conftest import BIN, ROOT, RawServer, sha256
+from conftest import BIN, ROOT, RawServer, probe_manifest, sha256
 import catalogue_servers
 
 ECHO = ROOT / ".build" / "release" / "echo-cell"
@@ -319,3 +319,29 @@ def test_a_cell_may_not_take_the_reserved_prefix(catalogue, tmp_path):
     # Off, the cell is refused just the same (the prefix is always reserved).
     tools = sdk(args(catalogue, tmp_path / "off", ALLOW_ALL, manifests=manifests), body)
     assert SEARCH not in [t.name for t in tools]
+
+
+def test_a_policy_fallback_may_reach_a_tool_not_listed(catalogue, tmp_path):
+    """The operator chose the alternative, not the model: the catalogue's
+    list does not limit it, and the model still cannot call it itself."""
+    d, _ = catalogue
+    manifests = tmp_path / "manifests"
+    shutil.copytree(d / "manifests", manifests)
+    (manifests / "primary.json").write_text(json.dumps(
+        probe_manifest("primary", limits={"timeoutMilliseconds": 300})))
+    (manifests / "alt.json").write_text(json.dumps(probe_manifest("alt_ok")))
+    policy = dict(ALLOW_ALL, resilience={"fallback": [{"tool": "primary", "alternatives": ["alt_ok"]}]})
+
+    async def body(s, _):
+        listed = await names_listed(s)
+        fell_back = await s.call_tool("primary", {"action": "sleep", "ms": 800})
+        direct = await s.call_tool("alt_ok", {"action": "sleep", "ms": 1})
+        return listed, fell_back, direct
+
+    listed, fell_back, direct = sdk(args(catalogue, tmp_path, policy, "--catalogue-visible-limit", "20",
+                                         "--catalogue-pinned-tools", "primary", manifests=manifests), body)
+    assert "alt_ok" not in listed and "primary" in listed
+    assert not fell_back.isError, fell_back
+    assert fell_back.content[0].text == "slept"
+    assert "Answered by alt_ok, a fallback for primary (timeout)" in " ".join(c.text for c in fell_back.content)
+    assert direct.isError and "not enabled" in direct.content[0].text
