@@ -55,7 +55,7 @@ public final class SupervisorService: Sendable {
             loadRegistry: loadRegistry)
         server = Server(
             name: "mcp-supervisor", version: SupervisorInfo.version,
-            instructions: Self.instructions,
+            instructions: Self.instructions(options),
             capabilities: .init(logging: .init(), tools: .init(listChanged: true)),
             // Not .strict: the SDK's strict check races its own initialize
             // handler and drops a pipelined request without an answer. The
@@ -65,6 +65,14 @@ public final class SupervisorService: Sendable {
 
     static let instructions = "Every tool call runs in a fresh, kernel-sandboxed process."
 
+    /// With the catalogue configured, the model learns that the list may not
+    /// hold every tool and how to find the rest (docs/catalogue.md).
+    static func instructions(_ options: ServiceOptions) -> String {
+        guard options.pipeline.catalogue.visibleLimit > 0 else { return instructions }
+        return instructions + " When many tools are available, tools/list holds only some of them: find the others "
+            + "with \(Catalogue.searchTool) and enable them with \(Catalogue.enableTool) before calling them."
+    }
+
     public var currentRegistry: CellRegistry { pipeline.registry }
 
     /// Serves until stdin ends (and every request received is answered).
@@ -73,7 +81,7 @@ public final class SupervisorService: Sendable {
         transport.callHandler.value = { [self] call, reply in serve(call, reply) }
         let modern = ModernDispatcher(
             pipeline: pipeline, session: session, transport: transport, pageSize: options.toolsPageSize,
-            instructions: Self.instructions)
+            instructions: Self.instructions(options))
         transport.modern.value = modern
         // In the 2026-07-28 era a list change reaches only the clients that
         // subscribed to it; never unsolicited.

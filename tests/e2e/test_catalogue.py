@@ -131,6 +131,7 @@ def test_below_the_limit_every_tool_is_listed_as_before(catalogue, tmp_path):
     try:
         tools = [t["name"] for t in modern(s, 1, "tools/list")["result"]["tools"]]
         assert tools == sorted(names) + ["set_phase"]
+        assert SEARCH in modern(s, 3, "server/discover")["result"]["instructions"], "the limit is set"
         r = modern(s, 2, "tools/call", {"name": ENABLE, "arguments": {"tools": ["redis_get"]}})
         assert r["error"]["code"] == -32602 and "Unknown tool" in r["error"]["message"], r
     finally:
@@ -264,6 +265,8 @@ def test_modern_era_notifies_subscribers_only(catalogue, tmp_path):
     s = RawServer.with_args(*args(catalogue, tmp_path, ALLOW_ALL, "--catalogue-visible-limit", "20"),
                             stderr=subprocess.DEVNULL)
     try:
+        # The instructions say how to find what is not listed.
+        assert SEARCH in modern(s, 0, "server/discover")["result"]["instructions"]
         tools = [t["name"] for t in modern(s, 1, "tools/list")["result"]["tools"]]
         assert tools == [SEARCH, ENABLE, DISABLE, "set_phase"], tools
         # Not subscribed: enabling changes the list, unannounced.
