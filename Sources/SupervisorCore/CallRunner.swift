@@ -670,8 +670,19 @@ public final class CallRunner: @unchecked Sendable {
         (tools: [JSONObject], serverInfo: String?), DiscoveryError
     > {
         guard cell.manifest.server != nil else { return .failure(DiscoveryError("not a server cell")) }
+        // Its secrets if they are there; listing tools should not need them
+        // (a cell may be registered before its secrets are set), and a server
+        // without them has less, not more.
+        var missing: SecretUnavailable? = nil
+        let resolved: ResolvedSecrets
+        switch secrets.resolve(cell.manifest) {
+        case .success(let r): resolved = r
+        case .failure(let e):
+            missing = e
+            resolved = .none
+        }
         let w: StartedWorker
-        switch startWorker(cell, limits: cell.manifest.limits, argv: nil, name: "register") {
+        switch startWorker(cell, limits: cell.manifest.limits, argv: nil, name: "register", secrets: resolved) {
         case .success(let started): w = started
         case .failure(let why): return .failure(DiscoveryError("the server cannot run: \(why)"))
         }
@@ -687,6 +698,7 @@ public final class CallRunner: @unchecked Sendable {
         var why = exit.map { session.classify(exit: $0).detail } ?? "the server could not be reaped"
         let stderr = session.diagnosticsText.trimmingCharacters(in: .whitespacesAndNewlines)
         if !stderr.isEmpty { why += "\nthe server's stderr ends with:\n" + String(stderr.suffix(2000)) }
+        if let missing { why += "\nit was started without its secrets (\(missing))" }
         return .failure(DiscoveryError(w.secrets.redactor.redact(why)))
     }
 

@@ -279,7 +279,7 @@ final class SecretRedactorTests: XCTestCase {
             outcome: .success(
                 CellResult(
                     content: [["type": "text", "text": .string("got \(secret)")]],
-                    structuredContent: [.string(secret): ["v": .string(secret)]])),
+                    structuredContent: [secret: ["v": .string(secret)]])),
             exit: nil, durationNanoseconds: 0, cpuNanoseconds: 0, peakMemoryBytes: nil, bytesFromWorker: 0,
             diagnostics: "stderr: \(secret)", spawnNanoseconds: 0, firstFrameNanoseconds: 0, reapNanoseconds: 0)
         report.refusedServerRequests = ["sampling/\(secret)"]
@@ -287,7 +287,7 @@ final class SecretRedactorTests: XCTestCase {
         XCTAssertFalse("\(r)".contains(secret), "\(r)")
         XCTAssertEqual(r.diagnostics, "stderr: [secret:api]")
         report.outcome = .toolError("failed with \(secret)")
-        XCTAssertEqual(redactor.redact(report).outcome, .toolError("failed with [secret:api]"))
+        XCTAssertEqual(redactor.redact(report).outcome, CallOutcome.toolError("failed with [secret:api]"))
         XCTAssertEqual(
             redactor.redact(WorkerMessage.log(level: "info", message: secret, data: [.string(secret)])),
             .log(level: "info", message: "[secret:api]", data: ["[secret:api]"]))
