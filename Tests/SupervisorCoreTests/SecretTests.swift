@@ -361,6 +361,15 @@ final class InterceptionCATests: XCTestCase {
         XCTAssertThrowsError(try ca.leafCertificate(forHost: "not a host"))
     }
 
+    func testCreatedOnFirstNeedAndKept() throws {
+        let sources = SecretSources(store: SecretStore(stateDirectory: state), environment: [:])
+        XCTAssertNil(try? Sys.lstat(state + "/egress-ca"))
+        let a = try sources.interceptionAuthority()
+        XCTAssertTrue(a === (try sources.interceptionAuthority()))
+        XCTAssertEqual(a.caCertificatePEM, try String(contentsOfFile: a.caCertificatePath, encoding: .utf8))
+        XCTAssertThrowsError(try SecretSources.none.interceptionAuthority())
+    }
+
     func testKeyReadableByOthersIsRefused() throws {
         _ = try PerInstallCA(stateDirectory: state)
         chmod(state + "/egress-ca/ca.key", 0o644)

@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import StrictJSON
+import Synchronization
 
 /// Why a call cannot have one of its cell's secrets: its name and the
 /// reason, never its value. The call ends as `cell.cannot_run`
@@ -18,6 +19,7 @@ public struct SecretUnavailable: Error, Sendable, Equatable, CustomStringConvert
 public final class SecretSources: Sendable {
     public let store: SecretStore?
     let environment: [String: String]
+    private let authority = Mutex<PerInstallCA?>(nil)
 
     public init(store: SecretStore?, environment: [String: String] = ProcessInfo.processInfo.environment) {
         self.store = store
@@ -26,6 +28,19 @@ public final class SecretSources: Sendable {
 
     /// No store, no environment: every secret is unavailable.
     public static let none = SecretSources(store: nil, environment: [:])
+
+    /// The per-install CA of the store's state directory, created on first
+    /// need (the first cell whose HTTPS requests get a header) and kept for
+    /// the life of the process.
+    public func interceptionAuthority() throws(InterceptionCAError) -> PerInstallCA {
+        guard let store else { throw InterceptionCAError("this command has no state directory") }
+        if let ca = authority.withLock({ $0 }) { return ca }
+        let ca = try PerInstallCA(stateDirectory: store.stateDirectory)
+        return authority.withLock { held in
+            if held == nil { held = ca }
+            return held!
+        }
+    }
 
     /// The value of one secret.
     func value(of b: SecretBinding) -> Result<[UInt8], SecretUnavailable> {
