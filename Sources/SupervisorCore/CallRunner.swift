@@ -344,7 +344,8 @@ public final class CallRunner: @unchecked Sendable {
                     stdin: script ?? devNull, stdout: diag.write, stderr: diag.write, request: req.read,
                     response: resp.write, workingDirectory: scratch)
                 : SpawnRequest(
-                    executable: exe, argv: argv ?? m.argv, environment: environment(for: m, scratch: scratch, secrets: secrets),
+                    executable: exe, argv: argv ?? m.argv,
+                    environment: environment(for: m, scratch: scratch, secrets: secrets),
                     stdin: req.read, stdout: resp.write, stderr: diag.write, request: devNull,
                     response: devNull, workingDirectory: m.workingDirectory ?? scratch)
             r.broker = brokerChild

@@ -25,6 +25,9 @@ extension Sys {
         _ = try retrying("rmdir \(path)") { Glibc.rmdir(path) }
     }
 
+    /// Whether `fd` is a terminal. The corresponding C function is `isatty`.
+    public static func isatty(_ fd: Int32) -> Bool { Glibc.isatty(fd) == 1 }
+
     /// The corresponding C function is `umask`; returns the previous mask.
     @discardableResult
     public static func umask(_ mask: UInt32) -> UInt32 { UInt32(Glibc.umask(mode_t(mask))) }

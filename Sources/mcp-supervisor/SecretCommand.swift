@@ -43,7 +43,7 @@ struct SecretCommand: ParsableCommand {
                     throw ExitCode(1)
                 }
             } else {
-                if isatty(0) != 0 {
+                if Sys.isatty(0) {
                     printError(
                         "reading the value of \(name) from standard input; end it with Ctrl-D (the terminal shows "
                             + "what you type: prefer `... | mcp-supervisor secret set \(name)` or --from-file)")

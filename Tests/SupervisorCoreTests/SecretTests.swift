@@ -16,7 +16,8 @@ final class SecretManifestTests: ManifestTestCase {
             ]
         }
         XCTAssertEqual(m.secrets.count, 2)
-        XCTAssertEqual(m.secrets[0], SecretBinding(name: "api_token", source: .store, use: .environment(variable: "API_TOKEN")))
+        XCTAssertEqual(
+            m.secrets[0], SecretBinding(name: "api_token", source: .store, use: .environment(variable: "API_TOKEN")))
         XCTAssertEqual(m.secrets[1].source, .environment("HOST_VAR"))
         XCTAssertEqual(
             m.secrets[0].description, "api_token (store): environment variable API_TOKEN of the worker")
@@ -59,7 +60,8 @@ final class SecretManifestTests: ManifestTestCase {
     func testInjectChecks() throws {
         var network = NetworkAccess()
         network.hosts = [
-            try NetworkAccess.Host.parse("api.example.com:443").get(), try NetworkAccess.Host.parse("*.svc.org:443").get(),
+            try NetworkAccess.Host.parse("api.example.com:443").get(),
+            try NetworkAccess.Host.parse("*.svc.org:443").get(),
             try NetworkAccess.Host.parse("127.0.0.1:8443").get(),
         ]
         func bindings(_ v: JSONValue) throws(ConfigError) -> [SecretBinding] {
@@ -74,7 +76,10 @@ final class SecretManifestTests: ManifestTestCase {
             }
         }
         let b = try bindings([
-            ["name": "t", "inject": ["host": "API.example.com:443", "header": "Authorization", "format": "Bearer {secret}"]],
+            [
+                "name": "t",
+                "inject": ["host": "API.example.com:443", "header": "Authorization", "format": "Bearer {secret}"],
+            ],
             ["name": "t", "inject": ["host": "a.svc.org:443", "header": "X-Api-Key"]],
             ["name": "t", "inject": ["host": "127.0.0.1:8443", "header": "X-Api-Key"]],
         ])
@@ -355,7 +360,8 @@ final class InterceptionCATests: XCTestCase {
             state + "/leaf-api.example.com.pem",
         ])
         XCTAssertNotEqual(other.status, 0, other.output)
-        XCTAssertEqual(try ca.leafCertificate(forHost: "api.example.com").certificateChainPEM,
+        XCTAssertEqual(
+            try ca.leafCertificate(forHost: "api.example.com").certificateChainPEM,
             try ca.leafCertificate(forHost: "api.example.com").certificateChainPEM, "cached")
         XCTAssertEqual(try PerInstallCA(stateDirectory: state).caCertificatePEM, ca.caCertificatePEM)
         XCTAssertThrowsError(try ca.leafCertificate(forHost: "not a host"))

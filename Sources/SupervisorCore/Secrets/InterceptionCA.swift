@@ -1,8 +1,8 @@
 import Crypto
 import Foundation
 import SupervisorPlatform
-import Synchronization
 import SwiftASN1
+import Synchronization
 import X509
 
 /// Why the egress CA cannot be created or used; names the path and the fix.

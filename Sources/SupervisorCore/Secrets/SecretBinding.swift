@@ -84,7 +84,8 @@ public struct SecretBinding: Sendable, Equatable, CustomStringConvertible {
                 if other == b { throw r.error("name", "the same secret and use are declared twice") }
                 if other.name == b.name && other.source != b.source {
                     throw r.error(
-                        "source", "secret \(b.name) is declared with another source in an earlier entry (\(other.source))")
+                        "source",
+                        "secret \(b.name) is declared with another source in an earlier entry (\(other.source))")
                 }
                 if case .environment(let v) = b.use, case .environment(let w) = other.use, v == w {
                     throw r.error("env", "variable \(v) already receives secret \(other.name)")
@@ -142,7 +143,9 @@ public struct SecretBinding: Sendable, Equatable, CustomStringConvertible {
             guard !host.pattern.hasPrefix("*.") else {
                 throw i.error("host", "name one host, not a wildcard: the credential goes to that host only")
             }
-            guard network.hosts.contains(where: { $0.matches(host: host.pattern, literal: host.address, port: host.port) })
+            guard
+                network.hosts.contains(where: { $0.matches(host: host.pattern, literal: host.address, port: host.port) }
+                )
             else {
                 throw i.error(
                     "host", "\(hostText) is not on the cell's network.connect allowlist: list it there as well")

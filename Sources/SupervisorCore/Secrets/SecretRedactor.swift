@@ -144,7 +144,8 @@ public struct SecretRedactor: Sendable {
         guard !patterns.isEmpty else { return m }
         switch m {
         case .progress(let p, let t, let message): return .progress(progress: p, total: t, message: message.map(redact))
-        case .log(let level, let message, let data): return .log(level: level, message: redact(message), data: data.map(redact))
+        case .log(let level, let message, let data):
+            return .log(level: level, message: redact(message), data: data.map(redact))
         }
     }
 

@@ -94,11 +94,11 @@ public struct SecretStore: Sendable {
         let fd: FileDescriptor
         do {
             fd = try Sys.open(directory, OpenFlags.readOnly | OpenFlags.directory | OpenFlags.noFollow)
-        } catch where error.errno == Errno.noEntry {
+        } catch  where error.errno == Errno.noEntry {
             guard create else { return nil }
             do {
                 try Sys.makeDirectories(stateDirectory, mode: 0o700)
-                do { try Sys.mkdir(directory, mode: 0o700) } catch where error.errno == Errno.exists {}
+                do { try Sys.mkdir(directory, mode: 0o700) } catch  where error.errno == Errno.exists {}
                 fd = try Sys.open(directory, OpenFlags.readOnly | OpenFlags.directory | OpenFlags.noFollow)
             } catch {
                 throw SecretStoreError("cannot create the secret store \(directory): \(error)")
