@@ -20,17 +20,8 @@ extension FileDescriptor {
 }
 
 extension Sys {
-    /// The corresponding C function is `rmdir`.
-    public static func rmdir(_ path: String) throws(SystemError) {
-        _ = try retrying("rmdir \(path)") { Glibc.rmdir(path) }
-    }
-
     /// Whether `fd` is a terminal. The corresponding C function is `isatty`.
     public static func isatty(_ fd: Int32) -> Bool { Glibc.isatty(fd) == 1 }
-
-    /// The corresponding C function is `umask`; returns the previous mask.
-    @discardableResult
-    public static func umask(_ mask: UInt32) -> UInt32 { UInt32(Glibc.umask(mode_t(mask))) }
 
     /// Reads a whole file of at most `limit` bytes beneath `directory`
     /// without following any link (`openat2` with RESOLVE_BENEATH and
