@@ -21,6 +21,13 @@ public struct SecretRedactor: Sendable {
     let patterns: [Pattern]
     /// The raw values, for cuts at the ends of a text.
     let values: [Pattern]
+    /// The patterns grouped by their first byte, for the scan: the indices
+    /// of `patterns` starting with byte b are `bucket[bucketStart[b]..<bucketStart[b + 1]]`
+    /// (longest first); their bytes are `flat[offsets[i]..<offsets[i] + patterns[i].bytes.count]`.
+    let bucketStart: [Int]
+    let bucket: [Int]
+    let flat: [UInt8]
+    let offsets: [Int]
 
     /// The shortest part of a value recognised where a text was cut.
     static let minimumEdge = 4
@@ -50,8 +57,23 @@ public struct SecretRedactor: Sendable {
                 patterns.append(Pattern(bytes: f, marker: marker))
             }
         }
-        self.patterns = patterns.sorted { $0.bytes.count > $1.bytes.count }
+        let sorted = patterns.sorted { $0.bytes.count > $1.bytes.count }
+        self.patterns = sorted
         self.values = values
+        var flat: [UInt8] = []
+        var offsets: [Int] = []
+        for p in sorted {
+            offsets.append(flat.count)
+            flat += p.bytes
+        }
+        var starts = [Int](repeating: 0, count: 257)
+        var bucket: [Int] = []
+        for b in 0..<256 {
+            starts[b] = bucket.count
+            bucket += sorted.indices.filter { sorted[$0].bytes[0] == UInt8(b) }
+        }
+        starts[256] = bucket.count
+        (self.flat, self.offsets, self.bucketStart, self.bucket) = (flat, offsets, starts, bucket)
     }
 
     public var isEmpty: Bool { patterns.isEmpty }
@@ -60,40 +82,79 @@ public struct SecretRedactor: Sendable {
 
     public func redact(_ s: String) -> String {
         guard !patterns.isEmpty, !s.isEmpty else { return s }
-        let text = Array(s.utf8)
-        var out: [UInt8] = []
-        out.reserveCapacity(text.count)
+        let replaced: [UInt8]? =
+            s.utf8.withContiguousStorageIfAvailable { replacing(in: $0) }
+            ?? Array(s.utf8).withUnsafeBufferPointer { replacing(in: $0) }
+        guard let replaced else { return s }
+        return String(decoding: replaced, as: UTF8.self)
+    }
+
+    /// The text with every pattern replaced and a value cut at either end
+    /// replaced; nil when nothing was.
+    private func replacing(in text: UnsafeBufferPointer<UInt8>) -> [UInt8]? {
+        var out: [UInt8]? = nil
+        var copied = 0
         var i = 0
-        var changed = false
-        scan: while i < text.count {
-            for p in patterns where p.bytes[0] == text[i] && i + p.bytes.count <= text.count {
-                if text[i..<(i + p.bytes.count)].elementsEqual(p.bytes) {
-                    out += p.marker
-                    i += p.bytes.count
-                    changed = true
-                    continue scan
+        let n = text.count
+        // One table lookup per byte; only the patterns starting with that
+        // byte are compared, from their second byte on.
+        flat.withUnsafeBufferPointer { flat in
+            offsets.withUnsafeBufferPointer { offsets in
+                bucketStart.withUnsafeBufferPointer { starts in
+                    bucket.withUnsafeBufferPointer { bucket in
+                        scan: while i < n {
+                            let b = Int(text[i])
+                            var k = starts[b]
+                            let end = starts[b + 1]
+                            while k < end {
+                                let p = bucket[k]
+                                let length = patterns[p].bytes.count
+                                let at = offsets[p]
+                                if i + length <= n {
+                                    var j = 1
+                                    while j < length && text[i + j] == flat[at + j] { j += 1 }
+                                    if j == length {
+                                        if out == nil { out = [] }
+                                        out!.append(contentsOf: UnsafeBufferPointer(rebasing: text[copied..<i]))
+                                        out!.append(contentsOf: patterns[p].marker)
+                                        i += length
+                                        copied = i
+                                        continue scan
+                                    }
+                                }
+                                k += 1
+                            }
+                            i += 1
+                        }
+                    }
                 }
             }
-            out.append(text[i])
-            i += 1
         }
-        // A value cut where the text begins (the tail of a stream) or ends
-        // (a clipped message).
+        if out != nil { out!.append(contentsOf: UnsafeBufferPointer(rebasing: text[copied..<n])) }
+        return withEdgesReplaced(out ?? Array(text), changed: out != nil)
+    }
+
+    /// A value cut where the text begins (the tail of a stream) or ends (a
+    /// clipped message): at least `minimumEdge` of its bytes.
+    private func withEdgesReplaced(_ text: [UInt8], changed: Bool) -> [UInt8]? {
+        var b = text
+        var changed = changed
         for v in values where v.bytes.count > Self.minimumEdge {
-            for n in stride(from: v.bytes.count - 1, through: Self.minimumEdge, by: -1)
-            where out.count >= n && out[0..<n].elementsEqual(v.bytes.suffix(n)) {
-                out.replaceSubrange(0..<n, with: v.marker)
+            let value = v.bytes
+            for k in stride(from: value.count - 1, through: Self.minimumEdge, by: -1)
+            where b.count >= k && b[k - 1] == value[value.count - 1] && b[0..<k].elementsEqual(value.suffix(k)) {
+                b.replaceSubrange(0..<k, with: v.marker)
                 changed = true
                 break
             }
-            for n in stride(from: v.bytes.count - 1, through: Self.minimumEdge, by: -1)
-            where out.count >= n && out.suffix(n).elementsEqual(v.bytes.prefix(n)) {
-                out.replaceSubrange((out.count - n)..<out.count, with: v.marker)
+            for k in stride(from: value.count - 1, through: Self.minimumEdge, by: -1)
+            where b.count >= k && b[b.count - k] == value[0] && b.suffix(k).elementsEqual(value.prefix(k)) {
+                b.replaceSubrange((b.count - k)..<b.count, with: v.marker)
                 changed = true
                 break
             }
         }
-        return changed ? String(decoding: out, as: UTF8.self) : s
+        return changed ? b : nil
     }
 
     /// Every string of `v`, keys included.
