@@ -150,6 +150,13 @@ def test_missing_secret_refuses_the_call_naming_it(gw):
     ev = gw.events("cell.cannot_run")
     assert [e["kind"] for e in ev] == ["secret_unavailable"] and ev[0]["secret"] == "leak_token", ev
     assert "secret set leak_token" in ev[0]["detail"], ev
+    # doctor says so before any call does.
+    d = gw.cli("doctor", "--allow-unsigned", "--manifests", gw.manifests, "--policies", gw.policies, ok=False)
+    assert d.returncode == 1 and "CANNOT RUN AS DECLARED" in d.stdout, d.stdout + d.stderr
+    assert "secret leak_token is not available" in d.stdout, d.stdout
+    secret_cli(gw, "set", "leak_token", input=PLANTED.encode())
+    d = gw.cli("doctor", "--allow-unsigned", "--manifests", gw.manifests, "--policies", gw.policies)
+    assert "leak 1: OK" in d.stdout and not leaks(d.stdout.encode()), d.stdout
 
 
 def test_secret_set_after_start_is_used_at_the_next_call(root_gw):
