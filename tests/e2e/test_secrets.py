@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -159,19 +160,27 @@ def test_missing_secret_refuses_the_call_naming_it(gw):
     assert "leak 1: OK" in d.stdout and not leaks(d.stdout.encode()), d.stdout
 
 
-def test_secret_set_after_start_is_used_at_the_next_call(root_gw):
-    """The store is read at every call; a worker prespawned without the
-    secret is not used once the secret exists (and not after it changed)."""
+@pytest.mark.parametrize("lifecycle", ["perCall", "session"])
+def test_secret_set_after_start_is_used_at_the_next_call(root_gw, lifecycle):
+    """The store is read at every call; a server started ahead of its call
+    (prespawn) or kept for the session with an older value in its
+    environment is not used once the value changed."""
     gw = root_gw
-    leak_manifest(gw)
+    leak_manifest(gw, lifecycle=lifecycle)
     s = gw.serve("--prespawn", "1")
     r, _ = call(s, "leak_env")
     assert r["result"]["isError"] is True, r
     secret_cli(gw, "set", "leak_token", input=b"first-value")
     assert observed(ok(s, "leak_env"))["sha256"] == hashlib.sha256(b"first-value").hexdigest()
+    # Time for the next server to be started and initialized ahead of its
+    # call, with the first value.
+    time.sleep(3)
     secret_cli(gw, "set", "leak_token", input=b"second-value")
     assert observed(ok(s, "leak_env"))["sha256"] == hashlib.sha256(b"second-value").hexdigest()
     s.close()
+    ends = gw.events("call.end", tool="leak_env")
+    assert [e["outcome"] for e in ends] == ["cannot_run", "success", "success"], ends
+    assert not ends[2].get("prespawned"), "the server holding the old value was used"
 
 
 def test_world_readable_or_foreign_store_is_refused(root_gw):
