@@ -232,6 +232,9 @@ final class SecretStoreTests: XCTestCase {
                     host: "api.example.com", port: 443, headerName: "Authorization", headerValue: "Bearer tok-123",
                     secretName: "token")
             ])
+        // An injected secret goes to the proxy only, never into the worker's
+        // environment.
+        XCTAssertEqual(try sources.resolve(m).get().environment.map(\.0), ["TOKEN", "HOST_KEY"])
         XCTAssertTrue(try store.remove("token"))
         guard case .failure(let e) = sources.resolve(m) else { return XCTFail("resolved without its secret") }
         XCTAssertEqual(e.name, "token")
