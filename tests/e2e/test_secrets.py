@@ -233,3 +233,29 @@ def test_cell_show_and_widening(root_gw):
     assert p.returncode != 0 and "widens: secrets: + second (supervisor environment $HOME)" in p.stderr, p.stderr
     p = gw.cli("cell", "register", path, "--key", f"{key}.key", "--approve-widening")
     assert "approving for leak: widens: secrets" in p.stdout, p.stdout
+
+
+def test_frame_cell_env_secret_is_redacted_in_its_structured_result(root_gw):
+    """A frame cell (the bundled python_run) given an `env` secret: the code
+    it runs sees the value; what it prints (plain or base64, on stdout or
+    stderr) comes back as `[secret:NAME]` in the structured result."""
+    from conftest import bundled_manifest
+    gw = root_gw
+    doc = bundled_manifest("python-run")
+    doc["secrets"] = [{"name": "leak_token", "env": "LEAKY_TOKEN"}]
+    gw.write(doc)
+    secret_cli(gw, "set", "leak_token", input=PLANTED.encode())
+    received = []
+    s = gw.serve()
+    code = ("import os, hashlib, base64, sys\nv = os.environ['LEAKY_TOKEN']\n"
+            "print(hashlib.sha256(v.encode()).hexdigest())\nprint(v)\nprint(base64.b64encode(v.encode()).decode())\n"
+            "print(v, file=sys.stderr)\nraise SystemExit(v)")
+    r, _ = call(s, "python_run", {"code": code})
+    received.append(json.dumps(r).encode())
+    out = r["result"]["structuredContent"]
+    lines = out["stdout"].splitlines()
+    assert lines[0] == hashlib.sha256(PLANTED.encode()).hexdigest(), out
+    assert lines[1:] == ["[secret:leak_token]", "[secret:leak_token]"], out
+    assert "[secret:leak_token]" in out["stderr"], out
+    s.close()
+    assert not leaks(b"".join(received)) and not leaks(state_bytes(gw)), r
