@@ -188,6 +188,15 @@ public final class CallRunner: @unchecked Sendable {
         try secrets.resolve(cell.manifest).get().injections
     }
 
+    /// The per-install CA with which the egress proxy terminates TLS for
+    /// hosts that have a credential injection, created on first need; its
+    /// certificate (`caCertificatePath`) is published in the scratch root,
+    /// which workers can traverse (they still need a Landlock read rule for
+    /// that one file), since the state directory is closed to them.
+    public func interceptionAuthority() throws(InterceptionCAError) -> PerInstallCA {
+        try secrets.interceptionAuthority(publishIn: host.scratchRoot)
+    }
+
     private func run(
         cell: PreparedCell, tool: String, arguments: JSONObject, callID: String,
         cancellation: CallCancellation?, limits: CellManifest.Limits, secrets: ResolvedSecrets, learn: Bool,

@@ -377,6 +377,13 @@ final class InterceptionCATests: XCTestCase {
         XCTAssertTrue(a === (try sources.interceptionAuthority()))
         XCTAssertEqual(a.caCertificatePEM, try String(contentsOfFile: a.caCertificatePath, encoding: .utf8))
         XCTAssertThrowsError(try SecretSources.none.interceptionAuthority())
+        // Published where a worker can read it: the certificate, never the key.
+        let published = try PerInstallCA(stateDirectory: state, publishIn: state)
+        XCTAssertEqual(published.caCertificatePath, state + "/egress-ca.pem")
+        XCTAssertEqual(published.caCertificatePEM, a.caCertificatePEM)
+        XCTAssertEqual(try String(contentsOfFile: state + "/egress-ca.pem", encoding: .utf8), a.caCertificatePEM)
+        XCTAssertEqual((try Sys.lstat(state + "/egress-ca.pem")).mode & 0o777, 0o644)
+        XCTAssertFalse(try String(contentsOfFile: state + "/egress-ca.pem", encoding: .utf8).contains("PRIVATE"))
     }
 
     func testKeyReadableByOthersIsRefused() throws {

@@ -22,6 +22,9 @@ public struct InterceptionCAError: Error, Sendable, CustomStringConvertible {
 /// and is never given to a worker; the certificate is all a cell gets.
 public final class PerInstallCA: InterceptionAuthority {
     public let directory: String
+    /// The certificate the cell is told to trust: the published copy when
+    /// there is one (a worker cannot read the state directory), else
+    /// `<directory>/ca.pem`.
     public let caCertificatePath: String
     /// The CA certificate, PEM (what a cell is told to trust).
     public let caCertificatePEM: String
@@ -45,13 +48,16 @@ public final class PerInstallCA: InterceptionAuthority {
     /// Refuses a directory or key readable by others, or owned by another
     /// user: a key others could read lets them impersonate every host a
     /// cell trusts it for.
-    public convenience init(stateDirectory: String) throws(InterceptionCAError) {
-        try self.init(directory: Self.directory(stateDirectory: stateDirectory))
+    /// `publishIn`: a directory workers can traverse (the scratch root),
+    /// where a copy of the certificate, never the key, is written as
+    /// `egress-ca.pem` (mode 0644) for cells to be given.
+    public convenience init(stateDirectory: String, publishIn: String? = nil) throws(InterceptionCAError) {
+        try self.init(directory: Self.directory(stateDirectory: stateDirectory), publishIn: publishIn)
     }
 
-    public init(directory: String) throws(InterceptionCAError) {
+    public init(directory: String, publishIn: String? = nil) throws(InterceptionCAError) {
         self.directory = directory
-        caCertificatePath = directory + "/ca.pem"
+        let certificatePath = directory + "/ca.pem"
         let keyPath = directory + "/ca.key"
         if (try? Sys.lstat(directory)) == nil { try Self.create(directory) }
         // Checked on every load: permissions may have changed since.
@@ -67,7 +73,7 @@ public final class PerInstallCA: InterceptionAuthority {
         }
         do {
             let keyPEM = String(decoding: try readFile(keyPath, limit: 1 << 16), as: UTF8.self)
-            let certPEM = String(decoding: try readFile(caCertificatePath, limit: 1 << 16), as: UTF8.self)
+            let certPEM = String(decoding: try readFile(certificatePath, limit: 1 << 16), as: UTF8.self)
             caKey = try P256.Signing.PrivateKey(pemRepresentation: keyPEM)
             caCertificate = try Certificate(pemEncoded: certPEM)
             caCertificatePEM = certPEM
@@ -80,6 +86,25 @@ public final class PerInstallCA: InterceptionAuthority {
                 "the egress CA's key and certificate in \(directory) do not match; to make a new one, remove "
                     + directory)
         }
+        guard let publishIn else {
+            caCertificatePath = certificatePath
+            return
+        }
+        // Replaced by rename, so a worker reading it sees one whole
+        // certificate; rewritten at every load (a rotated CA replaces it).
+        let published = publishIn + "/egress-ca.pem"
+        let tmp = "\(published).tmp-\(Sys.getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        do {
+            let fd = try Sys.open(tmp, OpenFlags.createExclusive | OpenFlags.noFollow, mode: 0o644)
+            defer { fd.close() }
+            try fd.chmod(mode: 0o644)
+            try fd.writeAll(Array(caCertificatePEM.utf8))
+            try Sys.rename(tmp, published)
+        } catch {
+            try? Sys.unlink(tmp)
+            throw InterceptionCAError("cannot publish the egress CA's certificate as \(published): \(error)")
+        }
+        caCertificatePath = published
     }
 
     /// Makes a new CA in a temporary directory and renames it into place,

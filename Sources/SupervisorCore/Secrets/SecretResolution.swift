@@ -31,11 +31,12 @@ public final class SecretSources: Sendable {
 
     /// The per-install CA of the store's state directory, created on first
     /// need (the first cell whose HTTPS requests get a header) and kept for
-    /// the life of the process.
-    public func interceptionAuthority() throws(InterceptionCAError) -> PerInstallCA {
+    /// the life of the process; its certificate published in `publishIn`
+    /// (see `PerInstallCA.init`) by the call that creates it.
+    public func interceptionAuthority(publishIn: String? = nil) throws(InterceptionCAError) -> PerInstallCA {
         guard let store else { throw InterceptionCAError("this command has no state directory") }
         if let ca = authority.withLock({ $0 }) { return ca }
-        let ca = try PerInstallCA(stateDirectory: store.stateDirectory)
+        let ca = try PerInstallCA(stateDirectory: store.stateDirectory, publishIn: publishIn)
         return authority.withLock { held in
             if held == nil { held = ca }
             return held!
