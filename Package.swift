@@ -27,6 +27,9 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         // The dashboard's HTTP server (docs/operations.md). Already in the graph through swift-sdk.
         .package(url: "https://github.com/apple/swift-nio", from: "2.65.0"),
+        // The per-install CA with which the egress proxy terminates TLS (docs/secrets.md).
+        .package(url: "https://github.com/apple/swift-certificates", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-asn1", from: "1.7.4"),
     ],
     targets: [
         // Everything that runs between clone and exec. C only, async-signal-safe.
@@ -49,6 +52,8 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
             ],
             swiftSettings: strictSwift
         ),

@@ -144,6 +144,9 @@ public enum CallOutcome: Sendable, Equatable {
         case .cannotRun(.hashMismatch):
             return "The tool cannot run: its executable does not match its approved version."
         case .cannotRun(.setup), .cannotRun(.spawn): return "The tool cannot run: its worker could not be started."
+        // The name, never the value, and not where it was looked for.
+        case .cannotRun(.secretUnavailable(let s)):
+            return "The tool cannot run: its secret \(s.name) is not available; an operator must provide it."
         case .cannotRun: return "The tool cannot run on this host as declared."
         case .refused(.arguments(let m)): return "The arguments were refused: \(m)"
         case .definitionDrift:

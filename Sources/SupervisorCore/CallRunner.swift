@@ -71,6 +71,8 @@ public final class CallRunner: @unchecked Sendable {
     /// Output held by all this runner's calls together.
     public let outputBudget: OutputBudget
     public let host: HostSandbox
+    /// Where the values of the cells' secrets come from (docs/secrets.md).
+    public let secrets: SecretSources
     let logger: Logger
     /// Starts the next worker of a recently called cell ahead of its call
     /// (nil: every call spawns its own worker when it arrives).
@@ -83,10 +85,11 @@ public final class CallRunner: @unchecked Sendable {
 
     public init(
         host: HostSandbox, logger: Logger,
-        outputBudgetBytes: Int = CallRunner.defaultOutputBudget
+        outputBudgetBytes: Int = CallRunner.defaultOutputBudget, secrets: SecretSources = .none
     ) throws(SystemError) {
         self.host = host
         self.logger = logger
+        self.secrets = secrets
         outputBudget = OutputBudget(totalBytes: outputBudgetBytes)
         devNull = try Sys.open("/dev/null", OpenFlags.readOnly)
         try host.prepareScratchRoot()
@@ -144,28 +147,61 @@ public final class CallRunner: @unchecked Sendable {
             peakMemoryBytes: nil, bytesFromWorker: 0, diagnostics: "", spawnNanoseconds: 0,
             firstFrameNanoseconds: 0, reapNanoseconds: 0)
         var cleanup: (() -> Void)? = nil
-        if cancellation?.isCancelled != true, cell.manifest.server?.lifecycle == .session, !learn {
+        // The cell's secrets as they are now: a missing one ends the call
+        // before any worker is taken or started. Everything the call hands
+        // back or records passes the redactor first.
+        let resolved: ResolvedSecrets
+        switch secrets.resolve(cell.manifest) {
+        case .success(let r): resolved = r
+        case .failure(let e):
+            report.outcome = .cannotRun(.secretUnavailable(e))
+            resolved = .none
+        }
+        let redactor = resolved.redactor
+        let answered = answered.map { answered in { (r: CallReport) in answered(redactor.redact(r)) } }
+        if case .cannotRun = report.outcome {
+        } else if cancellation?.isCancelled != true, cell.manifest.server?.lifecycle == .session, !learn {
             runSessionCall(
                 cell: cell, tool: tool, arguments: arguments, callID: callID, cancellation: cancellation,
-                limits: limits ?? cell.manifest.limits, session: session, start: start, report: &report,
-                onMessage: onMessage)
+                limits: limits ?? cell.manifest.limits, secrets: resolved, session: session, start: start,
+                report: &report, onMessage: { m in onMessage(redactor.redact(m)) })
         } else if cancellation?.isCancelled != true {
             cleanup = run(
                 cell: cell, tool: tool, arguments: arguments, callID: callID, cancellation: cancellation,
-                limits: limits ?? cell.manifest.limits, learn: learn, profile: profileSyscalls && !learn,
-                start: start, report: &report, answered: answered, onNetwork: onNetwork, onMessage: onMessage)
+                limits: limits ?? cell.manifest.limits, secrets: resolved, learn: learn,
+                profile: profileSyscalls && !learn, start: start, report: &report, answered: answered,
+                onNetwork: { d in onNetwork(redactor.redact(d)) }, onMessage: { m in onMessage(redactor.redact(m)) })
         }
         report.durationNanoseconds = monotonicNanoseconds() - start
+        report = redactor.redact(report)
         deliver?(report)
         cleanup?()
         return report
     }
 
+    /// The credentials the egress proxy adds to `cell`'s requests, with the
+    /// secrets' values as they are now (the store is read at each call, so
+    /// a secret set or removed since is seen). Throws, naming the secret,
+    /// when one the manifest binds has no value: the proxy then attaches
+    /// nothing and the call ends as `cell.cannot_run` (docs/secrets.md).
+    public func credentialInjections(for cell: PreparedCell) throws(SecretUnavailable) -> [CredentialInjection] {
+        try secrets.resolve(cell.manifest).get().injections
+    }
+
+    /// The per-install CA with which the egress proxy terminates TLS for
+    /// hosts that have a credential injection, created on first need; its
+    /// certificate (`caCertificatePath`) is published in the scratch root,
+    /// which workers can traverse (they still need a Landlock read rule for
+    /// that one file), since the state directory is closed to them.
+    public func interceptionAuthority() throws(InterceptionCAError) -> PerInstallCA {
+        try secrets.interceptionAuthority(publishIn: host.scratchRoot)
+    }
+
     private func run(
         cell: PreparedCell, tool: String, arguments: JSONObject, callID: String,
-        cancellation: CallCancellation?, limits: CellManifest.Limits, learn: Bool, profile: Bool, start: UInt64,
-        report: inout CallReport, answered: ((CallReport) -> Void)?, onNetwork: (NetworkDecision) -> Void,
-        onMessage: (WorkerMessage) -> Void
+        cancellation: CallCancellation?, limits: CellManifest.Limits, secrets: ResolvedSecrets, learn: Bool,
+        profile: Bool, start: UInt64, report: inout CallReport, answered: ((CallReport) -> Void)?,
+        onNetwork: (NetworkDecision) -> Void, onMessage: (WorkerMessage) -> Void
     ) -> (() -> Void)? {
         let m = cell.manifest
         // A command tool: argv from the arguments, stdin from one of them.
@@ -184,11 +220,15 @@ public final class CallRunner: @unchecked Sendable {
         // profiled call starts its own: its worker's start-up is part of
         // what the profiler must see.
         let started: StartedWorker
-        if command == nil, !learn, !profile, let w = prespawner?.take(cell, limits: limits) {
+        if command == nil, !learn, !profile,
+            let w = prespawner?.take(cell, limits: limits, environmentDigest: secrets.environmentDigest)
+        {
             started = w
             report.prespawned = true
         } else {
-            switch startWorker(cell, limits: limits, argv: command?.argv, name: callID, profiled: profile) {
+            switch startWorker(
+                cell, limits: limits, argv: command?.argv, name: callID, profiled: profile, secrets: secrets)
+            {
             case .success(let w): started = w
             case .failure(let why):
                 report.outcome = .cannotRun(why)
@@ -214,10 +254,18 @@ public final class CallRunner: @unchecked Sendable {
     /// the exec), the seccomp listener. `argv` replaces the manifest's (a
     /// command tool). `profiled`: under the syscall profiler, where the host
     /// has seccomp user notification (`StartedWorker.profiled` says so).
+    /// `secrets`: the cell's secrets resolved for the call (nil: resolved
+    /// here, for a worker started ahead of its call or for registration).
     func startWorker(
-        _ cell: PreparedCell, limits: CellManifest.Limits, argv: [String]?, name: String, profiled: Bool = false
+        _ cell: PreparedCell, limits: CellManifest.Limits, argv: [String]?, name: String, profiled: Bool = false,
+        secrets resolved: ResolvedSecrets? = nil
     ) -> Result<StartedWorker, CellCannotRun> {
         let m = cell.manifest
+        let secrets: ResolvedSecrets
+        switch resolved.map({ .success($0) }) ?? self.secrets.resolve(m) {
+        case .success(let r): secrets = r
+        case .failure(let e): return .failure(.secretUnavailable(e))
+        }
         var filters: PreparedCell.ProfiledFilters? = nil
         if profiled {
             do { filters = try cell.profiledFilters() } catch { return .failure(error) }
@@ -301,11 +349,12 @@ public final class CallRunner: @unchecked Sendable {
             var r =
                 argv == nil && m.server == nil
                 ? SpawnRequest(
-                    executable: exe, argv: m.argv, environment: environment(for: m, scratch: scratch),
+                    executable: exe, argv: m.argv, environment: environment(for: m, scratch: scratch, secrets: secrets),
                     stdin: script ?? devNull, stdout: diag.write, stderr: diag.write, request: req.read,
                     response: resp.write, workingDirectory: scratch)
                 : SpawnRequest(
-                    executable: exe, argv: argv ?? m.argv, environment: environment(for: m, scratch: scratch),
+                    executable: exe, argv: argv ?? m.argv,
+                    environment: environment(for: m, scratch: scratch, secrets: secrets),
                     stdin: req.read, stdout: resp.write, stderr: diag.write, request: devNull,
                     response: devNull, workingDirectory: m.workingDirectory ?? scratch)
             r.broker = brokerChild
@@ -368,6 +417,7 @@ public final class CallRunner: @unchecked Sendable {
             responseRead: responseRead, diagRead: diagRead, listener: listener, broker: brokerParent,
             toClose: toClose, spawnNanoseconds: spawnNanoseconds, generations: generations)
         started.profiled = filters != nil && listener != nil
+        started.secrets = secrets
         return .success(started)
     }
 
@@ -482,8 +532,8 @@ public final class CallRunner: @unchecked Sendable {
     /// session's next call starts a new one.
     private func runSessionCall(
         cell: PreparedCell, tool: String, arguments: JSONObject, callID: String,
-        cancellation: CallCancellation?, limits: CellManifest.Limits, session key: ObjectIdentifier?,
-        start: UInt64, report: inout CallReport, onMessage: (WorkerMessage) -> Void
+        cancellation: CallCancellation?, limits: CellManifest.Limits, secrets: ResolvedSecrets,
+        session key: ObjectIdentifier?, start: UInt64, report: inout CallReport, onMessage: (WorkerMessage) -> Void
     ) {
         let slot = sessionServers.slot(session: key, cell: cell)
         slot.lock.lock()
@@ -491,6 +541,7 @@ public final class CallRunner: @unchecked Sendable {
         if let old = slot.worker,
             old.cell !== cell || old.limits != limits || !old.isAlive
                 || (try? cell.fileGenerations()) != old.generations
+                || old.secrets.environmentDigest != secrets.environmentDigest
         {
             slot.worker = nil
             discard(old)
@@ -500,7 +551,7 @@ public final class CallRunner: @unchecked Sendable {
             w = kept
             report.prespawned = true
         } else {
-            switch startWorker(cell, limits: limits, argv: nil, name: callID) {
+            switch startWorker(cell, limits: limits, argv: nil, name: callID, secrets: secrets) {
             case .success(let started): w = started
             case .failure(let why):
                 report.outcome = .cannotRun(why)
@@ -612,7 +663,8 @@ public final class CallRunner: @unchecked Sendable {
                 logger.info(
                     "a server started ahead of its call did not get ready",
                     metadata: [
-                        "cell.name": "\(w.cell.name)", "worker.stderr": "\(session.diagnosticsText.suffix(512))",
+                        "cell.name": "\(w.cell.name)",
+                        "worker.stderr": "\(w.secrets.redactor.redact(String(session.diagnosticsText.suffix(512))))",
                     ])
             }
             return false
@@ -628,8 +680,19 @@ public final class CallRunner: @unchecked Sendable {
         (tools: [JSONObject], serverInfo: String?), DiscoveryError
     > {
         guard cell.manifest.server != nil else { return .failure(DiscoveryError("not a server cell")) }
+        // Its secrets if they are there; listing tools should not need them
+        // (a cell may be registered before its secrets are set), and a server
+        // without them has less, not more.
+        var missing: SecretUnavailable? = nil
+        let resolved: ResolvedSecrets
+        switch secrets.resolve(cell.manifest) {
+        case .success(let r): resolved = r
+        case .failure(let e):
+            missing = e
+            resolved = .none
+        }
         let w: StartedWorker
-        switch startWorker(cell, limits: cell.manifest.limits, argv: nil, name: "register") {
+        switch startWorker(cell, limits: cell.manifest.limits, argv: nil, name: "register", secrets: resolved) {
         case .success(let started): w = started
         case .failure(let why): return .failure(DiscoveryError("the server cannot run: \(why)"))
         }
@@ -645,15 +708,19 @@ public final class CallRunner: @unchecked Sendable {
         var why = exit.map { session.classify(exit: $0).detail } ?? "the server could not be reaped"
         let stderr = session.diagnosticsText.trimmingCharacters(in: .whitespacesAndNewlines)
         if !stderr.isEmpty { why += "\nthe server's stderr ends with:\n" + String(stderr.suffix(2000)) }
-        return .failure(DiscoveryError(why))
+        if let missing { why += "\nit was started without its secrets (\(missing))" }
+        return .failure(DiscoveryError(w.secrets.redactor.redact(why)))
     }
 
-    func environment(for m: CellManifest, scratch: String) -> [String] {
+    func environment(for m: CellManifest, scratch: String, secrets: ResolvedSecrets = .none) -> [String] {
         var env: [String] = []
         for name in m.environmentPass {
             if let v = Sys.getenv(name) { env.append("\(name)=\(v)") }
         }
         for (k, v) in m.environmentSet { env.append("\(k)=\(v)") }
+        // The `env` fallback of docs/secrets.md: the manifest declares each
+        // variable (and `cell show` and the permission diff name it).
+        for (k, v) in secrets.environment { env.append("\(k)=\(v)") }
         // The roots a cell may use, so it can explain a refusal (Landlock
         // enforces them regardless).
         env.append("MCPS_READ_ROOTS=" + (m.filesystem.read + m.filesystem.write).joined(separator: ":"))

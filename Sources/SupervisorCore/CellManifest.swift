@@ -100,6 +100,8 @@ public struct CellManifest: Sendable {
     public var resources: [String]
     /// Set for an existing MCP server run as a cell (docs/gateway.md).
     public var server: ServerSpec? = nil
+    /// Secrets the cell is given, each with one use (docs/secrets.md).
+    public var secrets: [SecretBinding] = []
 
     /// Where the manifest was read from.
     public var sourcePath: String
@@ -255,6 +257,9 @@ extension CellManifest {
         }
 
         let network = try NetworkAccess.parse(r.raw("network"), file: path)
+        let secrets = try SecretBinding.parseAll(
+            r.raw("secrets"), file: path, network: network, environment: Set(pass + set.map(\.0)),
+            viaProxy: egressThroughProxy(server: server))
         var workingDirectory = try r.optionalString("workingDirectory")
         if let w = workingDirectory {
             let abs = w.hasPrefix("/") ? normalize(w) : normalize(dir + "/" + w)
@@ -324,9 +329,15 @@ extension CellManifest {
             argv: argv, environmentPass: pass, environmentSet: set, tools: tools, limits: limits, filesystem: fs,
             network: network, workingDirectory: workingDirectory, syscallGroups: groups, syscallAllow: allow,
             sideEffects: sideEffects, phases: phases,
-            resources: resources, server: server,
+            resources: resources, server: server, secrets: secrets,
             sourcePath: path, manifestSHA256: manifestSHA256)
     }
+
+    /// Whether the cell's connections pass through the egress proxy, where
+    /// a secret can be injected as a header (docs/secrets.md): a server
+    /// cell's do; a frame cell's come from the connection broker as sockets
+    /// the worker speaks TLS over itself.
+    static func egressThroughProxy(server: ServerSpec?) -> Bool { server != nil }
 
     /// One entry of `tools`; for a server cell, one of the server's own
     /// definitions, exposed under the cell's prefix.

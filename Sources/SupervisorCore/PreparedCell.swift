@@ -22,6 +22,8 @@ public enum CellCannotRun: Error, Equatable, Sendable, CustomStringConvertible {
     case setup(SystemError)
     /// The child failed a setup stage, or clone itself.
     case spawn(SpawnError)
+    /// A secret the manifest binds has no value now (docs/secrets.md).
+    case secretUnavailable(SecretUnavailable)
 
     public var description: String {
         switch self {
@@ -34,6 +36,7 @@ public enum CellCannotRun: Error, Equatable, Sendable, CustomStringConvertible {
             return "the server's tools are not pinned yet: `mcp-supervisor cell register` lists them and signs them in"
         case .setup(let e): return "preparing the worker: \(e)"
         case .spawn(let e): return e.description
+        case .secretUnavailable(let e): return e.description
         }
     }
 }

@@ -26,6 +26,9 @@ final class StartedWorker: @unchecked Sendable {
     var conversation: ServerConversation? = nil
     /// Started under the syscall profiler (never prespawned).
     var profiled = false
+    /// The cell's secrets as they were when it was started (its
+    /// environment holds the `env` ones).
+    var secrets = ResolvedSecrets.none
 
     init(
         cell: PreparedCell, limits: CellManifest.Limits, worker: WorkerProcess, scratch: String,
@@ -125,8 +128,9 @@ public final class Prespawner: @unchecked Sendable {
         return ready.values.reduce(0) { $0 + $1.count } + starting.values.reduce(0, +)
     }
 
-    /// A ready worker for `cell` with `limits`, or nil.
-    func take(_ cell: PreparedCell, limits: CellManifest.Limits) -> StartedWorker? {
+    /// A ready worker for `cell` with `limits` and the secrets in its
+    /// environment that `environmentDigest` identifies, or nil.
+    func take(_ cell: PreparedCell, limits: CellManifest.Limits, environmentDigest: String) -> StartedWorker? {
         lock.lock()
         if cell.manifest.server != nil {
             let now = monotonicNanoseconds()
@@ -143,7 +147,9 @@ public final class Prespawner: @unchecked Sendable {
         lock.unlock()
         guard let w else { return nil }
         let current = try? cell.fileGenerations()
-        guard w.cell === cell, w.limits == limits, current == w.generations, w.isAlive else {
+        guard w.cell === cell, w.limits == limits, current == w.generations, w.isAlive,
+            w.secrets.environmentDigest == environmentDigest
+        else {
             runner?.discard(w)
             return nil
         }

@@ -170,6 +170,9 @@ extension SecurityEvent {
                 e["field"] = .string(field)
             case .filter: e["kind"] = "filter"
             case .unpinnedTools: e["kind"] = "unpinned_tools"
+            case .secretUnavailable(let s):
+                e["kind"] = "secret_unavailable"
+                e["secret"] = .string(s.name)
             case .setup(let error):
                 e["kind"] = "setup"
                 e["operation"] = .string(error.operation)

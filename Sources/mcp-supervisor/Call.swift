@@ -87,7 +87,8 @@ struct Call: ParsableCommand {
             printError("error: invalid arguments: \(problem)")
             throw ExitCode(2)
         }
-        let runner = try CallRunner(host: host, logger: logger)
+        let runner = try CallRunner(
+            host: host, logger: logger, secrets: SecretSources(store: SecretStore(stateDirectory: s.stateDirectory)))
         if learn && profileSyscalls {
             printError("error: --learn and --profile-syscalls cannot be combined (both need the one seccomp listener)")
             throw ExitCode(2)

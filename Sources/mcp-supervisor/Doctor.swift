@@ -72,6 +72,7 @@ struct Doctor: ParsableCommand {
         let ledger = Ledger.path(stateDirectory: s.stateDirectory)
         var cells: [JSONValue] = []
         var bad = 0
+        let secrets = SecretSources(store: SecretStore(stateDirectory: s.stateDirectory), environment: [:])
         func describe(_ m: CellManifest, _ c: PreparedCell) -> String {
             let l = m.limits
             var ns = f.isRoot ? "mount" : "user+mount"
@@ -87,6 +88,12 @@ struct Doctor: ParsableCommand {
             ])
             do {
                 try c.verifyFiles()
+                // The store's secrets as a call would find them now (those
+                // of the supervisor's environment are taken when `run`
+                // starts, from its environment, not this command's).
+                var stored = m
+                stored.secrets = m.secrets.filter { $0.source == .store }
+                if case .failure(let e) = secrets.resolve(stored) { throw CellCannotRun.secretUnavailable(e) }
                 o["ok"] = true
                 o["syscalls"] = .int(Int64(c.allowlist.count))
                 out.text("  " + describe(m, c))

@@ -60,7 +60,9 @@ struct Run: AsyncParsableCommand {
             features: features, workerUID: s.workerUID, workerGID: s.workerGID,
             scratchRoot: s.scratchRoot, protectedPaths: [s.stateDirectory])
         let runner: CallRunner
-        do { runner = try CallRunner(host: host, logger: logger) } catch {
+        // The supervisor's environment is taken now, once (docs/secrets.md).
+        let secrets = SecretSources(store: SecretStore(stateDirectory: s.stateDirectory))
+        do { runner = try CallRunner(host: host, logger: logger, secrets: secrets) } catch {
             printError("mcp-supervisor: cannot prepare the scratch directory \(s.scratchRoot): \(error)")
             throw ExitCode(2)
         }

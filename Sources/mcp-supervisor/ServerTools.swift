@@ -19,7 +19,9 @@ enum ServerTools {
         do { cell = try PreparedCell(manifest: manifest, groups: groups, host: host, discovering: true) } catch {
             throw TrustCommandError("\(manifest.sourcePath): the server cannot run: \(error)")
         }
-        let runner = try CallRunner(host: host, logger: stderrLogger("mcp-supervisor"))
+        let runner = try CallRunner(
+            host: host, logger: stderrLogger("mcp-supervisor"),
+            secrets: SecretSources(store: SecretStore(stateDirectory: s.stateDirectory)))
         switch runner.discoverTools(cell) {
         case .success(let r): return r
         case .failure(let e):

@@ -418,6 +418,7 @@ struct CellCommand: ParsableCommand {
                                 ("executableSha256", .string(v.executableSHA256)),
                                 ("argv", m.map { .array($0.argv.map { .string($0) }) } ?? .null),
                                 ("tools", m.map { .array($0.tools.map { .string($0.name) }) } ?? .null),
+                                ("secrets", m.map { .array($0.secrets.map(\.json)) } ?? .null),
                                 ("parent", v.parent.map { .string($0) } ?? .null),
                             ])))
                     guard !output.json else { continue }
@@ -443,6 +444,11 @@ struct CellCommand: ParsableCommand {
                     }
                     print("  argv \(m?.argv.joined(separator: " ") ?? "?")")
                     print("  tools: \(m?.tools.map(\.name).joined(separator: ", ") ?? "?")")
+                    // Names and uses, never values (docs/secrets.md).
+                    if let m, !m.secrets.isEmpty {
+                        print("  secrets:")
+                        for b in m.secrets { print("    \(b)") }
+                    }
                     print("  parent: \(v.parent ?? "none")")
                 }
                 let refusal = st.refusal(cell: cell)

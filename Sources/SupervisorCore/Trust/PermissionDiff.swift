@@ -91,6 +91,9 @@ public enum PermissionDiff {
         sets(
             "environment", old.environmentPass + old.environmentSet.map(\.0),
             new.environmentPass + new.environmentSet.map(\.0))
+        // A new secret, or a new use of one (another host, header, format or
+        // variable), gives the cell a credential it did not have.
+        sets("secrets", old.secrets.map(\.description), new.secrets.map(\.description))
         if old.executable.path != new.executable.path || old.argv != new.argv {
             out.append(
                 PermissionChange(
