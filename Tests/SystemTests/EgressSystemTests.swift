@@ -183,7 +183,10 @@ final class HTTPTestServer: @unchecked Sendable {
     let port: Int
     private let lock = NSLock()
     private var seen: [String] = []
+    private var auth: [String] = []
     var requests: [String] { lock.withLock { seen } }
+    /// The Authorization header of each request (absent ones not listed).
+    var authorizations: [String] { lock.withLock { auth } }
 
     init() throws {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -208,7 +211,12 @@ final class HTTPTestServer: @unchecked Sendable {
                 let n = read(c, &buf, buf.count)
                 let head = String(decoding: buf.prefix(max(0, n)), as: UTF8.self)
                 let path = head.split(separator: " ").dropFirst().first.map(String.init) ?? "?"
-                lock.withLock { seen.append(path) }
+                let authorization = head.split(separator: "\r\n").first { $0.lowercased().hasPrefix("authorization:") }
+                    .map { String($0.dropFirst("authorization:".count)).trimmingCharacters(in: .whitespaces) }
+                lock.withLock {
+                    seen.append(path)
+                    if let authorization { auth.append(authorization) }
+                }
                 let body = "hello \(path)"
                 let reply = "HTTP/1.1 200 OK\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"
                 _ = reply.withCString { write(c, $0, strlen($0)) }
