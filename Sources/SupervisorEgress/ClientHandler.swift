@@ -290,14 +290,17 @@ final class ClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
                         let sync = channel.pipeline.syncOperations
                         if tls {
                             let ip = IPAddress(literal: host) != nil
-                            try sync.addHandler(NIOSSLClientHandler(context: tlsContext, serverHostname: ip ? nil : host))
+                            try sync.addHandler(
+                                NIOSSLClientHandler(context: tlsContext, serverHostname: ip ? nil : host))
                         }
                         try sync.addHTTPClientHandlers()
                         try sync.addHandler(UpstreamHandler(client: self))
                         try channel.syncOptions?.setOption(.autoRead, value: true)
                     } catch {
                         channel.close(promise: nil)
-                        self.refuse(.badGateway, "mcp-supervisor could not set up \(target.authority): \(error)", context: context)
+                        self.refuse(
+                            .badGateway, "mcp-supervisor could not set up \(target.authority): \(error)",
+                            context: context)
                         return
                     }
                     self.upstream = channel
@@ -306,7 +309,8 @@ final class ClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     self.flushWaiting()
                     self.resumeReading()
                 case .failure(let e):
-                    self.refuse(.badGateway, "mcp-supervisor could not reach \(target.authority): \(e)", context: context)
+                    self.refuse(
+                        .badGateway, "mcp-supervisor could not reach \(target.authority): \(e)", context: context)
                 }
             }
     }
@@ -422,7 +426,8 @@ final class ClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     // Reads were held while connecting: start them again.
                     context.channel.read()
                 case .failure(let e):
-                    self.refuse(.badGateway, "mcp-supervisor could not reach \(target.authority): \(e)", context: context)
+                    self.refuse(
+                        .badGateway, "mcp-supervisor could not reach \(target.authority): \(e)", context: context)
                 }
             }
     }
