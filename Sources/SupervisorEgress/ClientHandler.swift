@@ -262,13 +262,22 @@ final class ClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func flushWaiting() {
-        guard let up = upstream else { return }
-        let parts = waiting
-        waiting = []
-        for p in parts { up.write(p, promise: nil) }
-        up.flush()
+        if let up = upstream {
+            let parts = waiting
+            waiting = []
+            for p in parts { up.write(p, promise: nil) }
+            up.flush()
+        } else if responseEnded {
+            // Answered, and the upstream closed: the rest has nowhere to go.
+            waiting = []
+        } else {
+            return
+        }
         if requestEnded {
-            phase = .responding
+            // A server may answer before the request's body has all gone
+            // (an early 413): then the request's end finishes the exchange.
+            phase = responseEnded ? .idle : .responding
+            if phase == .idle { resumeReading() }
         }
     }
 
