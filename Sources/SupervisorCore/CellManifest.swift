@@ -256,10 +256,10 @@ extension CellManifest {
             try f.finish()
         }
 
-        let network = try NetworkAccess.parse(r.raw("network"), file: path)
+        let network = try NetworkAccess.parse(r.raw("network"), file: path, serverCell: server != nil)
         let secrets = try SecretBinding.parseAll(
             r.raw("secrets"), file: path, network: network, environment: Set(pass + set.map(\.0)),
-            viaProxy: egressThroughProxy(server: server))
+            viaProxy: network.usesProxy)
         var workingDirectory = try r.optionalString("workingDirectory")
         if let w = workingDirectory {
             let abs = w.hasPrefix("/") ? normalize(w) : normalize(dir + "/" + w)
@@ -280,10 +280,6 @@ extension CellManifest {
         if let server {
             if script != nil {
                 throw r.error("script", "a server cell runs the server's own program; it has no script")
-            }
-            guard network.isNone else {
-                throw r.error(
-                    "network", "a server cell has no network access (network egress for servers is not built yet)")
             }
             for (i, p) in server.packages.enumerated()
             where !fs.read.contains(where: { p.path == $0 || p.path.hasPrefix($0 == "/" ? "/" : $0 + "/") }) {
@@ -332,12 +328,6 @@ extension CellManifest {
             resources: resources, server: server, secrets: secrets,
             sourcePath: path, manifestSHA256: manifestSHA256)
     }
-
-    /// Whether the cell's connections pass through the egress proxy, where
-    /// a secret can be injected as a header (docs/secrets.md): a server
-    /// cell's do; a frame cell's come from the connection broker as sockets
-    /// the worker speaks TLS over itself.
-    static func egressThroughProxy(server: ServerSpec?) -> Bool { server != nil }
 
     /// One entry of `tools`; for a server cell, one of the server's own
     /// definitions, exposed under the cell's prefix.

@@ -29,6 +29,9 @@ final class StartedWorker: @unchecked Sendable {
     /// The cell's secrets as they were when it was started (its
     /// environment holds the `env` ones).
     var secrets = ResolvedSecrets.none
+    /// A worker behind the egress proxy: its listener's attachment,
+    /// detached when the worker is released.
+    var egress: (any EgressAttachment)? = nil
 
     init(
         cell: PreparedCell, limits: CellManifest.Limits, worker: WorkerProcess, scratch: String,

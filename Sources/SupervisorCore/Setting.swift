@@ -20,8 +20,9 @@ public struct Setting: Sendable {
         /// the supervisor runs as root, else the supervisor's own id).
         case identity(WritableKeyPath<SupervisorSettings, UInt32?> & Sendable, rootDefault: UInt32)
         case choice(WritableKeyPath<SupervisorSettings, String> & Sendable, choices: [String], default: String)
-        /// A file the supervisor writes; unset (the default) turns off what
-        /// it is for. A relative path is resolved as for `directory`.
+        /// A file the supervisor writes (or reads: `egressCaBundle`); unset
+        /// (the default) turns off what it is for. A relative path is
+        /// resolved as for `directory`.
         case file(WritableKeyPath<SupervisorSettings, String?> & Sendable)
         /// An OTLP/HTTP endpoint (`OTLPEndpoint`: `http://HOST[:PORT][/PATH]`);
         /// unset (the default) turns off what it is for.
@@ -181,15 +182,22 @@ extension Setting {
         help: "Tools listed from the start while the catalogue is on: names or globs (`fs_*`); an array in the "
             + "file, comma-separated as a flag.")
 
+    public static let egressCaBundle = Setting(
+        "egressCaBundle", flag: "egress-ca-bundle", .file(\.egressCaBundle), scope: .cells,
+        defaultText: "none (the system roots only)",
+        help: "A PEM file of CA certificates the egress proxy trusts, besides the system roots, for the upstream "
+            + "servers of connections it terminates TLS for to add a credential (docs/egress.md).")
+
     public static let logLevel = Setting(
         "logLevel", flag: "log-level", .choice(\.logLevel, choices: logLevels, default: "info"), scope: .server,
         help: "Diagnostics on stderr.")
 
     /// Every setting, in the order of docs/configuration.md.
     public static let all: [Setting] = [
-        manifests, policies, stateDirectory, scratchDirectory, workerUid, workerGid, maxConcurrentCalls,
-        maxQueuedCalls, prespawn, prespawnIdleSeconds, toolsPageSize, maxMessageBytes, metricsFile,
-        metricsIntervalSeconds, otlpEndpoint, eventsJsonl, catalogueVisibleLimit, cataloguePinnedTools, logLevel,
+        manifests, policies, stateDirectory, scratchDirectory, workerUid, workerGid, egressCaBundle,
+        maxConcurrentCalls, maxQueuedCalls, prespawn, prespawnIdleSeconds, toolsPageSize, maxMessageBytes,
+        metricsFile, metricsIntervalSeconds, otlpEndpoint, eventsJsonl, catalogueVisibleLimit,
+        cataloguePinnedTools, logLevel,
     ]
 
     public static func named(key: String) -> Setting? { all.first { $0.key == key } }

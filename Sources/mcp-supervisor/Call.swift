@@ -89,6 +89,7 @@ struct Call: ParsableCommand {
         }
         let runner = try CallRunner(
             host: host, logger: logger, secrets: SecretSources(store: SecretStore(stateDirectory: s.stateDirectory)))
+        try startEgress(runner, settings: s, logger: logger)
         if learn && profileSyscalls {
             printError("error: --learn and --profile-syscalls cannot be combined (both need the one seccomp listener)")
             throw ExitCode(2)

@@ -67,6 +67,7 @@ struct Run: AsyncParsableCommand {
             throw ExitCode(2)
         }
         runner.enablePrespawn(perCell: options.prespawn, idleSeconds: options.prespawnIdleSeconds)
+        try startEgress(runner, settings: s, logger: logger)
         let manifestsDir = s.manifestsDirectory
         let ledgerPath = Ledger.path(stateDirectory: s.stateDirectory)
         // The one trust rule every command that executes a cell follows.
@@ -238,7 +239,8 @@ func featureSummary(_ f: KernelFeatures, _ h: HostSandbox) -> JSONValue {
         JSONObject([
             ("landlockAbi", .int(Int64(f.landlockABI ?? 0))), ("seccompApiLevel", .int(Int64(f.seccompAPILevel))),
             ("seccompUserNotification", .bool(f.seccompUserNotification)), ("userNamespaces", .bool(f.userNamespaces)),
-            ("pidNamespaces", .bool(f.pidNamespaces)), ("boundingSetDropped", .bool(f.canDropBoundingSet)),
+            ("pidNamespaces", .bool(f.pidNamespaces)), ("netNamespaces", .bool(f.netNamespaces)),
+            ("boundingSetDropped", .bool(f.canDropBoundingSet)),
             ("workerUid", .int(Int64(h.workerUID))), ("workerGid", .int(Int64(h.workerGID))),
         ]))
 }

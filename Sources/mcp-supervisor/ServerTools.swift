@@ -22,6 +22,7 @@ enum ServerTools {
         let runner = try CallRunner(
             host: host, logger: stderrLogger("mcp-supervisor"),
             secrets: SecretSources(store: SecretStore(stateDirectory: s.stateDirectory)))
+        try startEgress(runner, settings: s, logger: stderrLogger("mcp-supervisor"))
         switch runner.discoverTools(cell) {
         case .success(let r): return r
         case .failure(let e):

@@ -160,6 +160,11 @@ Cell.main { request, ctx in
         return .text(errnoText(probe_udp_send(Int32(int("port")))))
     case "unix-connect":
         return .text(errnoText(probe_unix_connect(str("path"))))
+    case "tcp-connect":
+        let host = str("host")
+        return .text(errnoText(probe_tcp_connect(host.isEmpty ? "127.0.0.1" : host, Int32(int("port")))))
+    case "raw-socket":
+        return .text(errnoText(probe_raw_socket()))
     case "pair-sendmsg":
         return .text(errnoText(probe_pair_sendmsg(Int32(int("type")), str("path"))))
     case "memfd-exec":

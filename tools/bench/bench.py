@@ -17,6 +17,7 @@ Nothing here asserts a time: this is a benchmark, not a test.
   (i) other bundled cells end to end (word_count in Python)
   (k) resilience bookkeeping per call, (l) the syscall profiler off and on
   (G) the gateway: mcp-server-time through the supervisor and direct (gateway_bench.py)
+  (E) egress: a network namespace per worker, a fetch through the egress proxy (egress_bench.py)
   (C) the catalogue: tools/list size with 20 servers, off and on (catalogue_bench.py)
 Usage: tools/bench/run.sh [--rounds N] [--calls N] [--out docs/benchmarks.md]
 """
@@ -403,6 +404,9 @@ def main():
         import gateway_bench  # the gateway's servers (make gateway-servers)
 
         lines += gateway_bench.section(rounds=min(a.rounds, 3))
+        import egress_bench  # mcp-server-fetch from the gateway's servers
+
+        lines += egress_bench.section(rounds=min(a.rounds, 3))
     # (C): sizes only, from the echo cell (tools/bench/catalogue_bench.py).
     import catalogue_bench
 

@@ -98,13 +98,28 @@ public final class PerInstallCA: InterceptionAuthority {
             let fd = try Sys.open(tmp, OpenFlags.createExclusive | OpenFlags.noFollow, mode: 0o644)
             defer { fd.close() }
             try fd.chmod(mode: 0o644)
-            try fd.writeAll(Array(caCertificatePEM.utf8))
+            // A bundle: the worker's TLS library reads this file instead of
+            // its default store, so the system roots come first (tunnels to
+            // hosts without a credential still verify), then this CA.
+            try fd.writeAll(Self.systemRoots() + Array(caCertificatePEM.utf8))
             try Sys.rename(tmp, published)
         } catch {
             try? Sys.unlink(tmp)
             throw InterceptionCAError("cannot publish the egress CA's certificate as \(published): \(error)")
         }
         caCertificatePath = published
+    }
+
+    /// The system's CA bundle (Debian's, then Fedora's location), empty
+    /// when there is none.
+    static func systemRoots() -> [UInt8] {
+        for path in ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"] {
+            if var roots = try? readFile(path, limit: 16 << 20) {
+                if roots.last != UInt8(ascii: "\n") { roots.append(UInt8(ascii: "\n")) }
+                return roots
+            }
+        }
+        return []
     }
 
     /// Makes a new CA in a temporary directory and renames it into place,

@@ -130,9 +130,9 @@ public struct SecretBinding: Sendable, Equatable, CustomStringConvertible {
             guard viaProxy else {
                 throw r.error(
                     "inject",
-                    "a header can only be injected into requests that pass through the egress proxy (a server "
-                        + "cell's); this cell's connections come from the connection broker and carry its own TLS: "
-                        + "use \"env\"")
+                    "a header can only be injected into requests that pass through the egress proxy "
+                        + "(network.egress \"proxy\", a server cell's default); this cell's connections come from "
+                        + "the connection broker and carry its own TLS: use \"env\" or network.egress \"proxy\"")
             }
             let hostText = try i.string("host")
             let host: NetworkAccess.Host
