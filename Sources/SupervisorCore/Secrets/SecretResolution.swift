@@ -138,10 +138,13 @@ public struct ResolvedSecrets: Sendable {
     /// Identifies the values in the worker's environment, so that a worker
     /// started ahead of its call with other values (a secret set or removed
     /// since) is not used.
+    /// The proxy's injections count too: a prespawned worker's listener was
+    /// attached with the values of its start.
     var environmentDigest: String {
-        guard !environment.isEmpty else { return "" }
+        guard !environment.isEmpty || !injections.isEmpty else { return "" }
         var h = SHA256()
         for (k, v) in environment { h.update(data: Array("\(k)=\(v)\u{0}".utf8)) }
+        for i in injections { h.update(data: Array("\(i.host):\(i.port) \(i.headerName)=\(i.headerValue)\u{0}".utf8)) }
         return h.finalize().map { String($0, radix: 16) }.joined()
     }
 }
