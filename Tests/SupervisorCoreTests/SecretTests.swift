@@ -381,7 +381,12 @@ final class InterceptionCATests: XCTestCase {
         let published = try PerInstallCA(stateDirectory: state, publishIn: state)
         XCTAssertEqual(published.caCertificatePath, state + "/egress-ca.pem")
         XCTAssertEqual(published.caCertificatePEM, a.caCertificatePEM)
-        XCTAssertEqual(try String(contentsOfFile: state + "/egress-ca.pem", encoding: .utf8), a.caCertificatePEM)
+        // A bundle: the system roots (tunnels to other hosts still verify), then this CA, last.
+        let bundle = try String(contentsOfFile: state + "/egress-ca.pem", encoding: .utf8)
+        XCTAssertTrue(bundle.hasSuffix(a.caCertificatePEM))
+        XCTAssertEqual(
+            bundle.utf8.count - a.caCertificatePEM.utf8.count, PerInstallCA.systemRoots().count,
+            "the system roots come first")
         XCTAssertEqual((try Sys.lstat(state + "/egress-ca.pem")).mode & 0o777, 0o644)
         XCTAssertFalse(try String(contentsOfFile: state + "/egress-ca.pem", encoding: .utf8).contains("PRIVATE"))
     }
