@@ -35,6 +35,8 @@ public enum SecurityEventType: String, Sendable, CaseIterable {
     case serverRequestRefused = "server.request_refused"
     case cellBreaker = "cell.breaker"
     case cellAnomaly = "cell.anomaly"
+    /// An HTTP request refused before any call (401, 403, 413, 421, 429, 503; docs/http.md).
+    case httpRefused = "http.refused"
 }
 
 /// One event before it is sequenced and chained: its type and fields.

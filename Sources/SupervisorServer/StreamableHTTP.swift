@@ -1,0 +1,552 @@
+import Foundation
+import Logging
+import MCP
+import StrictJSON
+import SupervisorCore
+import Synchronization
+
+/// Who sent an HTTP request, as the bearer token says (never the token
+/// itself: it stays in the transport and reaches no worker).
+public struct HTTPCaller: Sendable, Equatable {
+    /// What the policy's `principals[].principal` globs match: `oauth:SUB`
+    /// for a JWT's subject, `token:NAME` for a static token.
+    public var principal: String
+    public var subject: String
+    /// `client_id` (or `azp`) of the token; the policy's `client` glob.
+    public var clientID: String?
+    public var scopes: [String]
+    public var groups: [String]
+    public var tenant: String?
+
+    public init(
+        principal: String, subject: String, clientID: String? = nil, scopes: [String] = [], groups: [String] = [],
+        tenant: String? = nil
+    ) {
+        self.principal = principal
+        self.subject = subject
+        self.clientID = clientID
+        self.scopes = scopes
+        self.groups = groups
+        self.tenant = tenant
+    }
+
+    /// The caller's fields of a security event.
+    public var eventFields: JSONObject {
+        var f = JSONObject([("principal", .string(principal))])
+        if let c = clientID { f["clientId"] = .string(SecurityEvent.bounded(c)) }
+        if let t = tenant { f["tenant"] = .string(SecurityEvent.bounded(t)) }
+        if !scopes.isEmpty { f["scopes"] = .array(scopes.prefix(32).map { .string(SecurityEvent.bounded($0)) }) }
+        if !groups.isEmpty { f["groups"] = .array(groups.prefix(32).map { .string(SecurityEvent.bounded($0)) }) }
+        return f
+    }
+}
+
+/// Header fields of a request, looked up without regard to case.
+public struct HTTPFields: Sendable {
+    public let fields: [(String, String)]
+    public init(_ fields: [(String, String)]) { self.fields = fields }
+
+    public subscript(_ name: String) -> String? {
+        fields.first { $0.0.caseInsensitiveCompare(name) == .orderedSame }?.1
+    }
+
+    /// How many times `name` appears.
+    public func count(_ name: String) -> Int {
+        fields.reduce(0) { $0 + ($1.0.caseInsensitiveCompare(name) == .orderedSame ? 1 : 0) }
+    }
+}
+
+/// What the HTTP transport sends back for one request.
+public enum HTTPOutcome: Sendable {
+    /// A complete answer: status, extra headers, JSON body (none for 202).
+    case respond(status: Int, headers: [(String, String)], body: [UInt8]?)
+    /// A tools/call now running: its notifications and its final response
+    /// come through the `HTTPCallStream`.
+    case stream(headers: [(String, String)], HTTPCallStream)
+}
+
+/// One tools/call over HTTP: the transport starts it with a sink for its
+/// messages (notifications, then the response, `final` true) and cancels it
+/// when the client goes away. Sendable: the sink is called on the call's
+/// pool thread or task.
+public final class HTTPCallStream: Sendable {
+    public typealias Sink = @Sendable (_ message: [UInt8], _ final: Bool) -> Void
+    private struct State {
+        var task: Task<Void, Never>?
+        var cancelled = false
+    }
+    private let state = Mutex(State())
+    private let body: @Sendable (_ sink: @escaping Sink) async -> Void
+    /// Run once the call has ended (answered, or cancelled).
+    let onEnd: @Sendable () -> Void
+
+    init(onEnd: @escaping @Sendable () -> Void = {}, body: @escaping @Sendable (_ sink: @escaping Sink) async -> Void) {
+        self.body = body
+        self.onEnd = onEnd
+    }
+
+    public func start(_ sink: @escaping Sink) {
+        let task = Task { [body, onEnd] in
+            await body(sink)
+            onEnd()
+        }
+        let cancelled = state.withLock { s in
+            s.task = task
+            return s.cancelled
+        }
+        if cancelled { task.cancel() }
+    }
+
+    /// The client closed the stream (or the connection): the call is
+    /// cancelled, which kills its worker; nothing more is sent.
+    public func cancel() {
+        let task = state.withLock { s in
+            s.cancelled = true
+            return s.task
+        }
+        task?.cancel()
+    }
+}
+
+/// MCP Streamable HTTP, both eras, over one `CallPipeline` (docs/http.md).
+/// Transport-neutral: it sees header fields and a body, never sockets; the
+/// HTTP server has checked Host, Origin, size limits and the token first.
+///
+/// - 2026-07-28: every POST stands alone. `MCP-Protocol-Version`,
+///   `Mcp-Method` and `Mcp-Name` must match the body (HTTP 400 with -32020
+///   otherwise); the body then passes the same `MessageGate` as a stdio line.
+/// - Handshake era: `initialize` creates a session (`Mcp-Session-Id`, 128
+///   random bits, bound to the principal that created it); every later
+///   request names it; DELETE ends it.
+public final class StreamableHTTPEndpoint: Sendable {
+    public static let headerMismatch = -32020
+
+    let pipeline: CallPipeline
+    let log: SecurityLog
+    let logger: Logger
+    let pageSize: Int
+    let maxMessageBytes: Int
+    let maxSessions: Int
+
+    /// A session of the handshake era.
+    final class Session: Sendable {
+        let id: String
+        let principal: String
+        let callSession: CallSession
+        let gate: Mutex<MessageGate>
+        let logLevel = Mutex(LogLevel.info)
+        let calls = Mutex<[String: HTTPCallStream]>([:])
+        let negotiatedVersion = Mutex<String?>(nil)
+
+        init(id: String, principal: String, maxMessageBytes: Int) {
+            self.id = id
+            self.principal = principal
+            self.callSession = CallSession(principal: principal)
+            self.gate = Mutex(MessageGate(maxMessageBytes: maxMessageBytes))
+        }
+    }
+
+    let sessions = Mutex<[String: Session]>([:])
+    /// The 2026-07-28 era keeps no connection: a principal's phase and
+    /// taint live in one `CallSession` per principal.
+    let modernSessions = Mutex<[String: CallSession]>([:])
+    static let maxModernSessions = 4096
+
+    public init(
+        pipeline: CallPipeline, log: SecurityLog, logger: Logger, pageSize: Int, maxMessageBytes: Int,
+        maxSessions: Int
+    ) {
+        self.pipeline = pipeline
+        self.log = log
+        self.logger = logger
+        self.pageSize = max(1, pageSize)
+        self.maxMessageBytes = maxMessageBytes
+        self.maxSessions = max(1, maxSessions)
+    }
+
+    public var sessionCount: Int { sessions.withLock { $0.count } }
+
+    // MARK: answers
+
+    static func json(_ status: Int, _ value: JSONValue, headers: [(String, String)] = []) -> HTTPOutcome {
+        .respond(status: status, headers: headers, body: value.serializedBytes())
+    }
+
+    static func rpcError(_ status: Int, id: JSONValue = .null, code: Int, _ message: String) -> HTTPOutcome {
+        json(status, MessageGate.error(id: id, code: code, message: message))
+    }
+
+    static func result(_ id: JSONValue, _ result: JSONObject, headers: [(String, String)] = []) -> HTTPOutcome {
+        json(200, .object(JSONObject([("jsonrpc", "2.0"), ("id", id), ("result", .object(result))])), headers: headers)
+    }
+
+    static let accepted = HTTPOutcome.respond(status: 202, headers: [], body: nil)
+
+    // MARK: POST
+
+    /// One POST to the MCP endpoint.
+    public func post(fields: HTTPFields, body: [UInt8], caller: HTTPCaller) -> HTTPOutcome {
+        let versionHeader = fields["MCP-Protocol-Version"]
+        if let v = versionHeader, ModernEnvelope.supportedVersions.contains(v) {
+            return postModern(fields: fields, body: body, caller: caller, version: v)
+        }
+        if let v = versionHeader, !Version.supported.contains(v) {
+            return Self.rpcError(
+                400, code: MessageGate.invalidRequest,
+                "Bad Request: unsupported MCP-Protocol-Version \(SecurityEvent.bounded(v, maxBytes: 64)); supported: "
+                    + ModernEnvelope.allVersions.joined(separator: ", "))
+        }
+        return postHandshake(fields: fields, body: body, caller: caller)
+    }
+
+    /// The request object and its method, when the body is one.
+    static func peek(_ body: [UInt8]) -> JSONObject? {
+        guard case .object(let o)? = try? JSONParser.parse(body) else { return nil }
+        return o
+    }
+
+    // MARK: 2026-07-28
+
+    /// The headers that repeat the body must match it before the body is
+    /// served: a proxy or gateway routes and authorizes on them.
+    static func modernHeaderProblem(fields: HTTPFields, version: String, request o: JSONObject) -> String? {
+        for name in ["MCP-Protocol-Version", "Mcp-Method", "Mcp-Name"] where fields.count(name) > 1 {
+            return "\(name) given more than once"
+        }
+        guard let method = fields["Mcp-Method"] else { return "the Mcp-Method header is required" }
+        guard case .string(let bodyMethod)? = o["method"], bodyMethod == method else {
+            return "Mcp-Method \(SecurityEvent.bounded(method, maxBytes: 64)) does not match the body's method"
+        }
+        let params = o["params"]?.objectValue
+        let bodyVersion = params?["_meta"]?[ModernEnvelope.protocolVersionKey]?.stringValue
+        // server/discover may come without an envelope; anything else names its version in both places.
+        if bodyVersion != nil || method != "server/discover" {
+            guard bodyVersion == version else {
+                return "MCP-Protocol-Version \(version) does not match the body's _meta "
+                    + ModernEnvelope.protocolVersionKey
+            }
+        }
+        let name = fields["Mcp-Name"]
+        switch method {
+        case "tools/call":
+            guard let name else { return "the Mcp-Name header is required for tools/call" }
+            guard case .string(let bodyName)? = params?["name"], bodyName == name else {
+                return "Mcp-Name \(SecurityEvent.bounded(name, maxBytes: 128)) does not match the body's params.name"
+            }
+        default:
+            if name != nil { return "Mcp-Name is only for a request that names something (tools/call)" }
+        }
+        return nil
+    }
+
+    func postModern(fields: HTTPFields, body: [UInt8], caller: HTTPCaller, version: String) -> HTTPOutcome {
+        guard let o = Self.peek(body) else {
+            // Not one JSON object: the gate says precisely what is wrong.
+            var gate = MessageGate(maxMessageBytes: maxMessageBytes)
+            if case .reply(let e) = gate.check(body) { return Self.json(400, e) }
+            return Self.rpcError(400, code: MessageGate.invalidRequest, "Invalid Request")
+        }
+        if let problem = Self.modernHeaderProblem(fields: fields, version: version, request: o) {
+            return Self.rpcError(400, id: o["id"] ?? .null, code: Self.headerMismatch, "Header mismatch: \(problem)")
+        }
+        var gate = MessageGate(maxMessageBytes: maxMessageBytes)
+        switch gate.check(body) {
+        case .modern(let r):
+            switch r.method {
+            case "server/discover":
+                var result = ModernDispatcher.discoverResult(instructions: SupervisorService.instructions)
+                result["resultType"] = "complete"
+                return Self.result(r.id, result)
+            case "tools/list":
+                switch ModernDispatcher.listTools(pipeline: pipeline, pageSize: pageSize, cursor: r.params["cursor"]) {
+                case .success(var result):
+                    result["resultType"] = "complete"
+                    return Self.result(r.id, result)
+                case .failure(let f):
+                    return Self.rpcError(200, id: r.id, code: f.code, f.message)
+                }
+            case "tools/call":
+                let client = CallClient(
+                    era: ProtocolEra.modern.rawValue, protocolVersion: r.envelope.protocolVersion,
+                    name: r.envelope.clientName, version: r.envelope.clientVersion)
+                var call = LineReader.toolCall(r.params, client: client)
+                call.approver = InputRequiredApprover(
+                    states: pipeline.approvalStates, clientCapabilities: r.envelope.clientCapabilities,
+                    params: r.params)
+                return .stream(
+                    headers: [],
+                    callStream(
+                        call, id: r.id, modern: true, session: modernSession(caller),
+                        logLevel: { r.envelope.logLevel.flatMap(LogLevel.init(rawValue:)) }))
+            default:
+                // subscriptions/listen needs a stream that outlives requests.
+                return Self.rpcError(
+                    200, id: r.id, code: MessageGate.methodNotFound,
+                    "Method not found: \(r.method) is not served over HTTP (use stdio)")
+            }
+        case .reply(let e):
+            let status = e["id"] == .null ? 400 : 200
+            return Self.json(status, e)
+        case .cancel, .drop, .forward:
+            // Closing the request's stream is how a call is cancelled here.
+            return Self.accepted
+        case .call(let id, _):
+            // Only a handshake-era connection yields .call.
+            return Self.rpcError(400, id: id, code: MessageGate.invalidRequest, "Invalid Request")
+        }
+    }
+
+    /// The `CallSession` of a principal in 2026-07-28 (its phase, its taint).
+    func modernSession(_ caller: HTTPCaller) -> CallSession {
+        modernSessions.withLock { m in
+            if let s = m[caller.principal] { return s }
+            // A bound on memory: forgetting sessions resets phases to the initial one.
+            if m.count >= Self.maxModernSessions { m.removeAll() }
+            let s = CallSession(principal: caller.principal)
+            s.clientName = caller.clientID
+            m[caller.principal] = s
+            return s
+        }
+    }
+
+    // MARK: handshake era
+
+    public static let sessionHeader = "Mcp-Session-Id"
+
+    /// 128 random bits (T14), hex.
+    static func newSessionID() -> String {
+        var g = SystemRandomNumberGenerator()
+        return (0..<2).map { _ in String(format: "%016llx", g.next() as UInt64) }.joined()
+    }
+
+    func postHandshake(fields: HTTPFields, body: [UInt8], caller: HTTPCaller) -> HTTPOutcome {
+        let o = Self.peek(body)
+        let method = o?["method"]?.stringValue
+        guard let sid = fields[Self.sessionHeader] else {
+            if method == "initialize" { return initialize(body: body, request: o!, caller: caller) }
+            if method == "server/discover" {
+                // Answered without a session, as on a fresh stdio connection.
+                var gate = MessageGate(maxMessageBytes: maxMessageBytes)
+                if case .modern(let r) = gate.check(body) {
+                    var result = ModernDispatcher.discoverResult(instructions: SupervisorService.instructions)
+                    result["resultType"] = "complete"
+                    return Self.result(r.id, result)
+                }
+            }
+            if o == nil {
+                var gate = MessageGate(maxMessageBytes: maxMessageBytes)
+                if case .reply(let e) = gate.check(body) { return Self.json(400, e) }
+            }
+            return Self.rpcError(
+                400, id: o?["id"] ?? .null, code: MessageGate.invalidRequest,
+                "Bad Request: no Mcp-Session-Id; send initialize first, or MCP-Protocol-Version: "
+                    + ModernEnvelope.supportedVersions[0] + " with its headers")
+        }
+        // A session belongs to the principal that created it: anyone else
+        // is told it does not exist (T14), as for an unknown id.
+        guard let session = sessions.withLock({ $0[sid] }), session.principal == caller.principal else {
+            return Self.rpcError(
+                404, id: o?["id"] ?? .null, code: MessageGate.invalidRequest,
+                "Not Found: no such session; initialize a new one")
+        }
+        let decision = session.gate.withLock { $0.check(body) }
+        switch decision {
+        case .reply(let e):
+            return Self.json(e["id"] == .null ? 400 : 200, e)
+        case .drop:
+            return Self.accepted
+        case .cancel(let key):
+            cancel(session, key)
+            return Self.accepted
+        case .modern(let r):
+            var result = ModernDispatcher.discoverResult(instructions: SupervisorService.instructions)
+            result["resultType"] = "complete"
+            return Self.result(r.id, result)
+        case .forward(let request, let cancels):
+            if let cancels { cancel(session, cancels) }
+            guard request != nil, let o, let id = o["id"], let method else { return Self.accepted }
+            return answer(session, id: id, method: method, params: o["params"]?.objectValue)
+        case .call(let id, let params):
+            let client = CallClient(
+                era: ProtocolEra.handshake.rawValue, protocolVersion: session.negotiatedVersion.withLock { $0 })
+            // No server-to-client request exists on this transport yet, so
+            // a call that needs approval is refused (docs/http.md).
+            let call = LineReader.toolCall(params, client: client)
+            let key = id.serialized()
+            let stream = callStream(
+                call, id: id, modern: false, session: session.callSession,
+                logLevel: { session.logLevel.withLock { $0 } },
+                onEnd: { _ = session.calls.withLock { $0.removeValue(forKey: key) } })
+            session.calls.withLock { $0[key] = stream }
+            return .stream(headers: [(Self.sessionHeader, session.id)], stream)
+        }
+    }
+
+    func cancel(_ session: Session, _ key: String) {
+        session.calls.withLock { $0[key] }?.cancel()
+    }
+
+    /// initialize: a new session, answered here (the MCP SDK's `Server` is
+    /// bound to one stdio connection; over HTTP the same answers are given
+    /// from the same registry).
+    func initialize(body: [UInt8], request o: JSONObject, caller: HTTPCaller) -> HTTPOutcome {
+        let session = Session(id: Self.newSessionID(), principal: caller.principal, maxMessageBytes: maxMessageBytes)
+        let decision = session.gate.withLock { $0.check(body) }
+        guard case .forward = decision, let id = o["id"] else {
+            if case .reply(let e) = decision { return Self.json(e["id"] == .null ? 400 : 200, e) }
+            return Self.accepted
+        }
+        let added = sessions.withLock { s -> Bool in
+            guard s.count < maxSessions else { return false }
+            s[session.id] = session
+            return true
+        }
+        guard added else {
+            return Self.rpcError(
+                503, id: id, code: -32000, "Service Unavailable: \(maxSessions) sessions are open; end one (DELETE)")
+        }
+        let params = o["params"]?.objectValue
+        let requested = params?["protocolVersion"]?.stringValue ?? Version.latest
+        let version = Version.supported.contains(requested) ? requested : Version.latest
+        session.negotiatedVersion.withLock { $0 = version }
+        let name = params?["clientInfo"]?["name"]?.stringValue.map { SecurityEvent.bounded($0) } ?? ""
+        let clientVersion = params?["clientInfo"]?["version"]?.stringValue.map { SecurityEvent.bounded($0) } ?? ""
+        // The token's client id, when it names one, is what the policy's
+        // `client` glob sees: the clientInfo name is the client's own word.
+        session.callSession.clientName = caller.clientID ?? name
+        var f = caller.eventFields
+        f["clientName"] = .string(name)
+        f["clientVersion"] = .string(clientVersion)
+        f["protocolEra"] = "handshake"
+        f["protocolVersion"] = .string(SecurityEvent.bounded(requested, maxBytes: 64))
+        f["transport"] = "http"
+        log.append([SecurityEvent(.clientInitialize, f)])
+        let result = JSONObject([
+            ("protocolVersion", .string(version)),
+            (
+                "capabilities",
+                .object(
+                    JSONObject([
+                        // No server stream (GET is 405): nothing could carry a list change.
+                        ("tools", .object(JSONObject([("listChanged", false)]))),
+                        ("logging", .object(JSONObject())),
+                    ]))
+            ),
+            (
+                "serverInfo",
+                .object(JSONObject([("name", "mcp-supervisor"), ("version", .string(SupervisorInfo.version))]))
+            ),
+            ("instructions", .string(SupervisorService.instructions)),
+        ])
+        return Self.result(id, result, headers: [(Self.sessionHeader, session.id)])
+    }
+
+    /// The requests of the handshake era other than initialize and tools/call.
+    func answer(_ session: Session, id: JSONValue, method: String, params: JSONObject?) -> HTTPOutcome {
+        let headers = [(Self.sessionHeader, session.id)]
+        switch method {
+        case "ping":
+            return Self.result(id, JSONObject(), headers: headers)
+        case "logging/setLevel":
+            if let l = params?["level"]?.stringValue.flatMap(LogLevel.init(rawValue:)) {
+                session.logLevel.withLock { $0 = l }
+            }
+            return Self.result(id, JSONObject(), headers: headers)
+        case "tools/list":
+            let reg = pipeline.registry
+            var start = 0
+            if let cursor = params?["cursor"]?.stringValue {
+                guard cursor.hasPrefix("o"), let n = Int(cursor.dropFirst()), n >= 0, n < reg.toolNames.count else {
+                    return Self.rpcError(200, id: id, code: MessageGate.invalidParams, "Invalid params: invalid cursor")
+                }
+                start = n
+            }
+            let end = min(start + pageSize, reg.toolNames.count)
+            var tools = reg.toolNames[start..<end].compactMap { reg.tool(named: $0)?.tool }
+            if end == reg.toolNames.count, let phase = pipeline.phaseToolDefinition() { tools.append(phase) }
+            var result = JSONObject([("tools", .array(tools.map(ModernDispatcher.toolJSON)))])
+            if end < reg.toolNames.count { result["nextCursor"] = .string("o\(end)") }
+            return Self.result(id, result, headers: headers)
+        default:
+            return Self.rpcError(
+                200, id: id, code: MessageGate.methodNotFound,
+                "Method not found: \(SecurityEvent.bounded(method, maxBytes: 64))")
+        }
+    }
+
+    // MARK: DELETE
+
+    /// Ends a session of the handshake era: its calls are cancelled.
+    public func delete(fields: HTTPFields, caller: HTTPCaller) -> HTTPOutcome {
+        guard let sid = fields[Self.sessionHeader] else {
+            return Self.rpcError(400, code: MessageGate.invalidRequest, "Bad Request: DELETE needs Mcp-Session-Id")
+        }
+        let session = sessions.withLock { s -> Session? in
+            guard let found = s[sid], found.principal == caller.principal else { return nil }
+            return s.removeValue(forKey: sid)
+        }
+        guard let session else {
+            return Self.rpcError(404, code: MessageGate.invalidRequest, "Not Found: no such session")
+        }
+        for c in session.calls.withLock({ Array($0.values) }) { c.cancel() }
+        return .respond(status: 204, headers: [], body: nil)
+    }
+
+    /// Ends every session and call (shutdown).
+    public func closeAll() {
+        let all = sessions.withLock { s in
+            defer { s.removeAll() }
+            return Array(s.values)
+        }
+        for session in all {
+            for c in session.calls.withLock({ Array($0.values) }) { c.cancel() }
+        }
+    }
+
+    // MARK: the call
+
+    func callStream(
+        _ call: ToolCall, id: JSONValue, modern: Bool, session: CallSession,
+        logLevel: @escaping @Sendable () -> LogLevel?, onEnd: @escaping @Sendable () -> Void = {}
+    ) -> HTTPCallStream {
+        HTTPCallStream(onEnd: onEnd) { [pipeline] sink in
+            let relay = Self.relay(token: call.progressToken, logLevel: logLevel, sink: sink)
+            let response = await pipeline.call(call, session: session, onMessage: relay)
+            // A cancelled call gets no answer (MCP): its stream is gone.
+            if let message = DirectCall.message(for: response, id: id, modern: modern) { sink(message, true) }
+        }
+    }
+
+    /// A worker's progress and log messages as notifications on the call's
+    /// own stream (the same rules as stdio: progress only with a token,
+    /// logs at or above the level asked for, none when none was asked for
+    /// in 2026-07-28).
+    static func relay(
+        token: JSONValue?, logLevel: @escaping @Sendable () -> LogLevel?, sink: @escaping HTTPCallStream.Sink
+    ) -> @Sendable (WorkerMessage) -> Void {
+        { m in
+            let params: JSONObject
+            let method: String
+            switch m {
+            case .progress(let p, let total, let message):
+                guard let token else { return }
+                var o = JSONObject([("progressToken", token), ("progress", .double(p))])
+                if let total { o["total"] = .double(total) }
+                if let message { o["message"] = .string(message) }
+                params = o
+                method = "notifications/progress"
+            case .log(let level, let message, let data):
+                guard let l = LogLevel(rawValue: level), let min = logLevel() else { return }
+                let order = SupervisorService.levelOrder
+                guard (order.firstIndex(of: l) ?? 0) >= (order.firstIndex(of: min) ?? 0) else { return }
+                var payload = JSONObject([("message", .string(message))])
+                if let data { payload["data"] = data }
+                params = JSONObject([("level", .string(level)), ("logger", "cell"), ("data", .object(payload))])
+                method = "notifications/message"
+            }
+            let n = JSONValue.object(
+                JSONObject([("jsonrpc", "2.0"), ("method", .string(method)), ("params", .object(params))]))
+            sink(n.serializedBytes(), false)
+        }
+    }
+}

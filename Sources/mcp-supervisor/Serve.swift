@@ -1,0 +1,290 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import StrictJSON
+import SupervisorCore
+import SupervisorPlatform
+import SupervisorServer
+import Synchronization
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve MCP over Streamable HTTP (both eras), with bearer-token authorization (docs/http.md).",
+        discussion: """
+            Listens on --http (loopback by default); another address is served only when named, and without TLS \
+            with a warning. Callers are authenticated from the file given with --http-config: OAuth 2.1 bearer \
+            JWTs of a configured issuer, or static tokens stored as SHA-256 digests. Settings of the cells, the \
+            pipeline and the state directory are those of `run`. SIGHUP reloads the manifests and the policy; \
+            SIGTERM or SIGINT stop the server, killing every worker in flight.
+            """)
+
+    @OptionGroup var cellOptions: CommonOptions
+
+    @OptionGroup var serverOptions: ServerOptions
+
+    @Option(name: .customLong("http"), help: "ADDRESS:PORT to listen on (an IP literal; [::1]:PORT for IPv6).")
+    var http = "127.0.0.1:8765"
+
+    @Option(name: .customLong("http-config"), help: "The HTTP settings: authorization, origins, TLS, limits (JSON).")
+    var httpConfig: String
+
+    @Flag(
+        name: .long,
+        help:
+            "Development only: serve the manifests in --manifests without signatures or ledger. Announced on stderr and in the security log, at start and on every call."
+    )
+    var allowUnsigned = false
+
+    func run() async throws {
+        let listen: ListenAddress
+        let loopback: Bool
+        do { (listen, loopback) = try ListenAddress.parseAny(http) } catch {
+            printError("mcp-supervisor: \(error)")
+            throw ExitCode(2)
+        }
+        let httpSettings: HTTPConfiguration
+        do { httpSettings = try HTTPConfiguration.load(path: httpConfig) } catch {
+            printError("mcp-supervisor: refusing to start: \(error)")
+            throw ExitCode(2)
+        }
+        let s = try cellOptions.settings(more: serverOptions.flags)
+        var options = ServiceOptions(settings: s)
+
+        var logger = stderrLogger("mcp-supervisor")
+        logger.logLevel = Logger.Level(rawValue: s.logLevel) ?? .info
+
+        // The supervisor holds keys and the log: no core dumps, no ptrace by
+        // same-uid processes.
+        Sys.setNonDumpable()
+        Sys.ignoreSignal(Signal.pipe)
+
+        // Refused, not repaired: a state directory others could write may
+        // already hold their keys, ledger entries or log records.
+        let unsafe = StatePermissions.problems(stateDirectory: s.stateDirectory)
+        if !unsafe.isEmpty {
+            for p in unsafe { printError("mcp-supervisor: refusing to start: \(p)") }
+            throw ExitCode(2)
+        }
+        do { try s.prepareStateDirectory() } catch {
+            printError("mcp-supervisor: cannot create the state directory: \(error)")
+            throw ExitCode(2)
+        }
+        let groups = try loadSyscallGroups(s, prefix: "mcp-supervisor")
+        let features = KernelFeatures.probe()
+        let host = HostSandbox(
+            features: features, workerUID: s.workerUID, workerGID: s.workerGID,
+            scratchRoot: s.scratchRoot, protectedPaths: [s.stateDirectory])
+        let runner: CallRunner
+        do { runner = try CallRunner(host: host, logger: logger) } catch {
+            printError("mcp-supervisor: cannot prepare the scratch directory \(s.scratchRoot): \(error)")
+            throw ExitCode(2)
+        }
+        runner.enablePrespawn(perCell: options.prespawn, idleSeconds: options.prespawnIdleSeconds)
+        let manifestsDir = s.manifestsDirectory
+        let ledgerPath = Ledger.path(stateDirectory: s.stateDirectory)
+        // The one trust rule every command that executes a cell follows.
+        let source = CellSource(
+            allowUnsigned: allowUnsigned, manifestsDirectory: manifestsDir,
+            stateDirectory: s.stateDirectory)
+        let log: SecurityLog
+        do { log = try SecurityLog(stateDirectory: s.stateDirectory) } catch {
+            printError("mcp-supervisor: cannot open the security log in \(s.stateDirectory)/security: \(error)")
+            throw ExitCode(2)
+        }
+        let telemetry = try startTelemetry(s, log: log)
+        // A supervisor that cannot record does not start (it would have to
+        // refuse every call); the reason goes to stderr.
+        if let e = log.appendAndWait([
+            SecurityEvent(
+                .supervisorStart,
+                JSONObject([
+                    ("version", .string(SupervisorInfo.version)), ("pid", .int(Int64(Sys.getpid()))),
+                    ("uid", .int(Int64(Sys.geteuid()))),
+                    ("configSha256", .string(sha256Hex(settingsDigest(s)))),
+                    ("manifests", .string(s.manifestsDirectory)), ("policies", .string(s.policiesDirectory)),
+                    ("features", featureSummary(features, host)),
+                ]))
+        ]) {
+            printError("mcp-supervisor: cannot start: \(e)")
+            log.close()
+            telemetry?.stop()
+            throw ExitCode(2)
+        }
+        // The ledger may only grow: each load is checked against the last
+        // length and head the security log recorded, and anchored in turn.
+        let ledgerGuard = LedgerGuard(path: ledgerPath, log: log, anchor: log.ledgerAnchorAtOpen)
+        if !source.isUnsigned, let why = ledgerGuard.refusal(Ledger.load(path: ledgerPath)) {
+            printError("mcp-supervisor: refusing to start: \(why)")
+            log.close(finalEvent: SecurityEvent(.supervisorStop, JSONObject([("reason", "trust ledger refused")])))
+            telemetry?.stop()
+            throw ExitCode(2)
+        }
+        let loader: RegistryLoader = { source.registry(groups: groups, host: host, ledgerGuard: ledgerGuard) }
+        options.pipeline.unsignedMode = allowUnsigned
+        options.pipeline.policyPath = s.policiesDirectory + "/policy.json"
+        options.pipeline.quarantineDirectory = Quarantine.directory(stateDirectory: s.stateDirectory)
+        options.pipeline.profileDirectory = BehaviourProfiles.directory(stateDirectory: s.stateDirectory)
+        if allowUnsigned {
+            logger.warning(
+                "UNSIGNED DEVELOPMENT MODE: serving \(manifestsDir) without signatures or the trust ledger; never use this in a deployment"
+            )
+            log.appendAndWait([SecurityEvent(.unsignedMode, JSONObject([("manifests", .string(manifestsDir))]))])
+        }
+        let service = SupervisorService(
+            options: options, runner: runner, logger: logger, log: log, loadRegistry: loader)
+        // No tool at all is a configuration mistake, never a server to run:
+        // a stdio client would only see an empty tool list.
+        if service.currentRegistry.toolNames.isEmpty {
+            printError(
+                "mcp-supervisor: refusing to start: "
+                    + noToolsExplanation(
+                        source: source, manifestsDirectory: manifestsDir, stateDirectory: s.stateDirectory,
+                        registry: service.currentRegistry, stateNote: stateDirectoryNote(s)))
+            service.shutdown(reason: "no usable tools")
+            log.close(finalEvent: SecurityEvent(.supervisorStop, JSONObject([("reason", "no usable tools")])))
+            telemetry?.stop()
+            throw ExitCode(2)
+        }
+        let metricsFile = try startMetricsFile(s, pipeline: service.pipeline)
+        telemetry?.attach(to: service.pipeline, metrics: metricsFile?.metrics)
+        let watch = FileWatch(path: ledgerPath)
+        if !allowUnsigned {
+            service.pipeline.onLedgerChange { watch.changed() }
+            // Revocation takes effect without waiting for the next call: a
+            // thread blocks on inotify until the ledger file changes.
+            do {
+                let watcher = try FileChangeWatcher(path: ledgerPath)
+                let t = Thread { [logger] in
+                    while watcher.waitForChange() {
+                        if watch.changed() { Task { await service.reload() } }
+                    }
+                    logger.warning(
+                        "the trust ledger's directory can no longer be watched; changes apply at the next call")
+                }
+                t.name = "ledger-watch"
+                t.start()
+            } catch {
+                logger.warning(
+                    "cannot watch the trust ledger; changes apply at the next call", metadata: ["error": "\(error)"])
+            }
+        }
+        // Which cells and which state: a client that starts the server with
+        // another environment learns here where they come from.
+        if !allowUnsigned && cellOptions.manifests != nil {
+            logger.notice(
+                """
+                signed mode: cells come from the trust ledger \(ledgerPath); --manifests \(manifestsDir) is not \
+                used to serve (only --allow-unsigned serves a manifests directory, for development)
+                """)
+        }
+        logger.info("state directory \(s.stateDirectory)\(stateDirectoryNote(s))")
+        logger.info(
+            "serving",
+            metadata: [
+                "cells": "\(allowUnsigned ? "unsigned manifests \(manifestsDir)" : "trust ledger \(ledgerPath)")",
+                "state": "\(s.stateDirectory)",
+                "tools": "\(service.currentRegistry.toolNames.count)",
+                "landlock.abi": "\(features.landlockABI ?? 0)", "uid": "\(Sys.geteuid())",
+            ])
+
+        let signals = SignalHandlers()
+        signals.on(Signal.hangUp) {
+            Task {
+                service.reloadPolicy()
+                await service.reload()
+            }
+        }
+        for sig in [Signal.terminate, Signal.interrupt] {
+            signals.on(sig) {
+                service.shutdown(reason: "signal \(sig)")
+                // Give the killed workers' calls a moment to record their end.
+                DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(200)) {
+                    log.close(
+                        finalEvent: SecurityEvent(.supervisorStop, JSONObject([("reason", .string(signalName(sig)))])))
+                    telemetry?.stop(seconds: 0.5)
+                    metricsFile?.stop()
+                    Sys.exit(0)
+                }
+            }
+        }
+        let endpoint = StreamableHTTPEndpoint(
+            pipeline: service.pipeline, log: log, logger: logger, pageSize: options.toolsPageSize,
+            maxMessageBytes: min(options.maxMessageBytes, httpSettings.limits.maxBodyBytes),
+            maxSessions: httpSettings.limits.maxSessions)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let scheme = httpSettings.tls == nil ? "http" : "https"
+        let tls: (@Sendable (Channel) throws -> Void)?
+        do { tls = try HTTPTLS.handlerFactory(httpSettings.tls) } catch {
+            printError("mcp-supervisor: refusing to start: \(error)")
+            throw ExitCode(2)
+        }
+        if !loopback && tls == nil {
+            printError(
+                "mcp-supervisor: WARNING: serving \(listen.hostForURL):\(listen.port) without TLS: bearer tokens and "
+                    + "tool results cross the network in clear text; configure tls in \(httpConfig) (docs/http.md)")
+        }
+        let requestGuard = HTTPRequestGuard(listen: listen, loopback: loopback, config: httpSettings)
+        let channel: Channel
+        do {
+            // Port 0 asks for any free port: the guard needs the real one.
+            let probe = MCPHTTPApp(
+                endpoint: endpoint, auth: BearerAuthenticator(config: httpSettings), requestGuard: requestGuard,
+                config: httpSettings, listenURL: "\(scheme)://\(listen.hostForURL):\(listen.port)", log: log,
+                logger: logger)
+            if listen.port == 0 {
+                let slot = HTTPAppSlot()
+                channel = try slot.bind(listen, group: group, tls: tls)
+                let bound = listen.withPort(channel.localAddress?.port ?? 0)
+                slot.app = MCPHTTPApp(
+                    endpoint: endpoint, auth: probe.auth,
+                    requestGuard: HTTPRequestGuard(listen: bound, loopback: loopback, config: httpSettings),
+                    config: httpSettings, listenURL: "\(scheme)://\(bound.hostForURL):\(bound.port)", log: log,
+                    logger: logger)
+            } else {
+                let slot = HTTPAppSlot()
+                slot.app = probe
+                channel = try slot.bind(listen, group: group, tls: tls)
+            }
+        } catch {
+            printError("mcp-supervisor: cannot listen on \(http): \(error)")
+            service.shutdown(reason: "cannot listen")
+            log.close(finalEvent: SecurityEvent(.supervisorStop, JSONObject([("reason", "cannot listen")])))
+            throw ExitCode(2)
+        }
+        let port = channel.localAddress?.port ?? listen.port
+        // The one line a script waits for (stderr; stdout stays empty).
+        printError("mcp-supervisor: serving MCP on \(scheme)://\(listen.hostForURL):\(port)/mcp")
+        try await channel.closeFuture.get()
+        endpoint.closeAll()
+        Sys.exit(0)
+    }
+}
+
+/// Lets the app be set once the real port is known (port 0).
+final class HTTPAppSlot: Sendable {
+    private let stored = Mutex<MCPHTTPApp?>(nil)
+    var app: MCPHTTPApp? {
+        get { stored.withLock { $0 } }
+        set { stored.withLock { $0 = newValue } }
+    }
+
+    func bind(_ listen: ListenAddress, group: EventLoopGroup, tls: (@Sendable (Channel) throws -> Void)?) throws
+        -> Channel
+    {
+        try ServerBootstrap(group: group)
+            .serverChannelOption(ChannelOptions.backlog, value: 256)
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    guard let app = self.app else { throw ChannelError.ioOnClosedChannel }
+                    try app.configure(channel, tls: tls)
+                }
+            }
+            .bind(host: listen.host, port: listen.port)
+            .wait()
+    }
+}
