@@ -27,6 +27,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         // The dashboard's HTTP server (docs/operations.md). Already in the graph through swift-sdk.
         .package(url: "https://github.com/apple/swift-nio", from: "2.65.0"),
+        // TLS for `serve --http` from certificate files (docs/http.md).
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
     ],
     targets: [
         // Everything that runs between clone and exec. C only, async-signal-safe.
@@ -70,6 +72,10 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                // RSA (RS256, PS256) for bearer JWTs; P-256 is in Crypto.
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
             ],
             swiftSettings: strictSwift
         ),
@@ -106,6 +112,8 @@ let package = Package(
             dependencies: [
                 "mcp-supervisor", "SupervisorCore", "SupervisorServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
             ],
             swiftSettings: strictSwift),
         .testTarget(

@@ -298,13 +298,16 @@ public final class StreamableHTTPEndpoint: Sendable {
 
     /// The `CallSession` of a principal in 2026-07-28 (its phase, its taint).
     func modernSession(_ caller: HTTPCaller) -> CallSession {
-        modernSessions.withLock { m in
-            if let s = m[caller.principal] { return s }
+        // By principal and tenant: a token of another tenant is another session.
+        let key = caller.principal + "\u{0}" + (caller.tenant ?? "")
+        return modernSessions.withLock { m in
+            if let s = m[key] { return s }
             // A bound on memory: forgetting sessions resets phases to the initial one.
             if m.count >= Self.maxModernSessions { m.removeAll() }
             let s = CallSession(principal: caller.principal)
             s.clientName = caller.clientID
-            m[caller.principal] = s
+            s.tenant = caller.tenant
+            m[key] = s
             return s
         }
     }
@@ -414,13 +417,16 @@ public final class StreamableHTTPEndpoint: Sendable {
         // The token's client id, when it names one, is what the policy's
         // `client` glob sees: the clientInfo name is the client's own word.
         session.callSession.clientName = caller.clientID ?? name
+        session.callSession.tenant = caller.tenant
         var f = caller.eventFields
         f["clientName"] = .string(name)
         f["clientVersion"] = .string(clientVersion)
         f["protocolEra"] = "handshake"
         f["protocolVersion"] = .string(SecurityEvent.bounded(requested, maxBytes: 64))
         f["transport"] = "http"
-        log.append([SecurityEvent(.clientInitialize, f)])
+        log.append([SecurityEvent(.clientInitialize, f)]) { [logger] error in
+            if let error { logger.error("client.initialize not recorded", metadata: ["error": "\(error)"]) }
+        }
         let result = JSONObject([
             ("protocolVersion", .string(version)),
             (

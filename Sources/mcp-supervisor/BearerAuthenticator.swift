@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import StrictJSON
 import SupervisorCore
+import SupervisorPlatform
 import SupervisorServer
 import _CryptoExtras
 
@@ -214,6 +215,10 @@ enum TokenClaims {
     }
 }
 
+struct JWKSFetchError: Error, Sendable {
+    let message: String
+}
+
 /// The issuer's keys: fetched from `jwksUrl`, kept `jwksCacheSeconds`, and
 /// fetched again when a token names a `kid` not among them (the issuer
 /// rotated its keys), at most once every `jwksMinRefetchSeconds` so that
@@ -222,7 +227,7 @@ actor JWKSCache {
     let url: String
     let cacheSeconds: Double
     let minRefetchSeconds: Double
-    let fetch: @Sendable (String) async -> Result<[UInt8], String>
+    let fetch: @Sendable (String) async -> Result<[UInt8], JWKSFetchError>
     private var keys: [VerificationKey] = []
     private var fetchedAt: Double = -.infinity
     private var lastAttempt: Double = -.infinity
@@ -232,7 +237,7 @@ actor JWKSCache {
 
     init(
         url: String, cacheSeconds: Int, minRefetchSeconds: Int,
-        fetch: @escaping @Sendable (String) async -> Result<[UInt8], String> = JWKSCache.httpGet
+        fetch: @escaping @Sendable (String) async -> Result<[UInt8], JWKSFetchError> = JWKSCache.httpGet
     ) {
         self.url = url
         self.cacheSeconds = Double(cacheSeconds)
@@ -260,7 +265,7 @@ actor JWKSCache {
             case .failure(let e):
                 // The keys already known stay in use: an issuer briefly
                 // unreachable does not lock everyone out.
-                lastError = e
+                lastError = e.message
             }
         }
         inFlight = t
@@ -288,19 +293,20 @@ actor JWKSCache {
         return usable.count == 1 ? usable : []
     }
 
-    static func httpGet(_ url: String) async -> Result<[UInt8], String> {
-        guard let u = URL(string: url) else { return .failure("bad JWKS URL \(url)") }
+    static func httpGet(_ url: String) async -> Result<[UInt8], JWKSFetchError> {
+        guard let u = URL(string: url) else { return .failure(JWKSFetchError(message: "bad JWKS URL \(url)")) }
         var request = URLRequest(url: u)
         request.timeoutInterval = 5
         do {
             let (data, response) = try await URLSession.shared.data(for: request)
             guard let h = response as? HTTPURLResponse, h.statusCode == 200 else {
-                return .failure("JWKS \(url): HTTP \((response as? HTTPURLResponse)?.statusCode ?? 0)")
+                return .failure(
+                    JWKSFetchError(message: "JWKS \(url): HTTP \((response as? HTTPURLResponse)?.statusCode ?? 0)"))
             }
-            guard data.count <= 1 << 20 else { return .failure("JWKS \(url): larger than 1 MiB") }
+            guard data.count <= 1 << 20 else { return .failure(JWKSFetchError(message: "JWKS \(url): over 1 MiB")) }
             return .success(Array(data))
         } catch {
-            return .failure("JWKS \(url): \(error.localizedDescription)")
+            return .failure(JWKSFetchError(message: "JWKS \(url): \(error.localizedDescription)"))
         }
     }
 }

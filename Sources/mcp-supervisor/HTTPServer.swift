@@ -5,6 +5,7 @@ import NIOHTTP1
 import NIOPosix
 import StrictJSON
 import SupervisorCore
+import SupervisorPlatform
 import SupervisorServer
 import Synchronization
 
@@ -183,7 +184,10 @@ final class MCPHTTPApp: Sendable {
         f["remote"] = .string(client)
         f["method"] = .string(SecurityEvent.bounded(method, maxBytes: 16))
         f["target"] = .string(SecurityEvent.bounded(uri, maxBytes: 128))
-        log.append([SecurityEvent(.httpRefused, f)])
+        // Durable, without holding the event loop: the refusal is already decided.
+        log.append([SecurityEvent(.httpRefused, f)]) { [logger] error in
+            if let error { logger.error("http.refused not recorded", metadata: ["error": "\(error)"]) }
+        }
     }
 
     /// A new connection's pipeline (on its event loop): the connection
@@ -587,9 +591,9 @@ final class MCPHTTPHandler: ChannelInboundHandler {
         releaseSlot()
         let done = context.eventLoop.makePromise(of: Void.self)
         let channel = context.channel
-        let clock = self.clock
+        let clock = NIOLoopBound(self.clock, eventLoop: context.eventLoop)
         done.futureResult.whenComplete { _ in
-            if keepAlive { clock.responseDone() } else { channel.close(promise: nil) }
+            if keepAlive { clock.value.responseDone() } else { channel.close(promise: nil) }
         }
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: done)
     }

@@ -1,0 +1,627 @@
+"""`mcp-supervisor serve --http`: Streamable HTTP in both eras, the request
+guard (Host, Origin, sizes, timeouts, stream limits), bearer tokens from a
+test issuer run here (JWKS on a loopback http.server), static tokens, and
+the principal reaching the policy and the security log (docs/http.md)."""
+import base64
+import hashlib
+import hmac
+import http.client
+import http.server
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from conftest import BIN, ROOT, bundled_manifest, probe_manifest
+
+MODERN = "2026-07-28"
+RESOURCE = "http://127.0.0.1/mcp-test-resource"
+STATIC_TOKEN = "operator-secret-token-0123456789"
+
+
+def b64url(b: bytes) -> str:
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def int_b64(n: int) -> str:
+    return b64url(n.to_bytes((n.bit_length() + 7) // 8, "big"))
+
+
+class Issuer:
+    """A test authorization server: RSA keys, a JWKS on loopback, tokens."""
+
+    def __init__(self):
+        self.keys = {"k1": rsa.generate_private_key(public_exponent=65537, key_size=2048)}
+        self.published = ["k1"]
+        self.issuer = "http://127.0.0.1/test-issuer"
+        self.fetches = 0
+        issuer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                issuer.fetches += 1
+                body = json.dumps(issuer.jwks()).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.jwks_url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
+
+    def jwks(self):
+        out = []
+        for kid in self.published:
+            pub = self.keys[kid].public_key().public_numbers()
+            out.append({"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256", "n": int_b64(pub.n), "e": int_b64(pub.e)})
+        return {"keys": out}
+
+    def claims(self, **over):
+        now = int(time.time())
+        c = {"iss": self.issuer, "aud": RESOURCE, "sub": "alice", "exp": now + 300, "iat": now,
+             "scope": "mcp:tools", "client_id": "test-client", "tenant": "acme", "groups": ["dev"]}
+        c.update(over)
+        return {k: v for k, v in c.items() if v is not None}
+
+    def token(self, kid="k1", **over):
+        return jwt.encode(self.claims(**over), self.keys[kid], algorithm="RS256", headers={"kid": kid})
+
+    def public_pem(self, kid="k1"):
+        return self.keys[kid].public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    def stop(self):
+        self.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def issuer():
+    i = Issuer()
+    yield i
+    i.stop()
+
+
+class HTTPServer:
+    """`serve --http 127.0.0.1:0` on a workspace; its port from stderr."""
+
+    def __init__(self, work: Path, config: dict, policy: dict = None):
+        self.work = work
+        (work / "http.json").write_text(json.dumps(config))
+        policies = ROOT / "policies"
+        if policy is not None:
+            policies = work / "policies"
+            policies.mkdir(exist_ok=True)
+            (policies / "policy.json").write_text(json.dumps(policy))
+            shutil.copy(ROOT / "policies" / "syscall-groups.json", policies / "syscall-groups.json")
+        self.proc = subprocess.Popen(
+            [str(BIN), "serve", "--http", "127.0.0.1:0", "--http-config", str(work / "http.json"),
+             "--manifests", str(work / "manifests"), "--policies", str(policies),
+             "--state-dir", str(work / "state"), "--scratch-dir", str(work / "scratch"), "--allow-unsigned",
+             "--log-level", "warning"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.stderr = []
+        self.port = None
+        ready = threading.Event()
+
+        def drain():
+            for line in self.proc.stderr:
+                text = line.decode(errors="replace")
+                self.stderr.append(text)
+                if "serving MCP on http://127.0.0.1:" in text:
+                    self.port = int(text.rsplit(":", 1)[1].split("/")[0])
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=drain, daemon=True).start()
+        assert ready.wait(30), "server did not start"
+        assert self.port, "server did not start: " + "".join(self.stderr)
+
+    def conn(self, timeout=30):
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def events(self):
+        """The security log's records."""
+        out = []
+        for f in sorted((self.work / "state" / "security").glob("*.jsonl")):
+            for line in f.read_text().splitlines():
+                if line.strip():
+                    out.append(json.loads(line))
+        return out
+
+
+def make_work(workspace, name):
+    d = Path(tempfile.mkdtemp(prefix=f"mcps-http-{name}-"))
+    os.chmod(d, 0o755)
+    shutil.copytree(workspace / "manifests", d / "manifests")
+    (d / "manifests" / "probe-slow.json").write_text(json.dumps(
+        probe_manifest("probe_slow", limits={"timeoutMilliseconds": 30000})))
+    return d
+
+
+def base_config(issuer, **over):
+    c = {
+        "resource": RESOURCE,
+        "allowedOrigins": ["http://app.example"],
+        "oauth": {"issuer": issuer.issuer, "jwksUrl": issuer.jwks_url, "algorithms": ["RS256"],
+                  "requiredScopes": ["mcp:tools"], "jwksMinRefetchSeconds": 0},
+        "staticTokens": [{"name": "operator", "sha256": hashlib.sha256(STATIC_TOKEN.encode()).hexdigest(),
+                          "scopes": ["mcp:tools"]}],
+    }
+    c.update(over)
+    return c
+
+
+@pytest.fixture(scope="module")
+def server(workspace, issuer):
+    work = make_work(workspace, "main")
+    s = HTTPServer(work, base_config(issuer, limits={"requestTimeoutMilliseconds": 1500,
+                                                    "maxStreamsPerClient": 4, "maxBodyBytes": 65536}))
+    yield s
+    s.stop()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def modern_body(id, method, params=None):
+    p = dict(params or {})
+    p["_meta"] = {**p.get("_meta", {}), "io.modelcontextprotocol/protocolVersion": MODERN,
+                  "io.modelcontextprotocol/clientCapabilities": {}}
+    return {"jsonrpc": "2.0", "id": id, "method": method, "params": p}
+
+
+def modern_headers(token, method, name=None, **extra):
+    h = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+         "MCP-Protocol-Version": MODERN, "Mcp-Method": method, "Authorization": f"Bearer {token}"}
+    if name is not None:
+        h["Mcp-Name"] = name
+    h.update(extra)
+    return h
+
+
+def post(srv, body, headers, conn=None):
+    c = conn or srv.conn()
+    c.request("POST", "/mcp", body=json.dumps(body) if not isinstance(body, bytes) else body, headers=headers)
+    r = c.getresponse()
+    data = r.read()
+    return r, data
+
+
+def sse_messages(data: bytes):
+    out = []
+    for block in data.decode().split("\n\n"):
+        for line in block.splitlines():
+            if line.startswith("data: "):
+                out.append(json.loads(line[6:]))
+    return out
+
+
+def response_of(r, data):
+    if r.getheader("Content-Type", "").startswith("text/event-stream"):
+        msgs = sse_messages(data)
+        return [m for m in msgs if "id" in m and "method" not in m][-1]
+    return json.loads(data)
+
+
+# ---------------------------------------------------------------- 2026-07-28
+
+
+def test_modern_call_with_jwt(server, issuer):
+    tok = issuer.token()
+    body = modern_body(1, "tools/call", {"name": "echo", "arguments": {"text": "hi"}})
+    r, data = post(server, body, modern_headers(tok, "tools/call", "echo"))
+    assert r.status == 200, data
+    m = response_of(r, data)
+    assert m["result"]["resultType"] == "complete"
+    assert not m["result"].get("isError"), m
+    r, data = post(server, modern_body(2, "tools/list"), modern_headers(tok, "tools/list"))
+    names = [t["name"] for t in json.loads(data)["result"]["tools"]]
+    assert "echo" in names and "probe" in names
+    r, data = post(server, modern_body(3, "server/discover"), modern_headers(tok, "server/discover"))
+    assert MODERN in json.loads(data)["result"]["supportedVersions"]
+
+
+@pytest.mark.parametrize("change,why", [
+    ({"Mcp-Method": "tools/list"}, "Mcp-Method"),
+    ({"Mcp-Name": "probe"}, "Mcp-Name"),
+    ({"Mcp-Name": None}, "Mcp-Name header is required"),
+    ({"Mcp-Method": None}, "Mcp-Method header is required"),
+])
+def test_modern_header_mismatch_is_400_32020(server, issuer, change, why):
+    h = modern_headers(issuer.token(), "tools/call", "echo")
+    for k, v in change.items():
+        if v is None:
+            h.pop(k)
+        else:
+            h[k] = v
+    r, data = post(server, modern_body(7, "tools/call", {"name": "echo", "arguments": {"text": "x"}}), h)
+    assert r.status == 400, data
+    m = json.loads(data)
+    assert m["error"]["code"] == -32020 and why in m["error"]["message"], m
+
+
+def test_modern_version_header_must_match_body(server, issuer):
+    body = modern_body(8, "tools/list")
+    body["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] = "2025-11-25"
+    r, data = post(server, body, modern_headers(issuer.token(), "tools/list"))
+    assert r.status == 400 and json.loads(data)["error"]["code"] == -32020
+    # A name header on a method that names nothing is a mismatch too.
+    r, data = post(server, modern_body(9, "tools/list"), modern_headers(issuer.token(), "tools/list", "echo"))
+    assert r.status == 400 and json.loads(data)["error"]["code"] == -32020
+    # An unknown protocol version header is refused before the body is read.
+    r, data = post(server, modern_body(10, "tools/list"),
+                   modern_headers(issuer.token(), "tools/list", **{"MCP-Protocol-Version": "1999-01-01"}))
+    assert r.status == 400
+
+
+def test_progress_and_logs_on_the_request_stream(server, issuer):
+    p = {"name": "probe", "arguments": {"action": "progress", "steps": 2},
+         "_meta": {"progressToken": "tok-1", "io.modelcontextprotocol/logLevel": "info"}}
+    r, data = post(server, modern_body(11, "tools/call", p), modern_headers(issuer.token(), "tools/call", "probe"))
+    assert r.status == 200 and r.getheader("Content-Type").startswith("text/event-stream")
+    msgs = sse_messages(data)
+    progress = [m for m in msgs if m.get("method") == "notifications/progress"]
+    logs = [m for m in msgs if m.get("method") == "notifications/message"]
+    assert [m["params"]["progress"] for m in progress] == [1, 2]
+    assert all(m["params"]["progressToken"] == "tok-1" for m in progress)
+    assert len(logs) == 2
+    assert msgs[-1]["id"] == 11 and msgs[-1]["result"]["resultType"] == "complete"
+
+
+def worker_pids(ppid):
+    out = subprocess.run(["ps", "-o", "pid=,ppid=,args=", "-e"], capture_output=True, text=True).stdout
+    pids = []
+    for line in out.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) >= 2 and int(parts[1]) == ppid:
+            pids.append(int(parts[0]))
+    return pids
+
+
+def test_closing_the_stream_kills_the_worker(server, issuer):
+    before = set(worker_pids(server.proc.pid))
+    s = socket.create_connection(("127.0.0.1", server.port))
+    body = json.dumps(modern_body(12, "tools/call", {"name": "probe_slow", "arguments": {"action": "sleep", "ms": 20000}}))
+    h = modern_headers(issuer.token(), "tools/call", "probe_slow")
+    head = "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % server.port
+    head += "".join(f"{k}: {v}\r\n" for k, v in h.items())
+    head += f"Content-Length: {len(body)}\r\n\r\n"
+    s.sendall(head.encode() + body.encode())
+    # The stream's head arrives once the call runs.
+    s.settimeout(10)
+    assert s.recv(4096).startswith(b"HTTP/1.1 200")
+    new = []
+    end = time.time() + 10
+    while time.time() < end and not new:
+        new = [p for p in worker_pids(server.proc.pid) if p not in before]
+        time.sleep(0.05)
+    assert new, "no worker started"
+    s.close()
+    end = time.time() + 5
+    while time.time() < end and any(Path(f"/proc/{p}").exists() for p in new):
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{p}").exists() for p in new), f"worker {new} still alive after the stream closed"
+    # Recorded as cancelled.
+    end = time.time() + 5
+    while time.time() < end:
+        ends = [e for e in server.events() if e.get("type") == "call.end" and e.get("tool") == "probe_slow"]
+        if ends:
+            break
+        time.sleep(0.1)
+    assert ends and ends[-1]["outcome"] in ("cancelled", "killed"), ends
+
+
+# ---------------------------------------------------------------- guard
+
+
+def test_origin_and_host(server, issuer):
+    tok = issuer.token()
+    body = modern_body(20, "tools/list")
+    r, _ = post(server, body, modern_headers(tok, "tools/list", Origin="http://evil.example"))
+    assert r.status == 403
+    r, _ = post(server, body, modern_headers(tok, "tools/list", Origin="http://app.example"))
+    assert r.status == 200
+    c = server.conn()
+    c.putrequest("POST", "/mcp", skip_host=True)
+    c.putheader("Host", f"rebind.example:{server.port}")
+    for k, v in modern_headers(tok, "tools/list").items():
+        c.putheader(k, v)
+    data = json.dumps(body).encode()
+    c.putheader("Content-Length", str(len(data)))
+    c.endheaders(data)
+    r = c.getresponse()
+    r.read()
+    assert r.status == 421
+    refused = [e for e in server.events() if e.get("type") == "http.refused"]
+    assert any(e["status"] == 403 and "Origin" in e["reason"] for e in refused)
+    assert any(e["status"] == 421 for e in refused)
+
+
+def test_get_is_405_and_unknown_path_404(server, issuer):
+    c = server.conn()
+    c.request("GET", "/mcp", headers={"Authorization": f"Bearer {issuer.token()}"})
+    r = c.getresponse()
+    r.read()
+    assert r.status == 405 and "POST" in r.getheader("Allow")
+    c.request("POST", "/other", body="{}", headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    r.read()
+    assert r.status == 404
+
+
+def test_body_limit_413(server, issuer):
+    big = modern_body(21, "tools/call", {"name": "echo", "arguments": {"text": "x" * 70000}})
+    r, _ = post(server, big, modern_headers(issuer.token(), "tools/call", "echo"))
+    assert r.status == 413
+
+
+def test_slow_client_is_closed_by_the_request_timeout(server):
+    s = socket.create_connection(("127.0.0.1", server.port))
+    s.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    start = time.time()
+    s.settimeout(10)
+    try:
+        while True:
+            s.sendall(b"X-Slow: 1\r\n")
+            time.sleep(0.2)
+            if time.time() - start > 8:
+                break
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    elapsed = time.time() - start
+    assert elapsed < 4, f"a slow client held its connection {elapsed:.1f} s (request timeout 1.5 s)"
+    s.close()
+
+
+def test_concurrent_stream_limit_429(server, issuer):
+    tok = issuer.token()
+    socks = []
+    body = json.dumps(modern_body(30, "tools/call", {"name": "probe_slow", "arguments": {"action": "sleep", "ms": 3000}}))
+    h = modern_headers(tok, "tools/call", "probe_slow")
+    head = "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % server.port
+    head += "".join(f"{k}: {v}\r\n" for k, v in h.items()) + f"Content-Length: {len(body)}\r\n\r\n"
+    for _ in range(4):
+        s = socket.create_connection(("127.0.0.1", server.port))
+        s.sendall(head.encode() + body.encode())
+        s.settimeout(10)
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        socks.append(s)
+    r, data = post(server, modern_body(31, "tools/list"), modern_headers(tok, "tools/list"))
+    assert r.status == 429 and r.getheader("Retry-After") == "1", data
+    for s in socks:
+        s.close()
+    time.sleep(0.5)
+    r, _ = post(server, modern_body(32, "tools/list"), modern_headers(tok, "tools/list"))
+    assert r.status == 200
+    assert any(e.get("type") == "http.refused" and e["status"] == 429 and e["principal"] == "oauth:alice"
+               for e in server.events())
+
+
+# ---------------------------------------------------------------- tokens
+
+
+def hs256_with_public_key(issuer):
+    header = b64url(json.dumps({"alg": "HS256", "kid": "k1", "typ": "JWT"}).encode())
+    payload = b64url(json.dumps(issuer.claims()).encode())
+    sig = hmac.new(issuer.public_pem(), f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    return f"{header}.{payload}.{b64url(sig)}"
+
+
+def alg_none(issuer):
+    header = b64url(json.dumps({"alg": "none", "typ": "JWT"}).encode())
+    payload = b64url(json.dumps(issuer.claims()).encode())
+    return f"{header}.{payload}."
+
+
+@pytest.mark.parametrize("name", ["expired", "not_yet_valid", "wrong_audience", "wrong_issuer", "unknown_kid",
+                                  "alg_none", "hs256_public_key", "garbage", "bad_signature"])
+def test_bad_tokens_are_401(server, issuer, name):
+    now = int(time.time())
+    if name == "expired":
+        tok = issuer.token(exp=now - 120)
+    elif name == "not_yet_valid":
+        tok = issuer.token(nbf=now + 600)
+    elif name == "wrong_audience":
+        tok = issuer.token(aud="https://other.example/mcp")
+    elif name == "wrong_issuer":
+        tok = issuer.token(iss="https://evil.example")
+    elif name == "unknown_kid":
+        issuer.keys["rogue"] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        tok = issuer.token(kid="rogue")
+    elif name == "alg_none":
+        tok = alg_none(issuer)
+    elif name == "hs256_public_key":
+        tok = hs256_with_public_key(issuer)
+    elif name == "bad_signature":
+        t = issuer.token()
+        tok = t[:-4] + ("AAAA" if not t.endswith("AAAA") else "BBBB")
+    else:
+        tok = "not-a-token"
+    r, data = post(server, modern_body(40, "tools/list"), modern_headers(tok, "tools/list"))
+    assert r.status == 401, (name, data)
+    wa = r.getheader("WWW-Authenticate")
+    assert wa.startswith("Bearer ") and 'error="invalid_token"' in wa
+    assert 'resource_metadata="http://127.0.0.1/.well-known/oauth-protected-resource/mcp-test-resource"' in wa
+
+
+def test_missing_token_points_to_metadata(server):
+    r, data = post(server, modern_body(41, "tools/list"), {"Content-Type": "application/json",
+                   "MCP-Protocol-Version": MODERN, "Mcp-Method": "tools/list"})
+    assert r.status == 401
+    assert r.getheader("WWW-Authenticate").startswith('Bearer resource_metadata="')
+    c = server.conn()
+    c.request("GET", "/.well-known/oauth-protected-resource/mcp-test-resource")
+    r = c.getresponse()
+    meta = json.loads(r.read())
+    assert r.status == 200 and meta["resource"] == RESOURCE
+    assert meta["authorization_servers"] == [server_issuer(server)]
+    assert meta["scopes_supported"] == ["mcp:tools"]
+
+
+def server_issuer(server):
+    return json.loads((server.work / "http.json").read_text())["oauth"]["issuer"]
+
+
+def test_key_rotation_fetches_the_jwks_again(server, issuer):
+    issuer.keys["k2"] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    issuer.published = ["k1", "k2"]
+    try:
+        r, data = post(server, modern_body(42, "tools/list"), modern_headers(issuer.token(kid="k2"), "tools/list"))
+        assert r.status == 200, data
+    finally:
+        issuer.published = ["k1"]
+
+
+def test_missing_scope_is_403(server, issuer):
+    r, data = post(server, modern_body(43, "tools/list"), modern_headers(issuer.token(scope="other"), "tools/list"))
+    assert r.status == 403
+    wa = r.getheader("WWW-Authenticate")
+    assert 'error="insufficient_scope"' in wa and 'scope="mcp:tools"' in wa
+
+
+def test_static_token(server):
+    h = modern_headers(STATIC_TOKEN, "tools/call", "echo")
+    r, data = post(server, modern_body(44, "tools/call", {"name": "echo", "arguments": {"text": "op"}}), h)
+    assert r.status == 200 and not response_of(r, data)["result"].get("isError")
+    r, _ = post(server, modern_body(45, "tools/list"), modern_headers(STATIC_TOKEN + "x", "tools/list"))
+    assert r.status == 401
+    starts = [e for e in server.events() if e.get("type") == "call.start" and e.get("principal") == "token:operator"]
+    assert starts
+
+
+# ---------------------------------------------------------------- handshake era
+
+
+def test_handshake_session_raw(server, issuer):
+    tok = issuer.token()
+    h = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+         "Authorization": f"Bearer {tok}"}
+    r, data = post(server, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}, h)
+    assert r.status == 200
+    sid = r.getheader("Mcp-Session-Id")
+    assert sid and len(sid) >= 32
+    assert json.loads(data)["result"]["protocolVersion"] == "2025-06-18"
+    h2 = {**h, "Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-06-18"}
+    r, _ = post(server, {"jsonrpc": "2.0", "method": "notifications/initialized"}, h2)
+    assert r.status == 202
+    # Another principal cannot use the session.
+    r, _ = post(server, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+                {**h2, "Authorization": f"Bearer {issuer.token(sub='mallory')}"})
+    assert r.status == 404
+    r, data = post(server, {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, h2)
+    assert r.status == 200 and json.loads(data)["result"]["tools"]
+    c = server.conn()
+    c.request("DELETE", "/mcp", headers={"Mcp-Session-Id": sid, "Authorization": f"Bearer {tok}"})
+    r = c.getresponse()
+    r.read()
+    assert r.status == 204
+    r, _ = post(server, {"jsonrpc": "2.0", "id": 4, "method": "tools/list"}, h2)
+    assert r.status == 404
+
+
+def test_official_python_sdk_client(server, issuer):
+    """The official MCP Python SDK 1.x Streamable HTTP client, with a token."""
+    script = r"""
+import asyncio, sys
+from mcp import ClientSession
+from mcp.client.streamable_http import streamablehttp_client
+
+async def main(url, token):
+    async with streamablehttp_client(url, headers={"Authorization": "Bearer " + token}) as (r, w, _):
+        async with ClientSession(r, w) as s:
+            await s.initialize()
+            tools = await s.list_tools()
+            assert any(t.name == "echo" for t in tools.tools)
+            res = await s.call_tool("echo", {"text": "from the sdk"})
+            assert not res.isError, res
+            print("OK", res.content[0].text if res.content else "")
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+    py = ROOT / ".venv" / "bin" / "python"
+    out = subprocess.run([str(py), "-c", script, f"http://127.0.0.1:{server.port}/mcp", issuer.token()],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("OK"), out.stderr[-3000:]
+    inits = [e for e in server.events() if e.get("type") == "client.initialize" and e.get("transport") == "http"]
+    assert inits and inits[-1]["principal"] == "oauth:alice" and inits[-1]["tenant"] == "acme"
+
+
+# ---------------------------------------------------------------- policy on the principal
+
+
+def test_policy_on_the_principal(workspace, issuer):
+    policy = {
+        "principals": [
+            {"name": "alice", "principal": "oauth:alice", "allow": ["*"]},
+            {"name": "everyone else", "principal": "*", "allow": []},
+        ],
+    }
+    work = make_work(workspace, "policy")
+    srv = HTTPServer(work, base_config(issuer), policy=policy)
+    try:
+        body = modern_body(50, "tools/call", {"name": "echo", "arguments": {"text": "p"}})
+        r, data = post(srv, body, modern_headers(issuer.token(sub="alice"), "tools/call", "echo"))
+        assert not response_of(r, data)["result"].get("isError"), data
+        r, data = post(srv, body, modern_headers(issuer.token(sub="bob"), "tools/call", "echo"))
+        res = response_of(r, data)["result"]
+        assert res.get("isError"), data
+        ev = srv.events()
+        assert any(e["type"] == "call.start" and e["principal"] == "oauth:alice" for e in ev)
+        refused = [e for e in ev if e["type"] == "call.refused" and e.get("principal") == "oauth:bob"]
+        assert refused and refused[-1]["reason"] == "policy", refused
+    finally:
+        srv.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_config_errors_refuse_to_start(workspace, tmp_path, issuer):
+    bad = base_config(issuer)
+    bad["oauth"]["algorithms"] = ["HS256"]
+    (tmp_path / "h.json").write_text(json.dumps(bad))
+    out = subprocess.run([str(BIN), "serve", "--http", "127.0.0.1:0", "--http-config", str(tmp_path / "h.json"),
+                          "--state-dir", str(tmp_path / "state"), "--allow-unsigned",
+                          "--manifests", str(workspace / "manifests")],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "oauth.algorithms[0]" in out.stderr and "never none or HS" in out.stderr
+
+
+def test_non_loopback_without_tls_warns(workspace, tmp_path):
+    cfg = {"staticTokens": [{"name": "op", "sha256": hashlib.sha256(b"t").hexdigest()}]}
+    (tmp_path / "h.json").write_text(json.dumps(cfg))
+    os.chmod(tmp_path, 0o755)
+    p = subprocess.Popen([str(BIN), "serve", "--http", "0.0.0.0:0", "--http-config", str(tmp_path / "h.json"),
+                          "--state-dir", str(tmp_path / "state"), "--scratch-dir", str(tmp_path / "scratch"),
+                          "--allow-unsigned", "--manifests", str(workspace / "manifests")],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = ""
+        end = time.time() + 30
+        while time.time() < end and "serving MCP" not in seen:
+            seen += p.stderr.readline()
+        assert "WARNING" in seen and "without TLS" in seen, seen
+    finally:
+        p.terminate()
+        p.wait(10)
