@@ -16,6 +16,8 @@ struct HTTPRequestGuard: Sendable {
     /// bind without `allowedHosts`).
     let hosts: Set<String>
     let origins: Set<String>
+    /// The well-known path, alone and followed by the resource's path (RFC 9728 §3.1).
+    let metadataPaths: Set<String>
     static let mcpPath = "/mcp"
     static let metadataPath = "/.well-known/oauth-protected-resource"
 
@@ -39,6 +41,9 @@ struct HTTPRequestGuard: Sendable {
         }
         self.hosts = Set(hosts.map { $0.lowercased() })
         self.origins = Set(config.allowedOrigins)
+        var paths: Set<String> = [Self.metadataPath, Self.metadataPath + Self.mcpPath]
+        if let r = config.resource, let path = MCPHTTPApp.resourcePath(r) { paths.insert(Self.metadataPath + path) }
+        self.metadataPaths = paths
     }
 
     func decide(method: String, uri: String, fields: HTTPFields) -> Decision {
@@ -55,7 +60,7 @@ struct HTTPRequestGuard: Sendable {
             }
         }
         let path = uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
-        if path == Self.metadataPath || path == Self.metadataPath + Self.mcpPath {
+        if metadataPaths.contains(path) {
             guard method == "GET" || method == "HEAD" else {
                 return .refuse(status: 405, reason: "only GET", allow: "GET")
             }
@@ -170,10 +175,16 @@ final class MCPHTTPApp: Sendable {
         guard let schemeEnd = resource.range(of: "://") else { return resource }
         let afterScheme = resource[schemeEnd.upperBound...]
         let slash = afterScheme.firstIndex(of: "/") ?? afterScheme.endIndex
-        let origin = resource[..<slash]
-        var path = String(afterScheme[slash...])
-        if path == "/" { path = "" }
-        return origin + HTTPRequestGuard.metadataPath + path
+        return resource[..<slash] + HTTPRequestGuard.metadataPath + (resourcePath(resource) ?? "")
+    }
+
+    /// The path of a resource identifier (without query), nil for none or "/".
+    static func resourcePath(_ resource: String) -> String? {
+        guard let schemeEnd = resource.range(of: "://") else { return nil }
+        let afterScheme = resource[schemeEnd.upperBound...]
+        guard let slash = afterScheme.firstIndex(of: "/") else { return nil }
+        let path = afterScheme[slash...].split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)[0]
+        return path == "/" || path.isEmpty ? nil : String(path)
     }
 
     /// A refusal before any call, recorded (docs/security-events.md).
@@ -589,11 +600,14 @@ final class MCPHTTPHandler: ChannelInboundHandler {
 
     private func end(_ context: ChannelHandlerContext, keepAlive: Bool) {
         releaseSlot()
+        // Before the write: writing the end lets NIO's pipelining handler
+        // hand over a request the client already sent, whose first byte
+        // must find the clock idle.
+        if keepAlive { clock.responseDone() }
         let done = context.eventLoop.makePromise(of: Void.self)
         let channel = context.channel
-        let clock = NIOLoopBound(self.clock, eventLoop: context.eventLoop)
         done.futureResult.whenComplete { _ in
-            if keepAlive { clock.value.responseDone() } else { channel.close(promise: nil) }
+            if !keepAlive { channel.close(promise: nil) }
         }
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: done)
     }

@@ -213,7 +213,10 @@ final class HTTPAuthTests: XCTestCase {
             .contains("never none or HS*"))
         XCTAssertTrue(error(#"{"oauth": {\#(o), "algorithms": ["RS256"]}}"#).contains("resource: required with oauth"))
         XCTAssertTrue(error(#"{"staticTokens": [{"name": "a", "sha256": "00"}]}"#).contains("64 hex digits"))
-        XCTAssertTrue(error(#"{"staticTokens": [], "limitz": {}}"#).contains("unknown field"))
+        let zero = String(repeating: "0", count: 64)
+        XCTAssertTrue(
+            error(#"{"staticTokens": [{"name": "a", "sha256": "\#(zero)"}], "limitz": {}}"#)
+                .contains("limitz: unknown field (did you mean \"limits\"?)"))
     }
 
     // MARK: the request guard

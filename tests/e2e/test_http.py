@@ -102,8 +102,10 @@ class HTTPServer:
     def __init__(self, work: Path, config: dict, policy: dict = None):
         self.work = work
         (work / "http.json").write_text(json.dumps(config))
-        policies = ROOT / "policies"
-        if policy is not None:
+        # The bundled policy admits only uid:* (stdio); token principals need a rule.
+        if policy is None:
+            policy = {"principals": [{"name": "http callers", "principal": "*", "allow": ["*"]}]}
+        if True:
             policies = work / "policies"
             policies.mkdir(exist_ok=True)
             (policies / "policy.json").write_text(json.dumps(policy))
@@ -142,6 +144,16 @@ class HTTPServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def wait_event(self, pred, timeout=5):
+        """The records, once one satisfies `pred` (appends are durable but
+        asynchronous to the response)."""
+        end = time.time() + timeout
+        while True:
+            ev = self.events()
+            if any(pred(e) for e in ev) or time.time() > end:
+                return ev
+            time.sleep(0.05)
 
     def events(self):
         """The security log's records."""
@@ -354,7 +366,8 @@ def test_origin_and_host(server, issuer):
     r = c.getresponse()
     r.read()
     assert r.status == 421
-    refused = [e for e in server.events() if e.get("type") == "http.refused"]
+    ev = server.wait_event(lambda e: e.get("type") == "http.refused" and e["status"] == 421)
+    refused = [e for e in ev if e.get("type") == "http.refused"]
     assert any(e["status"] == 403 and "Origin" in e["reason"] for e in refused)
     assert any(e["status"] == 421 for e in refused)
 
@@ -416,7 +429,7 @@ def test_concurrent_stream_limit_429(server, issuer):
     r, _ = post(server, modern_body(32, "tools/list"), modern_headers(tok, "tools/list"))
     assert r.status == 200
     assert any(e.get("type") == "http.refused" and e["status"] == 429 and e["principal"] == "oauth:alice"
-               for e in server.events())
+               for e in server.wait_event(lambda e: e.get("type") == "http.refused" and e["status"] == 429))
 
 
 # ---------------------------------------------------------------- tokens
@@ -507,7 +520,8 @@ def test_static_token(server):
     assert r.status == 200 and not response_of(r, data)["result"].get("isError")
     r, _ = post(server, modern_body(45, "tools/list"), modern_headers(STATIC_TOKEN + "x", "tools/list"))
     assert r.status == 401
-    starts = [e for e in server.events() if e.get("type") == "call.start" and e.get("principal") == "token:operator"]
+    starts = [e for e in server.wait_event(lambda e: e.get("principal") == "token:operator")
+              if e.get("type") == "call.start" and e.get("principal") == "token:operator"]
     assert starts
 
 
@@ -565,7 +579,8 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
     out = subprocess.run([str(py), "-c", script, f"http://127.0.0.1:{server.port}/mcp", issuer.token()],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.startswith("OK"), out.stderr[-3000:]
-    inits = [e for e in server.events() if e.get("type") == "client.initialize" and e.get("transport") == "http"]
+    inits = [e for e in server.wait_event(lambda e: e.get("type") == "client.initialize")
+             if e.get("type") == "client.initialize" and e.get("transport") == "http"]
     assert inits and inits[-1]["principal"] == "oauth:alice" and inits[-1]["tenant"] == "acme"
 
 
@@ -588,7 +603,7 @@ def test_policy_on_the_principal(workspace, issuer):
         r, data = post(srv, body, modern_headers(issuer.token(sub="bob"), "tools/call", "echo"))
         res = response_of(r, data)["result"]
         assert res.get("isError"), data
-        ev = srv.events()
+        ev = srv.wait_event(lambda e: e["type"] == "call.refused")
         assert any(e["type"] == "call.start" and e["principal"] == "oauth:alice" for e in ev)
         refused = [e for e in ev if e["type"] == "call.refused" and e.get("principal") == "oauth:bob"]
         assert refused and refused[-1]["reason"] == "policy", refused
