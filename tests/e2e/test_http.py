@@ -124,7 +124,7 @@ class HTTPServer:
             for line in self.proc.stderr:
                 text = line.decode(errors="replace")
                 self.stderr.append(text)
-                if "serving MCP on http://127.0.0.1:" in text:
+                if "serving MCP on http" in text and "://127.0.0.1:" in text:
                     self.port = int(text.rsplit(":", 1)[1].split("/")[0])
                     ready.set()
             ready.set()
@@ -190,7 +190,7 @@ def base_config(issuer, **over):
 @pytest.fixture(scope="module")
 def server(workspace, issuer):
     work = make_work(workspace, "main")
-    s = HTTPServer(work, base_config(issuer, limits={"requestTimeoutMilliseconds": 1500,
+    s = HTTPServer(work, base_config(issuer, limits={"requestTimeoutMilliseconds": 1500, "idleTimeoutMilliseconds": 2000,
                                                     "maxStreamsPerClient": 4, "maxBodyBytes": 65536}))
     yield s
     s.stop()
@@ -405,6 +405,16 @@ def test_slow_client_is_closed_by_the_request_timeout(server):
         pass
     elapsed = time.time() - start
     assert elapsed < 4, f"a slow client held its connection {elapsed:.1f} s (request timeout 1.5 s)"
+    s.close()
+
+
+def test_idle_connection_is_closed(server):
+    s = socket.create_connection(("127.0.0.1", server.port))
+    s.settimeout(10)
+    start = time.time()
+    assert s.recv(1) == b""
+    elapsed = time.time() - start
+    assert 1.5 < elapsed < 4, f"an idle connection lived {elapsed:.1f} s (idle timeout 2 s)"
     s.close()
 
 
@@ -640,3 +650,76 @@ def test_non_loopback_without_tls_warns(workspace, tmp_path):
     finally:
         p.terminate()
         p.wait(10)
+
+
+# ---------------------------------------------------------------- TLS and the global limit
+
+
+@pytest.fixture(scope="module")
+def tls_server(workspace, tmp_path_factory):
+    import datetime
+    import ipaddress
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    work = make_work(workspace, "tls")
+    (work / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (work / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                     serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    cfg = {"staticTokens": [{"name": "operator", "sha256": hashlib.sha256(STATIC_TOKEN.encode()).hexdigest()}],
+           "tls": {"certificate": str(work / "cert.pem"), "privateKey": str(work / "key.pem")},
+           "limits": {"maxStreams": 2, "maxStreamsPerClient": 8}}
+    s = HTTPServer(work, cfg)
+    assert any("serving MCP on https://" in line for line in s.stderr)
+    yield s
+    s.stop()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def tls_context(srv):
+    import ssl
+    ctx = ssl.create_default_context(cafile=str(srv.work / "cert.pem"))
+    return ctx
+
+
+def test_tls_call(tls_server):
+    c = http.client.HTTPSConnection("127.0.0.1", tls_server.port, context=tls_context(tls_server), timeout=30)
+    body = modern_body(60, "tools/call", {"name": "echo", "arguments": {"text": "tls"}})
+    r, data = post(tls_server, body, modern_headers(STATIC_TOKEN, "tools/call", "echo"), conn=c)
+    assert r.status == 200 and not response_of(r, data)["result"].get("isError"), data
+    # Plain HTTP to the TLS port gets no HTTP answer.
+    p = http.client.HTTPConnection("127.0.0.1", tls_server.port, timeout=10)
+    with pytest.raises((http.client.HTTPException, ConnectionError, OSError)):
+        p.request("POST", "/mcp", body="{}", headers={"Content-Type": "application/json"})
+        p.getresponse().read()
+
+
+def test_global_stream_limit_503(tls_server):
+    import ssl
+    ctx = tls_context(tls_server)
+    body = json.dumps(modern_body(61, "tools/call", {"name": "probe_slow", "arguments": {"action": "sleep", "ms": 3000}}))
+    h = modern_headers(STATIC_TOKEN, "tools/call", "probe_slow")
+    head = "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % tls_server.port
+    head += "".join(f"{k}: {v}\r\n" for k, v in h.items()) + f"Content-Length: {len(body)}\r\n\r\n"
+    socks = []
+    for _ in range(2):
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", tls_server.port)), server_hostname="127.0.0.1")
+        s.sendall(head.encode() + body.encode())
+        s.settimeout(10)
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        socks.append(s)
+    c = http.client.HTTPSConnection("127.0.0.1", tls_server.port, context=ctx, timeout=30)
+    r, data = post(tls_server, modern_body(62, "tools/list"), modern_headers(STATIC_TOKEN, "tools/list"), conn=c)
+    assert r.status == 503 and r.getheader("Retry-After") == "1", data
+    for s in socks:
+        s.close()
