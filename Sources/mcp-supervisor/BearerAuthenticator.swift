@@ -7,7 +7,7 @@ import SupervisorServer
 import _CryptoExtras
 
 #if canImport(FoundationNetworking)
-    import FoundationNetworking
+import FoundationNetworking
 #endif
 
 /// The JWS algorithms a configuration may pin. Asymmetric only: the keys
@@ -99,7 +99,8 @@ struct VerificationKey: Sendable {
             return k.isValidSignature(
                 _RSA.Signing.RSASignature(rawRepresentation: signature), for: digest, padding: .insecurePKCS1v1_5)
         case (.rsa(let k), .ps256):
-            return k.isValidSignature(_RSA.Signing.RSASignature(rawRepresentation: signature), for: digest, padding: .PSS)
+            return k.isValidSignature(
+                _RSA.Signing.RSASignature(rawRepresentation: signature), for: digest, padding: .PSS)
         case (.p256(let k), .es256):
             guard signature.count == 64, let s = try? P256.Signing.ECDSASignature(rawRepresentation: signature) else {
                 return false
@@ -323,7 +324,8 @@ final class BearerAuthenticator: Sendable {
         self.jwks =
             jwks
             ?? config.oauth.map {
-                JWKSCache(url: $0.jwksURL, cacheSeconds: $0.jwksCacheSeconds, minRefetchSeconds: $0.jwksMinRefetchSeconds)
+                JWKSCache(
+                    url: $0.jwksURL, cacheSeconds: $0.jwksCacheSeconds, minRefetchSeconds: $0.jwksMinRefetchSeconds)
             }
     }
 

@@ -59,7 +59,8 @@ struct HTTPRequestGuard: Sendable {
                 return .refuse(status: 403, reason: "Origin is not allowed", allow: nil)
             }
         }
-        let path = uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
+        let path =
+            uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
         if metadataPaths.contains(path) {
             guard method == "GET" || method == "HEAD" else {
                 return .refuse(status: 405, reason: "only GET", allow: "GET")
@@ -389,7 +390,8 @@ final class MCPHTTPHandler: ChannelInboundHandler {
             head = h
             body = []
             discarding = false
-            if let length = h.headers.first(name: "Content-Length").flatMap(Int.init), length > app.limits.maxBodyBytes {
+            if let length = h.headers.first(name: "Content-Length").flatMap(Int.init), length > app.limits.maxBodyBytes
+            {
                 refuse(context, h, status: 413, reason: "body of \(length) bytes over \(app.limits.maxBodyBytes)")
             }
         case .body(var chunk):
@@ -411,7 +413,8 @@ final class MCPHTTPHandler: ChannelInboundHandler {
         discarding = true
         head = nil
         body = []
-        app.recordRefusal(status: status, reason: reason, client: client, caller: nil, method: h.method.rawValue, uri: h.uri)
+        app.recordRefusal(
+            status: status, reason: reason, client: client, caller: nil, method: h.method.rawValue, uri: h.uri)
         // The rest of the body is not read: the connection ends with the answer.
         respond(context, status: status, headers: [], body: Self.text(reason), keepAlive: false)
     }
@@ -545,8 +548,9 @@ final class MCPHTTPHandler: ChannelInboundHandler {
         end(context, keepAlive: keepAlive)
     }
 
-    private func authRefusal(_ context: ChannelHandlerContext, _ h: HTTPRequestHead, _ f: AuthFailure, caller: HTTPCaller?)
-    {
+    private func authRefusal(
+        _ context: ChannelHandlerContext, _ h: HTTPRequestHead, _ f: AuthFailure, caller: HTTPCaller?
+    ) {
         app.recordRefusal(
             status: f == .missing ? 401 : (caller == nil ? 401 : 403), reason: f.reason, client: client,
             caller: caller, method: h.method.rawValue, uri: h.uri)
@@ -559,7 +563,9 @@ final class MCPHTTPHandler: ChannelInboundHandler {
         case .invalidToken(let why):
             respond(
                 context, status: 401,
-                headers: [("WWW-Authenticate", "Bearer error=\"invalid_token\", error_description=\"\(why)\", \(meta)")],
+                headers: [
+                    ("WWW-Authenticate", "Bearer error=\"invalid_token\", error_description=\"\(why)\", \(meta)")
+                ],
                 body: Self.text("invalid token: \(why)"), keepAlive: h.isKeepAlive)
         case .insufficientScope(let required):
             let scope = required.joined(separator: " ")

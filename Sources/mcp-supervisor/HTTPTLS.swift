@@ -14,7 +14,8 @@ enum HTTPTLS {
         guard let files else { return nil }
         let chain: [NIOSSLCertificate]
         do { chain = try NIOSSLCertificate.fromPEMFile(files.certificate) } catch {
-            throw Problem(description: "tls.certificate \(files.certificate): not a readable PEM certificate (\(error))")
+            throw Problem(
+                description: "tls.certificate \(files.certificate): not a readable PEM certificate (\(error))")
         }
         guard !chain.isEmpty else { throw Problem(description: "tls.certificate \(files.certificate): no certificate") }
         let key: NIOSSLPrivateKey

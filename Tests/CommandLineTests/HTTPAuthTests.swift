@@ -74,7 +74,8 @@ final class HTTPAuthTests: XCTestCase {
     // MARK: header
 
     func jws(_ header: JSONObject, _ payload: JSONObject = JSONObject([("sub", "x")]), sig: [UInt8] = [1]) -> String {
-        b64(JSONValue.object(header).serializedBytes()) + "." + b64(JSONValue.object(payload).serializedBytes()) + "." + b64(sig)
+        b64(JSONValue.object(header).serializedBytes()) + "." + b64(JSONValue.object(payload).serializedBytes()) + "."
+            + b64(sig)
     }
 
     func b64(_ b: [UInt8]) -> String {
@@ -92,8 +93,10 @@ final class HTTPAuthTests: XCTestCase {
         XCTAssertEqual(parse(JSONObject([("alg", "HS256")])), .invalidToken("algorithm HS256 is not accepted"))
         // Pinned: a valid algorithm the configuration did not name is refused.
         XCTAssertEqual(parse(JSONObject([("alg", "ES256")])), .invalidToken("algorithm ES256 is not accepted"))
-        XCTAssertEqual(parse(JSONObject([("alg", "RS256"), ("crit", .array(["b64"]))])), .invalidToken("unsupported crit header"))
-        XCTAssertEqual(parse(JSONObject([("alg", "RS256"), ("typ", "JOSE+JSON")])), .invalidToken("typ JOSE+JSON is not a JWT"))
+        XCTAssertEqual(
+            parse(JSONObject([("alg", "RS256"), ("crit", .array(["b64"]))])), .invalidToken("unsupported crit header"))
+        XCTAssertEqual(
+            parse(JSONObject([("alg", "RS256"), ("typ", "JOSE+JSON")])), .invalidToken("typ JOSE+JSON is not a JWT"))
         XCTAssertEqual(parse(JSONObject([("alg", "RS256"), ("kid", 3)])), .invalidToken("kid must be a string"))
         if case .failure(let f) = JWTParts.parse("a.b", pinned: [.rs256]) {
             XCTAssertEqual(f, .invalidToken("not a JWS compact serialization"))
@@ -182,7 +185,8 @@ final class HTTPAuthTests: XCTestCase {
     // MARK: static tokens and configuration
 
     func config(_ json: String) throws -> HTTPConfiguration {
-        try HTTPConfiguration.parse(FieldReader(file: "h.json", path: "", value: try JSONParser.parse(Array(json.utf8))))
+        try HTTPConfiguration.parse(
+            FieldReader(file: "h.json", path: "", value: try JSONParser.parse(Array(json.utf8))))
     }
 
     func testStaticTokensByDigest() throws {
@@ -207,10 +211,12 @@ final class HTTPAuthTests: XCTestCase {
         }
         XCTAssertTrue(error("{}").contains("no way to authenticate callers"))
         let o = #""issuer": "i", "jwksUrl": "https://i/jwks""#
-        XCTAssertTrue(error(#"{"resource": "https://r/mcp", "oauth": {\#(o), "algorithms": ["HS256"]}}"#)
-            .contains("oauth.algorithms[0]: \"HS256\" is not accepted"))
-        XCTAssertTrue(error(#"{"resource": "https://r/mcp", "oauth": {\#(o), "algorithms": ["none"]}}"#)
-            .contains("never none or HS*"))
+        XCTAssertTrue(
+            error(#"{"resource": "https://r/mcp", "oauth": {\#(o), "algorithms": ["HS256"]}}"#)
+                .contains("oauth.algorithms[0]: \"HS256\" is not accepted"))
+        XCTAssertTrue(
+            error(#"{"resource": "https://r/mcp", "oauth": {\#(o), "algorithms": ["none"]}}"#)
+                .contains("never none or HS*"))
         XCTAssertTrue(error(#"{"oauth": {\#(o), "algorithms": ["RS256"]}}"#).contains("resource: required with oauth"))
         XCTAssertTrue(error(#"{"staticTokens": [{"name": "a", "sha256": "00"}]}"#).contains("64 hex digits"))
         let zero = String(repeating: "0", count: 64)
@@ -227,14 +233,16 @@ final class HTTPAuthTests: XCTestCase {
             #"{"staticTokens": [{"name": "a", "sha256": "\#(zero)"}], "allowedOrigins": ["https://App.example"]}"#)
         let g = HTTPRequestGuard(
             listen: ListenAddress(host: "127.0.0.1", port: 8765, isIPv6: false), loopback: true, config: c)
-        func d(_ f: [(String, String)], _ method: String = "POST", _ uri: String = "/mcp") -> HTTPRequestGuard.Decision {
+        func d(_ f: [(String, String)], _ method: String = "POST", _ uri: String = "/mcp") -> HTTPRequestGuard.Decision
+        {
             g.decide(method: method, uri: uri, fields: HTTPFields(f))
         }
         XCTAssertEqual(d([("Host", "127.0.0.1:8765")]), .route(.mcp))
         XCTAssertEqual(d([("host", "LOCALHOST:8765")]), .route(.mcp))
         if case .refuse(421, _, _) = d([("Host", "evil.example:8765")]) {} else { XCTFail("rebinding host accepted") }
         if case .refuse(421, _, _) = d([]) {} else { XCTFail("no Host accepted") }
-        if case .refuse(421, _, _) = d([("Host", "127.0.0.1:8765"), ("Host", "evil")]) {} else {
+        if case .refuse(421, _, _) = d([("Host", "127.0.0.1:8765"), ("Host", "evil")]) {
+        } else {
             XCTFail("two Hosts accepted")
         }
         let h = ("Host", "127.0.0.1:8765")
