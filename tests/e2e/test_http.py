@@ -535,6 +535,20 @@ def test_static_token(server):
     assert starts
 
 
+def test_tokens_are_never_recorded(server, issuer):
+    """The token stops at the transport: neither a static token nor a JWT
+    (accepted or refused) appears in the security log."""
+    jwt_token = issuer.token()
+    bad = issuer.token(aud="https://other.example/mcp")
+    for tok in (jwt_token, bad, STATIC_TOKEN):
+        post(server, modern_body(46, "tools/call", {"name": "echo", "arguments": {"text": "t"}}),
+             modern_headers(tok, "tools/call", "echo"))
+    server.wait_event(lambda e: e.get("type") == "http.refused" and e.get("reason") == "wrong audience")
+    text = "".join(f.read_text() for f in (server.work / "state" / "security").glob("*.jsonl"))
+    for tok in (jwt_token, bad, STATIC_TOKEN, jwt_token.split(".")[2]):
+        assert tok not in text
+
+
 # ---------------------------------------------------------------- handshake era
 
 
