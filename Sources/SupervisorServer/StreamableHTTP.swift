@@ -66,7 +66,8 @@ public enum HTTPOutcome: Sendable {
 }
 
 /// One tools/call over HTTP: the transport starts it with a sink for its
-/// messages (notifications, then the response, `final` true) and cancels it
+/// messages (notifications, then the response, `final` true; an empty final
+/// message when the call was cancelled and has no answer) and cancels it
 /// when the client goes away. Sendable: the sink is called on the call's
 /// pool thread or task.
 public final class HTTPCallStream: Sendable {
@@ -518,8 +519,10 @@ public final class StreamableHTTPEndpoint: Sendable {
         HTTPCallStream(onEnd: onEnd) { [pipeline] sink in
             let relay = Self.relay(token: call.progressToken, logLevel: logLevel, sink: sink)
             let response = await pipeline.call(call, session: session, onMessage: relay)
-            // A cancelled call gets no answer (MCP): its stream is gone.
-            if let message = DirectCall.message(for: response, id: id, modern: modern) { sink(message, true) }
+            // A cancelled call gets no answer (MCP): its stream ends empty
+            // (a closed stream is gone already; a notifications/cancelled or
+            // a DELETE of the session leaves one open to end).
+            sink(DirectCall.message(for: response, id: id, modern: modern) ?? [], true)
         }
     }
 

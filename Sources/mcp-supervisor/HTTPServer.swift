@@ -498,7 +498,7 @@ final class MCPHTTPHandler: ChannelInboundHandler {
         case .respond(let status, let headers, let body):
             var hs = headers
             if body != nil { hs.append(("Content-Type", "application/json")) }
-            respond(context, status: status, headers: hs, body: body ?? [], keepAlive: keepAlive, releasing: true)
+            respond(context, status: status, headers: hs, body: body ?? [], keepAlive: keepAlive)
         case .stream(let headers, let stream):
             let accept = fields["Accept"]?.lowercased() ?? ""
             let sse = accept.contains("text/event-stream")
@@ -531,15 +531,21 @@ final class MCPHTTPHandler: ChannelInboundHandler {
             // A client that takes only JSON gets the response alone.
             guard final else { return }
             running = nil
+            if message.isEmpty {
+                // Cancelled (notifications/cancelled, DELETE): no answer exists.
+                return respond(context, status: 202, headers: headers, body: [], keepAlive: keepAlive)
+            }
             return respond(
                 context, status: 200, headers: headers + [("Content-Type", "application/json")], body: message,
-                keepAlive: keepAlive, releasing: true)
+                keepAlive: keepAlive)
         }
-        var buffer = context.channel.allocator.buffer(capacity: message.count + 24)
-        buffer.writeString("event: message\ndata: ")
-        buffer.writeBytes(message)
-        buffer.writeString("\n\n")
-        context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        if !message.isEmpty {
+            var buffer = context.channel.allocator.buffer(capacity: message.count + 24)
+            buffer.writeString("event: message\ndata: ")
+            buffer.writeBytes(message)
+            buffer.writeString("\n\n")
+            context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        }
         guard final else {
             context.flush()
             return
@@ -584,8 +590,7 @@ final class MCPHTTPHandler: ChannelInboundHandler {
     }
 
     private func respond(
-        _ context: ChannelHandlerContext, status: Int, headers: [(String, String)], body: [UInt8], keepAlive: Bool,
-        releasing: Bool = false
+        _ context: ChannelHandlerContext, status: Int, headers: [(String, String)], body: [UInt8], keepAlive: Bool
     ) {
         var hs = HTTPHeaders(headers)
         if hs["Content-Type"].isEmpty && !body.isEmpty { hs.add(name: "Content-Type", value: "application/json") }

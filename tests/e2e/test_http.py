@@ -114,7 +114,9 @@ class HTTPServer:
             [str(BIN), "serve", "--http", "127.0.0.1:0", "--http-config", str(work / "http.json"),
              "--manifests", str(work / "manifests"), "--policies", str(policies),
              "--state-dir", str(work / "state"), "--scratch-dir", str(work / "scratch"), "--allow-unsigned",
-             "--log-level", "warning"],
+             # No prespawned workers: each call's worker is a new child, so a
+             # test can tell which pid served it.
+             "--prespawn", "0", "--log-level", "warning"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.stderr = []
         self.port = None
@@ -578,6 +580,45 @@ def test_handshake_session_raw(server, issuer):
     assert r.status == 204
     r, _ = post(server, {"jsonrpc": "2.0", "id": 4, "method": "tools/list"}, h2)
     assert r.status == 404
+
+
+def test_handshake_cancelled_call_ends_its_stream(server, issuer):
+    tok = issuer.token()
+    h = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+         "Authorization": f"Bearer {tok}"}
+    r, _ = post(server, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}, h)
+    h["Mcp-Session-Id"] = r.getheader("Mcp-Session-Id")
+    post(server, {"jsonrpc": "2.0", "method": "notifications/initialized"}, h)
+    before = set(worker_pids(server.proc.pid))
+    body = json.dumps({"jsonrpc": "2.0", "id": 77, "method": "tools/call",
+                       "params": {"name": "probe_slow", "arguments": {"action": "sleep", "ms": 20000}}})
+    head = "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % server.port
+    head += "".join(f"{k}: {v}\r\n" for k, v in h.items()) + f"Content-Length: {len(body)}\r\n\r\n"
+    s = socket.create_connection(("127.0.0.1", server.port))
+    s.settimeout(10)
+    s.sendall(head.encode() + body.encode())
+    got = s.recv(4096)
+    assert got.startswith(b"HTTP/1.1 200") and b"text/event-stream" in got
+    new = []
+    end = time.time() + 10
+    while time.time() < end and not new:
+        new = [p for p in worker_pids(server.proc.pid) if p not in before]
+        time.sleep(0.05)
+    assert new
+    r, _ = post(server, {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 77}}, h)
+    assert r.status == 202
+    # The stream ends (the last chunk) without an answer; the worker is gone.
+    while b"0\r\n\r\n" not in got:
+        chunk = s.recv(4096)
+        assert chunk, "connection closed instead of the stream ending"
+        got += chunk
+    assert b'"result"' not in got and b'"error"' not in got
+    s.close()
+    end = time.time() + 5
+    while time.time() < end and any(Path(f"/proc/{p}").exists() for p in new):
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{p}").exists() for p in new)
 
 
 def test_official_python_sdk_client(server, issuer):
