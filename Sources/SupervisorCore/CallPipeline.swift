@@ -545,6 +545,7 @@ public final class CallPipeline: Sendable {
         let pool = self.pool
         let log = self.log
         let principal = session.principal
+        let tenant = session.tenant.map { SecurityEvent.bounded($0) }
         let sessionKey = ObjectIdentifier(session)
         let tool = a.entry.tool
         let cell = a.entry.cell
@@ -561,13 +562,15 @@ public final class CallPipeline: Sendable {
                         if case .definitionDrift(let d) = r.outcome { self.quarantine(cell, difference: d) }
                         let result = self.result(for: r, tool: tool)
                         // Breaker and profile: their events are durable with call.end.
-                        let events =
+                        var tagged =
                             SecurityEvent.callEnd(
                                 callID: callID, principal: principal, tool: tool.name, cell: cell, report: r,
                                 bytesReturned: result.textBytes)
                             + self.resilience.observe(
                                 callID: callID, tool: tool.name, cell: cell, report: r,
                                 network: network.all, policy: a.policy)
+                        if let tenant { for i in tagged.indices { tagged[i].fields["tenant"] = .string(tenant) } }
+                        let events = tagged
                         let appended = SupervisorMetrics.clock()
                         log.append(
                             events,

@@ -655,7 +655,9 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 def test_policy_on_the_principal(workspace, issuer):
     policy = {
         "principals": [
-            {"name": "alice", "principal": "oauth:alice", "allow": ["*"]},
+            {"name": "alice", "principal": "oauth:alice", "allow": ["*"],
+             "rateOverall": {"perSecond": 0.01, "burst": 2}},
+            {"name": "carol", "principal": "oauth:carol", "allow": ["*"]},
             {"name": "everyone else", "principal": "*", "allow": []},
         ],
     }
@@ -672,6 +674,18 @@ def test_policy_on_the_principal(workspace, issuer):
         assert any(e["type"] == "call.start" and e["principal"] == "oauth:alice" for e in ev)
         refused = [e for e in ev if e["type"] == "call.refused" and e.get("principal") == "oauth:bob"]
         assert refused and refused[-1]["reason"] == "policy", refused
+        # The rate bucket is alice's own: her third call is refused, carol's is not.
+        r, data = post(srv, body, modern_headers(issuer.token(sub="alice"), "tools/call", "echo"))
+        assert not response_of(r, data)["result"].get("isError"), data
+        r, data = post(srv, body, modern_headers(issuer.token(sub="alice"), "tools/call", "echo"))
+        assert response_of(r, data)["result"].get("isError"), data
+        r, data = post(srv, body, modern_headers(issuer.token(sub="carol"), "tools/call", "echo"))
+        assert not response_of(r, data)["result"].get("isError"), data
+        ev = srv.wait_event(lambda e: e["type"] == "call.refused" and e.get("reason") == "rate_limit")
+        limited = [e for e in ev if e["type"] == "call.refused" and e.get("reason") == "rate_limit"]
+        assert [e["principal"] for e in limited] == ["oauth:alice"], limited
+        # Every call record carries the token's tenant.
+        assert all(e.get("tenant") == "acme" for e in ev if e["type"] in ("call.start", "call.end", "call.refused"))
     finally:
         srv.stop()
         shutil.rmtree(work, ignore_errors=True)
