@@ -188,9 +188,15 @@ final class MCPHTTPApp: Sendable {
         return path == "/" || path.isEmpty ? nil : String(path)
     }
 
+    /// Bounds how many refusals one address can have recorded (each is a
+    /// durable write), so that a flood of bad requests cannot fill the log.
+    let refusalRecords = RefusalRecordLimiter()
+
     /// A refusal before any call, recorded (docs/security-events.md).
     func recordRefusal(status: Int, reason: String, client: String, caller: HTTPCaller?, method: String, uri: String) {
+        guard let suppressed = refusalRecords.admit(client, now: monotonicNanoseconds()) else { return }
         var f = caller?.eventFields ?? JSONObject()
+        if suppressed > 0 { f["suppressedBefore"] = .int(Int64(suppressed)) }
         f["status"] = .int(Int64(status))
         f["reason"] = .string(SecurityEvent.bounded(reason))
         f["remote"] = .string(client)
@@ -236,6 +242,49 @@ extension ListenAddress {
         let loopback =
             address.isIPv6 ? address.bytes == [UInt8](repeating: 0, count: 15) + [1] : address.bytes[0] == 127
         return (ListenAddress(host: address.description, port: port, isIPv6: address.isIPv6), loopback)
+    }
+}
+
+/// A token bucket per client address for `http.refused` records: `burst`
+/// at once, then `perSecond`. A refusal beyond it is still refused, only
+/// not recorded; the next record of that address says how many were not
+/// (`suppressedBefore`). At most `maxAddresses` are tracked (then the table
+/// starts afresh: the bound holds per address, not for ever).
+final class RefusalRecordLimiter: Sendable {
+    let burst: Double
+    let perSecond: Double
+    let maxAddresses: Int
+    private struct Bucket {
+        var tokens: Double
+        var last: UInt64
+        var suppressed: Int
+    }
+    private let buckets = Mutex<[String: Bucket]>([:])
+
+    init(burst: Int = 20, perSecond: Double = 2, maxAddresses: Int = 4096) {
+        self.burst = Double(burst)
+        self.perSecond = perSecond
+        self.maxAddresses = maxAddresses
+    }
+
+    /// nil: do not record this one; else how many were not recorded before it.
+    func admit(_ address: String, now: UInt64) -> Int? {
+        buckets.withLock { b in
+            if b[address] == nil && b.count >= maxAddresses { b.removeAll() }
+            var bucket = b[address] ?? Bucket(tokens: burst, last: now, suppressed: 0)
+            let elapsed = Double(now &- bucket.last) / 1e9
+            bucket.tokens = min(burst, bucket.tokens + elapsed * perSecond)
+            bucket.last = now
+            defer { b[address] = bucket }
+            guard bucket.tokens >= 1 else {
+                bucket.suppressed += 1
+                return nil
+            }
+            bucket.tokens -= 1
+            let s = bucket.suppressed
+            bucket.suppressed = 0
+            return s
+        }
     }
 }
 

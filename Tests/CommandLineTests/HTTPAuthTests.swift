@@ -261,6 +261,19 @@ final class HTTPAuthTests: XCTestCase {
             "https://mcp.example/.well-known/oauth-protected-resource")
     }
 
+    // MARK: refusal records
+
+    func testRefusalRecordsAreBoundedPerAddress() {
+        let l = RefusalRecordLimiter(burst: 3, perSecond: 1)
+        let t0: UInt64 = 1_000_000_000
+        XCTAssertEqual((0..<5).map { _ in l.admit("a", now: t0) }, [0, 0, 0, nil, nil])
+        // Another address has its own bucket.
+        XCTAssertEqual(l.admit("b", now: t0), 0)
+        // A second later one more is recorded, naming the two not recorded.
+        XCTAssertEqual(l.admit("a", now: t0 + 1_000_000_000), 2)
+        XCTAssertNil(l.admit("a", now: t0 + 1_000_000_000))
+    }
+
     // MARK: 2026-07-28 headers
 
     func testModernHeaderRules() throws {
