@@ -226,28 +226,19 @@ struct Serve: AsyncParsableCommand {
                 "mcp-supervisor: WARNING: serving \(listen.hostForURL):\(listen.port) without TLS: bearer tokens and "
                     + "tool results cross the network in clear text; configure tls in \(httpConfig) (docs/http.md)")
         }
-        let requestGuard = HTTPRequestGuard(listen: listen, loopback: loopback, config: httpSettings)
+        // Bound first, then the app: with port 0 (any free port) the Host
+        // rule and the default resource URL need the port the kernel chose.
+        // A connection accepted before the app is set is closed.
+        let slot = HTTPAppSlot()
         let channel: Channel
         do {
-            // Port 0 asks for any free port: the guard needs the real one.
-            let probe = MCPHTTPApp(
-                endpoint: endpoint, auth: BearerAuthenticator(config: httpSettings), requestGuard: requestGuard,
-                config: httpSettings, listenURL: "\(scheme)://\(listen.hostForURL):\(listen.port)", log: log,
+            channel = try slot.bind(listen, group: group, tls: tls)
+            let bound = listen.withPort(channel.localAddress?.port ?? listen.port)
+            slot.app = MCPHTTPApp(
+                endpoint: endpoint, auth: BearerAuthenticator(config: httpSettings),
+                requestGuard: HTTPRequestGuard(listen: bound, loopback: loopback, config: httpSettings),
+                config: httpSettings, listenURL: "\(scheme)://\(bound.hostForURL):\(bound.port)", log: log,
                 logger: logger)
-            if listen.port == 0 {
-                let slot = HTTPAppSlot()
-                channel = try slot.bind(listen, group: group, tls: tls)
-                let bound = listen.withPort(channel.localAddress?.port ?? 0)
-                slot.app = MCPHTTPApp(
-                    endpoint: endpoint, auth: probe.auth,
-                    requestGuard: HTTPRequestGuard(listen: bound, loopback: loopback, config: httpSettings),
-                    config: httpSettings, listenURL: "\(scheme)://\(bound.hostForURL):\(bound.port)", log: log,
-                    logger: logger)
-            } else {
-                let slot = HTTPAppSlot()
-                slot.app = probe
-                channel = try slot.bind(listen, group: group, tls: tls)
-            }
         } catch {
             printError("mcp-supervisor: cannot listen on \(http): \(error)")
             service.shutdown(reason: "cannot listen")
