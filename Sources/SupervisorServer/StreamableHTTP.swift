@@ -122,7 +122,10 @@ public final class HTTPCallStream: Sendable {
 public final class StreamableHTTPEndpoint: Sendable {
     public static let headerMismatch = -32020
 
-    let pipeline: CallPipeline
+    /// The pipeline of each tenant (the key nil: callers without a
+    /// tenant). A tenant's pipeline has its own cells, policy, workers and
+    /// scratch: one tenant can neither see nor call another's tools.
+    let pipelines: [String?: CallPipeline]
     let log: SecurityLog
     let logger: Logger
     let pageSize: Int
@@ -138,10 +141,14 @@ public final class StreamableHTTPEndpoint: Sendable {
         let logLevel = Mutex(LogLevel.info)
         let calls = Mutex<[String: HTTPCallStream]>([:])
         let negotiatedVersion = Mutex<String?>(nil)
+        let pipeline: CallPipeline
+        let tenant: String?
 
-        init(id: String, principal: String, maxMessageBytes: Int) {
+        init(id: String, principal: String, tenant: String?, pipeline: CallPipeline, maxMessageBytes: Int) {
             self.id = id
             self.principal = principal
+            self.tenant = tenant
+            self.pipeline = pipeline
             self.callSession = CallSession(principal: principal)
             self.gate = Mutex(MessageGate(maxMessageBytes: maxMessageBytes))
         }
@@ -154,10 +161,10 @@ public final class StreamableHTTPEndpoint: Sendable {
     static let maxModernSessions = 4096
 
     public init(
-        pipeline: CallPipeline, log: SecurityLog, logger: Logger, pageSize: Int, maxMessageBytes: Int,
+        pipelines: [String?: CallPipeline], log: SecurityLog, logger: Logger, pageSize: Int, maxMessageBytes: Int,
         maxSessions: Int
     ) {
-        self.pipeline = pipeline
+        self.pipelines = pipelines
         self.log = log
         self.logger = logger
         self.pageSize = max(1, pageSize)
@@ -166,6 +173,10 @@ public final class StreamableHTTPEndpoint: Sendable {
     }
 
     public var sessionCount: Int { sessions.withLock { $0.count } }
+
+    /// The pipeline that serves this caller: its tenant's, or nil when
+    /// its tenant (or the lack of one) is not served here.
+    public func pipeline(for caller: HTTPCaller) -> CallPipeline? { pipelines[caller.tenant] }
 
     // MARK: answers
 
@@ -187,9 +198,12 @@ public final class StreamableHTTPEndpoint: Sendable {
 
     /// One POST to the MCP endpoint.
     public func post(fields: HTTPFields, body: [UInt8], caller: HTTPCaller) -> HTTPOutcome {
+        guard let pipeline = pipeline(for: caller) else {
+            return Self.rpcError(403, code: MessageGate.invalidRequest, "Forbidden: this tenant is not served here")
+        }
         let versionHeader = fields["MCP-Protocol-Version"]
         if let v = versionHeader, ModernEnvelope.supportedVersions.contains(v) {
-            return postModern(fields: fields, body: body, caller: caller, version: v)
+            return postModern(fields: fields, body: body, caller: caller, version: v, pipeline: pipeline)
         }
         if let v = versionHeader, !Version.supported.contains(v) {
             return Self.rpcError(
@@ -197,7 +211,7 @@ public final class StreamableHTTPEndpoint: Sendable {
                 "Bad Request: unsupported MCP-Protocol-Version \(SecurityEvent.bounded(v, maxBytes: 64)); supported: "
                     + ModernEnvelope.allVersions.joined(separator: ", "))
         }
-        return postHandshake(fields: fields, body: body, caller: caller)
+        return postHandshake(fields: fields, body: body, caller: caller, pipeline: pipeline)
     }
 
     /// The request object and its method, when the body is one.
@@ -240,7 +254,9 @@ public final class StreamableHTTPEndpoint: Sendable {
         return nil
     }
 
-    func postModern(fields: HTTPFields, body: [UInt8], caller: HTTPCaller, version: String) -> HTTPOutcome {
+    func postModern(
+        fields: HTTPFields, body: [UInt8], caller: HTTPCaller, version: String, pipeline: CallPipeline
+    ) -> HTTPOutcome {
         guard let o = Self.peek(body) else {
             // Not one JSON object: the gate says precisely what is wrong.
             var gate = MessageGate(maxMessageBytes: maxMessageBytes)
@@ -277,7 +293,7 @@ public final class StreamableHTTPEndpoint: Sendable {
                 return .stream(
                     headers: [],
                     callStream(
-                        call, id: r.id, modern: true, session: modernSession(caller),
+                        call, id: r.id, modern: true, pipeline: pipeline, session: modernSession(caller),
                         logLevel: { r.envelope.logLevel.flatMap(LogLevel.init(rawValue:)) }))
             default:
                 // subscriptions/listen needs a stream that outlives requests.
@@ -323,11 +339,13 @@ public final class StreamableHTTPEndpoint: Sendable {
         return (0..<2).map { _ in String(format: "%016llx", g.next() as UInt64) }.joined()
     }
 
-    func postHandshake(fields: HTTPFields, body: [UInt8], caller: HTTPCaller) -> HTTPOutcome {
+    func postHandshake(fields: HTTPFields, body: [UInt8], caller: HTTPCaller, pipeline: CallPipeline) -> HTTPOutcome {
         let o = Self.peek(body)
         let method = o?["method"]?.stringValue
         guard let sid = fields[Self.sessionHeader] else {
-            if method == "initialize" { return initialize(body: body, request: o!, caller: caller) }
+            if method == "initialize" {
+                return initialize(body: body, request: o!, caller: caller, pipeline: pipeline)
+            }
             if method == "server/discover" {
                 // Answered without a session, as on a fresh stdio connection.
                 var gate = MessageGate(maxMessageBytes: maxMessageBytes)
@@ -348,7 +366,9 @@ public final class StreamableHTTPEndpoint: Sendable {
         }
         // A session belongs to the principal that created it: anyone else
         // is told it does not exist (T14), as for an unknown id.
-        guard let session = sessions.withLock({ $0[sid] }), session.principal == caller.principal else {
+        guard let session = sessions.withLock({ $0[sid] }), session.principal == caller.principal,
+            session.tenant == caller.tenant
+        else {
             return Self.rpcError(
                 404, id: o?["id"] ?? .null, code: MessageGate.invalidRequest,
                 "Not Found: no such session; initialize a new one")
@@ -378,7 +398,7 @@ public final class StreamableHTTPEndpoint: Sendable {
             let call = LineReader.toolCall(params, client: client)
             let key = id.serialized()
             let stream = callStream(
-                call, id: id, modern: false, session: session.callSession,
+                call, id: id, modern: false, pipeline: session.pipeline, session: session.callSession,
                 logLevel: { session.logLevel.withLock { $0 } },
                 onEnd: { _ = session.calls.withLock { $0.removeValue(forKey: key) } })
             session.calls.withLock { $0[key] = stream }
@@ -393,8 +413,10 @@ public final class StreamableHTTPEndpoint: Sendable {
     /// initialize: a new session, answered here (the MCP SDK's `Server` is
     /// bound to one stdio connection; over HTTP the same answers are given
     /// from the same registry).
-    func initialize(body: [UInt8], request o: JSONObject, caller: HTTPCaller) -> HTTPOutcome {
-        let session = Session(id: Self.newSessionID(), principal: caller.principal, maxMessageBytes: maxMessageBytes)
+    func initialize(body: [UInt8], request o: JSONObject, caller: HTTPCaller, pipeline: CallPipeline) -> HTTPOutcome {
+        let session = Session(
+            id: Self.newSessionID(), principal: caller.principal, tenant: caller.tenant, pipeline: pipeline,
+            maxMessageBytes: maxMessageBytes)
         let decision = session.gate.withLock { $0.check(body) }
         guard case .forward = decision, let id = o["id"] else {
             if case .reply(let e) = decision { return Self.json(e["id"] == .null ? 400 : 200, e) }
@@ -460,6 +482,7 @@ public final class StreamableHTTPEndpoint: Sendable {
             }
             return Self.result(id, JSONObject(), headers: headers)
         case "tools/list":
+            let pipeline = session.pipeline
             let reg = pipeline.registry
             var start = 0
             if let cursor = params?["cursor"]?.stringValue {
@@ -489,7 +512,9 @@ public final class StreamableHTTPEndpoint: Sendable {
             return Self.rpcError(400, code: MessageGate.invalidRequest, "Bad Request: DELETE needs Mcp-Session-Id")
         }
         let session = sessions.withLock { s -> Session? in
-            guard let found = s[sid], found.principal == caller.principal else { return nil }
+            guard let found = s[sid], found.principal == caller.principal, found.tenant == caller.tenant else {
+                return nil
+            }
             return s.removeValue(forKey: sid)
         }
         guard let session else {
@@ -513,10 +538,10 @@ public final class StreamableHTTPEndpoint: Sendable {
     // MARK: the call
 
     func callStream(
-        _ call: ToolCall, id: JSONValue, modern: Bool, session: CallSession,
+        _ call: ToolCall, id: JSONValue, modern: Bool, pipeline: CallPipeline, session: CallSession,
         logLevel: @escaping @Sendable () -> LogLevel?, onEnd: @escaping @Sendable () -> Void = {}
     ) -> HTTPCallStream {
-        HTTPCallStream(onEnd: onEnd) { [pipeline] sink in
+        HTTPCallStream(onEnd: onEnd) { sink in
             let relay = Self.relay(token: call.progressToken, logLevel: logLevel, sink: sink)
             let response = await pipeline.call(call, session: session, onMessage: relay)
             // A cancelled call gets no answer (MCP): its stream ends empty

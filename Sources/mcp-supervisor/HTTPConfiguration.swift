@@ -19,6 +19,18 @@ struct HTTPConfiguration: Sendable {
     var limits = Limits()
     var oauth: OAuth?
     var staticTokens: [StaticToken] = []
+    /// When any: each caller is served by its tenant's own pipeline (its
+    /// cells, its policy, its workers), and a caller of another tenant or
+    /// of none is refused.
+    var tenants: [Tenant] = []
+
+    struct Tenant: Sendable, Equatable {
+        var name: String
+        /// The cells (by name) this tenant sees and may call.
+        var cells: [String]
+        /// The tenant's policy file; nil: the policies directory's policy.json.
+        var policy: String?
+    }
 
     struct TLSFiles: Sendable, Equatable {
         var certificate: String
@@ -153,6 +165,25 @@ struct HTTPConfiguration: Sendable {
                 try t.finish()
                 c.staticTokens.append(token)
             }
+        }
+        if let t = try r.object("tenants") {
+            for name in t.object.keys.sorted() {
+                guard let one = try t.object(name) else { continue }
+                // It names a scratch directory: letters, digits, . _ - only.
+                guard !name.isEmpty, name.utf8.count <= 64, !name.hasPrefix("."),
+                    name.utf8.allSatisfy({ b in
+                        (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x2E
+                            || b == 0x5F || b == 0x2D
+                    })
+                else {
+                    throw t.error(name, "a tenant name has 1 to 64 letters, digits, '.', '_' or '-' (not first '.')")
+                }
+                let tenant = Tenant(
+                    name: name, cells: try one.stringArray("cells"), policy: try one.optionalString("policy"))
+                try one.finish()
+                c.tenants.append(tenant)
+            }
+            try t.finish()
         }
         if c.oauth == nil && c.staticTokens.isEmpty {
             throw r.error(

@@ -517,6 +517,14 @@ final class MCPHTTPHandler: ChannelInboundHandler {
         case .success(let c): caller = c
         }
         if let f = app.auth.scopeProblem(caller) { return authRefusal(context, h, f, caller: caller) }
+        guard app.endpoint.pipeline(for: caller) != nil else {
+            let reason =
+                caller.tenant.map { "tenant \(SecurityEvent.bounded($0, maxBytes: 64)) is not served here" }
+                ?? "a caller without a tenant is not served here (tenants are configured)"
+            app.recordRefusal(
+                status: 403, reason: reason, client: client, caller: caller, method: h.method.rawValue, uri: h.uri)
+            return respond(context, status: 403, headers: [], body: Self.text(reason), keepAlive: keepAlive)
+        }
         if let refusal = app.slots.acquire(client) {
             let status = refusal == .client ? 429 : 503
             let reason =

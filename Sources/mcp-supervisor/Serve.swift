@@ -148,18 +148,48 @@ struct Serve: AsyncParsableCommand {
             telemetry?.stop()
             throw ExitCode(2)
         }
+        // Tenants (docs/http.md): a pipeline each, with its own cells,
+        // policy, runner (workers, prespawned ones included) and scratch.
+        var allServices = [service]
+        var pipelines: [String?: CallPipeline] = [:]
+        if httpSettings.tenants.isEmpty {
+            pipelines[nil] = service.pipeline
+        }
+        for t in httpSettings.tenants {
+            let tenantHost = HostSandbox(
+                features: features, workerUID: s.workerUID, workerGID: s.workerGID,
+                scratchRoot: s.scratchRoot + "/tenant-" + t.name, protectedPaths: [s.stateDirectory])
+            let tenantRunner: CallRunner
+            do { tenantRunner = try CallRunner(host: tenantHost, logger: logger) } catch {
+                printError("mcp-supervisor: cannot prepare the scratch directory of tenant \(t.name): \(error)")
+                throw ExitCode(2)
+            }
+            tenantRunner.enablePrespawn(perCell: options.prespawn, idleSeconds: options.prespawnIdleSeconds)
+            var tenantOptions = options
+            if let p = t.policy { tenantOptions.pipeline.policyPath = p }
+            let visible = Set(t.cells)
+            let tenantLoader: RegistryLoader = {
+                let all = loader()
+                return CellRegistry(cells: all.cells.filter { visible.contains($0.name) }, problems: [])
+            }
+            let ts = SupervisorService(
+                options: tenantOptions, runner: tenantRunner, logger: logger, log: log, loadRegistry: tenantLoader)
+            allServices.append(ts)
+            pipelines[t.name] = ts.pipeline
+        }
+        let services = allServices
         let metricsFile = try startMetricsFile(s, pipeline: service.pipeline)
         telemetry?.attach(to: service.pipeline, metrics: metricsFile?.metrics)
         let watch = FileWatch(path: ledgerPath)
         if !allowUnsigned {
-            service.pipeline.onLedgerChange { watch.changed() }
+            for sv in services { sv.pipeline.onLedgerChange { watch.changed() } }
             // Revocation takes effect without waiting for the next call: a
             // thread blocks on inotify until the ledger file changes.
             do {
                 let watcher = try FileChangeWatcher(path: ledgerPath)
                 let t = Thread { [logger] in
                     while watcher.waitForChange() {
-                        if watch.changed() { Task { await service.reload() } }
+                        if watch.changed() { Task { for sv in services { await sv.reload() } } }
                     }
                     logger.warning(
                         "the trust ledger's directory can no longer be watched; changes apply at the next call")
@@ -193,13 +223,15 @@ struct Serve: AsyncParsableCommand {
         let signals = SignalHandlers()
         signals.on(Signal.hangUp) {
             Task {
-                service.reloadPolicy()
-                await service.reload()
+                for sv in services {
+                    sv.reloadPolicy()
+                    await sv.reload()
+                }
             }
         }
         for sig in [Signal.terminate, Signal.interrupt] {
             signals.on(sig) {
-                service.shutdown(reason: "signal \(sig)")
+                for sv in services { sv.shutdown(reason: "signal \(sig)") }
                 // Give the killed workers' calls a moment to record their end.
                 DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(200)) {
                     log.close(
@@ -211,7 +243,7 @@ struct Serve: AsyncParsableCommand {
             }
         }
         let endpoint = StreamableHTTPEndpoint(
-            pipeline: service.pipeline, log: log, logger: logger, pageSize: options.toolsPageSize,
+            pipelines: pipelines, log: log, logger: logger, pageSize: options.toolsPageSize,
             maxMessageBytes: min(options.maxMessageBytes, httpSettings.limits.maxBodyBytes),
             maxSessions: httpSettings.limits.maxSessions)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
@@ -241,7 +273,7 @@ struct Serve: AsyncParsableCommand {
                 logger: logger)
         } catch {
             printError("mcp-supervisor: cannot listen on \(http): \(error)")
-            service.shutdown(reason: "cannot listen")
+            for sv in services { sv.shutdown(reason: "cannot listen") }
             log.close(finalEvent: SecurityEvent(.supervisorStop, JSONObject([("reason", "cannot listen")])))
             throw ExitCode(2)
         }

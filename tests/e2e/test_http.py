@@ -792,3 +792,56 @@ def test_global_stream_limit_503(tls_server):
     assert r.status == 503 and r.getheader("Retry-After") == "1", data
     for s in socks:
         s.close()
+
+
+# ---------------------------------------------------------------- tenants
+
+
+def test_tenants_see_and_call_only_their_cells(workspace):
+    tokens = {"acme": "acme-token-" + "1" * 32, "globex": "globex-token-" + "2" * 32, None: "no-tenant-" + "3" * 32}
+    static = []
+    for tenant, tok in tokens.items():
+        t = {"name": tenant or "none", "sha256": hashlib.sha256(tok.encode()).hexdigest()}
+        if tenant:
+            t["tenant"] = tenant
+        static.append(t)
+    cfg = {"staticTokens": static, "tenants": {"acme": {"cells": ["echo"]}, "globex": {"cells": ["probe"]}}}
+    work = make_work(workspace, "tenants")
+    srv = HTTPServer(work, cfg)
+    try:
+        def listed(tok):
+            r, data = post(srv, modern_body(70, "tools/list"), modern_headers(tok, "tools/list"))
+            assert r.status == 200, data
+            return sorted(t["name"] for t in json.loads(data)["result"]["tools"] if t["name"] != "set_phase")
+
+        assert listed(tokens["acme"]) == ["echo"]
+        assert listed(tokens["globex"]) == ["probe"]
+        # A tool of another tenant does not exist for this one.
+        r, data = post(srv, modern_body(71, "tools/call", {"name": "probe", "arguments": {"action": "echo"}}),
+                       modern_headers(tokens["acme"], "tools/call", "probe"))
+        m = response_of(r, data)
+        assert "error" in m or m["result"].get("isError"), m
+        r, data = post(srv, modern_body(72, "tools/call", {"name": "echo", "arguments": {"text": "a"}}),
+                       modern_headers(tokens["acme"], "tools/call", "echo"))
+        assert not response_of(r, data)["result"].get("isError"), data
+        r, data = post(srv, modern_body(73, "tools/call", {"name": "probe", "arguments": {"action": "echo"}}),
+                       modern_headers(tokens["globex"], "tools/call", "probe"))
+        assert not response_of(r, data)["result"].get("isError"), data
+        # A caller without a tenant is not served when tenants are configured.
+        r, data = post(srv, modern_body(74, "tools/list"), modern_headers(tokens[None], "tools/list"))
+        assert r.status == 403, data
+        srv.wait_event(lambda e: e.get("type") == "http.refused" and e.get("principal") == "token:none")
+        ev = srv.wait_event(lambda e: e.get("type") == "call.end" and e.get("tenant") == "globex")
+        starts = [(e["tenant"], e["tool"]) for e in ev if e["type"] == "call.start"]
+        assert ("acme", "echo") in starts and ("globex", "probe") in starts and ("acme", "probe") not in starts
+        # The audit view of one tenant holds only its records.
+        out = subprocess.run([str(BIN), "audit", "query", "--tenant", "acme", "--json",
+                              "--state-dir", str(work / "state")], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        recs = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+        assert recs and all(r["tenant"] == "acme" for r in recs)
+        assert any(r["type"] == "call.start" and r["tool"] == "echo" for r in recs)
+        assert not any(r.get("tool") == "probe" for r in recs if r["type"] == "call.start")
+    finally:
+        srv.stop()
+        shutil.rmtree(work, ignore_errors=True)
