@@ -122,8 +122,8 @@ public final class HTTPCallStream: Sendable {
 public final class StreamableHTTPEndpoint: Sendable {
     public static let headerMismatch = -32020
 
-    /// The pipeline of each tenant (the key nil: callers without a
-    /// tenant). A tenant's pipeline has its own cells, policy, workers and
+    /// The pipeline of each tenant, or one under the key nil when no
+    /// tenants are configured. A tenant's pipeline has its own cells, policy, workers and
     /// scratch: one tenant can neither see nor call another's tools.
     let pipelines: [String?: CallPipeline]
     let log: SecurityLog
@@ -176,7 +176,12 @@ public final class StreamableHTTPEndpoint: Sendable {
 
     /// The pipeline that serves this caller: its tenant's, or nil when
     /// its tenant (or the lack of one) is not served here.
-    public func pipeline(for caller: HTTPCaller) -> CallPipeline? { pipelines[caller.tenant] }
+    /// Without tenants configured (one pipeline, under the key nil) every
+    /// caller is served by it, whatever its token says of a tenant.
+    public func pipeline(for caller: HTTPCaller) -> CallPipeline? {
+        if pipelines.count == 1, let only = pipelines[nil] { return only }
+        return pipelines[caller.tenant]
+    }
 
     // MARK: answers
 

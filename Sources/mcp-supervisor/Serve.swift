@@ -180,6 +180,12 @@ struct Serve: AsyncParsableCommand {
         let services = allServices
         let metricsFile = try startMetricsFile(s, pipeline: service.pipeline)
         telemetry?.attach(to: service.pipeline, metrics: metricsFile?.metrics)
+        // Tenant pipelines count their calls and trace them too (the worker
+        // gauge counts the default pipeline's workers only).
+        for sv in services.dropFirst() {
+            if let m = metricsFile?.metrics { sv.pipeline.metrics = m }
+            telemetry?.attach(to: sv.pipeline, metrics: nil)
+        }
         let watch = FileWatch(path: ledgerPath)
         if !allowUnsigned {
             for sv in services { sv.pipeline.onLedgerChange { watch.changed() } }
