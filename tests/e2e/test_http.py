@@ -845,3 +845,35 @@ def test_tenants_see_and_call_only_their_cells(workspace):
     finally:
         srv.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_modern_approval_over_http_is_bound_to_the_principal(workspace, issuer):
+    policy = {"principals": [{"name": "all", "principal": "*", "allow": ["*"]}], "approval": [{"tool": "echo"}]}
+    work = make_work(workspace, "approval")
+    srv = HTTPServer(work, base_config(issuer), policy=policy)
+    try:
+        def call(id, tok, **extra):
+            p = {"name": "echo", "arguments": {"text": "approve me"}, **extra}
+            body = modern_body(id, "tools/call", p)
+            body["params"]["_meta"]["io.modelcontextprotocol/clientCapabilities"] = {"elicitation": {}}
+            r, data = post(srv, body, modern_headers(tok, "tools/call", "echo"))
+            assert r.status == 200, data
+            return response_of(r, data)["result"]
+
+        alice, bob = issuer.token(sub="alice"), issuer.token(sub="bob")
+        r = call(80, alice)
+        assert r["resultType"] == "input_required" and isinstance(r["requestState"], str), r
+        state = r["requestState"]
+        answer = {"approval": {"action": "accept"}}
+        # Another principal cannot use alice's approval.
+        r = call(81, bob, inputResponses=answer, requestState=state)
+        assert r.get("isError"), r
+        r = call(82, alice, inputResponses=answer, requestState=state)
+        assert r["resultType"] == "complete" and not r.get("isError"), r
+        ev = srv.wait_event(lambda e: e["type"] == "call.approved")
+        assert [e["principal"] for e in ev if e["type"] == "call.approved"] == ["oauth:alice"]
+        assert [e["reason"] for e in ev if e["type"] == "call.refused" and e["principal"] == "oauth:bob"] == \
+            ["approval_invalid"]
+    finally:
+        srv.stop()
+        shutil.rmtree(work, ignore_errors=True)
