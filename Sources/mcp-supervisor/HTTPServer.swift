@@ -468,6 +468,15 @@ final class MCPHTTPHandler: ChannelInboundHandler {
         respond(context, status: status, headers: [], body: Self.text(reason), keepAlive: false)
     }
 
+    /// The reason as the content of an HTTP quoted-string: it may quote a
+    /// token's header (an `alg`), so only printable ASCII other than `"`
+    /// and `\` is kept (no header splitting, no broken quoting).
+    static func quotable(_ s: String) -> String {
+        String(
+            String.UnicodeScalarView(
+                s.unicodeScalars.filter { $0.value >= 0x20 && $0.value < 0x7F && $0 != "\"" && $0 != "\\" }))
+    }
+
     static func text(_ s: String) -> [UInt8] {
         MessageGateError.json(s)
     }
@@ -627,7 +636,10 @@ final class MCPHTTPHandler: ChannelInboundHandler {
             respond(
                 context, status: 401,
                 headers: [
-                    ("WWW-Authenticate", "Bearer error=\"invalid_token\", error_description=\"\(why)\", \(meta)")
+                    (
+                        "WWW-Authenticate",
+                        "Bearer error=\"invalid_token\", error_description=\"\(Self.quotable(why))\", \(meta)"
+                    )
                 ],
                 body: Self.text("invalid token: \(why)"), keepAlive: h.isKeepAlive)
         case .insufficientScope(let required):

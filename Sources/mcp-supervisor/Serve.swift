@@ -259,6 +259,13 @@ struct Serve: AsyncParsableCommand {
             printError("mcp-supervisor: refusing to start: \(error)")
             throw ExitCode(2)
         }
+        if let o = httpSettings.oauth, o.jwksURL.hasPrefix("http://"),
+            !["http://127.0.0.1", "http://localhost", "http://[::1]"].contains(where: { o.jwksURL.hasPrefix($0) })
+        {
+            printError(
+                "mcp-supervisor: WARNING: oauth.jwksUrl \(o.jwksURL) is plain http: whoever can alter that traffic "
+                    + "can make the server accept tokens it signed; use https")
+        }
         if !loopback && tls == nil {
             printError(
                 "mcp-supervisor: WARNING: serving \(listen.hostForURL):\(listen.port) without TLS: bearer tokens and "

@@ -261,6 +261,12 @@ final class HTTPAuthTests: XCTestCase {
             "https://mcp.example/.well-known/oauth-protected-resource")
     }
 
+    func testReasonsInHeadersCannotSplitOrBreakQuoting() {
+        XCTAssertEqual(
+            MCPHTTPHandler.quotable("algorithm \"x\r\nSet-Cookie: a\\ is not accepted"),
+            "algorithm xSet-Cookie: a is not accepted")
+    }
+
     // MARK: refusal records
 
     func testRefusalRecordsAreBoundedPerAddress() {
