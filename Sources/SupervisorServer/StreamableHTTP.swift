@@ -3,6 +3,7 @@ import Logging
 import MCP
 import StrictJSON
 import SupervisorCore
+import SupervisorPlatform
 import Synchronization
 
 /// Who sent an HTTP request, as the bearer token says (never the token
@@ -141,6 +142,9 @@ public final class StreamableHTTPEndpoint: Sendable {
         let logLevel = Mutex(LogLevel.info)
         let calls = Mutex<[String: HTTPCallStream]>([:])
         let negotiatedVersion = Mutex<String?>(nil)
+        /// When a request last named it (monotonic ns): the least recently
+        /// used of a principal's sessions is the one ended for a new one.
+        let lastUsed = Mutex<UInt64>(monotonicNanoseconds())
         let pipeline: CallPipeline
         let tenant: String?
 
@@ -337,6 +341,8 @@ public final class StreamableHTTPEndpoint: Sendable {
     // MARK: handshake era
 
     public static let sessionHeader = "Mcp-Session-Id"
+    /// Sessions one principal (of one tenant) may hold at once.
+    public static let maxSessionsPerPrincipal = 32
 
     /// 128 random bits (T14), hex.
     static func newSessionID() -> String {
@@ -378,6 +384,7 @@ public final class StreamableHTTPEndpoint: Sendable {
                 404, id: o?["id"] ?? .null, code: MessageGate.invalidRequest,
                 "Not Found: no such session; initialize a new one")
         }
+        session.lastUsed.withLock { $0 = monotonicNanoseconds() }
         let decision = session.gate.withLock { $0.check(body) }
         switch decision {
         case .reply(let e):
@@ -427,11 +434,22 @@ public final class StreamableHTTPEndpoint: Sendable {
             if case .reply(let e) = decision { return Self.json(e["id"] == .null ? 400 : 200, e) }
             return Self.accepted
         }
+        // A principal holds at most `maxSessionsPerPrincipal`: its least
+        // recently used session ends for a new one, so that one caller
+        // cannot take every session of the server.
+        var evicted: Session? = nil
         let added = sessions.withLock { s -> Bool in
+            let own = s.values.filter { $0.principal == caller.principal && $0.tenant == caller.tenant }
+            if own.count >= Self.maxSessionsPerPrincipal,
+                let oldest = own.min(by: { $0.lastUsed.withLock { $0 } < $1.lastUsed.withLock { $0 } })
+            {
+                evicted = s.removeValue(forKey: oldest.id)
+            }
             guard s.count < maxSessions else { return false }
             s[session.id] = session
             return true
         }
+        if let evicted { for c in evicted.calls.withLock({ Array($0.values) }) { c.cancel() } }
         guard added else {
             return Self.rpcError(
                 503, id: id, code: -32000, "Service Unavailable: \(maxSessions) sessions are open; end one (DELETE)")

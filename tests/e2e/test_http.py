@@ -877,3 +877,24 @@ def test_modern_approval_over_http_is_bound_to_the_principal(workspace, issuer):
     finally:
         srv.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_one_principal_cannot_hold_every_session(server, issuer):
+    def initialize(tok):
+        h = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+             "Authorization": f"Bearer {tok}"}
+        r, _ = post(server, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "s", "version": "1"}}}, h)
+        assert r.status == 200
+        return {**h, "Mcp-Session-Id": r.getheader("Mcp-Session-Id")}
+
+    other = initialize(issuer.token(sub="carol"))
+    mallory = issuer.token(sub="mallory")
+    first = initialize(mallory)
+    for _ in range(32):
+        initialize(mallory)
+    # The principal's least recently used session ended; others' stay.
+    r, _ = post(server, {"jsonrpc": "2.0", "id": 2, "method": "ping"}, first)
+    assert r.status == 404
+    r, _ = post(server, {"jsonrpc": "2.0", "id": 3, "method": "ping"}, other)
+    assert r.status == 200
