@@ -406,7 +406,8 @@ def test_slow_client_is_closed_by_the_request_timeout(server):
     except (BrokenPipeError, ConnectionResetError):
         pass
     elapsed = time.time() - start
-    assert elapsed < 4, f"a slow client held its connection {elapsed:.1f} s (request timeout 1.5 s)"
+    # Bounded by the request timeout, with room for a loaded machine (the loop gives up at 8 s).
+    assert elapsed < 6, f"a slow client held its connection {elapsed:.1f} s (request timeout 1.5 s)"
     s.close()
 
 
@@ -416,7 +417,7 @@ def test_idle_connection_is_closed(server):
     start = time.time()
     assert s.recv(1) == b""
     elapsed = time.time() - start
-    assert 1.5 < elapsed < 4, f"an idle connection lived {elapsed:.1f} s (idle timeout 2 s)"
+    assert 1.5 < elapsed < 6, f"an idle connection lived {elapsed:.1f} s (idle timeout 2 s)"
     s.close()
 
 
