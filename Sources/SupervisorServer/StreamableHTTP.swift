@@ -176,8 +176,6 @@ public final class StreamableHTTPEndpoint: Sendable {
         self.maxSessions = max(1, maxSessions)
     }
 
-    public var sessionCount: Int { sessions.withLock { $0.count } }
-
     /// The pipeline that serves this caller: its tenant's, or nil when
     /// its tenant (or the lack of one) is not served here.
     /// Without tenants configured (one pipeline, under the key nil) every

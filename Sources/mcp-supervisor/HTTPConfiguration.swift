@@ -79,8 +79,6 @@ struct HTTPConfiguration: Sendable {
         var tenant: String?
     }
 
-    static let defaultPath = "(no --http-config)"
-
     static func load(path: String) throws(ConfigError) -> HTTPConfiguration {
         let bytes: [UInt8]
         do { bytes = try readFile(path, limit: 1 << 20) } catch {

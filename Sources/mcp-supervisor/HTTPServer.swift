@@ -120,8 +120,6 @@ final class HTTPStreamSlots: Sendable {
         }
     }
 
-    var inUse: Int { state.withLock { $0.total } }
-
     func connect() -> Bool {
         state.withLock { s in
             guard s.connections < maxConnections else { return false }
@@ -478,7 +476,7 @@ final class MCPHTTPHandler: ChannelInboundHandler {
     }
 
     static func text(_ s: String) -> [UInt8] {
-        MessageGateError.json(s)
+        HTTPErrorBody.json(s)
     }
 
     private func handle(_ context: ChannelHandlerContext, _ h: HTTPRequestHead) {
@@ -695,7 +693,7 @@ final class MCPHTTPHandler: ChannelInboundHandler {
 
 /// Plain-text refusals as a small JSON object (`{"error": "…"}`), so every
 /// body this endpoint sends is JSON.
-enum MessageGateError {
+enum HTTPErrorBody {
     static func json(_ s: String) -> [UInt8] {
         JSONValue.object(JSONObject([("error", .string(s))])).serializedBytes()
     }
