@@ -302,11 +302,12 @@ public final class StreamableHTTPEndpoint: Sendable {
                     callStream(
                         call, id: r.id, modern: true, pipeline: pipeline, session: modernSession(caller),
                         logLevel: { r.envelope.logLevel.flatMap(LogLevel.init(rawValue:)) }))
+            case "subscriptions/listen":
+                return listen(r, pipeline: pipeline)
             default:
-                // subscriptions/listen needs a stream that outlives requests.
                 return Self.rpcError(
                     200, id: r.id, code: MessageGate.methodNotFound,
-                    "Method not found: \(r.method) is not served over HTTP (use stdio)")
+                    "Method not found: \(r.method) is not served over HTTP")
             }
         case .reply(let e):
             let status = e["id"] == .null ? 400 : 200
@@ -333,6 +334,106 @@ public final class StreamableHTTPEndpoint: Sendable {
             s.tenant = caller.tenant
             m[key] = s
             return s
+        }
+    }
+
+    // MARK: subscriptions/listen
+
+    /// One open `subscriptions/listen` stream.
+    final class Listener: Sendable {
+        let id: JSONValue
+        let pipeline: ObjectIdentifier
+        let tools: Bool
+        let sink: HTTPCallStream.Sink
+        /// The listen's task waits here until the client closes the stream.
+        let state = Mutex<(cancelled: Bool, waiting: CheckedContinuation<Void, Never>?)>((false, nil))
+
+        init(id: JSONValue, pipeline: ObjectIdentifier, tools: Bool, sink: @escaping HTTPCallStream.Sink) {
+            self.id = id
+            self.pipeline = pipeline
+            self.tools = tools
+            self.sink = sink
+        }
+
+        func end() {
+            let k = state.withLock { s in
+                s.cancelled = true
+                defer { s.waiting = nil }
+                return s.waiting
+            }
+            k?.resume()
+        }
+    }
+
+    let listeners = Mutex<[UInt64: Listener]>([:])
+    let nextListener = Mutex<UInt64>(0)
+
+    /// A stream that stays open: acknowledged at once with the
+    /// notifications agreed to (only toolsListChanged exists here), then
+    /// each change of the caller's pipeline's tool list, until the client
+    /// closes it (it holds one of the client's stream slots meanwhile).
+    func listen(_ r: MessageGate.ModernRequest, pipeline: CallPipeline) -> HTTPOutcome {
+        guard case .object(let wanted)? = r.params["notifications"] else {
+            return Self.rpcError(
+                200, id: r.id, code: MessageGate.invalidParams,
+                "Invalid params: subscriptions/listen needs \"notifications\", an object")
+        }
+        let tools = wanted["toolsListChanged"] == true
+        let key = nextListener.withLock { n in
+            n += 1
+            return n
+        }
+        let pipelineKey = ObjectIdentifier(pipeline)
+        let stream = HTTPCallStream { [self] sink in
+            var agreed = JSONObject()
+            if tools { agreed["toolsListChanged"] = true }
+            let ack = JSONObject([
+                ("notifications", .object(agreed)),
+                ("_meta", .object(JSONObject([(ModernEnvelope.subscriptionIDKey, r.id)]))),
+            ])
+            sink(
+                JSONValue.object(
+                    JSONObject([
+                        ("jsonrpc", "2.0"), ("method", "notifications/subscriptions/acknowledged"),
+                        ("params", .object(ack)),
+                    ])
+                ).serializedBytes(), false)
+            let listener = Listener(id: r.id, pipeline: pipelineKey, tools: tools, sink: sink)
+            listeners.withLock { $0[key] = listener }
+            await withTaskCancellationHandler {
+                await withCheckedContinuation { (k: CheckedContinuation<Void, Never>) in
+                    let now = listener.state.withLock { s -> Bool in
+                        if s.cancelled { return true }
+                        s.waiting = k
+                        return false
+                    }
+                    if now { k.resume() }
+                }
+            } onCancel: {
+                listener.end()
+            }
+            _ = listeners.withLock { $0.removeValue(forKey: key) }
+            // Answered only by its end (MCP): the stream closes empty.
+            sink([], true)
+        }
+        return .stream(headers: [], stream)
+    }
+
+    /// The tool list of `pipeline` changed: each of its listeners that
+    /// asked hears of it.
+    public func toolsChanged(in pipeline: CallPipeline) {
+        let key = ObjectIdentifier(pipeline)
+        for l in listeners.withLock({ Array($0.values) }) where l.pipeline == key && l.tools {
+            let n = JSONValue.object(
+                JSONObject([
+                    ("jsonrpc", "2.0"), ("method", "notifications/tools/list_changed"),
+                    (
+                        "params",
+                        .object(
+                            JSONObject([("_meta", .object(JSONObject([(ModernEnvelope.subscriptionIDKey, l.id)])))]))
+                    ),
+                ]))
+            l.sink(n.serializedBytes(), false)
         }
     }
 
@@ -547,6 +648,7 @@ public final class StreamableHTTPEndpoint: Sendable {
 
     /// Ends every session and call (shutdown).
     public func closeAll() {
+        for l in listeners.withLock({ Array($0.values) }) { l.end() }
         let all = sessions.withLock { s in
             defer { s.removeAll() }
             return Array(s.values)

@@ -252,6 +252,8 @@ struct Serve: AsyncParsableCommand {
             pipelines: pipelines, log: log, logger: logger, pageSize: options.toolsPageSize,
             maxMessageBytes: min(options.maxMessageBytes, httpSettings.limits.maxBodyBytes),
             maxSessions: httpSettings.limits.maxSessions)
+        // 2026-07-28: a tool-list change reaches only the subscribed streams.
+        for p in pipelines.values { p.onToolsChanged { [endpoint] in endpoint.toolsChanged(in: p) } }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let scheme = httpSettings.tls == nil ? "http" : "https"
         let tls: (@Sendable (Channel) throws -> Void)?

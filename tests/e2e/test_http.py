@@ -899,3 +899,38 @@ def test_one_principal_cannot_hold_every_session(server, issuer):
     assert r.status == 404
     r, _ = post(server, {"jsonrpc": "2.0", "id": 3, "method": "ping"}, other)
     assert r.status == 200
+
+
+def test_subscriptions_listen_hears_tool_list_changes(workspace, issuer):
+    import signal
+    work = make_work(workspace, "listen")
+    srv = HTTPServer(work, base_config(issuer))
+    try:
+        body = json.dumps(modern_body(90, "subscriptions/listen", {"notifications": {"toolsListChanged": True}}))
+        h = modern_headers(issuer.token(), "subscriptions/listen")
+        head = "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % srv.port
+        head += "".join(f"{k}: {v}\r\n" for k, v in h.items()) + f"Content-Length: {len(body)}\r\n\r\n"
+        s = socket.create_connection(("127.0.0.1", srv.port))
+        s.settimeout(10)
+        s.sendall(head.encode() + body.encode())
+        got = b""
+        while b"subscriptions/acknowledged" not in got:
+            chunk = s.recv(4096)
+            assert chunk, got
+            got += chunk
+        assert got.startswith(b"HTTP/1.1 200") and b"text/event-stream" in got
+        (work / "manifests" / "probe-new.json").write_text(json.dumps(probe_manifest("probe_new")))
+        srv.proc.send_signal(signal.SIGHUP)
+        while b"notifications/tools/list_changed" not in got:
+            chunk = s.recv(4096)
+            assert chunk, got
+            got += chunk
+        assert b'"io.modelcontextprotocol/subscriptionId":90' in got
+        s.close()
+        # The stream's slot is given back once the client closed it.
+        time.sleep(0.3)
+        r, data = post(srv, modern_body(91, "tools/list"), modern_headers(issuer.token(), "tools/list"))
+        assert r.status == 200 and "probe_new" in [t["name"] for t in json.loads(data)["result"]["tools"]]
+    finally:
+        srv.stop()
+        shutil.rmtree(work, ignore_errors=True)
