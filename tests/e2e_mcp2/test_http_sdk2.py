@@ -70,3 +70,26 @@ def test_sdk2_client_over_http(http_server, mode):
                 assert not r.is_error and seen == [1, 2, 3]
 
     anyio.run(main)
+
+
+@pytest.mark.parametrize("mode, modern", [("auto", True), ("legacy", False)])
+def test_fastmcp_http_client(http_server, mode, modern):
+    """fastmcp's Streamable HTTP client with a bearer token, in both eras."""
+    from fastmcp import Client as FastClient
+
+    async def main():
+        progress = []
+
+        async def on_progress(p, total, message):
+            progress.append(p)
+
+        async with FastClient(http_server, auth=TOKEN, mode=mode) as c:
+            assert (c.protocol_version == MODERN) == modern, c.protocol_version
+            names = {t.name for t in await c.list_tools()}
+            assert {"echo", "probe"} <= names
+            r = await c.call_tool("echo", {"text": "fm-http"})
+            assert r.content[0].text == "fm-http" and not r.is_error
+            r = await c.call_tool("probe", {"action": "progress", "steps": 2}, progress_handler=on_progress)
+            assert progress == [1.0, 2.0]
+
+    anyio.run(main)
