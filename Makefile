@@ -28,9 +28,10 @@ PYDEPS2     = $(VENV2)/.installed
 # The uid the unprivileged test pass runs as (when `make test` runs as root).
 TEST_UID   ?= 4242
 SYSTEM_PACKAGES = libseccomp-dev libcap-dev git jq python3-venv
-# Needed by the tests only (the dashboard is rendered in headless Chromium):
+# Needed by the tests only (the dashboard is rendered in headless Chromium;
+# three `serve --http` instances run behind HAProxy):
 # installed with the others when root; otherwise the test that needs one says so.
-TEST_PACKAGES = chromium
+TEST_PACKAGES = chromium haproxy
 # Real MCP servers from PyPI for the gateway tests, in venvs the tests own
 # (not the user's environment). Made with the system interpreter, the one
 # server cells exec: a venv of another Python (pyenv, /usr/local) would hold
