@@ -29,9 +29,9 @@ PYDEPS2     = $(VENV2)/.installed
 TEST_UID   ?= 4242
 SYSTEM_PACKAGES = libseccomp-dev libcap-dev git jq python3-venv
 # Needed by the tests only (the dashboard is rendered in headless Chromium;
-# openssl verifies the egress CA's certificates): installed with the others
-# when root; otherwise the test that needs one says so.
-TEST_PACKAGES = chromium openssl
+# openssl verifies the egress CA's certificates; three `serve --http` instances run behind
+# HAProxy): installed with the others when root; otherwise the test that needs one says so.
+TEST_PACKAGES = chromium openssl haproxy
 # Real MCP servers from PyPI for the gateway tests, in venvs the tests own
 # (not the user's environment). Made with the system interpreter, the one
 # server cells exec: a venv of another Python (pyenv, /usr/local) would hold

@@ -30,7 +30,8 @@ let package = Package(
         // The per-install CA with which the egress proxy terminates TLS (docs/secrets.md).
         .package(url: "https://github.com/apple/swift-certificates", from: "1.21.1"),
         .package(url: "https://github.com/apple/swift-asn1", from: "1.7.4"),
-        // The egress proxy's TLS termination for hosts with credential injection (docs/egress.md).
+        // TLS: the egress proxy's termination for hosts with credential injection (docs/egress.md),
+        // and `serve --http` from certificate files (docs/http.md).
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
     ],
     targets: [
@@ -91,6 +92,10 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                // RSA (RS256, PS256) for bearer JWTs; P-256 is in Crypto.
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
             ],
             swiftSettings: strictSwift
         ),
@@ -137,6 +142,8 @@ let package = Package(
             dependencies: [
                 "mcp-supervisor", "SupervisorCore", "SupervisorServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
             ],
             swiftSettings: strictSwift),
         .testTarget(

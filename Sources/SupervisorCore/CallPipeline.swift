@@ -105,6 +105,8 @@ public final class CallSession: Sendable {
     public let principal: String
     struct State {
         var clientName: String?
+        /// The caller's tenant (HTTP: from the token); recorded with the principal.
+        var tenant: String?
         var phase: String?
         var succeededTools: Set<String> = []
         /// Tools the session enabled from the catalogue (docs/catalogue.md).
@@ -127,6 +129,11 @@ public final class CallSession: Sendable {
     public var clientName: String? {
         get { state.withLock { $0.clientName } }
         set { state.withLock { $0.clientName = newValue } }
+    }
+
+    public var tenant: String? {
+        get { state.withLock { $0.tenant } }
+        set { state.withLock { $0.tenant = newValue } }
     }
 }
 
@@ -297,10 +304,11 @@ public final class CallPipeline: Sendable {
             + " in phase \(admitted.phase), policy \(admitted.policy.sha256.prefix(16))"
         // Written once the pool has taken the call (a call refused as busy
         // has no call.start); reaches the disk with call.end's data sync.
-        let start = SecurityEvent.callStart(
+        var start = SecurityEvent.callStart(
             callID: callID, principal: session.principal, client: session.clientName, protocolClient: call.client,
             tool: entry.tool.name, cell: entry.cell, decision: decision, approval: admitted.approval,
             arguments: call.arguments, recordArguments: options.recordArguments)
+        if let t = session.tenant { start.fields["tenant"] = .string(SecurityEvent.bounded(t)) }
         if options.unsignedMode {
             logger.warning(
                 "UNSIGNED development mode: running a cell without a verified signature",
@@ -560,6 +568,7 @@ public final class CallPipeline: Sendable {
         let pool = self.pool
         let log = self.log
         let principal = session.principal
+        let tenant = session.tenant.map { SecurityEvent.bounded($0) }
         let sessionKey = ObjectIdentifier(session)
         let tool = a.entry.tool
         let cell = a.entry.cell
@@ -576,13 +585,15 @@ public final class CallPipeline: Sendable {
                         if case .definitionDrift(let d) = r.outcome { self.quarantine(cell, difference: d) }
                         let result = self.result(for: r, tool: tool)
                         // Breaker and profile: their events are durable with call.end.
-                        let events =
+                        var tagged =
                             SecurityEvent.callEnd(
                                 callID: callID, principal: principal, tool: tool.name, cell: cell, report: r,
                                 bytesReturned: result.textBytes)
                             + self.resilience.observe(
                                 callID: callID, tool: tool.name, cell: cell, report: r,
                                 network: network.all, policy: a.policy)
+                        if let tenant { for i in tagged.indices { tagged[i].fields["tenant"] = .string(tenant) } }
+                        let events = tagged
                         let appended = SupervisorMetrics.clock()
                         log.append(
                             events,
@@ -667,6 +678,7 @@ public final class CallPipeline: Sendable {
             // The detail may quote the client's arguments (a schema path).
             ("reason", .string(r.reason)), ("detail", .string(SecurityEvent.bounded(r.detail, maxBytes: 1024))),
         ])
+        if let t = session.tenant { f["tenant"] = .string(SecurityEvent.bounded(t)) }
         if let policy {
             f["policySha256"] = .string(policy.sha256)
             f["rule"] = .string(r.detail)

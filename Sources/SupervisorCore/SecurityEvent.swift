@@ -37,6 +37,8 @@ public enum SecurityEventType: String, Sendable, CaseIterable {
     case cellAnomaly = "cell.anomaly"
     case sessionToolsEnabled = "session.tools_enabled"
     case sessionToolsDisabled = "session.tools_disabled"
+    /// An HTTP request refused before any call (401, 403, 413, 421, 429, 503; docs/http.md).
+    case httpRefused = "http.refused"
 }
 
 /// One event before it is sequenced and chained: its type and fields.

@@ -73,22 +73,24 @@ final class ModernDispatcher: Sendable {
 
     // MARK: server/discover
 
-    func discover() -> Result<JSONObject, Failure> {
+    func discover() -> Result<JSONObject, Failure> { .success(Self.discoverResult(instructions: instructions)) }
+
+    /// The server/discover result (without `resultType`), whatever the transport.
+    static func discoverResult(instructions: String) -> JSONObject {
         let capabilities = JSONObject([
             ("tools", .object(JSONObject([("listChanged", true)]))),
             ("logging", .object(JSONObject())),
         ])
         let serverInfo = JSONObject([("name", "mcp-supervisor"), ("version", .string(SupervisorInfo.version))])
-        return .success(
-            JSONObject([
-                ("supportedVersions", .array(ModernEnvelope.allVersions.map { .string($0) })),
-                ("capabilities", .object(capabilities)),
-                ("instructions", .string(instructions)),
-                ("ttlMs", .int(Self.discoverTTLMilliseconds)),
-                // Nothing in it depends on who asks.
-                ("cacheScope", "public"),
-                ("_meta", .object(JSONObject([(ModernEnvelope.serverInfoKey, .object(serverInfo))]))),
-            ]))
+        return JSONObject([
+            ("supportedVersions", .array(ModernEnvelope.allVersions.map { .string($0) })),
+            ("capabilities", .object(capabilities)),
+            ("instructions", .string(instructions)),
+            ("ttlMs", .int(Self.discoverTTLMilliseconds)),
+            // Nothing in it depends on who asks.
+            ("cacheScope", "public"),
+            ("_meta", .object(JSONObject([(ModernEnvelope.serverInfoKey, .object(serverInfo))]))),
+        ])
     }
 
     // MARK: tools/list
@@ -98,6 +100,14 @@ final class ModernDispatcher: Sendable {
     /// docs/catalogue.md), then set_phase when a policy has phases; pages of
     /// `pageSize` with an opaque cursor.
     func listTools(cursor: JSONValue?) -> Result<JSONObject, Failure> {
+        Self.listTools(pipeline: pipeline, session: session, pageSize: pageSize, cursor: cursor)
+    }
+
+    /// One page of tools/list in this era, whatever the transport: the
+    /// session's view (the catalogue's list while it is on).
+    static func listTools(
+        pipeline: CallPipeline, session: CallSession, pageSize: Int, cursor: JSONValue?
+    ) -> Result<JSONObject, Failure> {
         let (catalogue, cells) = pipeline.toolList(session: session)
         var tools = catalogue + cells.sorted { $0.name < $1.name }
         if let phase = pipeline.phaseToolDefinition() { tools.append(phase) }

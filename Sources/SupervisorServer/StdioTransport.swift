@@ -435,6 +435,39 @@ public final class DirectCall: Sendable {
     /// Sends a notification tied to this call (progress, cell log).
     public func notify(_ method: String, _ params: JSONObject) { transport.notify(method, params) }
 
+    /// The JSON-RPC message that answers a call (nil for `.none`: no
+    /// answer), whatever the transport. `modern`: a request of 2026-07-28.
+    static func message(for response: CallResponse, id: JSONValue, modern: Bool) -> [UInt8]? {
+        switch response {
+        case .result(let r):
+            var result = r.json
+            if modern, case .object(var o) = result {
+                o["resultType"] = "complete"
+                result = .object(o)
+            }
+            return JSONValue.object(
+                JSONObject([
+                    ("jsonrpc", "2.0"), ("id", id),
+                    ("result", result),
+                ])
+            ).serializedBytes()
+        case .error(let code, let message_):
+            return MessageGate.error(id: id, code: code, message: message_).serializedBytes()
+        case .inputRequired(var o):
+            // Only an approver of the modern era asks for input this way.
+            if modern {
+                o["resultType"] = "input_required"
+                return JSONValue.object(JSONObject([("jsonrpc", "2.0"), ("id", id), ("result", .object(o))]))
+                    .serializedBytes()
+            } else {
+                return MessageGate.error(id: id, code: -32603, message: "Internal error: input required")
+                    .serializedBytes()
+            }
+        case .none:
+            return nil
+        }
+    }
+
     /// Sends the call's response (nothing for `.none`) and ends it.
     public func finish(_ response: CallResponse) {
         let first = state.withLock { s in
@@ -442,35 +475,7 @@ public final class DirectCall: Sendable {
             return !s.answered
         }
         guard first else { return }
-        let message: [UInt8]?
-        switch response {
-        case .result(let r):
-            var result = r.json
-            if modern != nil, case .object(var o) = result {
-                o["resultType"] = "complete"
-                result = .object(o)
-            }
-            message = JSONValue.object(
-                JSONObject([
-                    ("jsonrpc", "2.0"), ("id", id),
-                    ("result", result),
-                ])
-            ).serializedBytes()
-        case .error(let code, let message_):
-            message = MessageGate.error(id: id, code: code, message: message_).serializedBytes()
-        case .inputRequired(var o):
-            // Only an approver of the modern era asks for input this way.
-            if modern != nil {
-                o["resultType"] = "input_required"
-                message = JSONValue.object(JSONObject([("jsonrpc", "2.0"), ("id", id), ("result", .object(o))]))
-                    .serializedBytes()
-            } else {
-                message = MessageGate.error(id: id, code: -32603, message: "Internal error: input required")
-                    .serializedBytes()
-            }
-        case .none:
-            message = nil
-        }
+        let message = Self.message(for: response, id: id, modern: modern != nil)
         transport.calls.remove(key)
         // Outstanding until written: a client that does not read its
         // responses is held by the outstanding bound, not answered further.

@@ -85,6 +85,7 @@ struct Audit: ParsableCommand {
         @Option(name: .long, help: "Cell name.") var cell: String?
         @Option(name: .long, help: "Tool name.") var tool: String?
         @Option(name: .long, help: "Principal (e.g. uid:1000).") var principal: String?
+        @Option(name: .long, help: "Tenant (of an HTTP caller, docs/http.md): only its records.") var tenant: String?
         @Option(name: .long, help: "Outcome (success, tool_error, timeout, sandbox_violation, ...).") var outcome:
             String?
         @Option(
@@ -111,6 +112,7 @@ struct Audit: ParsableCommand {
             if let cell, r["cell"]?.stringValue != cell { return false }
             if let tool, r["tool"]?.stringValue != tool { return false }
             if let principal, r["principal"]?.stringValue != principal { return false }
+            if let tenant, r["tenant"]?.stringValue != tenant { return false }
             if let outcome, r["outcome"]?.stringValue != outcome { return false }
             // RFC 3339 UTC strings of one format compare in time order
             // (validate() wrote the bounds in the log's format).

@@ -8,7 +8,8 @@ struct MCPSupervisor: AsyncParsableCommand {
         abstract: "A hardened local MCP server: every tool call runs in a fresh, kernel-confined worker.",
         version: SupervisorVersion.string,
         subcommands: [
-            Run.self, Validate.self, Call.self, Doctor.self, Manifest.self, Audit.self, Keys.self, CellCommand.self,
+            Run.self, Serve.self, Validate.self, Call.self, Doctor.self, Manifest.self, Audit.self, Keys.self,
+            CellCommand.self,
             PolicyCommand.self, ConfigCommand.self, InsightsCommand.self, Top.self,
             Dashboard.self, SecretCommand.self,
         ]

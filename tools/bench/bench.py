@@ -16,6 +16,7 @@ Nothing here asserts a time: this is a benchmark, not a test.
   (h) start to initialize answered, 100 signed cells
   (i) other bundled cells end to end (word_count in Python)
   (k) resilience bookkeeping per call, (l) the syscall profiler off and on
+  (H) tools/call over serve --http against stdio, and calls/s over HTTP (http_bench.py)
   (G) the gateway: mcp-server-time through the supervisor and direct (gateway_bench.py)
   (E) egress: a network namespace per worker, a fetch through the egress proxy (egress_bench.py)
   (C) the catalogue: tools/list size with 20 servers, off and on (catalogue_bench.py)
@@ -400,6 +401,10 @@ def main():
     # (l): the syscall profiler, off against on (tools/bench/profiler_bench.py).
     from profiler_bench import profiler_section
     lines += profiler_section(a.rounds, a.calls)
+    # HTTP against stdio (tools/bench/http_bench.py).
+    import http_bench
+
+    lines += http_bench.section(a.rounds, a.calls)
     if not a.no_gateway:
         import gateway_bench  # the gateway's servers (make gateway-servers)
 
