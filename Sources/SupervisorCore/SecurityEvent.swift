@@ -35,6 +35,9 @@ public enum SecurityEventType: String, Sendable, CaseIterable {
     case serverRequestRefused = "server.request_refused"
     case cellBreaker = "cell.breaker"
     case cellAnomaly = "cell.anomaly"
+    case serverInstalled = "server.installed"
+    case serverInstallFailed = "server.install_failed"
+    case serverRemoved = "server.removed"
 }
 
 /// One event before it is sequenced and chained: its type and fields.

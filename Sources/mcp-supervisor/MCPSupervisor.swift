@@ -10,7 +10,7 @@ struct MCPSupervisor: AsyncParsableCommand {
         subcommands: [
             Run.self, Validate.self, Call.self, Doctor.self, Manifest.self, Audit.self, Keys.self, CellCommand.self,
             PolicyCommand.self, ConfigCommand.self, InsightsCommand.self, Top.self,
-            Dashboard.self,
+            Dashboard.self, ServerCommand.self,
         ]
     )
 }

@@ -1,0 +1,267 @@
+import Foundation
+import StrictJSON
+import SupervisorCore
+import SupervisorPlatform
+
+/// The system Python a server runs on and what any CPython worker needs:
+/// its standard library, the dynamic loader and the libraries beside it,
+/// the loader's cache, /dev/null (the MCP SDK points stdin at it).
+struct Interpreter {
+    /// The real interpreter file (what is hashed and executed).
+    let path: String
+    let stdlib: String
+    let readPaths: [String]
+    let executePaths: [String]
+
+    init(_ given: String) throws {
+        do { path = try Sys.realpath(SupervisorSettings.absolute(given)) } catch {
+            throw TrustCommandError("--python \(given): \(error)")
+        }
+        guard Self.isPython(path) else {
+            throw TrustCommandError("--python \(given): \(path) is not a Python interpreter")
+        }
+        // The system interpreter itself answers (no package code: -I -S).
+        let out = try runHost([path, "-I", "-S", "-c", "import sysconfig; print(sysconfig.get_path('stdlib'))"])
+        let lib = out.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard lib.hasPrefix("/") else { throw TrustCommandError("\(path) did not name its standard library") }
+        stdlib = (try? Sys.realpath(lib)) ?? lib
+        readPaths = [stdlib] + (try Self.loaderReadPaths(path))
+        executePaths = try Self.loaderExecutePaths(path)
+    }
+
+    static func isPython(_ path: String) -> Bool {
+        (path.split(separator: "/").last ?? "").hasPrefix("python")
+    }
+
+    static func loader(_ exe: String) throws -> String? {
+        let bytes: [UInt8]
+        do { bytes = try readFile(exe, limit: 1 << 30) } catch { throw TrustCommandError("\(exe): \(error)") }
+        return ELFInterpreter.of(bytes).map { (try? Sys.realpath($0)) ?? $0 }
+    }
+
+    /// A dynamically linked program's loader, the libraries' directory
+    /// beside it and the loader's cache; /dev/null.
+    static func loaderReadPaths(_ exe: String) throws -> [String] {
+        guard let l = try loader(exe) else { return ["/dev/null"] }
+        return [directoryName(l), "/etc/ld.so.cache", "/dev/null"]
+    }
+
+    static func loaderExecutePaths(_ exe: String) throws -> [String] { try loader(exe).map { [$0] } ?? [] }
+
+    /// A venv made by the interpreter's own `venv` module without pip (no
+    /// package code runs); returns its site-packages directory.
+    func makeVenv(_ dir: String) throws -> String {
+        _ = try runHost([path, "-I", "-m", "venv", "--without-pip", dir])
+        let lib = dir + "/lib"
+        guard let py = (try? Sys.readdirNames(lib))?.first(where: { $0.hasPrefix("python") }) else {
+            throw TrustCommandError("\(dir): the venv has no lib/python*/")
+        }
+        return lib + "/" + py + "/site-packages"
+    }
+
+    /// pip's own wheel as the system ships it (Debian's python3-pip-whl,
+    /// else the interpreter's ensurepip bundle): pip runs from it, so
+    /// nothing of pip is installed into the server's tree.
+    func pipWheel() throws -> String {
+        for dir in ["/usr/share/python-wheels", stdlib + "/ensurepip/_bundled"] {
+            if let w = ((try? Sys.readdirNames(dir)) ?? []).sorted().last(where: {
+                $0.hasPrefix("pip-") && $0.hasSuffix(".whl")
+            }) {
+                return dir + "/" + w
+            }
+        }
+        throw TrustCommandError(
+            "no pip wheel found in /usr/share/python-wheels or \(stdlib)/ensurepip/_bundled "
+                + "(install python3-pip-whl or python3-venv)")
+    }
+}
+
+/// Runs a trusted host program (the system interpreter's own modules) to
+/// its end; returns its stdout, or throws with its stderr.
+func runHost(_ argv: [String]) throws -> String {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: argv[0])
+    p.arguments = Array(argv.dropFirst())
+    p.environment = ["PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"]
+    let out = Pipe()
+    let err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    p.standardInput = FileHandle.nullDevice
+    do { try p.run() } catch { throw TrustCommandError("cannot run \(argv[0]): \(error)") }
+    let o = out.fileHandleForReading.readDataToEndOfFile()
+    let e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    guard p.terminationStatus == 0 else {
+        throw TrustCommandError(
+            "\(argv.joined(separator: " ")) failed (status \(p.terminationStatus)): "
+                + String(decoding: e, as: UTF8.self).suffix(2000))
+    }
+    return String(decoding: o, as: UTF8.self)
+}
+
+/// pip, run inside the sandbox as a command cell built in memory: its only
+/// writable path is the target site-packages, its only network the index's
+/// host:port through the egress proxy, its report (what it installed) on
+/// stdout.
+struct PipInstall {
+    let source: ServerSource
+    let site: String
+    let python: Interpreter
+    let index: PackageIndexURL?
+    let findLinks: String?
+    let allowSdist: Bool
+    let host: HostSandbox
+    let groups: SyscallGroups
+
+    /// Syscall groups pip needs (found with learn mode): files read and
+    /// written in the target, threads; with sdists, child processes.
+    static let groupNames = ["base", "python", "files-read", "files-write", "events", "process-info"]
+
+    func manifest(pipWheel: String) throws -> [UInt8] {
+        var args: [String] = [
+            "python3", "-S", pipWheel + "/pip", "install", "--quiet", "--no-cache-dir", "--disable-pip-version-check",
+            "--no-input", "--no-warn-script-location", "--progress-bar", "off", "--retries", "1", "--timeout", "20",
+            "--target", site, "--report", "-",
+        ]
+        if let index { args += ["--index-url", index.url] } else { args.append("--no-index") }
+        if let findLinks { args += ["--find-links", findLinks] }
+        if !allowSdist { args += ["--only-binary", ":all:"] }
+        switch source {
+        case .index(let n, let v): args.append(n + (v.map { "==" + $0 } ?? ""))
+        case .local(let p): args.append(p)
+        case .command: throw TrustCommandError("a command is not installed")
+        }
+        for a in args where a.contains("{") || a.contains("}") {
+            throw TrustCommandError("\(a): braces are not accepted in an install argument")
+        }
+        var read = python.readPaths + [pipWheel]
+        if case .local(let p) = source { read.append(p) }
+        if let findLinks { read.append(findLinks) }
+        if index?.scheme == "https" {
+            for p in ["/etc/ssl/certs", "/usr/share/ca-certificates"] where (try? Sys.stat(p)) != nil {
+                read.append(p)
+            }
+        }
+        // Child processes, in the worker's own PID namespace: pip asks
+        // `lsb_release` for its user agent (refused by Landlock, which it
+        // survives), and an sdist's build runs a child interpreter (PEP 517
+        // backend), which exec's the interpreter file itself.
+        var execute = python.executePaths
+        if allowSdist { execute.append(python.path) }
+        var doc: JSONObject = [
+            "name": "server-install",
+            "version": "1",
+            "description": .string("pip installing \(source) into \(site) for `server add` (built in memory)."),
+            "executable": ["path": .string(python.path), "sha256": .string(try fileSHA256(python.path))],
+            "environment": [
+                "set": [
+                    "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
+                    "PIP_NO_CACHE_DIR": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1",
+                    // No configuration file (a host's pip.conf may name
+                    // other indexes or find-links): only these arguments.
+                    "PIP_CONFIG_FILE": "/dev/null",
+                ]
+            ],
+            "tools": [
+                [
+                    "name": "pip_install",
+                    "description": "pip install into the server's own directory.",
+                    "inputSchema": ["type": "object", "properties": [:], "additionalProperties": false],
+                    "command": ["argv": .array(args.map { .string($0) })],
+                ]
+            ],
+            "limits": [
+                "timeoutMilliseconds": 600_000, "cpuSeconds": 600, "memoryMiB": 4096, "openFiles": 1024,
+                "fileSizeMiB": 1024, "outputKiB": 65536, "frameKiB": 65536, "scratchMiB": 2048,
+                "scratchFiles": 200_000, "processes": "processes", "maxProcesses": 256,
+            ],
+            "filesystem": [
+                "read": .array(read.map { .string($0) }), "write": [.string(site)],
+                "execute": .array(execute.map { .string($0) }),
+            ],
+            "syscalls": ["groups": .array(Self.groupNames.map { .string($0) })],
+            "sideEffects": "writes",
+        ]
+        if let index { doc["network"] = ["connect": [.string(index.endpoint)], "egress": "proxy"] }
+        return Array(JSONValue.object(doc).prettySerialized().utf8)
+    }
+
+    func run() throws -> [InstalledDistribution] {
+        let wheel = try python.pipWheel()
+        let bytes = try manifest(pipWheel: wheel)
+        let path = directoryName(directoryName(directoryName(site))) + "/pip-install.json"
+        let m = try CellManifest.parse(bytes: bytes, path: path, manifestSHA256: sha256Hex(bytes))
+        // The installer (a worker of another uid under root) may write only
+        // the target; `seal` hands the tree back afterwards.
+        if host.features.isRoot {
+            let d = try Sys.open(site, OpenFlags.readOnly | OpenFlags.directory | OpenFlags.noFollow)
+            defer { d.close() }
+            try d.chown(uid: host.workerUID, gid: host.workerGID)
+        }
+        let cell: PreparedCell
+        do { cell = try PreparedCell(manifest: m, groups: groups, host: host) } catch {
+            throw TrustCommandError("the sandboxed installer cannot run: \(error)")
+        }
+        let runner = try CallRunner(host: host, logger: stderrLogger("mcp-supervisor"))
+        let report = runner.run(
+            cell: cell, tool: "pip_install", arguments: JSONObject(), callID: "server-add-pip",
+            onNetwork: { d in
+                if let r = d.refusal {
+                    printError("install network: refused \(d.host):\(d.port): \(r)")
+                }
+            })
+        try seal()
+        guard case .success(let result) = report.outcome else {
+            throw TrustCommandError(explain(report))
+        }
+        let text = result.content.compactMap { $0["text"]?.stringValue }.joined()
+        let installed: [InstalledDistribution]
+        do { installed = try InstalledDistribution.parse(report: Array(text.utf8)) } catch {
+            throw TrustCommandError("\(error)")
+        }
+        guard !installed.isEmpty else { throw TrustCommandError("pip installed nothing for \(source)") }
+        return installed
+    }
+
+    /// The tree back in the supervisor's hands, readable by all, writable by
+    /// none other.
+    private func seal() throws {
+        do {
+            try Sys.sealInstalledTree(
+                site, uid: Sys.geteuid(), gid: Sys.getegid(), chown: host.features.isRoot)
+        } catch {
+            throw TrustCommandError("the installed tree \(site) is refused: \(error)")
+        }
+    }
+
+    /// Why pip failed, in the operator's terms, with pip's own last words.
+    private func explain(_ report: CallReport) -> String {
+        let said = (report.diagnostics + "\n" + report.outcome.detail)
+        let lines = said.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter {
+            !$0.isEmpty
+        }
+        let tail = lines.suffix(8).joined(separator: "\n    ")
+        let where_ = index.map { " from \($0.url)" } ?? " (no index)"
+        var what: String
+        if said.contains("No matching distribution found") || said.contains("Could not find a version") {
+            if said.contains("(from versions: none)") {
+                what = "no distribution of \(source) was found\(where_)"
+                if case .index(_, nil) = source { what = "unknown package: \(what)" }
+                if !allowSdist { what += " (only wheels are accepted; --allow-sdist accepts source distributions)" }
+            } else {
+                what = "version not found: \(source) is not among the versions offered\(where_)"
+            }
+        } else if said.contains("Failed to establish a new connection") || said.contains("Max retries exceeded")
+            || said.contains("ProxyError") || said.contains("Connection refused")
+            || said.contains("Temporary failure in name resolution") || said.contains("Network is unreachable")
+        {
+            what = "the package index is unreachable\(where_)"
+        } else if case .timeout = report.outcome {
+            what = "the install did not finish within its deadline"
+        } else {
+            what = "pip could not install \(source)\(where_): \(report.outcome.detail)"
+        }
+        return "\(what)\n  pip (sandboxed) said:\n    \(tail)"
+    }
+}

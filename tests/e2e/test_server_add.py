@@ -1,0 +1,336 @@
+"""`mcp-supervisor server add | list | remove` end to end (docs/gateway.md,
+"Adding a server with one command"), with no internet: the tests build small
+wheels of an MCP server (standard library only: mcpstdio.py from
+tests/e2e/servers, packaged as a dependency of its own) and serve them from
+a PEP 503 index on loopback. pip runs inside the sandbox; the server cell it
+produces is then called through `mcp-supervisor run` by a raw JSON-RPC
+client. As root (workers run as nobody) and as an unprivileged user."""
+import base64
+import hashlib
+import http.server
+import json
+import os
+import socket
+import subprocess
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import gateway as g
+from test_gateway import Gateway, ok, stderr, text, tools_of, call
+
+MCPSTDIO = (Path(__file__).resolve().parent / "servers" / "mcpstdio.py").read_text()
+PYTHON = "/usr/bin/python3.11"
+
+ECHO_SERVER = '''
+import os
+from mcpstdio import Server
+
+
+def main():
+    s = Server("testecho", "1.0.0")
+    s.tool("echo", "Echo the text back, with the uid the server runs as.",
+           properties={"text": {"type": "string"}}, required=["text"],
+           handler=lambda a: {"echo": a["text"], "uid": os.getuid()})
+    s.run()
+'''
+
+EXITING_SERVER = '''
+import sys
+
+
+def main():
+    sys.stderr.write("this server refuses to start\\n")
+    sys.exit(3)
+'''
+
+
+def _record_line(name, data):
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"{name},sha256={digest},{len(data)}"
+
+
+def make_wheel(out_dir, name, version, files, requires=(), scripts=None):
+    """A pure-Python wheel (PEP 427) built by hand: `files` maps paths in
+    the wheel to their text; `scripts` maps console-script names to
+    `module:function`. Returns its path."""
+    dist = name.replace("-", "_")
+    info = f"{dist}-{version}.dist-info"
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(
+        f"Requires-Dist: {r}\n" for r in requires)
+    entries = dict(files)
+    entries[f"{info}/METADATA"] = meta
+    entries[f"{info}/WHEEL"] = "Wheel-Version: 1.0\nGenerator: mcps-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    if scripts:
+        entries[f"{info}/entry_points.txt"] = "[console_scripts]\n" + "".join(
+            f"{k} = {v}\n" for k, v in scripts.items())
+    record = [_record_line(p, t.encode()) for p, t in entries.items()] + [f"{info}/RECORD,,"]
+    entries[f"{info}/RECORD"] = "\n".join(record) + "\n"
+    path = Path(out_dir) / f"{dist}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        for p, t in entries.items():
+            z.writestr(p, t)
+    return path
+
+
+class Index:
+    """A PEP 503 simple index of wheels on 127.0.0.1, served from a thread
+    of the test; `requests` lists the paths asked for."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        (self.root / "files").mkdir(parents=True, exist_ok=True)
+        self.requests = []
+        index = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, directory=str(index.root), **kw)
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                index.requests.append(self.path)
+                super().do_GET()
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}/simple"
+
+    def add(self, wheel):
+        """Publishes `wheel` (a file) under its project's page."""
+        wheel = Path(wheel)
+        data = wheel.read_bytes()
+        (self.root / "files" / wheel.name).write_bytes(data)
+        project = wheel.name.split("-")[0].replace("_", "-").lower()
+        page = self.root / "simple" / project
+        page.mkdir(parents=True, exist_ok=True)
+        links = page / "links"
+        lines = (links.read_text().splitlines() if links.exists() else [])
+        lines.append(f'<a href="../../files/{wheel.name}#sha256={hashlib.sha256(data).hexdigest()}">{wheel.name}</a>')
+        links.write_text("\n".join(lines))
+        (page / "index.html").write_text("<!DOCTYPE html><html><body>\n" + "\n".join(lines) + "\n</body></html>\n")
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def publish_echo(index, tmp, version="1.0.0", name="mcp-server-testecho", server=ECHO_SERVER, scripts=True,
+                 requires=("mcps-stdio-kit",)):
+    """The test server (and its dependency, the mcpstdio kit) in the index."""
+    wheels = Path(tmp) / "wheels"
+    wheels.mkdir(exist_ok=True)
+    if "mcps-stdio-kit" in requires:
+        index.add(make_wheel(wheels, "mcps-stdio-kit", "0.1", {"mcpstdio.py": MCPSTDIO}))
+    module = name.replace("-", "_")
+    w = make_wheel(wheels, name, version, {f"{module}/__init__.py": server}, requires=requires,
+                   scripts={name: f"{module}:main"} if scripts else None)
+    index.add(w)
+    return w
+
+
+@pytest.fixture(params=["root", "user"])
+def sgw(request):
+    w = Gateway(request.param)
+    w.key = w.dir / "dev"
+    w.cli("keys", "generate", "--out", w.key)
+    w.index = Index(w.path("index"))
+    yield w
+    w.index.close()
+    w.close()
+
+
+@pytest.fixture
+def root_sgw():
+    w = Gateway("root")
+    w.key = w.dir / "dev"
+    w.cli("keys", "generate", "--out", w.key)
+    w.index = Index(w.path("index"))
+    yield w
+    w.index.close()
+    w.close()
+
+
+def add(gw, *args, ok_=True, yes=True):
+    """`server add ARGS --key K --policies P [--yes]` as the gateway's identity."""
+    extra = ["--key", f"{gw.key}.key", "--policies", gw.policies, "--python", PYTHON]
+    argv, env = gw._argv([gw.bin, "server", "add", *args, *extra, *(["--yes"] if yes else []),
+                          "--state-dir", gw.state])
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env, stdin=subprocess.DEVNULL)
+    if ok_:
+        assert p.returncode == 0, (args, p.stdout[-4000:], p.stderr[-4000:])
+    return p
+
+
+def servers(gw):
+    return json.loads(gw.cli("server", "list", "--json").stdout)
+
+
+def installs(gw, name):
+    d = gw.state / "servers" / name
+    return sorted(p.name for p in d.iterdir()) if d.exists() else []
+
+
+def registered(gw):
+    return json.loads(gw.cli("cell", "list", "--json").stdout)
+
+
+def test_added_from_an_index_serves_its_tool_then_is_listed_and_removed(sgw):
+    """pypi:NAME from a loopback index: pip (sandboxed) installs the server
+    and its dependency, the starting profile is learned, the tools and the
+    permissions are shown, the cell is signed and registered; a signed-only
+    supervisor serves it; `server list` shows it; `server remove` revokes it
+    and deletes its install."""
+    gw = sgw
+    publish_echo(gw.index, gw.dir)
+    p = add(gw, "pypi:mcp-server-testecho", "--index-url", gw.index.url)
+    out = p.stdout
+    assert "installed 2 distribution(s): mcp-server-testecho==1.0.0, mcps-stdio-kit==0.1" in out, out
+    assert "testecho_echo  (server name echo)" in out, out
+    assert "network: none" in out and "write: nothing" in out and "secrets: none" in out, out
+    assert f"127.0.0.1:{gw.index.port}" in out, out
+    assert any(r.startswith("/simple/mcp-server-testecho/") for r in gw.index.requests), gw.index.requests
+    assert "registered: testecho 1.0.0" in out and "active: testecho" in out, out
+    [install] = installs(gw, "testecho")
+    record = json.loads((gw.state / "servers" / "testecho" / install / "install.json").read_text())
+    assert record["package"] == "mcp-server-testecho" and record["version"] == "1.0.0", record
+    assert sorted(record["requirements"])[0].startswith("mcp-server-testecho==1.0.0 --hash=sha256:"), record
+    site = next((gw.state / "servers" / "testecho" / install / "venv" / "lib").glob("python*/site-packages"))
+    st = site.stat()
+    assert st.st_mode & 0o022 == 0 and st.st_uid == (0 if not gw.as_user else 4242), oct(st.st_mode)
+
+    [row] = servers(gw)
+    assert (row["name"], row["package"], row["version"], row["tools"], row["state"]) == (
+        "testecho", "mcp-server-testecho", "1.0.0", 1, "active"), row
+
+    s = gw.serve(signed=True)
+    assert "testecho_echo" in tools_of(s)
+    r = ok(s, "testecho_echo", {"text": "hello"})
+    assert r["structuredContent"]["echo"] == "hello", r
+    assert r["structuredContent"]["uid"] == (65534 if not gw.as_user else 4242), r
+    s.close()
+    assert gw.events("server.installed"), "no server.installed event"
+
+    rm = gw.cli("server", "remove", "testecho", "--key", f"{gw.key}.key")
+    assert "revoked: testecho" in rm.stdout, rm.stdout
+    assert not (gw.state / "servers" / "testecho").exists()
+    [row] = servers(gw)
+    assert row["state"] == "revoked", row
+    s = gw.serve(signed=True)
+    assert "testecho_echo" not in tools_of(s)
+    s.close()
+    assert gw.events("server.removed"), "no server.removed event"
+    gw.verify()
+
+
+def test_the_installer_reaches_only_the_index(root_sgw):
+    """A package whose dependency is a direct URL on another loopback
+    server: pip, inside the sandbox, cannot reach it (only the index's
+    host:port is allowed), the add fails naming it, and nothing is left."""
+    gw = root_sgw
+    other = Index(gw.path("other"))
+    try:
+        wheels = gw.path("wheels2")
+        dep = make_wheel(wheels, "mcps-stdio-kit", "0.1", {"mcpstdio.py": MCPSTDIO})
+        other.add(dep)
+        publish_echo(gw.index, gw.dir, requires=(f"mcps-stdio-kit @ http://127.0.0.1:{other.port}/files/{dep.name}",))
+        p = add(gw, "pypi:mcp-server-testecho", "--index-url", gw.index.url, ok_=False)
+        assert p.returncode == 1, (p.stdout, p.stderr)
+        assert other.requests == [], other.requests
+        assert "pip (sandboxed) said" in p.stderr, p.stderr
+        assert not (gw.state / "servers" / "testecho").exists()
+        assert registered(gw) == [], registered(gw)
+        [failed] = gw.events("server.install_failed")
+        assert failed["cell"] == "testecho", failed
+    finally:
+        other.close()
+
+
+def test_an_upgrade_that_widens_is_refused_without_approval(root_sgw):
+    """Re-adding a name is an upgrade: a widening (here a readable path) is
+    shown and refused without --approve-widening, leaving the active
+    version and its install as they were; approved, it is registered."""
+    gw = root_sgw
+    publish_echo(gw.index, gw.dir)
+    add(gw, "pypi:mcp-server-testecho", "--index-url", gw.index.url)
+    [first] = installs(gw, "testecho")
+    before = servers(gw)
+    publish_echo(gw.index, gw.dir, version="1.1.0")
+    p = add(gw, "pypi:mcp-server-testecho", "--index-url", gw.index.url, "--read", "/usr/share/zoneinfo", ok_=False)
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    assert "widens: filesystem.read: + /usr/share/zoneinfo" in p.stdout, p.stdout
+    assert "--approve-widening" in p.stderr, p.stderr
+    assert installs(gw, "testecho") == [first]
+    assert servers(gw) == before
+    p = add(gw, "pypi:mcp-server-testecho", "--index-url", gw.index.url, "--read", "/usr/share/zoneinfo",
+            "--approve-widening")
+    assert "approving for testecho: widens: filesystem.read" in p.stdout, p.stdout
+    [row] = servers(gw)
+    assert row["version"] == "1.1.0" and row["state"] == "active", row
+    assert len(installs(gw, "testecho")) == 2
+
+
+@pytest.mark.parametrize("case", ["unknown", "version", "unreachable", "no_script", "handshake", "no_tty"])
+def test_a_failed_add_says_why_and_leaves_nothing(root_sgw, case):
+    gw = root_sgw
+    if case == "no_script":
+        publish_echo(gw.index, gw.dir, scripts=False)
+    elif case == "handshake":
+        publish_echo(gw.index, gw.dir, server=EXITING_SERVER, requires=())
+    else:
+        publish_echo(gw.index, gw.dir)
+    url = gw.index.url
+    spec = "pypi:mcp-server-testecho"
+    if case == "unknown":
+        spec = "pypi:mcp-server-nosuchthing"
+    elif case == "version":
+        spec = "pypi:mcp-server-testecho==9.9"
+    elif case == "unreachable":
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/simple"
+        s.close()
+    p = add(gw, spec, "--index-url", url, ok_=False, yes=case != "no_tty")
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    expected = {
+        "unknown": "unknown package: no distribution of pypi:mcp-server-nosuchthing was found from " + url,
+        "version": "version not found: pypi:mcp-server-testecho==9.9 is not among the versions offered from " + url,
+        "unreachable": "the package index is unreachable from " + url,
+        "no_script": "mcp-server-testecho declares no console script",
+        "handshake": "did not complete its MCP handshake",
+        "no_tty": "no terminal to confirm on",
+    }[case]
+    assert expected in p.stderr, p.stderr
+    name = "nosuchthing" if case == "unknown" else "testecho"
+    assert not (gw.state / "servers" / name).exists(), list((gw.state / "servers").rglob("*"))[:20]
+    assert registered(gw) == []
+    assert gw.events("server.install_failed")
+
+
+def test_local_wheel_and_command_forms(sgw):
+    """A local wheel (no index: its dependency from --find-links) and a
+    command already on the machine (a script pinned with its directory)."""
+    gw = sgw
+    wheels = gw.path("local-wheels")
+    make_wheel(wheels, "mcps-stdio-kit", "0.1", {"mcpstdio.py": MCPSTDIO})
+    w = make_wheel(wheels, "mcp-server-testecho", "2.0.0", {"mcp_server_testecho/__init__.py": ECHO_SERVER},
+                   requires=("mcps-stdio-kit",), scripts={"mcp-server-testecho": "mcp_server_testecho:main"})
+    for p in [wheels, *wheels.iterdir()]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    add(gw, str(w), "--no-index", "--find-links", str(wheels))
+    add(gw, "--name", "ctr", "--", PYTHON, "-S", str(g.SERVERS / "counter.py"))
+    rows = {r["name"]: r for r in servers(gw)}
+    assert rows["testecho"]["version"] == "2.0.0" and rows["testecho"]["state"] == "active", rows
+    assert rows["ctr"]["state"] == "active", rows
+    s = gw.serve(signed=True)
+    assert ok(s, "testecho_echo", {"text": "local"})["structuredContent"]["echo"] == "local"
+    assert ok(s, "ctr_count")["structuredContent"]["count"] == 1
+    s.close()
