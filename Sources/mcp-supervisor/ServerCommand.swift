@@ -495,6 +495,9 @@ struct ServerAdd {
             "sideEffects": .string(
                 !extraWrite.isEmpty ? "writes" : !options.allowHost.isEmpty ? "external" : extraRead.isEmpty ? "none" : "reads"),
         ]
+        // An actuator runs in the policy's `act` phase (as the bundled
+        // policy names it), never before the session reaches it.
+        if !extraWrite.isEmpty || !options.allowHost.isEmpty { doc["phases"] = ["act"] }
         if !options.allowHost.isEmpty {
             doc["network"] = ["connect": .array(options.allowHost.map { .string($0) }), "egress": "proxy"]
         }

@@ -114,13 +114,32 @@ struct PipInstall {
     let host: HostSandbox
     let groups: SyscallGroups
 
-    /// Syscall groups pip needs (found with learn mode): files read and
-    /// written in the target, threads; with sdists, child processes.
-    static let groupNames = ["base", "python", "files-read", "files-write", "events", "process-info"]
+    /// Syscalls pip needs, found with learn mode on installs: files read
+    /// and written in the target (`chmod` for scripts, `sendfile` to copy
+    /// from the scratch's tmpfs, `listxattr` when copying metadata), FIOCLEX
+    /// (python-mcp-server's ioctl), threads.
+    static let groupNames = ["base", "python", "python-mcp-server", "files-read", "files-write", "events", "process-info"]
+    static let allow = ["chmod", "sendfile", "listxattr"]
+
+    /// pip from its wheel, with two changes. urllib3 (vendored in pip)
+    /// probes for IPv6 at import by binding a socket, and the sandbox
+    /// refuses `bind` (a worker never listens): saying there is no IPv6
+    /// skips the probe. pip's user agent describes the host (distribution,
+    /// libc, OpenSSL; it reads /etc and runs lsb_release for it): a fixed
+    /// one tells the index nothing about this machine and needs neither.
+    /// The host's MIME tables (/etc/mime.types, read by `mimetypes`) stay
+    /// unread: the built-in table serves. The wheel's path is the first
+    /// argument.
+    static let bootstrap =
+        "import mimetypes, runpy, socket, sys; socket.has_ipv6 = False; mimetypes.knownfiles[:] = []; "
+        + "sys.path.insert(0, sys.argv.pop(1)); "
+        + "sys.argv[0] = 'pip'; import pip._internal.network.session as s; "
+        + "s.user_agent = lambda: 'pip (mcp-supervisor server add)'; "
+        + "runpy.run_module('pip', run_name='__main__', alter_sys=True)"
 
     func manifest(pipWheel: String) throws -> [UInt8] {
         var args: [String] = [
-            "python3", "-S", pipWheel + "/pip", "install", "--quiet", "--no-cache-dir", "--disable-pip-version-check",
+            "python3", "-S", "-c", Self.bootstrap, pipWheel, "install", "--quiet", "--no-cache-dir", "--disable-pip-version-check",
             "--no-input", "--no-warn-script-location", "--progress-bar", "off", "--retries", "1", "--timeout", "20",
             "--target", site, "--report", "-",
         ]
@@ -143,10 +162,9 @@ struct PipInstall {
                 read.append(p)
             }
         }
-        // Child processes, in the worker's own PID namespace: pip asks
-        // `lsb_release` for its user agent (refused by Landlock, which it
-        // survives), and an sdist's build runs a child interpreter (PEP 517
-        // backend), which exec's the interpreter file itself.
+        // An sdist's build runs a child interpreter (the PEP 517 backend),
+        // which exec's the interpreter file itself, in the worker's own PID
+        // namespace.
         var execute = python.executePaths
         if allowSdist { execute.append(python.path) }
         var doc: JSONObject = [
@@ -174,14 +192,20 @@ struct PipInstall {
             "limits": [
                 "timeoutMilliseconds": 600_000, "cpuSeconds": 600, "memoryMiB": 4096, "openFiles": 1024,
                 "fileSizeMiB": 1024, "outputKiB": 65536, "frameKiB": 65536, "scratchMiB": 2048,
-                "scratchFiles": 200_000, "processes": "processes", "maxProcesses": 256,
+                "scratchFiles": 200_000, "processes": .string(allowSdist ? "processes" : "threads"),
+                "maxProcesses": 256,
             ],
             "filesystem": [
                 "read": .array(read.map { .string($0) }), "write": [.string(site)],
                 "execute": .array(execute.map { .string($0) }),
             ],
-            "syscalls": ["groups": .array(Self.groupNames.map { .string($0) })],
+            "syscalls": [
+                "groups": .array(Self.groupNames.map { .string($0) }), "allow": .array(Self.allow.map { .string($0) }),
+            ],
             "sideEffects": "writes",
+            // Policy phases do not apply (no client session); the field is
+            // required of a cell that writes.
+            "phases": ["act"],
         ]
         if let index { doc["network"] = ["connect": [.string(index.endpoint)], "egress": "proxy"] }
         return Array(JSONValue.object(doc).prettySerialized().utf8)
@@ -190,7 +214,7 @@ struct PipInstall {
     func run() throws -> [InstalledDistribution] {
         let wheel = try python.pipWheel()
         let bytes = try manifest(pipWheel: wheel)
-        let path = directoryName(directoryName(directoryName(site))) + "/pip-install.json"
+        let path = directoryName(directoryName(directoryName(directoryName(site)))) + "/pip-install.json"
         let m = try CellManifest.parse(bytes: bytes, path: path, manifestSHA256: sha256Hex(bytes))
         // The installer (a worker of another uid under root) may write only
         // the target; `seal` hands the tree back afterwards.
@@ -237,7 +261,7 @@ struct PipInstall {
 
     /// Why pip failed, in the operator's terms, with pip's own last words.
     private func explain(_ report: CallReport) -> String {
-        let said = (report.diagnostics + "\n" + report.outcome.detail)
+        let said = report.diagnostics.isEmpty ? report.outcome.detail : report.diagnostics
         let lines = said.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter {
             !$0.isEmpty
         }
@@ -260,7 +284,7 @@ struct PipInstall {
         } else if case .timeout = report.outcome {
             what = "the install did not finish within its deadline"
         } else {
-            what = "pip could not install \(source)\(where_): \(report.outcome.detail)"
+            what = "pip could not install \(source)\(where_) (\(report.outcome.kind))"
         }
         return "\(what)\n  pip (sandboxed) said:\n    \(tail)"
     }
