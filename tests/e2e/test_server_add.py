@@ -162,8 +162,9 @@ def root_sgw():
 def add(gw, *args, ok_=True, yes=True):
     """`server add ARGS --key K --policies P [--yes]` as the gateway's identity."""
     extra = ["--key", f"{gw.key}.key", "--policies", gw.policies, "--python", PYTHON]
-    argv, env = gw._argv([gw.bin, "server", "add", *args, *extra, *(["--yes"] if yes else []),
-                          "--state-dir", gw.state])
+    # The options first: everything after a `--` in ARGS is the command.
+    argv, env = gw._argv([gw.bin, "server", "add", *extra, *(["--yes"] if yes else []), "--state-dir", gw.state,
+                          *args])
     p = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env, stdin=subprocess.DEVNULL)
     if ok_:
         assert p.returncode == 0, (args, p.stdout[-4000:], p.stderr[-4000:])
