@@ -71,7 +71,9 @@ public enum ServerSource: Sendable, Equatable, CustomStringConvertible {
     public static func isDistributionName(_ s: String) -> Bool {
         let u = Array(s.utf8)
         guard !u.isEmpty, u.count <= 128 else { return false }
-        func alnum(_ c: UInt8) -> Bool { (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) }
+        func alnum(_ c: UInt8) -> Bool {
+            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A)
+        }
         guard alnum(u.first!), alnum(u.last!) else { return false }
         return u.allSatisfy { alnum($0) || $0 == 0x2E || $0 == 0x5F || $0 == 0x2D }
     }
@@ -313,7 +315,8 @@ public struct InstalledDistribution: Sendable, Equatable {
             } else if let h = item["download_info"]?["archive_info"]?["hash"]?.stringValue, h.hasPrefix("sha256=") {
                 sha = String(h.dropFirst(7))
             }
-            if let s = sha, s.count != 64 || !s.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) })
+            if let s = sha,
+                s.count != 64 || !s.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) })
             {
                 sha = nil
             }

@@ -26,7 +26,8 @@ extension Sys {
                 entries.append((path, 0, true))
             case UInt32(S_IFREG):
                 guard st.st_nlink == 1 else {
-                    throw SystemError("\(path) has \(st.st_nlink) hard links (an installed file has one)", errno: EMLINK)
+                    throw SystemError(
+                        "\(path) has \(st.st_nlink) hard links (an installed file has one)", errno: EMLINK)
                 }
                 entries.append((path, 0o644 | (UInt32(st.st_mode) & 0o111 != 0 ? 0o111 : 0), false))
             case UInt32(S_IFDIR):

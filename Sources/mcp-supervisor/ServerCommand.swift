@@ -330,7 +330,9 @@ struct ServerAdd {
         case .index, .local:
             if !options.noIndex { index = try PackageIndexURL.parse(options.indexUrl) }
             let site = try python.makeVenv(dir + "/venv")
-            print("installing \(source) into \(site) (pip, sandboxed\(index.map { "; network: \($0.endpoint) only" } ?? "; no network"))")
+            print(
+                "installing \(source) into \(site) (pip, sandboxed\(index.map { "; network: \($0.endpoint) only" } ?? "; no network"))"
+            )
             let installed = try PipInstall(
                 source: source, site: site, python: python, index: index, findLinks: options.findLinks,
                 allowSdist: options.allowSdist, host: host, groups: groups
@@ -388,14 +390,17 @@ struct ServerAdd {
         switch runner.discoverTools(prepared, learn: host.features.seccompUserNotification) {
         case .success(let r): (tools, info, learned) = r
         case .failure(let e):
-            throw TrustCommandError("the server \(source) did not complete its MCP handshake (initialize, tools/list): \(e)")
+            throw TrustCommandError(
+                "the server \(source) did not complete its MCP handshake (initialize, tools/list): \(e)")
         }
         if !options.probe.isEmpty {
             learned += try probeCall(
                 doc: doc, tools: tools, path: manifestPath, groups: groups, host: host, runner: runner)
         }
         let proposal = groups.proposal(for: learned, manifest: manifest)
-        let needsProcesses = proposal.processCalls.contains { ["fork", "vfork", "execve", "wait4", "waitid"].contains($0) }
+        let needsProcesses = proposal.processCalls.contains {
+            ["fork", "vfork", "execve", "wait4", "waitid"].contains($0)
+        }
         doc = try serverManifest(
             name: name, version: version, record: record, executable: executable, argv: argv, packages: packages,
             read: read, execute: execute, groups: Self.baseGroups + proposal.addGroups, allow: proposal.addAllow,
@@ -493,7 +498,8 @@ struct ServerAdd {
                     [("groups", .array(unique(groups).map { .string($0) }))]
                         + (allow.isEmpty ? [] : [("allow", JSONValue.array(allow.map { .string($0) }))]))),
             "sideEffects": .string(
-                !extraWrite.isEmpty ? "writes" : !options.allowHost.isEmpty ? "external" : extraRead.isEmpty ? "none" : "reads"),
+                !extraWrite.isEmpty
+                    ? "writes" : !options.allowHost.isEmpty ? "external" : extraRead.isEmpty ? "none" : "reads"),
         ]
         // An actuator runs in the policy's `act` phase (as the bundled
         // policy names it), never before the session reaches it.
@@ -563,7 +569,8 @@ struct ServerAdd {
         out += "    executable \(m.executable.path) (sha256 \(m.executable.sha256.prefix(16))…)\n"
         for p in m.server?.packages ?? [] { out += "  package tree: \(p.path) (sha256 \(p.sha256.prefix(16))…)\n" }
         if !record.distributions.isEmpty {
-            out += "    installed: \(record.distributions.map { "\($0.name)==\($0.version)" }.joined(separator: ", "))\n"
+            out +=
+                "    installed: \(record.distributions.map { "\($0.name)==\($0.version)" }.joined(separator: ", "))\n"
         }
         out += "  read: \(m.filesystem.read.joined(separator: ", "))\n"
         out += "  write: \(m.filesystem.write.isEmpty ? "nothing" : m.filesystem.write.joined(separator: ", "))\n"

@@ -118,7 +118,9 @@ struct PipInstall {
     /// and written in the target (`chmod` for scripts, `sendfile` to copy
     /// from the scratch's tmpfs, `listxattr` when copying metadata), FIOCLEX
     /// (python-mcp-server's ioctl), threads.
-    static let groupNames = ["base", "python", "python-mcp-server", "files-read", "files-write", "events", "process-info"]
+    static let groupNames = [
+        "base", "python", "python-mcp-server", "files-read", "files-write", "events", "process-info",
+    ]
     static let allow = ["chmod", "sendfile", "listxattr"]
 
     /// pip from its wheel, with two changes. urllib3 (vendored in pip)
@@ -139,7 +141,8 @@ struct PipInstall {
 
     func manifest(pipWheel: String) throws -> [UInt8] {
         var args: [String] = [
-            "python3", "-S", "-c", Self.bootstrap, pipWheel, "install", "--quiet", "--no-cache-dir", "--disable-pip-version-check",
+            "python3", "-S", "-c", Self.bootstrap, pipWheel, "install", "--quiet", "--no-cache-dir",
+            "--disable-pip-version-check",
             "--no-input", "--no-warn-script-location", "--progress-bar", "off", "--retries", "1", "--timeout", "20",
             "--target", site, "--report", "-",
         ]
@@ -266,25 +269,25 @@ struct PipInstall {
             !$0.isEmpty
         }
         let tail = lines.suffix(8).joined(separator: "\n    ")
-        let where_ = index.map { " from \($0.url)" } ?? " (no index)"
+        let origin = index.map { " from \($0.url)" } ?? " (no index)"
         var what: String
         if said.contains("No matching distribution found") || said.contains("Could not find a version") {
             if said.contains("(from versions: none)") {
-                what = "no distribution of \(source) was found\(where_)"
+                what = "no distribution of \(source) was found\(origin)"
                 if case .index(_, nil) = source { what = "unknown package: \(what)" }
                 if !allowSdist { what += " (only wheels are accepted; --allow-sdist accepts source distributions)" }
             } else {
-                what = "version not found: \(source) is not among the versions offered\(where_)"
+                what = "version not found: \(source) is not among the versions offered\(origin)"
             }
         } else if said.contains("Failed to establish a new connection") || said.contains("Max retries exceeded")
             || said.contains("ProxyError") || said.contains("Connection refused")
             || said.contains("Temporary failure in name resolution") || said.contains("Network is unreachable")
         {
-            what = "the package index is unreachable\(where_)"
+            what = "the package index is unreachable\(origin)"
         } else if case .timeout = report.outcome {
             what = "the install did not finish within its deadline"
         } else {
-            what = "pip could not install \(source)\(where_) (\(report.outcome.kind))"
+            what = "pip could not install \(source)\(origin) (\(report.outcome.kind))"
         }
         return "\(what)\n  pip (sandboxed) said:\n    \(tail)"
     }

@@ -270,7 +270,8 @@ struct CellCommand: ParsableCommand {
         }
 
         /// The ledger, started with `k` as its first trusted key when empty.
-        static func ledgerTrusting(_ k: Curve25519.Signing.PrivateKey, _ location: TrustLocation) throws -> LedgerState {
+        static func ledgerTrusting(_ k: Curve25519.Signing.PrivateKey, _ location: TrustLocation) throws -> LedgerState
+        {
             let st = Ledger.load(path: location.ledgerPath)
             guard st.entries.isEmpty else { return st }
             let started = try ledgerAppend(

@@ -9,13 +9,18 @@ import XCTest
 /// names.
 final class ServerInstallTests: XCTestCase {
     func testSpecForms() throws {
-        XCTAssertEqual(try ServerSource.parse(spec: "pypi:mcp-server-fetch", command: []), .index(name: "mcp-server-fetch", version: nil))
+        XCTAssertEqual(
+            try ServerSource.parse(spec: "pypi:mcp-server-fetch", command: []),
+            .index(name: "mcp-server-fetch", version: nil))
         XCTAssertEqual(
             try ServerSource.parse(spec: "pypi:mcp_server.time==2025.1.2", command: []),
             .index(name: "mcp_server.time", version: "2025.1.2"))
         XCTAssertEqual(try ServerSource.parse(spec: "/x/y.whl", command: []), .local(path: "/x/y.whl"))
-        XCTAssertEqual(try ServerSource.parse(spec: nil, command: ["/bin/srv", "-v"]), .command(argv: ["/bin/srv", "-v"]))
-        for bad in ["pypi:", "pypi:-x", "pypi:a b", "pypi:x>=1", "pypi:x==1;rm", "pypi:x=1", "relative/path", "pypi:x==1==2"] {
+        XCTAssertEqual(
+            try ServerSource.parse(spec: nil, command: ["/bin/srv", "-v"]), .command(argv: ["/bin/srv", "-v"]))
+        for bad in [
+            "pypi:", "pypi:-x", "pypi:a b", "pypi:x>=1", "pypi:x==1;rm", "pypi:x=1", "relative/path", "pypi:x==1==2",
+        ] {
             XCTAssertThrowsError(try ServerSource.parse(spec: bad, command: []), bad)
         }
         XCTAssertThrowsError(try ServerSource.parse(spec: "pypi:x", command: ["/bin/srv"]))
@@ -35,7 +40,9 @@ final class ServerInstallTests: XCTestCase {
         XCTAssertEqual(try PackageIndexURL.parse("https://pypi.org/simple").endpoint, "pypi.org:443")
         XCTAssertEqual(try PackageIndexURL.parse("http://127.0.0.1:8080/simple").endpoint, "127.0.0.1:8080")
         XCTAssertEqual(try PackageIndexURL.parse("http://[::1]:81/simple/").endpoint, "[::1]:81")
-        XCTAssertEqual(try PackageIndexURL.parse("HTTP://Example.ORG/x".replacingOccurrences(of: "HTTP", with: "http")).host, "example.org")
+        XCTAssertEqual(
+            try PackageIndexURL.parse("HTTP://Example.ORG/x".replacingOccurrences(of: "HTTP", with: "http")).host,
+            "example.org")
         for bad in [
             "ftp://x/simple", "https://user:pw@x/simple", "https://x:0/", "https://x:99999/", "https:///simple",
             "https://x/sim ple", "https://x/{a}", "https://[::1/simple",
@@ -60,7 +67,9 @@ final class ServerInstallTests: XCTestCase {
         XCTAssertEqual(scripts[1].module, "pkg.cli")
         XCTAssertEqual(scripts[1].attribute, "app.run")
         XCTAssertEqual(scripts[1].program, "import sys; from pkg.cli import app; sys.exit(app.run())")
-        XCTAssertEqual(try ConsoleScript.choose(scripts, distribution: "mcp_server_fetch", preferred: nil).name, "mcp-server-fetch")
+        XCTAssertEqual(
+            try ConsoleScript.choose(scripts, distribution: "mcp_server_fetch", preferred: nil).name, "mcp-server-fetch"
+        )
         XCTAssertEqual(try ConsoleScript.choose(scripts, distribution: "x", preferred: "other").name, "other")
         XCTAssertThrowsError(try ConsoleScript.choose(scripts, distribution: "x", preferred: nil)) { e in
             XCTAssertTrue("\(e)".contains("--entry-point"), "\(e)")
