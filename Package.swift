@@ -27,6 +27,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         // The dashboard's HTTP server (docs/operations.md). Already in the graph through swift-sdk.
         .package(url: "https://github.com/apple/swift-nio", from: "2.65.0"),
+        // The egress proxy's TLS termination for hosts with credential injection (docs/egress.md).
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
     ],
     targets: [
         // Everything that runs between clone and exec. C only, async-signal-safe.
@@ -52,6 +54,20 @@ let package = Package(
             ],
             swiftSettings: strictSwift
         ),
+        // The egress proxy (docs/egress.md): HTTP CONNECT and plain HTTP proxying
+        // for workers in network namespaces of their own, on SwiftNIO.
+        .target(
+            name: "SupervisorEgress",
+            dependencies: [
+                "SupervisorCore", "SupervisorPlatform",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
+            swiftSettings: strictSwift
+        ),
         .target(
             name: "SupervisorServer",
             dependencies: [
@@ -64,7 +80,7 @@ let package = Package(
         .executableTarget(
             name: "mcp-supervisor",
             dependencies: [
-                "SupervisorCore", "SupervisorServer", "StrictJSON",
+                "SupervisorCore", "SupervisorServer", "SupervisorEgress", "StrictJSON",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -98,6 +114,16 @@ let package = Package(
             path: "tools/bench/resilience-bench", swiftSettings: strictSwift),
 
         .testTarget(name: "StrictJSONTests", dependencies: ["StrictJSON"], swiftSettings: strictSwift),
+        // The egress proxy's request parsing and rules, on embedded channels (no fork).
+        .testTarget(
+            name: "EgressTests",
+            dependencies: [
+                "SupervisorEgress", "SupervisorCore", "SupervisorPlatform",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: strictSwift),
         .testTarget(
             name: "SupervisorCoreTests", dependencies: ["SupervisorCore", "StrictJSON"], swiftSettings: strictSwift),
         // The command line (flags from the settings table), without forking.

@@ -30,6 +30,7 @@
 #include <signal.h>
 #include <stddef.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
@@ -38,6 +39,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <pthread.h>
+#include <net/if.h>
+#include <netinet/in.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
@@ -65,9 +68,10 @@ struct mcps_path_beneath {
 #define CHILD_STACK_SIZE (128 * 1024)
 /* Child fd layout: 0-4 the worker's (stdin, stdout, stderr, request,
    response), 5 the worker's connection-broker socket (if any); 6 the
-   executable, 7 the Landlock ruleset, 8 the socket for the seccomp listener.
-   Everything is first copied to HIGH_FD or above. */
-#define MCPS_CHILD_FDS 9
+   executable, 7 the Landlock ruleset, 8 the socket for the seccomp listener,
+   9 the socket for the egress listener. Everything is first copied to
+   HIGH_FD or above. */
+#define MCPS_CHILD_FDS 10
 #define MCPS_WORKER_FDS 6
 #define HIGH_FD 64
 
@@ -162,8 +166,9 @@ static int child_main(void *arg) {
           other fd: the supervisor's descriptors never reach the worker, and
           the table is small again before RLIMIT_NOFILE applies. A slot with
           nothing to place is closed, so no inherited fd hides there. */
-    int src[MCPS_CHILD_FDS] = {c->stdin_fd, c->stdout_fd, c->stderr_fd, c->request_fd, c->response_fd,
-                               c->broker_fd, c->exec_fd, c->landlock_ruleset_fd, c->notify_socket_fd};
+    int src[MCPS_CHILD_FDS] = {c->stdin_fd,  c->stdout_fd, c->stderr_fd,           c->request_fd,
+                               c->response_fd, c->broker_fd, c->exec_fd, c->landlock_ruleset_fd,
+                               c->notify_socket_fd, c->egress_socket_fd};
     int moved[MCPS_CHILD_FDS];
     for (int i = 0; i < MCPS_CHILD_FDS; i++) {
         moved[i] = -1;
@@ -176,16 +181,53 @@ static int child_main(void *arg) {
             close(i);
             continue;
         }
-        /* 0-5 survive exec; 6-8 are only for setup. */
+        /* 0-5 survive exec; 6-9 are only for setup. */
         if (dup3(moved[i], i, i < MCPS_WORKER_FDS ? 0 : O_CLOEXEC) != i) child_fail(a, MCPS_STAGE_FDS);
     }
     if (syscall(SYS_close_range, MCPS_CHILD_FDS, ~0U, 0) != 0) child_fail(a, MCPS_STAGE_FDS);
     int exec_fd = 6;
     int ruleset_fd = c->landlock_ruleset_fd >= 0 ? 7 : -1;
     int notify_fd = c->notify_socket_fd >= 0 ? 8 : -1;
+    int egress_fd = c->egress_socket_fd >= 0 ? 9 : -1;
 
     /* 4. Own session: no controlling terminal (TIOCSTI needs one). */
     if (setsid() < 0) child_fail(a, MCPS_STAGE_SESSION);
+
+    /* 4a. Egress: the worker's network namespace (CLONE_NEWNET) starts with
+           only `lo`, down. Bring it up (needs CAP_NET_ADMIN in the
+           namespace, so before the capabilities go), then open the one
+           endpoint the worker may reach, a TCP listener on
+           127.0.0.1:egress_port, and send it to the supervisor: a socket
+           stays in the namespace it was created in, so the supervisor's
+           proxy accepts there the connections made inside. The child keeps
+           no copy (close-on-exec, and closed here). */
+    if (egress_fd >= 0) {
+        if (!(c->namespace_flags & CLONE_NEWNET)) {
+            errno = EINVAL;
+            child_fail(a, MCPS_STAGE_EGRESS);
+        }
+        int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (s < 0) child_fail(a, MCPS_STAGE_EGRESS);
+        struct ifreq ifr;
+        memset(&ifr, 0, sizeof(ifr));
+        memcpy(ifr.ifr_name, "lo", 3);
+        if (ioctl(s, SIOCGIFFLAGS, &ifr) != 0) child_fail(a, MCPS_STAGE_EGRESS);
+        ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+        if (ioctl(s, SIOCSIFFLAGS, &ifr) != 0) child_fail(a, MCPS_STAGE_EGRESS);
+        close(s);
+        int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (l < 0) child_fail(a, MCPS_STAGE_EGRESS);
+        struct sockaddr_in sin;
+        memset(&sin, 0, sizeof(sin));
+        sin.sin_family = AF_INET;
+        sin.sin_port = htons(c->egress_port);
+        sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (bind(l, (struct sockaddr *)&sin, sizeof(sin)) != 0) child_fail(a, MCPS_STAGE_EGRESS);
+        if (listen(l, 64) != 0) child_fail(a, MCPS_STAGE_EGRESS);
+        if (send_fd(egress_fd, l) != 0) child_fail(a, MCPS_STAGE_EGRESS);
+        close(l);
+        close(egress_fd);
+    }
 
     /* 4b. Scratch: a tmpfs bounded in bytes and inodes by the kernel, in
            the worker's own mount namespace (privileged step: before the
@@ -384,6 +426,7 @@ const char *mcps_stage_name(int stage) {
     case MCPS_STAGE_LISTENER: return "seccomp-listener";
     case MCPS_STAGE_EXEC: return "exec";
     case MCPS_STAGE_SCRATCH: return "scratch-mount";
+    case MCPS_STAGE_EGRESS: return "egress-listener";
     default: return "unknown";
     }
 }

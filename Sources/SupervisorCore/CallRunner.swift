@@ -59,7 +59,8 @@ public final class OutputBudget: Sendable {
 /// Runs one tool call in one fresh worker, start to finish, on the calling
 /// thread. The worker is always gone and its scratch wiped when this returns.
 public final class CallRunner: @unchecked Sendable {
-    // @unchecked: `prespawner` is set once, by `enablePrespawn` before the first call; the rest is immutable.
+    // @unchecked: `prespawner`, `egress` and `egressCredentials` are set once, by `enablePrespawn` and
+    // `enableEgress` before the first call; the rest is immutable.
     /// The most of one call's output the supervisor holds in memory at a
     /// time, whatever the manifest declares: one frame being assembled, or
     /// a command tool's stdout. Frames are refused from their length
@@ -75,6 +76,12 @@ public final class CallRunner: @unchecked Sendable {
     /// Starts the next worker of a recently called cell ahead of its call
     /// (nil: every call spawns its own worker when it arrives).
     public private(set) var prespawner: Prespawner? = nil
+    /// The egress proxy for cells with `network.egress: "proxy"` (nil: such
+    /// cells cannot run, `cannotRun(.unsupported)`).
+    public private(set) var egress: (any EgressProxy)? = nil
+    /// What the proxy adds to a cell's requests (the secret store's
+    /// bindings); none unless set.
+    public private(set) var egressCredentials: @Sendable (PreparedCell) -> EgressCredentialSet = { _ in .none }
     private let devNull: FileDescriptor
     private let counter = Mutex<UInt64>(0)
     /// The servers of `session`-lifecycle server cells, one per client
@@ -102,6 +109,18 @@ public final class CallRunner: @unchecked Sendable {
     public func enablePrespawn(perCell: Int, idleSeconds: Int) {
         guard perCell > 0, prespawner == nil else { return }
         prespawner = Prespawner(runner: self, perCell: perCell, idleSeconds: idleSeconds)
+    }
+
+    /// Serves the workers of `network.egress: "proxy"` cells through
+    /// `proxy`; `credentials` gives each cell's header injections and
+    /// interception authority (docs/egress.md, docs/secrets.md). Call
+    /// before the first call.
+    public func enableEgress(
+        _ proxy: any EgressProxy,
+        credentials: @escaping @Sendable (PreparedCell) -> EgressCredentialSet = { _ in .none }
+    ) {
+        egress = proxy
+        egressCredentials = credentials
     }
 
     private func nextScratchName(_ callID: String) -> String {
@@ -148,7 +167,7 @@ public final class CallRunner: @unchecked Sendable {
             runSessionCall(
                 cell: cell, tool: tool, arguments: arguments, callID: callID, cancellation: cancellation,
                 limits: limits ?? cell.manifest.limits, session: session, start: start, report: &report,
-                onMessage: onMessage)
+                onNetwork: onNetwork, onMessage: onMessage)
         } else if cancellation?.isCancelled != true {
             cleanup = run(
                 cell: cell, tool: tool, arguments: arguments, callID: callID, cancellation: cancellation,
@@ -238,6 +257,18 @@ public final class CallRunner: @unchecked Sendable {
             wipe(scratch)
             return .failure(why)
         }
+        // Egress through the proxy: a network namespace of the worker's
+        // own, whose only endpoint is the listener its setup sends back.
+        var proxy: (server: any EgressProxy, credentials: EgressCredentialSet)? = nil
+        if m.network.usesProxy {
+            guard let egress else {
+                return fail(
+                    .unsupported(
+                        "network.egress is \"proxy\" but this command runs no egress proxy (mcp-supervisor run and call do)"
+                    ))
+            }
+            proxy = (egress, egressCredentials(cell))
+        }
 
         let worker: WorkerProcess
         let requestWrite: FileDescriptor
@@ -245,6 +276,7 @@ public final class CallRunner: @unchecked Sendable {
         let diagRead: FileDescriptor
         let notifyParent: FileDescriptor?
         var brokerParent: FileDescriptor? = nil
+        var egressParent: FileDescriptor? = nil
         let spawnNanoseconds: UInt64
         do {
             try Sys.mkdir(scratch, mode: 0o700)
@@ -270,7 +302,13 @@ public final class CallRunner: @unchecked Sendable {
                 notifyParent = nil
             }
             var brokerChild: FileDescriptor? = nil
-            if !m.network.isNone {
+            var egressChild: FileDescriptor? = nil
+            if proxy != nil {
+                let (a, b) = try Sys.socketPair(type: SocketType.seqPacket)
+                toClose += [a, b]
+                egressParent = a
+                egressChild = b
+            } else if !m.network.isNone {
                 let (a, b) = try Sys.socketPair(type: SocketType.seqPacket)
                 toClose += [a, b]
                 brokerParent = a
@@ -279,6 +317,17 @@ public final class CallRunner: @unchecked Sendable {
             let ruleset = try Landlock.Ruleset.create(abi: host.features.landlockABI ?? 1)
             toClose.append(ruleset.fd)
             for (fd, access, isDir) in cell.pathRules { try ruleset.allow(fd, access, isDirectory: isDir) }
+            if let proxy {
+                // Inside the namespace only the proxy's port may be
+                // connected to (ABI 4), should anything else ever listen there.
+                if ruleset.abi >= 4 { try ruleset.allowConnect(port: proxy.server.listenerPort) }
+                // The interception CA, which the cell is told to trust.
+                if let path = proxy.credentials.authority?.caCertificatePath {
+                    let fd = try Landlock.openPath(path)
+                    defer { fd.close() }
+                    try ruleset.allow(fd, .read, isDirectory: false)
+                }
+            }
             // Scratch is a tmpfs the child mounts on this directory in its own
             // mount namespace, bounded by the kernel (limits.scratchMiB and
             // scratchFiles); the child adds its Landlock rule (the mount
@@ -301,11 +350,15 @@ public final class CallRunner: @unchecked Sendable {
             var r =
                 argv == nil && m.server == nil
                 ? SpawnRequest(
-                    executable: exe, argv: m.argv, environment: environment(for: m, scratch: scratch),
+                    executable: exe, argv: m.argv,
+                    environment: environment(for: m, scratch: scratch, proxy: proxy.map(\.server.listenerPort),
+                        authority: proxy?.credentials.authority),
                     stdin: script ?? devNull, stdout: diag.write, stderr: diag.write, request: req.read,
                     response: resp.write, workingDirectory: scratch)
                 : SpawnRequest(
-                    executable: exe, argv: argv ?? m.argv, environment: environment(for: m, scratch: scratch),
+                    executable: exe, argv: argv ?? m.argv,
+                    environment: environment(for: m, scratch: scratch, proxy: proxy.map(\.server.listenerPort),
+                        authority: proxy?.credentials.authority),
                     stdin: req.read, stdout: resp.write, stderr: diag.write, request: devNull,
                     response: devNull, workingDirectory: m.workingDirectory ?? scratch)
             r.broker = brokerChild
@@ -317,6 +370,10 @@ public final class CallRunner: @unchecked Sendable {
             // A forking cell: its own PID namespace. Unprivileged, both come
             // with a user namespace mapping only the supervisor's own ids.
             r.namespaceFlags = Namespaces.mount | (limits.processes == .processes ? Namespaces.pid : 0)
+            if let proxy, let egressChild {
+                r.namespaceFlags |= Namespaces.net
+                r.egressListener = (egressChild, proxy.server.listenerPort)
+            }
             if !host.features.isRoot {
                 r.namespaceFlags |= Namespaces.user
                 r.uidMap = "\(Sys.geteuid()) \(Sys.geteuid()) 1\n"
@@ -336,7 +393,7 @@ public final class CallRunner: @unchecked Sendable {
             spawnNanoseconds = monotonicNanoseconds() - t0
             // The child's ends are its own now.
             for fd in [req.read, resp.write, diag.write, ruleset.fd] + (notifyChild.map { [$0] } ?? [])
-                + (brokerChild.map { [$0] } ?? []) + (script.map { [$0] } ?? [])
+                + (brokerChild.map { [$0] } ?? []) + (egressChild.map { [$0] } ?? []) + (script.map { [$0] } ?? [])
             {
                 fd.close()
                 toClose.removeAll { $0 == fd }
@@ -363,11 +420,30 @@ public final class CallRunner: @unchecked Sendable {
             toClose.removeAll { $0 == notifyParent }
             if filters != nil { listener?.preferSynchronousWakeUp() }
         }
+        var attachment: (any EgressAttachment)? = nil
+        if let proxy, let egressParent {
+            do {
+                let fd = try Network.receiveDescriptor(egressParent)
+                attachment = try proxy.server.attach(
+                    listener: fd, cell: cell.name, callID: name, access: m.network,
+                    injections: proxy.credentials.injections, authority: proxy.credentials.authority)
+            } catch {
+                listener?.fd.close()
+                worker.signal(Signal.kill)
+                _ = try? worker.wait()
+                worker.close()
+                requestWrite.close()
+                return fail(.setup(error))
+            }
+            egressParent.close()
+            toClose.removeAll { $0 == egressParent }
+        }
         let started = StartedWorker(
             cell: cell, limits: limits, worker: worker, scratch: scratch, requestWrite: requestWrite,
             responseRead: responseRead, diagRead: diagRead, listener: listener, broker: brokerParent,
             toClose: toClose, spawnNanoseconds: spawnNanoseconds, generations: generations)
         started.profiled = filters != nil && listener != nil
+        started.egress = attachment
         return .success(started)
     }
 
@@ -391,6 +467,7 @@ public final class CallRunner: @unchecked Sendable {
     /// What a started worker leaves once it is gone: its remaining
     /// descriptors and its scratch directory.
     private func release(_ w: StartedWorker) {
+        w.egress?.detach()
         w.listener?.fd.close()
         for fd in w.toClose { fd.close() }
         wipe(w.scratch)
@@ -420,6 +497,7 @@ public final class CallRunner: @unchecked Sendable {
         if let b = w.broker {
             session.broker = ConnectionBroker(access: w.cell.manifest.network, socket: b, cancellation: cancellation)
         }
+        session.egress = w.egress?.decisions
         let input: [UInt8]
         if let spec = w.cell.manifest.server {
             // A server started ahead of the call is initialized and its tools
@@ -483,7 +561,8 @@ public final class CallRunner: @unchecked Sendable {
     private func runSessionCall(
         cell: PreparedCell, tool: String, arguments: JSONObject, callID: String,
         cancellation: CallCancellation?, limits: CellManifest.Limits, session key: ObjectIdentifier?,
-        start: UInt64, report: inout CallReport, onMessage: (WorkerMessage) -> Void
+        start: UInt64, report: inout CallReport, onNetwork: (NetworkDecision) -> Void,
+        onMessage: (WorkerMessage) -> Void
     ) {
         let slot = sessionServers.slot(session: key, cell: cell)
         slot.lock.lock()
@@ -517,13 +596,14 @@ public final class CallRunner: @unchecked Sendable {
         session.budget = outputBudget
         session.keepAlive = true
         session.ownsRequest = false
+        session.egress = w.egress?.decisions
         defer { outputBudget.release(session.reserved) }
         var conversation = w.conversation ?? Self.conversation(for: cell, limits: limits)
         conversation.reusable = true
         let input = session.beginServerCall(
             conversation, cell: cell, spec: cell.manifest.server!, tool: tool, arguments: arguments, start: start)
         let cpuBefore = w.worker.cpuNanoseconds() ?? 0
-        session.run(input: input, started: start, onNetwork: { _ in }, onMessage: onMessage)
+        session.run(input: input, started: start, onNetwork: onNetwork, onMessage: onMessage)
         report.refusedServerRequests = session.server?.refusedRequests ?? []
         report.bytesFromWorker = session.bytesFromWorker
         report.diagnostics = session.diagnosticsText
@@ -661,7 +741,13 @@ public final class CallRunner: @unchecked Sendable {
         return .failure(DiscoveryError(why))
     }
 
-    func environment(for m: CellManifest, scratch: String) -> [String] {
+    /// The worker's environment: the manifest's variables, the roots, HOME
+    /// and TMPDIR; behind the egress proxy (`proxy`: its port in the
+    /// worker's namespace) the proxy variables, and with an interception
+    /// authority the CA bundle variables, which replace any the manifest set.
+    func environment(
+        for m: CellManifest, scratch: String, proxy: UInt16? = nil, authority: (any InterceptionAuthority)? = nil
+    ) -> [String] {
         var env: [String] = []
         for name in m.environmentPass {
             if let v = Sys.getenv(name) { env.append("\(name)=\(v)") }
@@ -674,6 +760,13 @@ public final class CallRunner: @unchecked Sendable {
         let declared = Set(m.environmentPass + m.environmentSet.map(\.0))
         for (k, v) in [("HOME", scratch), ("TMPDIR", scratch)] where !declared.contains(k) {
             env.append("\(k)=\(v)")
+        }
+        if let proxy {
+            var forced = EgressEnvironment.proxy(port: proxy)
+            if let authority { forced += EgressEnvironment.trust(caPath: authority.caCertificatePath) }
+            let names = Set(forced.map(\.0))
+            env.removeAll { e in names.contains(String(e.prefix { $0 != "=" })) }
+            env += forced.map { "\($0.0)=\($0.1)" }
         }
         return env
     }
@@ -708,6 +801,9 @@ struct WorkerSession {
     let graceMilliseconds: Int
     var listener: SeccompListener? = nil
     var broker: ConnectionBroker? = nil
+    /// A worker behind the egress proxy: the proxy's decisions for it,
+    /// handed to `onNetwork` as they come.
+    var egress: EgressDecisions? = nil
     /// Set for a command tool: stdout is the result, not frames.
     var command: CommandTemplate? = nil
     /// Set for a server cell: stdout is the server's JSON-RPC, spoken to by
@@ -931,6 +1027,7 @@ struct WorkerSession {
                 requestOpen && (pendingOffset < pending.count || server == nil)
                 ? poll.add(requestWrite, events: .writable) : -1
             let iBroker = brokerOpen && !exited && !killedByUs ? poll.add(broker!.socket) : -1
+            let iEgress = egress.map { poll.add($0.read) } ?? -1
 
             // The next timer: the deadline, then the SIGKILL after the grace;
             // once killed, only the pidfd matters; after exit, a bounded
@@ -978,7 +1075,10 @@ struct WorkerSession {
                 listenerOpen = false
             } else if iNotify >= 0 && poll.isReadable(iNotify), let l = listener {
                 if let n = try? l.receive() {
-                    if profiling && n.isNative && SeccompConfinement.reason(number: n.number) == nil {
+                    if profiling && n.isNative
+                        && (SeccompConfinement.reason(number: n.number) == nil
+                            || egress != nil && SeccompConfinement.reason(number: n.number) == .network)
+                    {
                         // The allowlist under the profiler kills what it
                         // refuses, so only allowed calls arrive here (the
                         // check above is a second guard, never true).
@@ -1016,6 +1116,9 @@ struct WorkerSession {
                 case .idle: break
                 case .handled(let d): onNetwork(d)
                 }
+            }
+            if iEgress >= 0 && poll.isReadable(iEgress), let egress {
+                for d in egress.take() { onNetwork(d) }
             }
             if iCancel >= 0 && poll.isReadable(iCancel) && !cancelled && !exited {
                 cancelled = true
@@ -1104,6 +1207,8 @@ struct WorkerSession {
                 closeRequest()
             }
         }
+        // Connections decided while the loop was ending.
+        if let egress { for d in egress.take() { onNetwork(d) } }
     }
 
     /// A command tool: its exit status decides, its stdout is the result.

@@ -254,7 +254,7 @@ extension CellManifest {
             try f.finish()
         }
 
-        let network = try NetworkAccess.parse(r.raw("network"), file: path)
+        let network = try NetworkAccess.parse(r.raw("network"), file: path, serverCell: server != nil)
         var workingDirectory = try r.optionalString("workingDirectory")
         if let w = workingDirectory {
             let abs = w.hasPrefix("/") ? normalize(w) : normalize(dir + "/" + w)
@@ -275,10 +275,6 @@ extension CellManifest {
         if let server {
             if script != nil {
                 throw r.error("script", "a server cell runs the server's own program; it has no script")
-            }
-            guard network.isNone else {
-                throw r.error(
-                    "network", "a server cell has no network access (network egress for servers is not built yet)")
             }
             for (i, p) in server.packages.enumerated()
             where !fs.read.contains(where: { p.path == $0 || p.path.hasPrefix($0 == "/" ? "/" : $0 + "/") }) {

@@ -13,6 +13,10 @@ public struct KernelFeatures: Sendable {
     public var pidNamespaces: Bool
     public var pidNamespaceError: String?
     public var memfdExec: Bool
+    /// A network namespace per worker (with a user namespace when not
+    /// root): what egress through the proxy needs.
+    public var netNamespaces = false
+    public var netNamespaceError: String? = nil
 
     public static func probe() -> KernelFeatures {
         let api = Seccomp.apiLevel
@@ -32,6 +36,10 @@ public struct KernelFeatures: Sendable {
         switch Sys.canClone(flags: f.isRoot ? Namespaces.pid : Namespaces.user | Namespaces.pid) {
         case .success: f.pidNamespaces = true
         case .failure(let e): f.pidNamespaceError = e.description
+        }
+        switch Sys.canClone(flags: f.isRoot ? Namespaces.net : Namespaces.user | Namespaces.net) {
+        case .success: f.netNamespaces = true
+        case .failure(let e): f.netNamespaceError = e.description
         }
         if let v = try? readFile("/proc/sys/vm/memfd_noexec"), let s = String(validating: v, as: UTF8.self) {
             f.memfdExec = s.hasPrefix("0")
@@ -123,6 +131,10 @@ public struct HostSandbox: Sendable {
         if manifest.limits.processes == .processes && !features.pidNamespaces {
             return
                 "limits.processes is \"processes\", which needs a PID namespace so the whole process tree dies with the call: \(features.pidNamespaceError ?? "unavailable")\(features.isRoot ? "" : "; enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 or user.max_user_namespaces > 0)")"
+        }
+        if manifest.network.usesProxy && !features.netNamespaces {
+            return
+                "network.egress is \"proxy\", which runs the worker in a network namespace of its own so that the egress proxy is the only endpoint it can reach: \(features.netNamespaceError ?? "unavailable"); use a kernel built with CONFIG_NET_NS\(features.isRoot ? "" : " and enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 or user.max_user_namespaces > 0)"), or run the supervisor as root"
         }
         if features.seccompAPILevel < 3 {
             return

@@ -66,9 +66,28 @@ public struct NetworkAccess: Sendable, Equatable {
         init(_ m: String) { message = m }
     }
 
+    /// How the worker reaches the hosts (docs/egress.md).
+    public enum Egress: String, Sendable, CaseIterable {
+        /// The connection broker: connected sockets passed over fd 5; the
+        /// worker has no `socket` or `connect` (frame and command cells'
+        /// default).
+        case broker
+        /// The egress proxy: the worker runs in a network namespace of its
+        /// own whose only endpoint is the supervisor's HTTP proxy, named in
+        /// HTTP_PROXY/HTTPS_PROXY (server cells: the default and the only
+        /// choice).
+        case proxy
+    }
+
     public var hosts: [Host] = []
+    /// broker: connections per call; proxy: connections open at once per
+    /// worker.
     public var maxConnections = 8
     public var connectTimeoutMilliseconds = 5000
+    public var egress = Egress.broker
+
+    /// The worker runs in its own network namespace behind the egress proxy.
+    public var usesProxy: Bool { !isNone && egress == .proxy }
 
     public static let none = NetworkAccess()
     public var isNone: Bool { hosts.isEmpty }
@@ -84,7 +103,8 @@ public struct NetworkAccess: Sendable, Equatable {
     }
 
     /// Parses the manifest's `network` value: `"none"` or an object.
-    static func parse(_ v: JSONValue?, file: String) throws(ConfigError) -> NetworkAccess {
+    /// `serverCell`: `egress` defaults to (and may only be) `proxy`.
+    static func parse(_ v: JSONValue?, file: String, serverCell: Bool = false) throws(ConfigError) -> NetworkAccess {
         guard let v else { return .none }
         if case .string("none") = v { return .none }
         guard case .object = v else {
@@ -112,12 +132,20 @@ public struct NetworkAccess: Sendable, Equatable {
         n.maxConnections = try r.int("maxConnections", default: n.maxConnections, range: 1...256)
         n.connectTimeoutMilliseconds = try r.int(
             "connectTimeoutMilliseconds", default: n.connectTimeoutMilliseconds, range: 10...60_000, unit: "ms")
+        n.egress = try r.choice("egress", default: serverCell ? .proxy : .broker)
+        if serverCell && n.egress != .proxy {
+            throw r.error(
+                "egress",
+                "a server cell opens its own sockets and cannot use the connection broker: remove \"egress\" or write \"proxy\""
+            )
+        }
         try r.finish()
         return n
     }
 }
 
-/// What the connection broker did with one request, for the security log.
+/// What the connection broker (or the egress proxy) did with one request,
+/// for the security log.
 public struct NetworkDecision: Sendable, Equatable {
     public var host: String
     public var port: Int
@@ -125,13 +153,20 @@ public struct NetworkDecision: Sendable, Equatable {
     public var address: String?
     /// Why it was refused (nil: granted).
     public var refusal: String?
+
+    public init(host: String, port: Int, address: String? = nil, refusal: String? = nil) {
+        self.host = host
+        self.port = port
+        self.address = address
+        self.refusal = refusal
+    }
 }
 
 /// The supervisor's side of one worker's broker socket (fd 5 in the
 /// worker): each datagram asks for one TCP connection; the answer is a
 /// datagram with the connected socket attached, or a refusal. The protocol
 /// is in docs/cell-protocol.md.
-struct ConnectionBroker {
+public struct ConnectionBroker {
     let access: NetworkAccess
     let socket: FileDescriptor
     /// The call's cancellation: resolving and connecting give up when it
@@ -176,9 +211,10 @@ struct ConnectionBroker {
         return .handled(d)
     }
 
-    struct Refusal: Error {
-        let message: String
-        init(_ m: String) { message = m }
+    /// Why a connection is refused; the message names the rule.
+    public struct Refusal: Error, Sendable {
+        public let message: String
+        public init(_ m: String) { message = m }
     }
 
     /// getaddrinfo has no timeout of its own (the resolver's can be tens of
@@ -233,17 +269,25 @@ struct ConnectionBroker {
     static func parseRequest(_ bytes: [UInt8], truncated: Bool) throws(Refusal) -> (String, Int) {
         guard !truncated else { throw Refusal("request longer than 1024 bytes") }
         guard case .object(let o)? = try? JSONParser.parse(bytes) else { throw Refusal("request is not a JSON object") }
-        guard o.count == 2, case .string(var host)? = o["host"], case .int(let port)? = o["port"] else {
+        guard o.count == 2, case .string(let host)? = o["host"], case .int(let port)? = o["port"] else {
             throw Refusal("request must be {\"host\": string, \"port\": integer}")
         }
         guard (1...65535).contains(port) else { throw Refusal("port \(port) is out of range 1-65535") }
+        return (try normalize(host: host), Int(port))
+    }
+
+    /// A requested host as the allowlist compares it: brackets of an IPv6
+    /// literal and a final dot removed, lower case; refused unless it is a
+    /// host name or an IP literal.
+    public static func normalize(host: String) throws(Refusal) -> String {
+        var host = host
         if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
         if host.hasSuffix(".") { host.removeLast() }
         host = host.lowercased()
         guard IPAddress(literal: host) != nil || NetworkAccess.isHostName(host) else {
             throw Refusal("\"\(CellProtocol.clip(host))\" is not a host name or IP address")
         }
-        return (host, Int(port))
+        return host
     }
 
     private func connect(host: String, port: Int, deadline: UInt64, decision d: inout NetworkDecision) throws(Refusal)
@@ -252,6 +296,23 @@ struct ConnectionBroker {
         guard granted < access.maxConnections else {
             throw Refusal("the cell's limit of \(access.maxConnections) connections per call is used up")
         }
+        return try Self.open(
+            host: host, port: port, access: access, deadline: deadline, cancellation: cancellation, decision: &d)
+    }
+
+    /// The rules every connection a cell asks for goes through, the
+    /// broker's and the egress proxy's alike: `host` (normalized) and
+    /// `port` must be on the allowlist; a name is resolved by the
+    /// supervisor, and addresses inside the local network (loopback,
+    /// private, link-local, ...) are dropped unless the address itself is
+    /// listed; then a TCP connection to the first address that answers.
+    /// `deadline` (monotonic ns) bounds resolution and connection together
+    /// with `access.connectTimeoutMilliseconds`. Blocking: call it off any
+    /// event loop. `d.address` is set when granted.
+    public static func open(
+        host: String, port: Int, access: NetworkAccess, deadline: UInt64, cancellation: CallCancellation?,
+        decision d: inout NetworkDecision
+    ) throws(Refusal) -> FileDescriptor {
         let literal = IPAddress(literal: host)
         guard access.hosts.contains(where: { $0.matches(host: host, literal: literal, port: port) }) else {
             throw Refusal(

@@ -342,7 +342,8 @@ public final class PreparedCell: Sendable {
         }
         do {
             let program = try Seccomp.compile(
-                rules, defaultAction: features.seccompUserNotification && !killing ? .notify : .killProcess)
+                rules, defaultAction: features.seccompUserNotification && !killing ? .notify : .killProcess,
+                proxyEgress: manifest.network.usesProxy)
             return (program, names)
         } catch {
             throw .filter(error.description)

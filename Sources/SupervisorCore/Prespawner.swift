@@ -26,6 +26,9 @@ final class StartedWorker: @unchecked Sendable {
     var conversation: ServerConversation? = nil
     /// Started under the syscall profiler (never prespawned).
     var profiled = false
+    /// A worker behind the egress proxy: its listener's attachment,
+    /// detached when the worker is released.
+    var egress: (any EgressAttachment)? = nil
 
     init(
         cell: PreparedCell, limits: CellManifest.Limits, worker: WorkerProcess, scratch: String,

@@ -20,8 +20,9 @@ public struct Setting: Sendable {
         /// the supervisor runs as root, else the supervisor's own id).
         case identity(WritableKeyPath<SupervisorSettings, UInt32?> & Sendable, rootDefault: UInt32)
         case choice(WritableKeyPath<SupervisorSettings, String> & Sendable, choices: [String], default: String)
-        /// A file the supervisor writes; unset (the default) turns off what
-        /// it is for. A relative path is resolved as for `directory`.
+        /// A file the supervisor writes (or reads: `egressCaBundle`); unset
+        /// (the default) turns off what it is for. A relative path is
+        /// resolved as for `directory`.
         case file(WritableKeyPath<SupervisorSettings, String?> & Sendable)
         /// An OTLP/HTTP endpoint (`OTLPEndpoint`: `http://HOST[:PORT][/PATH]`);
         /// unset (the default) turns off what it is for.
@@ -164,6 +165,12 @@ extension Setting {
         help: "A file every security log record is appended to, one JSON line each, exactly as the log holds it, "
             + "once it is durable (docs/operations.md).")
 
+    public static let egressCaBundle = Setting(
+        "egressCaBundle", flag: "egress-ca-bundle", .file(\.egressCaBundle), scope: .cells,
+        defaultText: "none (the system roots only)",
+        help: "A PEM file of CA certificates the egress proxy trusts, besides the system roots, for the upstream "
+            + "servers of connections it terminates TLS for to add a credential (docs/egress.md).")
+
     public static let logLevel = Setting(
         "logLevel", flag: "log-level", .choice(\.logLevel, choices: logLevels, default: "info"), scope: .server,
         help: "Diagnostics on stderr.")
@@ -172,7 +179,7 @@ extension Setting {
     public static let all: [Setting] = [
         manifests, policies, stateDirectory, scratchDirectory, workerUid, workerGid, maxConcurrentCalls,
         maxQueuedCalls, prespawn, prespawnIdleSeconds, toolsPageSize, maxMessageBytes, metricsFile,
-        metricsIntervalSeconds, otlpEndpoint, eventsJsonl, logLevel,
+        metricsIntervalSeconds, otlpEndpoint, eventsJsonl, egressCaBundle, logLevel,
     ]
 
     public static func named(key: String) -> Setting? { all.first { $0.key == key } }

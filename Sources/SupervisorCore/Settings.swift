@@ -25,6 +25,7 @@ public struct SupervisorSettings: Sendable {
     public internal(set) var metricsIntervalSeconds = 0
     public internal(set) var otlpEndpoint: String? = nil
     public internal(set) var eventsJsonl: String? = nil
+    public internal(set) var egressCaBundle: String? = nil
     public internal(set) var logLevel = ""
     /// The configuration file the values came from, if any.
     public internal(set) var configurationFile: String? = nil

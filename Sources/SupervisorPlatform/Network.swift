@@ -103,6 +103,14 @@ public enum Network {
         if rc != 0 { throw SystemError("sendmsg", errno: Glibc.errno) }
     }
 
+    /// Receives a descriptor sent over `socket` with SCM_RIGHTS (one byte of
+    /// data; close-on-exec, not waiting). The worker's egress listener.
+    public static func receiveDescriptor(_ socket: FileDescriptor) throws(SystemError) -> FileDescriptor {
+        let fd = mcps_recv_fd(socket.rawValue)
+        if fd < 0 { throw SystemError("receive a descriptor", errno: Glibc.errno) }
+        return FileDescriptor(rawValue: fd)
+    }
+
     /// Receives one datagram (at most `limit` bytes; a longer one is
     /// reported as truncated). nil at end of stream.
     public static func receive(_ socket: FileDescriptor, limit: Int) throws(SystemError) -> (

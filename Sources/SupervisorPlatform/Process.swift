@@ -32,6 +32,10 @@ public enum SpawnStage: Int32, Sendable, CaseIterable, CustomStringConvertible {
     /// Private mounts and the bounded scratch tmpfs (runs after `session`,
     /// before `rlimits`).
     case scratchMount = 18
+    /// In the worker's network namespace: `lo` up, the egress listener
+    /// made and sent to the supervisor (runs after `session`, before
+    /// `scratchMount`).
+    case egressListener = 19
 
     /// The stage's name in messages and the security log (as `mcps_stage_name`).
     public var description: String {
@@ -55,6 +59,7 @@ public enum SpawnStage: Int32, Sendable, CaseIterable, CustomStringConvertible {
         case .listener: return "seccomp-listener"
         case .exec: return "exec"
         case .scratchMount: return "scratch-mount"
+        case .egressListener: return "egress-listener"
         }
     }
 
@@ -107,6 +112,10 @@ public struct SpawnRequest {
     /// namespace (namespaceFlags must hold `Namespaces.mount`), and the
     /// Landlock rights granted beneath it (`mcps_spawn_config.scratch_dir`).
     public var scratchMount: ScratchMount? = nil
+    /// The egress stage (`mcps_spawn_config.egress_socket_fd`): the child
+    /// sends a TCP listener on 127.0.0.1:`port`, made in its own network
+    /// namespace (namespaceFlags must hold `Namespaces.net`), over `socket`.
+    public var egressListener: (socket: FileDescriptor, port: UInt16)? = nil
 
     public init(
         executable: FileDescriptor, argv: [String], environment: [String], stdin: FileDescriptor,
@@ -232,6 +241,8 @@ public final class WorkerProcess: @unchecked Sendable {
                                         c.request_fd = r.request.rawValue
                                         c.response_fd = r.response.rawValue
                                         c.broker_fd = r.broker?.rawValue ?? -1
+                                        c.egress_socket_fd = r.egressListener?.socket.rawValue ?? -1
+                                        c.egress_port = r.egressListener?.port ?? 0
                                         c.workdir = wd
                                         c.scratch_dir = UnsafePointer(scratchDir)
                                         c.scratch_mount_options = UnsafePointer(scratchOptions)

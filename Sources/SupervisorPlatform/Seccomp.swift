@@ -102,6 +102,8 @@ public enum SeccompConfinement {
 
     // Kernel constants (socket(2), memfd_create(2)).
     static let afUnix: UInt64 = 1
+    static let afInet: UInt64 = 2
+    static let afInet6: UInt64 = 10
     static let sockStream: UInt64 = 1
     static let sockSeqpacket: UInt64 = 5
     static let sockTypeFlags: UInt64 = 0x80000 | 0x800  // SOCK_CLOEXEC | SOCK_NONBLOCK
@@ -122,7 +124,13 @@ public enum SeccompConfinement {
     /// - `memfd_create` only with MFD_NOEXEC_SEAL and without MFD_EXEC: an
     ///   anonymous file can never become executable (Landlock does not
     ///   mediate memfds, so exec of one would run code nobody verified).
-    public static func apply(_ rules: [SeccompRule]) -> [SeccompRule] {
+    /// - `proxyEgress` (a worker in a network namespace of its own whose
+    ///   only endpoint is the egress proxy, docs/egress.md): `socket` for
+    ///   AF_INET and AF_INET6 stream sockets, and `connect`. Nothing else of
+    ///   the network: no datagram or raw socket, no `bind`, `listen` or
+    ///   `accept`; the namespace, not the filter, decides where a connect
+    ///   can lead (only to the proxy's listener).
+    public static func apply(_ rules: [SeccompRule], proxyEgress: Bool = false) -> [SeccompRule] {
         let socketpair = Seccomp.number(of: "socketpair")
         let memfd = Seccomp.number(of: "memfd_create")
         let low32: UInt64 = 0xFFFF_FFFF
@@ -148,6 +156,18 @@ public enum SeccompConfinement {
                 SeccompRule(
                     number: nr, action: .fail(errno: EACCES),
                     condition: .init(argument: 0, mask: low32, value: afUnix)))
+        }
+        if proxyEgress, let nr = Seccomp.number(of: "socket") {
+            for family in [afInet, afInet6] {
+                out.append(
+                    SeccompRule(
+                        number: nr,
+                        conditions: [
+                            .init(argument: 0, mask: low32, value: family),
+                            .init(argument: 1, mask: low32 & ~sockTypeFlags, value: sockStream),
+                        ]))
+            }
+            if let c = Seccomp.number(of: "connect") { out.append(SeccompRule(number: c)) }
         }
         if pairs, let nr = socketpair {
             for type in [sockStream, sockSeqpacket] {
@@ -220,10 +240,11 @@ public enum Seccomp {
 
     /// Compiles `rules` after `SeccompConfinement.apply`: whatever the
     /// rules say, the program never allows what that type excludes.
-    public static func compile(_ rules: [SeccompRule], defaultAction: DefaultAction) throws(CompileError)
-        -> SeccompProgram
+    /// `proxyEgress`: see `SeccompConfinement.apply`.
+    public static func compile(_ rules: [SeccompRule], defaultAction: DefaultAction, proxyEgress: Bool = false)
+        throws(CompileError) -> SeccompProgram
     {
-        let raw = SeccompConfinement.apply(rules).map { r -> mcps_seccomp_rule in
+        let raw = SeccompConfinement.apply(rules, proxyEgress: proxyEgress).map { r -> mcps_seccomp_rule in
             var m = mcps_seccomp_rule()
             m.nr = r.number
             switch r.action {

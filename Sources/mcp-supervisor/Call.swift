@@ -88,6 +88,7 @@ struct Call: ParsableCommand {
             throw ExitCode(2)
         }
         let runner = try CallRunner(host: host, logger: logger)
+        try startEgress(runner, settings: s, logger: logger)
         if learn && profileSyscalls {
             printError("error: --learn and --profile-syscalls cannot be combined (both need the one seccomp listener)")
             throw ExitCode(2)

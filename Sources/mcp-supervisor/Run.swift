@@ -65,6 +65,7 @@ struct Run: AsyncParsableCommand {
             throw ExitCode(2)
         }
         runner.enablePrespawn(perCell: options.prespawn, idleSeconds: options.prespawnIdleSeconds)
+        try startEgress(runner, settings: s, logger: logger)
         let manifestsDir = s.manifestsDirectory
         let ledgerPath = Ledger.path(stateDirectory: s.stateDirectory)
         // The one trust rule every command that executes a cell follows.

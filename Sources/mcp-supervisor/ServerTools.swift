@@ -20,6 +20,7 @@ enum ServerTools {
             throw TrustCommandError("\(manifest.sourcePath): the server cannot run: \(error)")
         }
         let runner = try CallRunner(host: host, logger: stderrLogger("mcp-supervisor"))
+        try startEgress(runner, settings: s, logger: stderrLogger("mcp-supervisor"))
         switch runner.discoverTools(cell) {
         case .success(let r): return r
         case .failure(let e):

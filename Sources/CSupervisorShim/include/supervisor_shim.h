@@ -60,6 +60,9 @@ typedef enum {
     MCPS_STAGE_EXEC = 17,        /* execveat(exec_fd, "", AT_EMPTY_PATH) */
     MCPS_STAGE_SCRATCH = 18,     /* private mounts, a bounded tmpfs on scratch, its Landlock rule
                                     (runs after MCPS_STAGE_SESSION, before MCPS_STAGE_RLIMITS) */
+    MCPS_STAGE_EGRESS = 19,      /* in the new network namespace: lo up, a TCP listener on
+                                    127.0.0.1:egress_port sent to the supervisor (runs after
+                                    MCPS_STAGE_SESSION, before MCPS_STAGE_SCRATCH) */
 } mcps_stage;
 
 typedef struct {
@@ -88,9 +91,19 @@ typedef struct {
        socket (a cell that declares network hosts); fd 5 is closed otherwise. */
     int broker_fd;
 
-    /* In the child, fds 6, 7 and 8 hold exec_fd, landlock_ruleset_fd and
-       notify_socket_fd during setup only (close-on-exec); every other
-       descriptor of the supervisor is closed before any other stage. */
+    /* In the child, fds 6, 7, 8 and 9 hold exec_fd, landlock_ruleset_fd,
+       notify_socket_fd and egress_socket_fd during setup only
+       (close-on-exec); every other descriptor of the supervisor is closed
+       before any other stage. */
+
+    /* If >= 0 (requires CLONE_NEWNET in namespace_flags): the egress stage.
+       In the worker's new network namespace the child brings `lo` up,
+       opens a TCP socket listening on 127.0.0.1:egress_port, sends it over
+       this unix socket (SCM_RIGHTS) and closes its own copy: the
+       supervisor's egress proxy accepts on it the connections made inside
+       the namespace, the only endpoint there (docs/egress.md). */
+    int egress_socket_fd;
+    uint16_t egress_port;
 
     /* Working directory (the call's scratch directory). */
     const char *_Nullable workdir;
