@@ -335,7 +335,7 @@ struct ServerAdd {
             )
             let installed = try PipInstall(
                 source: source, site: site, python: python, index: index, findLinks: options.findLinks,
-                allowSdist: options.allowSdist, host: host, groups: groups
+                allowSdist: options.allowSdist, host: host, groups: groups, settings: settings
             ).run()
             let requested = try Self.requested(installed, source: source)
             let script = try ConsoleScript.choose(
@@ -380,6 +380,9 @@ struct ServerAdd {
         var manifest = try writeManifest(doc, manifestPath)
         print("learning its syscalls: the server runs in learn mode over initialize and tools/list")
         let runner = try CallRunner(host: host, logger: stderrLogger("mcp-supervisor"))
+        if !options.allowHost.isEmpty {
+            try startEgress(runner, settings: settings, logger: stderrLogger("mcp-supervisor"))
+        }
         let prepared: PreparedCell
         do { prepared = try PreparedCell(manifest: manifest, groups: groups, host: host, discovering: true) } catch {
             throw TrustCommandError("\(manifestPath): the server cannot run: \(error)")

@@ -113,6 +113,7 @@ struct PipInstall {
     let allowSdist: Bool
     let host: HostSandbox
     let groups: SyscallGroups
+    let settings: SupervisorSettings
 
     /// Syscalls pip needs, found with learn mode on installs: files read
     /// and written in the target (`chmod` for scripts, `sendfile` to copy
@@ -231,6 +232,7 @@ struct PipInstall {
             throw TrustCommandError("the sandboxed installer cannot run: \(error)")
         }
         let runner = try CallRunner(host: host, logger: stderrLogger("mcp-supervisor"))
+        if index != nil { try startEgress(runner, settings: settings, logger: stderrLogger("mcp-supervisor")) }
         let report = runner.run(
             cell: cell, tool: "pip_install", arguments: JSONObject(), callID: "server-add-pip",
             onNetwork: { d in
