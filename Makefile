@@ -200,7 +200,7 @@ test: pin $(PYDEPS) $(PYDEPS2)
 	$(MAKE) --no-print-directory unit-tests system-tests unprivileged-tests e2e-tests
 
 unit-tests:
-	$(SWIFT) test --skip-build --filter 'StrictJSONTests|SupervisorCoreTests|CommandLineTests'
+	$(SWIFT) test --skip-build --filter 'StrictJSONTests|SupervisorCoreTests|CommandLineTests|EgressTests'
 
 system-tests:
 	$(SWIFT) test --skip-build --filter SystemTests

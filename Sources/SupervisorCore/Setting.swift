@@ -177,9 +177,9 @@ extension Setting {
 
     /// Every setting, in the order of docs/configuration.md.
     public static let all: [Setting] = [
-        manifests, policies, stateDirectory, scratchDirectory, workerUid, workerGid, maxConcurrentCalls,
-        maxQueuedCalls, prespawn, prespawnIdleSeconds, toolsPageSize, maxMessageBytes, metricsFile,
-        metricsIntervalSeconds, otlpEndpoint, eventsJsonl, egressCaBundle, logLevel,
+        manifests, policies, stateDirectory, scratchDirectory, workerUid, workerGid, egressCaBundle,
+        maxConcurrentCalls, maxQueuedCalls, prespawn, prespawnIdleSeconds, toolsPageSize, maxMessageBytes, metricsFile,
+        metricsIntervalSeconds, otlpEndpoint, eventsJsonl, logLevel,
     ]
 
     public static func named(key: String) -> Setting? { all.first { $0.key == key } }

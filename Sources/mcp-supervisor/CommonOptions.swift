@@ -29,6 +29,9 @@ struct CommonOptions: ParsableArguments {
     @Option(name: .customLong(Setting.workerGid.flag), help: ArgumentHelp(Setting.workerGid.flagHelp))
     var workerGid: String?
 
+    @Option(name: .customLong(Setting.egressCaBundle.flag), help: ArgumentHelp(Setting.egressCaBundle.flagHelp))
+    var egressCaBundle: String?
+
     static let configHelp =
         "Configuration file (JSON; docs/configuration.md). Default: $XDG_CONFIG_HOME/mcp-supervisor/config.json, "
         + "else ~/.config/mcp-supervisor/config.json, if present. Flags override it."
@@ -39,6 +42,7 @@ struct CommonOptions: ParsableArguments {
         [
             (.manifests, manifests), (.policies, policies), (.stateDirectory, stateDir),
             (.scratchDirectory, scratchDir), (.workerUid, workerUid), (.workerGid, workerGid),
+            (.egressCaBundle, egressCaBundle),
         ]
     }
 

@@ -46,6 +46,27 @@ final class ConfinementTests: XCTestCase {
         XCTAssertTrue(SeccompConfinement.apply([]).allSatisfy { $0.number != nr("socketpair") })
     }
 
+    /// A worker behind the egress proxy (its own network namespace) gets
+    /// TCP sockets and connect; never datagram or raw sockets, bind,
+    /// listen or accept, whatever the rules say.
+    func testProxyEgressAllowsOnlyInternetStreamSocketsAndConnect() {
+        let rules = ["socket", "connect", "bind", "listen", "accept"].map { SeccompRule(number: nr($0)) }
+        let plain = SeccompConfinement.apply(rules)
+        XCTAssertFalse(plain.contains { $0.action == .allow && [nr("socket"), nr("connect")].contains($0.number) })
+        let out = SeccompConfinement.apply(rules, proxyEgress: true)
+        let allowed = out.filter { $0.action == .allow }
+        XCTAssertEqual(Set(allowed.map(\.number)), [nr("socket"), nr("connect")])
+        XCTAssertEqual(
+            allowed.filter { $0.number == nr("socket") }.map(\.conditions),
+            [UInt64(2), 10].map { family in
+                [
+                    .init(argument: 0, mask: 0xFFFF_FFFF, value: family),
+                    .init(argument: 1, mask: 0xFFF7_F7FF, value: 1),
+                ]
+            })
+        XCTAssertEqual(allowed.filter { $0.number == nr("connect") }.map(\.conditions), [[]])
+    }
+
     func testMemfdCreateOnlyWithNoexecSeal() {
         let out = SeccompConfinement.apply([SeccompRule(number: nr("memfd_create"))])
         XCTAssertEqual(

@@ -47,6 +47,17 @@ final class NetworkAndCommandTests: ManifestTestCase {
         }
     }
 
+    /// `network.egress`: the broker for frame and command cells unless they
+    /// opt in to the proxy (docs/egress.md).
+    func testEgressDefaultsToTheBrokerAndMayBeTheProxy() throws {
+        XCTAssertEqual(try parse { $0["network"] = ["connect": ["a.org:1"]] }.network.egress, .broker)
+        let m = try parse { $0["network"] = ["connect": ["a.org:1"], "egress": "proxy"] }
+        XCTAssertTrue(m.network.usesProxy)
+        assertError("network.egress", "one of broker, proxy") {
+            $0["network"] = ["connect": ["a.org:1"], "egress": "direct"]
+        }
+    }
+
     func testInternalAddressesAreRecognized() {
         for a in [
             "127.0.0.1", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254", "100.64.0.1",

@@ -34,6 +34,16 @@ final class ServerManifestTests: ManifestTestCase {
         XCTAssertEqual(custom.tools.map(\.name), ["clock_get_time"])
     }
 
+    /// A server cell with network reaches it through the egress proxy only
+    /// (docs/egress.md); other cells keep the broker unless they opt in.
+    func testServerNetworkDefaultsToTheEgressProxy() throws {
+        let m = try parse(server([]) { $0["network"] = ["connect": ["example.com:443"]] })
+        XCTAssertEqual(m.network.egress, .proxy)
+        XCTAssertTrue(m.network.usesProxy)
+        let none = try parse(server([]))
+        XCTAssertFalse(none.network.usesProxy, "no network: no namespace, no proxy")
+    }
+
     func testUnpinnedServerParsesButCannotBePrepared() throws {
         let m = try parse(server([]) { $0["tools"] = [] })
         XCTAssertTrue(m.tools.isEmpty)
@@ -49,7 +59,12 @@ final class ServerManifestTests: ManifestTestCase {
         assertError("server.toolPrefix", "A-Z a-z 0-9", server([("toolPrefix", "a b")]))
         assertError("server.lifecycle", "one of", server([("lifecycle", "forever")]))
         assertError("server.bogus", "unknown field", server([("bogus", 1)]))
-        assertError("network", "no network access", server([]) { $0["network"] = ["connect": ["example.com:443"]] })
+        assertError(
+            "network.egress", "cannot use the connection broker",
+            server([]) { $0["network"] = ["connect": ["example.com:443"], "egress": "broker"] })
+        assertError(
+            "network.egress", "one of broker, proxy",
+            server([]) { $0["network"] = ["connect": ["example.com:443"], "egress": "socks"] })
         assertError(
             "tools[0].description", "hidden or control character",
             server([]) {
