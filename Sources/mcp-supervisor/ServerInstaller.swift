@@ -118,7 +118,8 @@ struct PipInstall {
     /// Syscalls pip needs, found with learn mode on installs: files read
     /// and written in the target (`chmod` for scripts, `sendfile` to copy
     /// from the scratch's tmpfs, `listxattr` when copying metadata), FIOCLEX
-    /// (python-mcp-server's ioctl), threads.
+    /// (python-mcp-server's ioctl), threads; with an index, the socket
+    /// calls of a client (network-client: only the proxy is reachable).
     static let groupNames = [
         "base", "python", "python-mcp-server", "files-read", "files-write", "events", "process-info",
     ]
@@ -204,7 +205,8 @@ struct PipInstall {
                 "execute": .array(execute.map { .string($0) }),
             ],
             "syscalls": [
-                "groups": .array(Self.groupNames.map { .string($0) }), "allow": .array(Self.allow.map { .string($0) }),
+                "groups": .array((Self.groupNames + (index == nil ? [] : ["network-client"])).map { .string($0) }),
+                "allow": .array(Self.allow.map { .string($0) }),
             ],
             "sideEffects": "writes",
             // Policy phases do not apply (no client session); the field is
