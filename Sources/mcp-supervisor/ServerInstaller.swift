@@ -235,16 +235,18 @@ struct PipInstall {
         }
         let runner = try CallRunner(host: host, logger: stderrLogger("mcp-supervisor"))
         if index != nil { try startEgress(runner, settings: settings, logger: stderrLogger("mcp-supervisor")) }
+        var refused: [NetworkDecision] = []
         let report = runner.run(
             cell: cell, tool: "pip_install", arguments: JSONObject(), callID: "server-add-pip",
             onNetwork: { d in
                 if let r = d.refusal {
+                    refused.append(d)
                     printError("install network: refused \(d.host):\(d.port): \(r)")
                 }
             })
         try seal()
         guard case .success(let result) = report.outcome else {
-            throw TrustCommandError(explain(report))
+            throw TrustCommandError(explain(report, refused: refused))
         }
         let text = result.content.compactMap { $0["text"]?.stringValue }.joined()
         let installed: [InstalledDistribution]
@@ -267,7 +269,7 @@ struct PipInstall {
     }
 
     /// Why pip failed, in the operator's terms, with pip's own last words.
-    private func explain(_ report: CallReport) -> String {
+    private func explain(_ report: CallReport, refused: [NetworkDecision]) -> String {
         let said = report.diagnostics.isEmpty ? report.outcome.detail : report.diagnostics
         let lines = said.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter {
             !$0.isEmpty
@@ -275,7 +277,17 @@ struct PipInstall {
         let tail = lines.suffix(8).joined(separator: "\n    ")
         let origin = index.map { " from \($0.url)" } ?? " (no index)"
         var what: String
-        if said.contains("No matching distribution found") || said.contains("Could not find a version") {
+        // What the proxy refused says more than pip's summary of it.
+        func isIndex(_ d: NetworkDecision) -> Bool { index.map { $0.host == d.host && $0.port == d.port } ?? false }
+        let elsewhere = refused.filter { !isIndex($0) }
+        let toIndex = refused.filter(isIndex)
+        if let d = elsewhere.first {
+            what =
+                "pip tried to reach \(d.host):\(d.port), which is not the package index (\(index?.endpoint ?? "none")): "
+                + "refused (\(d.refusal ?? "")); a dependency or build step that needs another host cannot be installed"
+        } else if let d = toIndex.first {
+            what = "the package index is unreachable\(origin): \(d.refusal ?? "refused")"
+        } else if said.contains("No matching distribution found") || said.contains("Could not find a version") {
             if said.contains("(from versions: none)") {
                 what = "no distribution of \(source) was found\(origin)"
                 if case .index(_, nil) = source { what = "unknown package: \(what)" }

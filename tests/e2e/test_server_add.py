@@ -225,9 +225,8 @@ def test_added_from_an_index_serves_its_tool_then_is_listed_and_removed(sgw):
     assert not (gw.state / "servers" / "testecho").exists()
     [row] = servers(gw)
     assert row["state"] == "revoked", row
-    s = gw.serve(signed=True)
-    assert "testecho_echo" not in tools_of(s)
-    s.close()
+    c = gw.cli("call", "testecho_echo", "--args", '{"text": "x"}', "--policies", gw.policies, ok=False)
+    assert c.returncode != 0 and "revoked" in c.stderr, (c.stdout, c.stderr)
     assert gw.events("server.removed"), "no server.removed event"
     gw.verify()
 
@@ -246,7 +245,7 @@ def test_the_installer_reaches_only_the_index(root_sgw):
         p = add(gw, "pypi:mcp-server-testecho", "--index-url", gw.index.url, ok_=False)
         assert p.returncode == 1, (p.stdout, p.stderr)
         assert other.requests == [], other.requests
-        assert "pip (sandboxed) said" in p.stderr, p.stderr
+        assert f"pip tried to reach 127.0.0.1:{other.port}, which is not the package index" in p.stderr, p.stderr
         assert not (gw.state / "servers" / "testecho").exists()
         assert registered(gw) == [], registered(gw)
         [failed] = gw.events("server.install_failed")
@@ -267,7 +266,8 @@ def test_an_upgrade_that_widens_is_refused_without_approval(root_sgw):
     publish_echo(gw.index, gw.dir, version="1.1.0")
     p = add(gw, "pypi:mcp-server-testecho", "--index-url", gw.index.url, "--read", "/usr/share/zoneinfo", ok_=False)
     assert p.returncode == 1, (p.stdout, p.stderr)
-    assert "widens: filesystem.read: + /usr/share/zoneinfo" in p.stdout, p.stdout
+    assert any(line.strip().startswith("widens: filesystem.read: +") and line.endswith("/usr/share/zoneinfo")
+               for line in p.stdout.splitlines()), p.stdout
     assert "--approve-widening" in p.stderr, p.stderr
     assert installs(gw, "testecho") == [first]
     assert servers(gw) == before
@@ -304,7 +304,7 @@ def test_a_failed_add_says_why_and_leaves_nothing(root_sgw, case):
     expected = {
         "unknown": "unknown package: no distribution of pypi:mcp-server-nosuchthing was found from " + url,
         "version": "version not found: pypi:mcp-server-testecho==9.9 is not among the versions offered from " + url,
-        "unreachable": "the package index is unreachable from " + url,
+        "unreachable": f"the package index is unreachable from {url}: ",
         "no_script": "mcp-server-testecho declares no console script",
         "handshake": "did not complete its MCP handshake",
         "no_tty": "no terminal to confirm on",
