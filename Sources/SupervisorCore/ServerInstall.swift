@@ -132,6 +132,11 @@ public struct PackageIndexURL: Sendable, Equatable {
     /// `host:port` as `network.connect` takes it.
     public var endpoint: String { (host.contains(":") ? "[\(host)]" : host) + ":\(port)" }
 
+    /// Where a known index's pages link to for the files themselves:
+    /// PyPI serves its simple pages from pypi.org and the archives from
+    /// files.pythonhosted.org.
+    public var fileHosts: [String] { host == "pypi.org" && scheme == "https" ? ["files.pythonhosted.org:443"] : [] }
+
     /// Parses an http(s) URL: scheme, host (name, IPv4 or [IPv6]), optional
     /// port and path. No user information: credentials do not go on a
     /// command line.

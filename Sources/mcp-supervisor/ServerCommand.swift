@@ -56,6 +56,12 @@ extension ServerCommand {
         var name: String?
         @Option(name: .long, help: "The package index (PEP 503 simple API).")
         var indexUrl: String = "https://pypi.org/simple"
+        @Option(
+            name: .long,
+            help: ArgumentHelp(
+                "host:port the index's pages link to for the files (repeatable).",
+                discussion: "For https://pypi.org/simple, files.pythonhosted.org:443 is added by itself."))
+        var downloadHost: [String] = []
         @Flag(name: .long, help: "Install without any index (dependencies from --find-links or none).")
         var noIndex = false
         @Option(name: .long, help: "A local directory of wheels pip may install from (read-only).")
@@ -330,11 +336,13 @@ struct ServerAdd {
         case .index, .local:
             if !options.noIndex { index = try PackageIndexURL.parse(options.indexUrl) }
             let site = try python.makeVenv(dir + "/venv")
+            let endpoints = index.map { [$0.endpoint] + $0.fileHosts + options.downloadHost } ?? []
             print(
-                "installing \(source) into \(site) (pip, sandboxed\(index.map { "; network: \($0.endpoint) only" } ?? "; no network"))"
-            )
+                "installing \(source) into \(site) (pip, sandboxed; "
+                    + (endpoints.isEmpty ? "no network)" : "network: \(endpoints.joined(separator: ", ")) only)"))
             let installed = try PipInstall(
-                source: source, site: site, python: python, index: index, findLinks: options.findLinks,
+                source: source, site: site, python: python, index: index, endpoints: endpoints,
+                findLinks: options.findLinks,
                 allowSdist: options.allowSdist, host: host, groups: groups, settings: settings
             ).run()
             let requested = try Self.requested(installed, source: source)
@@ -374,9 +382,13 @@ struct ServerAdd {
         // what learn mode sees the server do on its own handshake (and the
         // probe call).
         let manifestPath = dir + "/manifest.json"
+        // A server that may connect makes a client's socket calls
+        // (getsockopt, setsockopt, getpeername, …): network-client comes
+        // with --allow-host, shown as an addition like any other.
+        let startGroups = Self.baseGroups + (options.allowHost.isEmpty ? [] : ["network-client"])
         var doc = try serverManifest(
             name: name, version: version, record: record, executable: executable, argv: argv, packages: packages,
-            read: read, execute: execute, groups: Self.baseGroups, allow: [], processes: nil, tools: [])
+            read: read, execute: execute, groups: startGroups, allow: [], processes: nil, tools: [])
         var manifest = try writeManifest(doc, manifestPath)
         print("learning its syscalls: the server runs in learn mode over initialize and tools/list")
         let runner = try CallRunner(host: host, logger: stderrLogger("mcp-supervisor"))
@@ -406,7 +418,7 @@ struct ServerAdd {
         }
         doc = try serverManifest(
             name: name, version: version, record: record, executable: executable, argv: argv, packages: packages,
-            read: read, execute: execute, groups: Self.baseGroups + proposal.addGroups, allow: proposal.addAllow,
+            read: read, execute: execute, groups: startGroups + proposal.addGroups, allow: proposal.addAllow,
             processes: needsProcesses ? "processes" : nil, tools: tools)
         manifest = try writeManifest(doc, manifestPath)
 

@@ -109,6 +109,9 @@ struct PipInstall {
     let site: String
     let python: Interpreter
     let index: PackageIndexURL?
+    /// Every host:port pip may reach: the index's, and those its pages
+    /// link to for the files.
+    let endpoints: [String]
     let findLinks: String?
     let allowSdist: Bool
     let host: HostSandbox
@@ -213,7 +216,7 @@ struct PipInstall {
             // required of a cell that writes.
             "phases": ["act"],
         ]
-        if let index { doc["network"] = ["connect": [.string(index.endpoint)], "egress": "proxy"] }
+        if index != nil { doc["network"] = ["connect": .array(endpoints.map { .string($0) }), "egress": "proxy"] }
         return Array(JSONValue.object(doc).prettySerialized().utf8)
     }
 
@@ -278,12 +281,14 @@ struct PipInstall {
         let origin = index.map { " from \($0.url)" } ?? " (no index)"
         var what: String
         // What the proxy refused says more than pip's summary of it.
-        func isIndex(_ d: NetworkDecision) -> Bool { index.map { $0.host == d.host && $0.port == d.port } ?? false }
+        func isIndex(_ d: NetworkDecision) -> Bool {
+            endpoints.contains { e in e == "\(d.host):\(d.port)" || e == "[\(d.host)]:\(d.port)" }
+        }
         let elsewhere = refused.filter { !isIndex($0) }
         let toIndex = refused.filter(isIndex)
         if let d = elsewhere.first {
             what =
-                "pip tried to reach \(d.host):\(d.port), which is not the package index (\(index?.endpoint ?? "none")): "
+                "pip tried to reach \(d.host):\(d.port), which is not the package index (\(endpoints.joined(separator: ", "))): "
                 + "refused (\(d.refusal ?? "")); a dependency or build step that needs another host cannot be installed"
         } else if let d = toIndex.first {
             what = "the package index is unreachable\(origin): \(d.refusal ?? "refused")"
