@@ -220,7 +220,7 @@ unprivileged-tests:
 	  chmod -R a+rX $$u && \
 	  env HOME=/nonexistent XDG_STATE_HOME= XDG_RUNTIME_DIR= MCPS_TEST_ROOT=$$u \
 	    setpriv --reuid=$(TEST_UID) --regid=$(TEST_UID) --clear-groups \
-	    $$u/mcp-supervisorPackageTests.xctest SystemTests.SandboxTests,SystemTests.ConfinementSystemTests,SystemTests.WorkerProtocolTests,SystemTests.NetworkTests,SystemTests.CommandCellTests,SystemTests.OutcomeTests,SystemTests.SpawnErrorTests,SystemTests.OutputCapTests,SystemTests.AnswerTests 2>&1 \
+	    $$u/mcp-supervisorPackageTests.xctest SystemTests.SandboxTests,SystemTests.ConfinementSystemTests,SystemTests.WorkerProtocolTests,SystemTests.NetworkTests,SystemTests.CommandCellTests,SystemTests.OutcomeTests,SystemTests.SpawnErrorTests,SystemTests.OutputCapTests,SystemTests.AnswerTests,SystemTests.EgressNamespaceTests,SystemTests.EgressInterceptionTests 2>&1 \
 	    | tee .build/unprivileged-tests.log | tail -3; \
 	  rm -rf $$u; \
 	  grep -Eq "Executed [1-9][0-9]* tests, with 0 failures" .build/unprivileged-tests.log || { echo "unprivileged system tests FAILED"; exit 1; }; \

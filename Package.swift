@@ -137,7 +137,7 @@ let package = Package(
         .testTarget(
             name: "SystemTests",
             dependencies: [
-                "SupervisorCore", "SupervisorPlatform", "StrictJSON",
+                "SupervisorCore", "SupervisorPlatform", "SupervisorEgress", "StrictJSON",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSwift),

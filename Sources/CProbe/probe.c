@@ -123,6 +123,23 @@ long probe_udp_send(int port) {
     return r;
 }
 
+long probe_tcp_connect(int port) {
+    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return -errno;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    long r = connect(s, (struct sockaddr *)&a, sizeof(a)) == 0 ? 0 : -errno;
+    close(s);
+    return r;
+}
+
+long probe_raw_socket(void) {
+    int s = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_ICMP);
+    if (s < 0) return -errno;
+    close(s);
+    return 0;
+}
+
 static socklen_t unix_address(const char *path, struct sockaddr_un *a) {
     memset(a, 0, sizeof(*a));
     a->sun_family = AF_UNIX;

@@ -457,6 +457,16 @@ public final class CallRunner: @unchecked Sendable {
     /// Ends a started worker that will not serve a call (a prespawned one
     /// discarded): SIGKILL, reap, close, wipe.
     func discard(_ w: StartedWorker) {
+        // Connections it made while waiting (a server's start-up) belong to
+        // no call: said on stderr, since no call will record them.
+        for d in w.egress?.decisions.take() ?? [] {
+            logger.notice(
+                "a discarded worker's connection through the egress proxy",
+                metadata: [
+                    "cell.name": "\(w.cell.name)", "host": "\(d.host)", "port": "\(d.port)",
+                    "refusal": "\(d.refusal ?? "none")",
+                ])
+        }
         w.worker.signal(Signal.kill)
         _ = try? w.worker.wait()
         w.worker.close()

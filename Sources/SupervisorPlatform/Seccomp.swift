@@ -104,6 +104,8 @@ public enum SeccompConfinement {
     static let afUnix: UInt64 = 1
     static let afInet: UInt64 = 2
     static let afInet6: UInt64 = 10
+    static let afNetlink: UInt64 = 16
+    static let sockDgram: UInt64 = 2
     static let sockStream: UInt64 = 1
     static let sockSeqpacket: UInt64 = 5
     static let sockTypeFlags: UInt64 = 0x80000 | 0x800  // SOCK_CLOEXEC | SOCK_NONBLOCK
@@ -126,10 +128,14 @@ public enum SeccompConfinement {
     ///   mediate memfds, so exec of one would run code nobody verified).
     /// - `proxyEgress` (a worker in a network namespace of its own whose
     ///   only endpoint is the egress proxy, docs/egress.md): `socket` for
-    ///   AF_INET and AF_INET6 stream sockets, and `connect`. Nothing else of
-    ///   the network: no datagram or raw socket, no `bind`, `listen` or
-    ///   `accept`; the namespace, not the filter, decides where a connect
-    ///   can lead (only to the proxy's listener).
+    ///   AF_INET and AF_INET6 stream sockets, and `connect`; the namespace,
+    ///   not the filter, decides where a connect can lead (only to the
+    ///   proxy's listener). Datagram sockets (AF_INET, AF_INET6) and
+    ///   AF_NETLINK fail with EACCES, as AF_UNIX does: a resolver's DNS
+    ///   query or getaddrinfo's AI_ADDRCONFIG probe then fails and the
+    ///   program goes on (the proxy resolves names). Nothing else: a raw or
+    ///   packet socket, `bind`, `listen`, `accept` take the default action
+    ///   (the supervisor names the call and kills the worker).
     public static func apply(_ rules: [SeccompRule], proxyEgress: Bool = false) -> [SeccompRule] {
         let socketpair = Seccomp.number(of: "socketpair")
         let memfd = Seccomp.number(of: "memfd_create")
@@ -167,6 +173,19 @@ public enum SeccompConfinement {
                             .init(argument: 1, mask: low32 & ~sockTypeFlags, value: sockStream),
                         ]))
             }
+            for family in [afInet, afInet6] {
+                out.append(
+                    SeccompRule(
+                        number: nr, action: .fail(errno: EACCES),
+                        conditions: [
+                            .init(argument: 0, mask: low32, value: family),
+                            .init(argument: 1, mask: low32 & ~sockTypeFlags, value: sockDgram),
+                        ]))
+            }
+            out.append(
+                SeccompRule(
+                    number: nr, action: .fail(errno: EACCES), condition: .init(argument: 0, mask: low32, value: afNetlink)
+                ))
             if let c = Seccomp.number(of: "connect") { out.append(SeccompRule(number: c)) }
         }
         if pairs, let nr = socketpair {

@@ -160,6 +160,10 @@ Cell.main { request, ctx in
         return .text(errnoText(probe_udp_send(Int32(int("port")))))
     case "unix-connect":
         return .text(errnoText(probe_unix_connect(str("path"))))
+    case "tcp-connect":
+        return .text(errnoText(probe_tcp_connect(Int32(int("port")))))
+    case "raw-socket":
+        return .text(errnoText(probe_raw_socket()))
     case "pair-sendmsg":
         return .text(errnoText(probe_pair_sendmsg(Int32(int("type")), str("path"))))
     case "memfd-exec":

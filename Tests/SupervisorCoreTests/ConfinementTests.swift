@@ -65,6 +65,16 @@ final class ConfinementTests: XCTestCase {
                 ]
             })
         XCTAssertEqual(allowed.filter { $0.number == nr("connect") }.map(\.conditions), [[]])
+        // Datagram and netlink sockets fail (a resolver goes on without them).
+        let failing = out.filter { $0.number == nr("socket") && $0.action == .fail(errno: EACCES) }.map(\.conditions)
+        XCTAssertTrue(failing.contains([.init(argument: 0, mask: 0xFFFF_FFFF, value: 16)]))
+        for family in [UInt64(2), 10] {
+            XCTAssertTrue(
+                failing.contains([
+                    .init(argument: 0, mask: 0xFFFF_FFFF, value: family),
+                    .init(argument: 1, mask: 0xFFF7_F7FF, value: 2),
+                ]))
+        }
     }
 
     func testMemfdCreateOnlyWithNoexecSeal() {

@@ -44,8 +44,13 @@ final class NetworkTests: XCTestCase {
 
     /// A loopback listener answering "pong" to each connection.
     final class Listener: @unchecked Sendable {
+        // @unchecked: `count` is guarded by `lock`; the rest is immutable.
         let fd: Int32
         let port: Int
+        private let lock = NSLock()
+        private var count = 0
+        /// Connections accepted so far.
+        var accepted: Int { lock.withLock { count } }
         init() throws {
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             self.fd = fd
@@ -66,6 +71,7 @@ final class NetworkTests: XCTestCase {
                 while true {
                     let c = accept(fd, nil, nil)
                     if c < 0 { return }
+                    self.lock.withLock { self.count += 1 }
                     var buf = [UInt8](repeating: 0, count: 64)
                     _ = read(c, &buf, 64)
                     _ = "pong\n".withCString { write(c, $0, 5) }

@@ -77,6 +77,12 @@ PYTHON_EXECUTE = ["/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"]
 # Syscall groups (policies/syscall-groups.json) of a Python MCP stdio server
 # on asyncio/anyio, found with learn mode (docs/manifest.md, python-mcp-server).
 SERVER_GROUPS = ["base", "python", "python-mcp-server"]
+# mcp-server-fetch (httpx on asyncio, through the egress proxy), found with
+# learn mode: a Python server's groups, `network-client` for the calls on its
+# connections (getsockopt, setsockopt, getpeername; `socket` and `connect`
+# come with network.egress "proxy", docs/egress.md) and `events` (pipe2, for
+# readabilipy's subprocess).
+FETCH_GROUPS = [*SERVER_GROUPS, "network-client", "events"]
 # Environment of every Python server cell: UTF-8 stdio whatever the locale,
 # no .pyc written into the (verified, read-only) package trees.
 PYTHON_ENV = {"LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
@@ -255,6 +261,28 @@ def sqlite_manifest(ws, db, name="sqlite", **kw):
         packages=[SITE_SQLITE], read=["/dev/urandom", *kw.pop("read", ())], write=[db.parent, *kw.pop("write", ())],
         limits=limits,
         groups=kw.pop("groups", [*SERVER_GROUPS, "files-write"]), side_effects="writes", **kw))
+
+
+def fetch_manifest(ws, connect, name="fetch", **kw):
+    """mcp-server-fetch behind the egress proxy (docs/egress.md): `connect`
+    is its network allowlist (host:port entries). It runs in a network
+    namespace of its own whose only endpoint is the proxy, named by the
+    proxy variables the supervisor sets; httpx (trust_env) follows them.
+    `--allow-private-ips`: the tests' servers are on loopback, which the
+    server itself refuses by default (the proxy still refuses a name that
+    leads there unless the address itself is listed)."""
+    # readabilipy (the HTML simplifier) runs `node -v` through subprocess
+    # before every extraction: a child process (so "processes"), and PATH
+    # leads nowhere, so that the exec fails with ENOENT (readabilipy then
+    # takes its pure-Python path) rather than EACCES from Landlock on
+    # /usr/bin/node (which it does not catch).
+    doc = server_manifest(
+        name, ["python3", "-S", "-m", "mcp_server_fetch", "--allow-private-ips", *kw.pop("args", ())],
+        packages=[SITE], groups=kw.pop("groups", FETCH_GROUPS), allow=kw.pop("allow", ["close_range"]),
+        limits={"processes": "processes", **kw.pop("limits", {})}, env={"PATH": "/nonexistent", **kw.pop("env", {})},
+        **kw)
+    doc["network"] = {"connect": list(connect)}
+    return _save(ws, doc)
 
 
 def script_server_manifest(ws, script, name=None, **kw):

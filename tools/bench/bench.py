@@ -17,6 +17,7 @@ Nothing here asserts a time: this is a benchmark, not a test.
   (i) other bundled cells end to end (word_count in Python)
   (k) resilience bookkeeping per call, (l) the syscall profiler off and on
   (G) the gateway: mcp-server-time through the supervisor and direct (gateway_bench.py)
+  (E) egress: a network namespace per worker, a fetch through the egress proxy (egress_bench.py)
 Usage: tools/bench/run.sh [--rounds N] [--calls N] [--out docs/benchmarks.md]
 """
 import argparse
@@ -402,6 +403,9 @@ def main():
         import gateway_bench  # the gateway's servers (make gateway-servers)
 
         lines += gateway_bench.section(rounds=min(a.rounds, 3))
+        import egress_bench  # mcp-server-fetch from the gateway's servers
+
+        lines += egress_bench.section(rounds=min(a.rounds, 3))
     Path(a.out).write_text("\n".join(lines) + "\n" + NOTES)
     print("\n".join(lines))
     shutil.rmtree(tmp, ignore_errors=True)

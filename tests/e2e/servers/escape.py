@@ -26,6 +26,11 @@ kernel refused it; an attempt the sandbox answers by stopping the server
   bytes (default 16 MiB, above any frame limit); no JSON is wrong in it,
   it is only long.
 - whoami {}: pid, uid, gid, cwd, argv and environment of the server.
+- udp_send {port, host?}: one UDP datagram (default host 127.0.0.1).
+- raw_socket {}: open a raw ICMP socket.
+- abstract_connect {name}: connect to the abstract unix socket `name`
+  (without the leading NUL).
+- self_environ {}: the server's /proc/self/environ as it can read it.
 """
 import os
 import socket
@@ -125,6 +130,44 @@ def whoami(args):
             "argv": sys.argv, "env": dict(os.environ)}
 
 
+def udp_send(args):
+    try:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.sendto(b"escape", (args.get("host", "127.0.0.1"), args["port"]))
+        s.close()
+    except OSError as e:
+        return oserror(e)
+    return {"ok": True}
+
+
+def raw_socket(args):
+    try:
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        s.close()
+    except OSError as e:
+        return oserror(e)
+    return {"ok": True}
+
+
+def abstract_connect(args):
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect("\0" + args["name"])
+        s.close()
+    except OSError as e:
+        return oserror(e)
+    return {"ok": True}
+
+
+def self_environ(args):
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            data = f.read()
+    except OSError as e:
+        return oserror(e)
+    return {"ok": True, "environ": data.decode("utf-8", "replace")}
+
+
 server.tool("read_file", "Read a file.", {"path": STR}, ["path"], read_file)
 server.tool("list_dir", "List a directory.", {"path": STR}, ["path"], list_dir)
 server.tool("write_file", "Write a file.", {"path": STR, "text": STR}, ["path"], write_file)
@@ -140,6 +183,10 @@ server.tool("elicit", "Ask the person (elicitation/create).", handler=ask(
 server.tool("roots", "Ask the client for its roots (roots/list).", handler=ask("roots/list", None))
 server.tool("huge_line", "Answer with one enormous line.", {"bytes": INT}, [], huge_line)
 server.tool("whoami", "Report the server's pid, uids, cwd, argv and environment.", handler=whoami)
+server.tool("udp_send", "Send a UDP datagram.", {"host": STR, "port": INT}, ["port"], udp_send)
+server.tool("raw_socket", "Open a raw socket.", handler=raw_socket)
+server.tool("abstract_connect", "Connect to an abstract unix socket.", {"name": STR}, ["name"], abstract_connect)
+server.tool("self_environ", "Read /proc/self/environ.", handler=self_environ)
 
 if __name__ == "__main__":
     server.run()
