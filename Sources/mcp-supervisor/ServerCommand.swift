@@ -78,6 +78,8 @@ extension ServerCommand {
         var allowHost: [String] = []
         @Option(name: .long, help: "A path the server may read (repeatable).") var read: [String] = []
         @Option(name: .long, help: "A path the server may write (repeatable).") var write: [String] = []
+        @Option(name: .long, help: "NAME=VALUE set in the server's environment (repeatable).")
+        var env: [String] = []
         @Option(name: .long, help: "The console script that starts the server, when the package has several.")
         var entryPoint: String?
         @Option(name: .long, help: "An argument given to the server (repeatable, in order).")
@@ -93,6 +95,11 @@ extension ServerCommand {
         func validate() throws {
             guard probe.isEmpty || probe.count == 2 else {
                 throw ValidationError("--probe takes two values: TOOL and its arguments as a JSON object")
+            }
+            for e in env {
+                guard let eq = e.firstIndex(of: "="), eq != e.startIndex else {
+                    throw ValidationError("--env \(e): expected NAME=VALUE")
+                }
             }
             if let n = name, !CellManifest.isValidCellName(n) {
                 throw ValidationError("--name \(n): 1-128 characters of A-Z a-z 0-9 . _ -")
@@ -473,7 +480,16 @@ struct ServerAdd {
         packages: [String], read: [String], execute: [String], groups: [String], allow: [String],
         processes: String?, tools: [JSONObject]
     ) throws -> JSONObject {
-        var env: JSONObject = ["LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"]
+        // PATH leads nowhere: the sandbox refuses to execute other programs
+        // anyway, and a missing program (ENOENT) is what servers that probe
+        // for optional tools expect, where Landlock's EACCES may crash them.
+        var env: JSONObject = [
+            "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "PATH": "/nonexistent",
+        ]
+        for e in options.env {
+            let eq = e.firstIndex(of: "=")!
+            env[String(e[..<eq])] = .string(String(e[e.index(after: eq)...]))
+        }
         if Interpreter.isPython(executable), !packages.isEmpty, record.index != nil || !record.distributions.isEmpty {
             env["PYTHONPATH"] = .string(packages.joined(separator: ":"))
         }
@@ -612,6 +628,7 @@ struct ServerAdd {
                 "    ioctl requests no group allows (refused): "
                 + proposal.unmatchedIoctls.map { "0x" + String($0, radix: 16) }.joined(separator: ", ") + "\n"
         }
+        out += "  environment: \(m.environmentSet.map { "\($0.0)=\($0.1)" }.joined(separator: " "))\n"
         out += "  processes: \(m.limits.processes.rawValue)\n"
         out += "  secrets: none\n"
         out += "  side effects: \(m.sideEffects.rawValue)"
