@@ -122,11 +122,12 @@ struct PipInstall {
     /// and written in the target (`chmod` for scripts, `sendfile` to copy
     /// from the scratch's tmpfs, `listxattr` when copying metadata), FIOCLEX
     /// (python-mcp-server's ioctl), threads; with an index, the socket
-    /// calls of a client (network-client: only the proxy is reachable).
+    /// calls of a client (network-client: only the proxy is reachable);
+    /// `close_range` as `subprocess` starts an sdist's build backend.
     static let groupNames = [
         "base", "python", "python-mcp-server", "files-read", "files-write", "events", "process-info",
     ]
-    static let allow = ["chmod", "sendfile", "listxattr"]
+    static let allow = ["chmod", "sendfile", "listxattr", "close_range"]
 
     /// pip from its wheel, with two changes. urllib3 (vendored in pip)
     /// probes for IPv6 at import by binding a socket, and the sandbox
@@ -135,18 +136,20 @@ struct PipInstall {
     /// libc, OpenSSL; it reads /etc and runs lsb_release for it): a fixed
     /// one tells the index nothing about this machine and needs neither.
     /// The host's MIME tables (/etc/mime.types, read by `mimetypes`) stay
-    /// unread: the built-in table serves. The wheel's path is the first
-    /// argument.
+    /// unread: the built-in table serves. The interpreter runs from a
+    /// sealed copy, so it cannot name itself: `sys.executable` (what an
+    /// sdist's build backend is started with) is set to the interpreter's
+    /// path, the first argument; the wheel's path is the second.
     static let bootstrap =
         "import mimetypes, runpy, socket, sys; socket.has_ipv6 = False; mimetypes.knownfiles[:] = []; "
-        + "sys.path.insert(0, sys.argv.pop(1)); "
+        + "sys.executable = sys.argv.pop(1); sys.path.insert(0, sys.argv.pop(1)); "
         + "sys.argv[0] = 'pip'; import pip._internal.network.session as s; "
         + "s.user_agent = lambda: 'pip (mcp-supervisor server add)'; "
         + "runpy.run_module('pip', run_name='__main__', alter_sys=True)"
 
     func manifest(pipWheel: String) throws -> [UInt8] {
         var args: [String] = [
-            "python3", "-S", "-c", Self.bootstrap, pipWheel, "install", "--quiet", "--no-cache-dir",
+            "python3", "-S", "-c", Self.bootstrap, python.path, pipWheel, "install", "--quiet", "--no-cache-dir",
             "--disable-pip-version-check",
             "--no-input", "--no-warn-script-location", "--progress-bar", "off", "--retries", "1", "--timeout", "20",
             "--target", site, "--report", "-",
@@ -305,6 +308,10 @@ struct PipInstall {
             || said.contains("Temporary failure in name resolution") || said.contains("Network is unreachable")
         {
             what = "the package index is unreachable\(origin)"
+        } else if case .sandboxViolation = report.outcome {
+            what =
+                "the sandbox stopped the install of \(source)\(origin): pip"
+                + (allowSdist ? " or a package's build code" : "") + " did what no install may"
         } else if case .timeout = report.outcome {
             what = "the install did not finish within its deadline"
         } else {

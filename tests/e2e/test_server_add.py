@@ -105,7 +105,7 @@ class Index:
         return f"http://127.0.0.1:{self.port}/simple"
 
     def add(self, wheel):
-        """Publishes `wheel` (a file) under its project's page."""
+        """Publishes `wheel` (a wheel or sdist file) under its project's page."""
         wheel = Path(wheel)
         data = wheel.read_bytes()
         (self.root / "files" / wheel.name).write_bytes(data)
@@ -121,6 +121,69 @@ class Index:
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+# An sdist whose build backend (in-tree, PEP 517, no requirements) tries to
+# connect to another loopback server before it writes the wheel of the echo
+# server: build code, which --allow-sdist lets run, inside the sandbox.
+SDIST_BACKEND = '''
+import base64, hashlib, os, socket, zipfile
+NAME, VERSION, DIST = "mcp-server-sdecho", "1.0.0", "mcp_server_sdecho"
+INFO = f"{DIST}-{VERSION}.dist-info"
+META = f"Metadata-Version: 2.1\\nName: {NAME}\\nVersion: {VERSION}\\nRequires-Dist: mcps-stdio-kit\\n"
+
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+
+def build_wheel(d, config_settings=None, metadata_directory=None):
+    # Directly (the route the namespace does not have), then through the
+    # proxy variables (the proxy's allowlist has only the index).
+    try:
+        c = socket.create_connection(("127.0.0.1", OTHER_PORT), timeout=3)
+        c.sendall(b"GET /direct HTTP/1.0\\r\\n\\r\\n")
+        c.recv(100)
+        c.close()
+    except OSError:
+        pass
+    try:
+        import urllib.request
+        urllib.request.urlopen(f"http://127.0.0.1:{OTHER_PORT}/proxied", timeout=3).read()
+    except Exception:
+        pass
+    files = {f"{DIST}/__init__.py": SERVER, f"{INFO}/METADATA": META,
+             f"{INFO}/WHEEL": "Wheel-Version: 1.0\\nGenerator: t\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n",
+             f"{INFO}/entry_points.txt": f"[console_scripts]\\n{NAME} = {DIST}:main\\n"}
+    rec = [f"{p},sha256={base64.urlsafe_b64encode(hashlib.sha256(t.encode()).digest()).rstrip(b'=').decode()},{len(t)}"
+           for p, t in files.items()]
+    files[f"{INFO}/RECORD"] = "\\n".join(rec + [f"{INFO}/RECORD,,"]) + "\\n"
+    name = f"{DIST}-{VERSION}-py3-none-any.whl"
+    with zipfile.ZipFile(os.path.join(d, name), "w") as z:
+        for p, t in files.items():
+            z.writestr(p, t)
+    return name
+'''
+
+
+def make_sdist(out_dir, other_port):
+    """mcp-server-sdecho 1.0.0 as an sdist (SDIST_BACKEND)."""
+    import io
+    import tarfile
+    top = "mcp_server_sdecho-1.0.0"
+    backend = f"OTHER_PORT = {other_port}\nSERVER = {ECHO_SERVER!r}\n" + SDIST_BACKEND
+    files = {"pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n',
+             "backend.py": backend,
+             "PKG-INFO": "Metadata-Version: 2.1\nName: mcp-server-sdecho\nVersion: 1.0.0\n"}
+    path = Path(out_dir) / f"{top}.tar.gz"
+    with tarfile.open(path, "w:gz") as t:
+        for name, text_ in files.items():
+            data = text_.encode()
+            info = tarfile.TarInfo(f"{top}/{name}")
+            info.size = len(data)
+            info.mode = 0o644
+            t.addfile(info, io.BytesIO(data))
+    return path
 
 
 def publish_echo(index, tmp, version="1.0.0", name="mcp-server-testecho", server=ECHO_SERVER, scripts=True,
@@ -250,6 +313,29 @@ def test_the_installer_reaches_only_the_index(root_sgw):
         assert registered(gw) == [], registered(gw)
         [failed] = gw.events("server.install_failed")
         assert failed["cell"] == "testecho", failed
+    finally:
+        other.close()
+
+
+def test_an_sdist_builds_only_with_allow_sdist_and_its_build_reaches_nothing(root_sgw):
+    """An sdist is refused by default (wheels only); with --allow-sdist its
+    build code runs inside the sandbox, where its connection to another
+    loopback server finds no route (the worker's network namespace has only
+    the proxy), and the server it builds is registered and serves."""
+    gw = root_sgw
+    other = Index(gw.path("other"))
+    try:
+        wheels = gw.path("wheels-sd")
+        gw.index.add(make_wheel(wheels, "mcps-stdio-kit", "0.1", {"mcpstdio.py": MCPSTDIO}))
+        gw.index.add(make_sdist(wheels, other.port))
+        p = add(gw, "pypi:mcp-server-sdecho", "--index-url", gw.index.url, ok_=False)
+        assert p.returncode == 1 and "only wheels are accepted; --allow-sdist" in p.stderr, p.stderr
+        assert not (gw.state / "servers" / "sdecho").exists()
+        add(gw, "pypi:mcp-server-sdecho", "--index-url", gw.index.url, "--allow-sdist")
+        assert other.requests == [], other.requests
+        s = gw.serve(signed=True)
+        assert ok(s, "sdecho_echo", {"text": "built"})["structuredContent"]["echo"] == "built"
+        s.close()
     finally:
         other.close()
 
