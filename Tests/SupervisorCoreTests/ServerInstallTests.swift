@@ -1,4 +1,6 @@
+import Foundation
 import StrictJSON
+import SupervisorPlatform
 import XCTest
 
 @testable import SupervisorCore
@@ -106,5 +108,42 @@ final class ServerInstallTests: XCTestCase {
         XCTAssertTrue(interp.hasPrefix("/") && interp.contains("ld-linux"), interp)
         XCTAssertNil(ELFInterpreter.of(Array("#!/bin/sh\n".utf8)))
         XCTAssertNil(ELFInterpreter.of(Array(bytes.prefix(40))))
+    }
+
+    /// The tree a sandboxed pip wrote, handed back: modes normalized (no
+    /// group/other write, no setuid), links left as links; a hard-linked
+    /// file or a FIFO refuses it before anything changes.
+    func testSealingAnInstalledTree() throws {
+        let fm = FileManager.default
+        let root = NSTemporaryDirectory() + "seal-\(UUID().uuidString)"
+        defer { try? fm.removeItem(atPath: root) }
+        try fm.createDirectory(atPath: root + "/pkg", withIntermediateDirectories: true)
+        XCTAssertTrue(fm.createFile(atPath: root + "/pkg/mod.py", contents: Data("x = 1\n".utf8)))
+        XCTAssertTrue(fm.createFile(atPath: root + "/pkg/tool", contents: Data("#!/bin/sh\n".utf8)))
+        try fm.setAttributes([.posixPermissions: 0o6777], ofItemAtPath: root + "/pkg/tool")
+        try fm.setAttributes([.posixPermissions: 0o666], ofItemAtPath: root + "/pkg/mod.py")
+        try fm.setAttributes([.posixPermissions: 0o777], ofItemAtPath: root + "/pkg")
+        try fm.createSymbolicLink(atPath: root + "/pkg/link", withDestinationPath: "/etc/passwd")
+        try Sys.sealInstalledTree(root, uid: Sys.geteuid(), gid: Sys.getegid(), chown: false)
+        func mode(_ p: String) throws -> Int {
+            (try fm.attributesOfItem(atPath: root + p)[.posixPermissions] as! NSNumber).intValue
+        }
+        XCTAssertEqual(try mode("/pkg"), 0o755)
+        XCTAssertEqual(try mode("/pkg/mod.py"), 0o644)
+        XCTAssertEqual(try mode("/pkg/tool"), 0o755)
+        XCTAssertEqual(try fm.destinationOfSymbolicLink(atPath: root + "/pkg/link"), "/etc/passwd")
+
+        // A second name for a file (it could be any file of the system).
+        try fm.linkItem(atPath: root + "/pkg/mod.py", toPath: root + "/pkg/again.py")
+        try fm.setAttributes([.posixPermissions: 0o666], ofItemAtPath: root + "/pkg/tool")
+        XCTAssertThrowsError(try Sys.sealInstalledTree(root, uid: Sys.geteuid(), gid: Sys.getegid(), chown: false)) {
+            XCTAssertTrue("\($0)".contains("hard links"), "\($0)")
+        }
+        XCTAssertEqual(try mode("/pkg/tool"), 0o666, "nothing changes when the tree is refused")
+        try fm.removeItem(atPath: root + "/pkg/again.py")
+        XCTAssertEqual(mkfifo(root + "/pkg/fifo", 0o644), 0)
+        XCTAssertThrowsError(try Sys.sealInstalledTree(root, uid: Sys.geteuid(), gid: Sys.getegid(), chown: false)) {
+            XCTAssertTrue("\($0)".contains("neither a file"), "\($0)")
+        }
     }
 }

@@ -421,3 +421,49 @@ def test_local_wheel_and_command_forms(sgw):
     assert ok(s, "testecho_echo", {"text": "local"})["structuredContent"]["echo"] == "local"
     assert ok(s, "ctr_count")["structuredContent"]["count"] == 1
     s.close()
+
+
+def _add_on_terminal(gw, answer, *args):
+    """`server add ARGS` (no --yes) on a pseudo-terminal, answering the
+    question with `answer`; returns (exit status, everything it printed)."""
+    import pty
+    import select
+    pid, fd = pty.fork()
+    if pid == 0:
+        argv = [str(gw.bin), "server", "add", "--key", f"{gw.key}.key", "--policies", str(gw.policies),
+                "--python", PYTHON, "--state-dir", str(gw.state), *map(str, args)]
+        os.execv(argv[0], argv)
+    out = b""
+    answered = False
+    while True:
+        r, _, _ = select.select([fd], [], [], 120)
+        if not r:
+            break
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+        if not answered and b"[y/N]" in out:
+            os.write(fd, answer.encode() + b"\n")
+            answered = True
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+
+
+def test_the_operator_is_asked_on_a_terminal(root_sgw):
+    """Without --yes on a terminal: the tools and permissions, then a
+    question; "n" registers nothing and removes the install, "y" registers."""
+    gw = root_sgw
+    publish_echo(gw.index, gw.dir)
+    code, out = _add_on_terminal(gw, "n", "pypi:mcp-server-testecho", "--index-url", gw.index.url)
+    assert code == 1 and "register testecho 1.0.0? [y/N]" in out and "not confirmed" in out, out
+    assert "permissions of testecho 1.0.0" in out and "testecho_echo" in out, out
+    assert not (gw.state / "servers" / "testecho").exists()
+    assert registered(gw) == []
+    code, out = _add_on_terminal(gw, "y", "pypi:mcp-server-testecho", "--index-url", gw.index.url)
+    assert code == 0 and "active: testecho" in out, out
+    [row] = servers(gw)
+    assert row["state"] == "active", row
