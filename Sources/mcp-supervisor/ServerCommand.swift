@@ -297,6 +297,14 @@ struct ServerAdd {
             throw TrustCommandError("\"\(name)\" cannot be a cell name (A-Z a-z 0-9 . _ -): pass --name")
         }
 
+        // An upgrade replaces a server cell's version, never another cell.
+        if let c = Ledger.load(path: location.ledgerPath).cells[name], let id = c.active ?? c.order.last,
+            let v = c.versions[id],
+            (try? CellManifest.parse(bytes: v.manifestBytes, path: v.manifestPath, manifestSHA256: id))?.server == nil
+        {
+            throw TrustCommandError(
+                "a cell named \(name) is registered and is not a server cell: choose another --name")
+        }
         let serverDir = ServerCommand.root(state) + "/" + name
         try Self.prepareServersDirectory(settings, serverDir: serverDir)
         let installDir = serverDir + "/" + Self.installID()

@@ -467,3 +467,18 @@ def test_the_operator_is_asked_on_a_terminal(root_sgw):
     assert code == 0 and "active: testecho" in out, out
     [row] = servers(gw)
     assert row["state"] == "active", row
+
+
+def test_a_name_held_by_another_cell_is_refused(root_sgw):
+    """`server add --name echo` when echo is a registered frame cell: no
+    install, and echo stays as it was."""
+    from conftest import bundled_manifest
+    gw = root_sgw
+    path = gw.write(bundled_manifest("echo"))
+    gw.cli("cell", "sign", path, "--key", f"{gw.key}.key")
+    gw.cli("cell", "register", path, "--key", f"{gw.key}.key")
+    before = registered(gw)
+    p = add(gw, "--name", "echo", "--", PYTHON, "-S", str(g.SERVERS / "counter.py"), ok_=False)
+    assert p.returncode == 1 and "a cell named echo is registered and is not a server cell" in p.stderr, p.stderr
+    assert registered(gw) == before
+    assert not (gw.state / "servers" / "echo").exists()
