@@ -96,6 +96,15 @@ final class ClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
             context.close(promise: nil)
             return
         }
+        // The worker closed its side (half-closure is allowed for tunnels):
+        // between requests the connection is done; during one, it ends
+        // with that response. Left open, it would hold one of the worker's
+        // connections until the idle timeout.
+        if let e = event as? ChannelEvent, case .inputClosed = e {
+            closeAfterResponse = true
+            if phase == .idle || phase == .closing { context.close(promise: nil) }
+            return
+        }
         context.fireUserInboundEventTriggered(event)
     }
 
@@ -344,9 +353,7 @@ final class ClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func upstreamClosed(_ channel: Channel) {
         guard upstream === channel else { return }
         upstream = nil
-        if phase == .responding || phase == .sending || (phase == .idle && !responseEnded && !firstRequest) {
-            if !responseEnded { context?.close(promise: nil) }
-        }
+        if (phase == .sending || phase == .responding) && !responseEnded { context?.close(promise: nil) }
     }
 
     // MARK: CONNECT

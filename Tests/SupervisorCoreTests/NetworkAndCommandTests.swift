@@ -58,6 +58,22 @@ final class NetworkAndCommandTests: ManifestTestCase {
         }
     }
 
+    /// Fail closed: a host that cannot give a worker a network namespace
+    /// refuses a proxy cell, saying how to fix it; a broker cell is unaffected.
+    func testAProxyCellIsRefusedWithoutNetworkNamespaces() throws {
+        var f = KernelFeatures.probe()
+        f.landlockABI = 7
+        f.userNamespaces = true
+        f.netNamespaces = false
+        f.netNamespaceError = "clone: EPERM (Operation not permitted)"
+        let host = HostSandbox(features: f, workerUID: 4242, workerGID: 4242, scratchRoot: "/tmp/x", protectedPaths: [])
+        let proxy = try parse { $0["network"] = ["connect": ["a.org:1"], "egress": "proxy"] }
+        let why = try XCTUnwrap(host.refusal(for: proxy))
+        XCTAssertTrue(why.contains("network namespace") && why.contains("CONFIG_NET_NS"), why)
+        XCTAssertTrue(why.contains("EPERM"), why)
+        XCTAssertNil(host.refusal(for: try parse { $0["network"] = ["connect": ["a.org:1"]] }))
+    }
+
     func testInternalAddressesAreRecognized() {
         for a in [
             "127.0.0.1", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254", "100.64.0.1",

@@ -121,6 +121,30 @@ final class EgressNamespaceTests: XCTestCase {
 
         @mcpcell.tool("probe")
         def probe(args, ctx):
+            if args.get("sequential"):
+                # Keep-alive connections the client closes itself (as an
+                # HTTP client pool does), without Connection: close.
+                import http.client
+                out = []
+                for _ in range(args["sequential"]):
+                    c = http.client.HTTPConnection("127.0.0.1", 3128, timeout=5)
+                    c.request("GET", args["url"])
+                    r = c.getresponse()
+                    r.read()
+                    out.append(str(r.status))
+                    c.close()
+                return " ".join(out)
+            if args.get("concurrent"):
+                import http.client
+                held, out = [], []
+                for _ in range(args["concurrent"]):
+                    c = http.client.HTTPConnection("127.0.0.1", 3128, timeout=5)
+                    c.request("GET", args["url"])
+                    r = c.getresponse()
+                    r.read()
+                    out.append(str(r.status))
+                    held.append(c)
+                return " ".join(out)
             try:
                 with urllib.request.urlopen(args["url"], timeout=5) as r:
                     return "%d %s" % (r.status, r.read().decode())
@@ -154,7 +178,8 @@ final class EgressNamespaceTests: XCTestCase {
               "limits": {"timeoutMilliseconds": 10000, "fileSizeMiB": 0},
               "filesystem": {"read": ["/usr/lib/python3.11", "/lib/x86_64-linux-gnu", "/etc/ld.so.cache"],
                              "execute": ["/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"]},
-              "network": {"connect": ["127.0.0.1:\(server.port)", "localhost:\(server.port)"], "egress": "proxy"},
+              "network": {"connect": ["127.0.0.1:\(server.port)", "localhost:\(server.port)"], "egress": "proxy",
+                          "maxConnections": 2},
               "syscalls": {"groups": ["base", "python", "files-read", "network-client", "python-mcp-server"]},
               "sideEffects": "reads"
             }
@@ -174,6 +199,17 @@ final class EgressNamespaceTests: XCTestCase {
         XCTAssertTrue(Harness.text(unlisted)?.contains("not on the cell's network allowlist") == true, "\(unlisted.outcome)")
         XCTAssertEqual(d3.map(\.host), ["127.0.0.2"])
         XCTAssertEqual(server.requests, ["/hello"], "only the allowed request reached the server")
+
+        // maxConnections (2) bounds connections open at once, not in all:
+        // closed ones free their place; a third held open is refused.
+        let url = JSONValue.string("http://127.0.0.1:\(server.port)/n")
+        let (seq, d4) = try call(c, ["url": url, "sequential": 5])
+        XCTAssertEqual(Harness.text(seq), "200 200 200 200 200", "\(seq.outcome) \(seq.diagnostics)")
+        XCTAssertEqual(d4.count, 5)
+        let (held, d5) = try call(c, ["url": url, "concurrent": 3])
+        XCTAssertEqual(Harness.text(held), "200 200 503", "\(held.outcome) \(held.diagnostics)")
+        XCTAssertEqual(d5.map { $0.refusal != nil }, [false, false, true])
+        XCTAssertTrue(d5.last?.refusal?.contains("limit of 2 connections open at once") == true, "\(d5)")
     }
 }
 

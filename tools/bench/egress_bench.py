@@ -100,7 +100,9 @@ def section(rounds=3, calls=100, spaced=30, fetches=30):
     fetch_state = Path(tempfile.mkdtemp(prefix="mcps-egbench-fstate-", dir="/var/tmp"))
     b.register(fetch_dir / "manifests", fetch_state)
     direct_argv = [str(g.VENV / "bin" / "python"), "-m", "mcp_server_fetch", "--allow-private-ips"]
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", NO_PROXY="*")
+    # As in the cell's manifest (tests/e2e/gateway.py, fetch_manifest): no
+    # `node` on PATH, so readabilipy takes its pure-Python path in both.
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", NO_PROXY="*", PATH="/nonexistent")
     res = {k: [] for k in ["0", "ns", "0p", "nsp", "fd", "fs"]}
     args = {"url": url}
     for r in range(rounds):
