@@ -78,6 +78,13 @@ extension ServerCommand {
         var allowHost: [String] = []
         @Option(name: .long, help: "A path the server may read (repeatable).") var read: [String] = []
         @Option(name: .long, help: "A path the server may write (repeatable).") var write: [String] = []
+        @Option(
+            name: .long,
+            help: ArgumentHelp(
+                "none, reads, writes or external (default: writes with --write, external with --allow-host, "
+                    + "reads with --read, else none).",
+                discussion: "writes and external make it an actuator, which runs only in the policy's act phase."))
+        var sideEffects: String?
         @Option(name: .long, help: "NAME=VALUE set in the server's environment (repeatable).")
         var env: [String] = []
         @Option(name: .long, help: "The console script that starts the server, when the package has several.")
@@ -95,6 +102,9 @@ extension ServerCommand {
         func validate() throws {
             guard probe.isEmpty || probe.count == 2 else {
                 throw ValidationError("--probe takes two values: TOOL and its arguments as a JSON object")
+            }
+            if let e = sideEffects, !["none", "reads", "writes", "external"].contains(e) {
+                throw ValidationError("--side-effects \(e): expected none, reads, writes or external")
             }
             for e in env {
                 guard let eq = e.firstIndex(of: "="), eq != e.startIndex else {
@@ -508,6 +518,13 @@ struct ServerAdd {
         }
         let extraRead = options.read.map(SupervisorSettings.absolute)
         let extraWrite = options.write.map(SupervisorSettings.absolute)
+        // What it does to the world, from what it may touch (a server that
+        // may connect can send what it read elsewhere: external, an
+        // actuator), unless the operator says otherwise.
+        let sideEffects =
+            options.sideEffects
+            ?? (!extraWrite.isEmpty
+                ? "writes" : !options.allowHost.isEmpty ? "external" : extraRead.isEmpty ? "none" : "reads")
         var doc: JSONObject = [
             "name": .string(name),
             "version": .string(String(version.prefix(64))),
@@ -536,13 +553,11 @@ struct ServerAdd {
                 JSONObject(
                     [("groups", .array(unique(groups).map { .string($0) }))]
                         + (allow.isEmpty ? [] : [("allow", JSONValue.array(allow.map { .string($0) }))]))),
-            "sideEffects": .string(
-                !extraWrite.isEmpty
-                    ? "writes" : !options.allowHost.isEmpty ? "external" : extraRead.isEmpty ? "none" : "reads"),
+            "sideEffects": .string(sideEffects),
         ]
         // An actuator runs in the policy's `act` phase (as the bundled
         // policy names it), never before the session reaches it.
-        if !extraWrite.isEmpty || !options.allowHost.isEmpty { doc["phases"] = ["act"] }
+        if sideEffects == "writes" || sideEffects == "external" { doc["phases"] = ["act"] }
         if !options.allowHost.isEmpty {
             doc["network"] = ["connect": .array(options.allowHost.map { .string($0) }), "egress": "proxy"]
         }

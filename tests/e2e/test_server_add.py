@@ -413,7 +413,11 @@ def test_local_wheel_and_command_forms(sgw):
     for p in [wheels, *wheels.iterdir()]:
         p.chmod(0o755 if p.is_dir() else 0o644)
     add(gw, str(w), "--no-index", "--find-links", str(wheels))
-    add(gw, "--name", "ctr", "--", PYTHON, "-S", str(g.SERVERS / "counter.py"))
+    add(gw, "--name", "ctr", "--side-effects", "reads", "--", PYTHON, "-S", str(g.SERVERS / "counter.py"))
+    [ctr] = installs(gw, "ctr")
+    doc = json.loads((gw.state / "servers" / "ctr" / ctr / "manifest.json").read_text())
+    assert doc["sideEffects"] == "reads" and doc["argv"][1:] == ["-S", str(g.SERVERS / "counter.py")], doc
+    assert doc["server"]["packages"][0]["path"] == str(g.SERVERS), doc
     rows = {r["name"]: r for r in servers(gw)}
     assert rows["testecho"]["version"] == "2.0.0" and rows["testecho"]["state"] == "active", rows
     assert rows["ctr"]["state"] == "active", rows
