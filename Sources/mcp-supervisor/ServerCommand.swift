@@ -19,6 +19,15 @@ struct ServerCommand: ParsableCommand {
     /// `<state>/servers`: one directory per server, one install per version.
     static func root(_ state: String) -> String { state + "/servers" }
 
+    /// `<state>/servers/NAME`, for a name that is a cell name and a
+    /// directory name of its own (`.` and `..` are cell names).
+    static func directory(_ state: String, _ name: String) throws -> String {
+        guard CellManifest.isValidCellName(name), name != ".", name != ".." else {
+            throw TrustCommandError("\"\(name)\" cannot name a server (A-Z a-z 0-9 . _ -, not . or ..)")
+        }
+        return root(state) + "/" + name
+    }
+
     /// The signing key: `--key`, else `<state>/keys/signing.key` (what
     /// `keys generate` writes by default).
     static func signingKey(_ key: String?, state: String) throws -> Curve25519.Signing.PrivateKey {
@@ -111,8 +120,8 @@ extension ServerCommand {
                     throw ValidationError("--env \(e): expected NAME=VALUE")
                 }
             }
-            if let n = name, !CellManifest.isValidCellName(n) {
-                throw ValidationError("--name \(n): 1-128 characters of A-Z a-z 0-9 . _ -")
+            if let n = name, !CellManifest.isValidCellName(n) || n == "." || n == ".." {
+                throw ValidationError("--name \(n): 1-128 characters of A-Z a-z 0-9 . _ -, not . or ..")
             }
         }
 
@@ -176,7 +185,17 @@ extension ServerCommand {
             try trustCommand(location, "server remove") {
                 let k = try ServerCommand.signingKey(key, state: location.state)
                 let st = Ledger.load(path: location.ledgerPath)
-                guard let cell = st.cells[name] else { throw TrustCommandError("server \(name) is not registered") }
+                let dir = try ServerCommand.directory(location.state, name)
+                guard let cell = st.cells[name] else {
+                    // What an add interrupted before registering left (a
+                    // failed add removes its own).
+                    guard (try? Sys.lstat(dir)) != nil else {
+                        throw TrustCommandError("server \(name) is not registered")
+                    }
+                    try Sys.removeTree(dir)
+                    print("server \(name) is not registered; removed its unregistered install \(dir)")
+                    return
+                }
                 let isServer = cell.versions.values.contains { v in
                     (try? CellManifest.parse(bytes: v.manifestBytes, path: v.manifestPath, manifestSHA256: v.id))?
                         .server != nil
@@ -193,7 +212,6 @@ extension ServerCommand {
                     revoked.append(.string(id))
                     print("revoked: \(name) \(id.prefix(12))")
                 }
-                let dir = ServerCommand.root(location.state) + "/" + name
                 var removed = false
                 if (try? Sys.lstat(dir)) != nil {
                     try Sys.removeTree(dir)
@@ -303,9 +321,7 @@ struct ServerAdd {
             }
             name = n
         }
-        guard CellManifest.isValidCellName(name) else {
-            throw TrustCommandError("\"\(name)\" cannot be a cell name (A-Z a-z 0-9 . _ -): pass --name")
-        }
+        let serverDir = try ServerCommand.directory(state, name)
 
         // An upgrade replaces a server cell's version, never another cell.
         if let c = Ledger.load(path: location.ledgerPath).cells[name], let id = c.active ?? c.order.last,
@@ -315,7 +331,6 @@ struct ServerAdd {
             throw TrustCommandError(
                 "a cell named \(name) is registered and is not a server cell: choose another --name")
         }
-        let serverDir = ServerCommand.root(state) + "/" + name
         try Self.prepareServersDirectory(settings, serverDir: serverDir)
         let installDir = serverDir + "/" + Self.installID()
         try Sys.mkdir(installDir, mode: 0o755)

@@ -486,3 +486,18 @@ def test_a_name_held_by_another_cell_is_refused(root_sgw):
     assert p.returncode == 1 and "a cell named echo is registered and is not a server cell" in p.stderr, p.stderr
     assert registered(gw) == before
     assert not (gw.state / "servers" / "echo").exists()
+
+
+def test_remove_refuses_names_that_are_not_a_directory_of_their_own(root_sgw):
+    """`server remove ..` must not reach the state directory; a leftover of
+    an interrupted add (not registered) is removed."""
+    gw = root_sgw
+    gw.cli("keys", "list")
+    for name in ("..", "."):
+        p = gw.cli("server", "remove", name, "--key", f"{gw.key}.key", ok=False)
+        assert p.returncode != 0 and "cannot name a server" in p.stderr, p.stderr
+    assert (gw.state / "keys").is_dir()
+    (gw.state / "servers" / "ghost" / "20260101T000000-0").mkdir(parents=True)
+    p = gw.cli("server", "remove", "ghost", "--key", f"{gw.key}.key")
+    assert "removed its unregistered install" in p.stdout, p.stdout
+    assert not (gw.state / "servers" / "ghost").exists()
