@@ -533,6 +533,15 @@ struct ServerAdd {
         }
         let extraRead = options.read.map(SupervisorSettings.absolute)
         let extraWrite = options.write.map(SupervisorSettings.absolute)
+        // Nothing of the supervisor's own state (keys, ledger, log, other
+        // servers): the sandbox already refuses a path that contains it.
+        let state = (try? Sys.realpath(location.state)) ?? location.state
+        for p in extraRead + extraWrite {
+            let real = (try? Sys.realpath(p)) ?? p
+            if real == state || real.hasPrefix(state + "/") {
+                throw TrustCommandError("\(p) is inside the supervisor's state directory \(state): not for a server")
+            }
+        }
         // What it does to the world, from what it may touch (a server that
         // may connect can send what it read elsewhere: external, an
         // actuator), unless the operator says otherwise.

@@ -497,6 +497,10 @@ def test_remove_refuses_names_that_are_not_a_directory_of_their_own(root_sgw):
         p = gw.cli("server", "remove", name, "--key", f"{gw.key}.key", ok=False)
         assert p.returncode != 0 and "cannot name a server" in p.stderr, p.stderr
     assert (gw.state / "keys").is_dir()
+    p = add(gw, "--name", "ctr", "--read", gw.state / "trust", "--", PYTHON, "-S", str(g.SERVERS / "counter.py"),
+            ok_=False)
+    assert p.returncode == 1 and "is inside the supervisor's state directory" in p.stderr, p.stderr
+    assert registered(gw) == [] and not (gw.state / "servers" / "ctr").exists()
     (gw.state / "servers" / "ghost" / "20260101T000000-0").mkdir(parents=True)
     p = gw.cli("server", "remove", "ghost", "--key", f"{gw.key}.key")
     assert "removed its unregistered install" in p.stdout, p.stdout
