@@ -75,6 +75,9 @@ public final class EgressProxyServer: EgressProxy {
         }
         let bootstrap = ServerBootstrap(group: group)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
+            // A response relayed in pieces must not wait for the worker's
+            // delayed ACK (Nagle): 40 ms per response otherwise.
+            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in worker.initialize(channel) }
         do {
             // NIO owns the descriptor from here, failing or not.

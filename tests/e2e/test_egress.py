@@ -34,6 +34,9 @@ class Site:
 
         class H(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body leave in two writes: without TCP_NODELAY the
+            # second waits for the peer's delayed ACK (40 ms).
+            disable_nagle_algorithm = True
 
             def do_GET(self):
                 site.paths.append(self.path)

@@ -62,6 +62,9 @@ class Site:
     def __init__(self):
         class H(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body leave in two writes: without TCP_NODELAY the
+            # second waits for the peer's delayed ACK (40 ms).
+            disable_nagle_algorithm = True
 
             def do_GET(self):
                 body = b"User-agent: *\nAllow: /\n" if self.path == "/robots.txt" else PAGE
@@ -103,8 +106,14 @@ def section(rounds=3, calls=100, spaced=30, fetches=30):
     # As in the cell's manifest (tests/e2e/gateway.py, fetch_manifest): no
     # `node` on PATH, so readabilipy takes its pure-Python path in both.
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", NO_PROXY="*", PATH="/nonexistent")
-    res = {k: [] for k in ["0", "ns", "0p", "nsp", "fd", "fs"]}
-    args = {"url": url}
+    res = {k: [] for k in ["0", "ns", "0p", "nsp", "fd", "fdp", "fs"]}
+    # The same, with the proxy variables the cell gets (httpx builds a
+    # transport, with its TLS context, for each) but NO_PROXY covering the
+    # site: what the server's HTTP client costs with a proxy configured,
+    # without the proxy's hop.
+    env_p = dict(env, HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9",
+                 ALL_PROXY="http://127.0.0.1:9", NO_PROXY="127.0.0.1")
+    args = {"url": url, **({"raw": True} if os.environ.get("EGRESS_BENCH_RAW") else {})}
     for r in range(rounds):
         print(f"egress round {r + 1}/{rounds}", flush=True)
         s = b.Server(b.supervisor_argv(cells, state, "--prespawn", "0"))
@@ -128,6 +137,11 @@ def section(rounds=3, calls=100, spaced=30, fetches=30):
         d.call_times(3, tool="fetch", args=args)
         res["fd"] += d.call_times(fetches, tool="fetch", args=args)
         d.close()
+        d = b.Server(direct_argv, env=env_p)
+        d.initialize()
+        d.call_times(3, tool="fetch", args=args)
+        res["fdp"] += d.call_times(fetches, tool="fetch", args=args)
+        d.close()
         s = b.Server(b.supervisor_argv(fetch_dir / "manifests", fetch_state))
         s.initialize()
         s.call_times(3, tool="fetch_fetch", args=args)
@@ -150,6 +164,7 @@ def section(rounds=3, calls=100, spaced=30, fetches=30):
                              ("(E-0p) echo call, no network, prespawned (spaced)", "0p", "0p"),
                              ("(E-nsp) echo call, egress proxy, prespawned (spaced)", "nsp", "0p"),
                              ("(F-d) mcp-server-fetch direct, long-lived, unsandboxed", "fd", "fd"),
+                             ("(F-dp) the same, proxy variables set, NO_PROXY covering the site", "fdp", "fd"),
                              ("(F-s) mcp-server-fetch, session server behind the egress proxy", "fs", "fd")]:
         xs = res[key]
         lines.append(f"| {label} | {med[key]:.0f} | {b.pct(xs, 90):.0f} | {med[key] / med[base]:.2f}× | {len(xs)} |")
@@ -160,8 +175,11 @@ def section(rounds=3, calls=100, spaced=30, fetches=30):
               f"{med['nsp'] - med['0p']:.0f} µs ({med['nsp'] / med['0p']:.2f}×): the namespace is made before the "
               "call arrives.",
               f"- A fetch (robots.txt, then the page: two connections, each through the proxy) costs "
-              f"{med['fs'] / med['fd']:.2f}× the direct long-lived server's; this includes the gateway's own per-call "
-              "part (compare (G-s) / (G-d) above).\n"]
+              f"{med['fs'] / med['fd']:.2f}× the direct long-lived server's and {med['fs'] / med['fdp']:.2f}× the "
+              "same server with the proxy variables set but not used (F-dp): httpx builds a transport with its own "
+              "TLS context for each proxy variable, in every new client (mcp-server-fetch makes two per fetch), "
+              "which is CPU in the server, not the proxy's hop. (F-s) also includes the gateway's per-call part "
+              "(compare (G-s) / (G-d) above).\n"]
     site.server.shutdown()
     for d in (state, fetch_state, tmp):
         shutil.rmtree(d, ignore_errors=True)
