@@ -351,13 +351,15 @@ public final class CallRunner: @unchecked Sendable {
                 argv == nil && m.server == nil
                 ? SpawnRequest(
                     executable: exe, argv: m.argv,
-                    environment: environment(for: m, scratch: scratch, proxy: proxy.map(\.server.listenerPort),
+                    environment: environment(
+                        for: m, scratch: scratch, proxy: proxy.map(\.server.listenerPort),
                         authority: proxy?.credentials.authority),
                     stdin: script ?? devNull, stdout: diag.write, stderr: diag.write, request: req.read,
                     response: resp.write, workingDirectory: scratch)
                 : SpawnRequest(
                     executable: exe, argv: argv ?? m.argv,
-                    environment: environment(for: m, scratch: scratch, proxy: proxy.map(\.server.listenerPort),
+                    environment: environment(
+                        for: m, scratch: scratch, proxy: proxy.map(\.server.listenerPort),
                         authority: proxy?.credentials.authority),
                     stdin: req.read, stdout: resp.write, stderr: diag.write, request: devNull,
                     response: devNull, workingDirectory: m.workingDirectory ?? scratch)

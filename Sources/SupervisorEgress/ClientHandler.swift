@@ -262,13 +262,22 @@ final class ClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func flushWaiting() {
-        guard let up = upstream else { return }
-        let parts = waiting
-        waiting = []
-        for p in parts { up.write(p, promise: nil) }
-        up.flush()
+        if let up = upstream {
+            let parts = waiting
+            waiting = []
+            for p in parts { up.write(p, promise: nil) }
+            up.flush()
+        } else if responseEnded {
+            // Answered, and the upstream closed: the rest has nowhere to go.
+            waiting = []
+        } else {
+            return
+        }
         if requestEnded {
-            phase = .responding
+            // A server may answer before the request's body has all gone
+            // (an early 413): then the request's end finishes the exchange.
+            phase = responseEnded ? .idle : .responding
+            if phase == .idle { resumeReading() }
         }
     }
 
@@ -290,14 +299,17 @@ final class ClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
                         let sync = channel.pipeline.syncOperations
                         if tls {
                             let ip = IPAddress(literal: host) != nil
-                            try sync.addHandler(NIOSSLClientHandler(context: tlsContext, serverHostname: ip ? nil : host))
+                            try sync.addHandler(
+                                NIOSSLClientHandler(context: tlsContext, serverHostname: ip ? nil : host))
                         }
                         try sync.addHTTPClientHandlers()
                         try sync.addHandler(UpstreamHandler(client: self))
                         try channel.syncOptions?.setOption(.autoRead, value: true)
                     } catch {
                         channel.close(promise: nil)
-                        self.refuse(.badGateway, "mcp-supervisor could not set up \(target.authority): \(error)", context: context)
+                        self.refuse(
+                            .badGateway, "mcp-supervisor could not set up \(target.authority): \(error)",
+                            context: context)
                         return
                     }
                     self.upstream = channel
@@ -306,7 +318,8 @@ final class ClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     self.flushWaiting()
                     self.resumeReading()
                 case .failure(let e):
-                    self.refuse(.badGateway, "mcp-supervisor could not reach \(target.authority): \(e)", context: context)
+                    self.refuse(
+                        .badGateway, "mcp-supervisor could not reach \(target.authority): \(e)", context: context)
                 }
             }
     }
@@ -422,7 +435,8 @@ final class ClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     // Reads were held while connecting: start them again.
                     context.channel.read()
                 case .failure(let e):
-                    self.refuse(.badGateway, "mcp-supervisor could not reach \(target.authority): \(e)", context: context)
+                    self.refuse(
+                        .badGateway, "mcp-supervisor could not reach \(target.authority): \(e)", context: context)
                 }
             }
     }

@@ -29,7 +29,9 @@ public struct RequestTarget: Equatable, Sendable {
 
     /// The target of `CONNECT`: `host:port`, the port required.
     public static func connect(_ uri: String) throws(Malformed) -> RequestTarget {
-        guard uri.utf8.count <= maxLength else { throw Malformed("the CONNECT target is longer than \(maxLength) bytes") }
+        guard uri.utf8.count <= maxLength else {
+            throw Malformed("the CONNECT target is longer than \(maxLength) bytes")
+        }
         guard !uri.isEmpty else { throw Malformed("CONNECT needs a target host:port") }
         guard !uri.contains("/"), !uri.contains("@") else {
             throw Malformed("a CONNECT target is host:port (authority-form), found \"\(clip(uri))\"")
@@ -42,10 +44,13 @@ public struct RequestTarget: Equatable, Sendable {
     /// `http://host[:port][/path][?query]` (a fragment is dropped).
     /// `https://` is refused: TLS goes through CONNECT.
     public static func absolute(_ uri: String) throws(Malformed) -> RequestTarget {
-        guard uri.utf8.count <= maxLength else { throw Malformed("the request target is longer than \(maxLength) bytes") }
+        guard uri.utf8.count <= maxLength else {
+            throw Malformed("the request target is longer than \(maxLength) bytes")
+        }
         let lower = uri.lowercased()
         if lower.hasPrefix("https://") {
-            throw Malformed("https:// requests go through CONNECT (set HTTPS_PROXY); the proxy does not speak TLS for you")
+            throw Malformed(
+                "https:// requests go through CONNECT (set HTTPS_PROXY); the proxy does not speak TLS for you")
         }
         guard lower.hasPrefix("http://") else {
             throw Malformed(

@@ -184,7 +184,8 @@ public enum SeccompConfinement {
             }
             out.append(
                 SeccompRule(
-                    number: nr, action: .fail(errno: EACCES), condition: .init(argument: 0, mask: low32, value: afNetlink)
+                    number: nr, action: .fail(errno: EACCES),
+                    condition: .init(argument: 0, mask: low32, value: afNetlink)
                 ))
             if let c = Seccomp.number(of: "connect") { out.append(SeccompRule(number: c)) }
         }

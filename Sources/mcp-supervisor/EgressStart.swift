@@ -11,7 +11,8 @@ func startEgress(_ runner: CallRunner, settings s: SupervisorSettings, logger: L
         let proxy = try EgressProxyServer(upstreamCABundle: s.egressCaBundle, logger: logger)
         runner.enableEgress(proxy)
     } catch {
-        printError("mcp-supervisor: cannot start the egress proxy (egressCaBundle \(s.egressCaBundle ?? "unset")): \(error)")
+        printError(
+            "mcp-supervisor: cannot start the egress proxy (egressCaBundle \(s.egressCaBundle ?? "unset")): \(error)")
         throw ExitCode(2)
     }
 }

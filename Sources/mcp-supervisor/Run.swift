@@ -237,7 +237,8 @@ func featureSummary(_ f: KernelFeatures, _ h: HostSandbox) -> JSONValue {
         JSONObject([
             ("landlockAbi", .int(Int64(f.landlockABI ?? 0))), ("seccompApiLevel", .int(Int64(f.seccompAPILevel))),
             ("seccompUserNotification", .bool(f.seccompUserNotification)), ("userNamespaces", .bool(f.userNamespaces)),
-            ("pidNamespaces", .bool(f.pidNamespaces)), ("boundingSetDropped", .bool(f.canDropBoundingSet)),
+            ("pidNamespaces", .bool(f.pidNamespaces)), ("netNamespaces", .bool(f.netNamespaces)),
+            ("boundingSetDropped", .bool(f.canDropBoundingSet)),
             ("workerUid", .int(Int64(h.workerUID))), ("workerGid", .int(Int64(h.workerGID))),
         ]))
 }

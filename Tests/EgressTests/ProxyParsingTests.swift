@@ -43,7 +43,9 @@ final class ProxyParsingTests: XCTestCase {
         buf.writeString(request)
         _ = try? channel.writeInbound(buf)
         var out = ""
-        while var b = try channel.readOutbound(as: ByteBuffer.self) { out += b.readString(length: b.readableBytes) ?? "" }
+        while var b = try channel.readOutbound(as: ByteBuffer.self) {
+            out += b.readString(length: b.readableBytes) ?? ""
+        }
         _ = try? channel.finish()
         return out
     }
@@ -64,7 +66,8 @@ final class ProxyParsingTests: XCTestCase {
 
     func testOverlongHeadersAreAnswered431() throws {
         let big = String(repeating: "x", count: EgressProxyServer.maxHeaderBytes + 10)
-        let a = try answer("GET http://example.org/ HTTP/1.1\r\nHost: example.org\r\nX-Big: \(big)\r\n\r\n", worker: try worker())
+        let a = try answer(
+            "GET http://example.org/ HTTP/1.1\r\nHost: example.org\r\nX-Big: \(big)\r\n\r\n", worker: try worker())
         XCTAssertTrue(a.hasPrefix("HTTP/1.1 431"), a)
         XCTAssertTrue(a.contains("exceed \(EgressProxyServer.maxHeaderBytes) bytes"), a)
     }

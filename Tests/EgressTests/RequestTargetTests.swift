@@ -12,7 +12,8 @@ import XCTest
 final class RequestTargetTests: XCTestCase {
     func testConnectAuthorityForm() throws {
         XCTAssertEqual(
-            try RequestTarget.connect("Example.ORG.:443"), RequestTarget(host: "example.org", port: 443, originForm: ""))
+            try RequestTarget.connect("Example.ORG.:443"), RequestTarget(host: "example.org", port: 443, originForm: "")
+        )
         XCTAssertEqual(try RequestTarget.connect("127.0.0.1:8443").host, "127.0.0.1")
         let v6 = try RequestTarget.connect("[::1]:443")
         XCTAssertEqual(v6.host, "::1")

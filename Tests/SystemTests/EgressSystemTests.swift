@@ -46,7 +46,9 @@ final class EgressNamespaceTests: XCTestCase {
         return try Harness.prepare(try CellManifest.parse(bytes: Array(text.utf8), path: "p.json", manifestSHA256: "x"))
     }
 
-    func call(_ c: PreparedCell, _ args: JSONObject, runner: CallRunner? = nil) throws -> (CallReport, [NetworkDecision]) {
+    func call(_ c: PreparedCell, _ args: JSONObject, runner: CallRunner? = nil) throws -> (
+        CallReport, [NetworkDecision]
+    ) {
         var decisions: [NetworkDecision] = []
         let r = try (runner ?? self.runner()).run(
             cell: c, tool: "probe", arguments: args, callID: "e1", onNetwork: { decisions.append($0) })
@@ -196,7 +198,8 @@ final class EgressNamespaceTests: XCTestCase {
         XCTAssertTrue(d2.first?.refusal?.contains("resolves only to internal addresses") == true, "\(d2)")
 
         let (unlisted, d3) = try call(c, ["url": .string("http://127.0.0.2:\(server.port)/x")])
-        XCTAssertTrue(Harness.text(unlisted)?.contains("not on the cell's network allowlist") == true, "\(unlisted.outcome)")
+        XCTAssertTrue(
+            Harness.text(unlisted)?.contains("not on the cell's network allowlist") == true, "\(unlisted.outcome)")
         XCTAssertEqual(d3.map(\.host), ["127.0.0.2"])
         XCTAssertEqual(server.requests, ["/hello"], "only the allowed request reached the server")
 
