@@ -432,9 +432,8 @@ struct ServerAdd {
         var manifest = try writeManifest(doc, manifestPath)
         print("learning its syscalls: the server runs in learn mode over initialize and tools/list")
         let runner = try CallRunner(host: host, logger: stderrLogger("mcp-supervisor"))
-        if !options.allowHost.isEmpty {
-            try startEgress(runner, settings: settings, logger: stderrLogger("mcp-supervisor"))
-        }
+        let proxy = options.allowHost.isEmpty ? nil : try startOwnedEgress(runner, settings: settings)
+        defer { proxy?.shutdown() }
         let prepared: PreparedCell
         do { prepared = try PreparedCell(manifest: manifest, groups: groups, host: host, discovering: true) } catch {
             throw TrustCommandError("\(manifestPath): the server cannot run: \(error)")

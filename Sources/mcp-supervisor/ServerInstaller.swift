@@ -1,7 +1,24 @@
 import Foundation
 import StrictJSON
 import SupervisorCore
+import SupervisorEgress
 import SupervisorPlatform
+
+/// The egress proxy for a command's own sandboxed runs (as `startEgress`
+/// starts it for `run` and `call`), returned so that the command ends its
+/// event loop once the runs are over: a process that exits while the
+/// loop's thread still runs may crash in its teardown instead of exiting
+/// with its status.
+func startOwnedEgress(_ runner: CallRunner, settings s: SupervisorSettings) throws -> EgressProxyServer {
+    do {
+        let proxy = try EgressProxyServer(upstreamCABundle: s.egressCaBundle, logger: stderrLogger("mcp-supervisor"))
+        runner.enableEgress(proxy)
+        return proxy
+    } catch {
+        throw TrustCommandError(
+            "cannot start the egress proxy (egressCaBundle \(s.egressCaBundle ?? "unset")): \(error)")
+    }
+}
 
 /// The system Python a server runs on and what any CPython worker needs:
 /// its standard library, the dynamic loader and the libraries beside it,
@@ -240,7 +257,8 @@ struct PipInstall {
             throw TrustCommandError("the sandboxed installer cannot run: \(error)")
         }
         let runner = try CallRunner(host: host, logger: stderrLogger("mcp-supervisor"))
-        if index != nil { try startEgress(runner, settings: settings, logger: stderrLogger("mcp-supervisor")) }
+        let proxy = index == nil ? nil : try startOwnedEgress(runner, settings: settings)
+        defer { proxy?.shutdown() }
         var refused: [NetworkDecision] = []
         let report = runner.run(
             cell: cell, tool: "pip_install", arguments: JSONObject(), callID: "server-add-pip",
