@@ -123,11 +123,11 @@ long probe_udp_send(int port) {
     return r;
 }
 
-long probe_tcp_connect(int port) {
+long probe_tcp_connect(const char *host, int port) {
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    if (inet_pton(AF_INET, host, &a.sin_addr) != 1) return -EINVAL;
     int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (s < 0) return -errno;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     long r = connect(s, (struct sockaddr *)&a, sizeof(a)) == 0 ? 0 : -errno;
     close(s);
     return r;

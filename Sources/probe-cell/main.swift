@@ -161,7 +161,8 @@ Cell.main { request, ctx in
     case "unix-connect":
         return .text(errnoText(probe_unix_connect(str("path"))))
     case "tcp-connect":
-        return .text(errnoText(probe_tcp_connect(Int32(int("port")))))
+        let host = str("host")
+        return .text(errnoText(probe_tcp_connect(host.isEmpty ? "127.0.0.1" : host, Int32(int("port")))))
     case "raw-socket":
         return .text(errnoText(probe_raw_socket()))
     case "pair-sendmsg":

@@ -72,6 +72,28 @@ final class EgressNamespaceTests: XCTestCase {
         XCTAssertEqual(Harness.text(viaProxy), "ok 0", "\(viaProxy.outcome) \(viaProxy.diagnostics)")
     }
 
+    /// The kernel's routing, not only Landlock: with a proxy whose port is
+    /// the one Landlock lets the worker connect to, a listener of the test
+    /// on 127.0.0.2 at that same port is out of reach from the namespace
+    /// (ECONNREFUSED there: its loopback is its own) and sees nobody.
+    func testTheHostsLoopbackIsNotTheNamespaces() throws {
+        let outside = try NetworkTests.Listener(address: "127.0.0.2")
+        var l = Logger(label: "egress-test")
+        l.logLevel = .critical
+        let proxy = try EgressProxyServer(listenerPort: UInt16(outside.port), logger: l)
+        defer { proxy.shutdown() }
+        let r = try Harness.runner()
+        r.enableEgress(proxy)
+        let c = try probeCell(network: #"{"connect": ["127.0.0.2:\#(outside.port)"], "egress": "proxy"}"#)
+        let (direct, _) = try call(
+            c, ["action": "tcp-connect", "host": "127.0.0.2", "port": .int(Int64(outside.port))], runner: r)
+        XCTAssertEqual(Harness.text(direct), "errno \(ECONNREFUSED)", "\(direct.outcome) \(direct.diagnostics)")
+        XCTAssertEqual(outside.accepted, 0, "the listener outside saw a connection")
+        // The same port on 127.0.0.1 inside is the proxy.
+        let (inside, _) = try call(c, ["action": "tcp-connect", "port": .int(Int64(outside.port))], runner: r)
+        XCTAssertEqual(Harness.text(inside), "ok 0", "\(inside.outcome)")
+    }
+
     /// No UDP: a datagram socket fails with EACCES (a resolver goes on;
     /// the namespace would have nowhere to send it anyway). A raw socket is
     /// a violation: the worker is killed and the call names it.

@@ -51,12 +51,12 @@ final class NetworkTests: XCTestCase {
         private var count = 0
         /// Connections accepted so far.
         var accepted: Int { lock.withLock { count } }
-        init() throws {
+        init(address: String = "127.0.0.1") throws {
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             self.fd = fd
             var a = sockaddr_in()
             a.sin_family = sa_family_t(AF_INET)
-            a.sin_addr.s_addr = inet_addr("127.0.0.1")
+            a.sin_addr.s_addr = inet_addr(address)
             a.sin_port = 0
             var len = socklen_t(MemoryLayout<sockaddr_in>.size)
             let ok = withUnsafePointer(to: &a) { p in

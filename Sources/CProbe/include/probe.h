@@ -39,8 +39,8 @@ int probe_open_fds(int *out, int max);
 /* socket(AF_INET, SOCK_DGRAM) and one datagram to 127.0.0.1:port: the
    bytes sent, or -errno. */
 long probe_udp_send(int port);
-/* A TCP connection to 127.0.0.1:port, closed at once: 0 or -errno. */
-long probe_tcp_connect(int port);
+/* A TCP connection to host (an IPv4 literal):port, closed at once: 0 or -errno. */
+long probe_tcp_connect(const char *host, int port);
 /* socket(AF_INET, SOCK_RAW, IPPROTO_ICMP): 0 (closed) or -errno. */
 long probe_raw_socket(void);
 
