@@ -736,12 +736,15 @@ public final class CallRunner: @unchecked Sendable {
     /// server is ready (its tools equal to the pinned ones) or has listed
     /// its tools (`discovering`), or ended otherwise. The server is left
     /// running and its stdin open either way: the caller ends it.
-    private func handshake(_ w: StartedWorker, callID: String, discovering: Bool) -> WorkerSession {
+    private func handshake(_ w: StartedWorker, callID: String, discovering: Bool, learn: Bool = false)
+        -> WorkerSession
+    {
         var session = WorkerSession(
             worker: w.worker, callID: callID, limits: w.limits, requestWrite: w.requestWrite,
             responseRead: w.responseRead, diagRead: w.diagRead, cancellation: nil,
             graceMilliseconds: host.terminationGraceMilliseconds)
         session.listener = w.listener
+        session.learning = learn
         session.stopWhenReady = true
         session.ownsRequest = false
         var conversation = Self.conversation(for: w.cell, limits: w.limits, discovering: discovering)
@@ -782,6 +785,16 @@ public final class CallRunner: @unchecked Sendable {
     public func discoverTools(_ cell: PreparedCell) -> Result<
         (tools: [JSONObject], serverInfo: String?), DiscoveryError
     > {
+        discoverTools(cell, learn: false).map { ($0.tools, $0.serverInfo) }
+    }
+
+    /// `discoverTools`, in learn mode when `learn` (development, and the
+    /// starting profile of `server add`): syscalls outside the allowlist
+    /// made up to the listing are recorded and let through (those no
+    /// filter allows are refused even then), and returned as `learned`.
+    public func discoverTools(_ cell: PreparedCell, learn: Bool) -> Result<
+        (tools: [JSONObject], serverInfo: String?, learned: [String]), DiscoveryError
+    > {
         guard cell.manifest.server != nil else { return .failure(DiscoveryError("not a server cell")) }
         // Its secrets if they are there; listing tools should not need them
         // (a cell may be registered before its secrets are set), and a server
@@ -799,7 +812,7 @@ public final class CallRunner: @unchecked Sendable {
         case .success(let started): w = started
         case .failure(let why): return .failure(DiscoveryError("the server cannot run: \(why)"))
         }
-        let session = handshake(w, callID: "register", discovering: true)
+        let session = handshake(w, callID: "register", discovering: true, learn: learn)
         let listed = session.listedTools
         let info = session.server?.serverInfo
         w.worker.signal(Signal.kill)
@@ -807,7 +820,7 @@ public final class CallRunner: @unchecked Sendable {
         w.worker.close()
         w.requestWrite.close()
         release(w)
-        if let listed { return .success((listed, info)) }
+        if let listed { return .success((listed, info, session.learned)) }
         var why = exit.map { session.classify(exit: $0).detail } ?? "the server could not be reaped"
         let stderr = session.diagnosticsText.trimmingCharacters(in: .whitespacesAndNewlines)
         if !stderr.isEmpty { why += "\nthe server's stderr ends with:\n" + String(stderr.suffix(2000)) }

@@ -39,6 +39,9 @@ public enum SecurityEventType: String, Sendable, CaseIterable {
     case sessionToolsDisabled = "session.tools_disabled"
     /// An HTTP request refused before any call (401, 403, 413, 421, 429, 503; docs/http.md).
     case httpRefused = "http.refused"
+    case serverInstalled = "server.installed"
+    case serverInstallFailed = "server.install_failed"
+    case serverRemoved = "server.removed"
 }
 
 /// One event before it is sequenced and chained: its type and fields.

@@ -95,9 +95,14 @@ public struct SupervisorSettings: Sendable {
         return normalize(cwd + "/" + p)
     }
 
-    /// Creates the state directory (0700) and its parents.
+    /// Creates the state directory (0700) and its parents. With servers
+    /// installed by `server add` under a root supervisor, whose workers run
+    /// as another uid, it is 0711 instead: others may pass through to
+    /// `servers/` (0755) but list nothing, and what else it holds stays
+    /// private by its own modes (keys, trust, security: 0700).
     public func prepareStateDirectory() throws(SystemError) {
         try Sys.makeDirectories(stateDirectory, mode: 0o700)
-        try Sys.chmod(stateDirectory, mode: 0o700)
+        let servers = (try? Sys.lstat(stateDirectory + "/servers"))?.isDirectory == true
+        try Sys.chmod(stateDirectory, mode: servers && Sys.geteuid() == 0 ? 0o711 : 0o700)
     }
 }

@@ -11,7 +11,7 @@ struct MCPSupervisor: AsyncParsableCommand {
             Run.self, Serve.self, Validate.self, Call.self, Doctor.self, Manifest.self, Audit.self, Keys.self,
             CellCommand.self,
             PolicyCommand.self, ConfigCommand.self, InsightsCommand.self, Top.self,
-            Dashboard.self, SecretCommand.self,
+            Dashboard.self, SecretCommand.self, ServerCommand.self,
         ]
     )
 }

@@ -243,105 +243,13 @@ struct CellCommand: ParsableCommand {
             try trustCommand(location, "cell register") {
                 let k = try TrustKeys.loadPrivate(path: SupervisorSettings.absolute(key))
                 let groups = try location.groups()
-                var st = Ledger.load(path: location.ledgerPath)
-                if st.entries.isEmpty {
-                    st = try ledgerAppend(
-                        location, "key.add",
-                        [
-                            "keyId": .string(TrustKeys.keyID(k.publicKey)),
-                            "publicKey": .string(TrustKeys.publicText(k.publicKey)),
-                            "name": "first key",
-                        ], key: k)
-                    print("new ledger: trusting key \(TrustKeys.keyID(k.publicKey))")
-                }
+                var st = try Register.ledgerTrusting(k, location)
                 var failed = false
                 for m in manifests.map(SupervisorSettings.absolute) {
                     do {
-                        var bytes = try readFile(m, limit: 1 << 20)
-                        var manifest = try CellManifest.parse(bytes: bytes, path: m, manifestSHA256: sha256Hex(bytes))
-                        _ = try groups.entries(for: manifest)
-                        // A server cell: its tools come from the server, run
-                        // once in its sandbox, shown here, and pinned.
-                        if manifest.server != nil {
-                            let s = location.stateOptions.settings(more: [(.policies, location.policies)])
-                            let (listed, info) = try ServerTools.discover(manifest, settings: s, groups: groups)
-                            print(ServerTools.show(listed, manifest: manifest, serverInfo: info), terminator: "")
-                            if manifest.tools.isEmpty {
-                                bytes = try ServerTools.withTools(bytes, listed, path: m)
-                                try writeFileAtomically(m, bytes)
-                                let sig = try ManifestSignature.make(manifestBytes: bytes, key: k)
-                                try writeFileAtomically(
-                                    ManifestSignature.path(for: m), Array(sig.prettySerialized().utf8))
-                                manifest = try CellManifest.parse(
-                                    bytes: bytes, path: m, manifestSHA256: sha256Hex(bytes))
-                                print(
-                                    "pinned \(listed.count) tool(s) into \(m), signed by \(TrustKeys.keyID(k.publicKey))"
-                                )
-                            } else if let d = ToolDefinitions.diff(
-                                pinned: manifest.tools.compactMap(\.pinned), listed: listed)
-                            {
-                                throw TrustCommandError(
-                                    "\(m): the server lists other tools than the manifest pins (\(d)); to pin what it "
-                                        + "lists now, remove \"tools\" from the manifest and register again")
-                            }
-                        }
-                        let sigBytes: [UInt8]
-                        do { sigBytes = try readFile(ManifestSignature.path(for: m), limit: 1 << 16) } catch {
-                            throw TrustCommandError("\(m) is not signed: run `mcp-supervisor cell sign \(m) --key KEY`")
-                        }
-                        if case .failure(let e) = ManifestSignature.verify(
-                            sigBytes: sigBytes, manifestBytes: bytes, keys: st.trustedKeys,
-                            file: ManifestSignature.path(for: m))
-                        {
-                            throw TrustCommandError("\(m): \(e)")
-                        }
-                        guard let sigValue = try? JSONParser.parse(sigBytes) else {
-                            throw TrustCommandError("bad signature file")
-                        }
-                        let vid = sha256Hex(bytes)
-                        let cell = st.cells[manifest.name]
-                        if cell?.active == vid {
-                            print("unchanged: \(manifest.name) \(vid.prefix(12)) is already active")
-                            continue
-                        }
-                        if cell?.versions[vid] != nil {
-                            throw TrustCommandError(
-                                "\(manifest.name) \(vid.prefix(12)) is already registered; use `cell activate` or `cell rollback`"
-                            )
-                        }
-                        var widening: [PermissionChange] = []
-                        if let a = cell?.active, let av = cell?.versions[a] {
-                            let old = try CellManifest.parse(
-                                bytes: av.manifestBytes, path: av.manifestPath, manifestSHA256: av.id)
-                            widening = PermissionDiff.compare(old, manifest, groups: groups).filter {
-                                $0.direction == .widens
-                            }
-                            if !widening.isEmpty && !approveWidening {
-                                throw TrustCommandError(
-                                    "\(manifest.name): the new version widens permissions; review and re-run with --approve-widening:\n  "
-                                        + widening.map(\.description).joined(separator: "\n  "))
-                            }
-                            // What is approved is shown, never approved silently.
-                            for c in widening { print("approving for \(manifest.name): \(c)") }
-                        }
-                        var fields: JSONObject = [
-                            "cell": .string(manifest.name), "version": .string(vid), "label": .string(manifest.version),
-                            "executableSha256": .string(manifest.executable.sha256), "manifestPath": .string(m),
-                            "manifest": .string(Data(bytes).base64EncodedString()), "manifestSignature": sigValue,
-                            "parent": cell?.active.map { .string($0) } ?? .null,
-                            "approvedWidening": .bool(!widening.isEmpty),
-                        ]
-                        if !widening.isEmpty { fields["widening"] = .array(widening.map { .string($0.description) }) }
-                        st = try ledgerAppend(location, "cell.register", fields, key: k)
-                        print(
-                            "registered: \(manifest.name) \(manifest.version) as \(vid.prefix(12))\(widening.isEmpty ? "" : " (widening approved)")"
-                        )
-                        if !noActivate {
-                            st = try ledgerAppend(
-                                location, "cell.activate", ["cell": .string(manifest.name), "version": .string(vid)],
-                                key: k)
-                            print("active: \(manifest.name) \(vid.prefix(12))")
-                        }
+                        st = try Register.register(
+                            m, key: k, ledger: st, groups: groups, location: location,
+                            approveWidening: approveWidening, activate: !noActivate)
                     } catch {
                         printError("error: \(error)")
                         securityEvents(
@@ -359,6 +267,121 @@ struct CellCommand: ParsableCommand {
                 }
                 if failed { throw ExitCode(1) }
             }
+        }
+
+        /// The ledger, started with `k` as its first trusted key when empty.
+        static func ledgerTrusting(_ k: Curve25519.Signing.PrivateKey, _ location: TrustLocation) throws -> LedgerState
+        {
+            let st = Ledger.load(path: location.ledgerPath)
+            guard st.entries.isEmpty else { return st }
+            let started = try ledgerAppend(
+                location, "key.add",
+                [
+                    "keyId": .string(TrustKeys.keyID(k.publicKey)),
+                    "publicKey": .string(TrustKeys.publicText(k.publicKey)),
+                    "name": "first key",
+                ], key: k)
+            print("new ledger: trusting key \(TrustKeys.keyID(k.publicKey))")
+            return started
+        }
+
+        /// Registers the signed manifest at `m` (MANIFEST.sig beside it) as
+        /// a new version and activates it: a server cell's tools are read
+        /// from the server, run once in its sandbox, shown and pinned (or
+        /// compared with those pinned); a version that widens permissions
+        /// is refused unless `approveWidening`, and what is approved is
+        /// shown. Returns the ledger after the new entries.
+        static func register(
+            _ m: String, key k: Curve25519.Signing.PrivateKey, ledger: LedgerState, groups: SyscallGroups,
+            location: TrustLocation, approveWidening: Bool, activate: Bool
+        ) throws -> LedgerState {
+            var st = ledger
+            var bytes = try readFile(m, limit: 1 << 20)
+            var manifest = try CellManifest.parse(bytes: bytes, path: m, manifestSHA256: sha256Hex(bytes))
+            _ = try groups.entries(for: manifest)
+            // A server cell: its tools come from the server, run
+            // once in its sandbox, shown here, and pinned.
+            if manifest.server != nil {
+                let s = location.stateOptions.settings(more: [(.policies, location.policies)])
+                let (listed, info) = try ServerTools.discover(manifest, settings: s, groups: groups)
+                print(ServerTools.show(listed, manifest: manifest, serverInfo: info), terminator: "")
+                if manifest.tools.isEmpty {
+                    bytes = try ServerTools.withTools(bytes, listed, path: m)
+                    try writeFileAtomically(m, bytes)
+                    let sig = try ManifestSignature.make(manifestBytes: bytes, key: k)
+                    try writeFileAtomically(
+                        ManifestSignature.path(for: m), Array(sig.prettySerialized().utf8))
+                    manifest = try CellManifest.parse(
+                        bytes: bytes, path: m, manifestSHA256: sha256Hex(bytes))
+                    print(
+                        "pinned \(listed.count) tool(s) into \(m), signed by \(TrustKeys.keyID(k.publicKey))"
+                    )
+                } else if let d = ToolDefinitions.diff(
+                    pinned: manifest.tools.compactMap(\.pinned), listed: listed)
+                {
+                    throw TrustCommandError(
+                        "\(m): the server lists other tools than the manifest pins (\(d)); to pin what it "
+                            + "lists now, remove \"tools\" from the manifest and register again")
+                }
+            }
+            let sigBytes: [UInt8]
+            do { sigBytes = try readFile(ManifestSignature.path(for: m), limit: 1 << 16) } catch {
+                throw TrustCommandError("\(m) is not signed: run `mcp-supervisor cell sign \(m) --key KEY`")
+            }
+            if case .failure(let e) = ManifestSignature.verify(
+                sigBytes: sigBytes, manifestBytes: bytes, keys: st.trustedKeys,
+                file: ManifestSignature.path(for: m))
+            {
+                throw TrustCommandError("\(m): \(e)")
+            }
+            guard let sigValue = try? JSONParser.parse(sigBytes) else {
+                throw TrustCommandError("bad signature file")
+            }
+            let vid = sha256Hex(bytes)
+            let cell = st.cells[manifest.name]
+            if cell?.active == vid {
+                print("unchanged: \(manifest.name) \(vid.prefix(12)) is already active")
+                return st
+            }
+            if cell?.versions[vid] != nil {
+                throw TrustCommandError(
+                    "\(manifest.name) \(vid.prefix(12)) is already registered; use `cell activate` or `cell rollback`"
+                )
+            }
+            var widening: [PermissionChange] = []
+            if let a = cell?.active, let av = cell?.versions[a] {
+                let old = try CellManifest.parse(
+                    bytes: av.manifestBytes, path: av.manifestPath, manifestSHA256: av.id)
+                widening = PermissionDiff.compare(old, manifest, groups: groups).filter {
+                    $0.direction == .widens
+                }
+                if !widening.isEmpty && !approveWidening {
+                    throw TrustCommandError(
+                        "\(manifest.name): the new version widens permissions; review and re-run with --approve-widening:\n  "
+                            + widening.map(\.description).joined(separator: "\n  "))
+                }
+                // What is approved is shown, never approved silently.
+                for c in widening { print("approving for \(manifest.name): \(c)") }
+            }
+            var fields: JSONObject = [
+                "cell": .string(manifest.name), "version": .string(vid), "label": .string(manifest.version),
+                "executableSha256": .string(manifest.executable.sha256), "manifestPath": .string(m),
+                "manifest": .string(Data(bytes).base64EncodedString()), "manifestSignature": sigValue,
+                "parent": cell?.active.map { .string($0) } ?? .null,
+                "approvedWidening": .bool(!widening.isEmpty),
+            ]
+            if !widening.isEmpty { fields["widening"] = .array(widening.map { .string($0.description) }) }
+            st = try ledgerAppend(location, "cell.register", fields, key: k)
+            print(
+                "registered: \(manifest.name) \(manifest.version) as \(vid.prefix(12))\(widening.isEmpty ? "" : " (widening approved)")"
+            )
+            if activate {
+                st = try ledgerAppend(
+                    location, "cell.activate", ["cell": .string(manifest.name), "version": .string(vid)],
+                    key: k)
+                print("active: \(manifest.name) \(vid.prefix(12))")
+            }
+            return st
         }
     }
 
