@@ -219,7 +219,10 @@ public final class SecurityLog: @unchecked Sendable {
             for f in opened { f.close() }
             throw error
         }
-        let t = Thread { [unowned self] in self.writerLoop() }
+        // The thread holds the log until `close` ends its loop: a log dropped
+        // without `close` (a command refusing to start) must not be freed
+        // under a writer that may still wake (its checkpoint timer).
+        let t = Thread { [self] in self.writerLoop() }
         t.name = "security-log"
         t.start()
     }

@@ -62,7 +62,11 @@ struct SupervisorStartup {
             printError("mcp-supervisor: cannot open the security log in \(s.stateDirectory)/security: \(error)")
             throw ExitCode(2)
         }
-        let telemetry = try startTelemetry(s, log: log)
+        let telemetry: Telemetry?
+        do { telemetry = try startTelemetry(s, log: log) } catch {
+            log.close()
+            throw error
+        }
         // A supervisor that cannot record does not start (it would have to
         // refuse every call); the reason goes to stderr.
         if let e = log.appendAndWait([
