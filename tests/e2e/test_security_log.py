@@ -92,7 +92,12 @@ def test_sigkill_under_load_loses_at_most_the_record_being_written(workspace, tm
             p.stdin.write(json.dumps({"jsonrpc": "2.0", "id": i, "method": "tools/call",
                                       "params": {"name": "echo", "arguments": {"text": "x" * i}}}).encode() + b"\n")
         p.stdin.flush()
-        time.sleep(0.3 + 0.1 * round)
+        # Killed while calls are being answered and recorded: once a few
+        # answers are out (a loaded machine may take longer to start than
+        # any fixed sleep), after a little more time.
+        for _ in range(6):
+            assert p.stdout.readline(), "the supervisor answered"
+        time.sleep(0.05 * round)
         p.send_signal(signal.SIGKILL)
         p.wait()
         p.stdin.close()
