@@ -74,8 +74,8 @@ def no_leak_anywhere(gw, s, received):
 
 def test_a_server_reading_its_injected_secret_from_the_environment_finds_nothing(gw):
     """The hostile case: the secret is bound to the proxy, so the server's
-    environment (as the variable it would use, or anywhere in
-    /proc/self/environ) does not hold it."""
+    environment (as the variable it would use, or anywhere else in it)
+    does not hold it."""
     secret_cli(gw, "set", NAME, input=PLANTED.encode())
     gw.write(inject_doc(["127.0.0.1:9"], "127.0.0.1:9"))
     s = gw.serve()
