@@ -173,13 +173,15 @@ def test_https_upstream_receives_the_header_through_the_per_install_ca(gw, sites
     gw.verify()
 
 
-def test_secret_set_between_calls_is_injected_at_the_next_call_of_a_prespawned_server(root_gw, sites):
-    """A perCall server started ahead of its call has a proxy attachment
-    with the values of its start: once the secret changed it is not used."""
+@pytest.mark.parametrize("lifecycle", ["perCall", "session"])
+def test_secret_set_between_calls_is_injected_at_the_next_call_of_a_prespawned_server(root_gw, sites, lifecycle):
+    """A server started ahead of its call (perCall) or kept for the session
+    has a proxy attachment with the values of its start: once the secret
+    changed it is not used."""
     gw = root_gw
     plain, _, _ = sites
     secret_cli(gw, "set", NAME, input=b"first-value")
-    gw.write(inject_doc([f"127.0.0.1:{plain.port}"], f"127.0.0.1:{plain.port}"))
+    gw.write(inject_doc([f"127.0.0.1:{plain.port}"], f"127.0.0.1:{plain.port}", lifecycle=lifecycle))
     s = gw.serve("--prespawn", "1")
     url = f"http://127.0.0.1:{plain.port}/echo"
     assert fetched(s, url)["ok"] is True
@@ -224,3 +226,28 @@ def test_inject_on_a_command_cell_through_the_proxy_and_refused_with_the_broker(
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 1, p.stdout + p.stderr
     assert "secrets[0].inject" in p.stderr and "egress proxy" in p.stderr, p.stderr
+
+
+def test_fetch_server_requests_carry_the_header_over_https(gw, sites):
+    """mcp-server-fetch from PyPI (httpx, following the proxy variables and
+    SSL_CERT_FILE): its robots.txt and page requests to the bound HTTPS host
+    carry the header; its result shows the echo redacted."""
+    _, secure, tls = sites
+    ca = gw.path("ca") / "ca.pem"
+    shutil.copy(tls["ca"], ca)
+    ca.chmod(0o644)
+    bound = f"127.0.0.1:{secure.port}"
+    secret_cli(gw, "set", NAME, input=PLANTED.encode())
+    doc = with_tools(manifest(g.fetch_manifest, None, [bound]))
+    doc["secrets"] = [binding(bound)]
+    gw.write(doc)
+    s = gw.serve("--egress-ca-bundle", ca)
+    r = ok(s, "fetch_fetch", {"url": f"https://{bound}/echo", "raw": True})
+    got = "".join(c.get("text", "") for c in r["content"])
+    assert f"you sent: Bearer {MARKER}" in got, got
+    s.close()
+    assert secure.paths == ["/robots.txt", "/echo"], secure.paths
+    assert [h.get("Authorization") for h in secure.headers] == [f"Bearer {PLANTED}"] * 2, secure.headers
+    assert not leaks(json.dumps(r).encode()) and not leaks(state_bytes(gw))
+    assert not leaks(Path(s.stderr_path).read_bytes())
+    gw.verify()
