@@ -251,3 +251,32 @@ def test_fetch_server_requests_carry_the_header_over_https(gw, sites):
     assert not leaks(json.dumps(r).encode()) and not leaks(state_bytes(gw))
     assert not leaks(Path(s.stderr_path).read_bytes())
     gw.verify()
+
+
+def test_an_egress_ca_readable_by_others_stops_the_call_before_any_request(root_gw, sites):
+    """The per-install CA's key must be the supervisor's alone: a key
+    readable by others is refused, and the call ends as cell.cannot_run
+    naming the fix rather than sending the request without its header or
+    through a CA others could use."""
+    gw = root_gw
+    _, secure, tls = sites
+    ca = gw.path("ca") / "ca.pem"
+    shutil.copy(tls["ca"], ca)
+    bound = f"127.0.0.1:{secure.port}"
+    secret_cli(gw, "set", NAME, input=PLANTED.encode())
+    gw.write(inject_doc([bound], bound))
+    s = gw.serve("--egress-ca-bundle", ca)
+    assert fetched(s, f"https://{bound}/echo")["ok"] is True
+    s.close()
+    ca_dir = Path(gw.state) / "egress-ca"
+    assert (ca_dir.stat().st_mode & 0o777, (ca_dir / "ca.key").stat().st_mode & 0o777) == (0o700, 0o600)
+    (ca_dir / "ca.key").chmod(0o644)
+    s = gw.serve("--egress-ca-bundle", ca)
+    r, _ = call(s, "leak_fetch", {"url": f"https://{bound}/echo"})
+    assert r["result"]["isError"] is True, r
+    s.close()
+    assert secure.paths == ["/echo"], secure.paths
+    ev = gw.events("cell.cannot_run")
+    assert len(ev) == 1 and "egress" in ev[0]["detail"] and "ca.key" in ev[0]["detail"], ev
+    ends = gw.events("call.end", tool="leak_fetch")
+    assert [e["outcome"] for e in ends] == ["success", "cannot_run"], ends
