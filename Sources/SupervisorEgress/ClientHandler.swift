@@ -207,8 +207,11 @@ final class ClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
         out.headers.replaceOrAdd(
             name: "Host", value: target.port == defaultPort ? Self.hostText(target.host) : target.authority)
         // Credentials the cell never holds: set here, replacing whatever
-        // the worker sent under the same name.
-        for i in worker.injections(for: target) { out.headers.replaceOrAdd(name: i.headerName, value: i.headerValue) }
+        // the worker sent under the same name. Never in plain HTTP to the
+        // HTTPS port: only a worker downgrading on purpose sends that, to
+        // have the value cross the network in clear.
+        let injections = upstreamIsTLS || target.port != 443 ? worker.injections(for: target) : []
+        for i in injections { out.headers.replaceOrAdd(name: i.headerName, value: i.headerValue) }
         waiting = [.head(out)]
         if let up = upstream, let t = upstreamTarget, t.host == target.host, t.port == target.port, up.isActive {
             phase = .sending

@@ -30,7 +30,7 @@ class Site:
     reflecting a credential back would), every other path is PAGE. Records
     the paths it was asked for and each request's headers."""
 
-    def __init__(self, tls=None):
+    def __init__(self, tls=None, port=0):
         site = self
         self.paths = []
         self.headers = []
@@ -56,7 +56,7 @@ class Site:
             def log_message(self, *a):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
         if tls:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(tls["cert"], tls["key"])

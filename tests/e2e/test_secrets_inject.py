@@ -280,3 +280,22 @@ def test_an_egress_ca_readable_by_others_stops_the_call_before_any_request(root_
     assert len(ev) == 1 and "egress" in ev[0]["detail"] and "ca.key" in ev[0]["detail"], ev
     ends = gw.events("call.end", tool="leak_fetch")
     assert [e["outcome"] for e in ends] == ["success", "cannot_run"], ends
+
+
+def test_plain_http_to_the_https_port_of_a_bound_host_gets_no_header(root_gw):
+    """A worker sending plain HTTP (absolute-form through the proxy) to a
+    bound host's port 443 would have the credential cross the network in
+    clear: the proxy adds it over TLS only there. (Root: the test's plain
+    server listens on 127.0.0.1:443.)"""
+    gw = root_gw
+    site = Site(port=443)
+    try:
+        secret_cli(gw, "set", NAME, input=PLANTED.encode())
+        gw.write(inject_doc(["127.0.0.1:443"], "127.0.0.1:443"))
+        s = gw.serve()
+        got = fetched(s, "http://127.0.0.1:443/echo")
+        s.close()
+    finally:
+        site.close()
+    assert got == {"ok": True, "status": 200, "body": "you sent: None"}, got
+    assert site.paths == ["/echo"] and "Authorization" not in site.headers[0], site.headers
