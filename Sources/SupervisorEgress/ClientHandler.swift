@@ -57,6 +57,9 @@ final class ClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
     var closeAfterResponse = false
     var requestEnded = false
     var responseEnded = false
+    /// Whether the current response's head went to the worker: until then
+    /// an upstream failure can still be answered with a 502 naming it.
+    var responseStarted = false
     var pendingRead = false
     var context: ChannelHandlerContext? = nil
 
@@ -171,6 +174,7 @@ final class ClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         requestEnded = false
         responseEnded = false
+        responseStarted = false
         closeAfterResponse = !head.isKeepAlive
         let first = firstRequest
         firstRequest = false
@@ -333,6 +337,7 @@ final class ClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard let context else { return }
         switch part {
         case .head(let head):
+            responseStarted = true
             var out = HTTPResponseHead(version: .http1_1, status: head.status)
             out.headers = Self.forwardedHeaders(head.headers)
             if !head.isKeepAlive { upstreamWillClose = true }
@@ -366,6 +371,18 @@ final class ClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// The upstream connection ended: mid-response the client's connection
     /// ends too; between requests the next request opens a new one.
+    /// An error on the upstream connection (its TLS handshake failing, say
+    /// the certificate not verifying) while a request waits for it and no
+    /// response has started: answered with a 502 that names it, instead of
+    /// a connection closed without a word. (The connection made at CONNECT
+    /// before any request is only dropped: the request opens another.)
+    func upstreamFailed(_ channel: Channel, _ error: Error) {
+        guard upstream === channel, phase == .sending || phase == .responding, !responseStarted,
+            let context, let target = upstreamTarget
+        else { return }
+        refuse(.badGateway, "mcp-supervisor's connection to \(target.authority) failed: \(error)", context: context)
+    }
+
     func upstreamClosed(_ channel: Channel) {
         guard upstream === channel else { return }
         upstream = nil
@@ -595,7 +612,10 @@ final class UpstreamHandler: ChannelDuplexHandler {
         context.fireChannelInactive()
     }
 
-    func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        client?.upstreamFailed(context.channel, error)
+        context.close(promise: nil)
+    }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable { client?.upstreamWritable() }

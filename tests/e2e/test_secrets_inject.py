@@ -137,7 +137,7 @@ def test_https_upstream_receives_the_header_through_the_per_install_ca(gw, sites
         s = gw.serve("--egress-ca-bundle", ca)
 
         got = fetched(s, f"https://{bound}/echo")
-        assert got == {"ok": True, "status": 200, "body": f"you sent: Bearer {MARKER}"}, (got, stderr(s)[-3000:])
+        assert got == {"ok": True, "status": 200, "body": f"you sent: Bearer {MARKER}"}, (got, print(stderr(s)[-3000:]))
         assert secure.paths == ["/echo"] and secure.headers[0].get("Authorization") == f"Bearer {PLANTED}"
 
         # Pinning the test CA for the bound host: the proxy's certificate is
@@ -299,3 +299,21 @@ def test_plain_http_to_the_https_port_of_a_bound_host_gets_no_header(root_gw):
         site.close()
     assert got == {"ok": True, "status": 200, "body": "you sent: None"}, got
     assert site.paths == ["/echo"] and "Authorization" not in site.headers[0], site.headers
+
+
+def test_an_upstream_the_proxy_cannot_verify_never_gets_the_header(gw, sites):
+    """Without --egress-ca-bundle the test CA's upstream does not verify
+    for the proxy (system roots only): the worker's request is answered 502
+    naming the failure, and the upstream sees no request, so no credential
+    went to a host whose identity was not checked."""
+    _, secure, _ = sites
+    bound = f"127.0.0.1:{secure.port}"
+    secret_cli(gw, "set", NAME, input=PLANTED.encode())
+    gw.write(inject_doc([bound], bound))
+    s = gw.serve()
+    got = fetched(s, f"https://{bound}/echo")
+    assert got["ok"] is False and got["status"] == 502, got
+    assert f"connection to {bound} failed" in got["body"] and "CERTIFICATE_VERIFY_FAILED" in got["body"], got
+    s.close()
+    assert secure.paths == [] and secure.headers == [], secure.headers
+    assert not leaks(state_bytes(gw)) and not leaks(Path(s.stderr_path).read_bytes())

@@ -22,6 +22,7 @@ import hashlib
 import os
 import ssl
 import sys
+import urllib.error
 import urllib.request
 
 from mcpstdio import Server, log
@@ -71,6 +72,8 @@ def fetch(args):
     try:
         with urllib.request.urlopen(args["url"], timeout=10, context=context) as r:
             return {"ok": True, "status": r.status, "body": r.read().decode(errors="replace")}
+    except urllib.error.HTTPError as e:
+        return {"ok": False, "status": e.code, "error": str(e), "body": e.read().decode(errors="replace")}
     except Exception as e:  # the test reads what failed
         return {"ok": False, "error": f"{type(e).__name__}: {e}"}
 
