@@ -83,6 +83,10 @@ def test_a_server_reading_its_injected_secret_from_the_environment_finds_nothing
     assert got == {"present": False, "length": 0, "sha256": hashlib.sha256(b"").hexdigest()}, got
     environ = bytes.fromhex(observed(ok(s, "leak_environ"))["hex"])
     assert b"HTTP_PROXY=http://127.0.0.1:3128" in environ, environ
+    # What it is given instead: the bundle that trusts the per-install CA.
+    published = gw.dir / "scratch" / "egress-ca.pem"
+    for var in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        assert f"{var}={published}".encode() in environ.split(b"\0"), environ
     assert not leaks(environ), "the worker's environment holds the injected secret"
     s.close()
     gw.verify()
