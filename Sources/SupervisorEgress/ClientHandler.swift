@@ -211,10 +211,10 @@ final class ClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
         out.headers.replaceOrAdd(
             name: "Host", value: target.port == defaultPort ? Self.hostText(target.host) : target.authority)
         // Credentials the cell never holds: set here, replacing whatever
-        // the worker sent under the same name. Never in plain HTTP to the
-        // HTTPS port: only a worker downgrading on purpose sends that, to
-        // have the value cross the network in clear.
-        let injections = upstreamIsTLS || target.port != 443 ? worker.injections(for: target) : []
+        // the worker sent under the same name; each only over the scheme
+        // the manifest gives it (an `https` one never in plain HTTP, where
+        // a worker downgrading on purpose would have it cross in clear).
+        let injections = worker.injections(for: target).filter { ($0.scheme == .https) == upstreamIsTLS }
         for i in injections { out.headers.replaceOrAdd(name: i.headerName, value: i.headerValue) }
         waiting = [.head(out)]
         if let up = upstream, let t = upstreamTarget, t.host == target.host, t.port == target.port, up.isActive {

@@ -32,18 +32,20 @@ MARKER = f"[secret:{NAME}]"
 GROUPS = [*g.SERVER_GROUPS, "network-client"]
 
 
-def binding(host):
-    return {"name": NAME, "source": "store",
-            "inject": {"host": host, "header": "Authorization", "format": "Bearer {secret}"}}
+def binding(host, scheme=None):
+    inject = {"host": host, "header": "Authorization", "format": "Bearer {secret}"}
+    if scheme:
+        inject["scheme"] = scheme
+    return {"name": NAME, "source": "store", "inject": inject}
 
 
-def inject_doc(connect, inject_host, read=(), **kw):
+def inject_doc(connect, inject_host, read=(), scheme=None, **kw):
     """secretleak.py as a server cell allowed `connect`, with the secret
     bound to `inject_host` (not to its environment)."""
     doc = with_tools(manifest(g.script_server_manifest, None, "secretleak.py", name="leak", groups=GROUPS,
                               read=list(read), **kw))
     doc["network"] = {"connect": list(connect)}
-    doc["secrets"] = [binding(inject_host)]
+    doc["secrets"] = [binding(inject_host, scheme)]
     return doc
 
 
@@ -95,7 +97,7 @@ def test_a_server_reading_its_injected_secret_from_the_environment_finds_nothing
 def test_plain_http_upstream_receives_the_header_and_the_echo_is_redacted(gw, sites, monkeypatch):
     plain, _, _ = sites
     secret_cli(gw, "set", NAME, input=(PLANTED + "\n").encode())
-    gw.write(inject_doc([f"127.0.0.1:{plain.port}"], f"127.0.0.1:{plain.port}"))
+    gw.write(inject_doc([f"127.0.0.1:{plain.port}"], f"127.0.0.1:{plain.port}", scheme="http"))
     received = record_client(monkeypatch)
     s = gw.serve()
     got = fetched(s, f"http://127.0.0.1:{plain.port}/echo")
@@ -185,7 +187,8 @@ def test_secret_set_between_calls_is_injected_at_the_next_call_of_a_prespawned_s
     gw = root_gw
     plain, _, _ = sites
     secret_cli(gw, "set", NAME, input=b"first-value")
-    gw.write(inject_doc([f"127.0.0.1:{plain.port}"], f"127.0.0.1:{plain.port}", lifecycle=lifecycle))
+    gw.write(inject_doc([f"127.0.0.1:{plain.port}"], f"127.0.0.1:{plain.port}", scheme="http",
+                        lifecycle=lifecycle))
     s = gw.serve("--prespawn", "1")
     url = f"http://127.0.0.1:{plain.port}/echo"
     assert fetched(s, url)["ok"] is True
@@ -210,7 +213,7 @@ def test_inject_on_a_command_cell_through_the_proxy_and_refused_with_the_broker(
     plain, _, _ = sites
     host = f"127.0.0.1:{plain.port}"
     secret_cli(gw, "set", NAME, input=PLANTED.encode())
-    doc = g.command_manifest(inject_doc([host], host))
+    doc = g.command_manifest(inject_doc([host], host, scheme="http"))
     doc["network"]["egress"] = "proxy"
     gw.write(doc)
     s = gw.serve()
@@ -286,23 +289,20 @@ def test_an_egress_ca_readable_by_others_stops_the_call_before_any_request(root_
     assert [e["outcome"] for e in ends] == ["success", "cannot_run"], ends
 
 
-def test_plain_http_to_the_https_port_of_a_bound_host_gets_no_header(root_gw):
-    """A worker sending plain HTTP (absolute-form through the proxy) to a
-    bound host's port 443 would have the credential cross the network in
-    clear: the proxy adds it over TLS only there. (Root: the test's plain
-    server listens on 127.0.0.1:443.)"""
-    gw = root_gw
-    site = Site(port=443)
-    try:
-        secret_cli(gw, "set", NAME, input=PLANTED.encode())
-        gw.write(inject_doc(["127.0.0.1:443"], "127.0.0.1:443"))
-        s = gw.serve()
-        got = fetched(s, "http://127.0.0.1:443/echo")
-        s.close()
-    finally:
-        site.close()
+def test_plain_http_to_a_host_bound_over_https_gets_no_header(gw, sites):
+    """A secret bound to a host over https (the default scheme) is added
+    only inside TLS the proxy terminates: a worker sending plain HTTP
+    (absolute-form through the proxy) to that host:port, to have the value
+    cross the network in clear, gets its request forwarded without it."""
+    plain, _, _ = sites
+    bound = f"127.0.0.1:{plain.port}"
+    secret_cli(gw, "set", NAME, input=PLANTED.encode())
+    gw.write(inject_doc([bound], bound))
+    s = gw.serve()
+    got = fetched(s, f"http://{bound}/echo")
+    s.close()
     assert got == {"ok": True, "status": 200, "body": "you sent: None"}, got
-    assert site.paths == ["/echo"] and "Authorization" not in site.headers[0], site.headers
+    assert plain.paths[-1] == "/echo" and "Authorization" not in plain.headers[-1], plain.headers
 
 
 def test_an_upstream_the_proxy_cannot_verify_never_gets_the_header(gw, sites):
