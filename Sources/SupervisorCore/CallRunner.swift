@@ -319,7 +319,10 @@ public final class CallRunner: @unchecked Sendable {
             // The proxy adds the secrets bound to hosts (`inject`): it then
             // terminates TLS for those hosts with the per-install CA.
             var credentials = egressCredentials(cell)
-            if !secrets.injections.isEmpty {
+            if secrets.injections.contains(where: { $0.scheme == .http }) {
+                credentials = EgressCredentialSet(injections: secrets.injections)
+            }
+            if secrets.injections.contains(where: { $0.scheme == .https }) {
                 do {
                     credentials = EgressCredentialSet(
                         injections: secrets.injections, authority: try interceptionAuthority())

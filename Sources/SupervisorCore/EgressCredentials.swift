@@ -5,6 +5,15 @@
 /// One header the egress proxy sets on every request a worker sends to
 /// `host:port` (replacing any header of that name the worker sent).
 public struct CredentialInjection: Sendable, Equatable {
+    /// How requests to the host travel. `https` (the default): the header
+    /// is added only inside a TLS connection the proxy terminates, never to
+    /// plain HTTP — a worker cannot make the value cross the network in
+    /// clear by speaking HTTP to the host. `http`: only to plain HTTP
+    /// requests, for a host the manifest says speaks plain HTTP.
+    public enum Scheme: String, Sendable, Equatable {
+        case https, http
+    }
+
     /// Normalized (lower-case) host name or IP literal, as in the manifest's
     /// `network.connect` allowlist.
     public let host: String
@@ -15,8 +24,12 @@ public struct CredentialInjection: Sendable, Equatable {
     public let headerValue: String
     /// The secret's name: what events and errors may say instead of the value.
     public let secretName: String
+    public let scheme: Scheme
 
-    public init(host: String, port: Int, headerName: String, headerValue: String, secretName: String) {
+    public init(
+        host: String, port: Int, headerName: String, headerValue: String, secretName: String, scheme: Scheme = .https
+    ) {
+        self.scheme = scheme
         self.host = host
         self.port = port
         self.headerName = headerName

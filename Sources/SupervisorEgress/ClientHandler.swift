@@ -57,6 +57,9 @@ final class ClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
     var closeAfterResponse = false
     var requestEnded = false
     var responseEnded = false
+    /// Whether the current response's head went to the worker: until then
+    /// an upstream failure can still be answered with a 502 naming it.
+    var responseStarted = false
     var pendingRead = false
     var context: ChannelHandlerContext? = nil
 
@@ -171,6 +174,7 @@ final class ClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         requestEnded = false
         responseEnded = false
+        responseStarted = false
         closeAfterResponse = !head.isKeepAlive
         let first = firstRequest
         firstRequest = false
@@ -207,8 +211,11 @@ final class ClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
         out.headers.replaceOrAdd(
             name: "Host", value: target.port == defaultPort ? Self.hostText(target.host) : target.authority)
         // Credentials the cell never holds: set here, replacing whatever
-        // the worker sent under the same name.
-        for i in worker.injections(for: target) { out.headers.replaceOrAdd(name: i.headerName, value: i.headerValue) }
+        // the worker sent under the same name; each only over the scheme
+        // the manifest gives it (an `https` one never in plain HTTP, where
+        // a worker downgrading on purpose would have it cross in clear).
+        let injections = worker.injections(for: target).filter { ($0.scheme == .https) == upstreamIsTLS }
+        for i in injections { out.headers.replaceOrAdd(name: i.headerName, value: i.headerValue) }
         waiting = [.head(out)]
         if let up = upstream, let t = upstreamTarget, t.host == target.host, t.port == target.port, up.isActive {
             phase = .sending
@@ -330,6 +337,7 @@ final class ClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard let context else { return }
         switch part {
         case .head(let head):
+            responseStarted = true
             var out = HTTPResponseHead(version: .http1_1, status: head.status)
             out.headers = Self.forwardedHeaders(head.headers)
             if !head.isKeepAlive { upstreamWillClose = true }
@@ -363,6 +371,18 @@ final class ClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// The upstream connection ended: mid-response the client's connection
     /// ends too; between requests the next request opens a new one.
+    /// An error on the upstream connection (its TLS handshake failing, say
+    /// the certificate not verifying) while a request waits for it and no
+    /// response has started: answered with a 502 that names it, instead of
+    /// a connection closed without a word. (The connection made at CONNECT
+    /// before any request is only dropped: the request opens another.)
+    func upstreamFailed(_ channel: Channel, _ error: Error) {
+        guard upstream === channel, phase == .sending || phase == .responding, !responseStarted,
+            let context, let target = upstreamTarget
+        else { return }
+        refuse(.badGateway, "mcp-supervisor's connection to \(target.authority) failed: \(error)", context: context)
+    }
+
     func upstreamClosed(_ channel: Channel) {
         guard upstream === channel else { return }
         upstream = nil
@@ -592,7 +612,10 @@ final class UpstreamHandler: ChannelDuplexHandler {
         context.fireChannelInactive()
     }
 
-    func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        client?.upstreamFailed(context.channel, error)
+        context.close(promise: nil)
+    }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable { client?.upstreamWritable() }

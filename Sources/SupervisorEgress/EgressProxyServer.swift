@@ -191,7 +191,9 @@ final class WorkerEgress: EgressAttachment, Sendable {
 
     /// Whether CONNECT to `target` is terminated here (it has injections and
     /// there is an authority to make its certificate).
-    func intercepts(_ target: RequestTarget) -> Bool { authority != nil && !injections(for: target).isEmpty }
+    func intercepts(_ target: RequestTarget) -> Bool {
+        authority != nil && injections(for: target).contains { $0.scheme == .https }
+    }
 
     /// The outcome of one upstream connection request.
     enum Opened: Sendable {

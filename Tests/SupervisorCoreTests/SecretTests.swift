@@ -81,11 +81,16 @@ final class SecretManifestTests: ManifestTestCase {
                 "inject": ["host": "API.example.com:443", "header": "Authorization", "format": "Bearer {secret}"],
             ],
             ["name": "t", "inject": ["host": "a.svc.org:443", "header": "X-Api-Key"]],
-            ["name": "t", "inject": ["host": "127.0.0.1:8443", "header": "X-Api-Key"]],
+            ["name": "t", "inject": ["host": "127.0.0.1:8443", "header": "X-Api-Key", "scheme": "http"]],
         ])
         XCTAssertEqual(
             b[0].use, .inject(host: "api.example.com", port: 443, header: "Authorization", format: "Bearer {secret}"))
         XCTAssertEqual(b[1].use, .inject(host: "a.svc.org", port: 443, header: "X-Api-Key", format: "{secret}"))
+        XCTAssertEqual(
+            b[2].use, .inject(host: "127.0.0.1", port: 8443, header: "X-Api-Key", format: "{secret}", scheme: .http))
+        fails(
+            ["host": "api.example.com:443", "header": "A", "scheme": "ftp"], "secrets[0].inject.scheme",
+            "\"https\" (the default) or \"http\"")
         fails(["host": "other.example.com:443", "header": "A"], "secrets[0].inject.host", "not on the cell's network")
         fails(["host": "api.example.com:80", "header": "A"], "secrets[0].inject.host", "not on the cell's network")
         fails(["host": "*.svc.org:443", "header": "A"], "secrets[0].inject.host", "not a wildcard")

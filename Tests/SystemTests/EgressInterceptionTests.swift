@@ -175,7 +175,7 @@ final class EgressInterceptionTests: XCTestCase {
                 secretName: "UPSTREAM_TOKEN"),
             CredentialInjection(
                 host: "127.0.0.1", port: http.port, headerName: "Authorization", headerValue: Self.secret,
-                secretName: "UPSTREAM_TOKEN"),
+                secretName: "UPSTREAM_TOKEN", scheme: .http),
         ]
         let runner = try Harness.runner()
         runner.enableEgress(proxy) { _ in EgressCredentialSet(injections: injections, authority: authority) }

@@ -26,11 +26,14 @@ PAGE = (b"<html><head><title>Egress test</title></head><body><article><h1>Hello 
 
 class Site:
     """A loopback HTTP (or HTTPS) server of the test: /robots.txt allows all,
-    every other path is PAGE. Records the paths it was asked for."""
+    /echo answers with the Authorization header it received (as an upstream
+    reflecting a credential back would), every other path is PAGE. Records
+    the paths it was asked for and each request's headers."""
 
-    def __init__(self, tls=None):
+    def __init__(self, tls=None, port=0):
         site = self
         self.paths = []
+        self.headers = []
 
         class H(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -40,7 +43,10 @@ class Site:
 
             def do_GET(self):
                 site.paths.append(self.path)
+                site.headers.append(dict(self.headers))
                 body = b"User-agent: *\nAllow: /\n" if self.path == "/robots.txt" else PAGE
+                if self.path == "/echo":
+                    body = f"you sent: {self.headers.get('Authorization')}".encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain" if self.path == "/robots.txt" else "text/html")
                 self.send_header("Content-Length", str(len(body)))
@@ -50,7 +56,7 @@ class Site:
             def log_message(self, *a):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
         if tls:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(tls["cert"], tls["key"])

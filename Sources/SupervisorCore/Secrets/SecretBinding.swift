@@ -21,16 +21,17 @@ public struct SecretBinding: Sendable, Equatable, CustomStringConvertible {
         /// Preferred: the egress proxy sets `header` to `format` (with
         /// `{secret}` replaced by the value) on each request to host:port;
         /// the worker never holds the value.
-        case inject(host: String, port: Int, header: String, format: String)
+        case inject(
+            host: String, port: Int, header: String, format: String, scheme: CredentialInjection.Scheme = .https)
         /// Fallback: the worker's environment variable `variable` holds the
         /// value.
         case environment(variable: String)
 
         public var description: String {
             switch self {
-            case .inject(let h, let p, let header, let format):
+            case .inject(let h, let p, let header, let format, let scheme):
                 let host = h.contains(":") ? "[\(h)]" : h
-                return "inject header \(header): \(format) on requests to \(host):\(p)"
+                return "inject header \(header): \(format) on \(scheme.rawValue) requests to \(host):\(p)"
             case .environment(let v): return "environment variable \(v) of the worker"
             }
         }
@@ -90,7 +91,8 @@ public struct SecretBinding: Sendable, Equatable, CustomStringConvertible {
                 if case .environment(let v) = b.use, case .environment(let w) = other.use, v == w {
                     throw r.error("env", "variable \(v) already receives secret \(other.name)")
                 }
-                if case .inject(let h, let p, let hd, _) = b.use, case .inject(let h2, let p2, let hd2, _) = other.use,
+                if case .inject(let h, let p, let hd, _, _) = b.use,
+                    case .inject(let h2, let p2, let hd2, _, _) = other.use,
                     h == h2, p == p2, hd.lowercased() == hd2.lowercased()
                 {
                     throw r.error("inject.header", "header \(hd) for \(h):\(p) is already set by secret \(other.name)")
@@ -163,8 +165,12 @@ public struct SecretBinding: Sendable, Equatable, CustomStringConvertible {
             else {
                 throw i.error("format", "must be at most 256 printable ASCII characters (no line breaks)")
             }
+            let schemeText = try i.optionalString("scheme") ?? "https"
+            guard let scheme = CredentialInjection.Scheme(rawValue: schemeText) else {
+                throw i.error("scheme", "must be \"https\" (the default) or \"http\", found \"\(schemeText)\"")
+            }
             try i.finish()
-            use = .inject(host: host.pattern, port: host.port, header: header, format: format)
+            use = .inject(host: host.pattern, port: host.port, header: header, format: format, scheme: scheme)
         case (nil, let v?):
             guard CellManifest.isEnvName(v) else { throw r.error("env", "not a valid variable name: \"\(v)\"") }
             guard !environment.contains(v) else {
@@ -189,11 +195,11 @@ extension SecretBinding {
         case .environment(let v): o["source"] = .object(JSONObject([("environment", .string(v))]))
         }
         switch use {
-        case .inject(let h, let p, let header, let format):
+        case .inject(let h, let p, let header, let format, let scheme):
             o["inject"] = .object(
                 JSONObject([
                     ("host", .string(h.contains(":") ? "[\(h)]:\(p)" : "\(h):\(p)")), ("header", .string(header)),
-                    ("format", .string(format)),
+                    ("format", .string(format)), ("scheme", .string(scheme.rawValue)),
                 ]))
         case .environment(let v): o["env"] = .string(v)
         }

@@ -95,7 +95,7 @@ public final class SecretSources: Sendable {
             }
             let text = String(decoding: value, as: UTF8.self)
             switch b.use {
-            case .inject(let host, let port, let header, let format):
+            case .inject(let host, let port, let header, let format, let scheme):
                 // A line break in a header would let the value add headers
                 // (or a request) of its own.
                 guard text.unicodeScalars.allSatisfy({ $0.value >= 0x20 && $0.value != 0x7F }) else {
@@ -109,7 +109,7 @@ public final class SecretSources: Sendable {
                     CredentialInjection(
                         host: host, port: port, headerName: header,
                         headerValue: format.replacingOccurrences(of: SecretBinding.placeholder, with: text),
-                        secretName: b.name))
+                        secretName: b.name, scheme: scheme))
             case .environment(let variable):
                 guard !value.contains(0) else {
                     return .failure(SecretUnavailable(name: b.name, reason: "its value contains a NUL byte"))

@@ -7,11 +7,23 @@
   structuredContent, a log notification and its stderr;
 - `fail`: answers with an error result quoting the value;
 - `crash`: writes the value to stderr and exits mid-call.
+
+With a secret bound to the egress proxy instead (`inject`), it has nothing
+to leak and tries to see the credential the proxy adds:
+
+- `environ`: its whole environment, hex-encoded so
+  that the supervisor's redaction cannot hide a value it holds;
+- `fetch {url, cafile?}`: a GET with urllib, which follows the proxy
+  variables (and trusts SSL_CERT_FILE, or only `cafile` when given, as a
+  client pinning its own CA would); the status and body, or the error.
 """
 import base64
 import hashlib
 import os
+import ssl
 import sys
+import urllib.error
+import urllib.request
 
 from mcpstdio import Server, log
 
@@ -44,8 +56,33 @@ def crash(args):
     os._exit(3)
 
 
-for name, handler in (("env", env), ("echo", echo), ("fail", fail), ("crash", crash)):
+def environ(args):
+    # The environment the process started with (/proc/self/environ is
+    # closed to it by Landlock).
+    return {"hex": b"\0".join(k + b"=" + v for k, v in os.environb.items()).hex()}
+
+
+def fetch(args):
+    if args.get("cafile"):
+        # Only that CA: what a client pinning its own bundle trusts.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(cafile=args["cafile"])
+    else:
+        context = ssl.create_default_context()
+    try:
+        with urllib.request.urlopen(args["url"], timeout=10, context=context) as r:
+            return {"ok": True, "status": r.status, "body": r.read().decode(errors="replace")}
+    except urllib.error.HTTPError as e:
+        return {"ok": False, "status": e.code, "error": str(e), "body": e.read().decode(errors="replace")}
+    except Exception as e:  # the test reads what failed
+        return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+
+
+for name, handler in (("env", env), ("echo", echo), ("fail", fail), ("crash", crash), ("environ", environ)):
     server.tool(name, f"Leak test: {name}.", handler=handler)
+STR = {"type": "string"}
+server.tool("fetch", "Leak test: fetch a URL through the proxy variables.", {"url": STR, "cafile": STR}, ["url"],
+            fetch)
 
 if __name__ == "__main__":
     server.run()
