@@ -692,6 +692,68 @@ def test_policy_on_the_principal(workspace, issuer):
         shutil.rmtree(work, ignore_errors=True)
 
 
+def test_policy_on_token_groups_and_scopes(workspace, issuer):
+    """A rule scoped to a group and a scope: a token with both may call
+    echo, one without the group is refused and the refusal names the rule."""
+    policy = {
+        "principals": [
+            {"name": "ops", "principal": "oauth:*", "groups": ["ops", "sre-*"], "scopes": ["mcp:tools"],
+             "allow": ["echo"]},
+            {"name": "operator", "principal": "token:*", "allow": ["probe*"]},
+        ],
+    }
+    work = make_work(workspace, "groups")
+    srv = HTTPServer(work, base_config(issuer), policy=policy)
+    try:
+        body = modern_body(55, "tools/call", {"name": "echo", "arguments": {"text": "g"}})
+        r, data = post(srv, body, modern_headers(
+            issuer.token(sub="alice", groups=["dev", "sre-eu"]), "tools/call", "echo"))
+        res = response_of(r, data)["result"]
+        assert not res.get("isError"), data
+        # bob's token has the scope but not the group: no rule covers him.
+        r, data = post(srv, body, modern_headers(issuer.token(sub="bob", groups=["dev"]), "tools/call", "echo"))
+        res = response_of(r, data)["result"]
+        assert res.get("isError"), data
+        ev = srv.wait_event(lambda e: e["type"] == "call.refused" and e.get("principal") == "oauth:bob")
+        started = [e for e in ev if e["type"] == "call.start" and e["principal"] == "oauth:alice"]
+        assert started and "principals[0] (ops)" in started[-1]["decision"], started
+        refused = [e for e in ev if e["type"] == "call.refused" and e.get("principal") == "oauth:bob"]
+        assert refused and refused[-1]["reason"] == "policy", refused
+        assert refused[-1]["rule"] == \
+            'principals[0] (ops) groups ["ops", "sre-*"]: the caller has none of them', refused
+        assert refused[-1]["groups"] == ["dev"], refused
+        # The static token (no groups) is decided by its own rule.
+        r, data = post(srv, body, modern_headers(STATIC_TOKEN, "tools/call", "echo"))
+        assert response_of(r, data)["result"].get("isError"), data
+        ev = srv.wait_event(lambda e: e["type"] == "call.refused" and e.get("principal") == "token:operator")
+        refused = [e for e in ev if e["type"] == "call.refused" and e.get("principal") == "token:operator"]
+        assert refused[-1]["rule"] == "principals[1] (operator): no allow[] pattern matches", refused
+    finally:
+        srv.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_policy_names_the_rule_a_token_lacks_a_scope_for(workspace, issuer):
+    policy = {"principals": [{"name": "writers", "principal": "*", "scopes": ["mcp:tools", "fs:write"],
+                              "allow": ["*"]}]}
+    work = make_work(workspace, "scopes")
+    srv = HTTPServer(work, base_config(issuer), policy=policy)
+    try:
+        body = modern_body(57, "tools/call", {"name": "echo", "arguments": {"text": "s"}})
+        r, data = post(srv, body, modern_headers(issuer.token(sub="carol", scope="mcp:tools fs:write"),
+                                                 "tools/call", "echo"))
+        assert not response_of(r, data)["result"].get("isError"), data
+        r, data = post(srv, body, modern_headers(issuer.token(sub="dave"), "tools/call", "echo"))
+        assert response_of(r, data)["result"].get("isError"), data
+        ev = srv.wait_event(lambda e: e["type"] == "call.refused" and e.get("principal") == "oauth:dave")
+        refused = [e for e in ev if e["type"] == "call.refused" and e.get("principal") == "oauth:dave"]
+        assert refused and refused[-1]["rule"] == \
+            'principals[0] (writers) scopes ["mcp:tools", "fs:write"]: the caller lacks "fs:write"', refused
+    finally:
+        srv.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def test_config_errors_refuse_to_start(workspace, tmp_path, issuer):
     bad = base_config(issuer)
     bad["oauth"]["algorithms"] = ["HS256"]
