@@ -193,8 +193,13 @@ public final class CallPipeline: Sendable {
     public let quarantine: Quarantine
     /// Breakers, behaviour profiles, anomaly responses (docs/resilience.md).
     public let resilience: Resilience
-    /// The 2026-07-28 era's approval request states (a key per run).
-    public let approvalStates = ApprovalStates()
+    /// The 2026-07-28 era's approval request states: a key per run, or a
+    /// key and used-state directory shared by instances (`serve --http`).
+    let approvalStatesState = Mutex(ApprovalStates())
+    public var approvalStates: ApprovalStates {
+        get { approvalStatesState.withLock { $0 } }
+        set { approvalStatesState.withLock { $0 = newValue } }
+    }
     let loadRegistry: @Sendable () -> CellRegistry
 
     struct InFlight {
@@ -472,7 +477,7 @@ public final class CallPipeline: Sendable {
         {
             let request = ApprovalRequest(
                 tool: entry.tool.name, arguments: call.arguments, principal: session.principal, phase: phase,
-                rule: rule, timeoutSeconds: policy.approvalTimeoutSeconds)
+                rule: rule, timeoutSeconds: policy.approvalTimeoutSeconds, tenant: session.tenant)
             switch await approve(call, request, cell: entry.cell, policy: policy) {
             case .failure(let refused): return .failure(refused)
             case .success(let how): approval = how

@@ -942,6 +942,77 @@ def test_modern_approval_over_http_is_bound_to_the_principal(workspace, issuer):
         shutil.rmtree(work, ignore_errors=True)
 
 
+def test_modern_approval_granted_on_one_instance_completes_on_another(workspace, issuer, tmp_path):
+    """Two instances sharing the approval key and used-state directory: a
+    request state issued by A is completed on B, and replaying it on either
+    is refused."""
+    shared = tmp_path / "approvals"
+    shared.mkdir(mode=0o700)
+    config = base_config(issuer, approvalState={"keyFile": str(shared / "approval.key"),
+                                                "usedDirectory": str(shared / "used")})
+    policy = {"principals": [{"name": "all", "principal": "*", "allow": ["*"]}], "approval": [{"tool": "echo"}]}
+    works = [make_work(workspace, "approval-a"), make_work(workspace, "approval-b")]
+    servers = []
+    try:
+        servers = [HTTPServer(w, config, policy=policy) for w in works]
+        a, b = servers
+        assert oct(os.stat(shared / "approval.key").st_mode & 0o777) == "0o600"
+
+        def call(srv, id, **extra):
+            p = {"name": "echo", "arguments": {"text": "approve me"}, **extra}
+            body = modern_body(id, "tools/call", p)
+            body["params"]["_meta"]["io.modelcontextprotocol/clientCapabilities"] = {"elicitation": {}}
+            r, data = post(srv, body, modern_headers(issuer.token(sub="alice"), "tools/call", "echo"))
+            assert r.status == 200, data
+            return response_of(r, data)["result"]
+
+        r = call(a, 90)
+        assert r["resultType"] == "input_required", r
+        state = r["requestState"]
+        answer = {"approval": {"action": "accept"}}
+        r = call(b, 91, inputResponses=answer, requestState=state)
+        assert r["resultType"] == "complete" and not r.get("isError"), r
+        assert "approve me" in json.dumps(r["content"]), r
+        for srv, id in ((a, 92), (b, 93)):
+            r = call(srv, id, inputResponses=answer, requestState=state)
+            assert r.get("isError"), r
+            assert "already used" in json.dumps(r["content"]), r
+        evb = b.wait_event(lambda e: e["type"] == "call.approved")
+        assert [e["principal"] for e in evb if e["type"] == "call.approved"] == ["oauth:alice"]
+        assert [e["reason"] for e in evb if e["type"] == "call.refused"] == ["approval_invalid"]
+        eva = a.wait_event(lambda e: e["type"] == "call.refused" and e.get("reason") == "approval_invalid")
+        assert not [e for e in eva if e["type"] == "call.approved"]
+        assert [e["reason"] for e in eva if e["type"] == "call.refused"] == ["approval_invalid"]
+        # One use, one record in the shared directory.
+        assert len(os.listdir(shared / "used")) == 1
+    finally:
+        for srv in servers:
+            srv.stop()
+        for w in works:
+            shutil.rmtree(w, ignore_errors=True)
+
+
+def test_shared_approval_key_others_can_read_is_refused_at_start(workspace, issuer, tmp_path):
+    key = tmp_path / "approval.key"
+    key.write_text("approval-hmac-sha256:" + base64.b64encode(os.urandom(32)).decode() + "\n")
+    os.chmod(key, 0o644)
+    config = base_config(issuer, approvalState={"keyFile": str(key), "usedDirectory": str(tmp_path / "used")})
+    work = make_work(workspace, "approval-key")
+    try:
+        (work / "http.json").write_text(json.dumps(config))
+        p = subprocess.run(
+            [str(BIN), "serve", "--http", "127.0.0.1:0", "--http-config", str(work / "http.json"),
+             "--manifests", str(work / "manifests"), "--state-dir", str(work / "state"),
+             "--scratch-dir", str(work / "scratch"), "--allow-unsigned"],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        assert p.returncode == 2, p
+        err = p.stderr.decode()
+        assert f"approvalState: approval key file {key} has mode 644: it must be 0600" in err, err
+        assert not (tmp_path / "used").exists()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def test_one_principal_cannot_hold_every_session(server, issuer):
     def initialize(tok):
         h = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
