@@ -572,6 +572,15 @@ def test_handshake_session_raw(server, issuer):
     r, _ = post(server, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
                 {**h2, "Authorization": f"Bearer {issuer.token(sub='mallory')}"})
     assert r.status == 404
+    # Nor can the same principal with a token of other groups or scopes:
+    # the policy decided on the session's, so a narrower token is another session.
+    for other in (issuer.token(groups=["ops"]), issuer.token(scope="mcp:tools extra")):
+        r, _ = post(server, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+                    {**h2, "Authorization": f"Bearer {other}"})
+        assert r.status == 404
+    r, _ = post(server, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+                {**h2, "Authorization": f"Bearer {issuer.token()}"})
+    assert r.status == 200
     r, data = post(server, {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, h2)
     assert r.status == 200 and json.loads(data)["result"]["tools"]
     c = server.conn()
