@@ -147,10 +147,11 @@ public final class ApprovalStates: Sendable {
                 defer { fd.close() }
                 try fd.writeAll(text)
                 try fd.sync()
-            } catch where error.errno == EEXIST {
-                // Another instance created it first: read theirs below.
             } catch {
-                throw ApprovalStateError("approval key file \(path): cannot create it: \(error)")
+                // EEXIST: another instance created it first; read theirs below.
+                guard error.errno == EEXIST else {
+                    throw ApprovalStateError("approval key file \(path): cannot create it: \(error)")
+                }
             }
         }
         // A file being written by another instance is empty for a moment.
@@ -222,11 +223,12 @@ public final class ApprovalStates: Sendable {
     public func issue(for request: ApprovalRequest) -> String {
         let nonce = SymmetricKey(size: .bits128).withUnsafeBytes { Data($0).base64URL }
         let payload = JSONValue.object(
-            JSONObject([
-                ("v", 1), ("tool", .string(request.tool)), ("args", .string(request.argumentsSHA256)),
-                ("principal", .string(request.principal)), ("exp", .int(now() + Int64(request.timeoutSeconds))),
-                ("nonce", .string(nonce)),
-            ] + (request.tenant.map { [("tenant", JSONValue.string($0))] } ?? []))
+            JSONObject(
+                [
+                    ("v", 1), ("tool", .string(request.tool)), ("args", .string(request.argumentsSHA256)),
+                    ("principal", .string(request.principal)), ("exp", .int(now() + Int64(request.timeoutSeconds))),
+                    ("nonce", .string(nonce)),
+                ] + (request.tenant.map { [("tenant", JSONValue.string($0))] } ?? []))
         ).serializedBytes()
         let mac = HMAC<SHA256>.authenticationCode(for: payload, using: key)
         return Data(payload).base64URL + "." + Data(mac).base64URL
@@ -277,11 +279,9 @@ public final class ApprovalStates: Sendable {
             let fd = try Sys.open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode: 0o600)
             fd.close()
             return .success(())
-        } catch where error.errno == EEXIST {
-            return .failure(.replayed)
         } catch {
             // Fail closed: a state whose use cannot be recorded is not accepted.
-            return .failure(.unrecorded)
+            return .failure(error.errno == EEXIST ? .replayed : .unrecorded)
         }
     }
 

@@ -327,8 +327,8 @@ public final class StreamableHTTPEndpoint: Sendable {
     func modernSession(_ caller: HTTPCaller) -> CallSession {
         // By principal, tenant, groups and scopes: a token of another tenant,
         // or with other groups or scopes, is another session.
-        let key = ([caller.principal, caller.tenant ?? ""] + caller.groups.sorted() + ["\u{1}"]
-            + caller.scopes.sorted()).joined(separator: "\u{0}")
+        let parts = [caller.principal, caller.tenant ?? ""] + caller.groups.sorted() + ["\u{1}"]
+        let key = (parts + caller.scopes.sorted()).joined(separator: "\u{0}")
         return modernSessions.withLock { m in
             if let s = m[key] { return s }
             // A bound on memory: forgetting sessions resets phases to the initial one.
