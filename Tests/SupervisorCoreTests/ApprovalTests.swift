@@ -155,6 +155,22 @@ final class ApprovalTests: XCTestCase {
         XCTAssertThrowsError(try ApprovalStates.loadKey(path: "relative.key"))
     }
 
+    func testASharedKeyFileOfAnotherUserIsRefused() throws {
+        try XCTSkipUnless(geteuid() == 0, "giving a file to another user needs root")
+        let dir = try temporaryDirectory()
+        let path = dir + "/approval.key"
+        _ = try ApprovalStates.loadKey(path: path)
+        XCTAssertEqual(chown(path, 4242, 4242), 0)
+        XCTAssertThrowsError(try ApprovalStates.loadKey(path: path)) { e in
+            XCTAssertTrue("\(e)".contains("is owned by uid 4242, not by this user (uid 0)"), "\(e)")
+        }
+        try FileManager.default.createDirectory(atPath: dir + "/theirs", withIntermediateDirectories: false)
+        XCTAssertEqual(chown(dir + "/theirs", 4242, 4242), 0)
+        XCTAssertThrowsError(try ApprovalStates.checkUsedDirectory(dir + "/theirs")) { e in
+            XCTAssertTrue("\(e)".contains("must be this user's (uid 0)"), "\(e)")
+        }
+    }
+
     func testUsedStatesAreBoundedAndForgottenOnlyAfterExpiry() {
         let clock = WallClock()
         let s = states(clock, capacity: 2)
