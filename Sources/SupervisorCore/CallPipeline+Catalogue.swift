@@ -28,7 +28,9 @@ extension CallPipeline {
         }
         let client = session.clientName
         let visible = registry.toolNames.compactMap { registry.tool(named: $0) }.filter {
-            policy.mayList(principal: session.principal, client: client, tool: $0.tool.name)
+            policy.mayList(
+                principal: session.principal, client: client, groups: session.groups, scopes: session.scopes,
+                tool: $0.tool.name)
         }
         return CatalogueView(
             active: visible.count > limit, visible: visible, pinned: options.catalogue.pinned, enabled: enabled)

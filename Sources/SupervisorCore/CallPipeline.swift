@@ -103,6 +103,11 @@ public struct ToolResult: Sendable, Equatable {
 /// per session. A stdio connection is one session.
 public final class CallSession: Sendable {
     public let principal: String
+    /// The caller's groups and scopes (HTTP: from the token; stdio: none),
+    /// which `principals[].groups` and `.scopes` match. Fixed for the
+    /// session: a token with other groups or scopes is another session.
+    public let groups: [String]
+    public let scopes: [String]
     struct State {
         var clientName: String?
         /// The caller's tenant (HTTP: from the token); recorded with the principal.
@@ -122,8 +127,10 @@ public final class CallSession: Sendable {
         toolListChanged.withLock { $0 = body }
     }
 
-    public init(principal: String) {
+    public init(principal: String, groups: [String] = [], scopes: [String] = []) {
         self.principal = principal
+        self.groups = groups
+        self.scopes = scopes
     }
 
     public var clientName: String? {
@@ -186,8 +193,13 @@ public final class CallPipeline: Sendable {
     public let quarantine: Quarantine
     /// Breakers, behaviour profiles, anomaly responses (docs/resilience.md).
     public let resilience: Resilience
-    /// The 2026-07-28 era's approval request states (a key per run).
-    public let approvalStates = ApprovalStates()
+    /// The 2026-07-28 era's approval request states: a key per run, or a
+    /// key and used-state directory shared by instances (`serve --http`).
+    let approvalStatesState = Mutex(ApprovalStates())
+    public var approvalStates: ApprovalStates {
+        get { approvalStatesState.withLock { $0 } }
+        set { approvalStatesState.withLock { $0 = newValue } }
+    }
     let loadRegistry: @Sendable () -> CellRegistry
 
     struct InFlight {
@@ -437,9 +449,12 @@ public final class CallPipeline: Sendable {
         }
         let phase = self.phase(of: session)
         let decision = policy.decide(
-            principal: session.principal, client: session.clientName, tool: entry.tool.name,
-            manifest: entry.cell.manifest, phase: phase)
-        guard decision.allowed, let (_, rule) = policy.rule(for: session.principal, client: session.clientName) else {
+            principal: session.principal, client: session.clientName, groups: session.groups,
+            scopes: session.scopes, tool: entry.tool.name, manifest: entry.cell.manifest, phase: phase)
+        guard decision.allowed,
+            let (_, rule) = policy.rule(
+                for: session.principal, client: session.clientName, groups: session.groups, scopes: session.scopes)
+        else {
             return .failure(Refused(refusal: .policy(decision), cell: entry.cell, policy: policy))
         }
         // After the policy: a tool it denies is refused as such, whether
@@ -462,7 +477,7 @@ public final class CallPipeline: Sendable {
         {
             let request = ApprovalRequest(
                 tool: entry.tool.name, arguments: call.arguments, principal: session.principal, phase: phase,
-                rule: rule, timeoutSeconds: policy.approvalTimeoutSeconds)
+                rule: rule, timeoutSeconds: policy.approvalTimeoutSeconds, tenant: session.tenant)
             switch await approve(call, request, cell: entry.cell, policy: policy) {
             case .failure(let refused): return .failure(refused)
             case .success(let how): approval = how
@@ -679,6 +694,14 @@ public final class CallPipeline: Sendable {
             ("reason", .string(r.reason)), ("detail", .string(SecurityEvent.bounded(r.detail, maxBytes: 1024))),
         ])
         if let t = session.tenant { f["tenant"] = .string(SecurityEvent.bounded(t)) }
+        // What `principals[].groups` and `.scopes` matched against: a refusal
+        // by those is read from the record alone.
+        if !session.groups.isEmpty {
+            f["groups"] = .array(session.groups.prefix(32).map { .string(SecurityEvent.bounded($0)) })
+        }
+        if !session.scopes.isEmpty {
+            f["scopes"] = .array(session.scopes.prefix(32).map { .string(SecurityEvent.bounded($0)) })
+        }
         if let policy {
             f["policySha256"] = .string(policy.sha256)
             f["rule"] = .string(r.detail)

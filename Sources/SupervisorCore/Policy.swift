@@ -17,11 +17,30 @@ public struct Policy: Sendable {
         public let principal: String
         /// Glob over the client name from initialize.
         public let client: String
+        /// Globs over the caller's groups (HTTP tokens): the rule matches when
+        /// any group matches any of them; nil: every caller, with or without groups.
+        public let groups: [String]?
+        /// Globs over the caller's scopes (HTTP tokens): the rule matches when
+        /// each of them matches one of the caller's scopes; nil: no scope needed.
+        public let scopes: [String]?
         public let allow: [String]
         public let deny: [String]
         public let perToolRate: RateLimit?
         public let overallRate: RateLimit?
         public let maxConcurrent: Int?
+
+        /// Why a caller with these groups and scopes is not covered, in the
+        /// policy's own terms (`groups ["ops"]: the caller has none of them`);
+        /// nil when it is.
+        func missing(groups callerGroups: [String], scopes callerScopes: [String]) -> String? {
+            if let groups, !callerGroups.contains(where: { g in groups.contains { glob($0, g) } }) {
+                return "groups [\(groups.map { "\"\($0)\"" }.joined(separator: ", "))]: the caller has none of them"
+            }
+            if let scopes, let lacking = scopes.first(where: { s in !callerScopes.contains { glob(s, $0) } }) {
+                return "scopes [\(scopes.map { "\"\($0)\"" }.joined(separator: ", "))]: the caller lacks \"\(lacking)\""
+            }
+            return nil
+        }
     }
 
     public struct Transition: Sendable {
@@ -122,6 +141,21 @@ public struct Policy: Sendable {
             let name = try p.string("name")
             let principal = try p.optionalString("principal") ?? "*"
             let client = try p.optionalString("client") ?? "*"
+            // Absent and empty differ: an empty list would match no caller
+            // (groups) or every caller (scopes), either way not what was meant.
+            func patterns(_ key: String, _ what: String) throws(ConfigError) -> [String]? {
+                guard p.has(key) else { return nil }
+                let list = try p.stringArray(key)
+                guard !list.isEmpty else {
+                    throw p.error(key, "an empty list; give at least one \(what) pattern or leave the field out")
+                }
+                for (k, g) in list.enumerated() where g.isEmpty {
+                    throw ConfigError(file: path, field: "principals[\(i)].\(key)[\(k)]", message: "an empty pattern")
+                }
+                return list
+            }
+            let groups = try patterns("groups", "group")
+            let scopes = try patterns("scopes", "scope")
             let allow = try p.stringArray("allow", default: [])
             let deny = try p.stringArray("deny", default: [])
             func rate(_ key: String) throws(ConfigError) -> RateLimit? {
@@ -139,7 +173,8 @@ public struct Policy: Sendable {
             try p.finish()
             principals.append(
                 PrincipalRule(
-                    name: name, principal: principal, client: client, allow: allow, deny: deny,
+                    name: name, principal: principal, client: client, groups: groups, scopes: scopes,
+                    allow: allow, deny: deny,
                     perToolRate: perTool, overallRate: overall, maxConcurrent: maxC))
         }
 
@@ -191,16 +226,32 @@ public struct Policy: Sendable {
             sha256: sha256Hex(bytes))
     }
 
-    public func rule(for principal: String, client: String?) -> (Int, PrincipalRule)? {
-        principals.enumerated().first { glob($0.element.principal, principal) && glob($0.element.client, client ?? "") }
+    public func rule(for principal: String, client: String?, groups: [String] = [], scopes: [String] = [])
+        -> (Int, PrincipalRule)?
+    {
+        principals.enumerated().first {
+            glob($0.element.principal, principal) && glob($0.element.client, client ?? "")
+                && $0.element.missing(groups: groups, scopes: scopes) == nil
+        }
     }
 
     /// The static part of a decision: who, which tool, which phase. Rate
     /// limits, concurrency and arbitration are decided at call time.
-    public func decide(principal: String, client: String?, tool: String, manifest: CellManifest?, phase: String)
-        -> Decision
-    {
-        guard let (i, p) = rule(for: principal, client: client) else {
+    public func decide(
+        principal: String, client: String?, groups: [String] = [], scopes: [String] = [], tool: String,
+        manifest: CellManifest?, phase: String
+    ) -> Decision {
+        guard let (i, p) = rule(for: principal, client: client, groups: groups, scopes: scopes) else {
+            // Name the first rule that would have matched but for the
+            // token's groups or scopes: that is the rule the operator looks for.
+            for (k, r) in principals.enumerated()
+            where glob(r.principal, principal) && glob(r.client, client ?? "") {
+                if let why = r.missing(groups: groups, scopes: scopes) {
+                    return Decision(
+                        allowed: false, rule: "principals[\(k)] (\(r.name)) \(why)", reason: "policy",
+                        message: "No policy rule covers this caller: the rule for \(r.name) needs \(why).")
+                }
+            }
             return Decision(
                 allowed: false, rule: "no principals[] entry matches \(principal)", reason: "policy",
                 message: "No policy rule covers this caller.")
@@ -233,8 +284,13 @@ public struct Policy: Sendable {
     /// Whether the principal's rule lets it see the tool at all (its allow
     /// and deny globs): what the catalogue lists and finds. Phases, rates and
     /// approval decide at call time.
-    public func mayList(principal: String, client: String?, tool: String) -> Bool {
-        decide(principal: principal, client: client, tool: tool, manifest: nil, phase: "").allowed
+    public func mayList(
+        principal: String, client: String?, groups: [String] = [], scopes: [String] = [], tool: String
+    ) -> Bool {
+        decide(
+            principal: principal, client: client, groups: groups, scopes: scopes, tool: tool, manifest: nil,
+            phase: ""
+        ).allowed
     }
 
     /// How to get from one phase to another (one or two steps), for hints.

@@ -148,12 +148,12 @@ public final class StreamableHTTPEndpoint: Sendable {
         let pipeline: CallPipeline
         let tenant: String?
 
-        init(id: String, principal: String, tenant: String?, pipeline: CallPipeline, maxMessageBytes: Int) {
+        init(id: String, caller: HTTPCaller, pipeline: CallPipeline, maxMessageBytes: Int) {
             self.id = id
-            self.principal = principal
-            self.tenant = tenant
+            self.principal = caller.principal
+            self.tenant = caller.tenant
             self.pipeline = pipeline
-            self.callSession = CallSession(principal: principal)
+            self.callSession = CallSession(principal: caller.principal, groups: caller.groups, scopes: caller.scopes)
             self.gate = Mutex(MessageGate(maxMessageBytes: maxMessageBytes))
         }
     }
@@ -325,13 +325,15 @@ public final class StreamableHTTPEndpoint: Sendable {
 
     /// The `CallSession` of a principal in 2026-07-28 (its phase, its taint).
     func modernSession(_ caller: HTTPCaller) -> CallSession {
-        // By principal and tenant: a token of another tenant is another session.
-        let key = caller.principal + "\u{0}" + (caller.tenant ?? "")
+        // By principal, tenant, groups and scopes: a token of another tenant,
+        // or with other groups or scopes, is another session.
+        let parts = [caller.principal, caller.tenant ?? ""] + caller.groups.sorted() + ["\u{1}"]
+        let key = (parts + caller.scopes.sorted()).joined(separator: "\u{0}")
         return modernSessions.withLock { m in
             if let s = m[key] { return s }
             // A bound on memory: forgetting sessions resets phases to the initial one.
             if m.count >= Self.maxModernSessions { m.removeAll() }
-            let s = CallSession(principal: caller.principal)
+            let s = CallSession(principal: caller.principal, groups: caller.groups, scopes: caller.scopes)
             s.clientName = caller.clientID
             s.tenant = caller.tenant
             m[key] = s
@@ -477,9 +479,12 @@ public final class StreamableHTTPEndpoint: Sendable {
                     + ModernEnvelope.supportedVersions[0] + " with its headers")
         }
         // A session belongs to the principal that created it: anyone else
-        // is told it does not exist (T14), as for an unknown id.
+        // is told it does not exist (T14), as for an unknown id. Its groups
+        // and scopes are the policy's input: a token with others (fewer
+        // scopes, say) is not let into a session made with more.
         guard let session = sessions.withLock({ $0[sid] }), session.principal == caller.principal,
-            session.tenant == caller.tenant
+            session.tenant == caller.tenant, Set(session.callSession.groups) == Set(caller.groups),
+            Set(session.callSession.scopes) == Set(caller.scopes)
         else {
             return Self.rpcError(
                 404, id: o?["id"] ?? .null, code: MessageGate.invalidRequest,
@@ -528,8 +533,7 @@ public final class StreamableHTTPEndpoint: Sendable {
     /// from the same registry).
     func initialize(body: [UInt8], request o: JSONObject, caller: HTTPCaller, pipeline: CallPipeline) -> HTTPOutcome {
         let session = Session(
-            id: Self.newSessionID(), principal: caller.principal, tenant: caller.tenant, pipeline: pipeline,
-            maxMessageBytes: maxMessageBytes)
+            id: Self.newSessionID(), caller: caller, pipeline: pipeline, maxMessageBytes: maxMessageBytes)
         let decision = session.gate.withLock { $0.check(body) }
         guard case .forward = decision, let id = o["id"] else {
             if case .reply(let e) = decision { return Self.json(e["id"] == .null ? 400 : 200, e) }

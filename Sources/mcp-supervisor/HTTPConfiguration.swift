@@ -23,6 +23,16 @@ struct HTTPConfiguration: Sendable {
     /// cells, its policy, its workers), and a caller of another tenant or
     /// of none is refused.
     var tenants: [Tenant] = []
+    /// 2026-07-28 approvals shared by instances: nil, a key per run and
+    /// used states in memory (one instance, or affinity).
+    var approvalState: ApprovalStateFiles?
+
+    struct ApprovalStateFiles: Sendable, Equatable {
+        /// The HMAC key (0600, this user's; made when absent).
+        var keyFile: String
+        /// One file per used request state, created with O_EXCL.
+        var usedDirectory: String
+    }
 
     struct Tenant: Sendable, Equatable {
         var name: String
@@ -182,6 +192,16 @@ struct HTTPConfiguration: Sendable {
                 c.tenants.append(tenant)
             }
             try t.finish()
+        }
+        if let a = try r.object("approvalState") {
+            func absolute(_ key: String) throws(ConfigError) -> String {
+                let v = try a.string(key)
+                guard v.hasPrefix("/") else { throw a.error(key, "expected an absolute path") }
+                return v
+            }
+            c.approvalState = ApprovalStateFiles(
+                keyFile: try absolute("keyFile"), usedDirectory: try absolute("usedDirectory"))
+            try a.finish()
         }
         if c.oauth == nil && c.staticTokens.isEmpty {
             throw r.error(

@@ -47,6 +47,10 @@ struct PolicyCommand: ParsableCommand {
         @Option(name: .long, help: "Tool name.") var tool: String
         @Option(name: .long, help: "Principal (default: this user, uid:<n>).") var principal: String?
         @Option(name: .long, help: "Client name from initialize.") var client: String?
+        @Option(name: .customLong("group"), help: "A group of the caller's token (repeatable; HTTP only).")
+        var groups: [String] = []
+        @Option(name: .customLong("scope"), help: "A scope of the caller's token (repeatable; HTTP only).")
+        var scopes: [String] = []
         @Option(name: .long, help: "Session phase (default: the policy's initial phase).") var phase: String?
         @Option(name: .long, help: "Policy file (default: policy.json of the policies directory).") var policy: String?
         /// --manifests (for the tool's phases), --policies, --config as
@@ -71,7 +75,8 @@ struct PolicyCommand: ParsableCommand {
             }
             let who = principal ?? "uid:\(geteuidValue())"
             let d = p.decide(
-                principal: who, client: client, tool: tool, manifest: manifest, phase: phase ?? p.initialPhase)
+                principal: who, client: client, groups: groups, scopes: scopes, tool: tool, manifest: manifest,
+                phase: phase ?? p.initialPhase)
             output.text(
                 "\(d.allowed ? "allow" : "deny") \(tool) for \(who)\(client.map { " (client \($0))" } ?? "") in phase \(phase ?? p.initialPhase)"
             )
@@ -88,6 +93,7 @@ struct PolicyCommand: ParsableCommand {
                     JSONObject([
                         ("tool", .string(tool)), ("principal", .string(who)),
                         ("client", client.map { .string($0) } ?? .null),
+                        ("groups", .array(groups.map { .string($0) })), ("scopes", .array(scopes.map { .string($0) })),
                         ("phase", .string(phase ?? p.initialPhase)), ("allowed", .bool(d.allowed)),
                         ("rule", .string(d.rule)), ("reason", d.allowed ? .null : .string(d.message)),
                         ("approvalRule", approval.map { .int(Int64($0.0)) } ?? .null),

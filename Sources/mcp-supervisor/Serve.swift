@@ -50,6 +50,18 @@ struct Serve: AsyncParsableCommand {
             printError("mcp-supervisor: refusing to start: \(error)")
             throw ExitCode(2)
         }
+        // Before anything starts: a key others could read is refused.
+        var sharedApprovals: ApprovalStates? = nil
+        if let a = httpSettings.approvalState {
+            do {
+                let key = try ApprovalStates.loadKey(path: a.keyFile)
+                try ApprovalStates.checkUsedDirectory(a.usedDirectory)
+                sharedApprovals = ApprovalStates(key: key, usedDirectory: a.usedDirectory)
+            } catch {
+                printError("mcp-supervisor: refusing to start: \(httpConfig): approvalState: \(error)")
+                throw ExitCode(2)
+            }
+        }
         let s = try cellOptions.settings(more: serverOptions.flags)
         let startup = try SupervisorStartup.start(settings: s, allowUnsigned: allowUnsigned)
         let (options, logger, log, telemetry, service) = (
@@ -83,6 +95,9 @@ struct Serve: AsyncParsableCommand {
             pipelines[t.name] = ts.pipeline
         }
         let services = allServices
+        // One key and one used-state directory for every pipeline: a state
+        // binds its tenant, so sharing them keeps tenants apart.
+        if let sharedApprovals { for sv in services { sv.pipeline.approvalStates = sharedApprovals } }
         let metricsFile = try startMetricsFile(s, pipeline: service.pipeline)
         telemetry?.attach(to: service.pipeline, metrics: metricsFile?.metrics)
         // Tenant pipelines count their calls and trace them too (the worker

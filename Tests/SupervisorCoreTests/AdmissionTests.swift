@@ -122,6 +122,60 @@ final class AdmissionTests: XCTestCase {
         XCTAssertEqual(Refusal.policy(stranger).message, "Refused: No policy rule covers this caller.")
     }
 
+    func testPrincipalRulesMatchTokenGroupsAnyOfAndScopesAllOf() throws {
+        let p = try policy(
+            #"""
+            {"name": "ops", "principal": "oauth:*", "groups": ["ops", "sre-*"], "scopes": ["tools:call", "fs:*"],
+             "allow": ["*"]},
+            {"name": "readers", "principal": "oauth:*", "groups": ["readers"], "allow": ["echo"]}
+            """#)
+        func d(_ groups: [String], _ scopes: [String], _ tool: String = "fs_write") -> Policy.Decision {
+            p.decide(
+                principal: "oauth:alice", client: nil, groups: groups, scopes: scopes, tool: tool, manifest: nil,
+                phase: "observe")
+        }
+        // Any one group (a glob) with every scope.
+        XCTAssertEqual(d(["x", "sre-eu"], ["fs:write", "tools:call"]).rule, #"principals[0] (ops) allow[0] "*""#)
+        XCTAssertTrue(d(["ops"], ["tools:call", "fs:read", "other"]).allowed)
+        // One scope missing: the rule does not match, and the refusal names it.
+        let lacking = d(["ops"], ["tools:call"])
+        XCTAssertFalse(lacking.allowed)
+        XCTAssertEqual(
+            lacking.rule, #"principals[0] (ops) scopes ["tools:call", "fs:*"]: the caller lacks "fs:*""#)
+        // No group of the rule: the next rule decides.
+        XCTAssertTrue(d(["readers"], [], "echo").allowed)
+        XCTAssertEqual(d(["readers"], [], "fs_write").rule, "principals[1] (readers): no allow[] pattern matches")
+        let none = d([], ["tools:call", "fs:write"])
+        XCTAssertFalse(none.allowed)
+        XCTAssertEqual(none.rule, #"principals[0] (ops) groups ["ops", "sre-*"]: the caller has none of them"#)
+        // Over stdio a caller has neither: only rules without them apply.
+        XCTAssertNil(p.rule(for: "oauth:alice", client: nil))
+        XCTAssertFalse(p.mayList(principal: "oauth:alice", client: nil, tool: "echo"))
+        XCTAssertTrue(p.mayList(principal: "oauth:alice", client: nil, groups: ["readers"], tool: "echo"))
+        // A rule without groups or scopes matches callers with or without them.
+        let open = try policy(#"{"name": "all", "allow": ["*"]}"#)
+        XCTAssertTrue(
+            open.decide(
+                principal: "token:t", client: nil, groups: ["g"], scopes: ["s"], tool: "x", manifest: nil,
+                phase: "observe"
+            ).allowed)
+    }
+
+    func testGroupsAndScopesAreValidatedWithFileAndField() throws {
+        for (field, value, message) in [
+            ("groups", "[]", "an empty list"), ("scopes", "[]", "an empty list"),
+            ("groups", #""ops""#, "array"), ("scopes", #"["a", ""]"#, "an empty pattern"),
+            ("groups", "[1]", "expected a string"),
+        ] {
+            XCTAssertThrowsError(try policy(#"{"name": "u", "\#(field)": \#(value), "allow": ["*"]}"#)) { e in
+                let e = e as! ConfigError
+                XCTAssertEqual(e.file, "test-policy.json")
+                XCTAssertTrue(e.field.hasPrefix("principals[0].\(field)"), "\(field) \(value): \(e)")
+                XCTAssertTrue(e.message.contains(message), "\(field) \(value): \(e)")
+            }
+        }
+    }
+
     func testResourceClaimWaitsInAQueueAndIsGrantedOnRelease() async throws {
         let a = Admission()
         let first = await a.claim(["file:/x"], waitNanoseconds: 0)

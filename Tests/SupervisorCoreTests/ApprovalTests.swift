@@ -83,6 +83,94 @@ final class ApprovalTests: XCTestCase {
         XCTAssertNoThrow(try s.redeem(token, for: request()).get())
     }
 
+    func temporaryDirectory() throws -> String {
+        let d = NSTemporaryDirectory() + "approval-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: false)
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: d) }
+        return d
+    }
+
+    func testInstancesSharingKeyAndDirectoryRedeemAStateOnceBetweenThem() throws {
+        let dir = try temporaryDirectory()
+        let key = try ApprovalStates.loadKey(path: dir + "/approval.key")
+        try ApprovalStates.checkUsedDirectory(dir + "/used")
+        let clock = WallClock()
+        func instance() -> ApprovalStates {
+            ApprovalStates(key: key, usedDirectory: dir + "/used", clock: { clock.now.withLock { $0 } })
+        }
+        let (a, b) = (instance(), instance())
+        let token = a.issue(for: request(timeout: 10))
+        // Issued by A, redeemed by B; then used up on both.
+        XCTAssertNoThrow(try b.redeem(token, for: request()).get())
+        XCTAssertEqual(problem(b.redeem(token, for: request())), .replayed)
+        XCTAssertEqual(problem(a.redeem(token, for: request())), .replayed)
+        // An instance with another key (not shared) refuses it as tampered.
+        XCTAssertEqual(problem(states(clock).redeem(a.issue(for: request()), for: request())), .tampered)
+        // The key file is read back as the same key.
+        let again = ApprovalStates(
+            key: try ApprovalStates.loadKey(path: dir + "/approval.key"), usedDirectory: dir + "/used",
+            clock: { clock.now.withLock { $0 } })
+        XCTAssertNoThrow(try again.redeem(a.issue(for: request()), for: request()).get())
+        // Records are pruned only well after their state expired.
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir + "/used").count, 2)
+        clock.advance(10 + ApprovalStates.clockSkewAllowance + 61)
+        XCTAssertEqual(problem(a.redeem(token, for: request())), .expired)
+        XCTAssertNoThrow(try a.redeem(a.issue(for: request()), for: request()).get())
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir + "/used").count, 1)
+    }
+
+    func testAStateOfOneTenantIsAnotherCallInAnotherTenant() {
+        let clock = WallClock()
+        let s = states(clock)
+        func r(_ tenant: String?) -> ApprovalRequest {
+            ApprovalRequest(
+                tool: "fs_write", arguments: JSONObject([("path", "/tmp/a")]), principal: "oauth:a", phase: "act",
+                rule: "approval[0]", timeoutSeconds: 60, tenant: tenant)
+        }
+        let token = s.issue(for: r("acme"))
+        XCTAssertEqual(problem(s.redeem(token, for: r("globex"))), .otherCall)
+        XCTAssertEqual(problem(s.redeem(token, for: r(nil))), .otherCall)
+        XCTAssertNoThrow(try s.redeem(token, for: r("acme")).get())
+    }
+
+    func testASharedKeyFileOthersCouldReadIsRefused() throws {
+        let dir = try temporaryDirectory()
+        let path = dir + "/approval.key"
+        _ = try ApprovalStates.loadKey(path: path)
+        XCTAssertEqual(try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int, 0o600)
+        try FileManager.default.setAttributes([.posixPermissions: 0o640], ofItemAtPath: path)
+        XCTAssertThrowsError(try ApprovalStates.loadKey(path: path)) { e in
+            XCTAssertTrue("\(e)".contains("\(path) has mode 640: it must be 0600"), "\(e)")
+        }
+        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: path)
+        try Data("approval-hmac-sha256:c2hvcnQ=\n".utf8).write(to: URL(fileURLWithPath: path))
+        XCTAssertThrowsError(try ApprovalStates.loadKey(path: path)) { e in
+            XCTAssertTrue("\(e)".contains("32 bytes"), "\(e)")
+        }
+        try FileManager.default.createDirectory(atPath: dir + "/open", withIntermediateDirectories: false)
+        try FileManager.default.setAttributes([.posixPermissions: 0o777], ofItemAtPath: dir + "/open")
+        XCTAssertThrowsError(try ApprovalStates.checkUsedDirectory(dir + "/open")) { e in
+            XCTAssertTrue("\(e)".contains("writable by no one else"), "\(e)")
+        }
+        XCTAssertThrowsError(try ApprovalStates.loadKey(path: "relative.key"))
+    }
+
+    func testASharedKeyFileOfAnotherUserIsRefused() throws {
+        try XCTSkipUnless(geteuid() == 0, "giving a file to another user needs root")
+        let dir = try temporaryDirectory()
+        let path = dir + "/approval.key"
+        _ = try ApprovalStates.loadKey(path: path)
+        XCTAssertEqual(chown(path, 4242, 4242), 0)
+        XCTAssertThrowsError(try ApprovalStates.loadKey(path: path)) { e in
+            XCTAssertTrue("\(e)".contains("is owned by uid 4242, not by this user (uid 0)"), "\(e)")
+        }
+        try FileManager.default.createDirectory(atPath: dir + "/theirs", withIntermediateDirectories: false)
+        XCTAssertEqual(chown(dir + "/theirs", 4242, 4242), 0)
+        XCTAssertThrowsError(try ApprovalStates.checkUsedDirectory(dir + "/theirs")) { e in
+            XCTAssertTrue("\(e)".contains("must be this user's (uid 0)"), "\(e)")
+        }
+    }
+
     func testUsedStatesAreBoundedAndForgottenOnlyAfterExpiry() {
         let clock = WallClock()
         let s = states(clock, capacity: 2)

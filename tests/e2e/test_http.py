@@ -572,6 +572,15 @@ def test_handshake_session_raw(server, issuer):
     r, _ = post(server, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
                 {**h2, "Authorization": f"Bearer {issuer.token(sub='mallory')}"})
     assert r.status == 404
+    # Nor can the same principal with a token of other groups or scopes:
+    # the policy decided on the session's, so a narrower token is another session.
+    for other in (issuer.token(groups=["ops"]), issuer.token(scope="mcp:tools extra")):
+        r, _ = post(server, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+                    {**h2, "Authorization": f"Bearer {other}"})
+        assert r.status == 404
+    r, _ = post(server, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+                {**h2, "Authorization": f"Bearer {issuer.token()}"})
+    assert r.status == 200
     r, data = post(server, {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, h2)
     assert r.status == 200 and json.loads(data)["result"]["tools"]
     c = server.conn()
@@ -687,6 +696,68 @@ def test_policy_on_the_principal(workspace, issuer):
         assert [e["principal"] for e in limited] == ["oauth:alice"], limited
         # Every call record carries the token's tenant.
         assert all(e.get("tenant") == "acme" for e in ev if e["type"] in ("call.start", "call.end", "call.refused"))
+    finally:
+        srv.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_policy_on_token_groups_and_scopes(workspace, issuer):
+    """A rule scoped to a group and a scope: a token with both may call
+    echo, one without the group is refused and the refusal names the rule."""
+    policy = {
+        "principals": [
+            {"name": "ops", "principal": "oauth:*", "groups": ["ops", "sre-*"], "scopes": ["mcp:tools"],
+             "allow": ["echo"]},
+            {"name": "operator", "principal": "token:*", "allow": ["probe*"]},
+        ],
+    }
+    work = make_work(workspace, "groups")
+    srv = HTTPServer(work, base_config(issuer), policy=policy)
+    try:
+        body = modern_body(55, "tools/call", {"name": "echo", "arguments": {"text": "g"}})
+        r, data = post(srv, body, modern_headers(
+            issuer.token(sub="alice", groups=["dev", "sre-eu"]), "tools/call", "echo"))
+        res = response_of(r, data)["result"]
+        assert not res.get("isError"), data
+        # bob's token has the scope but not the group: no rule covers him.
+        r, data = post(srv, body, modern_headers(issuer.token(sub="bob", groups=["dev"]), "tools/call", "echo"))
+        res = response_of(r, data)["result"]
+        assert res.get("isError"), data
+        ev = srv.wait_event(lambda e: e["type"] == "call.refused" and e.get("principal") == "oauth:bob")
+        started = [e for e in ev if e["type"] == "call.start" and e["principal"] == "oauth:alice"]
+        assert started and "principals[0] (ops)" in started[-1]["decision"], started
+        refused = [e for e in ev if e["type"] == "call.refused" and e.get("principal") == "oauth:bob"]
+        assert refused and refused[-1]["reason"] == "policy", refused
+        assert refused[-1]["rule"] == \
+            'principals[0] (ops) groups ["ops", "sre-*"]: the caller has none of them', refused
+        assert refused[-1]["groups"] == ["dev"], refused
+        # The static token (no groups) is decided by its own rule.
+        r, data = post(srv, body, modern_headers(STATIC_TOKEN, "tools/call", "echo"))
+        assert response_of(r, data)["result"].get("isError"), data
+        ev = srv.wait_event(lambda e: e["type"] == "call.refused" and e.get("principal") == "token:operator")
+        refused = [e for e in ev if e["type"] == "call.refused" and e.get("principal") == "token:operator"]
+        assert refused[-1]["rule"] == "principals[1] (operator): no allow[] pattern matches", refused
+    finally:
+        srv.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_policy_names_the_rule_a_token_lacks_a_scope_for(workspace, issuer):
+    policy = {"principals": [{"name": "writers", "principal": "*", "scopes": ["mcp:tools", "fs:write"],
+                              "allow": ["*"]}]}
+    work = make_work(workspace, "scopes")
+    srv = HTTPServer(work, base_config(issuer), policy=policy)
+    try:
+        body = modern_body(57, "tools/call", {"name": "echo", "arguments": {"text": "s"}})
+        r, data = post(srv, body, modern_headers(issuer.token(sub="carol", scope="mcp:tools fs:write"),
+                                                 "tools/call", "echo"))
+        assert not response_of(r, data)["result"].get("isError"), data
+        r, data = post(srv, body, modern_headers(issuer.token(sub="dave"), "tools/call", "echo"))
+        assert response_of(r, data)["result"].get("isError"), data
+        ev = srv.wait_event(lambda e: e["type"] == "call.refused" and e.get("principal") == "oauth:dave")
+        refused = [e for e in ev if e["type"] == "call.refused" and e.get("principal") == "oauth:dave"]
+        assert refused and refused[-1]["rule"] == \
+            'principals[0] (writers) scopes ["mcp:tools", "fs:write"]: the caller lacks "fs:write"', refused
     finally:
         srv.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -877,6 +948,77 @@ def test_modern_approval_over_http_is_bound_to_the_principal(workspace, issuer):
             ["approval_invalid"]
     finally:
         srv.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_modern_approval_granted_on_one_instance_completes_on_another(workspace, issuer, tmp_path):
+    """Two instances sharing the approval key and used-state directory: a
+    request state issued by A is completed on B, and replaying it on either
+    is refused."""
+    shared = tmp_path / "approvals"
+    shared.mkdir(mode=0o700)
+    config = base_config(issuer, approvalState={"keyFile": str(shared / "approval.key"),
+                                                "usedDirectory": str(shared / "used")})
+    policy = {"principals": [{"name": "all", "principal": "*", "allow": ["*"]}], "approval": [{"tool": "echo"}]}
+    works = [make_work(workspace, "approval-a"), make_work(workspace, "approval-b")]
+    servers = []
+    try:
+        servers = [HTTPServer(w, config, policy=policy) for w in works]
+        a, b = servers
+        assert oct(os.stat(shared / "approval.key").st_mode & 0o777) == "0o600"
+
+        def call(srv, id, **extra):
+            p = {"name": "echo", "arguments": {"text": "approve me"}, **extra}
+            body = modern_body(id, "tools/call", p)
+            body["params"]["_meta"]["io.modelcontextprotocol/clientCapabilities"] = {"elicitation": {}}
+            r, data = post(srv, body, modern_headers(issuer.token(sub="alice"), "tools/call", "echo"))
+            assert r.status == 200, data
+            return response_of(r, data)["result"]
+
+        r = call(a, 90)
+        assert r["resultType"] == "input_required", r
+        state = r["requestState"]
+        answer = {"approval": {"action": "accept"}}
+        r = call(b, 91, inputResponses=answer, requestState=state)
+        assert r["resultType"] == "complete" and not r.get("isError"), r
+        assert "approve me" in json.dumps(r["content"]), r
+        for srv, id in ((a, 92), (b, 93)):
+            r = call(srv, id, inputResponses=answer, requestState=state)
+            assert r.get("isError"), r
+            assert "already used" in json.dumps(r["content"]), r
+        evb = b.wait_event(lambda e: e["type"] == "call.approved")
+        assert [e["principal"] for e in evb if e["type"] == "call.approved"] == ["oauth:alice"]
+        assert [e["reason"] for e in evb if e["type"] == "call.refused"] == ["approval_invalid"]
+        eva = a.wait_event(lambda e: e["type"] == "call.refused" and e.get("reason") == "approval_invalid")
+        assert not [e for e in eva if e["type"] == "call.approved"]
+        assert [e["reason"] for e in eva if e["type"] == "call.refused"] == ["approval_invalid"]
+        # One use, one record in the shared directory.
+        assert len(os.listdir(shared / "used")) == 1
+    finally:
+        for srv in servers:
+            srv.stop()
+        for w in works:
+            shutil.rmtree(w, ignore_errors=True)
+
+
+def test_shared_approval_key_others_can_read_is_refused_at_start(workspace, issuer, tmp_path):
+    key = tmp_path / "approval.key"
+    key.write_text("approval-hmac-sha256:" + base64.b64encode(os.urandom(32)).decode() + "\n")
+    os.chmod(key, 0o644)
+    config = base_config(issuer, approvalState={"keyFile": str(key), "usedDirectory": str(tmp_path / "used")})
+    work = make_work(workspace, "approval-key")
+    try:
+        (work / "http.json").write_text(json.dumps(config))
+        p = subprocess.run(
+            [str(BIN), "serve", "--http", "127.0.0.1:0", "--http-config", str(work / "http.json"),
+             "--manifests", str(work / "manifests"), "--state-dir", str(work / "state"),
+             "--scratch-dir", str(work / "scratch"), "--allow-unsigned"],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        assert p.returncode == 2, p
+        err = p.stderr.decode()
+        assert f"approvalState: approval key file {key} has mode 644: it must be 0600" in err, err
+        assert not (tmp_path / "used").exists()
+    finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
