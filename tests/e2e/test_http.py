@@ -99,7 +99,7 @@ def issuer():
 class HTTPServer:
     """`serve --http 127.0.0.1:0` on a workspace; its port from stderr."""
 
-    def __init__(self, work: Path, config: dict, policy: dict = None):
+    def __init__(self, work: Path, config: dict, policy: dict = None, trust=("--allow-unsigned",)):
         self.work = work
         (work / "http.json").write_text(json.dumps(config))
         # The bundled policy admits only uid:* (stdio); token principals need a rule.
@@ -113,7 +113,7 @@ class HTTPServer:
         self.proc = subprocess.Popen(
             [str(BIN), "serve", "--http", "127.0.0.1:0", "--http-config", str(work / "http.json"),
              "--manifests", str(work / "manifests"), "--policies", str(policies),
-             "--state-dir", str(work / "state"), "--scratch-dir", str(work / "scratch"), "--allow-unsigned",
+             "--state-dir", str(work / "state"), "--scratch-dir", str(work / "scratch"), *trust,
              # No prespawned workers: each call's worker is a new child, so a
              # test can tell which pid served it.
              "--prespawn", "0", "--log-level", "warning"],

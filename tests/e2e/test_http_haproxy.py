@@ -151,3 +151,74 @@ def test_three_instances_behind_haproxy(cluster):
         out = subprocess.run([str(BIN), "audit", "verify", "--state-dir", str(s.work / "state")],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stdout + out.stderr
+
+
+def cli(*args):
+    p = subprocess.run([str(BIN), *map(str, args)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p.stdout
+
+
+def direct_call(server, i):
+    c = server.conn(timeout=10)
+    try:
+        body = modern_body(i, "tools/call", {"name": "echo", "arguments": {"text": f"d{i}"}})
+        c.request("POST", "/mcp", body=json.dumps(body), headers=modern_headers(TOKENS["acme"], "tools/call", "echo"))
+        r = c.getresponse()
+        data = r.read()
+        assert r.status == 200, (r.status, data)
+        return response_of(r, data)
+    finally:
+        c.close()
+
+
+def test_shared_ledger_revocation_reaches_every_instance(workspace):
+    """Three signed-mode instances, each with its own state directory (log,
+    keys), read one ledger (`--ledger`). One is killed; a `cell revoke`
+    appended to the shared ledger is refused by each survivor, asked
+    directly, within the documented bound; each log then verifies."""
+    shared = Path(tempfile.mkdtemp(prefix="mcps-ledger-"))
+    shared.chmod(0o755)
+    ledger = shared / "trust" / "ledger.jsonl"
+    admin = shared / "admin-state"
+    key = shared / "operator"
+    manifest = shared / "echo.json"
+    shutil.copy(workspace / "manifests" / "echo.json", manifest)
+    cli("keys", "generate", "--out", key, "--state-dir", admin, "--ledger", ledger)
+    cli("cell", "sign", manifest, "--key", f"{key}.key")
+    cli("cell", "register", manifest, "--key", f"{key}.key", "--state-dir", admin, "--ledger", ledger)
+    version = json.loads(cli("cell", "list", "--json", "--state-dir", admin, "--ledger", ledger))[0]["active"]
+    cfg = {"allowedHosts": [], "staticTokens": [{"name": "acme", "tenant": "acme",
+                                                 "sha256": hashlib.sha256(TOKENS["acme"].encode()).hexdigest()}],
+           "tenants": {"acme": {"cells": ["echo"]}}}
+    instances = []
+    try:
+        for i in range(3):
+            work = make_work(workspace, f"ledger{i}")
+            instances.append(HTTPServer(work, cfg, trust=("--ledger", str(ledger), "--ledger-recheck-seconds", "2")))
+        for k, s in enumerate(instances):
+            m = direct_call(s, k)
+            assert "result" in m and not m["result"].get("isError"), m
+            # Its own log and keys, not the shared directory's.
+            assert (s.work / "state" / "security").is_dir()
+            assert not (s.work / "state" / "trust" / "ledger.jsonl").exists()
+        instances[1].proc.send_signal(signal.SIGKILL)
+        instances[1].proc.wait(10)
+        cli("cell", "revoke", f"echo:{version}", "--key", f"{key}.key", "--reason", "test",
+            "--state-dir", admin, "--ledger", ledger)
+        revoked_at = time.time()
+        for k, s in enumerate((instances[0], instances[2])):
+            m = direct_call(s, 100 + k)
+            assert time.time() - revoked_at < 2, "refusal took longer than the stated bound"
+            text = json.dumps(m)
+            assert ("error" in m or m["result"].get("isError")) and "echo" in text, m
+        for s in (instances[0], instances[2]):
+            s.stop()
+            out = subprocess.run([str(BIN), "audit", "verify", "--state-dir", str(s.work / "state")],
+                                 capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stdout + out.stderr
+    finally:
+        for s in instances:
+            s.stop()
+            shutil.rmtree(s.work, ignore_errors=True)
+        shutil.rmtree(shared, ignore_errors=True)
