@@ -2,7 +2,8 @@
 loopback: 2026-07-28 calls of two tenants go through the balancer to any
 instance; one instance is killed mid-run (requests on it fail cleanly, the
 rest keep being answered); each surviving instance's security log verifies.
-What a shared deployment still lacks (a shared ledger and approval key) is
+A second test shares one trust ledger between three instances and revokes a
+cell. What a shared deployment still lacks (a shared approval key) is
 in docs/http.md and docs/deployment.md."""
 import hashlib
 import http.client
