@@ -215,9 +215,10 @@ def test_shared_ledger_revocation_reaches_every_instance(workspace):
             assert ("error" in m or m["result"].get("isError")) and "echo" in text, m
         for s in (instances[0], instances[2]):
             s.stop()
-            out = subprocess.run([str(BIN), "audit", "verify", "--state-dir", str(s.work / "state")],
-                                 capture_output=True, text=True, timeout=60)
-            assert out.returncode == 0, out.stdout + out.stderr
+        out = subprocess.run([str(BIN), "audit", "verify", "--instance", str(instances[0].work / "state"),
+                              "--instance", str(instances[2].work / "state")],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and out.stdout.count(": OK:") == 2, out.stdout + out.stderr
     finally:
         for s in instances:
             s.stop()
