@@ -386,6 +386,32 @@ def test_get_is_405_and_unknown_path_404(server, issuer):
     assert r.status == 404
 
 
+def test_healthz_needs_no_token_and_says_nothing_else(server):
+    """Probes (a balancer's, Kubernetes') ask `/healthz` without a token;
+    the answer is "ok" and nothing about the server. The Host rule still
+    applies; only GET and HEAD."""
+    c = server.conn()
+    c.request("GET", "/healthz")
+    r = c.getresponse()
+    body = r.read()
+    assert r.status == 200 and body == b"ok\n", (r.status, body)
+    assert {k.lower() for k, _ in r.getheaders()} <= {"content-type", "content-length", "cache-control",
+                                                      "connection", "date"}, r.getheaders()
+    c.request("HEAD", "/healthz")
+    r = c.getresponse()
+    assert r.status == 200 and r.read() == b""
+    c.request("POST", "/healthz", body="{}", headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    r.read()
+    assert r.status == 405 and r.getheader("Allow") == "GET"
+    c.close()
+    c = server.conn()
+    c.request("GET", "/healthz", headers={"Host": "evil.example"})
+    r = c.getresponse()
+    r.read()
+    assert r.status == 421
+
+
 def test_body_limit_413(server, issuer):
     big = modern_body(21, "tools/call", {"name": "echo", "arguments": {"text": "x" * 70000}})
     r, _ = post(server, big, modern_headers(issuer.token(), "tools/call", "echo"))

@@ -65,7 +65,7 @@ frontend mcp
     default_backend supervisors
 backend supervisors
     balance roundrobin
-    option httpchk GET /.well-known/oauth-protected-resource
+    option httpchk GET /healthz
     http-check send hdr Host 127.0.0.1:{front}
 {servers}
 """)
