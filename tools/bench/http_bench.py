@@ -291,7 +291,7 @@ def scale_out(binary, work, total, rounds=3):
                  + (f" ({errors[(name, n)]} errors)" if errors[(name, n)] else "") for name, _ in setups]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"CPUs: {os.cpu_count()}, load average before: {os.getloadavg()[0]:.1f}.")
+    lines.append(f"CPUs: {os.cpu_count()}, load average (1 min) at the end: {os.getloadavg()[0]:.1f}.")
     return lines
 
 
