@@ -65,6 +65,11 @@ frontend mcp
     default_backend supervisors
 backend supervisors
     balance roundrobin
+    # Handshake-era sessions live in the instance that answered initialize:
+    # learn its Mcp-Session-Id from the answer, send the session there.
+    stick-table type string len 128 size 100k expire 1h
+    stick store-response res.hdr(Mcp-Session-Id)
+    stick match req.hdr(Mcp-Session-Id)
     option httpchk GET /healthz
     http-check send hdr Host 127.0.0.1:{front}
 {servers}
