@@ -229,3 +229,63 @@ def test_shared_ledger_revocation_reaches_every_instance(workspace):
             s.stop()
             shutil.rmtree(s.work, ignore_errors=True)
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def listed_tools(server):
+    c = server.conn(timeout=10)
+    try:
+        c.request("POST", "/mcp", body=json.dumps(modern_body(1, "tools/list")),
+                  headers=modern_headers(TOKENS["acme"], "tools/list"))
+        r = c.getresponse()
+        data = r.read()
+        assert r.status == 200, (r.status, data)
+        return {t["name"] for t in response_of(r, data)["result"]["tools"]}
+    finally:
+        c.close()
+
+
+def test_ledger_recheck_sees_a_change_inotify_misses(workspace):
+    """A ledger updated the way the kubelet updates a ConfigMap volume (the
+    file is a symlink through `..data`, swapped by rename) changes no name
+    the file watch looks at. With `--ledger-recheck-seconds 1` the revoked
+    cell leaves the tool list within the bound without any call; without it
+    it stays listed (new calls would still be refused: they look first)."""
+    d = Path(tempfile.mkdtemp(prefix="mcps-ledger-cm-"))
+    d.chmod(0o755)
+    real, admin, key, manifest = d / "real" / "ledger.jsonl", d / "admin", d / "op", d / "echo.json"
+    shutil.copy(workspace / "manifests" / "echo.json", manifest)
+    cli("keys", "generate", "--out", key, "--state-dir", admin, "--ledger", real)
+    cli("cell", "sign", manifest, "--key", f"{key}.key")
+    cli("cell", "register", manifest, "--key", f"{key}.key", "--state-dir", admin, "--ledger", real)
+    version = json.loads(cli("cell", "list", "--json", "--state-dir", admin, "--ledger", real))[0]["active"]
+    cm = d / "cm"
+    (cm / "..v1").mkdir(parents=True)
+    shutil.copy(real, cm / "..v1" / "ledger.jsonl")
+    (cm / "..data").symlink_to("..v1")
+    (cm / "ledger.jsonl").symlink_to("..data/ledger.jsonl")
+    cfg = {"allowedHosts": [], "staticTokens": [{"name": "acme", "tenant": "acme",
+                                                 "sha256": hashlib.sha256(TOKENS["acme"].encode()).hexdigest()}],
+           "tenants": {"acme": {"cells": ["echo"]}}}
+    servers = []
+    try:
+        for i, recheck in enumerate(("1", "0")):
+            servers.append(HTTPServer(make_work(workspace, f"cm{i}"), cfg,
+                                      trust=("--ledger", str(cm / "ledger.jsonl"), "--ledger-recheck-seconds", recheck)))
+        for s in servers:
+            assert "echo" in listed_tools(s)
+        cli("cell", "revoke", f"echo:{version}", "--key", f"{key}.key", "--state-dir", admin, "--ledger", real)
+        (cm / "..v2").mkdir()
+        shutil.copy(real, cm / "..v2" / "ledger.jsonl")
+        (cm / "..data_tmp").symlink_to("..v2")
+        (cm / "..data_tmp").rename(cm / "..data")
+        time.sleep(2.5)
+        assert "echo" not in listed_tools(servers[0])
+        assert "echo" in listed_tools(servers[1])  # the file watch alone did not see it
+        m = direct_call(servers[1], 7)  # a call looks first: refused
+        assert "error" in m or m["result"].get("isError"), m
+        assert "echo" not in listed_tools(servers[1])
+    finally:
+        for s in servers:
+            s.stop()
+            shutil.rmtree(s.work, ignore_errors=True)
+        shutil.rmtree(d, ignore_errors=True)
