@@ -209,7 +209,8 @@ extension Setting {
 
     /// Every setting, in the order of docs/configuration.md.
     public static let all: [Setting] = [
-        manifests, policies, stateDirectory, ledger, ledgerRecheckSeconds, scratchDirectory, workerUid, workerGid, egressCaBundle,
+        manifests, policies, stateDirectory, ledger, ledgerRecheckSeconds, scratchDirectory, workerUid, workerGid,
+        egressCaBundle,
         maxConcurrentCalls, maxQueuedCalls, prespawn, prespawnIdleSeconds, toolsPageSize, maxMessageBytes,
         metricsFile, metricsIntervalSeconds, otlpEndpoint, eventsJsonl, catalogueVisibleLimit,
         cataloguePinnedTools, logLevel,
