@@ -244,10 +244,13 @@ struct Audit: ParsableCommand {
                     line = "\(dir): FAILED: \(problem)"
                     failed.append(dir)
                 } else if let v {
-                    line = "\(dir): OK: \(v.records) records, chain intact through record \(v.lastSeq), "
+                    line =
+                        "\(dir): OK: \(v.records) records, chain intact through record \(v.lastSeq), "
                         + "\(v.checkpoints) signed checkpoint(s) (key\(v.keyIDs.count == 1 ? "" : "s") "
                         + "\(v.keyIDs.sorted().joined(separator: ", "))), every record covered"
-                } else { line = "" }
+                } else {
+                    line = ""
+                }
                 if problem != nil { printError("audit verify: " + line) } else { output.text("audit verify: " + line) }
                 rows.append(
                     .object(
@@ -260,8 +263,9 @@ struct Audit: ParsableCommand {
             }
             output.emit(.array(rows))
             if !failed.isEmpty {
-                printError("audit verify: FAILED: \(failed.count) of \(instances.count) instance log(s): "
-                    + failed.joined(separator: ", "))
+                printError(
+                    "audit verify: FAILED: \(failed.count) of \(instances.count) instance log(s): "
+                        + failed.joined(separator: ", "))
                 throw ExitCode(1)
             }
         }

@@ -37,7 +37,8 @@ struct SupervisorStartup {
         // Refused, not repaired: a state directory others could write may
         // already hold their keys, ledger entries or log records.
         // A ledger outside the state directory is held to the same rule.
-        let unsafe = StatePermissions.problems(stateDirectory: s.stateDirectory)
+        let unsafe =
+            StatePermissions.problems(stateDirectory: s.stateDirectory)
             + (s.ledgerFile.flatMap { StatePermissions.problem(path: $0) }.map { [$0] } ?? [])
         if !unsafe.isEmpty {
             for p in unsafe { printError("mcp-supervisor: refusing to start: \(p)") }
