@@ -10,11 +10,12 @@ public enum CellSource: Sendable, Equatable {
     /// or the ledger.
     case unsigned(manifestsDirectory: String)
 
-    public init(allowUnsigned: Bool, manifestsDirectory: String, stateDirectory: String) {
+    /// `ledgerPath` is the `ledger` setting (default: the state directory's).
+    public init(allowUnsigned: Bool, manifestsDirectory: String, stateDirectory: String, ledgerPath: String? = nil) {
         self =
             allowUnsigned
             ? .unsigned(manifestsDirectory: manifestsDirectory)
-            : .ledger(path: Ledger.path(stateDirectory: stateDirectory))
+            : .ledger(path: ledgerPath ?? Ledger.path(stateDirectory: stateDirectory))
     }
 
     public var isUnsigned: Bool {

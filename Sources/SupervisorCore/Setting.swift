@@ -96,6 +96,21 @@ extension Setting {
             "Supervisor state: security log, keys, trust ledger (mode 0700). No manifest may expose it to a worker. `run` refuses to start if it, `trust/`, the ledger, `keys/` (or a file in it) or `security/` is writable by group or others."
     )
 
+    public static let ledger = Setting(
+        "ledger", flag: "ledger", .file(\.ledgerFile), scope: .cells,
+        defaultText: "`trust/ledger.jsonl` in the state directory",
+        help: "The trust ledger, when it lives outside the state directory: several instances read one ledger "
+            + "(a shared directory, or a path the operator's tools keep in sync; signatures make the transport "
+            + "untrusted) while each keeps its own security log and keys (docs/deployment.md). The trust "
+            + "commands take the same setting to append to it.")
+
+    public static let ledgerRecheckSeconds = Setting(
+        "ledgerRecheckSeconds", flag: "ledger-recheck-seconds",
+        .integer(\.ledgerRecheckSeconds, range: 0...3600, default: 0), unit: "s", scope: .server,
+        help: "Besides inotify (a change in place on a local filesystem applies at once) and the look before each "
+            + "call, the ledger is looked at this often, so that a revocation reaches a network or synchronised "
+            + "path within this bound without waiting for a call; 0 turns the periodic look off.")
+
     public static let scratchDirectory = Setting(
         "scratchDirectory", flag: "scratch-dir",
         .directory(\.scratchRoot, default: { SupervisorSettings.defaultScratchRoot() }), scope: .cells,
@@ -194,7 +209,8 @@ extension Setting {
 
     /// Every setting, in the order of docs/configuration.md.
     public static let all: [Setting] = [
-        manifests, policies, stateDirectory, scratchDirectory, workerUid, workerGid, egressCaBundle,
+        manifests, policies, stateDirectory, ledger, ledgerRecheckSeconds, scratchDirectory, workerUid, workerGid,
+        egressCaBundle,
         maxConcurrentCalls, maxQueuedCalls, prespawn, prespawnIdleSeconds, toolsPageSize, maxMessageBytes,
         metricsFile, metricsIntervalSeconds, otlpEndpoint, eventsJsonl, catalogueVisibleLimit,
         cataloguePinnedTools, logLevel,

@@ -13,6 +13,8 @@ public struct SupervisorSettings: Sendable {
     public internal(set) var policiesDirectory = ""
     public internal(set) var stateDirectory = ""
     public internal(set) var scratchRoot = ""
+    public internal(set) var ledgerFile: String? = nil
+    public internal(set) var ledgerRecheckSeconds = 0
     public internal(set) var workerUID: UInt32? = nil
     public internal(set) var workerGID: UInt32? = nil
     public internal(set) var maxConcurrentCalls = 0
@@ -31,6 +33,9 @@ public struct SupervisorSettings: Sendable {
     public internal(set) var logLevel = ""
     /// The configuration file the values came from, if any.
     public internal(set) var configurationFile: String? = nil
+
+    /// The trust ledger: `ledger` if set, else the state directory's.
+    public var ledgerPath: String { ledgerFile ?? Ledger.path(stateDirectory: stateDirectory) }
 
     public var syscallGroupsPath: String { policiesDirectory + "/syscall-groups.json" }
 

@@ -153,9 +153,23 @@ struct Audit: ParsableCommand {
                 "A public key of the log (e.g. a copy kept elsewhere); repeat for keys of earlier rotations. Default: keys/log-signing*.pub."
         )
         var publicKey: [String] = []
+        @Option(
+            name: .customLong("instance"),
+            help: ArgumentHelp(
+                "The state directory of one instance of a deployment; repeat for each. Each log is checked against "
+                    + "its own keys (keys/log-signing*.pub), one line per instance; exits 1 if any fails.",
+                valueName: "STATE_DIR"))
+        var instances: [String] = []
         @OptionGroup var output: JSONOutput
 
+        func validate() throws {
+            if !instances.isEmpty && (checkpoints != nil || !publicKey.isEmpty) {
+                throw ValidationError("--checkpoints and --public-key name one log's files: not with --instance")
+            }
+        }
+
         func run() throws {
+            if !instances.isEmpty { return try verifyInstances() }
             var keys: [String: Curve25519.Signing.PublicKey] = [:]
             do {
                 if publicKey.isEmpty {
@@ -203,6 +217,57 @@ struct Audit: ParsableCommand {
             output.text(
                 "audit verify: OK: \(v.records) records in \(v.files) file(s), chain intact through record \(v.lastSeq), \(v.checkpoints) signed checkpoint(s) valid (key\(v.keyIDs.count == 1 ? "" : "s") \(v.keyIDs.sorted().joined(separator: ", "))), every record covered"
             )
+        }
+
+        /// Every instance's log against that instance's keys: a deployment
+        /// has one hash chain and one signing key per instance, so no log
+        /// vouches for another.
+        func verifyInstances() throws {
+            var rows: [JSONValue] = []
+            var failed: [String] = []
+            for dir in instances.map(SupervisorSettings.absolute) {
+                let line: String
+                var problem: String?
+                var v: LogVerification?
+                if (try? Sys.stat(dir + "/security"))?.isDirectory != true {
+                    problem = "no security log in \(dir)/security"
+                } else {
+                    do {
+                        let keys = try LogSigningKey.publicKeys(stateDirectory: dir)
+                        let r = SecurityLogReader.verify(
+                            directory: dir + "/security", publicKeys: keys, checkpointsPath: nil)
+                        v = r
+                        problem = r.problem.map { "\($0)" }
+                    } catch { problem = "unreadable keys in \(dir)/keys: \(error)" }
+                }
+                if let problem {
+                    line = "\(dir): FAILED: \(problem)"
+                    failed.append(dir)
+                } else if let v {
+                    line =
+                        "\(dir): OK: \(v.records) records, chain intact through record \(v.lastSeq), "
+                        + "\(v.checkpoints) signed checkpoint(s) (key\(v.keyIDs.count == 1 ? "" : "s") "
+                        + "\(v.keyIDs.sorted().joined(separator: ", "))), every record covered"
+                } else {
+                    line = ""
+                }
+                if problem != nil { printError("audit verify: " + line) } else { output.text("audit verify: " + line) }
+                rows.append(
+                    .object(
+                        JSONObject([
+                            ("instance", .string(dir)), ("ok", .bool(problem == nil)),
+                            ("problem", problem.map { .string($0) } ?? .null),
+                            ("records", .int(Int64(v?.records ?? 0))), ("lastSeq", .int(v?.lastSeq ?? 0)),
+                            ("checkpoints", .int(Int64(v?.checkpoints ?? 0))),
+                        ])))
+            }
+            output.emit(.array(rows))
+            if !failed.isEmpty {
+                printError(
+                    "audit verify: FAILED: \(failed.count) of \(instances.count) instance log(s): "
+                        + failed.joined(separator: ", "))
+                throw ExitCode(1)
+            }
         }
     }
 

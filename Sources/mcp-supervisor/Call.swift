@@ -61,7 +61,7 @@ struct Call: ParsableCommand {
         // The same trust rule as `run` (CellSource).
         let source = CellSource(
             allowUnsigned: allowUnsigned, manifestsDirectory: s.manifestsDirectory,
-            stateDirectory: s.stateDirectory)
+            stateDirectory: s.stateDirectory, ledgerPath: s.ledgerPath)
         let registry = source.registry(groups: groups, host: host)
         guard let entry = registry.tool(named: tool) else {
             for p in registry.problems { printError("warning: \(p)") }
@@ -75,7 +75,7 @@ struct Call: ParsableCommand {
         if !source.isUnsigned && options.manifests != nil {
             printError(
                 "note: signed mode: \(tool) runs the active version of the trust ledger "
-                    + "\(Ledger.path(stateDirectory: s.stateDirectory)); --manifests is not used "
+                    + "\(s.ledgerPath); --manifests is not used "
                     + "(--allow-unsigned runs a manifests directory, for development)")
         }
         if source.isUnsigned {

@@ -20,6 +20,9 @@ struct CommonOptions: ParsableArguments {
     @Option(name: .customLong(Setting.stateDirectory.flag), help: ArgumentHelp(Setting.stateDirectory.flagHelp))
     var stateDir: String?
 
+    @Option(name: .customLong(Setting.ledger.flag), help: ArgumentHelp(Setting.ledger.flagHelp))
+    var ledger: String?
+
     @Option(name: .customLong(Setting.scratchDirectory.flag), help: ArgumentHelp(Setting.scratchDirectory.flagHelp))
     var scratchDir: String?
 
@@ -40,7 +43,7 @@ struct CommonOptions: ParsableArguments {
     /// a flag meets its setting (CommandLineTests checks every table entry).
     var flags: [(Setting, String?)] {
         [
-            (.manifests, manifests), (.policies, policies), (.stateDirectory, stateDir),
+            (.manifests, manifests), (.policies, policies), (.stateDirectory, stateDir), (.ledger, ledger),
             (.scratchDirectory, scratchDir), (.workerUid, workerUid), (.workerGid, workerGid),
             (.egressCaBundle, egressCaBundle),
         ]
@@ -82,6 +85,10 @@ struct ServerOptions: ParsableArguments {
         name: .customLong(Setting.prespawnIdleSeconds.flag), help: ArgumentHelp(Setting.prespawnIdleSeconds.flagHelp))
     var prespawnIdleSeconds: String?
 
+    @Option(
+        name: .customLong(Setting.ledgerRecheckSeconds.flag), help: ArgumentHelp(Setting.ledgerRecheckSeconds.flagHelp))
+    var ledgerRecheckSeconds: String?
+
     @Option(name: .customLong(Setting.toolsPageSize.flag), help: ArgumentHelp(Setting.toolsPageSize.flagHelp))
     var toolsPageSize: String?
 
@@ -119,6 +126,7 @@ struct ServerOptions: ParsableArguments {
         [
             (.maxConcurrentCalls, maxConcurrentCalls), (.maxQueuedCalls, maxQueuedCalls), (.prespawn, prespawn),
             (.prespawnIdleSeconds, prespawnIdleSeconds), (.toolsPageSize, toolsPageSize),
+            (.ledgerRecheckSeconds, ledgerRecheckSeconds),
             (.maxMessageBytes, maxMessageBytes), (.metricsFile, metricsFile),
             (.metricsIntervalSeconds, metricsIntervalSeconds), (.otlpEndpoint, otlpEndpoint),
             (.eventsJsonl, eventsJsonl), (.catalogueVisibleLimit, catalogueVisibleLimit),
@@ -139,8 +147,11 @@ struct StateOptions: ParsableArguments {
     @Option(name: .customLong(Setting.stateDirectory.flag), help: ArgumentHelp(Setting.stateDirectory.flagHelp))
     var stateDir: String?
 
+    @Option(name: .customLong(Setting.ledger.flag), help: ArgumentHelp(Setting.ledger.flagHelp))
+    var ledger: String?
+
     /// Each setting of this group with its flag's value (see CommonOptions).
-    var flags: [(Setting, String?)] { [(.stateDirectory, stateDir)] }
+    var flags: [(Setting, String?)] { [(.stateDirectory, stateDir), (.ledger, ledger)] }
 
     /// Checks the flags and the file, so that `settings` cannot fail later.
     func validate() throws {

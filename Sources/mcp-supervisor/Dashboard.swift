@@ -65,7 +65,7 @@ struct Dashboard: ParsableCommand {
             DashboardSource.Options(
                 stateDirectory: state,
                 metricsFile: metricsFile.map(SupervisorSettings.absolute) ?? settings.metricsFile,
-                recent: recent, verifyIntervalSeconds: Double(verifyIntervalSeconds)))
+                ledgerPath: settings.ledgerPath, recent: recent, verifyIntervalSeconds: Double(verifyIntervalSeconds)))
         let token = DashboardAccess.newToken()
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)

@@ -21,6 +21,8 @@ final class DashboardSource: Sendable {
     struct Options: Sendable {
         var stateDirectory: String
         var metricsFile: String?
+        /// The `ledger` setting; nil: the state directory's.
+        var ledgerPath: String? = nil
         /// Calls and violations listed, newest first.
         var recent = 200
         /// Points per tool in the latency plot.
@@ -276,7 +278,7 @@ final class DashboardSource: Sendable {
     /// lineage of the active one (newest first), and the permissions and
     /// limits its active manifest grants.
     private func cells() -> JSONValue {
-        let path = Ledger.path(stateDirectory: options.stateDirectory)
+        let path = options.ledgerPath ?? Ledger.path(stateDirectory: options.stateDirectory)
         let st = Ledger.load(path: path)
         var rows: [JSONValue] = []
         for name in Set(st.cells.keys).union(st.refusedCells.keys).sorted() {

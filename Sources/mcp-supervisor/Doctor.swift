@@ -67,9 +67,10 @@ struct Doctor: ParsableCommand {
         // What `run` serves: the trust ledger's active versions (signed
         // mode), or the manifests directory as it is (--allow-unsigned).
         let source = CellSource(
-            allowUnsigned: allowUnsigned, manifestsDirectory: s.manifestsDirectory, stateDirectory: s.stateDirectory)
+            allowUnsigned: allowUnsigned, manifestsDirectory: s.manifestsDirectory, stateDirectory: s.stateDirectory,
+            ledgerPath: s.ledgerPath)
         let registry = source.registry(groups: groups, host: host)
-        let ledger = Ledger.path(stateDirectory: s.stateDirectory)
+        let ledger = s.ledgerPath
         var cells: [JSONValue] = []
         var bad = 0
         let secrets = SecretSources(store: SecretStore(stateDirectory: s.stateDirectory), environment: [:])

@@ -20,10 +20,14 @@ struct HTTPRequestGuard: Sendable {
     let metadataPaths: Set<String>
     static let mcpPath = "/mcp"
     static let metadataPath = "/.well-known/oauth-protected-resource"
+    /// Liveness and readiness for a balancer or Kubernetes: no token, and
+    /// nothing in the answer but "ok" (no version, no cells, no counts).
+    static let healthPath = "/healthz"
 
     enum Route: Equatable, Sendable {
         case mcp
         case metadata
+        case health
     }
 
     enum Decision: Equatable, Sendable {
@@ -66,6 +70,12 @@ struct HTTPRequestGuard: Sendable {
                 return .refuse(status: 405, reason: "only GET", allow: "GET")
             }
             return .route(.metadata)
+        }
+        if path == Self.healthPath {
+            guard method == "GET" || method == "HEAD" else {
+                return .refuse(status: 405, reason: "only GET", allow: "GET")
+            }
+            return .route(.health)
         }
         guard path == Self.mcpPath else { return .refuse(status: 404, reason: "no such resource", allow: nil) }
         guard method == "POST" || method == "DELETE" else {
@@ -495,6 +505,10 @@ final class MCPHTTPHandler: ChannelInboundHandler {
             respond(
                 context, status: 200, headers: [("Content-Type", "application/json")],
                 body: h.method == .HEAD ? [] : app.metadata, keepAlive: keepAlive)
+        case .route(.health):
+            respond(
+                context, status: 200, headers: [("Content-Type", "text/plain"), ("Cache-Control", "no-store")],
+                body: h.method == .HEAD ? [] : Array("ok\n".utf8), keepAlive: keepAlive)
         case .route(.mcp):
             let body = self.body
             self.body = []

@@ -43,6 +43,7 @@ struct Run: AsyncParsableCommand {
         let watch = FileWatch(path: ledgerPath)
         if !allowUnsigned {
             service.pipeline.onLedgerChange { watch.changed() }
+            startLedgerRecheck(seconds: s.ledgerRecheckSeconds, watch: watch) { await service.reload() }
             // Revocation takes effect without waiting for the next call: a
             // thread blocks on inotify until the ledger file changes.
             do {
@@ -148,6 +149,23 @@ func featureSummary(_ f: KernelFeatures, _ h: HostSandbox) -> JSONValue {
             ("boundingSetDropped", .bool(f.canDropBoundingSet)),
             ("workerUid", .int(Int64(h.workerUID))), ("workerGid", .int(Int64(h.workerGID))),
         ]))
+}
+
+/// The periodic look at the ledger (`ledgerRecheckSeconds`, 0: none). inotify
+/// sees a change made in place on a local filesystem at once, but not one
+/// made on another host (a network filesystem, a directory synchronised from
+/// elsewhere); this bounds how long in-flight workers of a revoked version
+/// and the tool list wait for such a change. New calls look before each call.
+func startLedgerRecheck(seconds: Int, watch: FileWatch, reload: @escaping @Sendable () async -> Void) {
+    guard seconds > 0 else { return }
+    let t = Thread {
+        while true {
+            Thread.sleep(forTimeInterval: Double(seconds))
+            if watch.changed() { Task { await reload() } }
+        }
+    }
+    t.name = "ledger-recheck"
+    t.start()
 }
 
 /// Tells whether a file changed since the last look (one stat).

@@ -92,7 +92,7 @@ struct SecretCommand: ParsableCommand {
                 else { continue }
                 out += m.secrets.map { Use(cell: m.name, origin: path, binding: $0) }
             }
-            let ledger = Ledger.load(path: Ledger.path(stateDirectory: s.stateDirectory))
+            let ledger = Ledger.load(path: s.ledgerPath)
             for (name, c) in ledger.cells.sorted(by: { $0.key < $1.key }) {
                 guard let id = c.active, let v = c.versions[id],
                     let m = try? CellManifest.parse(bytes: v.manifestBytes, path: v.manifestPath, manifestSHA256: id)

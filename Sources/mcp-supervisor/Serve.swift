@@ -109,6 +109,9 @@ struct Serve: AsyncParsableCommand {
         let watch = FileWatch(path: ledgerPath)
         if !allowUnsigned {
             for sv in services { sv.pipeline.onLedgerChange { watch.changed() } }
+            startLedgerRecheck(seconds: s.ledgerRecheckSeconds, watch: watch) {
+                for sv in services { await sv.reload() }
+            }
             // Revocation takes effect without waiting for the next call: a
             // thread blocks on inotify until the ledger file changes.
             do {

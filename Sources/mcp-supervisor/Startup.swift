@@ -36,7 +36,10 @@ struct SupervisorStartup {
 
         // Refused, not repaired: a state directory others could write may
         // already hold their keys, ledger entries or log records.
-        let unsafe = StatePermissions.problems(stateDirectory: s.stateDirectory)
+        // A ledger outside the state directory is held to the same rule.
+        let unsafe =
+            StatePermissions.problems(stateDirectory: s.stateDirectory)
+            + (s.ledgerFile.flatMap { StatePermissions.problem(path: $0) }.map { [$0] } ?? [])
         if !unsafe.isEmpty {
             for p in unsafe { printError("mcp-supervisor: refusing to start: \(p)") }
             throw ExitCode(2)
@@ -52,11 +55,11 @@ struct SupervisorStartup {
             scratchRoot: s.scratchRoot, protectedPaths: [s.stateDirectory])
         let runner = try makeRunner(host: host, settings: s, options: options, logger: logger)
         let manifestsDir = s.manifestsDirectory
-        let ledgerPath = Ledger.path(stateDirectory: s.stateDirectory)
+        let ledgerPath = s.ledgerPath
         // The one trust rule every command that executes a cell follows.
         let source = CellSource(
             allowUnsigned: allowUnsigned, manifestsDirectory: manifestsDir,
-            stateDirectory: s.stateDirectory)
+            stateDirectory: s.stateDirectory, ledgerPath: s.ledgerPath)
         let log: SecurityLog
         do { log = try SecurityLog(stateDirectory: s.stateDirectory) } catch {
             printError("mcp-supervisor: cannot open the security log in \(s.stateDirectory)/security: \(error)")

@@ -15,7 +15,7 @@ struct TrustLocation: ParsableArguments {
     func validate() throws { try validateFlags([(.policies, policies)]) }
 
     var state: String { stateOptions.settings().stateDirectory }
-    var ledgerPath: String { Ledger.path(stateDirectory: state) }
+    var ledgerPath: String { stateOptions.settings().ledgerPath }
     func groups() throws -> SyscallGroups {
         try SyscallGroups.load(path: stateOptions.settings(more: [(.policies, policies)]).syscallGroupsPath)
     }

@@ -252,6 +252,12 @@ final class HTTPAuthTests: XCTestCase {
         XCTAssertEqual(d([h], "GET", "/mcp"), .refuse(status: 405, reason: "POST or DELETE", allow: "POST, DELETE"))
         XCTAssertEqual(d([h], "DELETE", "/mcp"), .route(.mcp))
         XCTAssertEqual(d([h], "GET", "/.well-known/oauth-protected-resource/mcp"), .route(.metadata))
+        XCTAssertEqual(d([h], "GET", "/healthz?x=1"), .route(.health))
+        XCTAssertEqual(d([h], "POST", "/healthz"), .refuse(status: 405, reason: "only GET", allow: "GET"))
+        if case .refuse(421, _, _) = d([("Host", "evil.example")], "GET", "/healthz") {
+        } else {
+            XCTFail("health answered to another Host")
+        }
         if case .refuse(404, _, _) = d([h], "POST", "/mcp/x") {} else { XCTFail("other path accepted") }
         XCTAssertEqual(
             MCPHTTPApp.metadataURL(resource: "https://mcp.example:8443/mcp"),

@@ -99,7 +99,7 @@ def issuer():
 class HTTPServer:
     """`serve --http 127.0.0.1:0` on a workspace; its port from stderr."""
 
-    def __init__(self, work: Path, config: dict, policy: dict = None):
+    def __init__(self, work: Path, config: dict, policy: dict = None, trust=("--allow-unsigned",)):
         self.work = work
         (work / "http.json").write_text(json.dumps(config))
         # The bundled policy admits only uid:* (stdio); token principals need a rule.
@@ -113,7 +113,7 @@ class HTTPServer:
         self.proc = subprocess.Popen(
             [str(BIN), "serve", "--http", "127.0.0.1:0", "--http-config", str(work / "http.json"),
              "--manifests", str(work / "manifests"), "--policies", str(policies),
-             "--state-dir", str(work / "state"), "--scratch-dir", str(work / "scratch"), "--allow-unsigned",
+             "--state-dir", str(work / "state"), "--scratch-dir", str(work / "scratch"), *trust,
              # No prespawned workers: each call's worker is a new child, so a
              # test can tell which pid served it.
              "--prespawn", "0", "--log-level", "warning"],
@@ -384,6 +384,32 @@ def test_get_is_405_and_unknown_path_404(server, issuer):
     r = c.getresponse()
     r.read()
     assert r.status == 404
+
+
+def test_healthz_needs_no_token_and_says_nothing_else(server):
+    """Probes (a balancer's, Kubernetes') ask `/healthz` without a token;
+    the answer is "ok" and nothing about the server. The Host rule still
+    applies; only GET and HEAD."""
+    c = server.conn()
+    c.request("GET", "/healthz")
+    r = c.getresponse()
+    body = r.read()
+    assert r.status == 200 and body == b"ok\n", (r.status, body)
+    assert {k.lower() for k, _ in r.getheaders()} <= {"content-type", "content-length", "cache-control",
+                                                      "connection", "date"}, r.getheaders()
+    c.request("HEAD", "/healthz")
+    r = c.getresponse()
+    assert r.status == 200 and r.read() == b""
+    c.request("POST", "/healthz", body="{}", headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    r.read()
+    assert r.status == 405 and r.getheader("Allow") == "GET"
+    c.close()
+    c = server.conn()
+    c.request("GET", "/healthz", headers={"Host": "evil.example"})
+    r = c.getresponse()
+    r.read()
+    assert r.status == 421
 
 
 def test_body_limit_413(server, issuer):

@@ -386,3 +386,34 @@ def test_audit_tail_follow_prints_new_records_and_ends_when_the_log_goes(workspa
     finally:
         watchdog.cancel()
     assert rc == 1 and "can no longer be watched" in tail.stderr.read(), rc
+
+
+def test_verify_a_set_of_instance_logs_names_the_one_tampered(workspace, tmp_path):
+    """`audit verify --instance DIR …`: each instance's chain and checkpoints
+    against that instance's own key, one line each; a record changed in one
+    log fails the command, naming that instance and the record."""
+    states = [tmp_path / f"i{k}" / "state" for k in range(3)]
+    for k, state in enumerate(states):
+        s = serve(workspace, state)
+        echo(s, k + 1)
+        s.close()
+    args = [str(BIN), "audit", "verify", *(a for st in states for a in ("--instance", str(st)))]
+    ok = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    lines = ok.stdout.splitlines()
+    assert len(lines) == 3 and all(f"{st}: OK:" in l for st, l in zip(states, lines)), ok.stdout
+    # Keys differ per instance: no log is checked against another's key.
+    keys = {(st / "keys" / "log-signing.pub").read_text() for st in states}
+    assert len(keys) == 3
+    logs = sorted(p for p in (states[1] / "security").glob("*.jsonl") if p.name != "checkpoints.jsonl")
+    records = logs[0].read_text().splitlines()
+    rec = json.loads(records[1])
+    rec["type"] = "call.end" if rec.get("type") != "call.end" else "call.start"
+    records[1] = json.dumps(rec, separators=(",", ":"))
+    logs[0].write_text("\n".join(records) + "\n")
+    bad = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert f"{states[0]}: OK:" in bad.stdout and f"{states[2]}: OK:" in bad.stdout, bad.stdout
+    failed = [l for l in bad.stderr.splitlines() if f"{states[1]}: FAILED:" in l]
+    assert failed and f"{logs[0]}:2:" in failed[0] and "record 2 " in failed[0], bad.stderr
+    assert f"1 of 3 instance log(s): {states[1]}" in bad.stderr, bad.stderr

@@ -2,7 +2,9 @@
 """tools/call over HTTP/1.1 keep-alive (serve --http, 2026-07-28, static
 token) against stdio (run), in the same run, interleaved round by round;
 then calls/s over HTTP at concurrency 4, 16 and 64 (one keep-alive
-connection per client thread). Nothing here asserts a time.
+connection per client thread) for one instance, and for one and three
+instances behind HAProxy (the Debian package), in the same run. Nothing
+here asserts a time.
 
 Usage: python3 tools/bench/http_bench.py [--rounds N] [--calls N] [--bin PATH]
 """
@@ -12,6 +14,7 @@ import http.client
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import tempfile
@@ -88,13 +91,21 @@ class Stdio:
         self.p.wait(30)
 
 
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 class HTTP:
-    def __init__(self, binary, work):
+    def __init__(self, binary, work, name="http", allowed_hosts=()):
         cfg = {"staticTokens": [{"name": "bench", "sha256": hashlib.sha256(TOKEN.encode()).hexdigest()}],
-               "limits": {"maxStreams": 256, "maxStreamsPerClient": 256}}
-        (work / "http.json").write_text(json.dumps(cfg))
-        self.p = subprocess.Popen([binary, "serve", "--http", "127.0.0.1:0", "--http-config", str(work / "http.json"),
-                                   *common(work, "http")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+               "limits": {"maxStreams": 256, "maxStreamsPerClient": 256}, "allowedHosts": list(allowed_hosts)}
+        (work / f"{name}.json").write_text(json.dumps(cfg))
+        self.p = subprocess.Popen([binary, "serve", "--http", "127.0.0.1:0", "--http-config", str(work / f"{name}.json"),
+                                   *common(work, name)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         while True:
             line = self.p.stderr.readline()
             assert line, "serve did not start"
@@ -120,6 +131,54 @@ class HTTP:
         data = r.read()
         assert r.status == 200 and b'"isError":true' not in data, (r.status, data[:200])
         return (time.perf_counter() - t) * 1e3
+
+    def stop(self):
+        self.p.terminate()
+        self.p.wait(30)
+
+
+class Balanced:
+    """HAProxy on loopback in front of instances (the configuration of
+    docs/deployment.md: round robin, health checks, retries only of
+    connections that never reached an instance)."""
+
+    def __init__(self, work, front, instances, name):
+        self.front, self.instances = front, instances
+        servers = "\n".join(f"    server i{i} 127.0.0.1:{h.port} check inter 1s" for i, h in enumerate(instances))
+        cfg = work / f"{name}.cfg"
+        cfg.write_text(f"""
+global
+    maxconn 1024
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+    retry-on conn-failure
+frontend mcp
+    bind 127.0.0.1:{front}
+    default_backend supervisors
+backend supervisors
+    balance roundrobin
+    http-reuse safe
+{servers}
+""")
+        haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        assert Path(haproxy).exists(), "haproxy missing: apt-get install haproxy"
+        self.p = subprocess.Popen([haproxy, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        end = time.time() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", front), timeout=1).close()
+                break
+            except OSError:
+                assert time.time() < end, "haproxy did not start"
+                time.sleep(0.1)
+        self.call = instances[0].call
+
+    def conn(self):
+        return http.client.HTTPConnection("127.0.0.1", self.front)
 
     def stop(self):
         self.p.terminate()
@@ -186,7 +245,53 @@ def section(rounds=5, calls=200, binary=str(ROOT / ".build/release/mcp-superviso
     finally:
         s.stop()
         h.stop()
+    try:
+        lines += scale_out(binary, work, throughput_calls)
+    finally:
         shutil.rmtree(work, ignore_errors=True)
+    return lines
+
+
+def scale_out(binary, work, total, rounds=3):
+    """Calls/s at concurrency 4, 16, 64: one instance asked directly, one
+    behind HAProxy, three behind HAProxy; the three set-ups up at once and
+    measured in turn, round by round, so load from elsewhere falls on all."""
+    front1, front3 = free_port(), free_port()
+    hosts = [f"127.0.0.1:{front1}", f"127.0.0.1:{front3}"]
+    nodes = [HTTP(binary, work, f"node{i}", hosts) for i in range(4)]
+    one, behind1, behind3 = nodes[0], None, None
+    try:
+        behind1 = Balanced(work, front1, [nodes[0]], "one")
+        behind3 = Balanced(work, front3, nodes[1:], "three")
+        setups = [("one instance, direct", one), ("one instance behind HAProxy", behind1),
+                  ("three instances behind HAProxy", behind3)]
+        for _, h in setups:  # warm-up: prespawned workers in every instance
+            throughput(h, 8, 96)
+        rates = {(name, n): [] for name, _ in setups for n in (4, 16, 64)}
+        errors = {(name, n): 0 for name, _ in setups for n in (4, 16, 64)}
+        for _ in range(rounds):
+            for n in (4, 16, 64):
+                for name, h in setups:
+                    rate, errs = throughput(h, n, total)
+                    rates[(name, n)].append(rate)
+                    errors[(name, n)] += len(errs)
+    finally:
+        for b in (behind1, behind3):
+            if b:
+                b.stop()
+        for h in nodes:
+            h.stop()
+    lines = ["", f"Scale-out: calls/s, {total} calls over N client threads with their own keep-alive connections, "
+             f"median of {rounds} rounds (set-ups interleaved); every instance runs 4 calls at once "
+             "(`maxConcurrentCalls`), HAProxy balances round robin:", "",
+             "| concurrency | " + " | ".join(name for name, _ in setups) + " |",
+             "| ---: |" + " ---: |" * len(setups)]
+    for n in (4, 16, 64):
+        cells = [f"{statistics.median(rates[(name, n)]):.0f}"
+                 + (f" ({errors[(name, n)]} errors)" if errors[(name, n)] else "") for name, _ in setups]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"CPUs: {os.cpu_count()}, load average (1 min) at the end: {os.getloadavg()[0]:.1f}.")
     return lines
 
 
