@@ -37,49 +37,10 @@ struct Run: AsyncParsableCommand {
         let (options, logger, log, telemetry, service) = (
             startup.options, startup.logger, startup.log, startup.telemetry, startup.service
         )
-        let (ledgerPath, manifestsDir, features) = (startup.ledgerPath, startup.manifestsDir, startup.features)
         let metricsFile = try startMetricsFile(s, pipeline: service.pipeline)
         telemetry?.attach(to: service.pipeline, metrics: metricsFile?.metrics)
-        let watch = FileWatch(path: ledgerPath)
-        if !allowUnsigned {
-            service.pipeline.onLedgerChange { watch.changed() }
-            startLedgerRecheck(seconds: s.ledgerRecheckSeconds, watch: watch) { await service.reload() }
-            // Revocation takes effect without waiting for the next call: a
-            // thread blocks on inotify until the ledger file changes.
-            do {
-                let watcher = try FileChangeWatcher(path: ledgerPath)
-                let t = Thread { [logger] in
-                    while watcher.waitForChange() {
-                        if watch.changed() { Task { await service.reload() } }
-                    }
-                    logger.warning(
-                        "the trust ledger's directory can no longer be watched; changes apply at the next call")
-                }
-                t.name = "ledger-watch"
-                t.start()
-            } catch {
-                logger.warning(
-                    "cannot watch the trust ledger; changes apply at the next call", metadata: ["error": "\(error)"])
-            }
-        }
-        // Which cells and which state: a client that starts the server with
-        // another environment learns here where they come from.
-        if !allowUnsigned && cellOptions.manifests != nil {
-            logger.notice(
-                """
-                signed mode: cells come from the trust ledger \(ledgerPath); --manifests \(manifestsDir) is not \
-                used to serve (only --allow-unsigned serves a manifests directory, for development)
-                """)
-        }
-        logger.info("state directory \(s.stateDirectory)\(stateDirectoryNote(s))")
-        logger.info(
-            "serving",
-            metadata: [
-                "cells": "\(allowUnsigned ? "unsigned manifests \(manifestsDir)" : "trust ledger \(ledgerPath)")",
-                "state": "\(s.stateDirectory)",
-                "tools": "\(service.currentRegistry.toolNames.count)",
-                "landlock.abi": "\(features.landlockABI ?? 0)", "uid": "\(Sys.geteuid())",
-            ])
+        startup.followLedgerAndAnnounce(
+            services: [service], allowUnsigned: allowUnsigned, manifestsNamed: cellOptions.manifests != nil)
 
         let signals = SignalHandlers()
         signals.on(Signal.hangUp) {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import Logging
 import StrictJSON
 import SupervisorCore
@@ -143,5 +144,55 @@ struct SupervisorStartup {
         runner.enablePrespawn(perCell: options.prespawn, idleSeconds: options.prespawnIdleSeconds)
         try startEgress(runner, settings: s, logger: logger)
         return runner
+    }
+
+    /// Follows the trust ledger for `services` (signed mode): each call's
+    /// look, the periodic recheck, and an inotify thread so a revocation
+    /// applies without waiting for a call; then says on stderr where cells
+    /// and state come from (`manifestsNamed`: --manifests was given).
+    func followLedgerAndAnnounce(services: [SupervisorService], allowUnsigned: Bool, manifestsNamed: Bool) {
+        let watch = FileWatch(path: ledgerPath)
+        if !allowUnsigned {
+            for sv in services { sv.pipeline.onLedgerChange { watch.changed() } }
+            startLedgerRecheck(seconds: settings.ledgerRecheckSeconds, watch: watch) {
+                for sv in services { await sv.reload() }
+            }
+            // Revocation takes effect without waiting for the next call: a
+            // thread blocks on inotify until the ledger file changes.
+            do {
+                let watcher = try FileChangeWatcher(path: ledgerPath)
+                let t = Thread { [logger] in
+                    while watcher.waitForChange() {
+                        if watch.changed() { Task { for sv in services { await sv.reload() } } }
+                    }
+                    logger.warning(
+                        "the trust ledger's directory can no longer be watched; changes apply at the next call")
+                }
+                t.name = "ledger-watch"
+                t.start()
+            } catch {
+                logger.warning(
+                    "cannot watch the trust ledger; changes apply at the next call", metadata: ["error": "\(error)"])
+            }
+        }
+        // Which cells and which state: a client that starts the server with
+        // another environment learns here where they come from.
+        if !allowUnsigned && manifestsNamed {
+            logger.notice(
+                """
+                signed mode: cells come from the trust ledger \(ledgerPath); --manifests \(manifestsDir) is not \
+                used to serve (only --allow-unsigned serves a manifests directory, for development)
+                """)
+        }
+        logger.info("state directory \(settings.stateDirectory)\(stateDirectoryNote(settings))")
+        logger.info(
+            "serving",
+            metadata: [
+                "cells": "\(allowUnsigned ? "unsigned manifests \(manifestsDir)" : "trust ledger \(ledgerPath)")",
+                "state": "\(settings.stateDirectory)",
+                "tools": "\(services[0].currentRegistry.toolNames.count)",
+                "landlock.abi": "\(features.landlockABI ?? 0)", "uid": "\(Sys.geteuid())",
+            ])
+
     }
 }
