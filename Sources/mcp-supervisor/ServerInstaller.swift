@@ -100,6 +100,10 @@ func runHost(_ argv: [String]) throws -> String {
     p.executableURL = URL(fileURLWithPath: argv[0])
     p.arguments = Array(argv.dropFirst())
     p.environment = ["PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"]
+    // Not the caller's working directory: it may be one this user cannot
+    // enter (a private checkout run under another uid), which fails the
+    // spawn with EACCES as if the program could not be executed.
+    p.currentDirectoryURL = URL(fileURLWithPath: "/")
     let out = Pipe()
     let err = Pipe()
     p.standardOutput = out
