@@ -153,7 +153,14 @@ struct SupervisorStartup {
     func followLedgerAndAnnounce(services: [SupervisorService], allowUnsigned: Bool, manifestsNamed: Bool) {
         let watch = FileWatch(path: ledgerPath)
         if !allowUnsigned {
-            for sv in services { sv.pipeline.onLedgerChange { watch.changed() } }
+            // Each pipeline looks before every call with a watch of its own:
+            // a change seen first by another pipeline, the recheck or the
+            // inotify thread (whose reloads run later, in a task) must still
+            // make this pipeline reload before it admits the call.
+            for sv in services {
+                let own = FileWatch(path: ledgerPath)
+                sv.pipeline.onLedgerChange { own.changed() }
+            }
             startLedgerRecheck(seconds: settings.ledgerRecheckSeconds, watch: watch) {
                 for sv in services { await sv.reload() }
             }
