@@ -26,6 +26,7 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -354,13 +355,31 @@ def command_manifest(server_doc, name=None, tool=None):
 def direct_tools(doc, timeout=60):
     """The tools the server of `doc` lists, asked directly (unsandboxed,
     the same interpreter, argv and environment): the definitions to pin in
-    a manifest that is run without registration (`--allow-unsigned`)."""
+    a manifest that is run without registration (`--allow-unsigned`).
+    Stdin stays open until the listing is read: the SDK's servers end the
+    session at EOF, and a loaded machine may not have answered by then."""
     import subprocess
     env = {**doc["environment"]["set"], "PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}
-    p = subprocess.run([doc["executable"]["path"], *doc["argv"][1:]], input=conversation(padding=50),
-                       capture_output=True, text=True, env=env, timeout=timeout, cwd="/")
-    listing = responses(p.stdout).get(2)
-    assert listing and "result" in listing, (p.stdout[-2000:], p.stderr[-2000:])
+    p = subprocess.Popen([doc["executable"]["path"], *doc["argv"][1:]], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd="/")
+    timer = threading.Timer(timeout, p.kill)
+    timer.start()
+    seen = []
+    try:
+        p.stdin.write(conversation(padding=0))
+        p.stdin.flush()
+        for line in p.stdout:
+            seen.append(line)
+            if responses(line).get(2):
+                break
+    finally:
+        timer.cancel()
+        p.stdin.close()
+        p.kill()
+        err = p.stderr.read()
+        p.wait()
+    listing = responses("".join(seen)).get(2)
+    assert listing and "result" in listing, ("".join(seen)[-2000:], err[-2000:])
     return listing["result"]["tools"]
 
 
