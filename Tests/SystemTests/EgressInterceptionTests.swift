@@ -142,6 +142,9 @@ final class EgressInterceptionTests: XCTestCase {
                 """
             process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
             process.arguments = ["-c", script]
+            // Its own directory: the inherited one may be closed to the
+            // unprivileged test user (a private checkout).
+            process.currentDirectoryURL = URL(fileURLWithPath: dir)
             let out = Pipe()
             process.standardOutput = out
             try process.run()
