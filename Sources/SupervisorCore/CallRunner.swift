@@ -199,15 +199,6 @@ public final class CallRunner: @unchecked Sendable {
         return report
     }
 
-    /// The credentials the egress proxy adds to `cell`'s requests, with the
-    /// secrets' values as they are now (the store is read at each call, so
-    /// a secret set or removed since is seen). Throws, naming the secret,
-    /// when one the manifest binds has no value: the proxy then attaches
-    /// nothing and the call ends as `cell.cannot_run` (docs/secrets.md).
-    public func credentialInjections(for cell: PreparedCell) throws(SecretUnavailable) -> [CredentialInjection] {
-        try secrets.resolve(cell.manifest).get().injections
-    }
-
     /// The per-install CA with which the egress proxy terminates TLS for
     /// hosts that have a credential injection, created on first need; its
     /// certificate (`caCertificatePath`) is published in the scratch root,
